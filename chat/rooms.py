@@ -1,0 +1,83 @@
+"""The room-name rule and the one mapping from a room to its channel-layer group.
+
+The HTTP route, the WebSocket route and the index page all decide validity here.
+Room names are case-sensitive (`Lobby` and `lobby` are two rooms, as two URLs are two
+pages) and compared after Unicode NFC normalization, so that `café` typed with a
+composed or a decomposed `é` is one room.
+"""
+
+import hashlib
+import re
+import unicodedata
+
+ROOM_NAME_MAX_CHARS = 100
+ROOM_NAME_PUNCTUATION = "-_."
+# Letters (any script), combining marks (needed by Devanagari, Thai, ...) and digits.
+_ALLOWED_CATEGORIES = {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Nd"}
+
+# channels requires group names of ASCII [a-zA-Z0-9-_.] shorter than 100 characters.
+_READABLE_GROUP_ROOM = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+_READABLE_GROUP_PREFIX = "chat_"
+_HASHED_GROUP_PREFIX = "chat."
+
+
+class InvalidRoomName(ValueError):
+    """A room name the rule refuses; its message says why, for the user."""
+
+
+def normalize_room_name(name: str) -> str:
+    """Return the room's canonical spelling (NFC), or raise InvalidRoomName."""
+    name = unicodedata.normalize("NFC", name)
+    if not name:
+        raise InvalidRoomName("Enter a room name.")
+    if len(name) > ROOM_NAME_MAX_CHARS:
+        raise InvalidRoomName(f"Room names are at most {ROOM_NAME_MAX_CHARS} characters.")
+    for char in name:
+        if (
+            char not in ROOM_NAME_PUNCTUATION
+            and unicodedata.category(char) not in _ALLOWED_CATEGORIES
+        ):
+            shown = char if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
+            raise InvalidRoomName(
+                f"Room names may contain letters, digits, '-', '_' and '.', not {shown!r}."
+            )
+    if set(name) == {"."}:
+        raise InvalidRoomName("A room name needs at least one letter, digit, '-' or '_'.")
+    return name
+
+
+def is_valid_room_name(name: str) -> bool:
+    """True when the rule accepts the name."""
+    try:
+        normalize_room_name(name)
+    except InvalidRoomName:
+        return False
+    return True
+
+
+def group_name(room_name: str) -> str:
+    """Name the channel-layer group of a valid room: ASCII, under 100 characters, one per room.
+
+    Short ASCII names stay readable (`chat_lobby`); any other name becomes a SHA-256
+    digest under a prefix that no readable name can produce.
+    """
+    room_name = normalize_room_name(room_name)
+    if _READABLE_GROUP_ROOM.fullmatch(room_name):
+        return _READABLE_GROUP_PREFIX + room_name
+    digest = hashlib.sha256(room_name.encode("utf-8")).hexdigest()
+    return _HASHED_GROUP_PREFIX + digest
+
+
+class RoomNameConverter:
+    """URL converter shared by the HTTP and WebSocket routes: invalid names do not match."""
+
+    regex = "[^/]+"
+
+    def to_python(self, value: str) -> str:
+        try:
+            return normalize_room_name(value)
+        except InvalidRoomName as refusal:
+            raise ValueError(str(refusal)) from refusal
+
+    def to_url(self, value: str) -> str:
+        return value

@@ -1,0 +1,13 @@
+"""WebSocket routes, nested under mysite.asgi's URLRouter."""
+
+from channels.security.websocket import WebsocketDenier
+from django.urls import path, re_path
+
+from . import consumers
+
+websocket_urlpatterns = [
+    path("ws/chat/<room:room_name>/", consumers.ChatConsumer.as_asgi()),
+    # Any other path (an invalid room name included) is refused at the handshake
+    # instead of raising "No route found" inside the server.
+    re_path(r"", WebsocketDenier.as_asgi()),
+]

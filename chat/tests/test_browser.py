@@ -1,0 +1,177 @@
+"""The tutorial's Part 4 checks, in real headless Chromium against a real daphne process."""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.wait import WebDriverWait
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_SECONDS = 10
+
+
+@pytest.fixture(scope="module")
+def driver():
+    """Headless Chromium; skipped where it is not installed, except in CI, where that fails."""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if missing:
+        reason = f"browser tests need Debian's chromium and chromium-driver ({missing} missing)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    profile = tempfile.mkdtemp(prefix="chat-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(argument)
+    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(driver, chat_server):
+    """The driver with one tab left open, on about:blank, after each test."""
+    yield driver
+    for handle in driver.window_handles[1:]:
+        driver.switch_to.window(handle)
+        driver.close()
+    driver.switch_to.window(driver.window_handles[0])
+    driver.get("about:blank")
+
+
+def _wait(driver, condition, message=""):
+    return WebDriverWait(driver, WAIT_SECONDS).until(lambda _: condition(), message)
+
+
+def _enter_chat_room(driver, base_url, room_name):
+    driver.get(base_url + "/chat/")
+    ActionChains(driver).send_keys(room_name, Keys.ENTER).perform()
+    _wait(driver, lambda: "/chat/" in driver.current_url and "room-name" in driver.page_source)
+    _wait(driver, lambda: _status(driver) == "Connected", "socket never opened")
+
+
+def _open_new_window(driver):
+    driver.switch_to.new_window("tab")
+
+
+def _switch_to_window(driver, index):
+    driver.switch_to.window(driver.window_handles[index])
+
+
+def _post_message(driver, message):
+    ActionChains(driver).send_keys(message, Keys.ENTER).perform()
+
+
+def _chat_log_value(driver):
+    return driver.find_element(By.CSS_SELECTOR, "#chat-log").get_property("value")
+
+
+def _status(driver):
+    return driver.find_element(By.CSS_SELECTOR, "#connection-status").text
+
+
+def test_typing_a_room_name_and_enter_lands_on_the_room(browser, chat_server):
+    browser.get(chat_server + "/chat/")
+    ActionChains(browser).send_keys("lobby", Keys.ENTER).perform()
+    _wait(browser, lambda: browser.current_url == chat_server + "/chat/lobby/")
+    focused = browser.switch_to.active_element.get_attribute("id")
+    assert focused == "chat-message-input"
+
+
+def test_message_posted_is_seen_by_everyone_in_same_room(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "room_1")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "room_1")
+
+    _switch_to_window(browser, 0)
+    _post_message(browser, "hello")
+    _wait(browser, lambda: "hello" in _chat_log_value(browser), "not seen by the first tab")
+    assert browser.find_element(By.CSS_SELECTOR, "#chat-message-input").get_property("value") == ""
+
+    _switch_to_window(browser, 1)
+    _wait(browser, lambda: "hello" in _chat_log_value(browser), "not seen by the second tab")
+
+
+def test_message_posted_in_second_tab_appears_in_both(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "room_2")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "room_2")
+    _post_message(browser, "hello")
+    _wait(browser, lambda: "hello" in _chat_log_value(browser), "not seen by the second tab")
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: "hello" in _chat_log_value(browser), "not seen by the first tab")
+
+
+def test_message_posted_is_not_seen_by_anyone_in_different_room(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "room_3")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "room_4")
+
+    _switch_to_window(browser, 0)
+    _post_message(browser, "hello")
+    _wait(browser, lambda: "hello" in _chat_log_value(browser), "not seen by the sender")
+
+    _switch_to_window(browser, 1)
+    _post_message(browser, "world")
+    _wait(browser, lambda: "world" in _chat_log_value(browser), "not seen by the second room")
+    assert "hello" not in _chat_log_value(browser)
+
+
+def test_message_typed_before_the_socket_opens_is_not_lost(browser, chat_server):
+    browser.get(chat_server + "/chat/early/")
+    _post_message(browser, "typed at once")
+    _wait(browser, lambda: "typed at once" in _chat_log_value(browser), "early message lost")
+
+
+def test_hostile_message_is_shown_literally_and_runs_nothing(browser, chat_server):
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
+    _enter_chat_room(browser, chat_server, "xss")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "xss")
+    _post_message(browser, hostile)
+    for index in (1, 0):
+        _switch_to_window(browser, index)
+        _wait(browser, lambda: hostile in _chat_log_value(browser), "message not shown")
+        assert browser.title != "pwned"
+        assert not browser.find_elements(By.CSS_SELECTOR, "img")
+
+
+def test_invalid_room_name_is_explained_on_the_index_page(browser, chat_server):
+    hostile = "<b onmouseover=\"document.title='pwned'\">x</b>"
+    browser.get(chat_server + "/chat/")
+    ActionChains(browser).send_keys(hostile, Keys.ENTER).perform()
+    _wait(browser, lambda: "?room=" in browser.current_url)
+    assert "Room names may contain letters" in browser.find_element(By.ID, "room-name-error").text
+    assert browser.find_element(By.ID, "room-name-input").get_property("value") == hostile
+    assert not browser.find_elements(By.CSS_SELECTOR, "b")
+    assert browser.title != "pwned"
+
+
+def test_unicode_room_name_is_shown_and_chats(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "café")
+    assert browser.find_element(By.ID, "room-title").text == "café"
+    _post_message(browser, "un café, s'il vous plaît")
+    _wait(browser, lambda: "un café" in _chat_log_value(browser), "not seen in a Unicode room")
+
+
+def test_closed_socket_shows_a_visible_notice(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "closing")
+    browser.execute_script("chatSocket.close()")
+    _wait(browser, lambda: "Disconnected" in _status(browser), "no notice on close")

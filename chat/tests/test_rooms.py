@@ -1,0 +1,106 @@
+"""The room-name rule and the room-to-group mapping."""
+
+import pytest
+from channels.layers import BaseChannelLayer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chat import rooms
+
+LAYER = BaseChannelLayer()
+
+
+def assert_valid_group(name: str):
+    assert LAYER.require_valid_group_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["lobby", "Lobby", "café", "日本語", "रसोई", "a-b_c.d", "2026", "a" * 100, ".hidden"]
+)
+def test_valid_names_are_accepted(name):
+    assert rooms.is_valid_room_name(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "Enter a room name"),
+        ("a" * 101, "at most 100"),
+        ("two words", "U+0020"),
+        ("<script>", "'<'"),
+        ('say"hi"', "'\"'"),
+        ("semi;colon", "';'"),
+        ("slash/room", "'/'"),
+        ("emoji😀", "'😀'"),
+        ("tab\there", "U+0009"),
+        ("nul\x00", "U+0000"),
+        ("..", "at least one letter"),
+        (".", "at least one letter"),
+    ],
+)
+def test_invalid_names_are_refused_with_a_reason(name, reason):
+    with pytest.raises(rooms.InvalidRoomName, match=reason.replace("+", r"\+").replace(".", r"\.")):
+        rooms.normalize_room_name(name)
+
+
+def test_composed_and_decomposed_spellings_normalize_to_one_name():
+    assert rooms.normalize_room_name("cafe\u0301") == rooms.normalize_room_name("caf\u00e9")
+    assert rooms.group_name("cafe\u0301") == rooms.group_name("caf\u00e9")
+
+
+def test_short_ascii_rooms_keep_readable_group_names():
+    assert rooms.group_name("lobby") == "chat_lobby"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("café", "cafe"),
+        ("Lobby", "lobby"),
+        ("a" * 99 + "x", "a" * 99 + "y"),
+        ("ü" * 99 + "1", "ü" * 99 + "2"),
+        ("a" * 80, "a" * 81),
+    ],
+)
+def test_different_rooms_never_share_a_group(first, second):
+    assert rooms.group_name(first) != rooms.group_name(second)
+    assert_valid_group(rooms.group_name(first))
+    assert_valid_group(rooms.group_name(second))
+
+
+def test_group_name_refuses_an_invalid_room():
+    with pytest.raises(rooms.InvalidRoomName):
+        rooms.group_name("no spaces")
+
+
+def test_converter_turns_refusal_into_no_match():
+    converter = rooms.RoomNameConverter()
+    assert converter.to_python("cafe\u0301") == "caf\u00e9"
+    with pytest.raises(ValueError):
+        converter.to_python("bad name")
+
+
+@given(st.text(max_size=150))
+def test_any_string_is_accepted_or_refused_and_never_crashes(name):
+    try:
+        canonical = rooms.normalize_room_name(name)
+    except rooms.InvalidRoomName as refusal:
+        assert str(refusal)
+    else:
+        assert rooms.normalize_room_name(canonical) == canonical
+        assert_valid_group(rooms.group_name(name))
+
+
+room_names = st.text(
+    alphabet=st.characters(categories=["Lu", "Ll", "Lo", "Mn", "Nd"], include_characters="-_."),
+    min_size=1,
+    max_size=100,
+).filter(rooms.is_valid_room_name)
+
+
+@given(room_names, room_names)
+def test_accepted_rooms_map_to_valid_distinct_groups(first, second):
+    first_group, second_group = rooms.group_name(first), rooms.group_name(second)
+    assert_valid_group(first_group)
+    same_room = rooms.normalize_room_name(first) == rooms.normalize_room_name(second)
+    assert (first_group == second_group) == same_room

@@ -1,0 +1,60 @@
+"""Settings from the environment: safe development defaults, a clean production mode."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from conftest import ROOT
+from mysite.settings import env_bool, env_list
+
+PRODUCTION = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "x7Vq2kP9mZr4tW8yB3nL6cF1hJ5sD0gA-uE_iO7pQwRtYuIoPaSdFgHjKlZxCvBnM",
+    "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+}
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("DJANGO")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_production_mode_passes_check_deploy_without_warnings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_mode_refuses_to_start_without_a_secret_key():
+    result = manage("check", **{**PRODUCTION, "DJANGO_SECRET_KEY": ""})
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_development_defaults_need_no_environment():
+    result = manage("check")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("0", False), (" Yes ", True)])
+def test_env_bool_reads_yes_and_no(monkeypatch, raw, expected):
+    monkeypatch.setenv("SOME_FLAG", raw)
+    assert env_bool("SOME_FLAG", not expected) is expected
+
+
+def test_env_bool_refuses_a_value_it_cannot_read(monkeypatch):
+    monkeypatch.setenv("SOME_FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured):
+        env_bool("SOME_FLAG", False)
+
+
+def test_env_list_splits_on_commas(monkeypatch):
+    monkeypatch.setenv("SOME_LIST", "a.example, b.example,,")
+    assert env_list("SOME_LIST", []) == ["a.example", "b.example"]
