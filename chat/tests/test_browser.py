@@ -164,6 +164,13 @@ def test_invalid_room_name_is_explained_on_the_index_page(browser, chat_server):
     assert browser.title != "pwned"
 
 
+def test_room_url_with_markup_is_a_404_that_runs_nothing(browser, chat_server):
+    browser.get(chat_server + "/chat/%3Cimg%20src=x%20onerror=%22document.title='pwned'%22%3E/")
+    _wait(browser, lambda: "not found" in browser.page_source.lower())
+    assert browser.title != "pwned"
+    assert not browser.find_elements(By.CSS_SELECTOR, "img")
+
+
 def test_unicode_room_name_is_shown_and_chats(browser, chat_server):
     _enter_chat_room(browser, chat_server, "café")
     assert browser.find_element(By.ID, "room-title").text == "café"

@@ -3,12 +3,15 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import protocol
 
 LIMITS = {"max_chars": 10, "max_frame_chars": 100}
+
+# Thousands of random inputs per property, as a fuzzer would send.
+THOUSANDS = 2000
 
 
 def parse(text_data=None, bytes_data=None):
@@ -69,6 +72,7 @@ json_values = st.recursive(
 )
 
 
+@settings(max_examples=THOUSANDS)
 @given(st.one_of(st.text(), json_values.map(json.dumps), st.binary()))
 def test_any_frame_is_accepted_or_refused_and_never_crashes(frame):
     text_data, bytes_data = (None, frame) if isinstance(frame, bytes) else (frame, None)

@@ -2,12 +2,15 @@
 
 import pytest
 from channels.layers import BaseChannelLayer
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import rooms
 
 LAYER = BaseChannelLayer()
+
+# Thousands of random inputs per property, as a fuzzer would send.
+THOUSANDS = 2000
 
 
 def assert_valid_group(name: str):
@@ -80,6 +83,7 @@ def test_converter_turns_refusal_into_no_match():
         converter.to_python("bad name")
 
 
+@settings(max_examples=THOUSANDS)
 @given(st.text(max_size=150))
 def test_any_string_is_accepted_or_refused_and_never_crashes(name):
     try:
@@ -98,6 +102,7 @@ room_names = st.text(
 ).filter(rooms.is_valid_room_name)
 
 
+@settings(max_examples=THOUSANDS)
 @given(room_names, room_names)
 def test_accepted_rooms_map_to_valid_distinct_groups(first, second):
     first_group, second_group = rooms.group_name(first), rooms.group_name(second)

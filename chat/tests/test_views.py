@@ -63,6 +63,15 @@ def test_invalid_room_url_is_a_404(client, path):
     assert client.get(path).status_code == 404
 
 
+def test_invalid_room_url_in_production_gets_the_chat_404_page(client, settings):
+    settings.DEBUG = False
+    response = client.get("/chat/%3Cb%3Ebold%3C%2Fb%3E/")
+    assert response.status_code == 404
+    html = response.content.decode()
+    assert "Choose a room" in html
+    assert "<b>bold" not in html
+
+
 def test_room_name_with_markup_is_embedded_as_data_not_code():
     hostile = "</script><script>alert('x')</script>\"'"
     html = render_to_string("chat/room.html", {"room_name": hostile})
