@@ -26,7 +26,8 @@ def redis_server():
 
 @pytest.fixture
 def redis_channel_layer(redis_server, settings):
-    """Point the channel layer at the session's Redis; flush it after the test."""
+    """Point the channel layer and presence at the session's Redis; flush it after the test."""
+    settings.REDIS_URL = redis_server.url
     settings.CHANNEL_LAYERS = redis_channel_layers(redis_server.url)
     yield redis_server
     client = redis.Redis.from_url(redis_server.url)
@@ -75,19 +76,70 @@ def stop_process(process: subprocess.Popen, timeout: float = 10.0):
             process.wait()
 
 
+class ChatServer:
+    """A real daphne process serving mysite.asgi on a loopback port, killable and restartable."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None):
+        self.env = env
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ChatServer":
+        daphne = [
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "mysite.asgi:application",
+        ]
+        self.process = subprocess.Popen([sys.executable, *daphne], cwd=ROOT, env=self.env)
+        wait_for_http(f"{self.url}/chat/", self.process)
+        return self
+
+    def kill(self):
+        """kill -9: no clean-up runs, as when a machine or process dies."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self):
+        if self.process is not None:
+            stop_process(self.process)
+
+
 @pytest.fixture(scope="session")
-def chat_server(redis_server, tmp_path_factory):
-    """A real daphne process serving mysite.asgi on a free loopback port; yields its base URL."""
+def migrated_database(redis_server, tmp_path_factory) -> Path:
+    """A SQLite file with every migration applied, shared by the server processes."""
     database = tmp_path_factory.mktemp("chat-server") / "db.sqlite3"
     env = server_environment(redis_server.url, database)
     migrate = [sys.executable, "manage.py", "migrate", "--noinput"]
     subprocess.run(migrate, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    port = free_port()
-    daphne = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "mysite.asgi:application"]
-    process = subprocess.Popen([sys.executable, *daphne], cwd=ROOT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
+    return database
+
+
+@pytest.fixture(scope="session")
+def chat_server(redis_server, migrated_database):
+    """One daphne process for the session; yields its base URL."""
+    server = ChatServer(server_environment(redis_server.url, migrated_database)).start()
     try:
-        wait_for_http(f"{base_url}/chat/", process)
-        yield base_url
+        yield server.url
     finally:
-        stop_process(process)
+        server.stop()
+
+
+@pytest.fixture
+def start_chat_server(redis_server, migrated_database):
+    """Start extra server processes on the same Redis and database; all stopped afterwards."""
+    servers = []
+
+    def _start(port: int | None = None, **extra_env: str) -> ChatServer:
+        env = server_environment(redis_server.url, migrated_database, **extra_env)
+        server = ChatServer(env, port).start()
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()

@@ -1,6 +1,7 @@
 """The chat WebSocket consumer: the tutorial's synchronous ChatConsumer, made robust.
 
-It only parses, delegates and sends: the rules live in rooms, protocol and ratelimit.
+It only parses, delegates and sends: the rules live in rooms, protocol, ratelimit,
+identity, services and presence.
 """
 
 import logging
@@ -8,8 +9,9 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
-from . import protocol, rooms
+from . import identity, presence, protocol, rooms, services
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -22,51 +24,97 @@ class ChatConsumer(WebsocketConsumer):
     closing = False
 
     def connect(self):
-        """Join the room's group, then accept the handshake."""
+        """Join the room's group, accept, then send the backlog and who is here."""
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
         self.room_group_name = rooms.group_name(self.room_name)
+        self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
         async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
         self.accept()
+        self._send_backlog(protocol.parse_after(self.scope.get("query_string", b"")))
+        presence.join(self.room_group_name, self.channel_name, identity.presence_label(self.author))
+        presence.announce(self.room_group_name)
 
     def disconnect(self, close_code):
-        """Leave the room's group."""
-        if self.room_group_name is not None:
-            async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+        """Leave the room's group and its presence list."""
+        if self.room_group_name is None:
+            return
+        async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+        presence.leave(self.room_group_name, self.channel_name)
+        presence.announce(self.room_group_name)
 
     def receive(self, text_data=None, bytes_data=None):
-        """Validate one inbound frame and broadcast its message, or refuse it to this socket."""
+        """Validate one frame, store its message, then broadcast it; or refuse it."""
         if self.closing:
             return
+        # Every frame spends a token, garbage included, so any flood ends in a close.
+        within_rate = self.rate_limit.allow()
         try:
-            self._check_rate()
-            message = protocol.parse_chat_frame(
+            frame = protocol.parse_chat_frame(
                 text_data,
                 bytes_data,
                 max_chars=settings.CHAT_MESSAGE_MAX_CHARS,
                 max_frame_chars=settings.CHAT_FRAME_MAX_CHARS,
             )
+            if not within_rate:
+                raise protocol.FrameRefused(
+                    "rate_limited",
+                    f"Slow down: at most {settings.CHAT_RATE_PER_SECOND:g} messages a second.",
+                    frame.client_id,
+                )
+            message, created = self._store(frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
             return
-        async_to_sync(self.channel_layer.group_send)(
-            self.room_group_name, protocol.chat_message_event(message)
-        )
+        event = protocol.chat_message_event(message)
+        if created:
+            async_to_sync(self.channel_layer.group_send)(self.room_group_name, event)
+        else:
+            # A retried send: the room already has it; acknowledge to the sender only.
+            self.send(text_data=protocol.message_frame(event))
 
     def chat_message(self, event):
-        """Deliver one room message to this socket."""
+        """Deliver one room message, first filling any gap the channel layer left."""
+        seq = event["id"]
+        if seq <= self.last_seq:
+            return
+        if seq > self.last_seq + 1:
+            missed = services.messages_after(self.room_name, self.last_seq, seq - self.last_seq - 1)
+            for message in missed:
+                self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
         self.send(text_data=protocol.message_frame(event))
+        self.last_seq = seq
 
-    def _check_rate(self):
-        if not self.rate_limit.allow():
-            raise protocol.FrameRefused(
-                "rate_limited",
-                f"Slow down: at most {settings.CHAT_RATE_PER_SECOND:g} messages a second.",
+    def chat_presence(self, event):
+        """Tell this socket who is in the room."""
+        self.send(text_data=protocol.presence_frame(event))
+
+    def _send_backlog(self, after: int | None):
+        if after is None:
+            backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
+        else:
+            backlog = services.messages_after(self.room_name, after)
+        for message in backlog:
+            event = protocol.chat_message_event(message)
+            self.send(text_data=protocol.message_frame(event, history=after is None))
+        self.last_seq = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+
+    def _store(self, frame: protocol.ChatFrame):
+        try:
+            return services.store_message(
+                self.room_name, self.author, frame.message, frame.client_id
             )
+        except DatabaseError as error:
+            logger.error("message not stored in room %r: %r", self.room_name, error)
+            raise protocol.FrameRefused(
+                "store_failed",
+                "The message could not be saved, so it was not sent. Try again.",
+                frame.client_id,
+            ) from None
 
     def _refuse(self, refusal: protocol.FrameRefused):
         logger.info("refused frame in room %r: %s", self.room_name, refusal.code)
-        self.send(text_data=protocol.error_frame(refusal.code, refusal.detail))
+        self.send(text_data=protocol.error_frame(refusal))
         if self.rate_limit.refusals_in_a_row >= settings.CHAT_FLOOD_CLOSE_AFTER:
             logger.warning("closing flooding socket in room %r", self.room_name)
             self.closing = True

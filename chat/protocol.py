@@ -1,31 +1,49 @@
 """The WebSocket wire format: parsing inbound frames and building every outbound one.
 
-Inbound, a valid frame is a text frame holding a JSON object with a "message" string;
-other keys are ignored. Outbound frames stay tutorial-compatible: a chat message is
-`{"message": ...}`, and a refusal is `{"error": {"code": ..., "detail": ...}}`.
+Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
+optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
+Outbound frames stay tutorial-compatible: every chat message carries "message", beside
+"id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
+`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`.
 """
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
+
+from .models import Message
 
 # Close code for a client that keeps sending after being rate limited
 # (4000-4999 is the range RFC 6455 leaves to applications; 429 echoes HTTP's).
 CLOSE_FLOODING = 4429
 
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 
 class FrameRefused(Exception):
     """An inbound frame we will not act on; `code` is stable, `detail` is for people."""
 
-    def __init__(self, code: str, detail: str):
+    def __init__(self, code: str, detail: str, client_id: str | None = None):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        # Echoed in the error event, so a client knows which of its sends was refused.
+        self.client_id = client_id
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """A valid inbound chat frame."""
+
+    message: str
+    client_id: str | None = None
 
 
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> str:
-    """Return the trimmed message text of a frame, or raise FrameRefused."""
+) -> ChatFrame:
+    """Return the frame's trimmed message and client id, or raise FrameRefused."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
     if len(text_data) > max_frame_chars:
@@ -36,29 +54,75 @@ def parse_chat_frame(
         raise FrameRefused("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(payload, dict):
         raise FrameRefused("not_an_object", 'Send a JSON object such as {"message": "hi"}.')
+    client_id = payload.get("client_id")
+    if client_id is not None and not (
+        isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id)
+    ):
+        raise FrameRefused(
+            "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
+        )
     if "message" not in payload:
-        raise FrameRefused("missing_message", 'The object needs a "message" key.')
+        raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     message = payload["message"]
     if not isinstance(message, str):
-        raise FrameRefused("message_not_string", '"message" must be a string.')
+        raise FrameRefused("message_not_string", '"message" must be a string.', client_id)
     message = message.strip()
     if not message:
-        raise FrameRefused("empty_message", "The message is empty.")
+        raise FrameRefused("empty_message", "The message is empty.", client_id)
     if len(message) > max_chars:
-        raise FrameRefused("message_too_long", f"Messages are at most {max_chars} characters.")
-    return message
+        raise FrameRefused(
+            "message_too_long", f"Messages are at most {max_chars} characters.", client_id
+        )
+    return ChatFrame(message, client_id)
 
 
-def chat_message_event(message: str) -> dict[str, Any]:
-    """Build the channel-layer event that fans one message out to a room's group."""
-    return {"type": "chat.message", "message": message}
+def parse_after(query_string: bytes) -> int | None:
+    """The `after` seq a reconnecting socket asks to catch up from, or None."""
+    for pair in query_string.decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if name == "after" and value.isascii() and value.isdigit():
+            return int(value)
+    return None
 
 
-def message_frame(event: dict[str, Any]) -> str:
-    """Build the outbound frame for a chat.message event."""
-    return json.dumps({"message": event["message"]})
+def chat_message_event(message: Message) -> dict[str, Any]:
+    """Build the channel-layer event that fans one stored message out to a room's group."""
+    return {"type": "chat.message", **message_fields(message)}
 
 
-def error_frame(code: str, detail: str) -> str:
+def message_fields(message: Message) -> dict[str, Any]:
+    """The public fields of a stored message, as every frame and the HTTP API show them."""
+    return {
+        "message": message.text,
+        "id": message.seq,
+        "user": message.display_name,
+        "guest": message.author_id is None,
+        "ts": message.created.isoformat(),
+        "client_id": message.client_id or None,
+    }
+
+
+def message_frame(event: dict[str, Any], *, history: bool = False) -> str:
+    """Build the outbound frame for a chat.message event; history marks the join backlog."""
+    fields = {key: value for key, value in event.items() if key != "type"}
+    if history:
+        fields["history"] = True
+    return json.dumps(fields)
+
+
+def presence_event(count: int, names: list[str]) -> dict[str, Any]:
+    """Build the channel-layer event that tells a room who is in it."""
+    return {"type": "chat.presence", "count": count, "names": names}
+
+
+def presence_frame(event: dict[str, Any]) -> str:
+    """Build the outbound frame for a chat.presence event."""
+    return json.dumps({"presence": {"count": event["count"], "names": event["names"]}})
+
+
+def error_frame(refusal: FrameRefused) -> str:
     """Build the outbound frame that tells one socket why its frame was refused."""
-    return json.dumps({"error": {"code": code, "detail": detail}})
+    error = {"code": refusal.code, "detail": refusal.detail}
+    if refusal.client_id is not None:
+        error["client_id"] = refusal.client_id
+    return json.dumps({"error": error})

@@ -9,4 +9,5 @@ app_name = "chat"
 urlpatterns = [
     path("", views.index, name="index"),
     path("<room:room_name>/", views.room, name="room"),
+    path("<room:room_name>/messages/", views.room_messages, name="room_messages"),
 ]

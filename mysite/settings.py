@@ -61,6 +61,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -96,6 +97,14 @@ DATABASES = {
         conn_max_age=0,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # Several server processes share one SQLite file: readers never block the writer
+        # (WAL), writers queue instead of failing with "database is locked".
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -114,7 +123,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves the page scripts and the admin's CSS from daphne itself, production
+# included, straight from the apps' static folders: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:index"
+LOGOUT_REDIRECT_URL = "chat:index"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -154,3 +169,13 @@ CHAT_RATE_BURST = 20
 CHAT_RATE_PER_SECOND = 10.0
 # Consecutive rate-limited frames after which the socket is closed as a flooder.
 CHAT_FLOOD_CLOSE_AFTER = 50
+# Messages a socket receives on joining: a screenful of context, cheap to send.
+CHAT_HISTORY_LIMIT = 50
+# Presence entries live this long unless their process refreshes them, so a killed
+# process leaves ghosts for at most TTL + REFRESH seconds.
+# (From the environment too, so that tests can kill a process and see its ghosts go fast.)
+CHAT_PRESENCE_TTL_SECONDS = float(os.environ.get("CHAT_PRESENCE_TTL_SECONDS", "30"))
+CHAT_PRESENCE_REFRESH_SECONDS = float(os.environ.get("CHAT_PRESENCE_REFRESH_SECONDS", "10"))
+# Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
+CHAT_API_PAGE_SIZE = 100
+CHAT_API_PAGE_MAX = 500

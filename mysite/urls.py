@@ -4,8 +4,14 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from chat import views as chat_views
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat:index", permanent=False)),
     path("chat/", include("chat.urls")),
+    # Under accounts/, not chat/: every name below chat/ is a room's.
+    path("accounts/name/", chat_views.set_display_name, name="set_display_name"),
+    path("accounts/signup/", chat_views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,6 +1,7 @@
-"""Fixtures for the chat tests: sockets opened on the real ASGI application."""
+"""Fixtures and helpers for the chat tests: sockets opened on the real ASGI application."""
 
 import asyncio
+import time
 from urllib.parse import quote
 
 import pytest
@@ -9,27 +10,84 @@ from channels.testing import WebsocketCommunicator
 from mysite.asgi import application
 
 ALLOWED_ORIGIN = b"http://127.0.0.1"
+QUIET_SECONDS = 0.3
 
 
-def communicator(room: str, origin: bytes | None = ALLOWED_ORIGIN) -> WebsocketCommunicator:
+def communicator(
+    room: str, origin: bytes | None = ALLOWED_ORIGIN, query: str = "", headers=()
+) -> WebsocketCommunicator:
     """A not-yet-connected socket on /ws/chat/<room>/ of mysite.asgi.application."""
-    headers = [(b"origin", origin)] if origin is not None else []
-    return WebsocketCommunicator(application, f"/ws/chat/{quote(room)}/", headers=headers)
+    all_headers = [(b"origin", origin)] if origin is not None else []
+    all_headers.extend(headers)
+    path = f"/ws/chat/{quote(room)}/" + (f"?{query}" if query else "")
+    return WebsocketCommunicator(application, path, headers=all_headers)
 
 
 @pytest.fixture
-async def join(redis_channel_layer):
-    """Open sockets in rooms (`await join("lobby")`); every one is disconnected afterwards."""
+async def join(redis_channel_layer, transactional_db):
+    """Open sockets in rooms (`await join("lobby")`); every one is disconnected afterwards.
+
+    The socket's backlog (history or catch-up) is read and kept as `socket.backlog`.
+    """
     opened = []
 
-    async def _join(room: str = "lobby") -> WebsocketCommunicator:
-        socket = communicator(room)
+    async def _join(room: str = "lobby", query: str = "", headers=()) -> WebsocketCommunicator:
+        socket = communicator(room, query=query, headers=headers)
         connected, code = await socket.connect()
         assert connected, f"handshake refused with {code}"
         opened.append(socket)
+        socket.backlog = []
+        while True:  # the backlog comes first, then this socket's own presence update
+            frame = await socket.receive_json_from(timeout=2)
+            if "presence" in frame:
+                break
+            socket.backlog.append(frame)
         return socket
 
     yield _join
     # Concurrently: a consumer may take up to the communicator's timeout to stop while
     # channels_redis finishes its blocking read, and those waits need not add up.
     await asyncio.gather(*(socket.disconnect() for socket in opened))
+
+
+async def next_frame(socket: WebsocketCommunicator, timeout: float = 2) -> dict:
+    """The next frame that is not a presence update."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await socket.receive_json_from(timeout=max(deadline - time.monotonic(), 0.01))
+        if "presence" not in frame:
+            return frame
+
+
+async def next_presence(socket: WebsocketCommunicator, timeout: float = 2) -> dict:
+    """The next presence update, skipping anything else."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await socket.receive_json_from(timeout=max(deadline - time.monotonic(), 0.01))
+        if "presence" in frame:
+            return frame["presence"]
+
+
+async def frames_within(socket: WebsocketCommunicator, seconds: float = QUIET_SECONDS) -> list:
+    """Every frame that arrives within `seconds`."""
+    frames = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await socket.receive_nothing(timeout=min(left, 0.05)):
+            continue
+        frames.append(await socket.receive_json_from())
+    return frames
+
+
+async def assert_no_chat(socket: WebsocketCommunicator, seconds: float = QUIET_SECONDS):
+    """Nothing but presence updates arrives within `seconds`."""
+    assert [
+        frame for frame in await frames_within(socket, seconds) if "presence" not in frame
+    ] == []
+
+
+async def assert_receives_message(socket: WebsocketCommunicator, text: str) -> dict:
+    """The next chat frame carries `text`; returns it."""
+    frame = await next_frame(socket)
+    assert frame.get("message") == text, frame
+    return frame

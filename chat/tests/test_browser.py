@@ -178,7 +178,73 @@ def test_unicode_room_name_is_shown_and_chats(browser, chat_server):
     _wait(browser, lambda: "un café" in _chat_log_value(browser), "not seen in a Unicode room")
 
 
-def test_closed_socket_shows_a_visible_notice(browser, chat_server):
+def test_closed_socket_shows_a_notice_then_reconnects(browser, chat_server):
     _enter_chat_room(browser, chat_server, "closing")
-    browser.execute_script("chatSocket.close()")
-    _wait(browser, lambda: "Disconnected" in _status(browser), "no notice on close")
+    browser.execute_script("chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser), "no notice on close")
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
+
+
+def _log_lines(driver):
+    return _chat_log_value(driver).splitlines()
+
+
+def test_reloading_the_room_shows_the_same_conversation(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "reload")
+    for text in ("first", "second"):
+        _post_message(browser, text)
+        _wait(browser, lambda text=text: any(line.endswith(text) for line in _log_lines(browser)))
+    before = _log_lines(browser)
+    browser.refresh()
+    _wait(browser, lambda: _status(browser) == "Connected")
+    _wait(browser, lambda: _log_lines(browser) == before, "history differs after reload")
+
+
+def test_chosen_display_name_appears_on_messages_and_in_presence(browser, chat_server):
+    browser.get(chat_server + "/chat/")
+    name_box = browser.find_element(By.ID, "display-name-input")
+    name_box.clear()
+    name_box.send_keys("Zoë", Keys.ENTER)
+    _wait(browser, lambda: browser.find_element(By.ID, "identity-name").text == "Zoë")
+    _enter_chat_room(browser, chat_server, "names")
+    _post_message(browser, "bonjour")
+    _wait(browser, lambda: "Zoë (guest): bonjour" in _log_lines(browser), "name not shown")
+    presence = browser.find_element(By.ID, "presence")
+    _wait(browser, lambda: "Zoë (guest)" in presence.text, "name not in presence")
+
+
+def test_killed_and_restarted_server_loses_nothing_and_duplicates_nothing(
+    browser, start_chat_server
+):
+    doomed, survivor = start_chat_server(), start_chat_server()
+    _enter_chat_room(browser, doomed.url, "outage")
+    _open_new_window(browser)
+    _enter_chat_room(browser, survivor.url, "outage")
+
+    doomed.kill()
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: "Reconnecting" in _status(browser), "no reconnecting notice")
+    _post_message(browser, "typed while offline")
+    _switch_to_window(browser, 1)
+    sent_meanwhile = [f"meanwhile {number}" for number in range(3)]
+    for text in sent_meanwhile:
+        _post_message(browser, text)
+        _wait(browser, lambda text=text: any(line.endswith(text) for line in _log_lines(browser)))
+
+    doomed.start()
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
+    expected = [*sent_meanwhile, "typed while offline"]
+    _wait(
+        browser,
+        lambda: all(any(line.endswith(t) for line in _log_lines(browser)) for t in expected),
+    )
+    _switch_to_window(browser, 1)
+    _wait(
+        browser, lambda: any(line.endswith("typed while offline") for line in _log_lines(browser))
+    )
+    for index in (0, 1):
+        _switch_to_window(browser, index)
+        lines = _log_lines(browser)
+        for text in expected:
+            assert sum(line.endswith(text) for line in lines) == 1, (text, lines)

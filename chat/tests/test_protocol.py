@@ -1,12 +1,14 @@
 """Parsing inbound frames and the shape of every outbound frame."""
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import protocol
+from chat.models import Message
 
 LIMITS = {"max_chars": 10, "max_frame_chars": 100}
 
@@ -19,11 +21,29 @@ def parse(text_data=None, bytes_data=None):
 
 
 def test_valid_frame_yields_trimmed_message():
-    assert parse('{"message": "  hi  ", "extra": [1, 2]}') == "hi"
+    assert parse('{"message": "  hi  ", "extra": [1, 2]}') == protocol.ChatFrame("hi")
+
+
+def test_client_id_is_kept():
+    frame = parse('{"message": "hi", "client_id": "a1-B_2"}')
+    assert frame == protocol.ChatFrame("hi", "a1-B_2")
+
+
+@pytest.mark.parametrize("client_id", ["", "has space", "x" * 65, 7, ["a"]])
+def test_malformed_client_id_is_refused(client_id):
+    with pytest.raises(protocol.FrameRefused) as refusal:
+        parse(json.dumps({"message": "hi", "client_id": client_id}))
+    assert refusal.value.code == "invalid_client_id"
+
+
+def test_refusal_of_a_bad_message_names_its_client_id():
+    with pytest.raises(protocol.FrameRefused) as refusal:
+        parse(json.dumps({"message": "x" * 11, "client_id": "abc"}))
+    assert (refusal.value.code, refusal.value.client_id) == ("message_too_long", "abc")
 
 
 def test_message_of_exactly_the_limit_is_accepted():
-    assert parse(json.dumps({"message": "x" * 10})) == "x" * 10
+    assert parse(json.dumps({"message": "x" * 10})).message == "x" * 10
 
 
 @pytest.mark.parametrize(
@@ -50,19 +70,79 @@ def test_bad_frames_are_refused_with_their_code(text_data, bytes_data, code):
     assert refusal.value.detail
 
 
-def test_chat_message_event_has_the_handler_type_and_message():
-    assert protocol.chat_message_event("hi") == {"type": "chat.message", "message": "hi"}
+def stored_message(**fields) -> Message:
+    defaults = {
+        "room_id": "lobby",
+        "seq": 7,
+        "display_name": "alice",
+        "text": "<b>hi</b>",
+        "created": datetime(2026, 11, 27, 12, 0, tzinfo=UTC),
+    }
+    return Message(**{**defaults, **fields})
 
 
-def test_message_frame_is_tutorial_compatible():
-    frame = protocol.message_frame(protocol.chat_message_event("<b>hi</b>"))
-    assert json.loads(frame) == {"message": "<b>hi</b>"}
+def test_chat_message_event_has_the_handler_type_and_every_field():
+    assert protocol.chat_message_event(stored_message(author_id=3, client_id="c1")) == {
+        "type": "chat.message",
+        "message": "<b>hi</b>",
+        "id": 7,
+        "user": "alice",
+        "guest": False,
+        "ts": "2026-11-27T12:00:00+00:00",
+        "client_id": "c1",
+    }
+
+
+def test_message_frame_is_tutorial_compatible_with_fields_beside_message():
+    frame = json.loads(protocol.message_frame(protocol.chat_message_event(stored_message())))
+    assert frame == {
+        "message": "<b>hi</b>",
+        "id": 7,
+        "user": "alice",
+        "guest": True,
+        "ts": "2026-11-27T12:00:00+00:00",
+        "client_id": None,
+    }
+
+
+def test_history_frames_are_marked():
+    event = protocol.chat_message_event(stored_message())
+    assert json.loads(protocol.message_frame(event, history=True))["history"] is True
+    assert "history" not in json.loads(protocol.message_frame(event))
+
+
+def test_presence_frame_shape():
+    event = protocol.presence_event(3, ["alice", "bob (guest)"])
+    assert event["type"] == "chat.presence"
+    assert json.loads(protocol.presence_frame(event)) == {
+        "presence": {"count": 3, "names": ["alice", "bob (guest)"]}
+    }
 
 
 def test_error_frame_shape():
-    assert json.loads(protocol.error_frame("invalid_json", "Not JSON.")) == {
+    refusal = protocol.FrameRefused("invalid_json", "Not JSON.")
+    assert json.loads(protocol.error_frame(refusal)) == {
         "error": {"code": "invalid_json", "detail": "Not JSON."}
     }
+
+
+def test_error_frame_names_the_refused_client_id():
+    refusal = protocol.FrameRefused("rate_limited", "Slow down.", "c1")
+    assert json.loads(protocol.error_frame(refusal))["error"]["client_id"] == "c1"
+
+
+@pytest.mark.parametrize(
+    ("query", "after"),
+    [
+        (b"", None),
+        (b"after=12", 12),
+        (b"x=1&after=0", 0),
+        (b"after=-1", None),
+        (b"after=1e3", None),
+    ],
+)
+def test_parse_after_reads_a_whole_number_or_nothing(query, after):
+    assert protocol.parse_after(query) == after
 
 
 json_values = st.recursive(
@@ -81,13 +161,19 @@ def test_any_frame_is_accepted_or_refused_and_never_crashes(frame):
     except protocol.FrameRefused as refusal:
         assert refusal.code and refusal.detail
     else:
-        assert message == message.strip() and 0 < len(message) <= LIMITS["max_chars"]
+        text = message.message
+        assert text == text.strip() and 0 < len(text) <= LIMITS["max_chars"]
 
 
 @given(st.dictionaries(st.text(), json_values), st.text())
 def test_any_object_with_a_message_string_is_judged_on_the_message_alone(extra, message):
     payload = {**extra, "message": message}
     try:
-        assert parse(json.dumps(payload)) == message.strip()
+        assert parse(json.dumps(payload)).message == message.strip()
     except protocol.FrameRefused as refusal:
-        assert refusal.code in {"empty_message", "message_too_long", "frame_too_large"}
+        assert refusal.code in {
+            "empty_message",
+            "message_too_long",
+            "frame_too_large",
+            "invalid_client_id",
+        }

@@ -1,8 +1,12 @@
-"""The index and room pages."""
+"""The pages (index, room, names, accounts) and the messages JSON endpoint."""
+
+import re
 
 import pytest
 from django.template.loader import render_to_string
 from django.urls import reverse
+
+from chat import identity, services
 
 pytestmark = pytest.mark.django_db
 
@@ -77,3 +81,205 @@ def test_room_name_with_markup_is_embedded_as_data_not_code():
     html = render_to_string("chat/room.html", {"room_name": hostile})
     assert "<script>alert(" not in html
     assert "\\u003C/script\\u003E\\u003Cscript\\u003Ealert" in html
+
+
+def _identity_name(html: str) -> str:
+    match = re.search(r'<strong id="identity-name">(.*?)</strong>', html)
+    assert match, "the page has no #identity-name"
+    return match.group(1)
+
+
+def _display_name_error(html: str) -> str:
+    match = re.search(r'<p id="display-name-error"[^>]*>(.*?)</p>', html, re.DOTALL)
+    assert match, "the page has no #display-name-error"
+    return match.group(1)
+
+
+def test_a_valid_display_name_is_kept_in_the_session_and_redirects_to_the_index(client):
+    response = client.post("/accounts/name/", {"display_name": "  Zoë  "})
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/"
+    assert client.session[identity.SESSION_KEY] == "Zoë"
+
+
+def test_the_index_shows_the_chosen_display_name(client):
+    client.post("/accounts/name/", {"display_name": "Zoë"})
+    assert _identity_name(client.get("/chat/").content.decode()) == "Zoë"
+
+
+def test_an_invalid_display_name_rerenders_the_index_with_its_reason(client):
+    response = client.post("/accounts/name/", {"display_name": "a" * 31})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert _display_name_error(html) == "Names are at most 30 characters."
+    assert 'aria-invalid="true"' in html
+    assert identity.SESSION_KEY not in client.session
+
+
+def test_an_invalid_hostile_display_name_is_echoed_as_text(client):
+    hostile = "<script>alert('pwned')</script>!"
+    response = client.post("/accounts/name/", {"display_name": hostile})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;!" in html
+    assert "at most 30 characters" in _display_name_error(html)
+
+
+def test_an_invalid_display_name_keeps_the_previous_one(client):
+    client.post("/accounts/name/", {"display_name": "Zoë"})
+    client.post("/accounts/name/", {"display_name": "a\u200bb"})
+    assert client.session[identity.SESSION_KEY] == "Zoë"
+
+
+def test_get_on_the_display_name_endpoint_is_405(client):
+    assert client.get("/accounts/name/").status_code == 405
+
+
+def test_room_page_marks_an_anonymous_visitor_as_a_guest_with_login_and_signup_links(client):
+    html = client.get("/chat/lobby/").content.decode()
+    assert _identity_name(html) == "Anonymous"
+    assert "(guest)" in html
+    assert '<a href="/accounts/login/?next=/chat/lobby/">Log in</a>' in html
+    assert '<a href="/accounts/signup/">Sign up</a>' in html
+    assert 'id="logout-button"' not in html
+
+
+def test_room_page_shows_a_logged_in_users_name_and_a_logout_form(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("alice"))
+    html = client.get("/chat/lobby/").content.decode()
+    assert _identity_name(html) == "alice"
+    assert '<form class="inline" method="post" action="/accounts/logout/">' in html
+    assert 'id="logout-button"' in html
+    assert "(guest)" not in html
+    assert ">Log in</a>" not in html
+
+
+def test_signup_creates_a_user_logs_it_in_and_redirects_to_the_chat(client, django_user_model):
+    password = "correct-horse-battery-42"
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "alice", "password1": password, "password2": password},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/"
+    user = django_user_model.objects.get(username="alice")
+    assert client.session["_auth_user_id"] == str(user.pk)
+    assert _identity_name(client.get("/chat/").content.decode()) == "alice"
+
+
+def test_signup_with_mismatched_passwords_creates_no_user(client, django_user_model):
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "alice", "password1": "correct-horse-42", "password2": "other-horse-42"},
+    )
+    assert response.status_code == 200
+    assert not django_user_model.objects.filter(username="alice").exists()
+
+
+def test_login_page_renders(client):
+    response = client.get("/accounts/login/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="login-submit"' in html and 'name="password"' in html
+
+
+def test_logging_in_with_a_valid_password_works(client, django_user_model):
+    django_user_model.objects.create_user("alice", password="correct-horse-battery-42")
+    response = client.post(
+        "/accounts/login/", {"username": "alice", "password": "correct-horse-battery-42"}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/chat/"
+    assert _identity_name(client.get("/chat/lobby/").content.decode()) == "alice"
+
+
+def test_logging_in_with_a_wrong_password_is_refused(client, django_user_model):
+    django_user_model.objects.create_user("alice", password="correct-horse-battery-42")
+    response = client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+    assert response.status_code == 200
+    assert "didn't match" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def _store_messages(room: str, count: int) -> None:
+    for n in range(1, count + 1):
+        services.store_message(room, services.Author(name="Zoë"), f"message {n}", None)
+
+
+def test_messages_of_an_empty_room_are_an_empty_page(client):
+    response = client.get("/chat/lobby/messages/")
+    assert response.status_code == 200
+    assert response.json() == {"room": "lobby", "messages": [], "next_after": None}
+
+
+def test_messages_page_after_an_id_gives_the_next_ids_and_where_to_continue(client):
+    _store_messages("lobby", 5)
+    body = client.get("/chat/lobby/messages/", {"after": 1, "limit": 2}).json()
+    assert [message["id"] for message in body["messages"]] == [2, 3]
+    assert body["next_after"] == 3
+
+
+def test_messages_last_page_has_no_next_after(client):
+    _store_messages("lobby", 5)
+    body = client.get("/chat/lobby/messages/", {"after": 3, "limit": 2}).json()
+    assert [message["id"] for message in body["messages"]] == [4, 5]
+    assert body["next_after"] is None
+
+
+def test_messages_default_to_the_whole_room_from_the_first(client):
+    _store_messages("lobby", 3)
+    body = client.get("/chat/lobby/messages/").json()
+    assert [message["id"] for message in body["messages"]] == [1, 2, 3]
+    assert body["next_after"] is None
+
+
+def test_each_message_in_the_api_has_exactly_the_public_fields(client):
+    services.store_message("lobby", services.Author(name="Zoë"), "hi", "abc-1")
+    (message,) = client.get("/chat/lobby/messages/").json()["messages"]
+    assert set(message) == {"message", "id", "user", "guest", "ts", "client_id"}
+    assert (message["message"], message["id"], message["user"]) == ("hi", 1, "Zoë")
+    assert message["guest"] is True
+    assert message["client_id"] == "abc-1"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"after": -1}, {"after": "x"}, {"limit": 0}, {"limit": 501}, {"limit": "2.5"}],
+    ids=["negative-after", "word-after", "zero-limit", "limit-over-max", "fractional-limit"],
+)
+def test_messages_with_bad_params_are_a_400(client, params):
+    assert client.get("/chat/lobby/messages/", params).status_code == 400
+
+
+def test_messages_of_an_invalid_room_url_are_a_404(client):
+    assert client.get("/chat/two%20words/messages/").status_code == 404
+
+
+def test_messages_of_a_unicode_room_are_served(client):
+    _store_messages("café", 1)
+    response = client.get(reverse("chat:room_messages", kwargs={"room_name": "café"}))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["room"] == "café"
+    assert [message["id"] for message in body["messages"]] == [1]
+
+
+def test_messages_of_a_decomposed_room_name_are_the_composed_rooms(client):
+    _store_messages("café", 1)
+    url = reverse("chat:room_messages", kwargs={"room_name": "cafe\u0301"})
+    body = client.get(url).json()
+    assert body["room"] == "café"
+    assert [message["id"] for message in body["messages"]] == [1]
+
+
+def test_messages_endpoint_refuses_post(client):
+    assert client.post("/chat/lobby/messages/").status_code == 405
+
+
+def test_a_room_called_name_is_a_room_like_any_other(client):
+    response = client.get("/chat/name/")
+    assert response.status_code == 200
+    assert '<script id="room-name" type="application/json">"name"</script>' in (
+        response.content.decode()
+    )

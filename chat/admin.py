@@ -1,0 +1,23 @@
+from django.contrib import admin
+
+from .models import Message, Room
+
+
+@admin.register(Room)
+class RoomAdmin(admin.ModelAdmin):
+    list_display = ["name", "last_seq"]
+    search_fields = ["name"]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["room", "seq", "display_name", "author", "created", "short_text"]
+    list_filter = ["room", "created", ("author", admin.EmptyFieldListFilter)]
+    search_fields = ["text", "display_name", "room__name", "author__username"]
+    date_hierarchy = "created"
+    raw_id_fields = ["author"]
+    readonly_fields = ["room", "seq", "client_id", "created"]
+
+    @admin.display(description="text")
+    def short_text(self, message):
+        return message.text[:80]

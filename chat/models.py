@@ -1,0 +1,49 @@
+"""Rooms and their stored messages."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Room(models.Model):
+    """A room that has had at least one message; `last_seq` numbers its messages."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    last_seq = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self):
+        return self.name
+
+
+class Message(models.Model):
+    """One stored chat message. `seq` orders a room's messages 1, 2, 3, ... with no gaps."""
+
+    # No index of its own: the (room, seq) unique constraint below leads with room.
+    room = models.ForeignKey(
+        Room, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    seq = models.PositiveBigIntegerField()
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    display_name = models.CharField(max_length=150)
+    text = models.TextField()
+    # Chosen by the client, so that a retried send is stored once; "" when it sent none.
+    client_id = models.CharField(max_length=64, blank=True, default="")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            # Also the index that makes history and catch-up range scans on (room, seq).
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
+            models.UniqueConstraint(
+                fields=["room", "client_id"],
+                condition=~Q(client_id=""),
+                name="message_room_client_id_unique",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.room_id}#{self.seq} {self.display_name}: {self.text[:50]}"

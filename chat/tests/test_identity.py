@@ -1,0 +1,93 @@
+"""Display names and who speaks: the name rule, the Author of a user or session, labels."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+
+from chat.identity import (
+    DISPLAY_NAME_MAX_CHARS,
+    GUEST_DEFAULT_NAME,
+    SESSION_KEY,
+    InvalidDisplayName,
+    author_for,
+    clean_display_name,
+    presence_label,
+)
+from chat.services import Author
+
+
+def test_clean_display_name_trims_surrounding_white_space():
+    assert clean_display_name("  Zoë \t") == "Zoë"
+
+
+def test_clean_display_name_normalizes_to_nfc():
+    assert clean_display_name("Zoe\u0308") == "Zo\u00eb"
+
+
+@pytest.mark.parametrize("name", ["Zoë", "李雷", "O'Brien", "Mary Jane"])
+def test_clean_display_name_accepts_ordinary_names(name):
+    assert clean_display_name(name) == name
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\t\n", "\u3000"])
+def test_clean_display_name_refuses_an_empty_or_blank_name(raw):
+    with pytest.raises(InvalidDisplayName, match="Enter a name"):
+        clean_display_name(raw)
+
+
+def test_clean_display_name_accepts_exactly_the_maximum_length():
+    name = "a" * DISPLAY_NAME_MAX_CHARS
+    assert clean_display_name(name) == name
+
+
+def test_clean_display_name_refuses_a_name_over_the_maximum_length():
+    with pytest.raises(InvalidDisplayName, match="at most 30 characters"):
+        clean_display_name("a" * (DISPLAY_NAME_MAX_CHARS + 1))
+
+
+def test_clean_display_name_counts_length_after_normalizing():
+    decomposed = "e\u0301" * DISPLAY_NAME_MAX_CHARS
+    assert clean_display_name(decomposed) == "\u00e9" * DISPLAY_NAME_MAX_CHARS
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["a\x00b", "a\nb", "a\u200bb", "\u202eabc", "a\u2028b", "a\x7fb"],
+    ids=["nul", "newline", "zero-width-space", "rtl-override", "line-separator", "delete"],
+)
+def test_clean_display_name_refuses_control_and_invisible_characters(raw):
+    with pytest.raises(InvalidDisplayName, match="control or invisible"):
+        clean_display_name(raw)
+
+
+def test_invalid_display_name_is_a_value_error():
+    assert issubclass(InvalidDisplayName, ValueError)
+
+
+@pytest.mark.django_db
+def test_author_for_a_logged_in_user_is_its_username_and_id():
+    user = get_user_model().objects.create_user("alice", password="not-used-here-42")
+    author = author_for(user, {SESSION_KEY: "Someone Else"})
+    assert author == Author(name="alice", user_id=user.pk)
+    assert not author.is_guest
+
+
+def test_author_for_an_anonymous_visitor_is_the_guest_name_in_the_session():
+    assert author_for(AnonymousUser(), {SESSION_KEY: "Zoë"}) == Author(name="Zoë")
+
+
+def test_author_for_an_anonymous_visitor_without_a_name_is_anonymous():
+    assert author_for(AnonymousUser(), {}) == Author(name=GUEST_DEFAULT_NAME)
+    assert GUEST_DEFAULT_NAME == "Anonymous"
+
+
+def test_author_for_no_user_and_no_session_is_anonymous():
+    assert author_for(None, None) == Author(name=GUEST_DEFAULT_NAME)
+
+
+def test_presence_label_marks_a_guest():
+    assert presence_label(Author(name="Zoë")) == "Zoë (guest)"
+
+
+def test_presence_label_leaves_a_user_unmarked():
+    assert presence_label(Author(name="alice", user_id=1)) == "alice"

@@ -1,0 +1,182 @@
+"""Storing and reading messages: seq numbering, idempotent client ids, authors, history."""
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from chat import services
+from chat.models import Message, Room
+from chat.services import Author
+
+pytestmark = pytest.mark.django_db
+
+GUEST = Author(name="Zoë")
+
+
+def _store(room: str, count: int, client_id_prefix: str | None = None) -> list[Message]:
+    return [
+        services.store_message(
+            room,
+            GUEST,
+            f"message {n}",
+            None if client_id_prefix is None else f"{client_id_prefix}{n}",
+        )[0]
+        for n in range(1, count + 1)
+    ]
+
+
+def test_store_message_numbers_a_rooms_messages_1_2_3_without_gaps():
+    messages = _store("lobby", 3)
+    assert [message.seq for message in messages] == [1, 2, 3]
+    assert list(Message.objects.filter(room_id="lobby").values_list("seq", flat=True)) == [1, 2, 3]
+
+
+def test_each_room_numbers_its_own_messages_from_1():
+    services.store_message("lobby", GUEST, "a", None)
+    services.store_message("lobby", GUEST, "b", None)
+    first_elsewhere, _ = services.store_message("kitchen", GUEST, "c", None)
+    next_in_lobby, _ = services.store_message("lobby", GUEST, "d", None)
+    assert first_elsewhere.seq == 1
+    assert next_in_lobby.seq == 3
+
+
+def test_store_message_creates_the_room_row_and_advances_its_last_seq():
+    _store("lobby", 2)
+    assert Room.objects.get(name="lobby").last_seq == 2
+
+
+def test_store_message_stores_the_text_it_was_given():
+    message, _ = services.store_message("lobby", GUEST, "hello there", None)
+    message.refresh_from_db()
+    assert message.text == "hello there"
+    assert message.room_id == "lobby"
+
+
+def test_a_retried_client_id_returns_the_stored_message_and_stores_once():
+    first, first_created = services.store_message("lobby", GUEST, "hi", "abc-1")
+    again, again_created = services.store_message("lobby", GUEST, "hi", "abc-1")
+    assert first_created is True
+    assert again_created is False
+    assert again.pk == first.pk
+    assert Message.objects.count() == 1
+
+
+def test_a_retried_client_id_does_not_burn_a_seq():
+    services.store_message("lobby", GUEST, "hi", "abc-1")
+    services.store_message("lobby", GUEST, "hi", "abc-1")
+    after, _ = services.store_message("lobby", GUEST, "next", "abc-2")
+    assert after.seq == 2
+
+
+def test_a_retry_returns_the_first_text_not_the_retried_one():
+    services.store_message("lobby", GUEST, "original", "abc-1")
+    again, _ = services.store_message("lobby", GUEST, "edited", "abc-1")
+    assert again.text == "original"
+
+
+def test_the_same_client_id_in_two_rooms_is_two_messages():
+    in_lobby, lobby_created = services.store_message("lobby", GUEST, "hi", "abc-1")
+    in_kitchen, kitchen_created = services.store_message("kitchen", GUEST, "hi", "abc-1")
+    assert lobby_created and kitchen_created
+    assert in_lobby.pk != in_kitchen.pk
+    assert Message.objects.count() == 2
+
+
+def test_messages_without_a_client_id_are_never_deduplicated():
+    _store("lobby", 2)
+    assert Message.objects.count() == 2
+
+
+def test_a_client_id_stored_by_a_racing_writer_after_the_check_is_returned_not_duplicated(
+    monkeypatch,
+):
+    # Another process stores the same client_id between our duplicate check and our insert.
+    real_filter = Message.objects.filter
+
+    def filter_then_lose_the_race(*args, **kwargs):
+        monkeypatch.setattr(Message.objects, "filter", real_filter)  # only the first check
+        assert real_filter(*args, **kwargs).first() is None
+        Room.objects.create(name="lobby", last_seq=1)
+        Message.objects.create(
+            room_id="lobby", seq=1, display_name="rival", text="theirs", client_id="abc-1"
+        )
+        return Message.objects.none()
+
+    monkeypatch.setattr(Message.objects, "filter", filter_then_lose_the_race)
+    message, created = services.store_message("lobby", GUEST, "ours", "abc-1")
+    monkeypatch.undo()
+
+    assert created is False
+    assert (message.display_name, message.text, message.seq) == ("rival", "theirs", 1)
+    assert Message.objects.count() == 1
+    assert Room.objects.get(name="lobby").last_seq == 1
+
+
+def test_a_guest_is_stored_with_no_author_and_its_display_name():
+    message, _ = services.store_message("lobby", Author(name="Zoë"), "hi", None)
+    message.refresh_from_db()
+    assert message.author is None
+    assert message.display_name == "Zoë"
+
+
+def test_a_logged_in_author_is_stored_with_its_user():
+    user = get_user_model().objects.create_user("alice", password="not-used-here-42")
+    message, _ = services.store_message("lobby", Author(name="alice", user_id=user.pk), "hi", None)
+    message.refresh_from_db()
+    assert message.author_id == user.pk
+    assert message.display_name == "alice"
+
+
+def test_recent_messages_gives_the_newest_n_oldest_first():
+    _store("lobby", 5)
+    assert [message.seq for message in services.recent_messages("lobby", 3)] == [3, 4, 5]
+
+
+def test_recent_messages_gives_everything_when_the_room_has_fewer():
+    _store("lobby", 2)
+    assert [message.seq for message in services.recent_messages("lobby", 50)] == [1, 2]
+
+
+def test_recent_messages_reads_only_its_room():
+    _store("lobby", 2)
+    _store("kitchen", 3)
+    assert {message.room_id for message in services.recent_messages("lobby", 50)} == {"lobby"}
+
+
+def test_recent_messages_of_an_unknown_room_is_empty():
+    assert services.recent_messages("nowhere", 50) == []
+
+
+def test_messages_after_gives_the_later_messages_oldest_first():
+    _store("lobby", 5)
+    assert [message.seq for message in services.messages_after("lobby", 2)] == [3, 4, 5]
+
+
+def test_messages_after_honours_its_limit():
+    _store("lobby", 5)
+    assert [message.seq for message in services.messages_after("lobby", 1, limit=2)] == [2, 3]
+
+
+def test_messages_after_the_newest_is_empty():
+    _store("lobby", 3)
+    assert services.messages_after("lobby", 3) == []
+
+
+def test_messages_after_reads_only_its_room():
+    _store("lobby", 2)
+    _store("kitchen", 3)
+    assert [message.seq for message in services.messages_after("lobby", 0)] == [1, 2]
+
+
+def test_last_seq_of_an_unknown_room_is_0():
+    assert services.last_seq("nowhere") == 0
+
+
+def test_last_seq_is_the_newest_messages_seq():
+    _store("lobby", 4)
+    _store("kitchen", 1)
+    assert services.last_seq("lobby") == 4
+
+
+def test_author_is_a_guest_exactly_when_it_has_no_user_id():
+    assert Author(name="Zoë").is_guest
+    assert not Author(name="alice", user_id=7).is_guest
