@@ -1,8 +1,16 @@
-# The chat server image: daphne serving mysite.asgi. Used by docker-compose.yml.
+# The chat server image: daphne serving mysite.asgi, as a non-root user.
+# docker-compose.yml runs it twice over: once as `migrate`, then as the `web` replicas.
+# It defaults to production mode on SQLite in /data; alone, with a Redis you provide:
+#   docker run --rm -v chat-data:/data -e DJANGO_SECRET_KEY=... IMAGE python manage.py migrate
+#   docker run -v chat-data:/data -p 8000:8000 -e DJANGO_SECRET_KEY=... -e REDIS_URL=... \
+#       -e DJANGO_SECURE_SSL_REDIRECT=false IMAGE
+# The default command does not migrate: N copies of it would migrate at once.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    DJANGO_DEBUG=false \
+    DATABASE_URL=sqlite:////data/db.sqlite3
 
 WORKDIR /app
 COPY requirements.txt .
@@ -16,4 +24,4 @@ RUN useradd --create-home --uid 1000 chat && mkdir -p /data && chown chat /data
 USER chat
 
 EXPOSE 8000
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec daphne -b 0.0.0.0 -p 8000 mysite.asgi:application"]
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]

@@ -5,10 +5,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import dj_database_url
+import psycopg
 import pytest
 import redis
+from django.db import connection
+from psycopg import sql
 
 from mysite.channel_layers import redis_channel_layers
 from mysite.embedded_redis import EmbeddedRedis, free_port
@@ -28,6 +34,7 @@ def redis_server():
 def redis_channel_layer(redis_server, settings):
     """Point the channel layer and presence at the session's Redis; flush it after the test."""
     settings.REDIS_URL = redis_server.url
+    settings.REDIS_URLS = [redis_server.url]
     settings.CHANNEL_LAYERS = redis_channel_layers(redis_server.url)
     yield redis_server
     client = redis.Redis.from_url(redis_server.url)
@@ -35,13 +42,13 @@ def redis_channel_layer(redis_server, settings):
     client.close()
 
 
-def server_environment(redis_url: str, database_path: Path, **extra: str) -> dict[str, str]:
-    """Environment for a server process of ours: this Redis, its own SQLite file."""
+def server_environment(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for a server process of ours: this Redis, its own database."""
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="mysite.settings",
         REDIS_URL=redis_url,
-        DATABASE_URL=f"sqlite:///{database_path}",
+        DATABASE_URL=database_url,
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -109,14 +116,70 @@ class ChatServer:
             stop_process(self.process)
 
 
+def suite_runs_on_postgresql() -> bool:
+    """True when this test run's own database (DATABASE_URL) is PostgreSQL."""
+    return connection.vendor == "postgresql"
+
+
+def servers_postgresql_url() -> str:
+    """DATABASE_URL with its database renamed <name>_servers: same server, same role."""
+    url = urlsplit(os.environ["DATABASE_URL"])
+    return url._replace(path=f"{url.path}_servers").geturl()
+
+
+def drop_postgresql_database(database_url: str, then_create: bool = False):
+    """Drop the database of database_url, closing its sessions; then create it afresh if asked."""
+    config = dj_database_url.parse(database_url)
+    name = sql.Identifier(config["NAME"])
+    maintenance = {
+        "dbname": "postgres",
+        "host": config["HOST"] or None,
+        "port": config["PORT"] or None,
+        "user": config["USER"] or None,
+        "password": config["PASSWORD"] or None,
+    }
+    with psycopg.connect(**maintenance, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        if then_create:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
 @pytest.fixture(scope="session")
-def migrated_database(redis_server, tmp_path_factory) -> Path:
-    """A SQLite file with every migration applied, shared by the server processes."""
-    database = tmp_path_factory.mktemp("chat-server") / "db.sqlite3"
-    env = server_environment(redis_server.url, database)
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database; on PostgreSQL, other threads' sessions end before its drop.
+
+    Sync consumers query from asgiref's worker thread, whose kept connection (CONN_MAX_AGE)
+    outlives the tests, and PostgreSQL refuses to drop a database somebody is connected to.
+    """
+    yield
+    if suite_runs_on_postgresql():
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+@pytest.fixture(scope="session")
+def migrated_database(redis_server, tmp_path_factory) -> Iterator[str]:
+    """DATABASE_URL of a database with every migration applied, shared by the server processes.
+
+    A SQLite file; or, when the suite runs on PostgreSQL, a fresh PostgreSQL database of
+    its own beside the test database, dropped at the end.
+    """
+    if suite_runs_on_postgresql():
+        database_url = servers_postgresql_url()
+        drop_postgresql_database(database_url, then_create=True)
+    else:
+        database_url = f"sqlite:///{tmp_path_factory.mktemp('chat-server') / 'db.sqlite3'}"
+    env = server_environment(redis_server.url, database_url)
     migrate = [sys.executable, "manage.py", "migrate", "--noinput"]
-    subprocess.run(migrate, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    return database
+    try:
+        subprocess.run(migrate, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        yield database_url
+    finally:
+        if suite_runs_on_postgresql():
+            drop_postgresql_database(database_url)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 
     python3 dev.py run     install into .venv, then start the chat on http://127.0.0.1:8000/chat/
     python3 dev.py test    install into .venv (test tools too), then lint and run the whole suite
+    python3 dev.py bench   install into .venv (load tools too), then run the load benchmark
 
-Extra arguments go to runserver (run) or pytest (test). Uses only the standard library
-until the virtualenv exists; reinstalls only when a requirements file changed.
+Extra arguments go to runserver (run), pytest (test) or benchmarks.load (bench). Uses only
+the standard library until the virtualenv exists; reinstalls only when a requirements file
+changed.
 """
 
 import hashlib
@@ -18,7 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
-REQUIREMENT_FILES = {"run": "requirements.txt", "test": "requirements-dev.txt"}
+REQUIREMENT_FILES = {
+    "run": "requirements.txt",
+    "test": "requirements-dev.txt",
+    "bench": "requirements-bench.txt",
+}
 
 
 def requirements_digest() -> str:
@@ -54,6 +60,8 @@ def main(argv: list[str]) -> int:
     ensure_virtualenv(REQUIREMENT_FILES[command])
     if command == "run":
         os.execv(PYTHON, [str(PYTHON), "-m", "mysite.devserver", *rest])
+    if command == "bench":
+        os.execv(PYTHON, [str(PYTHON), "-m", "benchmarks.load", *rest])
     for lint in (["check", "."], ["format", "--check", "."]):
         if subprocess.run([str(PYTHON), "-m", "ruff", *lint]).returncode != 0:
             return 1

@@ -4,8 +4,11 @@ It only parses, delegates and sends: the rules live in rooms, protocol, ratelimi
 identity, services and presence.
 """
 
+import asyncio
+import contextlib
 import logging
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
@@ -16,12 +19,57 @@ from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
+# What an unreachable Redis or database raises; the socket closes instead of crashing.
+OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
+
+
+# Broadcasts in flight per process: each holds a Redis connection, and channels_redis's
+# pool (100 by default) raises MaxConnectionsError instead of waiting when it runs out.
+BROADCASTS_IN_FLIGHT = 16
+_broadcast_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+async def _bounded(coroutine):
+    """Await a broadcast once one of this loop's BROADCASTS_IN_FLIGHT slots is free."""
+    loop = asyncio.get_running_loop()
+    slots = _broadcast_slots.setdefault(loop, asyncio.Semaphore(BROADCASTS_IN_FLIGHT))
+    async with slots:
+        return await coroutine
+
+
+def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
+    """Start a pipelined coroutine; its failure is logged once, on one line."""
+    loop.create_task(coroutine).add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task):
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("pipelined send failed: %r", task.exception())
+
 
 class ChatConsumer(WebsocketConsumer):
     """One socket in one room: joins the room's group and fans its messages out."""
 
     room_group_name: str | None = None
     closing = False
+
+    async def __call__(self, scope, receive, send):
+        """Run the consumer; an outage of Redis or the database closes it with 4503."""
+        # The loop and the ASGI send that the sync handlers hand frames to (_pipeline).
+        self.loop = asyncio.get_running_loop()
+        self.asgi_send = send
+        try:
+            return await super().__call__(scope, receive, send)
+        except OUTAGE_ERRORS as error:
+            # One line, not a traceback per socket: the page reconnects and catches up.
+            logger.warning("closing socket, service unavailable: %r", error)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+
+    def send(self, text_data=None, bytes_data=None, close=False):
+        """Queue a frame for this socket, in order, without waiting for it to be written."""
+        assert text_data is not None and bytes_data is None and not close
+        self._pipeline(self.asgi_send({"type": "websocket.send", "text": text_data}))
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
@@ -68,7 +116,9 @@ class ChatConsumer(WebsocketConsumer):
             return
         event = protocol.chat_message_event(message)
         if created:
-            async_to_sync(self.channel_layer.group_send)(self.room_group_name, event)
+            # Stored already, so a broadcast that fails or is dropped loses nothing: each
+            # socket fills the gap from the database when the next message arrives.
+            self._pipeline(_bounded(self.channel_layer.group_send(self.room_group_name, event)))
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
@@ -85,9 +135,23 @@ class ChatConsumer(WebsocketConsumer):
         self.send(text_data=protocol.message_frame(event))
         self.last_seq = seq
 
+    def chat_resync(self, event):
+        """Send what was stored since this socket's last message (after Redis restarted)."""
+        for message in services.messages_after(self.room_name, self.last_seq):
+            self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
+            self.last_seq = message.seq
+
     def chat_presence(self, event):
         """Tell this socket who is in the room."""
         self.send(text_data=protocol.presence_frame(event))
+
+    def _pipeline(self, coroutine):
+        """Run a coroutine on the event loop in call order, without blocking this thread.
+
+        The sync handlers run one at a time on one thread per process; waiting for the
+        loop after every frame (what async_to_sync does) made that thread the bottleneck.
+        """
+        self.loop.call_soon_threadsafe(_start_logged_task, self.loop, coroutine)
 
     def _send_backlog(self, after: int | None):
         if after is None:

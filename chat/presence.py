@@ -1,10 +1,17 @@
-"""Who is in each room right now, kept in Redis so that every server process agrees.
+"""Who is in each room right now, kept in Redis so that every server process agrees;
+and the upkeep of this process's sockets' group membership.
 
 Each socket is one member of a sorted set per room, scored with the time its entry
 expires. Every process refreshes the entries of its own sockets; a process that dies
 stops refreshing, and its entries expire within CHAT_PRESENCE_TTL_SECONDS, at which point
 a surviving process that notices tells the room. Presence is best effort: when Redis
 is unreachable it is logged and left out, and chatting goes on.
+
+Group membership lives in Redis too, and a Redis that restarts has none: a socket that
+stayed open would be deaf. The same refresher notices a restart (Redis's run_id
+changes), adds every local socket to its group again and has it catch up from the
+database; it also re-adds all of them every half CHAT_GROUP_EXPIRY_SECONDS, before
+channels_redis forgets long-lived members.
 """
 
 import logging
@@ -28,8 +35,9 @@ _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
 
-def _redis() -> redis.Redis:
-    url = settings.REDIS_URL
+def _redis(url: str | None = None) -> redis.Redis:
+    """A client for url (default: the first Redis), shared by this process."""
+    url = url or settings.REDIS_URL
     with _lock:
         if url not in _clients:
             _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -111,14 +119,49 @@ def refresh_local_members() -> set[str]:
     return {group for group, removed in zip(by_group, dropped, strict=True) if removed}
 
 
+_redis_run_ids: tuple[str, ...] | None = None
+_groups_refreshed_at = time.monotonic()
+
+
+def redis_restarted() -> bool:
+    """True when a Redis server of the channel layer restarted since the last call."""
+    global _redis_run_ids
+    run_ids = tuple(_redis(url).info("server")["run_id"] for url in settings.REDIS_URLS)
+    restarted = _redis_run_ids is not None and run_ids != _redis_run_ids
+    _redis_run_ids = run_ids
+    return restarted
+
+
+def rejoin_groups(resync: bool):
+    """Add every local socket to its group again; with resync, have each catch up."""
+    global _groups_refreshed_at
+    with _lock:
+        members = list(_local_members)
+    layer = get_channel_layer()
+
+    async def rejoin():
+        for group, channel_name in members:
+            await layer.group_add(group, channel_name)
+            if resync:
+                await layer.send(channel_name, {"type": "chat.resync"})
+
+    async_to_sync(rejoin)()
+    _groups_refreshed_at = time.monotonic()
+
+
 def _refresh_forever():
     while True:
         time.sleep(settings.CHAT_PRESENCE_REFRESH_SECONDS)
         try:
+            if redis_restarted():
+                logger.warning("Redis restarted: rejoining %d sockets", len(_local_members))
+                rejoin_groups(resync=True)
+            elif time.monotonic() - _groups_refreshed_at > settings.CHAT_GROUP_EXPIRY_SECONDS / 2:
+                rejoin_groups(resync=False)
             for group in refresh_local_members():
                 announce(group)
         except Exception as error:  # keep refreshing whatever one round met
-            logger.warning("presence refresh failed: %s", error)
+            logger.warning("presence refresh failed: %r", error)
 
 
 def _ensure_refresher():

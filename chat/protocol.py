@@ -17,6 +17,9 @@ from .models import Message
 # Close code for a client that keeps sending after being rate limited
 # (4000-4999 is the range RFC 6455 leaves to applications; 429 echoes HTTP's).
 CLOSE_FLOODING = 4429
+# Close code (or handshake refusal) while Redis or the database cannot be reached: the
+# client should reconnect with backoff and catch up with ?after=.
+CLOSE_SERVICE_UNAVAILABLE = 4503
 
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

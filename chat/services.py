@@ -2,8 +2,7 @@
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 
 from .models import Message, Room
 
@@ -26,34 +25,43 @@ def store_message(
     """Store a message as its room's next seq; returns (message, created).
 
     A client_id already stored in this room returns that message with created=False,
-    so a retried send is stored once.
+    so a retried send is stored once. The unique constraint decides, not a prior read,
+    so two processes racing with the same client_id still store it once.
     """
-    if client_id:
-        existing = Message.objects.filter(room_id=room_name, client_id=client_id).first()
-        if existing is not None:
-            return existing, False
     try:
         with transaction.atomic():
-            Room.objects.get_or_create(name=room_name)
-            # The row lock taken by this UPDATE serializes writers of one room until commit,
-            # so seqs are gapless and commit in order.
-            Room.objects.filter(name=room_name).update(last_seq=F("last_seq") + 1)
-            seq = Room.objects.values_list("last_seq", flat=True).get(name=room_name)
             message = Message.objects.create(
                 room_id=room_name,
-                seq=seq,
+                seq=_next_seq(room_name),
                 author_id=author.user_id,
                 display_name=author.name,
                 text=text,
                 client_id=client_id or "",
             )
     except IntegrityError:
-        # The same client_id may have won a race in another process; anything else re-raises.
-        winner = Message.objects.filter(room_id=room_name, client_id=client_id).first()
-        if not client_id or winner is None:
+        # Rolled back, seq included. A known client_id is a retry; anything else re-raises.
+        existing = Message.objects.filter(room_id=room_name, client_id=client_id).first()
+        if not client_id or existing is None:
             raise
-        return winner, False
+        return existing, False
     return message, True
+
+
+def _next_seq(room_name: str) -> int:
+    """Create or bump the room's counter in one statement; call inside a transaction.
+
+    The row lock it takes serializes a room's writers until commit, so seqs are gapless
+    and commit in order (SQLite locks the whole database, PostgreSQL the row).
+    """
+    table = connection.ops.quote_name(Room._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (name, last_seq) VALUES (%s, 1) "
+            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1 "
+            "RETURNING last_seq",
+            [room_name],
+        )
+        return cursor.fetchone()[0]
 
 
 def recent_messages(room_name: str, limit: int) -> list[Message]:

@@ -1,4 +1,4 @@
-"""The CHANNEL_LAYERS setting for a Redis URL, shared by settings and the test fixtures."""
+"""The CHANNEL_LAYERS setting for one or more Redis URLs, shared by settings and the tests."""
 
 from typing import Any
 
@@ -9,13 +9,40 @@ from typing import Any
 REDIS_SOCKET_TIMEOUT_SECONDS = 15
 
 
-def redis_channel_layers(redis_url: str) -> dict[str, Any]:
-    """A RedisChannelLayer on redis_url, with a socket timeout that blocking reads outlast."""
-    return {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": redis_url, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS}],
-            },
-        },
+def redis_urls(redis_url: str | list[str]) -> list[str]:
+    """The Redis URLs in a comma-separated string (or a list), in order, blanks dropped."""
+    raw = redis_url.split(",") if isinstance(redis_url, str) else redis_url
+    return [url.strip() for url in raw if url.strip()]
+
+
+# channels_redis's default; named so that the membership refresh (chat.presence) and the
+# layer agree on it.
+DEFAULT_GROUP_EXPIRY_SECONDS = 86400
+
+LAYER_BACKENDS = {
+    # The tutorial's layer: per-channel queues in Redis, each capped at `capacity`.
+    "redis": "channels_redis.core.RedisChannelLayer",
+    # Redis PUBLISH/SUBSCRIBE: one publish per message per group, fanned out in-process.
+    # About twice the deliveries per second here (see README, Benchmark), but no queues:
+    # a message sent to a channel nobody is subscribed to yet is gone.
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+
+
+def redis_channel_layers(
+    redis_url: str | list[str],
+    layer: str = "redis",
+    group_expiry: float = DEFAULT_GROUP_EXPIRY_SECONDS,
+) -> dict[str, Any]:
+    """A channel layer sharded over every URL, with a timeout that blocking reads outlast."""
+    if layer not in LAYER_BACKENDS:
+        raise ValueError(f"unknown channel layer {layer!r}; choose one of {sorted(LAYER_BACKENDS)}")
+    config: dict[str, Any] = {
+        "hosts": [
+            {"address": url, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS}
+            for url in redis_urls(redis_url)
+        ],
     }
+    if layer == "redis":
+        config["group_expiry"] = int(group_expiry)
+    return {"default": {"BACKEND": LAYER_BACKENDS[layer], "CONFIG": config}}

@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from mysite.channel_layers import redis_channel_layers
+from mysite.channel_layers import DEFAULT_GROUP_EXPIRY_SECONDS, redis_channel_layers, redis_urls
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,10 @@ DATABASES = {
     "default": dj_database_url.config(
         env="DATABASE_URL",
         default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=0,
+        # Keep connections: the sync consumer stores on one thread per process, and
+        # reconnecting to the database for every message costs more than the insert.
+        conn_max_age=600,
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -106,9 +109,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# REDIS_URL may list several Redis servers, comma-separated: the channel layer shards its
+# channels and groups over all of them, while presence and /healthz use the first.
+REDIS_URLS = redis_urls(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
+if not REDIS_URLS:
+    raise ImproperlyConfigured(f"REDIS_URL={os.environ['REDIS_URL']!r} holds no URL")
+REDIS_URL = REDIS_URLS[0]
 
-CHANNEL_LAYERS = redis_channel_layers(REDIS_URL)
+# CHAT_CHANNEL_LAYER: "redis" (the tutorial's RedisChannelLayer) or "pubsub".
+CHANNEL_LAYERS = redis_channel_layers(
+    REDIS_URLS,
+    layer=os.environ.get("CHAT_CHANNEL_LAYER", "redis"),
+    group_expiry=float(os.environ.get("CHAT_GROUP_EXPIRY_SECONDS", DEFAULT_GROUP_EXPIRY_SECONDS)),
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -137,6 +150,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Behind a TLS-terminating proxy, set DJANGO_SECURE_PROXY_SSL_HEADER=true so Django
 # trusts its X-Forwarded-Proto header.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Load balancers probe the health check over plain HTTP, from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = int(
@@ -152,8 +167,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One handler, on the root: every logger (daphne's, Django's, ours) prints once.
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
+        "chat": {"level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
     },
 }
 
@@ -176,6 +193,11 @@ CHAT_HISTORY_LIMIT = 50
 # (From the environment too, so that tests can kill a process and see its ghosts go fast.)
 CHAT_PRESENCE_TTL_SECONDS = float(os.environ.get("CHAT_PRESENCE_TTL_SECONDS", "30"))
 CHAT_PRESENCE_REFRESH_SECONDS = float(os.environ.get("CHAT_PRESENCE_REFRESH_SECONDS", "10"))
+# channels_redis forgets a group member this long after its group_add (its group_expiry);
+# every process re-adds its sockets at half this, so long-lived sockets keep receiving.
+CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
+    "group_expiry", DEFAULT_GROUP_EXPIRY_SECONDS
+)
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500

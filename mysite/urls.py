@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from chat import views as chat_views
+from mysite import health
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat:index", permanent=False)),
@@ -14,4 +15,6 @@ urlpatterns = [
     path("accounts/signup/", chat_views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
+    path("healthz", health.healthz, name="healthz"),
 ]

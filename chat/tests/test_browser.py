@@ -6,6 +6,7 @@ import tempfile
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -57,7 +58,10 @@ def browser(driver, chat_server):
 
 
 def _wait(driver, condition, message=""):
-    return WebDriverWait(driver, WAIT_SECONDS).until(lambda _: condition(), message)
+    # A page that is navigating replaces its elements: look again instead of failing.
+    ignored = (StaleElementReferenceException, NoSuchElementException)
+    waiting = WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=ignored)
+    return waiting.until(lambda _: condition(), message)
 
 
 def _enter_chat_room(driver, base_url, room_name):

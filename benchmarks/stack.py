@@ -1,0 +1,113 @@
+"""The whole server stack for a benchmark: embedded Redis, a fresh database, N processes."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from mysite.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_SECONDS = 30.0
+BENCH_SECRET_KEY = "benchmark-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class Stack:
+    """A running stack; `url` is its HTTP base, `server` the `mysite.serve` parent process."""
+
+    url: str
+    server: subprocess.Popen
+    redis: EmbeddedRedis
+    workdir: str
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    def server_processes(self) -> list[psutil.Process]:
+        """The daphne children (not the supervising parent)."""
+        return psutil.Process(self.server.pid).children()
+
+    def server_usage(self) -> tuple[float, int]:
+        """Total CPU seconds and resident bytes of the daphne children."""
+        cpu, rss = 0.0, 0
+        for process in self.server_processes():
+            try:
+                times = process.cpu_times()
+                cpu += times.user + times.system
+                rss += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return cpu, rss
+
+    def stop(self):
+        """Stop the servers, Redis, and remove the database."""
+        if self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(20)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        self.redis.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_stack(processes: int, layer: str, extra_env: dict[str, str] | None = None) -> Stack:
+    """Start Redis, migrate a temporary SQLite database, and serve on a free port."""
+    redis_server = EmbeddedRedis().start()
+    workdir = tempfile.mkdtemp(prefix="chat-bench-")
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="mysite.settings",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY=BENCH_SECRET_KEY,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        REDIS_URL=redis_server.url,
+        DATABASE_URL=f"sqlite:///{workdir}/bench.sqlite3",
+        CHAT_CHANNEL_LAYER=layer,
+        CHAT_LOG_LEVEL="WARNING",
+        DJANGO_LOG_LEVEL="WARNING",
+    )
+    env.update(extra_env or {})
+    migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
+    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mysite.serve", "--processes", str(processes),
+         "--bind", f"127.0.0.1:{port}", "--", "--verbosity", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env)
+    try:
+        _wait_until_serving(stack, processes)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def _wait_until_serving(stack: Stack, processes: int):
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if stack.server.poll() is not None:
+            raise RuntimeError("the server exited at start")
+        try:
+            with urllib.request.urlopen(stack.url + "/chat/", timeout=2):
+                if len(stack.server_processes()) == processes:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not answer in time")

@@ -1,0 +1,113 @@
+"""Run N daphne processes on one listening socket: the production server for one host.
+
+    python -m mysite.serve --processes 2 --bind 0.0.0.0:8000
+
+Daphne serves one process; a chat server wants one per core. This parent binds the port
+once and hands the socket to N `daphne --fd` children, so the kernel spreads new
+connections over them, and all of them share the rooms through Redis. A child that dies
+is restarted after a pause (its clients reconnect, to any child, and catch up from the
+database). SIGINT or SIGTERM stops every child. It neither migrates nor starts Redis.
+"""
+
+import argparse
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+RESTART_DELAY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 0.2
+LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop
+
+
+def raise_open_file_limit():
+    """Every socket is a file descriptor: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen once; the children inherit the descriptor."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit it: chat frames are small and must not wait for Nagle.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
+    """One daphne process serving mysite.asgi on the shared socket."""
+    command = [sys.executable, "-m", "daphne", "--fd", str(fd), *extra_args]
+    return subprocess.Popen([*command, "mysite.asgi:application"], pass_fds=(fd,))
+
+
+def stop_children(children: list[subprocess.Popen]):
+    """SIGTERM all, wait, then SIGKILL whoever lingers."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def supervise(sock: socket.socket, processes: int, extra_args: list[str]):
+    """Keep `processes` children alive until told to stop."""
+    children = [start_child(sock.fileno(), extra_args) for _ in range(processes)]
+    print(f"serving on {sock.getsockname()} with pids {[c.pid for c in children]}", flush=True)
+    try:
+        while True:
+            time.sleep(POLL_SECONDS)
+            for index, child in enumerate(children):
+                if child.poll() is not None:
+                    print(f"pid {child.pid} exited with {child.returncode}; restarting", flush=True)
+                    time.sleep(RESTART_DELAY_SECONDS)
+                    children[index] = start_child(sock.fileno(), extra_args)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_children(children)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--bind", default="127.0.0.1:8000", help="host:port")
+    parser.add_argument("daphne_args", nargs="*", help="passed to daphne, after --")
+    args = parser.parse_args(argv)
+    host, _, port = args.bind.rpartition(":")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    raise_open_file_limit()
+    with listening_socket(host.strip("[]"), int(port)) as sock:
+        supervise(sock, args.processes, args.daphne_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,108 @@
+"""CHANNEL_LAYERS for one or several Redis URLs, and a layer sharded over two real servers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+
+from conftest import ROOT
+from mysite.channel_layers import REDIS_SOCKET_TIMEOUT_SECONDS, redis_channel_layers, redis_urls
+from mysite.embedded_redis import EmbeddedRedis
+
+ONE = "redis://127.0.0.1:6379/0"
+TWO = "redis://127.0.0.1:6380/0"
+
+
+def hosts(layers: dict) -> list[dict]:
+    return layers["default"]["CONFIG"]["hosts"]
+
+
+def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
+    assert redis_channel_layers(ONE) == {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": ONE, "socket_timeout": 15}],
+                "group_expiry": 86400,
+            },
+        },
+    }
+    assert REDIS_SOCKET_TIMEOUT_SECONDS == 15
+
+
+def test_group_expiry_is_set_deliberately():
+    config = redis_channel_layers(ONE, group_expiry=30)["default"]["CONFIG"]
+    assert config["group_expiry"] == 30
+
+
+def test_pubsub_layer_can_be_chosen():
+    layers = redis_channel_layers(ONE, layer="pubsub")
+    assert layers["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert hosts(layers) == [{"address": ONE, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS}]
+
+
+def test_an_unknown_layer_is_refused():
+    with pytest.raises(ValueError, match="unknown channel layer"):
+        redis_channel_layers(ONE, layer="memory")
+
+
+def test_two_urls_give_two_hosts_in_order_each_with_the_timeout():
+    expected = [
+        {"address": ONE, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS},
+        {"address": TWO, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS},
+    ]
+    assert hosts(redis_channel_layers([ONE, TWO])) == expected
+    assert hosts(redis_channel_layers(f"{ONE},{TWO}")) == expected
+
+
+def test_redis_urls_split_on_commas_and_drop_blanks():
+    assert redis_urls(f" {ONE} , {TWO},, ") == [ONE, TWO]
+    assert redis_urls([ONE]) == [ONE]
+    assert redis_urls(" , ") == []
+
+
+def test_settings_shard_the_layer_over_every_url_and_keep_the_first_for_presence():
+    show = (
+        "import json; from django.conf import settings; print(json.dumps([settings.REDIS_URL,"
+        " settings.REDIS_URLS, settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", show],
+        cwd=ROOT, env={**os.environ, "REDIS_URL": f"{ONE}, {TWO}"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, every, layer_hosts = json.loads(result.stdout)
+    assert first == ONE
+    assert every == [ONE, TWO]
+    assert [host["address"] for host in layer_hosts] == [ONE, TWO]
+
+
+async def test_groups_sharded_over_two_redis_servers_still_deliver(redis_channel_layer, settings):
+    with EmbeddedRedis() as second:
+        urls = [redis_channel_layer.url, second.url]
+        settings.CHANNEL_LAYERS = redis_channel_layers(urls)
+        layer = get_channel_layer()
+        groups = ["lobby", "kitchen", "garden", "cellar", "attic", "study"]
+        # CRC32 puts these groups on both servers, so both shards are exercised.
+        assert {layer.consistent_hash(group) for group in groups} == {0, 1}
+        channels = {group: await layer.new_channel() for group in groups}
+        try:
+            for group, channel in channels.items():
+                await layer.group_add(group, channel)
+            for group in groups:
+                await layer.group_send(group, {"type": "chat.message", "group": group})
+            for group, channel in channels.items():
+                assert await layer.receive(channel) == {"type": "chat.message", "group": group}
+            for url in urls:
+                client = redis.Redis.from_url(url)
+                try:
+                    assert client.keys("asgi:group:*"), f"no group landed on {url}"
+                finally:
+                    client.close()
+        finally:
+            await layer.flush()

@@ -1,0 +1,73 @@
+"""`python -m mysite.serve`: N daphne processes on one socket, restarted when they die."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from conftest import ROOT, server_environment, stop_process, wait_for_http
+from mysite.embedded_redis import free_port
+
+PIDS_SEEN_WITHIN_REQUESTS = 200
+
+
+def healthz_pid(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+        return json.load(response)["pid"]
+
+
+def pids_answering(url: str, wanted: int) -> set[int]:
+    """Pids seen over fresh connections, until `wanted` distinct ones answered."""
+    pids: set[int] = set()
+    for _ in range(PIDS_SEEN_WITHIN_REQUESTS):
+        pids.add(healthz_pid(url))
+        if len(pids) >= wanted:
+            break
+    return pids
+
+
+@pytest.fixture
+def served(redis_server, migrated_database):
+    port = free_port()
+    env = server_environment(redis_server.url, migrated_database)
+    command = [sys.executable, "-m", "mysite.serve", "--processes", "2", "--bind"]
+    process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/chat/", process)
+    yield url, process
+    stop_process(process)
+
+
+def test_two_processes_share_one_port(served):
+    url, process = served
+    children = {child.pid for child in psutil.Process(process.pid).children()}
+    assert len(children) == 2
+    assert pids_answering(url, 2) == children
+
+
+def test_a_killed_process_is_replaced_and_the_port_keeps_answering(served):
+    url, process = served
+    victim = psutil.Process(process.pid).children()[0]
+    victim.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        children = {child.pid for child in psutil.Process(process.pid).children()}
+        if len(children) == 2 and victim.pid not in children:
+            break
+        time.sleep(0.2)
+    assert victim.pid not in children and len(children) == 2
+    assert healthz_pid(url) in children
+
+
+def test_sigterm_stops_every_process(served):
+    _, process = served
+    children = psutil.Process(process.pid).children()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
