@@ -29,12 +29,12 @@ BROADCASTS_IN_FLIGHT = 16
 _broadcast_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
-async def _bounded(coroutine):
-    """Await a broadcast once one of this loop's BROADCASTS_IN_FLIGHT slots is free."""
+async def _broadcast(channel_layer, group: str, event: dict):
+    """group_send once one of this loop's BROADCASTS_IN_FLIGHT slots is free."""
     loop = asyncio.get_running_loop()
     slots = _broadcast_slots.setdefault(loop, asyncio.Semaphore(BROADCASTS_IN_FLIGHT))
     async with slots:
-        return await coroutine
+        await channel_layer.group_send(group, event)
 
 
 def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
@@ -118,7 +118,7 @@ class ChatConsumer(WebsocketConsumer):
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each
             # socket fills the gap from the database when the next message arrives.
-            self._pipeline(_bounded(self.channel_layer.group_send(self.room_group_name, event)))
+            self._pipeline(_broadcast(self.channel_layer, self.room_group_name, event))
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))

@@ -149,18 +149,27 @@ def rejoin_groups(resync: bool):
     _groups_refreshed_at = time.monotonic()
 
 
+def refresh_once():
+    """One round of upkeep: membership after a restart or at half expiry, then presence."""
+    restarted = redis_restarted()
+    if restarted:
+        logger.warning("Redis restarted: rejoining %d sockets", len(_local_members))
+        rejoin_groups(resync=True)
+    elif time.monotonic() - _groups_refreshed_at > settings.CHAT_GROUP_EXPIRY_SECONDS / 2:
+        rejoin_groups(resync=False)
+    changed = refresh_local_members()
+    if restarted:
+        changed |= {group for group, _ in list(_local_members)}
+    for group in changed:
+        announce(group)
+
+
 def _refresh_forever():
     while True:
         time.sleep(settings.CHAT_PRESENCE_REFRESH_SECONDS)
         try:
-            if redis_restarted():
-                logger.warning("Redis restarted: rejoining %d sockets", len(_local_members))
-                rejoin_groups(resync=True)
-            elif time.monotonic() - _groups_refreshed_at > settings.CHAT_GROUP_EXPIRY_SECONDS / 2:
-                rejoin_groups(resync=False)
-            for group in refresh_local_members():
-                announce(group)
-        except Exception as error:  # keep refreshing whatever one round met
+            refresh_once()
+        except Exception as error:  # keep refreshing whatever one round met (Redis down...)
             logger.warning("presence refresh failed: %r", error)
 
 

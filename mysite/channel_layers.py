@@ -2,11 +2,16 @@
 
 from typing import Any
 
+import redis
+
 # channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
 # redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
 # lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
 # Reads must outlast the blocking pop; staying finite still notices a dead connection.
 REDIS_SOCKET_TIMEOUT_SECONDS = 15
+# After Redis restarts, every pooled connection is dead and fails its next command; redis-py
+# retries nothing by default. One retry on a fresh connection heals that without a blip.
+REDIS_RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
 
 
 def redis_urls(redis_url: str | list[str]) -> list[str]:
@@ -39,7 +44,11 @@ def redis_channel_layers(
         raise ValueError(f"unknown channel layer {layer!r}; choose one of {sorted(LAYER_BACKENDS)}")
     config: dict[str, Any] = {
         "hosts": [
-            {"address": url, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS}
+            {
+                "address": url,
+                "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                "retry_on_error": REDIS_RETRY_ON_ERROR,
+            }
             for url in redis_urls(redis_url)
         ],
     }

@@ -1,14 +1,18 @@
 """Presence in Redis: join, leave, expiry of dead processes' entries, and Redis outages."""
 
+import asyncio
 import json
 import time
 
 import pytest
 import redis
 import websocket
+from channels.db import database_sync_to_async
 
-from chat import presence, rooms
-from mysite.embedded_redis import free_port
+from chat import presence, protocol, rooms, services
+from chat.tests.conftest import communicator, frames_within
+from mysite.channel_layers import redis_channel_layers
+from mysite.embedded_redis import EmbeddedRedis, free_port
 
 GROUP = rooms.group_name("lobby")
 GHOST_SECONDS = 0.5
@@ -98,3 +102,124 @@ def test_presence_and_messages_span_processes_and_a_killed_process_leaves_no_gho
     on_survivor.close()
     on_doomed.close()
     redis.Redis.from_url(redis_server.url).flushall()
+
+
+# --- Group membership upkeep: Redis restarts and group_expiry --------------------------
+
+
+@pytest.fixture
+def own_redis(settings, transactional_db):
+    """A Redis of this test's own, so that it can be stopped and restarted on its port."""
+    server = EmbeddedRedis().start()
+    settings.REDIS_URL = server.url
+    settings.REDIS_URLS = [server.url]
+    settings.CHANNEL_LAYERS = redis_channel_layers(server.url)
+    yield server
+    server.stop()
+    for group, channel_name in list(presence._local_members):
+        presence.leave(group, channel_name)
+
+
+async def _refresh_as_the_refresher_thread_does():
+    """presence.refresh_once on a plain thread, with no event loop of its own, as in production."""
+    await asyncio.get_running_loop().run_in_executor(None, presence.refresh_once)
+
+
+async def _texts_until_closed(socket, seconds: float) -> tuple[list[str], int | None]:
+    """Chat texts received within `seconds`, and the close code if the socket was closed."""
+    texts, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if await socket.receive_nothing(timeout=min(left, 0.05)):
+            continue
+        output = await socket.receive_output()
+        if output["type"] == "websocket.close":
+            return texts, output["code"]
+        texts.append(json.loads(output["text"]).get("message"))
+    return texts, None
+
+
+async def _chat_frames(socket, seconds: float) -> list[dict]:
+    return [frame for frame in await frames_within(socket, seconds) if "message" in frame]
+
+
+async def test_sockets_left_open_across_a_redis_restart_hear_again_and_catch_up(own_redis):
+    first, second = communicator("lobby"), communicator("lobby")
+    for socket in (first, second):
+        assert (await socket.connect())[0]
+    await frames_within(second, 0.3)
+    await asyncio.get_running_loop().run_in_executor(None, presence.redis_restarted)
+
+    own_redis.stop()
+    # Stored while the broadcast could not go out.
+    await database_sync_to_async(services.store_message)(
+        "lobby", services.Author("alice"), "sent during the outage", None
+    )
+    own_redis.start()  # same port, empty: no group has any member now
+    # This round, or the background refresher's if it comes first, sees the new run_id.
+    await _refresh_as_the_refresher_thread_does()
+
+    # Someone joins after the recovery and speaks. Every socket still open must hear both
+    # the catch-up and the new message; a socket may instead have been closed with the
+    # documented code, for its page to reconnect and catch up.
+    newcomer = communicator("lobby")
+    assert (await newcomer.connect())[0]
+    await newcomer.send_json_to({"message": "after the restart"})
+    for socket in (first, second):
+        texts, close_code = await _texts_until_closed(socket, seconds=3)
+        if close_code is not None:
+            assert close_code == protocol.CLOSE_SERVICE_UNAVAILABLE
+        else:
+            assert "sent during the outage" in texts and "after the restart" in texts, texts
+    await asyncio.gather(first.disconnect(), second.disconnect(), newcomer.disconnect())
+
+
+async def test_long_lived_sockets_keep_receiving_past_group_expiry(own_redis, settings):
+    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, group_expiry=1)
+    settings.CHAT_GROUP_EXPIRY_SECONDS = 1
+    sender, listener = communicator("lobby"), communicator("lobby")
+    for socket in (sender, listener):
+        assert (await socket.connect())[0]
+    await frames_within(listener, 0.3)
+
+    await asyncio.sleep(1.5)  # both memberships expired in channels_redis's eyes
+    await _refresh_as_the_refresher_thread_does()
+    await sender.send_json_to({"message": "still here"})
+    assert "still here" in [frame["message"] for frame in await _chat_frames(listener, 1.0)]
+    await asyncio.gather(sender.disconnect(), listener.disconnect())
+
+
+async def test_without_the_refresh_an_expired_member_would_be_deaf(own_redis, settings):
+    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, group_expiry=1)
+    sender, listener = communicator("lobby"), communicator("lobby")
+    for socket in (sender, listener):
+        assert (await socket.connect())[0]
+    await frames_within(listener, 0.3)
+    await asyncio.sleep(1.5)
+    await sender.send_json_to({"message": "into the void"})
+    assert await _chat_frames(listener, 1.0) == []
+    await asyncio.gather(sender.disconnect(), listener.disconnect())
+
+
+async def test_redis_going_away_closes_sockets_with_4503_and_no_traceback(own_redis, caplog):
+    socket = communicator("lobby")
+    assert (await socket.connect())[0]
+    await frames_within(socket, 0.3)
+    own_redis.stop()
+    await socket.send_json_to({"message": "anyone?"})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        output = await socket.receive_output(timeout=20)
+        if output["type"] == "websocket.close":
+            break
+    assert output == {"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE}
+    assert not [record for record in caplog.records if record.exc_info]
+    await socket.disconnect()
+
+
+async def test_connecting_while_redis_is_down_is_refused_without_a_traceback(own_redis, caplog):
+    own_redis.stop()
+    socket = communicator("lobby")
+    connected, _ = await socket.connect(timeout=20)
+    assert not connected
+    assert not [record for record in caplog.records if record.exc_info]
+    await socket.disconnect()

@@ -17,6 +17,14 @@ ONE = "redis://127.0.0.1:6379/0"
 TWO = "redis://127.0.0.1:6380/0"
 
 
+def host(url: str) -> dict:
+    return {
+        "address": url,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "retry_on_error": [redis.exceptions.ConnectionError],
+    }
+
+
 def hosts(layers: dict) -> list[dict]:
     return layers["default"]["CONFIG"]["hosts"]
 
@@ -26,7 +34,13 @@ def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": ONE, "socket_timeout": 15}],
+                "hosts": [
+                    {
+                        "address": ONE,
+                        "socket_timeout": 15,
+                        "retry_on_error": [redis.exceptions.ConnectionError],
+                    }
+                ],
                 "group_expiry": 86400,
             },
         },
@@ -42,7 +56,7 @@ def test_group_expiry_is_set_deliberately():
 def test_pubsub_layer_can_be_chosen():
     layers = redis_channel_layers(ONE, layer="pubsub")
     assert layers["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
-    assert hosts(layers) == [{"address": ONE, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS}]
+    assert hosts(layers) == [host(ONE)]
 
 
 def test_an_unknown_layer_is_refused():
@@ -52,8 +66,8 @@ def test_an_unknown_layer_is_refused():
 
 def test_two_urls_give_two_hosts_in_order_each_with_the_timeout():
     expected = [
-        {"address": ONE, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS},
-        {"address": TWO, "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS},
+        host(ONE),
+        host(TWO),
     ]
     assert hosts(redis_channel_layers([ONE, TWO])) == expected
     assert hosts(redis_channel_layers(f"{ONE},{TWO}")) == expected
@@ -68,7 +82,8 @@ def test_redis_urls_split_on_commas_and_drop_blanks():
 def test_settings_shard_the_layer_over_every_url_and_keep_the_first_for_presence():
     show = (
         "import json; from django.conf import settings; print(json.dumps([settings.REDIS_URL,"
-        " settings.REDIS_URLS, settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']]))"
+        " settings.REDIS_URLS, [host['address'] for host in"
+        " settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']]]))"
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "--no-imports", "-c", show],
@@ -76,10 +91,10 @@ def test_settings_shard_the_layer_over_every_url_and_keep_the_first_for_presence
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    first, every, layer_hosts = json.loads(result.stdout)
+    first, every, layer_addresses = json.loads(result.stdout)
     assert first == ONE
     assert every == [ONE, TWO]
-    assert [host["address"] for host in layer_hosts] == [ONE, TWO]
+    assert layer_addresses == [ONE, TWO]
 
 
 async def test_groups_sharded_over_two_redis_servers_still_deliver(redis_channel_layer, settings):

@@ -77,6 +77,8 @@ def test_embedded_redis_moves_off_a_taken_6379_and_says_so(capsys):
     occupant = None
     if port_is_free(DEFAULT_PORT):
         occupant = socket.socket()
+        # A Redis that just stopped there may have left connections in TIME_WAIT.
+        occupant.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         occupant.bind(("127.0.0.1", DEFAULT_PORT))
         occupant.listen()
     try:

@@ -1,5 +1,6 @@
 """`python -m mysite.serve`: N daphne processes on one socket, restarted when they die."""
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -9,9 +10,11 @@ import urllib.request
 
 import psutil
 import pytest
+import websockets
 
 from conftest import ROOT, server_environment, stop_process, wait_for_http
 from mysite.embedded_redis import free_port
+from mysite.serve import raise_open_file_limit
 
 PIDS_SEEN_WITHIN_REQUESTS = 200
 
@@ -71,3 +74,37 @@ def test_sigterm_stops_every_process(served):
     assert process.wait(20) == 0
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+STORM_SOCKETS = 1000
+STORM_ROOM_SIZE = 10
+
+
+async def test_a_storm_of_a_thousand_connections_all_get_in(served):
+    url, _ = served
+    raise_open_file_limit()  # this process holds a thousand sockets too
+    ws_url = url.replace("http://", "ws://")
+
+    async def connect(number: int):
+        room = f"storm-{number // STORM_ROOM_SIZE}"
+        return await websockets.connect(
+            f"{ws_url}/ws/chat/{room}/", origin=url, open_timeout=60, ping_interval=None
+        )
+
+    results = await asyncio.gather(
+        *(connect(number) for number in range(STORM_SOCKETS)), return_exceptions=True
+    )
+    sockets = [result for result in results if not isinstance(result, BaseException)]
+    failures = [repr(result) for result in results if isinstance(result, BaseException)]
+    try:
+        assert failures == []
+        assert len(sockets) == STORM_SOCKETS
+        # And the last room still chats.
+        last_room = sockets[-STORM_ROOM_SIZE:]
+        await last_room[0].send(json.dumps({"message": "after the storm"}))
+        for socket in last_room:
+            while "message" not in (frame := json.loads(await socket.recv())):
+                pass
+            assert frame["message"] == "after the storm"
+    finally:
+        await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
