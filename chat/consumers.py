@@ -1,7 +1,7 @@
 """The chat WebSocket consumer: the tutorial's synchronous ChatConsumer, made robust.
 
 It only parses, delegates and sends: the rules live in rooms, protocol, ratelimit,
-identity, services and presence.
+identity, services and presence; chat.pipeline hands its frames to the event loop.
 """
 
 import asyncio
@@ -14,37 +14,13 @@ from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from . import identity, presence, protocol, rooms, services
+from . import identity, pipeline, presence, protocol, rooms, services
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 # What an unreachable Redis or database raises; the socket closes instead of crashing.
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
-
-
-# Broadcasts in flight per process: each holds a Redis connection, and channels_redis's
-# pool (100 by default) raises MaxConnectionsError instead of waiting when it runs out.
-BROADCASTS_IN_FLIGHT = 16
-_broadcast_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-
-
-async def _broadcast(channel_layer, group: str, event: dict):
-    """group_send once one of this loop's BROADCASTS_IN_FLIGHT slots is free."""
-    loop = asyncio.get_running_loop()
-    slots = _broadcast_slots.setdefault(loop, asyncio.Semaphore(BROADCASTS_IN_FLIGHT))
-    async with slots:
-        await channel_layer.group_send(group, event)
-
-
-def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
-    """Start a pipelined coroutine; its failure is logged once, on one line."""
-    loop.create_task(coroutine).add_done_callback(_log_failure)
-
-
-def _log_failure(task: asyncio.Task):
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("pipelined send failed: %r", task.exception())
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -55,7 +31,7 @@ class ChatConsumer(WebsocketConsumer):
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; an outage of Redis or the database closes it with 4503."""
-        # The loop and the ASGI send that the sync handlers hand frames to (_pipeline).
+        # The loop and the ASGI send that the sync handlers hand frames to (chat.pipeline).
         self.loop = asyncio.get_running_loop()
         self.asgi_send = send
         try:
@@ -69,7 +45,9 @@ class ChatConsumer(WebsocketConsumer):
     def send(self, text_data=None, bytes_data=None, close=False):
         """Queue a frame for this socket, in order, without waiting for it to be written."""
         assert text_data is not None and bytes_data is None and not close
-        self._pipeline(self.asgi_send({"type": "websocket.send", "text": text_data}))
+        pipeline.hand_to_loop(
+            self.loop, self.asgi_send({"type": "websocket.send", "text": text_data})
+        )
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
@@ -81,6 +59,7 @@ class ChatConsumer(WebsocketConsumer):
         self.accept()
         self._send_backlog(protocol.parse_after(self.scope.get("query_string", b"")))
         presence.join(self.room_group_name, self.channel_name, identity.presence_label(self.author))
+        presence.watch_progress(self)
         presence.announce(self.room_group_name)
 
     def disconnect(self, close_code):
@@ -118,7 +97,9 @@ class ChatConsumer(WebsocketConsumer):
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each
             # socket fills the gap from the database when the next message arrives.
-            self._pipeline(_broadcast(self.channel_layer, self.room_group_name, event))
+            pipeline.hand_to_loop(
+                self.loop, pipeline.broadcast(self.channel_layer, self.room_group_name, event)
+            )
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
@@ -144,14 +125,6 @@ class ChatConsumer(WebsocketConsumer):
     def chat_presence(self, event):
         """Tell this socket who is in the room."""
         self.send(text_data=protocol.presence_frame(event))
-
-    def _pipeline(self, coroutine):
-        """Run a coroutine on the event loop in call order, without blocking this thread.
-
-        The sync handlers run one at a time on one thread per process; waiting for the
-        loop after every frame (what async_to_sync does) made that thread the bottleneck.
-        """
-        self.loop.call_soon_threadsafe(_start_logged_task, self.loop, coroutine)
 
     def _send_backlog(self, after: int | None):
         if after is None:

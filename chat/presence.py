@@ -11,26 +11,32 @@ Group membership lives in Redis too, and a Redis that restarts has none: a socke
 stayed open would be deaf. The same refresher notices a restart (Redis's run_id
 changes), adds every local socket to its group again and has it catch up from the
 database; it also re-adds all of them every half CHAT_GROUP_EXPIRY_SECONDS, before
-channels_redis forgets long-lived members.
+channels_redis forgets long-lived members; and it has any socket that fell behind its
+room's stored messages catch up.
 """
 
 import logging
 import math
 import threading
 import time
+import weakref
 
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import close_old_connections
 
 from . import protocol
+from .models import Room
 
 logger = logging.getLogger(__name__)
 
 _SEPARATOR = "\x1f"  # never in a channel name; the label may contain anything else
 _clients: dict[str, redis.Redis] = {}
 _local_members: dict[tuple[str, str], str] = {}
+# channel name -> consumer, for its room_name and last_seq; gone with the consumer.
+_watched: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
@@ -73,6 +79,7 @@ def join(group: str, channel_name: str, label: str):
 
 def leave(group: str, channel_name: str):
     """Forget a socket."""
+    _watched.pop(channel_name, None)
     with _lock:
         label = _local_members.pop((group, channel_name), None)
     if label is None:
@@ -149,6 +156,35 @@ def rejoin_groups(resync: bool):
     _groups_refreshed_at = time.monotonic()
 
 
+def watch_progress(consumer):
+    """Let the refresher notice when this socket falls behind its room."""
+    _watched[consumer.channel_name] = consumer
+
+
+def resync_lagging_sockets() -> int:
+    """Have every local socket whose room has newer stored messages catch up; how many.
+
+    A broadcast the layer dropped is refilled when the room's next message arrives; this
+    catches the last one, which has no next message, within one refresh interval.
+    """
+    consumers = list(_watched.values())
+    rooms = {consumer.room_name for consumer in consumers}
+    try:
+        latest = dict(Room.objects.filter(name__in=rooms).values_list("name", "last_seq"))
+    finally:
+        close_old_connections()
+    lagging = [c.channel_name for c in consumers if c.last_seq < latest.get(c.room_name, 0)]
+    if lagging:
+        layer = get_channel_layer()
+
+        async def resync():
+            for channel_name in lagging:
+                await layer.send(channel_name, {"type": "chat.resync"})
+
+        async_to_sync(resync)()
+    return len(lagging)
+
+
 def refresh_once():
     """One round of upkeep: membership after a restart or at half expiry, then presence."""
     restarted = redis_restarted()
@@ -162,6 +198,7 @@ def refresh_once():
         changed |= {group for group, _ in list(_local_members)}
     for group in changed:
         announce(group)
+    resync_lagging_sockets()
 
 
 def _refresh_forever():

@@ -22,6 +22,10 @@ RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.2
 LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once
+# Daphne drops a handshake the application has not accepted within 5 s. In a storm the
+# sync consumers accept one at a time, so late ones wait longer than that: let them.
+HANDSHAKE_TIMEOUT_SECONDS = 60
+DEFAULT_DAPHNE_ARGS = ["--websocket_connect_timeout", str(HANDSHAKE_TIMEOUT_SECONDS)]
 
 
 class _Stop(Exception):
@@ -53,7 +57,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     """One daphne process serving mysite.asgi on the shared socket."""
-    command = [sys.executable, "-m", "daphne", "--fd", str(fd), *extra_args]
+    command = [sys.executable, "-m", "daphne", "--fd", str(fd), *DEFAULT_DAPHNE_ARGS, *extra_args]
     return subprocess.Popen([*command, "mysite.asgi:application"], pass_fds=(fd,))
 
 

@@ -11,6 +11,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 pytestmark = pytest.mark.browser
@@ -64,10 +65,16 @@ def _wait(driver, condition, message=""):
     return waiting.until(lambda _: condition(), message)
 
 
+def _navigate_by(driver, action):
+    """Run an action that loads a new page, and wait until the old page is gone."""
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(driver, WAIT_SECONDS).until(staleness_of(old_page))
+
+
 def _enter_chat_room(driver, base_url, room_name):
     driver.get(base_url + "/chat/")
-    ActionChains(driver).send_keys(room_name, Keys.ENTER).perform()
-    _wait(driver, lambda: "/chat/" in driver.current_url and "room-name" in driver.page_source)
+    _navigate_by(driver, ActionChains(driver).send_keys(room_name, Keys.ENTER).perform)
     _wait(driver, lambda: _status(driver) == "Connected", "socket never opened")
 
 
@@ -160,8 +167,8 @@ def test_hostile_message_is_shown_literally_and_runs_nothing(browser, chat_serve
 def test_invalid_room_name_is_explained_on_the_index_page(browser, chat_server):
     hostile = "<b onmouseover=\"document.title='pwned'\">x</b>"
     browser.get(chat_server + "/chat/")
-    ActionChains(browser).send_keys(hostile, Keys.ENTER).perform()
-    _wait(browser, lambda: "?room=" in browser.current_url)
+    _navigate_by(browser, ActionChains(browser).send_keys(hostile, Keys.ENTER).perform)
+    assert "?room=" in browser.current_url
     assert "Room names may contain letters" in browser.find_element(By.ID, "room-name-error").text
     assert browser.find_element(By.ID, "room-name-input").get_property("value") == hostile
     assert not browser.find_elements(By.CSS_SELECTOR, "b")
@@ -208,7 +215,7 @@ def test_chosen_display_name_appears_on_messages_and_in_presence(browser, chat_s
     browser.get(chat_server + "/chat/")
     name_box = browser.find_element(By.ID, "display-name-input")
     name_box.clear()
-    name_box.send_keys("Zoë", Keys.ENTER)
+    _navigate_by(browser, lambda: name_box.send_keys("Zoë", Keys.ENTER))
     _wait(browser, lambda: browser.find_element(By.ID, "identity-name").text == "Zoë")
     _enter_chat_room(browser, chat_server, "names")
     _post_message(browser, "bonjour")

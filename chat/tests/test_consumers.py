@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import DatabaseError
 
-from chat import protocol, rooms, services
+from chat import presence, protocol, rooms, services
 from chat.models import Message
 from chat.tests.conftest import (
     assert_no_chat,
@@ -401,3 +401,18 @@ async def test_presence_of_one_room_is_not_sent_to_another(join):
     other = await join("other")
     await join("lobby")
     assert [frame for frame in await frames_within(other) if "presence" in frame] == []
+
+
+async def test_a_dropped_last_message_arrives_by_the_next_refresh_round(join):
+    socket = await join("lobby")
+    # Stored, but its broadcast lost, and nothing follows it that would reveal the gap.
+    await database_sync_to_async(store)("lobby", "the last word")
+    await assert_no_chat(socket)
+    lagging = await asyncio.get_running_loop().run_in_executor(
+        None, presence.resync_lagging_sockets
+    )
+    assert lagging == 1
+    assert (await assert_receives_message(socket, "the last word"))["id"] == 1
+    assert (
+        await asyncio.get_running_loop().run_in_executor(None, presence.resync_lagging_sockets) == 0
+    )
