@@ -171,6 +171,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
         "chat": {"level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
+        # runserver gives this one a handler of its own: do not print its lines twice.
+        "django.channels.server": {"propagate": False},
     },
 }
 
