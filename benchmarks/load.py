@@ -3,6 +3,7 @@
     python3 dev.py bench                                   # the defaults below
     python3 dev.py bench --rooms 1 --clients 200 --rates 0.125,0.25
     python3 dev.py bench --idle 10000                      # memory per idle connection
+    python3 dev.py bench --soak 600 --rates 1              # faults midway; see soak.py
 
 It starts the whole stack itself (embedded Redis, a fresh SQLite database, `mysite.serve`
 with N daphne processes), connects rooms x clients sockets, and runs one step per
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import websockets
 
+from benchmarks.soak import run_soak
 from benchmarks.stack import Stack, start_stack
 
 DEFAULT_RATES = "1,2,4,6,8"
@@ -286,6 +288,9 @@ def parse_args(argv: list[str]):
     parser.add_argument("--processes", type=int, default=2, help="daphne processes")
     parser.add_argument("--layer", choices=["redis", "pubsub"], default="redis")
     parser.add_argument("--idle", type=int, default=0, help="idle mode: this many sockets")
+    parser.add_argument(
+        "--soak", type=float, default=0, help="soak mode: seconds, at the first --rates rate"
+    )
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/load.png"))
     args = parser.parse_args(argv)
     args.rates = [float(rate) for rate in args.rates.split(",")]
@@ -299,6 +304,14 @@ def main(argv: list[str]) -> int:
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
+    if args.soak:
+        result = asyncio.run(run_soak(args))
+        print(
+            json.dumps(
+                {"bench": "soak", "processes": args.processes, "layer": args.layer, **result}
+            )
+        )
+        return 0
     if args.idle:
         result = asyncio.run(run_idle(args))
         print(

@@ -66,8 +66,10 @@ class ChatConsumer(WebsocketConsumer):
         """Leave the room's group and its presence list."""
         if self.room_group_name is None:
             return
-        async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+        # First, and it never raises: this process must forget the socket even when Redis
+        # is down, or its refresher would keep re-adding a dead channel.
         presence.leave(self.room_group_name, self.channel_name)
+        async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
         presence.announce(self.room_group_name)
 
     def receive(self, text_data=None, bytes_data=None):

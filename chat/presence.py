@@ -23,6 +23,7 @@ import weakref
 
 import redis
 from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
@@ -139,6 +140,14 @@ def redis_restarted() -> bool:
     return restarted
 
 
+async def _send_resync(layer, channel_name: str):
+    """Ask one socket to catch up; if its inbox is full, the next round's lag check asks again."""
+    try:
+        await layer.send(channel_name, {"type": "chat.resync"})
+    except ChannelFull:
+        pass
+
+
 def rejoin_groups(resync: bool):
     """Add every local socket to its group again; with resync, have each catch up."""
     global _groups_refreshed_at
@@ -150,7 +159,7 @@ def rejoin_groups(resync: bool):
         for group, channel_name in members:
             await layer.group_add(group, channel_name)
             if resync:
-                await layer.send(channel_name, {"type": "chat.resync"})
+                await _send_resync(layer, channel_name)
 
     async_to_sync(rejoin)()
     _groups_refreshed_at = time.monotonic()
@@ -179,7 +188,7 @@ def resync_lagging_sockets() -> int:
 
         async def resync():
             for channel_name in lagging:
-                await layer.send(channel_name, {"type": "chat.resync"})
+                await _send_resync(layer, channel_name)
 
         async_to_sync(resync)()
     return len(lagging)

@@ -188,7 +188,10 @@ async def test_long_lived_sockets_keep_receiving_past_group_expiry(own_redis, se
     await asyncio.gather(sender.disconnect(), listener.disconnect())
 
 
-async def test_without_the_refresh_an_expired_member_would_be_deaf(own_redis, settings):
+async def test_without_the_refresh_an_expired_member_would_be_deaf(
+    own_redis, settings, monkeypatch
+):
+    monkeypatch.setattr(presence, "refresh_once", lambda: None)  # the background thread's too
     settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, group_expiry=1)
     sender, listener = communicator("lobby"), communicator("lobby")
     for socket in (sender, listener):
@@ -223,3 +226,14 @@ async def test_connecting_while_redis_is_down_is_refused_without_a_traceback(own
     assert not connected
     assert not [record for record in caplog.records if record.exc_info]
     await socket.disconnect()
+
+
+async def test_a_socket_closed_while_redis_is_down_is_forgotten_by_its_process(own_redis):
+    before = set(presence._local_members)
+    socket = communicator("lobby")
+    assert (await socket.connect())[0]
+    await frames_within(socket, 0.3)
+    assert len(set(presence._local_members) - before) == 1
+    own_redis.stop()
+    await socket.disconnect()
+    assert set(presence._local_members) - before == set()
