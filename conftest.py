@@ -30,6 +30,14 @@ def redis_server():
         yield server
 
 
+@pytest.fixture(autouse=True)
+def refresher_rounds_run_by_hand(monkeypatch):
+    """In-process tests call presence.refresh_once themselves; its timer must not race them."""
+    from chat import presence
+
+    monkeypatch.setattr(presence, "_tick", lambda: None)
+
+
 @pytest.fixture
 def redis_channel_layer(redis_server, settings):
     """Point the channel layer and presence at the session's Redis; flush it after the test."""

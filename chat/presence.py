@@ -213,10 +213,15 @@ def refresh_once():
 def _refresh_forever():
     while True:
         time.sleep(settings.CHAT_PRESENCE_REFRESH_SECONDS)
-        try:
-            refresh_once()
-        except Exception as error:  # keep refreshing whatever one round met (Redis down...)
-            logger.warning("presence refresh failed: %r", error)
+        _tick()
+
+
+def _tick():
+    """One timed round; whatever it meets (Redis down...) is logged and the next one tried."""
+    try:
+        refresh_once()
+    except Exception as error:
+        logger.warning("presence refresh failed: %r", error)
 
 
 def _ensure_refresher():
