@@ -6,12 +6,15 @@ import tempfile
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 pytestmark = pytest.mark.browser
@@ -58,18 +61,29 @@ def browser(driver, chat_server):
     driver.get("about:blank")
 
 
+# While a page is being replaced, Chromium may answer a lookup with a stale element, no
+# element, or "Node with given id does not belong to the document": look again.
+NAVIGATION_ERRORS = (StaleElementReferenceException, NoSuchElementException, WebDriverException)
+
+
 def _wait(driver, condition, message=""):
-    # A page that is navigating replaces its elements: look again instead of failing.
-    ignored = (StaleElementReferenceException, NoSuchElementException)
-    waiting = WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=ignored)
+    waiting = WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=NAVIGATION_ERRORS)
     return waiting.until(lambda _: condition(), message)
 
 
 def _navigate_by(driver, action):
-    """Run an action that loads a new page, and wait until the old page is gone."""
+    """Run an action that loads a new page, and wait until the new page has loaded."""
     old_page = driver.find_element(By.TAG_NAME, "html")
     action()
-    WebDriverWait(driver, WAIT_SECONDS).until(staleness_of(old_page))
+
+    def new_page_loaded():
+        try:
+            old_page.is_enabled()  # raises once the old page is gone
+            return False
+        except NAVIGATION_ERRORS:
+            return driver.execute_script("return document.readyState") == "complete"
+
+    _wait(driver, new_page_loaded, "the page never changed")
 
 
 def _enter_chat_room(driver, base_url, room_name):
@@ -169,7 +183,8 @@ def test_invalid_room_name_is_explained_on_the_index_page(browser, chat_server):
     browser.get(chat_server + "/chat/")
     _navigate_by(browser, ActionChains(browser).send_keys(hostile, Keys.ENTER).perform)
     assert "?room=" in browser.current_url
-    assert "Room names may contain letters" in browser.find_element(By.ID, "room-name-error").text
+    error = _wait(browser, lambda: browser.find_element(By.ID, "room-name-error").text)
+    assert "Room names may contain letters" in error
     assert browser.find_element(By.ID, "room-name-input").get_property("value") == hostile
     assert not browser.find_elements(By.CSS_SELECTOR, "b")
     assert browser.title != "pwned"
