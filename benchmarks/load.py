@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ import websockets
 
 from benchmarks.soak import run_soak
 from benchmarks.stack import Stack, start_stack
+from mysite.serve import raise_open_file_limit
 
 DEFAULT_RATES = "1,2,4,6,8"
 CONNECT_BATCH = 200  # sockets opened at once while setting up
@@ -299,27 +299,16 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_file_limit()  # this process holds every client socket
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
-    if args.soak:
-        result = asyncio.run(run_soak(args))
-        print(
-            json.dumps(
-                {"bench": "soak", "processes": args.processes, "layer": args.layer, **result}
-            )
-        )
-        return 0
-    if args.idle:
-        result = asyncio.run(run_idle(args))
-        print(
-            json.dumps(
-                {"bench": "idle", "processes": args.processes, "layer": args.layer, **result}
-            )
-        )
-        return 0
+    for mode, run in (("soak", run_soak), ("idle", run_idle)):
+        if getattr(args, mode):
+            result = asyncio.run(run(args))
+            setup = {"processes": args.processes, "layer": args.layer}
+            print(json.dumps({"bench": mode, **setup, **result}))
+            return 0
     title = f"{args.rooms} rooms x {args.clients} clients, {args.processes} processes, {args.layer}"
     print(f"{title} layer, {args.step_seconds:g} s steps")
     rows = asyncio.run(run_load(args))
