@@ -46,15 +46,6 @@ def normalize_room_name(name: str) -> str:
     return name
 
 
-def is_valid_room_name(name: str) -> bool:
-    """True when the rule accepts the name."""
-    try:
-        normalize_room_name(name)
-    except InvalidRoomName:
-        return False
-    return True
-
-
 def group_name(room_name: str) -> str:
     """Name the channel-layer group of a valid room: ASCII, under 100 characters, one per room.
 
