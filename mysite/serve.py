@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from mysite.processes import killed_with_parent
+
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.2
@@ -58,7 +60,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     """One daphne process serving mysite.asgi on the shared socket."""
     command = [sys.executable, "-m", "daphne", "--fd", str(fd), *DEFAULT_DAPHNE_ARGS, *extra_args]
-    return subprocess.Popen([*command, "mysite.asgi:application"], pass_fds=(fd,))
+    # If this parent is killed outright, its children go too: no orphan keeps the port.
+    return subprocess.Popen(
+        [*command, "mysite.asgi:application"], pass_fds=(fd,), preexec_fn=killed_with_parent
+    )
 
 
 def stop_children(children: list[subprocess.Popen]):

@@ -43,7 +43,8 @@ def served(redis_server, migrated_database):
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/chat/", process)
     yield url, process
-    stop_process(process)
+    # Longer than serve's own wait for its children, so it is never killed mid-shutdown.
+    stop_process(process, timeout=30)
 
 
 def test_two_processes_share_one_port(served):
@@ -65,6 +66,15 @@ def test_a_killed_process_is_replaced_and_the_port_keeps_answering(served):
         time.sleep(0.2)
     assert victim.pid not in children and len(children) == 2
     assert healthz_pid(url) in children
+
+
+def test_children_die_with_a_killed_supervisor(served):
+    _, process = served
+    children = psutil.Process(process.pid).children()
+    process.kill()
+    process.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
 
 
 def test_sigterm_stops_every_process(served):
