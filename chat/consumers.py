@@ -112,15 +112,17 @@ class ChatConsumer(WebsocketConsumer):
         if seq <= self.last_seq:
             return
         if seq > self.last_seq + 1:
-            missed = services.messages_after(self.room_name, self.last_seq, seq - self.last_seq - 1)
-            for message in missed:
-                self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
+            self._catch_up(limit=seq - self.last_seq - 1)
         self.send(text_data=protocol.message_frame(event))
         self.last_seq = seq
 
     def chat_resync(self, event):
         """Send what was stored since this socket's last message (after Redis restarted)."""
-        for message in services.messages_after(self.room_name, self.last_seq):
+        self._catch_up()
+
+    def _catch_up(self, limit: int | None = None):
+        """Send, in order, what the room stored after this socket's last message."""
+        for message in services.messages_after(self.room_name, self.last_seq, limit):
             self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
             self.last_seq = message.seq
 
