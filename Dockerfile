@@ -24,4 +24,4 @@ RUN useradd --create-home --uid 1000 chat && mkdir -p /data && chown chat /data
 USER chat
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]
+CMD ["python", "-m", "mysite.server", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]

@@ -103,7 +103,7 @@ class ChatServer:
     def start(self) -> "ChatServer":
         daphne = [
             "-m",
-            "daphne",
+            "mysite.server",
             "-b",
             "127.0.0.1",
             "-p",

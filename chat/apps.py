@@ -11,3 +11,10 @@ class ChatConfig(AppConfig):
         from .rooms import RoomNameConverter
 
         register_converter(RoomNameConverter, "room")
+        # daphne's runserver (first in INSTALLED_APPS) builds its server from this class
+        # attribute, its one extension point: the same server as mysite.server there too.
+        from daphne.management.commands.runserver import Command as RunserverCommand
+
+        from mysite.server import ChatDaphneServer
+
+        RunserverCommand.server_cls = ChatDaphneServer

@@ -59,7 +59,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     """One daphne process serving mysite.asgi on the shared socket."""
-    command = [sys.executable, "-m", "daphne", "--fd", str(fd), *DEFAULT_DAPHNE_ARGS, *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "mysite.server",
+        "--fd",
+        str(fd),
+        *DEFAULT_DAPHNE_ARGS,
+        *extra_args,
+    ]
     # If this parent is killed outright, its children go too: no orphan keeps the port.
     return subprocess.Popen(
         [*command, "mysite.asgi:application"], pass_fds=(fd,), preexec_fn=killed_with_parent

@@ -200,6 +200,12 @@ CHAT_PRESENCE_REFRESH_SECONDS = float(os.environ.get("CHAT_PRESENCE_REFRESH_SECO
 CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
     "group_expiry", DEFAULT_GROUP_EXPIRY_SECONDS
 )
+# A WebSocket client that stops reading is closed (4408) once this many bytes wait unsent
+# for it in the server (mysite.server): bounded memory per stuck client. 1 MiB is some
+# 5,000 ordinary messages, far more than a client that reads ever has waiting.
+CHAT_SEND_BACKLOG_LIMIT_BYTES = int(os.environ.get("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024))
+# ...and cut off if it has not read up to the close frame this many seconds later.
+CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SECONDS", "10"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500

@@ -173,7 +173,17 @@ def test_migrate_and_web_read_one_configuration():
 
 def test_web_runs_several_daphne_replicas_without_published_ports():
     web = services()["web"]
-    assert web["command"] == ["daphne", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]
+    # daphne, with the backlog bound for clients that stop reading (mysite.server)
+    assert web["command"] == [
+        "python",
+        "-m",
+        "mysite.server",
+        "-b",
+        "0.0.0.0",
+        "-p",
+        "8000",
+        "mysite.asgi:application",
+    ]
     replicas = str(web["deploy"]["replicas"])
     assert int(interpolate(replicas, {})) >= 2
     assert int(interpolate(replicas, {"WEB_REPLICAS": "5"})) == 5
@@ -346,5 +356,5 @@ def test_image_runs_as_a_non_root_user_and_serves_without_migrating():
     (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert user not in ("root", "0")
     (command,) = re.findall(r"^CMD (.+)$", dockerfile, re.MULTILINE)
-    assert "daphne" in command
+    assert "mysite.server" in command
     assert "migrate" not in command
