@@ -28,6 +28,9 @@ class ChatConsumer(WebsocketConsumer):
 
     room_group_name: str | None = None
     closing = False
+    # Messages that arrived ahead of a missing one, by id; a new wait starts a new episode.
+    held: dict[int, dict]
+    gap_episode = 0
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; an outage of Redis or the database closes it with 4503."""
@@ -55,6 +58,7 @@ class ChatConsumer(WebsocketConsumer):
         self.room_group_name = rooms.group_name(self.room_name)
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
+        self.held = {}
         async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
         self.accept()
         self._send_backlog(protocol.parse_after(self.scope.get("query_string", b"")))
@@ -107,24 +111,53 @@ class ChatConsumer(WebsocketConsumer):
             self.send(text_data=protocol.message_frame(event))
 
     def chat_message(self, event):
-        """Deliver one room message, first filling any gap the channel layer left."""
+        """Deliver one room message in order; one that overtook a missing one waits for it."""
         seq = event["id"]
         if seq <= self.last_seq:
             return
         if seq > self.last_seq + 1:
-            self._catch_up(limit=seq - self.last_seq - 1)
-        self.send(text_data=protocol.message_frame(event))
-        self.last_seq = seq
+            self._hold(event)
+            return
+        self._deliver(event)
+        self._deliver_held()
+
+    def chat_gap_check(self, event):
+        """A held message waited long enough: the layer dropped what it waits for."""
+        if self.held and event["episode"] == self.gap_episode:
+            self._catch_up(limit=max(self.held) - self.last_seq)
 
     def chat_resync(self, event):
         """Send what was stored since this socket's last message (after Redis restarted)."""
         self._catch_up()
 
+    def _hold(self, event):
+        if not self.held:
+            self.gap_episode += 1
+            check = {"type": "chat.gap_check", "episode": self.gap_episode}
+            wait = settings.CHAT_REORDER_WAIT_SECONDS
+            pipeline.hand_to_loop(
+                self.loop, pipeline.send_later(self.channel_layer, self.channel_name, check, wait)
+            )
+        self.held[event["id"]] = event
+        if len(self.held) >= settings.CHAT_REORDER_MAX_HELD:
+            self._catch_up(limit=max(self.held) - self.last_seq)
+
+    def _deliver(self, event):
+        self.send(text_data=protocol.message_frame(event))
+        self.last_seq = event["id"]
+
+    def _deliver_held(self):
+        """Deliver held messages that are next in line now; forget those already sent."""
+        while self.last_seq + 1 in self.held:
+            self._deliver(self.held.pop(self.last_seq + 1))
+        for seq in [seq for seq in self.held if seq <= self.last_seq]:
+            del self.held[seq]
+
     def _catch_up(self, limit: int | None = None):
         """Send, in order, what the room stored after this socket's last message."""
         for message in services.messages_after(self.room_name, self.last_seq, limit):
-            self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
-            self.last_seq = message.seq
+            self._deliver(protocol.chat_message_event(message))
+        self._deliver_held()
 
     def chat_presence(self, event):
         """Tell this socket who is in the room."""

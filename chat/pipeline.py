@@ -33,6 +33,12 @@ async def broadcast(channel_layer, group: str, event: dict[str, Any]):
         await channel_layer.group_send(group, event)
 
 
+async def send_later(channel_layer, channel_name: str, message: dict[str, Any], delay: float):
+    """Send `message` to one channel (a consumer, often the sender's own) after `delay` s."""
+    await asyncio.sleep(delay)
+    await channel_layer.send(channel_name, message)
+
+
 def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
     loop.create_task(coroutine).add_done_callback(_log_failure)
 

@@ -38,6 +38,8 @@ _clients: dict[str, redis.Redis] = {}
 _local_members: dict[tuple[str, str], str] = {}
 # channel name -> consumer, for its room_name and last_seq; gone with the consumer.
 _watched: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Each watched room's last stored seq at the previous refresh round.
+_latest_a_round_ago: dict[str, int] = {}
 _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
@@ -171,18 +173,26 @@ def watch_progress(consumer):
 
 
 def resync_lagging_sockets() -> int:
-    """Have every local socket whose room has newer stored messages catch up; how many.
+    """Have every local socket that missed a message stored a round ago catch up; how many.
 
     A broadcast the layer dropped is refilled when the room's next message arrives; this
-    catches the last one, which has no next message, within one refresh interval.
+    catches the last one, which has no next message. A message gets one whole round to
+    arrive live: under load most sockets are a few messages behind their room at any
+    instant, and resyncing them all would cost a query each for nothing.
     """
+    global _latest_a_round_ago
     consumers = list(_watched.values())
     rooms = {consumer.room_name for consumer in consumers}
     try:
         latest = dict(Room.objects.filter(name__in=rooms).values_list("name", "last_seq"))
     finally:
         close_old_connections()
-    lagging = [c.channel_name for c in consumers if c.last_seq < latest.get(c.room_name, 0)]
+    lagging = [
+        consumer.channel_name
+        for consumer in consumers
+        if consumer.last_seq < _latest_a_round_ago.get(consumer.room_name, 0)
+    ]
+    _latest_a_round_ago = latest
     if lagging:
         layer = get_channel_layer()
 

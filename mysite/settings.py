@@ -206,6 +206,12 @@ CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
 CHAT_SEND_BACKLOG_LIMIT_BYTES = int(os.environ.get("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024))
 # ...and cut off if it has not read up to the close frame this many seconds later.
 CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SECONDS", "10"))
+# Broadcasts from two senders can overtake each other on the way: a socket holds a message
+# that arrives ahead of a missing one this long, for the missing one to arrive too, before
+# it takes the gap for a drop and reads it from the database (a query per socket, which
+# under load costs more than the wait). It holds this many at most.
+CHAT_REORDER_WAIT_SECONDS = 0.25
+CHAT_REORDER_MAX_HELD = 100
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
