@@ -31,11 +31,16 @@ def redis_server():
 
 
 @pytest.fixture(autouse=True)
-def refresher_rounds_run_by_hand(monkeypatch):
-    """In-process tests call presence.refresh_once themselves; its timer must not race them."""
+def refresher_rounds_run_by_hand(monkeypatch, settings):
+    """In-process tests call presence.refresh_once themselves; its timer must not race them.
+
+    Presence announcements still go out from the refresher thread, after a much shorter
+    coalescing pause than in production, so that tests that join do not wait for it.
+    """
     from chat import presence
 
     monkeypatch.setattr(presence, "_tick", lambda: None)
+    settings.CHAT_PRESENCE_COALESCE_SECONDS = 0.01
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ and the upkeep of this process's sockets' group membership.
 Each socket is one member of a sorted set per room, scored with the time its entry
 expires. Every process refreshes the entries of its own sockets; a process that dies
 stops refreshing, and its entries expire within CHAT_PRESENCE_TTL_SECONDS, at which point
-a surviving process that notices tells the room. Presence is best effort: when Redis
-is unreachable it is logged and left out, and chatting goes on.
+a surviving process that notices tells the room. Announcements go out from the same
+refresher thread, one per room per CHAT_PRESENCE_COALESCE_SECONDS however many sockets
+came and went. Presence is best effort: when Redis is unreachable it is logged and left
+out, and chatting goes on.
 
 Group membership lives in Redis too, and a Redis that restarts has none: a socket that
 stayed open would be deaf. The same refresher notices a restart (Redis's run_id
@@ -40,6 +42,9 @@ _local_members: dict[tuple[str, str], str] = {}
 _watched: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # Each watched room's last stored seq at the previous refresh round.
 _latest_a_round_ago: dict[str, int] = {}
+# Rooms whose presence changed and is not announced yet; the refresher thread sends them.
+_pending_announcements: set[str] = set()
+_announcements_waiting = threading.Event()
 _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
@@ -108,8 +113,30 @@ def snapshot(group: str) -> dict:
 
 
 def announce(group: str):
+    """Have every socket in the room told who is there, shortly, from the refresher thread.
+
+    Joins and leaves within CHAT_PRESENCE_COALESCE_SECONDS make one announcement per room,
+    not one each: a room of 200 filling up at once would otherwise be sent 200 x 200
+    presence frames, and each handler that asked would wait for Redis twice.
+    """
+    with _lock:
+        _pending_announcements.add(group)
+    _ensure_refresher()
+    _announcements_waiting.set()
+
+
+def announce_now(group: str):
     """Tell every socket in the room who is there now."""
     async_to_sync(get_channel_layer().group_send)(group, snapshot(group))
+
+
+def send_pending_announcements():
+    """Announce every room whose presence changed since the last time."""
+    with _lock:
+        groups = sorted(_pending_announcements)
+        _pending_announcements.clear()
+    for group in groups:
+        announce_now(group)
 
 
 def refresh_local_members() -> set[str]:
@@ -221,17 +248,27 @@ def refresh_once():
 
 
 def _refresh_forever():
+    next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
     while True:
-        time.sleep(settings.CHAT_PRESENCE_REFRESH_SECONDS)
-        _tick()
+        if _announcements_waiting.wait(timeout=max(next_round - time.monotonic(), 0)):
+            time.sleep(settings.CHAT_PRESENCE_COALESCE_SECONDS)  # let the burst gather
+            _announcements_waiting.clear()
+            _logged(send_pending_announcements)
+        if time.monotonic() >= next_round:
+            _tick()
+            next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
 
 
 def _tick():
     """One timed round; whatever it meets (Redis down...) is logged and the next one tried."""
+    _logged(refresh_once)
+
+
+def _logged(work):
     try:
-        refresh_once()
+        work()
     except Exception as error:
-        logger.warning("presence refresh failed: %r", error)
+        logger.warning("presence %s failed: %r", work.__name__, error)
 
 
 def _ensure_refresher():

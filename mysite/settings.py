@@ -195,6 +195,8 @@ CHAT_HISTORY_LIMIT = 50
 # (From the environment too, so that tests can kill a process and see its ghosts go fast.)
 CHAT_PRESENCE_TTL_SECONDS = float(os.environ.get("CHAT_PRESENCE_TTL_SECONDS", "30"))
 CHAT_PRESENCE_REFRESH_SECONDS = float(os.environ.get("CHAT_PRESENCE_REFRESH_SECONDS", "10"))
+# Joins and leaves this close together make one presence announcement per room.
+CHAT_PRESENCE_COALESCE_SECONDS = 0.2
 # channels_redis forgets a group member this long after its group_add (its group_expiry);
 # every process re-adds its sockets at half this, so long-lived sockets keep receiving.
 CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(

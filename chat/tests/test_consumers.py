@@ -416,6 +416,21 @@ async def test_presence_follows_joins_and_leaves(join):
     assert await next_presence(first) == {"count": 1, "names": ["Anonymous (guest)"]}
 
 
+async def test_a_burst_of_joins_makes_one_presence_announcement_not_one_each(join, settings):
+    settings.CHAT_PRESENCE_COALESCE_SECONDS = 0.2  # as in production
+    first = await join("lobby")
+    burst = [communicator("lobby") for _ in range(6)]
+    try:
+        assert all(ok for ok, _ in await asyncio.gather(*(s.connect() for s in burst)))
+        updates = [
+            frame["presence"] for frame in await frames_within(first, 1.5) if "presence" in frame
+        ]
+        assert updates[-1]["count"] == 7
+        assert len(updates) <= 2  # one per CHAT_PRESENCE_COALESCE_SECONDS, not six
+    finally:
+        await asyncio.gather(*(s.disconnect() for s in burst))
+
+
 async def test_presence_of_one_room_is_not_sent_to_another(join):
     other = await join("other")
     await join("lobby")
