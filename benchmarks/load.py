@@ -4,6 +4,7 @@
     python3 dev.py bench --rooms 1 --clients 200 --rates 0.125,0.25
     python3 dev.py bench --idle 10000                      # memory per idle connection
     python3 dev.py bench --soak 600 --rates 1              # faults midway; see soak.py
+    python3 dev.py bench --rates 10 --drain-seconds 120    # overload: is anything lost?
 
 It starts the whole stack itself (embedded Redis, a fresh SQLite database, `mysite.serve`
 with N daphne processes), connects rooms x clients sockets, and runs one step per
@@ -13,8 +14,9 @@ socket, so offered deliveries/s = rooms x clients x clients x rate.
 
 Per step it prints offered and delivered deliveries/s, latency percentiles (send to
 arrival, one clock: sender and receiver live in this process), lost and duplicated
-deliveries (counted after a final drain, so late is not lost), refusals, and the server
-processes' CPU and memory; then a JSON line per step, and a PNG plot at the end.
+deliveries (counted after a final drain of up to --drain-seconds, so late is not lost),
+refusals, and the server processes' CPU and memory; then a JSON line per step, and a PNG
+plot at the end.
 """
 
 import argparse
@@ -40,7 +42,7 @@ DEFAULT_RATES = "1,2,4,6,8"
 CONNECT_BATCH = 200  # sockets opened at once while setting up
 CONNECT_TIMEOUT_SECONDS = 30
 SETTLE_SECONDS = 3.0  # quiet time after each step, so its backlog lands in its own figures
-FINAL_DRAIN_SECONDS = 10.0
+DRAIN_POLL_SECONDS = 0.5
 IDLE_ROOM_SIZE = 10
 MAX_FRAME_BYTES = 2**20
 
@@ -54,6 +56,7 @@ class Step:
     arrivals: Counter = field(default_factory=Counter)  # (room, msg no, socket) -> count
     latencies: list[float] = field(default_factory=list)
     refused: int = 0
+    out_of_order: int = 0  # arrivals whose room id is not above the socket's previous one
     delivered_in_window: int = 0
     window_seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -94,6 +97,7 @@ class Load:
 
     async def receive_forever(self, room: int, socket_no: int, ws):
         """Record each chat message that arrives at one socket."""
+        last_id = 0
         async for raw in ws:
             frame = json.loads(raw)
             if "error" in frame:
@@ -103,11 +107,24 @@ class Load:
                 continue
             step_no, message_no, sent_at = frame["message"].split(" ")
             step = self.steps[int(step_no)]
+            if frame["id"] <= last_id:
+                step.out_of_order += 1
+            last_id = frame["id"]
             step.arrivals[(room, int(message_no), socket_no)] += 1
             if step.arrivals[(room, int(message_no), socket_no)] == 1:
                 step.latencies.append(time.perf_counter() - float(sent_at))
                 if step is self.current:
                     step.delivered_in_window += 1
+
+    def missing_deliveries(self) -> int:
+        """Deliveries of every message sent so far that have not arrived yet."""
+        return sum(len(step.sent) * self.clients - len(step.arrivals) for step in self.steps)
+
+    async def drain(self, most_seconds: float):
+        """Wait until every sent message reached every socket of its room, or most_seconds."""
+        deadline = time.perf_counter() + most_seconds
+        while self.missing_deliveries() > 0 and time.perf_counter() < deadline:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
     def _step_of(self, client_id: str | None) -> Step:
         return self.steps[int(client_id.split("-")[0])] if client_id else self.steps[-1]
@@ -171,6 +188,7 @@ def summarize(step: Step, rooms: int, clients: int, step_seconds: float) -> dict
         "lost": len(expected - arrived),
         "duplicates": sum(count - 1 for count in step.arrivals.values() if count > 1),
         "refused": step.refused,
+        "out_of_order": step.out_of_order,
         "p50_ms": percentile(0.50),
         "p90_ms": percentile(0.90),
         "p99_ms": percentile(0.99),
@@ -191,6 +209,7 @@ TABLE_COLUMNS = {
     "lost": "lost",
     "dup": "duplicates",
     "refused": "refused",
+    "order": "out_of_order",
     "cpu %": "server_cpu_percent",
     "rss MB": "server_rss_mb",
     "load cpu %": "load_cpu_percent",
@@ -239,7 +258,7 @@ async def run_load(args) -> list[dict]:
         ]
         for rate in args.rates:
             await load.run_step(rate, args.step_seconds)
-        await asyncio.sleep(FINAL_DRAIN_SECONDS)
+        await load.drain(args.drain_seconds)
         rows = [summarize(step, args.rooms, args.clients, args.step_seconds) for step in load.steps]
         for task in receivers:
             task.cancel()
@@ -285,6 +304,12 @@ def parse_args(argv: list[str]):
         "--rates", default=DEFAULT_RATES, help="per-client messages/s, comma-separated steps"
     )
     parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="after the last step, wait up to this long for late deliveries before counting lost",
+    )
     parser.add_argument("--processes", type=int, default=2, help="daphne processes")
     parser.add_argument("--layer", choices=["redis", "pubsub"], default="redis")
     parser.add_argument("--idle", type=int, default=0, help="idle mode: this many sockets")
