@@ -73,6 +73,7 @@ class ChatConsumer(WebsocketConsumer):
         # First, and it never raises: this process must forget the socket even when Redis
         # is down, or its refresher would keep re-adding a dead channel.
         presence.leave(self.room_group_name, self.channel_name)
+        self.held.clear()  # nothing more is sent to this socket, gaps or not
         async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
         presence.announce(self.room_group_name)
 
@@ -121,9 +122,9 @@ class ChatConsumer(WebsocketConsumer):
         self._deliver(event)
         self._deliver_held()
 
-    def chat_gap_check(self, event):
+    def _check_gap(self, episode: int):
         """A held message waited long enough: the layer dropped what it waits for."""
-        if self.held and event["episode"] == self.gap_episode:
+        if self.held and episode == self.gap_episode:
             self._catch_up(limit=max(self.held) - self.last_seq)
 
     def chat_resync(self, event):
@@ -133,10 +134,10 @@ class ChatConsumer(WebsocketConsumer):
     def _hold(self, event):
         if not self.held:
             self.gap_episode += 1
-            check = {"type": "chat.gap_check", "episode": self.gap_episode}
-            wait = settings.CHAT_REORDER_WAIT_SECONDS
-            pipeline.hand_to_loop(
-                self.loop, pipeline.send_later(self.channel_layer, self.channel_name, check, wait)
+            # A timer in this process, not a message through the layer: under load the
+            # layer would refuse it (ChannelFull) just when it is needed most.
+            pipeline.call_later_on_sync_thread(
+                self.loop, settings.CHAT_REORDER_WAIT_SECONDS, self._check_gap, self.gap_episode
             )
         self.held[event["id"]] = event
         if len(self.held) >= settings.CHAT_REORDER_MAX_HELD:

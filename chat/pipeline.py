@@ -6,10 +6,13 @@ these functions queue the work on the loop, in call order, and return at once.
 """
 
 import asyncio
+import contextvars
 import logging
 import weakref
 from collections.abc import Coroutine
 from typing import Any
+
+from channels.db import database_sync_to_async
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +36,19 @@ async def broadcast(channel_layer, group: str, event: dict[str, Any]):
         await channel_layer.group_send(group, event)
 
 
-async def send_later(channel_layer, channel_name: str, message: dict[str, Any], delay: float):
-    """Send `message` to one channel (a consumer, often the sender's own) after `delay` s."""
-    await asyncio.sleep(delay)
-    await channel_layer.send(channel_name, message)
+def call_later_on_sync_thread(loop: asyncio.AbstractEventLoop, delay: float, function, *args):
+    """From the sync thread: run function(*args) on that same thread after `delay` seconds.
+
+    Sync consumers all run on asgiref's one thread per process, so the function never runs
+    alongside a handler of the consumer it belongs to.
+    """
+
+    def start():
+        _start_logged_task(loop, database_sync_to_async(function)(*args))
+
+    # In a fresh context: the sync thread's own says a sync call is in progress, and asgiref
+    # would refuse the new one ("would deadlock").
+    loop.call_soon_threadsafe(loop.call_later, delay, start, context=contextvars.Context())
 
 
 def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
