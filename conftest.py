@@ -3,8 +3,6 @@
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,9 +16,11 @@ from psycopg import sql
 
 from mysite.channel_layers import redis_channel_layers
 from mysite.embedded_redis import EmbeddedRedis, free_port
+from mysite.processes import stop_processes, wait_for_http
 
 ROOT = Path(__file__).resolve().parent
 SERVER_READY_TIMEOUT_SECONDS = 20.0
+SERVER_STOP_TIMEOUT_SECONDS = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -68,34 +68,6 @@ def server_environment(redis_url: str, database_url: str, **extra: str) -> dict[
     return env
 
 
-def wait_for_http(
-    url: str, process: subprocess.Popen, timeout: float = SERVER_READY_TIMEOUT_SECONDS
-):
-    """Poll url until it answers, failing early if the process died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10.0):
-    """SIGTERM, then SIGKILL if it does not stop in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class ChatServer:
     """A real daphne process serving mysite.asgi on a loopback port, killable and restartable."""
 
@@ -116,7 +88,7 @@ class ChatServer:
             "mysite.asgi:application",
         ]
         self.process = subprocess.Popen([sys.executable, *daphne], cwd=ROOT, env=self.env)
-        wait_for_http(f"{self.url}/chat/", self.process)
+        wait_for_http(f"{self.url}/chat/", self.process, SERVER_READY_TIMEOUT_SECONDS)
         return self
 
     def kill(self):
@@ -126,7 +98,7 @@ class ChatServer:
 
     def stop(self):
         if self.process is not None:
-            stop_process(self.process)
+            stop_processes([self.process], SERVER_STOP_TIMEOUT_SECONDS)
 
 
 def suite_runs_on_postgresql() -> bool:

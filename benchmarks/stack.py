@@ -6,14 +6,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from mysite.embedded_redis import EmbeddedRedis, free_port
+from mysite.processes import wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 30.0
@@ -91,23 +90,14 @@ def start_stack(processes: int, layer: str, extra_env: dict[str, str] | None = N
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env)
     try:
-        _wait_until_serving(stack, processes)
+        # Every child must be up, not only the first to answer.
+        wait_for_http(
+            stack.url + "/chat/",
+            server,
+            READY_TIMEOUT_SECONDS,
+            also=lambda: len(stack.server_processes()) == processes,
+        )
     except BaseException:
         stack.stop()
         raise
     return stack
-
-
-def _wait_until_serving(stack: Stack, processes: int):
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if stack.server.poll() is not None:
-            raise RuntimeError("the server exited at start")
-        try:
-            with urllib.request.urlopen(stack.url + "/chat/", timeout=2):
-                if len(stack.server_processes()) == processes:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not answer in time")

@@ -30,13 +30,15 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
+from mysite.redis_clients import redis_client
+
 from . import protocol
 from .models import Room
 
 logger = logging.getLogger(__name__)
 
+REDIS_TIMEOUT_SECONDS = 5.0
 _SEPARATOR = "\x1f"  # never in a channel name; the label may contain anything else
-_clients: dict[str, redis.Redis] = {}
 _local_members: dict[tuple[str, str], str] = {}
 # channel name -> consumer, for its room_name and last_seq; gone with the consumer.
 _watched: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -50,12 +52,8 @@ _refresher: threading.Thread | None = None
 
 
 def _redis(url: str | None = None) -> redis.Redis:
-    """A client for url (default: the first Redis), shared by this process."""
-    url = url or settings.REDIS_URL
-    with _lock:
-        if url not in _clients:
-            _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return _clients[url]
+    """The process's client for url (default: the first Redis)."""
+    return redis_client(url or settings.REDIS_URL, REDIS_TIMEOUT_SECONDS)
 
 
 def _key(group: str) -> str:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from mysite.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
+from mysite.processes import stop_processes
 
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
 
@@ -29,21 +30,6 @@ def start_embedded_redis() -> EmbeddedRedis:
     server = EmbeddedRedis(port).start()
     print(f"Embedded Redis listening on {server.url} (pid {server.process.pid}).", flush=True)
     return server
-
-
-def stop_process_group(process: subprocess.Popen):
-    """Stop runserver and its autoreloader child: SIGINT to the group, SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(SERVER_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def main(argv: list[str]) -> int:
@@ -81,7 +67,8 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if server is not None:
-            stop_process_group(server)
+            # runserver and its autoreloader child: the whole group, SIGINT as Ctrl-C would.
+            stop_processes([server], SERVER_STOP_TIMEOUT_SECONDS, signal.SIGINT, group=True)
         if redis_server is not None:
             redis_server.stop()
             print("Stopped the embedded Redis.", flush=True)

@@ -2,14 +2,14 @@
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 
-import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
+
+from mysite.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +17,6 @@ logger = logging.getLogger(__name__)
 REDIS_TIMEOUT_SECONDS = 1.0
 # Enough of an error to diagnose it, not a wall of text in a probe's log.
 ERROR_MAX_CHARS = 200
-
-_clients: dict[str, redis.Redis] = {}
-_lock = threading.Lock()
 
 
 def ping_database() -> None:
@@ -32,15 +29,7 @@ def ping_database() -> None:
 
 def ping_redis(url: str) -> None:
     """PING the Redis at url with short timeouts; raises when it does not answer."""
-    with _lock:
-        if url not in _clients:
-            _clients[url] = redis.Redis.from_url(
-                url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            )
-        client = _clients[url]
-    client.ping()
+    redis_client(url, REDIS_TIMEOUT_SECONDS).ping()
 
 
 def _describe(error: Exception) -> str:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from mysite.processes import killed_with_parent
+from mysite.processes import killed_with_parent, stop_processes
 
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -74,20 +74,6 @@ def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     )
 
 
-def stop_children(children: list[subprocess.Popen]):
-    """SIGTERM all, wait, then SIGKILL whoever lingers."""
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for child in children:
-        try:
-            child.wait(max(deadline - time.monotonic(), 0))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
 def supervise(sock: socket.socket, processes: int, extra_args: list[str]):
     """Keep `processes` children alive until told to stop."""
     children = [start_child(sock.fileno(), extra_args) for _ in range(processes)]
@@ -105,7 +91,7 @@ def supervise(sock: socket.socket, processes: int, extra_args: list[str]):
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_children(children)
+        stop_processes(children, STOP_TIMEOUT_SECONDS)
 
 
 def main(argv: list[str]) -> int:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import websocket
 
-from conftest import ROOT, wait_for_http
+from conftest import ROOT
 from mysite import devserver
 from mysite.embedded_redis import DEFAULT_PORT, free_port, port_is_free
+from mysite.processes import wait_for_http
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -12,8 +12,9 @@ import psutil
 import pytest
 import websockets
 
-from conftest import ROOT, server_environment, stop_process, wait_for_http
+from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
 from mysite.embedded_redis import free_port
+from mysite.processes import stop_processes, wait_for_http
 from mysite.serve import raise_open_file_limit
 
 PIDS_SEEN_WITHIN_REQUESTS = 200
@@ -41,10 +42,10 @@ def served(redis_server, migrated_database):
     command = [sys.executable, "-m", "mysite.serve", "--processes", "2", "--bind"]
     process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/chat/", process)
+    wait_for_http(f"{url}/chat/", process, SERVER_READY_TIMEOUT_SECONDS)
     yield url, process
     # Longer than serve's own wait for its children, so it is never killed mid-shutdown.
-    stop_process(process, timeout=30)
+    stop_processes([process], timeout=30)
 
 
 def test_two_processes_share_one_port(served):
