@@ -7,6 +7,9 @@ from collections.abc import Callable
 class TokenBucket:
     """Allows `burst` frames at once, refilled at `per_second`; counts refusals in a row."""
 
+    # One per socket: slots keep 10,000 of them small.
+    __slots__ = ("burst", "per_second", "_clock", "_tokens", "_updated", "refusals_in_a_row")
+
     def __init__(self, burst: int, per_second: float, clock: Callable[[], float] = time.monotonic):
         self.burst = burst
         self.per_second = per_second

@@ -7,7 +7,7 @@ from django.db import IntegrityError, connection, transaction
 from .models import Message, Room
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per socket: slots keep them small
 class Author:
     """Who sends: a logged-in user (with `user_id`) or a guest with a display name."""
 

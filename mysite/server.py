@@ -70,8 +70,9 @@ class BacklogBoundedProtocol(WebSocketProtocol):
         super().onOpen()
         # Autobahn keeps the raw handshake and its parsed headers; nothing reads them once
         # the socket is open (the application has its scope, daphne only request.path).
-        self.http_request_data = self.http_response_data = None
+        self.http_request_data = self.http_response_data = self.http_status_line = None
         self.http_headers = self.http_request_params = self.request.headers = None
+        self.http_request_uri = self.http_request_path = self.http_request_host = None
 
     def sendMessage(self, payload, *args, **kwargs):
         if self.too_slow:
