@@ -45,6 +45,18 @@ class ChatConsumer(WebsocketConsumer):
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
 
+    async def dispatch(self, message):
+        """Run the handler on the sync thread, as channels does; then honour a cancellation.
+
+        asgiref swallows a cancellation that arrives while the handler waits in
+        async_to_sync: the handler finishes and the consumer would carry on, so a server
+        stopping it would wait for it for ever. Re-raise it once the handler is done.
+        """
+        await super().dispatch(message)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
     def send(self, text_data=None, bytes_data=None, close=False):
         """Queue a frame for this socket, in order, without waiting for it to be written."""
         assert text_data is not None and bytes_data is None and not close

@@ -14,10 +14,10 @@ up from the database, so nothing dropped here is lost.
 
 It also stops cleanly on SIGTERM: daphne cancels the applications and stops its event
 loop, but a sync handler in flight at that moment waits in async_to_sync for that loop,
-for ever, and the interpreter waits for its thread at exit; and asgiref may swallow the
-cancellation, so the application never ends and daphne waits for it for ever. Here the
-loop keeps turning, and cancelling, until every application and the handler in flight
-are done; after SHUTDOWN_DRAIN_SECONDS the process leaves without them.
+for ever, and the interpreter waits for its thread at exit. Here the loop keeps turning
+until every application and the handler in flight are done; after SHUTDOWN_DRAIN_SECONDS
+the process leaves without them. (asgiref may also swallow the cancellation of an
+application whose handler was in flight; chat.consumers re-raises it.)
 
 `manage.py runserver` (daphne's) uses this server too: chat.apps installs it.
 """
@@ -132,14 +132,12 @@ class ChatDaphneServer(Server):
             if "application_instance" in details and not details["application_instance"].done()
         }
         logger.info("Killed %i pending application instances", len(pending))
+        for application in pending:
+            application.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_DRAIN_SECONDS
-        while pending and loop.time() < deadline:
-            # asgiref swallows a cancellation that arrives while a sync handler is waiting
-            # in async_to_sync (the application then just goes on): ask until it stops.
-            for application in pending:
-                application.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.2)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=SHUTDOWN_DRAIN_SECONDS)
         # Sync consumers run on asgiref's one thread, in order: once a no-op has run there,
         # no handler is in flight any more.
         idle = loop.run_in_executor(SyncToAsync.single_thread_executor, lambda: None)
