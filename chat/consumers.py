@@ -137,7 +137,7 @@ class ChatConsumer(WebsocketConsumer):
     def _check_gap(self, episode: int):
         """A held message waited long enough: the layer dropped what it waits for."""
         if self.held and episode == self.gap_episode:
-            self._catch_up(limit=max(self.held) - self.last_seq)
+            self._fill_gap()
 
     def chat_resync(self, event):
         """Send what was stored since this socket's last message (after Redis restarted)."""
@@ -153,7 +153,11 @@ class ChatConsumer(WebsocketConsumer):
             )
         self.held[event["id"]] = event
         if len(self.held) >= settings.CHAT_REORDER_MAX_HELD:
-            self._catch_up(limit=max(self.held) - self.last_seq)
+            self._fill_gap()
+
+    def _fill_gap(self):
+        """Read from the database what is missing before the held messages, and send all."""
+        self._catch_up(limit=max(self.held) - self.last_seq)
 
     def _deliver(self, event):
         self.send(text_data=protocol.message_frame(event))

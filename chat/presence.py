@@ -167,12 +167,13 @@ def redis_restarted() -> bool:
     return restarted
 
 
-async def _send_resync(layer, channel_name: str):
-    """Ask one socket to catch up; if its inbox is full, the next round's lag check asks again."""
-    try:
-        await layer.send(channel_name, {"type": "chat.resync"})
-    except ChannelFull:
-        pass
+async def _send_resyncs(layer, channel_names: list[str]):
+    """Ask each socket to catch up; one whose inbox is full is asked again next round."""
+    for channel_name in channel_names:
+        try:
+            await layer.send(channel_name, {"type": "chat.resync"})
+        except ChannelFull:
+            pass
 
 
 def rejoin_groups(resync: bool):
@@ -185,8 +186,8 @@ def rejoin_groups(resync: bool):
     async def rejoin():
         for group, channel_name in members:
             await layer.group_add(group, channel_name)
-            if resync:
-                await _send_resync(layer, channel_name)
+        if resync:
+            await _send_resyncs(layer, [channel_name for _, channel_name in members])
 
     async_to_sync(rejoin)()
     _groups_refreshed_at = time.monotonic()
@@ -219,13 +220,7 @@ def resync_lagging_sockets() -> int:
     ]
     _latest_a_round_ago = latest
     if lagging:
-        layer = get_channel_layer()
-
-        async def resync():
-            for channel_name in lagging:
-                await _send_resync(layer, channel_name)
-
-        async_to_sync(resync)()
+        async_to_sync(_send_resyncs)(get_channel_layer(), lagging)
     return len(lagging)
 
 

@@ -107,7 +107,7 @@ class BacklogBoundedProtocol(WebSocketProtocol):
 class ChatDaphneServer(Server):
     """Daphne's server, with BacklogBoundedProtocol and a shutdown that lets handlers finish."""
 
-    drained = True
+    drained = True  # whether the last shutdown saw every application and handler finish
 
     @property
     def ws_factory(self):
@@ -141,15 +141,13 @@ class ChatDaphneServer(Server):
         # Sync consumers run on asgiref's one thread, in order: once a no-op has run there,
         # no handler is in flight any more.
         idle = loop.run_in_executor(SyncToAsync.single_thread_executor, lambda: None)
-        try:
-            await asyncio.wait_for(idle, max(deadline - loop.time(), 0.1))
-        except TimeoutError:
-            pending.add(idle)
-        if pending:
-            self.drained = False
+        await asyncio.wait([idle], timeout=max(deadline - loop.time(), 0.1))
+        self.drained = not pending and idle.done()
+        if not self.drained:
             logger.warning(
-                "%d applications still run %.0f s into shutdown",
+                "%d applications (and the sync thread: %s) still busy %.0f s into shutdown",
                 len(pending),
+                "idle" if idle.done() else "busy",
                 SHUTDOWN_DRAIN_SECONDS,
             )
 
