@@ -3,10 +3,13 @@
     python -m mysite.serve --processes 2 --bind 0.0.0.0:8000
 
 Daphne serves one process; a chat server wants one per core. This parent binds the port
-once and hands the socket to N `daphne --fd` children, so the kernel spreads new
-connections over them, and all of them share the rooms through Redis. A child that dies
-is restarted after a pause (its clients reconnect, to any child, and catch up from the
-database). SIGINT or SIGTERM stops every child. It neither migrates nor starts Redis.
+and hands a listening socket to each of N `daphne --fd` children, and all of them share
+the rooms through Redis. On Linux each child gets a socket of its own on the one port
+(SO_REUSEPORT), so the kernel spreads new connections evenly over them: children sharing
+one socket race to accept, and one of them took two thirds of a burst, or all of it.
+A child that dies is restarted after a pause (its clients reconnect, to any child, and
+catch up from the database). SIGINT or SIGTERM stops every child. It neither migrates
+nor starts Redis.
 """
 
 import argparse
@@ -45,16 +48,28 @@ def raise_open_file_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen once; the children inherit the descriptor."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit it: chat frames are small and must not wait for Nagle.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.set_inheritable(True)
-    return sock
+def spreads_connections_over_sockets() -> bool:
+    """Whether SO_REUSEPORT balances one port's connections over its sockets (Linux does)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """Sockets listening on one port, one per child where the kernel balances them."""
+    balanced = spreads_connections_over_sockets()
+    sockets = []
+    for _ in range(count if balanced else 1):
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if balanced:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit it: chat frames are small and must not wait for Nagle.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]  # port 0 picked one: the others join it
+        sock.listen(LISTEN_BACKLOG)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
 
 
 def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
@@ -74,10 +89,16 @@ def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     )
 
 
-def supervise(sock: socket.socket, processes: int, extra_args: list[str]):
-    """Keep `processes` children alive until told to stop."""
-    children = [start_child(sock.fileno(), extra_args) for _ in range(processes)]
-    print(f"serving on {sock.getsockname()} with pids {[c.pid for c in children]}", flush=True)
+def supervise(sockets: list[socket.socket], processes: int, extra_args: list[str]):
+    """Keep `processes` children alive until told to stop.
+
+    A child restarts on the socket it had: connections the kernel queued there meanwhile
+    wait for it instead of being lost.
+    """
+    fds = [sockets[index % len(sockets)].fileno() for index in range(processes)]
+    children = [start_child(fd, extra_args) for fd in fds]
+    address = sockets[0].getsockname()
+    print(f"serving on {address} with pids {[c.pid for c in children]}", flush=True)
     try:
         while True:
             time.sleep(POLL_SECONDS)
@@ -85,7 +106,7 @@ def supervise(sock: socket.socket, processes: int, extra_args: list[str]):
                 if child.poll() is not None:
                     print(f"pid {child.pid} exited with {child.returncode}; restarting", flush=True)
                     time.sleep(RESTART_DELAY_SECONDS)
-                    children[index] = start_child(sock.fileno(), extra_args)
+                    children[index] = start_child(fds[index], extra_args)
     except _Stop:
         pass
     finally:
@@ -107,8 +128,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     raise_open_file_limit()
-    with listening_socket(host.strip("[]"), int(port)) as sock:
-        supervise(sock, args.processes, args.daphne_args)
+    sockets = listening_sockets(host.strip("[]"), int(port), args.processes)
+    try:
+        supervise(sockets, args.processes, args.daphne_args)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 

@@ -55,6 +55,41 @@ def test_two_processes_share_one_port(served):
     assert pids_answering(url, 2) == children
 
 
+SPREAD_SOCKETS = 200
+# Each connection lands on one of two children by a hash of its address: 100 each on
+# average, give or take 7; fewer than 60 on one child is about 1 chance in 10 million.
+SPREAD_FEWEST_PER_CHILD = 60
+
+
+def established_sockets_by_pid(children: list[psutil.Process], port: int) -> dict[int, int]:
+    return {
+        child.pid: sum(
+            1
+            for connection in child.net_connections(kind="tcp")
+            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
+        )
+        for child in children
+    }
+
+
+async def test_a_burst_of_connections_is_spread_evenly_over_the_processes(served):
+    url, process = served
+    port = int(url.rpartition(":")[2])
+    ws_url = url.replace("http://", "ws://")
+    sockets = await asyncio.gather(
+        *(
+            websockets.connect(f"{ws_url}/ws/chat/spread/", origin=url, ping_interval=None)
+            for _ in range(SPREAD_SOCKETS)
+        )
+    )
+    try:
+        counts = established_sockets_by_pid(psutil.Process(process.pid).children(), port)
+        assert sum(counts.values()) == SPREAD_SOCKETS
+        assert min(counts.values()) >= SPREAD_FEWEST_PER_CHILD, counts
+    finally:
+        await asyncio.gather(*(socket.close() for socket in sockets))
+
+
 def test_a_killed_process_is_replaced_and_the_port_keeps_answering(served):
     url, process = served
     victim = psutil.Process(process.pid).children()[0]
