@@ -10,6 +10,7 @@ import logging
 
 import redis
 from asgiref.sync import async_to_sync
+from channels.consumer import get_handler_name
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 # What an unreachable Redis or database raises; the socket closes instead of crashing.
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
+# Events whose handlers run batched with other sockets' (chat.pipeline.call_batched): what
+# the room sends, and what the client sends. Connecting and disconnecting run on their own.
+BATCHED_EVENTS = frozenset({"chat.message", "chat.presence", "chat.resync", "websocket.receive"})
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -48,11 +52,18 @@ class ChatConsumer(WebsocketConsumer):
     async def dispatch(self, message):
         """Run the handler on the sync thread, as channels does; then honour a cancellation.
 
+        A room's events reach every socket of the process at once, and under load frames
+        arrive from many clients at once: their handlers run together, in one hop to the
+        sync thread (chat.pipeline.call_batched).
+
         asgiref swallows a cancellation that arrives while the handler waits in
         async_to_sync: the handler finishes and the consumer would carry on, so a server
         stopping it would wait for it for ever. Re-raise it once the handler is done.
         """
-        await super().dispatch(message)
+        if message["type"] in BATCHED_EVENTS:
+            await pipeline.call_batched(getattr(self, get_handler_name(message)), message)
+        else:
+            await super().dispatch(message)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
@@ -63,6 +74,15 @@ class ChatConsumer(WebsocketConsumer):
         pipeline.hand_to_loop(
             self.loop, self.asgi_send({"type": "websocket.send", "text": text_data})
         )
+
+    def close(self, code=None, reason=None):
+        """Close the socket once the frames queued before have gone (see send)."""
+        message = {"type": "websocket.close"}
+        if code is not None and code is not True:
+            message["code"] = code
+        if reason:
+            message["reason"] = reason
+        pipeline.hand_to_loop(self.loop, self.asgi_send(message))
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""

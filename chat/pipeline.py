@@ -1,13 +1,16 @@
-"""Handing work from the sync consumer's thread to the event loop without waiting for it.
+"""Handing work between the event loop and the sync consumers' one thread, cheaply.
 
 The sync handlers of every socket in a process run one at a time on one thread. Waiting
 for the loop after every frame (what async_to_sync does) made that thread the bottleneck;
-these functions queue the work on the loop, in call order, and return at once.
+hand_to_loop queues the work on the loop, in call order, and returns at once. The other
+way, one room message reaches many sockets of a process at once, and a hop to the thread
+per socket cost more than the handlers: call_batched runs them in one hop.
 """
 
 import asyncio
 import contextvars
 import logging
+import threading
 import weakref
 from collections.abc import Coroutine
 from typing import Any
@@ -24,7 +27,11 @@ _broadcast_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def hand_to_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]):
     """From another thread: run the coroutine on the loop after what was handed before it."""
-    loop.call_soon_threadsafe(_start_logged_task, loop, coroutine)
+    outbox = getattr(_batch_in_progress, "outbox", None)
+    if outbox is not None:
+        outbox.append(coroutine)  # handed over with the rest of its batch's, at its end
+    else:
+        loop.call_soon_threadsafe(_start_logged_task, loop, coroutine)
 
 
 async def broadcast(channel_layer, group: str, event: dict[str, Any]):
@@ -49,6 +56,112 @@ def call_later_on_sync_thread(loop: asyncio.AbstractEventLoop, delay: float, fun
     # In a fresh context: the sync thread's own says a sync call is in progress, and asgiref
     # would refuse the new one ("would deadlock").
     loop.call_soon_threadsafe(loop.call_later, delay, start, context=contextvars.Context())
+
+
+_batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
+
+
+class _LoopBatches:
+    """One loop's calls for the sync thread: one batch runs at a time, the next gathers.
+
+    While a batch runs, the sync thread is busy anyway: calls made meanwhile wait in the
+    next batch, so the busier the process, the fewer hops per call.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiting: list = []
+        self.busy = False
+
+    async def call(self, function, args: tuple):
+        done = self.loop.create_future()
+        self.waiting.append((function, args, done))
+        if not self.busy:
+            self.busy = True
+            self._start_soon()
+        await done
+
+    def _start_soon(self):
+        # After every task this iteration woke, so they all join the batch. In a fresh
+        # context: asgiref refuses a sync call from a context already inside one.
+        self.loop.call_soon(self._start, context=contextvars.Context())
+
+    def _start(self):
+        calls, self.waiting = self.waiting, []
+        _start_logged_task(self.loop, self._run(calls))
+
+    async def _run(self, calls: list):
+        try:
+            errors = await database_sync_to_async(_call_each)(self.loop, calls)
+        except BaseException as error:
+            # Not one call's failure (those come back as errors): none of them is known to
+            # have run, or to ever run. Their callers must not wait for ever.
+            errors = [error] * len(calls)
+            raise
+        finally:
+            _settle(calls, errors)
+            if self.waiting:
+                self._start_soon()
+            else:
+                self.busy = False
+
+
+_loop_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def call_batched(function, *args):
+    """Run function(*args) on the sync thread, in one hop with the calls made alongside.
+
+    Returns (or raises) once it ran, like database_sync_to_async; calls run in the order
+    they were made, and never alongside another sync handler.
+    """
+    loop = asyncio.get_running_loop()
+    if loop not in _loop_batches:
+        _loop_batches[loop] = _LoopBatches(loop)
+    await _loop_batches[loop].call(function, args)
+
+
+def _settle(calls: list, errors: list[BaseException | None]):
+    """Wake each caller with its call's outcome."""
+    for (_, _, done), error in zip(calls, errors, strict=True):
+        if done.done():
+            continue  # its caller was cancelled
+        if error is None:
+            done.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            done.cancel()
+        else:
+            done.set_exception(error)
+
+
+def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list[BaseException | None]:
+    """On the sync thread: every call in order, each one's failure kept for its caller.
+
+    What they hand to the loop goes in one hand-off, not one each: a room message sends a
+    frame to every socket of the batch, and each hand-off wakes the loop.
+    """
+    errors: list[BaseException | None] = []
+    _batch_in_progress.outbox = outbox = []
+    try:
+        for function, args, _ in calls:
+            try:
+                function(*args)
+            except Exception as error:
+                errors.append(error)
+            else:
+                errors.append(None)
+    finally:
+        _batch_in_progress.outbox = None
+        if outbox:
+            loop.call_soon_threadsafe(_start_each, loop, outbox)
+    return errors
+
+
+def _start_each(loop: asyncio.AbstractEventLoop, coroutines: list[Coroutine[Any, Any, Any]]):
+    # A task each, started in order: a broadcast that waits for Redis must not hold back
+    # the frames handed after it, nor let a later batch's frames overtake them.
+    for coroutine in coroutines:
+        _start_logged_task(loop, coroutine)
 
 
 def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
