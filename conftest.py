@@ -48,7 +48,7 @@ def redis_channel_layer(redis_server, settings):
     """Point the channel layer and presence at the session's Redis; flush it after the test."""
     settings.REDIS_URL = redis_server.url
     settings.REDIS_URLS = [redis_server.url]
-    settings.CHANNEL_LAYERS = redis_channel_layers(redis_server.url)
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_server.url, settings.CHAT_CHANNEL_LAYER)
     yield redis_server
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()

@@ -136,12 +136,25 @@ class ChatConsumer(WebsocketConsumer):
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each
             # socket fills the gap from the database when the next message arrives.
-            pipeline.hand_to_loop(
-                self.loop, pipeline.broadcast(self.channel_layer, self.room_group_name, event)
-            )
+            pipeline.hand_to_loop(self.loop, self._broadcast(event))
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
+
+    async def _broadcast(self, event: dict):
+        """On the loop: send to the room; if Redis is unreachable, close with 4503.
+
+        The message is stored, so the page reconnects and catches up. (On the redis layer
+        every socket notices an outage as its receive fails; on pubsub nothing fails but
+        this send, so the sender learns of it here.)
+        """
+        try:
+            await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
+        except OUTAGE_ERRORS as error:
+            logger.warning("closing socket, broadcast failed: %r", error)
+            await self.asgi_send(
+                {"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE}
+            )
 
     def chat_message(self, event):
         """Deliver one room message in order; one that overtook a missing one waits for it."""

@@ -27,6 +27,7 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -184,13 +185,23 @@ def rejoin_groups(resync: bool):
     layer = get_channel_layer()
 
     async def rejoin():
-        for group, channel_name in members:
-            await layer.group_add(group, channel_name)
+        if _groups_live_in_redis(layer):
+            for group, channel_name in members:
+                await layer.group_add(group, channel_name)
         if resync:
             await _send_resyncs(layer, [channel_name for _, channel_name in members])
 
     async_to_sync(rejoin)()
     _groups_refreshed_at = time.monotonic()
+
+
+def _groups_live_in_redis(layer) -> bool:
+    """RedisChannelLayer keeps groups in Redis: they expire, and a restart empties them.
+
+    The pubsub layer keeps them in each process, as subscriptions that redis-py renews
+    when it reconnects; and it refuses a group_add from another loop (the refresher's).
+    """
+    return not isinstance(layer, RedisPubSubChannelLayer)
 
 
 def watch_progress(consumer):

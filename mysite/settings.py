@@ -117,9 +117,10 @@ if not REDIS_URLS:
 REDIS_URL = REDIS_URLS[0]
 
 # CHAT_CHANNEL_LAYER: "redis" (the tutorial's RedisChannelLayer) or "pubsub".
+CHAT_CHANNEL_LAYER = os.environ.get("CHAT_CHANNEL_LAYER", "redis")
 CHANNEL_LAYERS = redis_channel_layers(
     REDIS_URLS,
-    layer=os.environ.get("CHAT_CHANNEL_LAYER", "redis"),
+    layer=CHAT_CHANNEL_LAYER,
     group_expiry=float(os.environ.get("CHAT_GROUP_EXPIRY_SECONDS", DEFAULT_GROUP_EXPIRY_SECONDS)),
 )
 
@@ -166,6 +167,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"one_line": {"()": "mysite.log_filters.ExpectedErrorsOnOneLine"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     # One handler, on the root: every logger (daphne's, Django's, ours) prints once.
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
@@ -173,6 +175,8 @@ LOGGING = {
         "chat": {"level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
         # runserver gives this one a handler of its own: do not print its lines twice.
         "django.channels.server": {"propagate": False},
+        # It logs a traceback a second per process while Redis is down: one line instead.
+        "channels_redis.pubsub": {"filters": ["one_line"]},
     },
 }
 

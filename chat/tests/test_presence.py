@@ -113,7 +113,7 @@ def own_redis(settings, transactional_db):
     server = EmbeddedRedis().start()
     settings.REDIS_URL = server.url
     settings.REDIS_URLS = [server.url]
-    settings.CHANNEL_LAYERS = redis_channel_layers(server.url)
+    settings.CHANNEL_LAYERS = redis_channel_layers(server.url, settings.CHAT_CHANNEL_LAYER)
     yield server
     server.stop()
     for group, channel_name in list(presence._local_members):
@@ -174,7 +174,7 @@ async def test_sockets_left_open_across_a_redis_restart_hear_again_and_catch_up(
 
 
 async def test_long_lived_sockets_keep_receiving_past_group_expiry(own_redis, settings):
-    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, group_expiry=1)
+    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, "redis", group_expiry=1)
     settings.CHAT_GROUP_EXPIRY_SECONDS = 1
     sender, listener = communicator("lobby"), communicator("lobby")
     for socket in (sender, listener):
@@ -190,7 +190,7 @@ async def test_long_lived_sockets_keep_receiving_past_group_expiry(own_redis, se
 
 async def test_without_the_refresh_an_expired_member_would_be_deaf(own_redis, settings):
     # No refresh round runs here: the refresher's timer is off in-process (root conftest).
-    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, group_expiry=1)
+    settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, "redis", group_expiry=1)
     sender, listener = communicator("lobby"), communicator("lobby")
     for socket in (sender, listener):
         assert (await socket.connect())[0]
