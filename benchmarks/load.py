@@ -36,6 +36,7 @@ import websockets
 
 from benchmarks.soak import run_soak
 from benchmarks.stack import Stack, start_stack
+from mysite.channel_layers import DEFAULT_LAYER, LAYER_BACKENDS
 from mysite.serve import raise_open_file_limit
 
 DEFAULT_RATES = "1,2,4,6,8"
@@ -311,7 +312,7 @@ def parse_args(argv: list[str]):
         help="after the last step, wait up to this long for late deliveries before counting lost",
     )
     parser.add_argument("--processes", type=int, default=2, help="daphne processes")
-    parser.add_argument("--layer", choices=["redis", "pubsub"], default="redis")
+    parser.add_argument("--layer", choices=sorted(LAYER_BACKENDS), default=DEFAULT_LAYER)
     parser.add_argument("--idle", type=int, default=0, help="idle mode: this many sockets")
     parser.add_argument(
         "--soak", type=float, default=0, help="soak mode: seconds, at the first --rates rate"

@@ -25,18 +25,22 @@ def redis_urls(redis_url: str | list[str]) -> list[str]:
 DEFAULT_GROUP_EXPIRY_SECONDS = 86400
 
 LAYER_BACKENDS = {
-    # The tutorial's layer: per-channel queues in Redis, each capped at `capacity`.
-    "redis": "channels_redis.core.RedisChannelLayer",
     # Redis PUBLISH/SUBSCRIBE: one publish per message per group, fanned out in-process.
-    # About twice the deliveries per second here (see README, Benchmark), but no queues:
-    # a message sent to a channel nobody is subscribed to yet is gone.
+    # The default: about twice the deliveries per second of the other here (README,
+    # Benchmark), and groups that neither expire nor vanish when Redis restarts. It has
+    # no queues: a message to a socket not subscribed yet is gone, so sockets fill such
+    # gaps from the database (chat.consumers).
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    # The tutorial's layer: per-channel queues in Redis, each capped at `capacity`. Each
+    # received message costs a process four Redis round trips, one after the other.
+    "redis": "channels_redis.core.RedisChannelLayer",
 }
+DEFAULT_LAYER = "pubsub"
 
 
 def redis_channel_layers(
     redis_url: str | list[str],
-    layer: str = "redis",
+    layer: str = DEFAULT_LAYER,
     group_expiry: float = DEFAULT_GROUP_EXPIRY_SECONDS,
 ) -> dict[str, Any]:
     """A channel layer sharded over every URL, with a timeout that blocking reads outlast."""

@@ -25,7 +25,7 @@ class ExpectedErrorsOnOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, EXPECTED_ERRORS):
-            record.msg = f"{record.getMessage()} {error!r}"
+            record.msg = f"{record.getMessage()} {type(error).__name__}: {error}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

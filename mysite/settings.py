@@ -10,7 +10,12 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from mysite.channel_layers import DEFAULT_GROUP_EXPIRY_SECONDS, redis_channel_layers, redis_urls
+from mysite.channel_layers import (
+    DEFAULT_GROUP_EXPIRY_SECONDS,
+    DEFAULT_LAYER,
+    redis_channel_layers,
+    redis_urls,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -116,8 +121,9 @@ if not REDIS_URLS:
     raise ImproperlyConfigured(f"REDIS_URL={os.environ['REDIS_URL']!r} holds no URL")
 REDIS_URL = REDIS_URLS[0]
 
-# CHAT_CHANNEL_LAYER: "redis" (the tutorial's RedisChannelLayer) or "pubsub".
-CHAT_CHANNEL_LAYER = os.environ.get("CHAT_CHANNEL_LAYER", "redis")
+# CHAT_CHANNEL_LAYER: "pubsub" (RedisPubSubChannelLayer) or "redis" (the tutorial's
+# RedisChannelLayer); mysite.channel_layers says why pubsub is the default.
+CHAT_CHANNEL_LAYER = os.environ.get("CHAT_CHANNEL_LAYER", DEFAULT_LAYER)
 CHANNEL_LAYERS = redis_channel_layers(
     REDIS_URLS,
     layer=CHAT_CHANNEL_LAYER,

@@ -1,5 +1,6 @@
 """CHANNEL_LAYERS for one or several Redis URLs, and a layer sharded over two real servers."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ def hosts(layers: dict) -> list[dict]:
 
 
 def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
-    assert redis_channel_layers(ONE) == {
+    assert redis_channel_layers(ONE, layer="redis") == {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
@@ -49,14 +50,15 @@ def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
 
 
 def test_group_expiry_is_set_deliberately():
-    config = redis_channel_layers(ONE, group_expiry=30)["default"]["CONFIG"]
+    config = redis_channel_layers(ONE, layer="redis", group_expiry=30)["default"]["CONFIG"]
     assert config["group_expiry"] == 30
 
 
-def test_pubsub_layer_can_be_chosen():
-    layers = redis_channel_layers(ONE, layer="pubsub")
+def test_pubsub_is_the_default_layer_and_has_no_group_expiry():
+    layers = redis_channel_layers(ONE)
     assert layers["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     assert hosts(layers) == [host(ONE)]
+    assert "group_expiry" not in layers["default"]["CONFIG"]
 
 
 def test_an_unknown_layer_is_refused():
@@ -100,7 +102,7 @@ def test_settings_shard_the_layer_over_every_url_and_keep_the_first_for_presence
 async def test_groups_sharded_over_two_redis_servers_still_deliver(redis_channel_layer, settings):
     with EmbeddedRedis() as second:
         urls = [redis_channel_layer.url, second.url]
-        settings.CHANNEL_LAYERS = redis_channel_layers(urls)
+        settings.CHANNEL_LAYERS = redis_channel_layers(urls, layer="redis")
         layer = get_channel_layer()
         groups = ["lobby", "kitchen", "garden", "cellar", "attic", "study"]
         # CRC32 puts these groups on both servers, so both shards are exercised.
@@ -117,6 +119,42 @@ async def test_groups_sharded_over_two_redis_servers_still_deliver(redis_channel
                 client = redis.Redis.from_url(url)
                 try:
                     assert client.keys("asgi:group:*"), f"no group landed on {url}"
+                finally:
+                    client.close()
+        finally:
+            await layer.flush()
+
+
+async def test_pubsub_groups_sharded_over_two_redis_servers_still_deliver(
+    redis_channel_layer, settings
+):
+    with EmbeddedRedis() as second:
+        urls = [redis_channel_layer.url, second.url]
+        settings.CHANNEL_LAYERS = redis_channel_layers(urls, layer="pubsub")
+        layer = get_channel_layer()
+        groups = ["lobby", "kitchen", "garden", "cellar", "attic", "study"]
+        channels = {group: await layer.new_channel() for group in groups}
+        try:
+            for group, channel in channels.items():
+                await layer.group_add(group, channel)
+            # Listening before sending: pubsub keeps nothing for a channel nobody reads.
+            receiving = {
+                group: asyncio.ensure_future(layer.receive(channel))
+                for group, channel in channels.items()
+            }
+            await asyncio.sleep(0.1)
+            for group in groups:
+                await layer.group_send(group, {"type": "chat.message", "group": group})
+            for group, received in receiving.items():
+                assert await asyncio.wait_for(received, 5) == {
+                    "type": "chat.message",
+                    "group": group,
+                }
+            for url in urls:
+                client = redis.Redis.from_url(url)
+                try:
+                    # CRC32 puts these groups' channels on both servers.
+                    assert client.pubsub_channels("*__group__*"), f"no group on {url}"
                 finally:
                     client.close()
         finally:
