@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 # pool (100 by default) raises MaxConnectionsError instead of waiting when it runs out.
 BROADCASTS_IN_FLIGHT = 16
 _broadcast_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
 
 
 def hand_to_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]):
@@ -56,9 +57,6 @@ def call_later_on_sync_thread(loop: asyncio.AbstractEventLoop, delay: float, fun
     # In a fresh context: the sync thread's own says a sync call is in progress, and asgiref
     # would refuse the new one ("would deadlock").
     loop.call_soon_threadsafe(loop.call_later, delay, start, context=contextvars.Context())
-
-
-_batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
 
 
 class _LoopBatches:

@@ -48,6 +48,7 @@ _latest_a_round_ago: dict[str, int] = {}
 # Rooms whose presence changed and is not announced yet; the refresher thread sends them.
 _pending_announcements: set[str] = set()
 _announcements_waiting = threading.Event()
+# _local_members and _watched are shared by the sync thread and the refresher thread.
 _lock = threading.Lock()
 _refresher: threading.Thread | None = None
 
@@ -86,8 +87,8 @@ def join(group: str, channel_name: str, label: str):
 
 def leave(group: str, channel_name: str):
     """Forget a socket."""
-    _watched.pop(channel_name, None)
     with _lock:
+        _watched.pop(channel_name, None)
         label = _local_members.pop((group, channel_name), None)
     if label is None:
         return
@@ -206,7 +207,8 @@ def _groups_live_in_redis(layer) -> bool:
 
 def watch_progress(consumer):
     """Let the refresher notice when this socket falls behind its room."""
-    _watched[consumer.channel_name] = consumer
+    with _lock:  # the refresher thread copies it meanwhile
+        _watched[consumer.channel_name] = consumer
 
 
 def resync_lagging_sockets() -> int:
@@ -218,7 +220,8 @@ def resync_lagging_sockets() -> int:
     instant, and resyncing them all would cost a query each for nothing.
     """
     global _latest_a_round_ago
-    consumers = list(_watched.values())
+    with _lock:
+        consumers = list(_watched.values())
     rooms = {consumer.room_name for consumer in consumers}
     try:
         latest = dict(Room.objects.filter(name__in=rooms).values_list("name", "last_seq"))

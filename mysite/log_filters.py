@@ -25,7 +25,8 @@ class ExpectedErrorsOnOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, EXPECTED_ERRORS):
-            record.msg = f"{record.getMessage()} {type(error).__name__}: {error}"
+            named = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            record.msg = f"{record.getMessage()} {named}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

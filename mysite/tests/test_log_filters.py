@@ -1,5 +1,6 @@
 """mysite.log_filters: expected failures on one line, the unexpected with their traceback."""
 
+import asyncio
 import logging
 
 import redis
@@ -30,3 +31,9 @@ def test_an_unexpected_error_keeps_its_traceback_and_level():
     assert ExpectedErrorsOnOneLine().filter(record)
     assert record.exc_info is not None
     assert record.levelname == "ERROR"
+
+
+def test_a_cancelled_clean_up_is_named_without_an_empty_detail():
+    record = record_of(asyncio.CancelledError())
+    assert ExpectedErrorsOnOneLine().filter(record)
+    assert record.getMessage() == "Unexpected trouble CancelledError"
