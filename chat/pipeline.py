@@ -47,16 +47,14 @@ async def broadcast(channel_layer, group: str, event: dict[str, Any]):
 def call_later_on_sync_thread(loop: asyncio.AbstractEventLoop, delay: float, function, *args):
     """From the sync thread: run function(*args) on that same thread after `delay` seconds.
 
-    Sync consumers all run on asgiref's one thread per process, so the function never runs
-    alongside a handler of the consumer it belongs to.
+    It joins the batch of handlers due then (call_batched), so it never runs alongside a
+    handler of the consumer it belongs to, and its frames go out with the batch's.
     """
 
     def start():
-        _start_logged_task(loop, database_sync_to_async(function)(*args))
+        _start_logged_task(loop, call_batched(function, *args))
 
-    # In a fresh context: the sync thread's own says a sync call is in progress, and asgiref
-    # would refuse the new one ("would deadlock").
-    loop.call_soon_threadsafe(loop.call_later, delay, start, context=contextvars.Context())
+    loop.call_soon_threadsafe(loop.call_later, delay, start)
 
 
 class _LoopBatches:

@@ -9,12 +9,12 @@ refresher thread, one per room per CHAT_PRESENCE_COALESCE_SECONDS however many s
 came and went. Presence is best effort: when Redis is unreachable it is logged and left
 out, and chatting goes on.
 
-Group membership lives in Redis too, and a Redis that restarts has none: a socket that
-stayed open would be deaf. The same refresher notices a restart (Redis's run_id
-changes), adds every local socket to its group again and has it catch up from the
-database; it also re-adds all of them every half CHAT_GROUP_EXPIRY_SECONDS, before
-channels_redis forgets long-lived members; and it has any socket that fell behind its
-room's stored messages catch up.
+On the redis layer group membership lives in Redis too, and a Redis that restarts has
+none: a socket that stayed open would be deaf. The same refresher notices a restart
+(Redis's run_id changes), has every local socket catch up from the database and, on that
+layer, adds each to its group again; there it also re-adds all of them every half
+CHAT_GROUP_EXPIRY_SECONDS, before channels_redis forgets long-lived members. On either
+layer it has any socket that fell behind its room's stored messages catch up.
 """
 
 import logging
