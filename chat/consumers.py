@@ -11,6 +11,7 @@ import logging
 import redis
 from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -31,13 +32,20 @@ class ChatConsumer(WebsocketConsumer):
     """One socket in one room: joins the room's group and fans its messages out."""
 
     room_group_name: str | None = None
+    room_name: str | None = None
+    left_room = False
     closing = False
     # Messages that arrived ahead of a missing one, by id; a new wait starts a new episode.
     held: dict[int, dict]
     gap_episode = 0
 
     async def __call__(self, scope, receive, send):
-        """Run the consumer; an outage of Redis or the database closes it with 4503."""
+        """Run the consumer; however it ends, it leaves its room (leave_room).
+
+        An outage of Redis or the database closes the socket with 4503, any other failure
+        with 1011 (logged once, with its traceback: it is a bug); a cancellation (the
+        server stopping) goes on after the cleanup.
+        """
         # The loop and the ASGI send that the sync handlers hand frames to (chat.pipeline).
         self.loop = asyncio.get_running_loop()
         self.asgi_send = send
@@ -46,8 +54,19 @@ class ChatConsumer(WebsocketConsumer):
         except OUTAGE_ERRORS as error:
             # One line, not a traceback per socket: the page reconnects and catches up.
             logger.warning("closing socket, service unavailable: %r", error)
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+            await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
+        except Exception:
+            logger.exception("closing socket in room %r: its consumer failed", self.room_name)
+            await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
+        finally:
+            if self.room_group_name is not None and not self.left_room:
+                # Shielded: a second cancellation must not skip it, or this process would
+                # keep the dead socket in its room's presence list for ever.
+                await asyncio.shield(database_sync_to_async(self.leave_room)())
+
+    async def _close_now(self, code: int):
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            await self.asgi_send({"type": "websocket.close", "code": code})
 
     async def dispatch(self, message):
         """Run the handler on the sync thread, as channels does; then honour a cancellation.
@@ -93,20 +112,38 @@ class ChatConsumer(WebsocketConsumer):
         self.held = {}
         async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
         self.accept()
-        self._send_backlog(protocol.parse_after(self.scope.get("query_string", b"")))
+        try:
+            after = protocol.parse_after(self.scope.get("query_string", b""))
+        except protocol.FrameRefused as refusal:
+            self._refuse(refusal)
+            after = None
+        self._send_backlog(after)
         presence.join(self.room_group_name, self.channel_name, identity.presence_label(self.author))
         presence.watch_progress(self)
         presence.announce(self.room_group_name)
 
     def disconnect(self, close_code):
         """Leave the room's group and its presence list."""
-        if self.room_group_name is None:
+        self.leave_room()
+
+    def leave_room(self):
+        """Leave the group, the presence list and the upkeep, once, however the socket ended.
+
+        Runs from disconnect, or from __call__ when a handler raised or the consumer was
+        cancelled (channels calls disconnect only for a websocket.disconnect event).
+        """
+        if self.room_group_name is None or self.left_room:
             return
+        self.left_room = True
         # First, and it never raises: this process must forget the socket even when Redis
         # is down, or its refresher would keep re-adding a dead channel.
         presence.leave(self.room_group_name, self.channel_name)
         self.held.clear()  # nothing more is sent to this socket, gaps or not
-        async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+        try:
+            async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+        except OUTAGE_ERRORS as error:
+            # Redis forgets the member on its own: group_expiry, or the restart itself.
+            logger.warning("group_discard failed, Redis unreachable: %r", error)
         presence.announce(self.room_group_name)
 
     def receive(self, text_data=None, bytes_data=None):

@@ -9,6 +9,7 @@ Outbound frames stay tutorial-compatible: every chat message carries "message", 
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,16 @@ CLOSE_FLOODING = 4429
 # Close code (or handshake refusal) while Redis or the database cannot be reached: the
 # client should reconnect with backoff and catch up with ?after=.
 CLOSE_SERVICE_UNAVAILABLE = 4503
+# RFC 6455's "internal error": a consumer failed in a way no input explains (a bug). Its
+# socket left the room first; the client reconnects and catches up with ?after=.
+CLOSE_INTERNAL_ERROR = 1011
 
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Message ids are PositiveBigIntegerField: PostgreSQL's bigint, at most 2**63 - 1. A larger
+# `after` would make the database refuse the query itself (DataError), not answer "none".
+MAX_SEQ = 2**63 - 1
+# Control characters a message may carry: tab and the two line ends (the page shows them).
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
 
 
 class FrameRefused(Exception):
@@ -76,15 +85,81 @@ def parse_chat_frame(
         raise FrameRefused(
             "message_too_long", f"Messages are at most {max_chars} characters.", client_id
         )
+    unstorable = unstorable_character(message)
+    if unstorable is not None:
+        raise FrameRefused(
+            "invalid_character",
+            f"The message holds {describe_character(unstorable)}, which cannot be sent as text.",
+            client_id,
+        )
     return ChatFrame(message, client_id)
 
 
+def unstorable_character(text: str) -> str | None:
+    """The first character of text that cannot be stored or shown safely, or None.
+
+    JSON's \\u escapes can spell any UTF-16 code unit, so a frame that parses may still
+    hold what no database, encoder or browser carries as text:
+    - lone surrogates (U+D800-U+DFFF: half an emoji cut by a paste, as JSON.stringify
+      sends it); UTF-8 cannot encode them (UnicodeEncodeError on every database);
+    - control characters other than tab, LF and CR: NUL, which PostgreSQL refuses in text,
+      and the rest of C0 and C1 (vertical tab, form feed, NEL, escape...) that terminals
+      and logs act on;
+    - noncharacters (U+FDD0-U+FDEF and U+xFFFE, U+xFFFF in every plane), which Unicode
+      reserves for a program's internal use and tells interchange to avoid.
+    """
+    for char in text:
+        code = ord(char)
+        category = unicodedata.category(char)
+        if (
+            category == "Cs"
+            or (category == "Cc" and char not in _ALLOWED_CONTROLS)
+            or 0xFDD0 <= code <= 0xFDEF
+            or code & 0xFFFE == 0xFFFE
+        ):
+            return char
+    return None
+
+
+def describe_character(char: str) -> str:
+    """Name a character for people: `U+D83D (half of an emoji)`, `U+0000`, ..."""
+    described = f"U+{ord(char):04X}"
+    if unicodedata.category(char) == "Cs":
+        described += " (half of an emoji or other character)"
+    return described
+
+
+def parse_seq(raw: str) -> int:
+    """Read a message id given as text (`after=`): a whole number 0..MAX_SEQ, or ValueError.
+
+    Only ASCII digits, and never more than MAX_SEQ has: int() would also read "+1", " 1",
+    "١" (Arabic-Indic one) and "1_0", and refuses past 4,300 digits with its own ValueError.
+    """
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_SEQ))):
+        raise ValueError(f"not a whole number from 0 to {MAX_SEQ}")
+    seq = int(raw)
+    if seq > MAX_SEQ:
+        raise ValueError(f"not a whole number from 0 to {MAX_SEQ}")
+    return seq
+
+
 def parse_after(query_string: bytes) -> int | None:
-    """The `after` seq a reconnecting socket asks to catch up from, or None."""
+    """The `after` seq a reconnecting socket asks to catch up from; None when there is none.
+
+    Raises FrameRefused("invalid_after") when `after` is there but not a message id
+    (parse_seq); the consumer answers with that error and sends the history instead.
+    """
     for pair in query_string.decode("latin-1").split("&"):
         name, _, value = pair.partition("=")
-        if name == "after" and value.isascii() and value.isdigit():
-            return int(value)
+        if name == "after":
+            try:
+                return parse_seq(value)
+            except ValueError:
+                raise FrameRefused(
+                    "invalid_after",
+                    f"after= must be a message id, a whole number from 0 to {MAX_SEQ}; "
+                    "sent the recent history instead.",
+                ) from None
     return None
 
 

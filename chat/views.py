@@ -45,12 +45,12 @@ def room(request, room_name):
 def room_messages(request, room_name):
     """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page."""
     try:
-        after = int(request.GET.get("after", "0"))
-        limit = int(request.GET.get("limit", settings.CHAT_API_PAGE_SIZE))
+        after = protocol.parse_seq(request.GET.get("after", "0"))
+        limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
     except ValueError:
         return HttpResponseBadRequest("after and limit must be whole numbers")
-    if after < 0 or not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
-        return HttpResponseBadRequest(f"after >= 0 and 1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
+        return HttpResponseBadRequest(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
     page = services.messages_after(room_name, after, limit + 1)
     has_more = len(page) > limit
     page = page[:limit]

@@ -5,6 +5,7 @@ import json
 import logging
 import random
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import DatabaseError
 
 from chat import presence, protocol, rooms, services
+from chat.consumers import ChatConsumer
 from chat.models import Message
 from chat.tests.conftest import (
     assert_no_chat,
@@ -168,6 +170,16 @@ REFUSED_FRAMES = [
     ({"text_data": json.dumps({"message": "x" * 30000})}, "frame_too_large"),
     ({"bytes_data": b'{"message": "hi"}'}, "binary_frame"),
     ({"bytes_data": b"\x00\xff\xfe"}, "binary_frame"),
+    # Valid JSON, but text no database or browser carries (protocol.unstorable_character).
+    ({"text_data": json.dumps({"message": "look \ud83d"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "\ude00 low half"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "swapped \ude00\ud83d"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "nul \x00 inside"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "vertical \x0b tab"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "next \x85 line"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "escape \x1b[31m"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "nonchar \uffff"})}, "invalid_character"),
+    ({"text_data": json.dumps({"message": "nonchar \U0010fffe"})}, "invalid_character"),
 ]
 
 
@@ -337,6 +349,35 @@ async def test_joining_sends_the_last_messages_oldest_first_marked_as_history(jo
     assert "history" not in live and live["id"] == 6
 
 
+async def test_a_whole_emoji_and_tabs_and_line_breaks_are_stored_and_sent(join):
+    socket = await join("lobby")
+    await socket.send_to(text_data='{"message": "smile \\ud83d\\ude00\\tand\\r\\nbreak"}')
+    assert (await next_frame(socket))["message"] == "smile \U0001f600\tand\r\nbreak"
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["9" * 4301, str(2**63), "-1", "+1", "1e3", "\u0661", ""],
+    ids=["past-int-parsing", "past-bigint", "negative", "signed", "exponent", "arabic", "empty"],
+)
+async def test_an_unreadable_after_gets_an_error_then_the_history(join, after):
+    await database_sync_to_async(store)("lobby", "m1", "m2")
+    socket = await join("lobby", query=f"after={quote(after)}")
+    error, *history = socket.backlog
+    assert error["error"]["code"] == "invalid_after"
+    assert [(frame["id"], frame.get("history")) for frame in history] == [(1, True), (2, True)]
+    await socket.send_json_to({"message": "m3"})
+    assert (await assert_receives_message(socket, "m3"))["id"] == 3
+
+
+async def test_an_after_beyond_the_room_sends_nothing_old_and_then_live_messages(join):
+    await database_sync_to_async(store)("lobby", "m1")
+    socket = await join("lobby", query=f"after={2**63 - 1}")
+    assert socket.backlog == []
+    await socket.send_json_to({"message": "m2"})
+    assert (await assert_receives_message(socket, "m2"))["id"] == 2
+
+
 async def test_history_of_a_new_room_is_empty(join):
     assert (await join("empty-room")).backlog == []
 
@@ -465,3 +506,80 @@ async def test_a_dropped_last_message_arrives_within_two_refresh_rounds(join):
     assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 1
     assert (await assert_receives_message(socket, "the last word"))["id"] == 1
     assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 0
+
+
+# --- However a consumer ends, it leaves its room ------------------------------------------
+
+
+def fail_for_the_victim(monkeypatch, handler: str):
+    """Make ChatConsumer.<handler> raise for sockets opened with ?victim=1, as a bug would."""
+    original = getattr(ChatConsumer, handler)
+
+    def failing(self, *args, **kwargs):
+        if b"victim=1" in self.scope["query_string"]:
+            raise RuntimeError(f"injected failure in {handler}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatConsumer, handler, failing)
+
+
+async def close_code(socket: WebsocketCommunicator) -> int:
+    """The code the server closes the socket with, skipping the frames before it."""
+    while (output := await socket.receive_output(timeout=5))["type"] != "websocket.close":
+        pass
+    return output.get("code")
+
+
+async def wait_for_presence_count(socket: WebsocketCommunicator, count: int) -> dict:
+    """The first presence update with `count` sockets (fails after the timeout)."""
+    while (update := await next_presence(socket, timeout=5))["count"] != count:
+        pass
+    return update
+
+
+@pytest.mark.parametrize("handler", ["receive", "chat_message", "chat_presence"])
+async def test_a_consumer_whose_handler_fails_leaves_its_room(join, monkeypatch, caplog, handler):
+    survivor = await join("crash")
+    fail_for_the_victim(monkeypatch, handler)
+    victim = communicator("crash", query="victim=1")
+    assert (await victim.connect())[0]
+    await survivor.send_json_to({"message": "trigger"})  # a room event for chat_message
+    await victim.send_json_to({"message": "boom"})  # a frame for receive
+    # Closed as an internal error, logged once with the traceback a bug deserves.
+    assert await close_code(victim) == 1011
+    await wait_for_presence_count(survivor, 1)
+    fresh = await join("crash")
+    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
+        "count"
+    ] == 2
+    failures = [record for record in caplog.records if record.exc_info]
+    assert len(failures) == 1 and "injected failure" in str(failures[0].exc_info[1])
+    # The room goes on for everyone else.
+    await fresh.send_json_to({"message": "still here"})
+    await assert_receives_message(survivor, "still here")
+
+
+async def test_a_consumer_that_fails_while_connecting_leaves_no_ghost(join, monkeypatch):
+    survivor = await join("crash")
+    fail_for_the_victim(monkeypatch, "_send_backlog")  # after group_add and accept
+    victim = communicator("crash", query="victim=1")
+    await victim.connect()
+    assert await close_code(victim) == 1011
+    await wait_for_presence_count(survivor, 1)
+    await join("crash")
+    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
+        "count"
+    ] == 2
+
+
+async def test_a_cancelled_consumer_leaves_its_room(join):
+    survivor = await join("crash")
+    victim = communicator("crash")  # not join's: its teardown would disconnect it again
+    assert (await victim.connect())[0]
+    await wait_for_presence_count(survivor, 2)
+    victim.future.cancel()  # as a server that stops does, with no websocket.disconnect
+    await wait_for_presence_count(survivor, 1)
+    await join("crash")
+    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
+        "count"
+    ] == 2

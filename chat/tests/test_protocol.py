@@ -137,23 +137,56 @@ def test_error_frame_names_the_refused_client_id():
         (b"", None),
         (b"after=12", 12),
         (b"x=1&after=0", 0),
-        (b"after=-1", None),
-        (b"after=1e3", None),
+        (b"after=9223372036854775807", 2**63 - 1),
+        (b"after=007", 7),
     ],
 )
 def test_parse_after_reads_a_whole_number_or_nothing(query, after):
     assert protocol.parse_after(query) == after
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"after=-1",
+        b"after=1e3",
+        b"after=+1",
+        b"after= 1",
+        b"after=1_0",
+        b"after=",
+        b"after=\xd9\xa1",  # Arabic-Indic one, which int() reads
+        b"after=9223372036854775808",  # past PostgreSQL's bigint
+        b"after=" + b"9" * 4301,  # past int()'s own digit limit
+    ],
+)
+def test_parse_after_refuses_anything_but_a_message_id(query):
+    with pytest.raises(protocol.FrameRefused) as refusal:
+        protocol.parse_after(query)
+    assert refusal.value.code == "invalid_after"
+
+
+@given(st.binary())
+def test_any_query_string_gives_an_id_nothing_or_invalid_after(query):
+    try:
+        after = protocol.parse_after(query)
+    except protocol.FrameRefused as refusal:
+        assert refusal.code == "invalid_after"
+    else:
+        assert after is None or 0 <= after <= protocol.MAX_SEQ
+
+
+# Every code point: hypothesis leaves lone surrogates out of st.text() unless asked, and
+# they are what JSON.stringify sends for half an emoji.
+any_text = st.text(st.characters(exclude_categories=()))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text,
+    lambda children: st.lists(children) | st.dictionaries(any_text, children),
     max_leaves=10,
 )
 
 
 @settings(max_examples=THOUSANDS)
-@given(st.one_of(st.text(), json_values.map(json.dumps), st.binary()))
+@given(st.one_of(any_text, json_values.map(json.dumps), st.binary()))
 def test_any_frame_is_accepted_or_refused_and_never_crashes(frame):
     text_data, bytes_data = (None, frame) if isinstance(frame, bytes) else (frame, None)
     try:
@@ -163,9 +196,12 @@ def test_any_frame_is_accepted_or_refused_and_never_crashes(frame):
     else:
         text = message.message
         assert text == text.strip() and 0 < len(text) <= LIMITS["max_chars"]
+        text.encode("utf-8")  # storable: no lone surrogate
+        assert "\x00" not in text  # PostgreSQL refuses NUL in text
 
 
-@given(st.dictionaries(st.text(), json_values), st.text())
+@settings(max_examples=THOUSANDS)
+@given(st.dictionaries(any_text, json_values), any_text)
 def test_any_object_with_a_message_string_is_judged_on_the_message_alone(extra, message):
     payload = {**extra, "message": message}
     try:
@@ -176,4 +212,25 @@ def test_any_object_with_a_message_string_is_judged_on_the_message_alone(extra, 
             "message_too_long",
             "frame_too_large",
             "invalid_client_id",
+            "invalid_character",
         }
+        if refusal.code == "invalid_character":
+            assert protocol.unstorable_character(message) is not None
+
+
+@pytest.mark.parametrize(
+    "char",
+    ["\ud83d", "\udfff", "\x00", "\x07", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\x9f"]
+    + ["\ufdd0", "\ufdef", "\ufffe", "\uffff", "\U0001fffe", "\U0010ffff"],
+)
+def test_unstorable_characters_are_found(char):
+    assert protocol.unstorable_character(f"ok {char} ok") == char
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["tab\tand\r\nline", "\U0001f600 whole emoji", "\u2028\u2029", "\ue000 private", "\ufeff"]
+    + ["\u0378 unassigned today", "\ufdcf", "\ufff0", "Zoë 李雷 Ђорђе"],
+)
+def test_storable_text_passes(text):
+    assert protocol.unstorable_character(text) is None

@@ -1,9 +1,13 @@
 """Storing and reading messages: seq numbering, idempotent client ids, authors, history."""
 
+import json
+
 import pytest
 from django.contrib.auth import get_user_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chat import services
+from chat import protocol, services
 from chat.models import Message, Room
 from chat.services import Author
 
@@ -155,3 +159,19 @@ def test_last_seq_is_the_newest_messages_seq():
 def test_author_is_a_guest_exactly_when_it_has_no_user_id():
     assert Author(name="Zoë").is_guest
     assert not Author(name="alice", user_id=7).is_guest
+
+
+# Every code point, lone surrogates and controls included (st.text() leaves surrogates out).
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(exclude_categories=()), min_size=1, max_size=40))
+def test_any_message_the_parser_accepts_is_stored_and_read_back_unchanged(text):
+    frame = json.dumps({"message": text})
+    try:
+        accepted = protocol.parse_chat_frame(frame, None, max_chars=4096, max_frame_chars=30000)
+    except protocol.FrameRefused:
+        return
+    stored, _ = services.store_message("fuzz", GUEST, accepted.message, None)
+    read_back = Message.objects.get(room_id="fuzz", seq=stored.seq)
+    assert read_back.text == accepted.message
+    outbound = json.loads(protocol.message_frame(protocol.chat_message_event(read_back)))
+    assert outbound["message"] == accepted.message

@@ -245,8 +245,30 @@ def test_each_message_in_the_api_has_exactly_the_public_fields(client):
 
 @pytest.mark.parametrize(
     "params",
-    [{"after": -1}, {"after": "x"}, {"limit": 0}, {"limit": 501}, {"limit": "2.5"}],
-    ids=["negative-after", "word-after", "zero-limit", "limit-over-max", "fractional-limit"],
+    [
+        {"after": -1},
+        {"after": "x"},
+        {"after": "9" * 4301},
+        {"after": 2**63},
+        {"after": "+1"},
+        {"after": "\u0661"},
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "2.5"},
+        {"limit": "9" * 4301},
+    ],
+    ids=[
+        "negative-after",
+        "word-after",
+        "after-past-int-parsing-limit",
+        "after-past-bigint",
+        "signed-after",
+        "arabic-indic-digit-after",
+        "zero-limit",
+        "limit-over-max",
+        "fractional-limit",
+        "limit-past-int-parsing-limit",
+    ],
 )
 def test_messages_with_bad_params_are_a_400(client, params):
     assert client.get("/chat/lobby/messages/", params).status_code == 400
