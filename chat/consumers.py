@@ -15,8 +15,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
-from . import identity, pipeline, presence, protocol, rooms, services
+from . import identity, pipeline, presence, protocol, revocation, rooms, services
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ class ChatConsumer(WebsocketConsumer):
     room_name: str | None = None
     left_room = False
     closing = False
+    # The room's group and the socket's identity groups (chat.revocation), once joined.
+    joined_groups: tuple[str, ...] = ()
+    session_timer: asyncio.TimerHandle | None = None
     # Messages that arrived ahead of a missing one, by id; a new wait starts a new episode.
     held: dict[int, dict]
     gap_episode = 0
@@ -110,7 +114,14 @@ class ChatConsumer(WebsocketConsumer):
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
         self.held = {}
-        async_to_sync(self.channel_layer.group_add)(self.room_group_name, self.channel_name)
+        # The room's group, and the groups that close the socket when who it speaks as
+        # changes (chat.revocation): joined in one hop to the loop.
+        self.joined_groups = (
+            self.room_group_name,
+            *revocation.identity_groups(self.scope.get("user"), self.scope.get("session")),
+        )
+        async_to_sync(self._add_to_groups)()
+        self._arm_session_timer()
         self.accept()
         try:
             after = protocol.parse_after(self.scope.get("query_string", b""))
@@ -145,6 +156,54 @@ class ChatConsumer(WebsocketConsumer):
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
         presence.announce(self.room_group_name)
+
+    async def _add_to_groups(self):
+        for group in self.joined_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _discard_from_groups(self):
+        for group in self.joined_groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    def chat_identity_changed(self, event):
+        """This socket's session or user changed: close, so the page reconnects as it now is."""
+        self._close_for_identity(event["reason"])
+
+    def _close_for_identity(self, reason: str):
+        if self.closing:
+            return
+        logger.info("closing socket in room %r: %s", self.room_name, reason)
+        self.closing = True  # and store nothing more from it meanwhile
+        self.close(code=protocol.CLOSE_IDENTITY_CHANGED, reason=reason)
+
+    def _arm_session_timer(self):
+        """Close the socket when its stored session expires (chat.revocation)."""
+        expires = revocation.session_expires_at(self.scope.get("session"))
+        if expires is not None:
+            delay = max((expires - timezone.now()).total_seconds(), 0.0)
+            self.loop.call_soon_threadsafe(self._start_session_timer, delay)
+
+    def _start_session_timer(self, delay: float):
+        # On the loop, as are _disarm_session_timer and the timer: the timer has one owner.
+        if not self.left_room:
+            self.session_timer = self.loop.call_later(delay, self._session_timer_fired)
+
+    def _disarm_session_timer(self):
+        if self.session_timer is not None:
+            self.session_timer.cancel()
+
+    def _session_timer_fired(self):
+        self.session_check = self.loop.create_task(pipeline.call_batched(self._check_session))
+
+    def _check_session(self):
+        """The session's time is up, unless it was saved (and so extended) meanwhile."""
+        if self.left_room:
+            return
+        expires = revocation.session_expires_at(self.scope.get("session"))
+        if expires is None or expires <= timezone.now():
+            self._close_for_identity("session expired")
+        else:
+            self._arm_session_timer()
 
     def receive(self, text_data=None, bytes_data=None):
         """Validate one frame, store its message, then broadcast it; or refuse it."""

@@ -21,6 +21,10 @@ CLOSE_FLOODING = 4429
 # Close code (or handshake refusal) while Redis or the database cannot be reached: the
 # client should reconnect with backoff and catch up with ?after=.
 CLOSE_SERVICE_UNAVAILABLE = 4503
+# Close code for a socket whose session or user changed (logout, password change,
+# deactivation, a new guest name, an expired session): reconnect at once, as the session
+# now is. 401 echoes HTTP's "who are you?".
+CLOSE_IDENTITY_CHANGED = 4401
 # RFC 6455's "internal error": a consumer failed in a way no input explains (a bug). Its
 # socket left the room first; the client reconnects and catches up with ?after=.
 CLOSE_INTERNAL_ERROR = 1011
@@ -186,6 +190,11 @@ def message_frame(event: dict[str, Any], *, history: bool = False) -> str:
     if history:
         fields["history"] = True
     return json.dumps(fields)
+
+
+def identity_changed_event(reason: str) -> dict[str, Any]:
+    """Build the channel-layer event that closes the sockets of a changed session or user."""
+    return {"type": "chat.identity_changed", "reason": reason}
 
 
 def presence_event(count: int, names: list[str]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import identity, protocol, rooms, services
+from . import identity, protocol, revocation, rooms, services
 
 
 def index(request):
@@ -33,6 +33,10 @@ def set_display_name(request):
     except identity.InvalidDisplayName as refusal:
         context = {"room_name": "", "error": None, "name_error": str(refusal), "name_value": raw}
         return render(request, "chat/index.html", _with_identity(request, context), status=400)
+    if request.session.session_key:  # open sockets of this session speak under the old name
+        revocation.close_sockets_of(
+            revocation.session_group(request.session.session_key), "name changed"
+        )
     return redirect("chat:index")
 
 

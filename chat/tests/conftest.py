@@ -5,7 +5,10 @@ import time
 from urllib.parse import quote
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 
 from mysite.asgi import application
 
@@ -91,3 +94,29 @@ async def assert_receives_message(socket: WebsocketCommunicator, text: str) -> d
     frame = await next_frame(socket)
     assert frame.get("message") == text, frame
     return frame
+
+
+async def session_cookie_for(**session_values) -> tuple[bytes, bytes]:
+    """A Cookie header for a fresh session holding session_values."""
+    return (
+        b"cookie",
+        f"{settings.SESSION_COOKIE_NAME}={await new_session(**session_values)}".encode(),
+    )
+
+
+@database_sync_to_async
+def new_session(**session_values) -> str:
+    """Store a fresh session holding session_values; return its key."""
+    session = SessionStore()
+    session.update(session_values)
+    session.create()
+    return session.session_key
+
+
+def logged_in_session_values(user) -> dict:
+    """What django.contrib.auth.login stores in the session of `user`."""
+    return {
+        "_auth_user_id": str(user.pk),
+        "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+        "_auth_user_hash": user.get_session_auth_hash(),
+    }

@@ -13,9 +13,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.conf import settings
 from django.contrib.auth.models import User
-from django.contrib.sessions.backends.db import SessionStore
 from django.db import DatabaseError
 
 from chat import presence, protocol, rooms, services
@@ -28,6 +26,7 @@ from chat.tests.conftest import (
     frames_within,
     next_frame,
     next_presence,
+    session_cookie_for,
 )
 from mysite.asgi import application
 
@@ -280,19 +279,6 @@ FRAME_FIELDS = {"message", "id", "user", "guest", "ts", "client_id"}
 def store(room: str, *texts: str, name: str = "earlier"):
     for text in texts:
         services.store_message(room, services.Author(name=name), text, None)
-
-
-async def session_cookie_for(**session_values) -> tuple[bytes, bytes]:
-    """A Cookie header for a fresh session holding session_values."""
-
-    @database_sync_to_async
-    def make():
-        session = SessionStore()
-        session.update(session_values)
-        session.create()
-        return session.session_key
-
-    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={await make()}".encode())
 
 
 async def test_outbound_frame_carries_message_id_user_guest_and_iso_time(join):
