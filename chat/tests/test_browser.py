@@ -45,6 +45,8 @@ def driver():
         "--no-first-run", f"--user-data-dir={profile}",
     ):  # fmt: skip
         options.add_argument(argument)
+    # Console messages, CSP violations among them, for driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield chrome
@@ -324,3 +326,29 @@ def test_page_from_another_port_cannot_open_the_chat_socket(browser, chat_server
     _post_message(browser, "from the chat's own page")
     _wait(browser, lambda: "from the chat's own page" in _chat_log_value(browser))
     assert "posted from another origin" not in _chat_log_value(browser)
+
+
+def _csp_violations(driver) -> list[str]:
+    """Console lines since the last call that report a Content-Security-Policy violation."""
+    lines = [entry["message"] for entry in driver.get_log("browser")]
+    return [line for line in lines if "Content Security Policy" in line]
+
+
+def test_pages_chat_under_the_csp_without_a_single_violation(browser, chat_server):
+    _csp_violations(browser)
+    for path in ("/chat/", "/accounts/login/", "/accounts/signup/"):
+        browser.get(chat_server + path)
+        _wait(browser, lambda: browser.execute_script("return document.readyState") == "complete")
+    _enter_chat_room(browser, chat_server, "csp")
+    _post_message(browser, "still chatting")
+    _wait(browser, lambda: "still chatting" in _chat_log_value(browser), "room page broken")
+    assert _csp_violations(browser) == []
+
+    # The policy is enforced, and its violations do reach the log this test reads.
+    browser.execute_script(
+        "const s = document.createElement('script');"
+        "s.textContent = \"document.title = 'inline ran'\";"
+        "document.body.append(s);"
+    )
+    _wait(browser, lambda: _csp_violations(browser), "no violation reported")
+    assert browser.title != "inline ran"

@@ -1,6 +1,7 @@
 """The pages (index, room, names, accounts) and the messages JSON endpoint."""
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 from django.template.loader import render_to_string
@@ -283,3 +284,44 @@ def test_a_room_called_name_is_a_room_like_any_other(client):
     assert '<script id="room-name" type="application/json">"name"</script>' in (
         response.content.decode()
     )
+
+
+PAGES = ["/chat/", "/chat/lobby/", "/accounts/login/", "/accounts/signup/"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_sends_a_strict_csp_and_a_permissions_policy(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    directives = response["Content-Security-Policy"].split(";")
+    policy = dict(directive.strip().split(" ", 1) for directive in directives)
+    assert policy["script-src"] == policy["style-src"] == policy["default-src"] == "'self'"
+    assert policy["object-src"] == policy["base-uri"] == "'none'"
+    assert "camera=()" in response["Permissions-Policy"]
+    assert "microphone=()" in response["Permissions-Policy"]
+
+
+class _InlineCode(HTMLParser):
+    """Collects what a strict CSP would block: inline scripts, styles and event handlers."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "script" and "src" not in attributes:
+            if attributes.get("type") != "application/json":
+                self.found.append(f"inline <script> at {self.getpos()}")
+        if tag == "style":
+            self.found.append(f"<style> at {self.getpos()}")
+        self.found += [f"{name}= on <{tag}>" for name in attributes if name.startswith("on")]
+        if "style" in attributes:
+            self.found.append(f"style= on <{tag}>")
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/chat/two%20words/", "/chat/?room=two+words"])
+def test_pages_hold_no_inline_script_style_or_event_handler(client, path):
+    parser = _InlineCode()
+    parser.feed(client.get(path).content.decode())
+    assert parser.found == []
