@@ -158,6 +158,21 @@ LOGOUT_REDIRECT_URL = "chat:index"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Mail, for password reset links: SMTP where DJANGO_EMAIL_HOST names a server; in
+# development without one, mails are printed on the server's console.
+EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "")
+if EMAIL_HOST:
+    EMAIL_PORT = int(os.environ.get("DJANGO_EMAIL_PORT", "587"))  # submission, with STARTTLS
+    EMAIL_HOST_USER = os.environ.get("DJANGO_EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", True)
+elif DEBUG:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "webmaster@localhost")
+# /accounts/password_reset/ and its pages are routed only where the link can be mailed:
+# in production without a mail server they are a 404, not a failure on every request.
+PASSWORD_RESET_BY_EMAIL = bool(EMAIL_HOST) or DEBUG
+
 # Production hardening: on whenever DEBUG is off, so `manage.py check --deploy` is clean.
 # Behind a TLS-terminating proxy, set DJANGO_SECURE_PROXY_SSL_HEADER=true so Django
 # trusts its X-Forwarded-Proto header.

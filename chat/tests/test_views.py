@@ -8,6 +8,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 
 from chat import identity, services
+from mysite.embedded_redis import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -287,6 +288,7 @@ def test_a_room_called_name_is_a_room_like_any_other(client):
 
 
 PAGES = ["/chat/", "/chat/lobby/", "/accounts/login/", "/accounts/signup/"]
+PAGES += ["/accounts/password_reset/", "/accounts/password_reset/done/", "/accounts/reset/done/"]
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -325,3 +327,49 @@ def test_pages_hold_no_inline_script_style_or_event_handler(client, path):
     parser = _InlineCode()
     parser.feed(client.get(path).content.decode())
     assert parser.found == []
+
+
+def _reset_link(message) -> str:
+    return re.search(r"http://testserver(/accounts/reset/\S+/)", message.body).group(1)
+
+
+def test_password_reset_mails_a_link_that_sets_a_new_password(
+    client, django_user_model, mailoutbox
+):
+    django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
+    assert client.get(reverse("password_reset")).status_code == 200
+    response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert response.status_code == 302 and response["Location"] == reverse("password_reset_done")
+    [message] = mailoutbox
+    assert message.to == ["alice@example.com"]
+
+    set_password_page = client.get(_reset_link(message), follow=True)
+    assert set_password_page.context["validlink"]
+    new = "brand-New-secret-77"
+    done = client.post(
+        set_password_page.redirect_chain[-1][0], {"new_password1": new, "new_password2": new}
+    )
+    assert done["Location"] == reverse("password_reset_complete")
+    assert client.login(username="alice", password=new)
+
+
+def test_password_reset_for_an_unknown_address_says_the_same_and_mails_nothing(client, mailoutbox):
+    response = client.post(reverse("password_reset"), {"email": "nobody@example.com"})
+    assert response["Location"] == reverse("password_reset_done")
+    assert mailoutbox == []
+
+
+def test_password_reset_with_the_mail_server_down_answers_and_logs_one_error(
+    client, django_user_model, settings, caplog
+):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
+    response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert response.status_code == 302
+    [error] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "password reset email" in error.getMessage().lower()
+
+
+def test_login_page_links_to_password_reset(client):
+    assert reverse("password_reset") in client.get(reverse("login")).content.decode()
