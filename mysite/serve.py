@@ -13,6 +13,7 @@ nor starts Redis.
 """
 
 import argparse
+import ipaddress
 import os
 import resource
 import signal
@@ -72,6 +73,31 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def debug_bind_refusal(host: str) -> str | None:
+    """Why `host` must not be listened on with DEBUG on; None where it may.
+
+    DEBUG pages show settings and tracebacks to whoever gets one (a bad Host header is
+    enough), and DEBUG is the default with a development key: only this machine may ask.
+    """
+    from django.conf import settings  # here: the parent reads settings for this only
+
+    if not settings.DEBUG:
+        return None
+    try:
+        # An empty host is every address; getaddrinfo would answer it with loopback.
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
+    except socket.gaierror:
+        addresses = set()
+    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return None
+    return (
+        f"refusing to listen on {host or 'every address'!r} with DEBUG on: other machines "
+        "would get debug pages (settings, tracebacks) and a server running on the "
+        "development secret key. Bind 127.0.0.1, or set DJANGO_DEBUG=false with "
+        "DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS (README.md, Configuration)."
+    )
+
+
 def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     """One daphne process serving mysite.asgi on the shared socket."""
     command = [
@@ -125,6 +151,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     host, _, port = args.bind.rpartition(":")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    if refusal := debug_bind_refusal(host.strip("[]")):
+        parser.exit(2, f"mysite.serve: {refusal}\n")
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     raise_open_file_limit()

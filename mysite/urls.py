@@ -1,11 +1,20 @@
 """Top-level URL configuration."""
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from chat import views as chat_views
 from mysite import health
+
+# Django's account pages; password reset only where settings can mail its link.
+account_urlpatterns = [
+    pattern
+    for pattern in auth_urls.urlpatterns
+    if settings.PASSWORD_RESET_BY_EMAIL or not pattern.name.startswith("password_reset")
+]
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat:index", permanent=False)),
@@ -13,7 +22,7 @@ urlpatterns = [
     # Under accounts/, not chat/: every name below chat/ is a room's.
     path("accounts/name/", chat_views.set_display_name, name="set_display_name"),
     path("accounts/signup/", chat_views.signup, name="signup"),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include(account_urlpatterns)),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),

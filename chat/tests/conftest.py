@@ -12,15 +12,22 @@ from django.contrib.sessions.backends.db import SessionStore
 
 from mysite.asgi import application
 
-ALLOWED_ORIGIN = b"http://127.0.0.1"
+# The handshake a browser on http://127.0.0.1/ sends: its Origin is the Host it names.
+ALLOWED_HOST = b"127.0.0.1"
+ALLOWED_ORIGIN = b"http://" + ALLOWED_HOST
 QUIET_SECONDS = 0.3
 
 
 def communicator(
-    room: str, origin: bytes | None = ALLOWED_ORIGIN, query: str = "", headers=()
+    room: str,
+    origin: bytes | None = ALLOWED_ORIGIN,
+    query: str = "",
+    headers=(),
+    host: bytes | None = ALLOWED_HOST,
 ) -> WebsocketCommunicator:
     """A not-yet-connected socket on /ws/chat/<room>/ of mysite.asgi.application."""
-    all_headers = [(b"origin", origin)] if origin is not None else []
+    all_headers = [(b"host", host)] if host is not None else []
+    all_headers += [(b"origin", origin)] if origin is not None else []
     all_headers.extend(headers)
     path = f"/ws/chat/{quote(room)}/" + (f"?{query}" if query else "")
     return WebsocketCommunicator(application, path, headers=all_headers)

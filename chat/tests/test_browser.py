@@ -1,8 +1,11 @@
 """The tutorial's Part 4 checks, in real headless Chromium against a real daphne process."""
 
+import functools
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 
 import pytest
 from selenium import webdriver
@@ -42,6 +45,8 @@ def driver():
         "--no-first-run", f"--user-data-dir={profile}",
     ):  # fmt: skip
         options.add_argument(argument)
+    # Console messages, CSP violations among them, for driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield chrome
@@ -274,3 +279,76 @@ def test_killed_and_restarted_server_loses_nothing_and_duplicates_nothing(
         lines = _log_lines(browser)
         for text in expected:
             assert sum(line.endswith(text) for line in lines) == 1, (text, lines)
+
+
+FOREIGN_PAGE = """<!DOCTYPE html>
+<title>waiting</title>
+<script>
+    const socket = new WebSocket("{ws_url}");
+    socket.onopen = () => {{
+        document.title = "open";
+        socket.send(JSON.stringify({{message: "posted from another origin"}}));
+    }};
+    socket.onclose = () => {{ if (document.title !== "open") document.title = "refused"; }};
+</script>
+"""
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def foreign_site(tmp_path):
+    """A page server on another port of 127.0.0.1: another origin with the chat's host name."""
+    handler = functools.partial(_QuietHandler, directory=tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_page_from_another_port_cannot_open_the_chat_socket(browser, chat_server, foreign_site):
+    folder, foreign_url = foreign_site
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/origins/"
+    (folder / "index.html").write_text(FOREIGN_PAGE.format(ws_url=ws_url))
+    browser.get(foreign_url + "/index.html")
+    _wait(browser, lambda: browser.title in {"open", "refused"}, "the socket never settled")
+    assert browser.title == "refused"
+
+    _enter_chat_room(browser, chat_server, "origins")
+    _post_message(browser, "from the chat's own page")
+    _wait(browser, lambda: "from the chat's own page" in _chat_log_value(browser))
+    assert "posted from another origin" not in _chat_log_value(browser)
+
+
+def _csp_violations(driver) -> list[str]:
+    """Console lines since the last call that report a Content-Security-Policy violation."""
+    lines = [entry["message"] for entry in driver.get_log("browser")]
+    return [line for line in lines if "Content Security Policy" in line]
+
+
+def test_pages_chat_under_the_csp_without_a_single_violation(browser, chat_server):
+    _csp_violations(browser)
+    for path in ("/chat/", "/accounts/login/", "/accounts/signup/"):
+        browser.get(chat_server + path)
+        _wait(browser, lambda: browser.execute_script("return document.readyState") == "complete")
+    _enter_chat_room(browser, chat_server, "csp")
+    _post_message(browser, "still chatting")
+    _wait(browser, lambda: "still chatting" in _chat_log_value(browser), "room page broken")
+    assert _csp_violations(browser) == []
+
+    # The policy is enforced, and its violations do reach the log this test reads.
+    browser.execute_script(
+        "const s = document.createElement('script');"
+        "s.textContent = \"document.title = 'inline ran'\";"
+        "document.body.append(s);"
+    )
+    _wait(browser, lambda: _csp_violations(browser), "no violation reported")
+    assert browser.title != "inline ran"

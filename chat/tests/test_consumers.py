@@ -20,6 +20,8 @@ from chat import presence, protocol, rooms, services
 from chat.consumers import ChatConsumer
 from chat.models import Message
 from chat.tests.conftest import (
+    ALLOWED_HOST,
+    ALLOWED_ORIGIN,
     assert_no_chat,
     assert_receives_message,
     communicator,
@@ -140,7 +142,8 @@ async def test_invalid_room_path_is_refused_at_handshake(room, caplog):
     "path", ["/ws/chat/", "/ws/chat/lobby", "/ws/nowhere/", "/ws/chat/lobby/extra/"]
 )
 async def test_unknown_websocket_path_is_refused_at_handshake(path):
-    socket = WebsocketCommunicator(application, path, headers=[(b"origin", b"http://127.0.0.1")])
+    headers = [(b"host", ALLOWED_HOST), (b"origin", ALLOWED_ORIGIN)]
+    socket = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await socket.connect()
     assert not connected
     await socket.disconnect()

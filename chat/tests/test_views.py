@@ -1,12 +1,14 @@
 """The pages (index, room, names, accounts) and the messages JSON endpoint."""
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 from django.template.loader import render_to_string
 from django.urls import reverse
 
 from chat import identity, services
+from mysite.embedded_redis import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -305,3 +307,91 @@ def test_a_room_called_name_is_a_room_like_any_other(client):
     assert '<script id="room-name" type="application/json">"name"</script>' in (
         response.content.decode()
     )
+
+
+PAGES = ["/chat/", "/chat/lobby/", "/accounts/login/", "/accounts/signup/"]
+PAGES += ["/accounts/password_reset/", "/accounts/password_reset/done/", "/accounts/reset/done/"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_sends_a_strict_csp_and_a_permissions_policy(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    directives = response["Content-Security-Policy"].split(";")
+    policy = dict(directive.strip().split(" ", 1) for directive in directives)
+    assert policy["script-src"] == policy["style-src"] == policy["default-src"] == "'self'"
+    assert policy["object-src"] == policy["base-uri"] == "'none'"
+    assert "camera=()" in response["Permissions-Policy"]
+    assert "microphone=()" in response["Permissions-Policy"]
+
+
+class _InlineCode(HTMLParser):
+    """Collects what a strict CSP would block: inline scripts, styles and event handlers."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "script" and "src" not in attributes:
+            if attributes.get("type") != "application/json":
+                self.found.append(f"inline <script> at {self.getpos()}")
+        if tag == "style":
+            self.found.append(f"<style> at {self.getpos()}")
+        self.found += [f"{name}= on <{tag}>" for name in attributes if name.startswith("on")]
+        if "style" in attributes:
+            self.found.append(f"style= on <{tag}>")
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/chat/two%20words/", "/chat/?room=two+words"])
+def test_pages_hold_no_inline_script_style_or_event_handler(client, path):
+    parser = _InlineCode()
+    parser.feed(client.get(path).content.decode())
+    assert parser.found == []
+
+
+def _reset_link(message) -> str:
+    return re.search(r"http://testserver(/accounts/reset/\S+/)", message.body).group(1)
+
+
+def test_password_reset_mails_a_link_that_sets_a_new_password(
+    client, django_user_model, mailoutbox
+):
+    django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
+    assert client.get(reverse("password_reset")).status_code == 200
+    response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert response.status_code == 302 and response["Location"] == reverse("password_reset_done")
+    [message] = mailoutbox
+    assert message.to == ["alice@example.com"]
+
+    set_password_page = client.get(_reset_link(message), follow=True)
+    assert set_password_page.context["validlink"]
+    new = "brand-New-secret-77"
+    done = client.post(
+        set_password_page.redirect_chain[-1][0], {"new_password1": new, "new_password2": new}
+    )
+    assert done["Location"] == reverse("password_reset_complete")
+    assert client.login(username="alice", password=new)
+
+
+def test_password_reset_for_an_unknown_address_says_the_same_and_mails_nothing(client, mailoutbox):
+    response = client.post(reverse("password_reset"), {"email": "nobody@example.com"})
+    assert response["Location"] == reverse("password_reset_done")
+    assert mailoutbox == []
+
+
+def test_password_reset_with_the_mail_server_down_answers_and_logs_one_error(
+    client, django_user_model, settings, caplog
+):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens
+    django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
+    response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert response.status_code == 302
+    [error] = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "password reset email" in error.getMessage().lower()
+
+
+def test_login_page_links_to_password_reset(client):
+    assert reverse("password_reset") in client.get(reverse("login")).content.decode()

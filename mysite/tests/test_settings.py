@@ -58,3 +58,31 @@ def test_env_bool_refuses_a_value_it_cannot_read(monkeypatch):
 def test_env_list_splits_on_commas(monkeypatch):
     monkeypatch.setenv("SOME_LIST", "a.example, b.example,,")
     assert env_list("SOME_LIST", []) == ["a.example", "b.example"]
+
+
+MAIL_AND_RESET = """
+from django.conf import settings
+from django.urls import NoReverseMatch, reverse
+try:
+    reverse("password_reset")
+except NoReverseMatch:
+    print(settings.EMAIL_BACKEND, "not routed")
+else:
+    print(settings.EMAIL_BACKEND, "routed")
+"""
+SMTP = "django.core.mail.backends.smtp.EmailBackend"
+CONSOLE = "django.core.mail.backends.console.EmailBackend"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, f"{CONSOLE} routed"),
+        (PRODUCTION, f"{SMTP} not routed"),
+        ({**PRODUCTION, "DJANGO_EMAIL_HOST": "smtp.example.com"}, f"{SMTP} routed"),
+        ({"DJANGO_EMAIL_HOST": "smtp.example.com"}, f"{SMTP} routed"),
+    ],
+)
+def test_password_reset_is_routed_only_where_its_mail_can_be_sent(env, expected):
+    result = manage("shell", "--no-imports", "-c", MAIL_AND_RESET, **env)
+    assert result.stdout.strip() == expected, result.stderr

@@ -1,0 +1,99 @@
+"""The WebSocket handshake's Origin check: Django's CSRF origin rule, applied to sockets.
+
+Browsers let any page open a WebSocket to any server, with the user's cookies: only the
+`Origin` header tells the chat which page is asking. channels' AllowedHostsOriginValidator
+compares its host name alone, so a page on another port or scheme of the same host
+(`http://127.0.0.1:9999`) chats as whoever is logged in; and it never looks at `Host`.
+
+StrictOriginValidator accepts a handshake when, as Django's CsrfViewMiddleware does for a
+POST:
+- its `Host` is one of ALLOWED_HOSTS (Django's own `request.get_host()`, so
+  USE_X_FORWARDED_HOST and the DEBUG defaults apply as they do to HTTP), and
+- its `Origin` is that host's own origin, scheme, host and port exactly: `http://` on
+  `ws`, `https://` on `wss`, or on whatever SECURE_PROXY_SSL_HEADER says behind a TLS
+  proxy; or one of CSRF_TRUSTED_ORIGINS, exactly or by its `https://*.example.com` form.
+
+Anything else is refused before the application sees it (HTTP 403, no close frame), with
+one warning line giving the reason.
+"""
+
+import logging
+from urllib.parse import urlsplit
+
+from channels.security.websocket import WebsocketDenier
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest
+from django.http.request import is_same_domain
+
+logger = logging.getLogger("mysite.origins")
+
+
+class _HandshakeRequest(HttpRequest):
+    """Just enough of an HttpRequest for Django's host and scheme rules."""
+
+    def __init__(self, scope: dict):
+        super().__init__()
+        for name, value in scope.get("headers", []):
+            key = "HTTP_" + name.decode("latin1").upper().replace("-", "_")
+            # Repeated headers are joined, as ASGIRequest does.
+            old = self.META.get(key)
+            value = value.decode("latin1")
+            self.META[key] = value if old is None else f"{old},{value}"
+        self._secure_transport = scope.get("scheme", "ws") in {"wss", "https"}
+
+    def _get_scheme(self) -> str:
+        # HttpRequest.scheme consults SECURE_PROXY_SSL_HEADER first, then this.
+        return "https" if self._secure_transport else "http"
+
+
+def refusal_reason(scope: dict) -> str | None:
+    """Why a WebSocket handshake must be refused, or None when its Origin is trusted."""
+    request = _HandshakeRequest(scope)
+    origin = request.META.get("HTTP_ORIGIN")
+    if origin is None:
+        return "no Origin header"
+    if "HTTP_HOST" not in request.META:
+        return "no Host header"
+    try:
+        host = request.get_host()
+    except DisallowedHost:
+        return f"Host {request.META['HTTP_HOST']!r} is not in ALLOWED_HOSTS"
+    if origin == f"{request.scheme}://{host}":
+        return None
+    if _is_trusted(origin):
+        return None
+    return f"Origin {origin!r} is neither {request.scheme}://{host} nor in CSRF_TRUSTED_ORIGINS"
+
+
+def _is_trusted(origin: str) -> bool:
+    """Whether CSRF_TRUSTED_ORIGINS lists this origin, as Django's CSRF check reads it."""
+    trusted = settings.CSRF_TRUSTED_ORIGINS
+    if origin in (pattern for pattern in trusted if "*" not in pattern):
+        return True
+    try:
+        parsed = urlsplit(origin)
+    except ValueError:
+        return False
+    return any(
+        is_same_domain(parsed.netloc, pattern_netloc.lstrip("*"))
+        for pattern_scheme, pattern_netloc, *_ in (urlsplit(p) for p in trusted if "*" in p)
+        if pattern_scheme == parsed.scheme
+    )
+
+
+class StrictOriginValidator:
+    """ASGI middleware: passes a WebSocket on only when refusal_reason() finds none."""
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        """Refuse the handshake (403) unless its Host and Origin are this site's."""
+        if scope["type"] != "websocket":
+            raise ValueError("StrictOriginValidator only guards WebSocket connections")
+        reason = refusal_reason(scope)
+        if reason is None:
+            return await self.application(scope, receive, send)
+        logger.warning("WebSocket handshake to %s refused: %s", scope.get("path"), reason)
+        return await WebsocketDenier()(scope, receive, send)
