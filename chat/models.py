@@ -31,6 +31,9 @@ class Message(models.Model):
     text = models.TextField()
     # Chosen by the client, so that a retried send is stored once; "" when it sent none.
     client_id = models.CharField(max_length=64, blank=True, default="")
+    # Whose client_id it is (services.Author.key): ids are unique per author, so nobody can
+    # claim another's. A guest's is a hash of its session key; never sent on the wire.
+    author_key = models.CharField(max_length=40, blank=True, default="", editable=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -39,9 +42,9 @@ class Message(models.Model):
             # Also the index that makes history and catch-up range scans on (room, seq).
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
             models.UniqueConstraint(
-                fields=["room", "client_id"],
+                fields=["room", "author_key", "client_id"],
                 condition=~Q(client_id=""),
-                name="message_room_client_id_unique",
+                name="message_room_author_client_id_unique",
             ),
         ]
 

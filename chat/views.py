@@ -38,7 +38,13 @@ def set_display_name(request):
 
 def room(request, room_name):
     """Show one room's page; the route already refused invalid names with a 404."""
-    return render(request, "chat/room.html", _with_identity(request, {"room_name": room_name}))
+    context = _with_identity(request, {"room_name": room_name})
+    # author_for has loaded the session: a cookie naming no stored session has no key now.
+    if context["author"].is_guest and request.session.session_key is None:
+        # Sockets tell guests apart by session (identity.guest_key): one made now keeps
+        # this guest's client ids its own across reconnects, so its retries still dedupe.
+        request.session.create()
+    return render(request, "chat/room.html", context)
 
 
 @require_GET

@@ -3,6 +3,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.db import SessionStore
 
 from chat.identity import (
     DISPLAY_NAME_MAX_CHARS,
@@ -73,16 +74,52 @@ def test_author_for_a_logged_in_user_is_its_username_and_id():
 
 
 def test_author_for_an_anonymous_visitor_is_the_guest_name_in_the_session():
-    assert author_for(AnonymousUser(), {SESSION_KEY: "Zoë"}) == Author(name="Zoë")
+    author = author_for(AnonymousUser(), {SESSION_KEY: "Zoë"})
+    assert (author.name, author.is_guest) == ("Zoë", True)
 
 
 def test_author_for_an_anonymous_visitor_without_a_name_is_anonymous():
-    assert author_for(AnonymousUser(), {}) == Author(name=GUEST_DEFAULT_NAME)
+    assert author_for(AnonymousUser(), {}).name == GUEST_DEFAULT_NAME
     assert GUEST_DEFAULT_NAME == "Anonymous"
 
 
 def test_author_for_no_user_and_no_session_is_anonymous():
-    assert author_for(None, None) == Author(name=GUEST_DEFAULT_NAME)
+    author = author_for(None, None)
+    assert (author.name, author.is_guest) == (GUEST_DEFAULT_NAME, True)
+
+
+@pytest.mark.django_db
+def test_a_guests_key_is_the_same_for_every_socket_of_its_session():
+    session = SessionStore()
+    session.create()
+    again = SessionStore(session_key=session.session_key)
+    assert author_for(AnonymousUser(), session).key == author_for(AnonymousUser(), again).key
+
+
+@pytest.mark.django_db
+def test_guests_of_two_sessions_have_different_keys():
+    first, second = SessionStore(), SessionStore()
+    first.create()
+    second.create()
+    assert author_for(None, first).guest_key != author_for(None, second).guest_key
+
+
+@pytest.mark.django_db
+def test_a_guests_key_does_not_reveal_its_session_key():
+    session = SessionStore()
+    session.create()
+    key = author_for(None, session).guest_key
+    assert len(key) == 32 and session.session_key[:8] not in key
+
+
+def test_guests_without_a_session_never_share_a_key():
+    assert author_for(None, {}).guest_key != author_for(None, {}).guest_key
+
+
+@pytest.mark.django_db
+def test_a_cookie_naming_no_stored_session_gets_no_key_from_it():
+    forged = SessionStore(session_key="x" * 32)
+    assert author_for(None, forged).guest_key != author_for(None, forged).guest_key
 
 
 def test_presence_label_marks_a_guest():

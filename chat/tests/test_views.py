@@ -3,6 +3,8 @@
 import re
 
 import pytest
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -134,6 +136,21 @@ def test_an_invalid_display_name_keeps_the_previous_one(client):
 
 def test_get_on_the_display_name_endpoint_is_405(client):
     assert client.get("/accounts/name/").status_code == 405
+
+
+def test_room_page_gives_a_guest_a_stored_session_for_its_sockets(client):
+    client.get("/chat/lobby/")
+    session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert SessionStore().exists(session_key)
+    client.get("/chat/lobby/")
+    assert client.cookies[settings.SESSION_COOKIE_NAME].value == session_key
+
+
+def test_room_page_replaces_a_cookie_naming_no_stored_session(client):
+    client.cookies[settings.SESSION_COOKIE_NAME] = "x" * 32
+    client.get("/chat/lobby/")
+    session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert session_key != "x" * 32 and SessionStore().exists(session_key)
 
 
 def test_room_page_marks_an_anonymous_visitor_as_a_guest_with_login_and_signup_links(client):
