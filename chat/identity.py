@@ -3,8 +3,12 @@
 import secrets
 import unicodedata
 
+import regex
+from django.conf import settings
 from django.utils.crypto import salted_hmac
 
+from .lookalikes import name_key
+from .models import UsernameKey
 from .services import Author
 
 DISPLAY_NAME_MAX_CHARS = 30
@@ -19,18 +23,73 @@ class InvalidDisplayName(ValueError):
     """A display name the rule refuses; its message says why, for the user."""
 
 
+# What renders as nothing or as blank: controls, format characters, unassigned and private
+# code points, Unicode's Default_Ignorable_Code_Point (which holds the Hangul fillers
+# U+115F, U+1160, U+3164, U+FFA0 and the variation selectors), any white space but the
+# plain space, and the braille blank U+2800.
+INVISIBLE = regex.compile(
+    r"[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Default_Ignorable_Code_Point}"
+    r"\u2800[\p{White_Space}--[ ]]]",
+    regex.VERSION1,
+)
+# A guest name is letters, marks, digits, spaces and the punctuation names are written
+# with. Not commas, semicolons, slashes, brackets or "&": "alice, bob" would read as two.
+GUEST_NAME = regex.compile(r"[\p{L}\p{M}\p{N} \-_.'\u2019]+")
+# Non-spacing and enclosing marks pile up on one letter; spacing marks (Mc) take room.
+# Counted decomposed: Vietnamese "ệ" is e + two marks, as many as a real letter needs.
+STACKED_MARKS = regex.compile(
+    r"[\p{Mn}\p{Me}]{" + str(settings.CHAT_NAME_MAX_STACKED_MARKS + 1) + ",}"
+)
+
+
 def clean_display_name(raw: str) -> str:
-    """Return the trimmed display name, or raise InvalidDisplayName."""
+    """Return the trimmed display name, or raise InvalidDisplayName (no database needed)."""
     name = unicodedata.normalize("NFC", raw).strip()
     if not name:
         raise InvalidDisplayName("Enter a name.")
     if len(name) > DISPLAY_NAME_MAX_CHARS:
         raise InvalidDisplayName(f"Names are at most {DISPLAY_NAME_MAX_CHARS} characters.")
-    if any(
-        unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for char in name
-    ):
-        raise InvalidDisplayName("Names may not contain control or invisible characters.")
+    refuse_hidden_characters(name)
+    if not GUEST_NAME.fullmatch(name):
+        raise InvalidDisplayName("Names may contain only letters, digits, spaces and - _ . '")
     return name
+
+
+def clean_guest_name(raw: str) -> str:
+    """clean_display_name, and refused if it looks like a username (one indexed query)."""
+    name = clean_display_name(raw)
+    refuse_lookalike(name)
+    return name
+
+
+def refuse_hidden_characters(name: str) -> None:
+    """Raise InvalidDisplayName for invisible or blank characters and stacked marks."""
+    if INVISIBLE.search(name):
+        raise InvalidDisplayName("Names may not contain control or invisible characters.")
+    # Decomposed, so that a mark NFC folded into its letter counts too.
+    if STACKED_MARKS.search(unicodedata.normalize("NFD", name)):
+        raise InvalidDisplayName(
+            f"Names may not stack more than {settings.CHAT_NAME_MAX_STACKED_MARKS} marks"
+            " on one letter."
+        )
+
+
+def refuse_lookalike(name: str) -> None:
+    """Raise InvalidDisplayName if the name looks like an existing username."""
+    existing = (
+        UsernameKey.objects.filter(key=name_key(name)).values_list("user__username", flat=True)
+    ).first()
+    if existing is not None:
+        raise InvalidDisplayName(f'That name looks too much like the username "{existing}".')
+
+
+def keep_username_key(sender, instance, update_fields=None, **kwargs) -> None:
+    """post_save of the user model: store the username's look-alike key beside it."""
+    if update_fields is not None and "username" not in update_fields:
+        return  # a login's last_login, a password change: the username did not change
+    UsernameKey.objects.update_or_create(
+        user_id=instance.pk, defaults={"key": name_key(instance.get_username())}
+    )
 
 
 def author_for(user, session) -> Author:

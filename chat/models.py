@@ -50,3 +50,17 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.room_id}#{self.seq} {self.display_name}: {self.text[:50]}"
+
+
+class UsernameKey(models.Model):
+    """A username's look-alike key (lookalikes.name_key), so that finding the username a
+    name looks like is one indexed query, not a pass over every user."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    # Not unique: users from before the check may share one, and the sign-up form decides.
+    key = models.TextField(db_index=True)
+
+    def __str__(self):
+        return f"{self.user_id}: {self.key}"

@@ -2,12 +2,12 @@
 
 from django.conf import settings
 from django.contrib.auth import login
-from django.contrib.auth.forms import UserCreationForm
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from . import identity, protocol, rooms, services
+from .forms import SignupForm
 
 
 def index(request):
@@ -29,7 +29,7 @@ def set_display_name(request):
     """Keep a guest's chosen display name in the session."""
     raw = request.POST.get("display_name", "")
     try:
-        request.session[identity.SESSION_KEY] = identity.clean_display_name(raw)
+        request.session[identity.SESSION_KEY] = identity.clean_guest_name(raw)
     except identity.InvalidDisplayName as refusal:
         context = {"room_name": "", "error": None, "name_error": str(refusal), "name_value": raw}
         return render(request, "chat/index.html", _with_identity(request, context), status=400)
@@ -70,8 +70,8 @@ def room_messages(request, room_name):
 
 
 def signup(request):
-    """Create an account with Django's UserCreationForm, then log it in."""
-    form = UserCreationForm(request.POST or None)
+    """Create an account (Django's UserCreationForm and the name rules), then log it in."""
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         login(request, form.save())
         return redirect(settings.LOGIN_REDIRECT_URL)
