@@ -5,6 +5,7 @@ import unicodedata
 
 import regex
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils.crypto import salted_hmac
 
 from .lookalikes import name_key
@@ -76,16 +77,16 @@ def refuse_hidden_characters(name: str) -> None:
 
 def refuse_lookalike(name: str) -> None:
     """Raise InvalidDisplayName if the name looks like an existing username."""
-    existing = (
-        UsernameKey.objects.filter(key=name_key(name)).values_list("user__username", flat=True)
-    ).first()
+    username_field = f"user__{get_user_model().USERNAME_FIELD}"
+    lookalikes = UsernameKey.objects.filter(key=name_key(name))
+    existing = lookalikes.values_list(username_field, flat=True).first()
     if existing is not None:
         raise InvalidDisplayName(f'That name looks too much like the username "{existing}".')
 
 
 def keep_username_key(sender, instance, update_fields=None, **kwargs) -> None:
     """post_save of the user model: store the username's look-alike key beside it."""
-    if update_fields is not None and "username" not in update_fields:
+    if update_fields is not None and instance.USERNAME_FIELD not in update_fields:
         return  # a login's last_login, a password change: the username did not change
     UsernameKey.objects.update_or_create(
         user_id=instance.pk, defaults={"key": name_key(instance.get_username())}

@@ -53,8 +53,7 @@ class Message(models.Model):
 
 
 class UsernameKey(models.Model):
-    """A username's look-alike key (lookalikes.name_key), so that finding the username a
-    name looks like is one indexed query, not a pass over every user."""
+    """A username's look-alike key (lookalikes.name_key): finding a look-alike is one query."""
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
