@@ -7,8 +7,15 @@ class ChatConfig(AppConfig):
     name = "chat"
 
     def ready(self):
-        """Register the room-name converter once, for the HTTP and WebSocket routes alike."""
+        """Register the room-name converter and the username-key keeper, once."""
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_save
+
+        from .identity import keep_username_key
         from .rooms import RoomNameConverter
+
+        # Every way a user is saved (sign-up, admin, createsuperuser) keeps its key.
+        post_save.connect(keep_username_key, sender=get_user_model())
 
         register_converter(RoomNameConverter, "room")
         # Its signal receivers close the sockets of a session or user that changed.

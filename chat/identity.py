@@ -1,38 +1,119 @@
 """Who is speaking: a logged-in user's username, or a guest's chosen display name."""
 
+import secrets
 import unicodedata
 
+import regex
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils.crypto import salted_hmac
+
+from .lookalikes import name_key
+from .models import UsernameKey
 from .services import Author
 
 DISPLAY_NAME_MAX_CHARS = 30
 GUEST_DEFAULT_NAME = "Anonymous"
 SESSION_KEY = "display_name"
+GUEST_KEY_SALT = "chat.identity.guest_key"
+# 128 bits: no two guests' keys meet by chance; 32 hex digits fit Message.author_key.
+GUEST_KEY_BYTES = 16
 
 
 class InvalidDisplayName(ValueError):
     """A display name the rule refuses; its message says why, for the user."""
 
 
+# What renders as nothing or as blank: controls, format characters, unassigned and private
+# code points, Unicode's Default_Ignorable_Code_Point (which holds the Hangul fillers
+# U+115F, U+1160, U+3164, U+FFA0 and the variation selectors), any white space but the
+# plain space, and the braille blank U+2800.
+INVISIBLE = regex.compile(
+    r"[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Default_Ignorable_Code_Point}"
+    r"\u2800[\p{White_Space}--[ ]]]",
+    regex.VERSION1,
+)
+# A guest name is letters, marks, digits, spaces and the punctuation names are written
+# with. Not commas, semicolons, slashes, brackets or "&": "alice, bob" would read as two.
+GUEST_NAME = regex.compile(r"[\p{L}\p{M}\p{N} \-_.'\u2019]+")
+# Non-spacing and enclosing marks pile up on one letter; spacing marks (Mc) take room.
+# Counted decomposed: Vietnamese "ệ" is e + two marks, as many as a real letter needs.
+STACKED_MARKS = regex.compile(
+    r"[\p{Mn}\p{Me}]{" + str(settings.CHAT_NAME_MAX_STACKED_MARKS + 1) + ",}"
+)
+
+
 def clean_display_name(raw: str) -> str:
-    """Return the trimmed display name, or raise InvalidDisplayName."""
+    """Return the trimmed display name, or raise InvalidDisplayName (no database needed)."""
     name = unicodedata.normalize("NFC", raw).strip()
     if not name:
         raise InvalidDisplayName("Enter a name.")
     if len(name) > DISPLAY_NAME_MAX_CHARS:
         raise InvalidDisplayName(f"Names are at most {DISPLAY_NAME_MAX_CHARS} characters.")
-    if any(
-        unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for char in name
-    ):
-        raise InvalidDisplayName("Names may not contain control or invisible characters.")
+    refuse_hidden_characters(name)
+    if not GUEST_NAME.fullmatch(name):
+        raise InvalidDisplayName("Names may contain only letters, digits, spaces and - _ . '")
     return name
+
+
+def clean_guest_name(raw: str) -> str:
+    """clean_display_name, and refused if it looks like a username (one indexed query)."""
+    name = clean_display_name(raw)
+    refuse_lookalike(name)
+    return name
+
+
+def refuse_hidden_characters(name: str) -> None:
+    """Raise InvalidDisplayName for invisible or blank characters and stacked marks."""
+    if INVISIBLE.search(name):
+        raise InvalidDisplayName("Names may not contain control or invisible characters.")
+    # Decomposed, so that a mark NFC folded into its letter counts too.
+    if STACKED_MARKS.search(unicodedata.normalize("NFD", name)):
+        raise InvalidDisplayName(
+            f"Names may not stack more than {settings.CHAT_NAME_MAX_STACKED_MARKS} marks"
+            " on one letter."
+        )
+
+
+def refuse_lookalike(name: str) -> None:
+    """Raise InvalidDisplayName if the name looks like an existing username."""
+    username_field = f"user__{get_user_model().USERNAME_FIELD}"
+    lookalikes = UsernameKey.objects.filter(key=name_key(name))
+    existing = lookalikes.values_list(username_field, flat=True).first()
+    if existing is not None:
+        raise InvalidDisplayName(f'That name looks too much like the username "{existing}".')
+
+
+def keep_username_key(sender, instance, update_fields=None, **kwargs) -> None:
+    """post_save of the user model: store the username's look-alike key beside it."""
+    if update_fields is not None and instance.USERNAME_FIELD not in update_fields:
+        return  # a login's last_login, a password change: the username did not change
+    UsernameKey.objects.update_or_create(
+        user_id=instance.pk, defaults={"key": name_key(instance.get_username())}
+    )
 
 
 def author_for(user, session) -> Author:
     """The Author a request or socket speaks as."""
     if user is not None and user.is_authenticated:
         return Author(name=user.get_username(), user_id=user.pk)
+    # Read first: loading a session whose cookie names no stored session clears its key.
     name = session.get(SESSION_KEY) if session is not None else None
-    return Author(name=name or GUEST_DEFAULT_NAME)
+    return Author(name=name or GUEST_DEFAULT_NAME, guest_key=guest_key(session))
+
+
+def guest_key(session) -> str:
+    """A guest's private key: a keyed hash of its session key, or random without a session.
+
+    The hash keeps the session key (a login secret) out of the messages table. A guest
+    with no session (a client without the cookie) gets a key of its own per call, i.e. per
+    socket, so its client ids are never taken for anyone else's.
+    """
+    session_key = getattr(session, "session_key", None)
+    if not session_key:
+        return secrets.token_hex(GUEST_KEY_BYTES)
+    digest = salted_hmac(GUEST_KEY_SALT, session_key, algorithm="sha256").hexdigest()
+    return digest[: GUEST_KEY_BYTES * 2]
 
 
 def presence_label(author: Author) -> str:

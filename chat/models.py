@@ -31,6 +31,9 @@ class Message(models.Model):
     text = models.TextField()
     # Chosen by the client, so that a retried send is stored once; "" when it sent none.
     client_id = models.CharField(max_length=64, blank=True, default="")
+    # Whose client_id it is (services.Author.key): ids are unique per author, so nobody can
+    # claim another's. A guest's is a hash of its session key; never sent on the wire.
+    author_key = models.CharField(max_length=40, blank=True, default="", editable=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -39,11 +42,24 @@ class Message(models.Model):
             # Also the index that makes history and catch-up range scans on (room, seq).
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
             models.UniqueConstraint(
-                fields=["room", "client_id"],
+                fields=["room", "author_key", "client_id"],
                 condition=~Q(client_id=""),
-                name="message_room_client_id_unique",
+                name="message_room_author_client_id_unique",
             ),
         ]
 
     def __str__(self):
         return f"{self.room_id}#{self.seq} {self.display_name}: {self.text[:50]}"
+
+
+class UsernameKey(models.Model):
+    """A username's look-alike key (lookalikes.name_key): finding a look-alike is one query."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    # Not unique: users from before the check may share one, and the sign-up form decides.
+    key = models.TextField(db_index=True)
+
+    def __str__(self):
+        return f"{self.user_id}: {self.key}"

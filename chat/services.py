@@ -9,14 +9,24 @@ from .models import Message, Room
 
 @dataclass(frozen=True, slots=True)  # one per socket: slots keep them small
 class Author:
-    """Who sends: a logged-in user (with `user_id`) or a guest with a display name."""
+    """Who sends: a logged-in user (with `user_id`) or a guest with a display name.
+
+    `guest_key` tells one guest from another (identity.author_for derives it from the
+    session); it scopes the guest's client ids and is never sent to anyone.
+    """
 
     name: str
     user_id: int | None = None
+    guest_key: str = ""
 
     @property
     def is_guest(self) -> bool:
         return self.user_id is None
+
+    @property
+    def key(self) -> str:
+        """Whose client ids these are: "u:<user id>" for a user, "g:<guest key>" for a guest."""
+        return f"g:{self.guest_key}" if self.is_guest else f"u:{self.user_id}"
 
 
 def store_message(
@@ -24,9 +34,10 @@ def store_message(
 ) -> tuple[Message, bool]:
     """Store a message as its room's next seq; returns (message, created).
 
-    A client_id already stored in this room returns that message with created=False,
-    so a retried send is stored once. The unique constraint decides, not a prior read,
-    so two processes racing with the same client_id still store it once.
+    A client_id this author already used in this room returns that message with
+    created=False, so a retried send is stored once; another author's client_id is no
+    concern of theirs, so nobody can squat ids. The unique constraint decides, not a
+    prior read, so two processes racing with the same client_id still store it once.
     """
     try:
         with transaction.atomic():
@@ -35,12 +46,15 @@ def store_message(
                 seq=_next_seq(room_name),
                 author_id=author.user_id,
                 display_name=author.name,
+                author_key=author.key,
                 text=text,
                 client_id=client_id or "",
             )
     except IntegrityError:
         # Rolled back, seq included. A known client_id is a retry; anything else re-raises.
-        existing = Message.objects.filter(room_id=room_name, client_id=client_id).first()
+        existing = Message.objects.filter(
+            room_id=room_name, author_key=author.key, client_id=client_id
+        ).first()
         if not client_id or existing is None:
             raise
         return existing, False

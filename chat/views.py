@@ -2,12 +2,12 @@
 
 from django.conf import settings
 from django.contrib.auth import login
-from django.contrib.auth.forms import UserCreationForm
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from . import identity, protocol, revocation, rooms, services
+from .forms import SignupForm
 
 
 def index(request):
@@ -29,7 +29,7 @@ def set_display_name(request):
     """Keep a guest's chosen display name in the session."""
     raw = request.POST.get("display_name", "")
     try:
-        request.session[identity.SESSION_KEY] = identity.clean_display_name(raw)
+        request.session[identity.SESSION_KEY] = identity.clean_guest_name(raw)
     except identity.InvalidDisplayName as refusal:
         context = {"room_name": "", "error": None, "name_error": str(refusal), "name_value": raw}
         return render(request, "chat/index.html", _with_identity(request, context), status=400)
@@ -42,7 +42,13 @@ def set_display_name(request):
 
 def room(request, room_name):
     """Show one room's page; the route already refused invalid names with a 404."""
-    return render(request, "chat/room.html", _with_identity(request, {"room_name": room_name}))
+    context = _with_identity(request, {"room_name": room_name})
+    # author_for has loaded the session: a cookie naming no stored session has no key now.
+    if context["author"].is_guest and request.session.session_key is None:
+        # Sockets tell guests apart by session (identity.guest_key): one made now keeps
+        # this guest's client ids its own across reconnects, so its retries still dedupe.
+        request.session.create()
+    return render(request, "chat/room.html", context)
 
 
 @require_GET
@@ -68,8 +74,8 @@ def room_messages(request, room_name):
 
 
 def signup(request):
-    """Create an account with Django's UserCreationForm, then log it in."""
-    form = UserCreationForm(request.POST or None)
+    """Create an account (Django's UserCreationForm and the name rules), then log it in."""
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         login(request, form.save())
         return redirect(settings.LOGIN_REDIRECT_URL)

@@ -285,6 +285,10 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SE
 # under load costs more than the wait). It holds this many at most.
 CHAT_REORDER_WAIT_SECONDS = 0.25
 CHAT_REORDER_MAX_HELD = 100
+# Combining marks a name may stack on one letter: enough for the letters of real names
+# (Thai's vowel and tone marks, Hebrew's dagesh and vowel: 2), too few for a tower that
+# overdraws the names around it.
+CHAT_NAME_MAX_STACKED_MARKS = 2
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500

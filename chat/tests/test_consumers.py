@@ -572,3 +572,30 @@ async def test_a_cancelled_consumer_leaves_its_room(join):
     assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
         "count"
     ] == 2
+
+
+async def test_a_client_id_another_author_used_first_still_stores_and_broadcasts(join):
+    squatter = await join("lobby", headers=[await session_cookie_for(display_name="Mallory")])
+    sender = await join("lobby", headers=[await session_cookie_for(display_name="Zoë")])
+    await squatter.send_json_to({"message": "squatting", "client_id": "1"})
+    await assert_receives_message(squatter, "squatting")
+    await assert_receives_message(sender, "squatting")
+    await sender.send_json_to({"message": "mine", "client_id": "1"})
+    mine = await assert_receives_message(sender, "mine")
+    seen = await assert_receives_message(squatter, "mine")
+    assert (mine["id"], mine["user"]) == (seen["id"], "Zoë") == (2, "Zoë")
+    count = await database_sync_to_async(Message.objects.filter(client_id="1").count)()
+    assert count == 2
+
+
+async def test_a_guest_retrying_from_another_socket_of_its_session_is_deduplicated(join):
+    # What a reconnect does: the same session's next socket sends the unacknowledged again.
+    cookie = await session_cookie_for(display_name="Zoë")
+    first_socket, bystander = await join("lobby", headers=[cookie]), await join("lobby")
+    await first_socket.send_json_to({"message": "once", "client_id": "retry-2"})
+    first = await assert_receives_message(first_socket, "once")
+    await assert_receives_message(bystander, "once")
+    second_socket = await join("lobby", headers=[cookie], query=f"after={first['id']}")
+    await second_socket.send_json_to({"message": "once", "client_id": "retry-2"})
+    assert (await assert_receives_message(second_socket, "once"))["id"] == first["id"]
+    await assert_no_chat(bystander)

@@ -175,3 +175,39 @@ def test_any_message_the_parser_accepts_is_stored_and_read_back_unchanged(text):
     assert read_back.text == accepted.message
     outbound = json.loads(protocol.message_frame(protocol.chat_message_event(read_back)))
     assert outbound["message"] == accepted.message
+
+
+def test_two_authors_with_the_same_client_id_each_get_their_own_message():
+    squatter, _ = services.store_message("lobby", Author(name="Mallory", guest_key="m"), "x", "1")
+    mine, created = services.store_message("lobby", Author(name="Zoë", guest_key="z"), "hi", "1")
+    assert created is True
+    assert mine.pk != squatter.pk and mine.text == "hi"
+    assert Message.objects.filter(room_id="lobby", client_id="1").count() == 2
+
+
+def test_a_user_and_a_guest_with_the_same_client_id_each_get_their_own_message():
+    user = get_user_model().objects.create_user("alice", password="not-used-here-42")
+    services.store_message("lobby", GUEST, "guest's", "1")
+    mine, created = services.store_message("lobby", Author("alice", user_id=user.pk), "hi", "1")
+    assert created is True and mine.text == "hi"
+
+
+def test_a_retry_is_recognised_per_author_among_others_using_the_same_client_id():
+    zoe, mallory = Author(name="Zoë", guest_key="z"), Author(name="Mallory", guest_key="m")
+    first, _ = services.store_message("lobby", zoe, "mine", "1")
+    services.store_message("lobby", mallory, "theirs", "1")
+    again, created = services.store_message("lobby", zoe, "mine", "1")
+    assert created is False and again.pk == first.pk
+    assert Message.objects.count() == 2
+
+
+def test_the_author_key_is_stored_but_not_among_the_public_fields():
+    message, _ = services.store_message("lobby", Author(name="Zoë", guest_key="z1"), "hi", "1")
+    message.refresh_from_db()
+    assert message.author_key == "g:z1"
+    assert "z1" not in str(protocol.message_fields(message))
+
+
+def test_an_authors_key_says_user_or_guest_so_the_two_never_meet():
+    assert Author(name="alice", user_id=7).key == "u:7"
+    assert Author(name="Zoë", guest_key="7").key == "g:7"

@@ -4,6 +4,8 @@ import re
 from html.parser import HTMLParser
 
 import pytest
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -134,8 +136,59 @@ def test_an_invalid_display_name_keeps_the_previous_one(client):
     assert client.session[identity.SESSION_KEY] == "Zoë"
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("\u0430lice", "That name looks too much like the username &quot;alice&quot;."),
+        ("al\u0456ce", "That name looks too much like the username &quot;alice&quot;."),
+        ("alice.", "That name looks too much like the username &quot;alice&quot;."),
+        ("alice\u3164", "Names may not contain control or invisible characters."),
+        ("\u2800", "Names may not contain control or invisible characters."),
+        ("e\u0301\u0302\u0303", "Names may not stack more than 2 marks on one letter."),
+        ("alice, bob", "Names may contain only letters, digits, spaces and - _ . &#x27;"),
+    ],
+    ids=[
+        "cyrillic-a",
+        "ukrainian-i",
+        "trailing-dot",
+        "hangul-filler",
+        "braille-blank",
+        "stacked-marks",
+        "comma",
+    ],
+)
+def test_an_unsafe_guest_name_is_refused_with_its_reason(client, django_user_model, raw, reason):
+    django_user_model.objects.create_user("alice")
+    response = client.post("/accounts/name/", {"display_name": raw})
+    assert response.status_code == 400
+    assert _display_name_error(response.content.decode()) == reason
+    assert identity.SESSION_KEY not in client.session
+
+
+@pytest.mark.parametrize("name", ["José", "Zoë", "李雷", "Ђорђе"])
+def test_a_guest_name_in_any_script_is_kept(client, django_user_model, name):
+    django_user_model.objects.create_user("alice")
+    assert client.post("/accounts/name/", {"display_name": name}).status_code == 302
+    assert client.session[identity.SESSION_KEY] == name
+
+
 def test_get_on_the_display_name_endpoint_is_405(client):
     assert client.get("/accounts/name/").status_code == 405
+
+
+def test_room_page_gives_a_guest_a_stored_session_for_its_sockets(client):
+    client.get("/chat/lobby/")
+    session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert SessionStore().exists(session_key)
+    client.get("/chat/lobby/")
+    assert client.cookies[settings.SESSION_COOKIE_NAME].value == session_key
+
+
+def test_room_page_replaces_a_cookie_naming_no_stored_session(client):
+    client.cookies[settings.SESSION_COOKIE_NAME] = "x" * 32
+    client.get("/chat/lobby/")
+    session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    assert session_key != "x" * 32 and SessionStore().exists(session_key)
 
 
 def test_room_page_marks_an_anonymous_visitor_as_a_guest_with_login_and_signup_links(client):
@@ -177,6 +230,58 @@ def test_signup_with_mismatched_passwords_creates_no_user(client, django_user_mo
     )
     assert response.status_code == 200
     assert not django_user_model.objects.filter(username="alice").exists()
+
+
+def _sign_up(client, username: str):
+    password = "correct-horse-battery-42"
+    return client.post(
+        "/accounts/signup/",
+        {"username": username, "password1": password, "password2": password},
+    )
+
+
+@pytest.mark.parametrize(
+    ("username", "reason"),
+    [
+        ("\u0430lice", "That name looks too much like the username &quot;alice&quot;."),
+        ("al\u0456ce", "That name looks too much like the username &quot;alice&quot;."),
+        ("alice.", "That name looks too much like the username &quot;alice&quot;."),
+        ("_alice", "That name looks too much like the username &quot;alice&quot;."),
+        ("a1ice", "That name looks too much like the username &quot;alice&quot;."),
+        ("alice\u3164", "Names may not contain control or invisible characters."),
+    ],
+    ids=[
+        "cyrillic-a",
+        "ukrainian-i",
+        "trailing-dot",
+        "leading-underscore",
+        "digit-one",
+        "hangul-filler",
+    ],
+)
+def test_signup_refuses_an_unsafe_username_with_its_reason(
+    client, django_user_model, username, reason
+):
+    django_user_model.objects.create_user("alice")
+    response = _sign_up(client, username)
+    assert response.status_code == 200
+    assert reason in response.content.decode()
+    assert django_user_model.objects.count() == 1
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.parametrize("username", ["José", "Zoë", "李雷", "Ђорђе"])
+def test_signup_accepts_a_username_in_any_script(client, django_user_model, username):
+    django_user_model.objects.create_user("alice")
+    assert _sign_up(client, username).status_code == 302
+    assert django_user_model.objects.filter(username=username).exists()
+
+
+def test_a_new_users_look_alikes_are_refused_at_once(client):
+    assert _sign_up(client, "bob").status_code == 302
+    client.post("/accounts/logout/")
+    response = client.post("/accounts/name/", {"display_name": "b\u043eb"})
+    assert response.status_code == 400
 
 
 def test_login_page_renders(client):
