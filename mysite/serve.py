@@ -24,11 +24,6 @@ import subprocess
 import sys
 import time
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-
-from mysite.embedded_redis import port_is_free
-from mysite.health import redis_problem
 from mysite.processes import killed_with_parent, stop_processes
 
 # A child that dies is restarted after RESTART_DELAY_SECONDS, doubled for each child in a
@@ -152,6 +147,16 @@ def supervise(sockets: list[socket.socket], processes: int, extra_args: list[str
 
 def start_up_problem(host: str, port: int) -> str | None:
     """Why serving on host:port would fail or mislead, in one line; None when it can start."""
+    # Imported here, so that a Python without the project's dependencies gets this line
+    # instead of a traceback (its children could only die at start, one after another).
+    try:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+
+        from mysite.embedded_redis import port_is_free
+        from mysite.health import redis_problem
+    except ImportError as error:
+        return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"
     # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
     # with another serve's (each getting half the connections), never with this probe.
     if port and not port_is_free(port, host):

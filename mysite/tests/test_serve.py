@@ -229,3 +229,17 @@ def test_serve_refuses_a_redis_url_without_a_scheme(tmp_path):
         "mysite.serve: REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or"
         " unix:// (did you mean redis://localhost:6379?).\n"
     )
+
+
+def test_serve_under_a_python_without_the_dependencies_says_so_in_one_line(tmp_path):
+    env = server_environment("redis://127.0.0.1:6379/0", f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    # -S: no site-packages, so mysite imports (from the working directory) and Django does not.
+    process = subprocess.run(
+        [sys.executable, "-S", "-m", "mysite.serve", "--bind", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    assert process.returncode == 1
+    assert process.stderr == (
+        "mysite.serve: No module named 'django': run it with the virtualenv's Python"
+        " (python3 dev.py serve ...).\n"
+    )
