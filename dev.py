@@ -4,10 +4,12 @@
     python3 dev.py run     install into .venv, then start the chat on http://127.0.0.1:8000/chat/
     python3 dev.py test    install into .venv (test tools too), then lint and run the whole suite
     python3 dev.py bench   install into .venv (load tools too), then run the load benchmark
+    python3 dev.py manage  install into .venv, then run manage.py (createsuperuser, migrate, ...)
+    python3 dev.py serve   install into .venv, then run mysite.serve (N daphne processes)
 
-Extra arguments go to runserver (run), pytest (test) or benchmarks.load (bench). Uses only
-the standard library until the virtualenv exists; reinstalls only when a requirements file
-changed.
+Extra arguments go to runserver (run), pytest (test), benchmarks.load (bench), manage.py
+(manage) or mysite.serve (serve). Uses only the standard library until the virtualenv
+exists; reinstalls only when a requirements file changed.
 """
 
 import hashlib
@@ -24,6 +26,16 @@ REQUIREMENT_FILES = {
     "run": "requirements.txt",
     "test": "requirements-dev.txt",
     "bench": "requirements-bench.txt",
+    "manage": "requirements.txt",
+    "serve": "requirements.txt",
+}
+# What each command runs inside the virtualenv, before its extra arguments ("test" lints first).
+COMMANDS = {
+    "run": ["-m", "mysite.devserver"],
+    "bench": ["-m", "benchmarks.load"],
+    "manage": ["manage.py"],
+    "serve": ["-m", "mysite.serve"],
+    "test": ["-m", "pytest"],
 }
 
 
@@ -58,14 +70,11 @@ def main(argv: list[str]) -> int:
         sys.exit(__doc__)
     os.chdir(ROOT)
     ensure_virtualenv(REQUIREMENT_FILES[command])
-    if command == "run":
-        os.execv(PYTHON, [str(PYTHON), "-m", "mysite.devserver", *rest])
-    if command == "bench":
-        os.execv(PYTHON, [str(PYTHON), "-m", "benchmarks.load", *rest])
-    for lint in (["check", "."], ["format", "--check", "."]):
-        if subprocess.run([str(PYTHON), "-m", "ruff", *lint]).returncode != 0:
-            return 1
-    os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
+    if command == "test":
+        for lint in (["check", "."], ["format", "--check", "."]):
+            if subprocess.run([str(PYTHON), "-m", "ruff", *lint]).returncode != 0:
+                return 1
+    os.execv(PYTHON, [str(PYTHON), *COMMANDS[command], *rest])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The run command's second half, inside the virtualenv: Redis, migrate, runserver.
 
-Starts the embedded redis-server when REDIS_URL is unset, migrates, and runs
+Refuses a port that is taken and a REDIS_URL that does not answer, each in one line;
+starts the embedded redis-server when REDIS_URL is unset, migrates, and runs
 `manage.py runserver` (daphne's, so WebSockets work). Ctrl-C or SIGTERM stops the
 server and the Redis it started; nothing is left running and no pid file is written.
+A server that stops by itself is a failure: the exit status says so.
 """
 
 import argparse
@@ -11,7 +13,9 @@ import signal
 import subprocess
 import sys
 
+from mysite.channel_layers import redacted_url, redis_urls
 from mysite.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
+from mysite.health import redis_problem
 from mysite.processes import stop_processes
 
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
@@ -32,6 +36,19 @@ def start_embedded_redis() -> EmbeddedRedis:
     return server
 
 
+def address_to_check(addrport: str) -> tuple[str, int]:
+    """The host and port runserver will bind for addrport ("8000", "0:8000", "[::1]:8000")."""
+    host, _, port = addrport.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return ("0.0.0.0" if host == "0" else host), int(port)
+
+
+def exit_status_of_server(returncode: int) -> int:
+    """run's exit status when the server stopped without Ctrl-C: never 0, since it only
+    stops by itself when it failed (a listen failure, for one, makes daphne exit 0)."""
+    return returncode if returncode > 0 else 1
+
+
 def main(argv: list[str]) -> int:
     """Run the development stack until the server exits or the user presses Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -43,14 +60,32 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     env = dict(os.environ)
+    # Checked here, before anything starts: runserver would only log a CRITICAL line and
+    # wait for file changes for ever, and the page would loop on 1006.
+    try:
+        host, port = address_to_check(args.addrport)
+    except ValueError:
+        parser.error(f"{args.addrport!r} is not [host:]port")
+    if not port_is_free(port, host):
+        print(
+            f"Port {port} on {host} is already in use: stop what holds it, or run on another"
+            f" port (python3 dev.py run 127.0.0.1:{free_port()}).",
+            file=sys.stderr,
+        )
+        return 1
+    if env.get("REDIS_URL"):
+        problem = redis_problem(env["REDIS_URL"])
+        if problem is not None:
+            print(f"{problem}. Fix REDIS_URL, or unset it for the embedded Redis.", file=sys.stderr)
+            return 1
+        shown = ", ".join(map(redacted_url, redis_urls(env["REDIS_URL"])))
+        print(f"Using Redis at REDIS_URL={shown}.", flush=True)
     redis_server = None
     server = None
     try:
         if not env.get("REDIS_URL"):
             redis_server = start_embedded_redis()
             env["REDIS_URL"] = redis_server.url
-        else:
-            print(f"Using Redis at REDIS_URL={env['REDIS_URL']}.")
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], env=env, check=True)
         command = [sys.executable, "manage.py", "runserver", args.addrport]
         if args.noreload:
@@ -58,7 +93,9 @@ def main(argv: list[str]) -> int:
         print(f"Chat: http://{args.addrport}/chat/ (Ctrl-C stops the server and Redis)", flush=True)
         # Its own process group, so that stopping it also stops the autoreloader's child.
         server = subprocess.Popen(command, env=env, start_new_session=True)
-        return server.wait()
+        returncode = server.wait()
+        print(f"The server stopped by itself (exit status {returncode}).", file=sys.stderr)
+        return exit_status_of_server(returncode)
     except KeyboardInterrupt:
         return 0
     except subprocess.CalledProcessError as failure:

@@ -33,8 +33,12 @@ def redis_server_binary() -> str:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (as a server with SO_REUSEADDR would see it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """True when nothing listens on host:port (as a server with SO_REUSEADDR would see it).
+
+    The probe sets no SO_REUSEPORT, so sockets that set it (mysite.serve's) count as taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))

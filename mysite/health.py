@@ -5,10 +5,12 @@ import os
 from collections.abc import Callable
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from mysite.channel_layers import redacted_url, redis_urls
 from mysite.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,21 @@ def _describe(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     return detail[:ERROR_MAX_CHARS]
+
+
+def redis_problem(redis_url: str | list[str]) -> str | None:
+    """What stops REDIS_URL from serving the chat, in one line (password hidden); None if
+    every Redis in it answers. For start-up, where /healthz would only say it later."""
+    try:
+        urls = redis_urls(redis_url)
+    except ImproperlyConfigured as error:
+        return str(error)
+    for url in urls:
+        try:
+            ping_redis(url)
+        except Exception as error:  # whatever stops a PING stops the chat: report it
+            return f"Redis at {redacted_url(url)} does not answer ({_describe(error)})"
+    return None
 
 
 def _status(name: str, check: Callable[..., object], *args: str) -> str:

@@ -8,8 +8,11 @@ the rooms through Redis. On Linux each child gets a socket of its own on the one
 (SO_REUSEPORT), so the kernel spreads new connections evenly over them: children sharing
 one socket race to accept, and one of them took two thirds of a burst, or all of it.
 A child that dies is restarted after a pause (its clients reconnect, to any child, and
-catch up from the database). SIGINT or SIGTERM stops every child. It neither migrates
-nor starts Redis.
+catch up from the database); children that keep dying at start are given up on, with a
+non-zero exit, instead of a port that accepts connections and never answers. It refuses
+to start on a port something already listens on (SO_REUSEPORT would let a second serve
+quietly take half the connections) or with a Redis that does not answer. SIGINT or
+SIGTERM stops every child. It neither migrates nor starts Redis.
 """
 
 import argparse
@@ -24,7 +27,14 @@ import time
 
 from mysite.processes import killed_with_parent, stop_processes
 
+# A child that dies is restarted after RESTART_DELAY_SECONDS, doubled for each child in a
+# row that died within FAST_FAILURE_SECONDS of its start: that one never got going, and
+# its successor will not either unless something outside changes. After
+# GIVE_UP_AFTER_FAST_FAILURES of those (1 + 2 + 4 s of waiting) the cause is not going
+# away by itself: stop, and say so, as supervisord's startretries does.
 RESTART_DELAY_SECONDS = 1.0
+FAST_FAILURE_SECONDS = 10.0
+GIVE_UP_AFTER_FAST_FAILURES = 4
 STOP_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.2
 LISTEN_BACKLOG = 4096  # a reconnect storm arrives all at once
@@ -115,30 +125,73 @@ def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     )
 
 
+class GaveUp(Exception):
+    """Children kept dying at start: serving cannot go on without a fix."""
+
+
 def supervise(sockets: list[socket.socket], processes: int, extra_args: list[str]):
-    """Keep `processes` children alive until told to stop.
+    """Keep `processes` children alive until told to stop; GaveUp when they keep dying.
 
     A child restarts on the socket it had: connections the kernel queued there meanwhile
     wait for it instead of being lost.
     """
     fds = [sockets[index % len(sockets)].fileno() for index in range(processes)]
     children = [start_child(fd, extra_args) for fd in fds]
+    started = [time.monotonic()] * processes
+    fast_failures = 0  # children in a row that died within FAST_FAILURE_SECONDS of starting
     address = sockets[0].getsockname()
     print(f"serving on {address} with pids {[c.pid for c in children]}", flush=True)
     try:
         while True:
             time.sleep(POLL_SECONDS)
             for index, child in enumerate(children):
-                if child.poll() is not None:
-                    print(f"pid {child.pid} exited with {child.returncode}; restarting", flush=True)
-                    time.sleep(RESTART_DELAY_SECONDS)
-                    children[index] = start_child(fds[index], extra_args)
+                if child.poll() is None:
+                    continue
+                lived = time.monotonic() - started[index]
+                fast_failures = fast_failures + 1 if lived < FAST_FAILURE_SECONDS else 0
+                if fast_failures >= GIVE_UP_AFTER_FAST_FAILURES:
+                    raise GaveUp(
+                        f"{fast_failures} server processes in a row exited within"
+                        f" {FAST_FAILURE_SECONDS:g} s of starting (the last with status"
+                        f" {child.returncode}); giving up. Their errors are above."
+                    )
+                delay = RESTART_DELAY_SECONDS * 2 ** max(fast_failures - 1, 0)
+                print(
+                    f"pid {child.pid} exited with {child.returncode}; restarting in {delay:g} s",
+                    flush=True,
+                )
+                time.sleep(delay)
+                children[index] = start_child(fds[index], extra_args)
+                started[index] = time.monotonic()
     except _Stop:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_processes(children, STOP_TIMEOUT_SECONDS)
+
+
+def start_up_problem(host: str, port: int) -> str | None:
+    """Why serving on host:port would fail or mislead, in one line; None when it can start."""
+    # Imported here, so that a Python without the project's dependencies gets this line
+    # instead of a traceback (its children could only die at start, one after another).
+    try:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+
+        from mysite.embedded_redis import port_is_free
+        from mysite.health import redis_problem
+    except ImportError as error:
+        return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"
+    # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
+    # with another serve's (each getting half the connections), never with this probe.
+    if port and not port_is_free(port, host):
+        return f"{host}:{port} is already in use (another mysite.serve?); stop it or change --bind"
+    try:
+        redis_url = settings.REDIS_URLS
+    except ImproperlyConfigured as error:
+        return str(error)
+    return redis_problem(redis_url)
 
 
 def main(argv: list[str]) -> int:
@@ -156,9 +209,21 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     raise_open_file_limit()
-    sockets = listening_sockets(host.strip("[]"), int(port), args.processes)
+    host, port = host.strip("[]"), int(port)
+    problem = start_up_problem(host, port)
+    if problem is not None:
+        print(f"mysite.serve: {problem}.", file=sys.stderr)
+        return 1
+    try:
+        sockets = listening_sockets(host, port, args.processes)
+    except OSError as error:  # taken since the check above
+        print(f"mysite.serve: cannot listen on {host}:{port}: {error}.", file=sys.stderr)
+        return 1
     try:
         supervise(sockets, args.processes, args.daphne_args)
+    except GaveUp as error:
+        print(f"mysite.serve: {error}", file=sys.stderr)
+        return 1
     finally:
         for sock in sockets:
             sock.close()

@@ -1,4 +1,5 @@
-"""The run command's server half: Redis + migrate + runserver, and a clean stop on Ctrl-C."""
+"""The run command's server half: Redis + migrate + runserver, a clean stop on Ctrl-C, and
+one line and a non-zero exit, at once, for what would only fail later."""
 
 import json
 import os
@@ -10,12 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import websocket
 
 from conftest import ROOT
 from mysite import devserver
 from mysite.embedded_redis import DEFAULT_PORT, free_port, port_is_free
-from mysite.processes import wait_for_http
+from mysite.processes import stop_processes, wait_for_http
+
+# Refusals come before Redis starts and before migrate.
+REFUSAL_TIMEOUT_SECONDS = 20
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -35,6 +40,70 @@ def next_message(client: websocket.WebSocket) -> dict:
     while "message" not in (frame := json.loads(client.recv())):
         pass
     return frame
+
+
+def run_until_it_exits(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run the devserver; its exit status, stdout and stderr, or a failure if it still runs."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mysite.devserver", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        output, errors = process.communicate(timeout=REFUSAL_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        stop_processes([process], timeout=20)
+        pytest.fail(f"devserver {' '.join(args)} still running after {REFUSAL_TIMEOUT_SECONDS} s")
+    return process.returncode, output, errors
+
+
+def test_run_on_a_taken_port_exits_at_once_with_one_line(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        port = occupant.getsockname()[1]
+        returncode, output, errors = run_until_it_exits(env, f"127.0.0.1:{port}", "--noreload")
+    assert returncode == 1
+    assert output == ""
+    assert re.fullmatch(
+        rf"Port {port} on 127.0.0.1 is already in use: stop what holds it, or run on another"
+        r" port \(python3 dev.py run 127.0.0.1:\d+\)\.\n",
+        errors,
+    )
+
+
+def test_run_with_a_redis_that_does_not_answer_exits_at_once_naming_it_without_password(
+    tmp_path,
+):
+    redis_url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    env["REDIS_URL"] = redis_url
+    returncode, output, errors = run_until_it_exits(env, f"127.0.0.1:{free_port()}")
+    assert returncode == 1
+    assert output == ""
+    assert errors.startswith(
+        f"Redis at {redis_url.replace('hunter2', '***')} does not answer (ConnectionError: "
+    )
+    assert errors.endswith(". Fix REDIS_URL, or unset it for the embedded Redis.\n")
+    assert len(errors.splitlines()) == 1
+
+
+def test_run_refuses_a_redis_url_without_a_scheme(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    env["REDIS_URL"] = "localhost:6379"
+    returncode, output, errors = run_until_it_exits(env, f"127.0.0.1:{free_port()}")
+    assert returncode == 1
+    assert errors == (
+        "REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or unix:// (did you"
+        " mean redis://localhost:6379?). Fix REDIS_URL, or unset it for the embedded Redis.\n"
+    )
+
+
+def test_a_server_that_stops_by_itself_makes_run_fail_even_with_status_0():
+    # Daphne's runserver --noreload exits 0 after "Listen failure"; killed, it has no status.
+    assert devserver.exit_status_of_server(0) == 1
+    assert devserver.exit_status_of_server(-signal.SIGKILL) == 1
+    assert devserver.exit_status_of_server(3) == 3
 
 
 def test_run_serves_the_chat_and_ctrl_c_stops_server_and_redis(tmp_path):

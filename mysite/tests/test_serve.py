@@ -1,4 +1,5 @@
-"""`python -m mysite.serve`: N daphne processes on one socket, restarted when they die."""
+"""`python -m mysite.serve`: N daphne processes on one socket, restarted when they die,
+and refusing to start (one line, non-zero exit) where it could only fail or mislead."""
 
 import asyncio
 import json
@@ -18,6 +19,9 @@ from mysite.processes import stop_processes, wait_for_http
 from mysite.serve import raise_open_file_limit
 
 PIDS_SEEN_WITHIN_REQUESTS = 200
+# Refusals come before any child starts; giving up waits 1 + 2 + 4 s between restarts.
+REFUSAL_TIMEOUT_SECONDS = 20
+GIVE_UP_TIMEOUT_SECONDS = 45
 
 
 def healthz_pid(url: str) -> int:
@@ -33,6 +37,20 @@ def pids_answering(url: str, wanted: int) -> set[int]:
         if len(pids) >= wanted:
             break
     return pids
+
+
+def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str]:
+    """Run mysite.serve; its exit status and stderr, or a failure if it is still running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mysite.serve", *args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, errors = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_processes([process], timeout=30)
+        pytest.fail(f"mysite.serve {' '.join(args)} still running after {timeout} s")
+    return process.returncode, errors
 
 
 @pytest.fixture
@@ -154,3 +172,74 @@ async def test_a_storm_of_a_thousand_connections_all_get_in(served):
             assert frame["message"] == "after the storm"
     finally:
         await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+
+
+def test_processes_that_keep_dying_at_start_are_given_up_on_with_a_clear_message(
+    redis_server, tmp_path
+):
+    env = server_environment(redis_server.url, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    # A daphne option that does not exist: every child exits at once, as with a broken install.
+    bind = f"127.0.0.1:{free_port()}"
+    args = ["--processes", "2", "--bind", bind, "--", "--no-such-option"]
+    returncode, errors = serve_until_it_exits(env, *args, timeout=GIVE_UP_TIMEOUT_SECONDS)
+    assert returncode == 1
+    assert "unrecognized arguments: --no-such-option" in errors
+    assert errors.strip().splitlines()[-1] == (
+        "mysite.serve: 4 server processes in a row exited within 10 s of starting (the last"
+        " with status 2); giving up. Their errors are above."
+    )
+
+
+def test_a_second_serve_on_the_same_port_refuses_to_start(served, redis_server, tmp_path):
+    url, process = served
+    port = url.rpartition(":")[2]
+    env = server_environment(redis_server.url, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    args = ["--processes", "2", "--bind", f"127.0.0.1:{port}"]
+    returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
+    assert returncode == 1
+    assert errors == (
+        f"mysite.serve: 127.0.0.1:{port} is already in use (another mysite.serve?);"
+        " stop it or change --bind.\n"
+    )
+    # The first one still has every connection.
+    children = {child.pid for child in psutil.Process(process.pid).children()}
+    assert pids_answering(url, 3) == children
+
+
+def test_serve_refuses_a_redis_that_does_not_answer_and_hides_its_password(tmp_path):
+    redis_url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = server_environment(redis_url, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    args = ["--processes", "1", "--bind", f"127.0.0.1:{free_port()}"]
+    returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
+    assert returncode == 1
+    assert errors.startswith(
+        f"mysite.serve: Redis at {redis_url.replace('hunter2', '***')} does not answer"
+        " (ConnectionError: "
+    )
+    assert len(errors.splitlines()) == 1
+    assert "hunter2" not in errors
+
+
+def test_serve_refuses_a_redis_url_without_a_scheme(tmp_path):
+    env = server_environment("localhost:6379", f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    args = ["--processes", "1", "--bind", f"127.0.0.1:{free_port()}"]
+    returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
+    assert returncode == 1
+    assert errors == (
+        "mysite.serve: REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or"
+        " unix:// (did you mean redis://localhost:6379?).\n"
+    )
+
+
+def test_serve_under_a_python_without_the_dependencies_says_so_in_one_line(tmp_path):
+    env = server_environment("redis://127.0.0.1:6379/0", f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    # -S: no site-packages, so mysite imports (from the working directory) and Django does not.
+    process = subprocess.run(
+        [sys.executable, "-S", "-m", "mysite.serve", "--bind", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    assert process.returncode == 1
+    assert process.stderr == (
+        "mysite.serve: No module named 'django': run it with the virtualenv's Python"
+        " (python3 dev.py serve ...).\n"
+    )
