@@ -103,8 +103,10 @@ class BacklogBoundedProtocol(WebSocketProtocol):
         self.http_request_uri = self.http_request_path = self.http_request_host = None
 
     def sendMessage(self, payload, *args, **kwargs):
-        if self.too_slow:
-            return  # the client catches up from the database when it reconnects
+        """Send a message, unless the socket is closing: its client catches up on reconnecting."""
+        # Autobahn would raise into the consumer, in the middle of its room's broadcast.
+        if self.too_slow or self.state != self.STATE_OPEN:
+            return
         super().sendMessage(payload, *args, **kwargs)
 
     def sendData(self, data, sync=False, chopsize=None):
@@ -172,11 +174,12 @@ class BoundedHTTPChannel(http.HTTPChannel):
     refused = False
 
     def connectionMade(self):
+        """Start the first request's deadline: a connection opens to send one."""
         super().connectionMade()
-        # A connection opens to send a request: its first one has the deadline too.
         self.start_request_deadline()
 
     def dataReceived(self, data):
+        """Read bytes, starting the deadline of the request they begin."""
         # The first byte of a request starts its deadline. Bytes that arrive while a
         # request is being answered wait in Twisted's buffer (it stops reading past
         # 16 KiB) and come back here once the answer is done.
@@ -203,6 +206,7 @@ class BoundedHTTPChannel(http.HTTPChannel):
         self.refuse(408, b"Request Timeout", "The request did not arrive in time.")
 
     def allHeadersReceived(self):
+        """Refuse a Content-Length over CHAT_HTTP_MAX_BODY_BYTES with 413, before the body."""
         if self.length is not None and self.length > settings.CHAT_HTTP_MAX_BODY_BYTES:
             # Before Twisted answers "Expect: 100-continue" and before any of the body.
             self.refuse(413, b"Content Too Large", "The request body is too large.")
@@ -210,10 +214,12 @@ class BoundedHTTPChannel(http.HTTPChannel):
         super().allHeadersReceived()
 
     def rawDataReceived(self, data):
+        """Read the body, unless the request was refused."""
         if not self.refused:  # the rest of a refused request's body is dropped
             super().rawDataReceived(data)
 
     def allContentReceived(self):
+        """The whole request arrived: its deadline is met."""
         self.stop_request_deadline()
         super().allContentReceived()
 
@@ -235,6 +241,7 @@ class BoundedHTTPChannel(http.HTTPChannel):
         self.linger = self.callLater(REFUSAL_LINGER_SECONDS, self.transport.abortConnection)
 
     def connectionLost(self, reason):
+        """Cancel whatever was pending for this connection."""
         self.stop_request_deadline()
         if self.linger is not None and self.linger.active():
             self.linger.cancel()
@@ -247,6 +254,7 @@ class BoundedRequest(WebRequest):
     body_bytes = 0
 
     def handleContentChunk(self, data):
+        """Keep a piece of the body, or refuse the request once the body passes the limit."""
         self.body_bytes += len(data)
         if self.body_bytes > settings.CHAT_HTTP_MAX_BODY_BYTES:
             self.channel.refuse(413, b"Content Too Large", "The request body is too large.")
