@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import websockets
@@ -189,9 +190,15 @@ async def test_sigterm_stops_the_server_promptly_with_handlers_in_flight(start_c
         await client.close()
 
 
-# 60,000 pongs of 127 bytes, 7.6 MB: past both kernels' socket buffers (about 4 MB on
-# loopback) and the backlog limit, so the server must hold the rest itself.
-FLOOD_PINGS = 60_000
+def flood_pings() -> int:
+    """Enough pings that the server itself must hold some of their pongs (127 bytes each)."""
+    # Twice what the server's kernel may hold for the client (its largest send buffer,
+    # tcp_wmem's last field) plus the backlog limit.
+    try:
+        send_buffer_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        send_buffer_max = 4 * 1024 * 1024
+    return 2 * (send_buffer_max + BACKLOG_LIMIT_BYTES) // 127
 
 
 def pinging_client(server, room: str) -> PingingClient:
@@ -209,15 +216,16 @@ def test_pongs_count_against_the_backlog_so_a_pinger_that_never_reads_is_closed_
         CHAT_PING_BURST=LIFTED,
         CHAT_PING_PER_SECOND=LIFTED,
     )
+    pings = flood_pings()
     client = pinging_client(server, f"pinger-{uuid.uuid4().hex[:8]}")
     try:
-        client.send_pings(FLOOD_PINGS)
+        client.send_pings(pings)
         pongs, code = client.read_until_close(timeout=10)
     finally:
         client.close()
     # Daphne alone queued every pong, without bound, and closed nothing.
     assert code == CLOSE_TOO_SLOW
-    assert pongs < FLOOD_PINGS
+    assert pongs < pings
 
 
 def test_a_client_that_floods_pings_is_answered_up_to_the_burst_then_closed_with_4429(
@@ -242,8 +250,8 @@ async def test_a_socket_is_closed_with_4000_when_its_lifetime_ends(start_chat_se
     await read_until_closed(client)
     lived = time.monotonic() - opened
     assert client.close_code == CLOSE_LIFETIME_ENDED
-    # Daphne looks at its sockets every 2 s.
-    assert lifetime <= lived < lifetime + 2 + 1
+    # Daphne looks at its sockets every 2 s; it counts from a little before the handshake.
+    assert lifetime - 0.5 < lived < lifetime + 2 + 1
 
 
 def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
@@ -312,7 +320,7 @@ def test_a_request_head_trickling_in_is_answered_408_at_the_deadline(http_server
             sock.sendall(b"X-Trickle: 1\r\n")
         response = read_response(sock)
     assert response.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - started < 1 + 1
+    assert time.monotonic() - started < 1 + 2
 
 
 def test_a_normal_post_on_a_kept_alive_connection_still_works(http_server):
