@@ -19,6 +19,20 @@ until every application and the handler in flight are done; after SHUTDOWN_DRAIN
 the process leaves without them. (asgiref may also swallow the cancellation of an
 application whose handler was in flight; chat.consumers re-raises it.)
 
+Every frame counts, not only the application's messages: pongs and close frames are
+bytes held for the client too, and each connection answers at most CHAT_PING_BURST pings
+at once, then CHAT_PING_PER_SECOND; a client pinging faster is closed with 4429.
+
+A socket lives at most CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, then is closed with 4000 (the
+page reconnects at once and catches up); daphne's own limit, a bare 1000 at 24 h that no
+entry point set, is off, and its --websocket_timeout is ignored.
+
+HTTP requests are bounded before the application sees them: a body over
+CHAT_HTTP_MAX_BODY_BYTES is answered 413 without being read (from its Content-Length, or
+as soon as a chunked body passes it), and a request not received whole within
+CHAT_HTTP_REQUEST_TIMEOUT_SECONDS is answered 408. Twisted already bounds the head (16 KiB
+and 500 header lines: 400).
+
 `manage.py runserver` (daphne's) uses this server too: chat.apps installs it.
 """
 
@@ -28,10 +42,14 @@ import os
 
 from asgiref.sync import SyncToAsync
 from daphne.cli import CommandLineInterface
+from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from twisted.internet import defer
+from twisted.web import http
+
+from chat.ratelimit import TokenBucket
 
 logger = logging.getLogger("mysite.server")  # not "__main__" when run with -m
 
@@ -39,6 +57,14 @@ SHUTDOWN_DRAIN_SECONDS = 5.0
 
 # Beside chat.protocol's 4429 and 4503; listed with them in README.md.
 CLOSE_TOO_SLOW = 4408
+CLOSE_LIFETIME_ENDED = 4000
+# chat.protocol.CLOSE_FLOODING, which this module cannot import before Django is set up:
+# too many frames, whichever kind.
+CLOSE_FLOODING = 4429
+# A refused HTTP client has this long to stop sending and read the answer, before the
+# connection is cut: closing a socket with unread bytes in it resets the connection, and
+# the client may lose the answer with it.
+REFUSAL_LINGER_SECONDS = 2.0
 
 
 def unsent_bytes(transport) -> int:
@@ -55,6 +81,8 @@ class BacklogBoundedProtocol(WebSocketProtocol):
     """Daphne's WebSocket protocol, closing a client whose unread backlog passes the limit."""
 
     too_slow = False
+    closing = False  # a close frame has been sent
+    ping_bucket = None
 
     # What an open socket holds is what 10,000 of them cost: let go of what only the
     # handshake needed (about 5.5 KB a socket, measured with `dev.py bench --idle`).
@@ -75,9 +103,17 @@ class BacklogBoundedProtocol(WebSocketProtocol):
         self.http_request_uri = self.http_request_path = self.http_request_host = None
 
     def sendMessage(self, payload, *args, **kwargs):
-        if self.too_slow:
-            return  # the client catches up from the database when it reconnects
+        """Send a message, unless the socket is closing: its client catches up on reconnecting."""
+        # Autobahn would raise into the consumer, in the middle of its room's broadcast.
+        if self.too_slow or self.state != self.STATE_OPEN:
+            return
         super().sendMessage(payload, *args, **kwargs)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        """Write bytes for the client: every frame (message, pong, ping, close) comes here."""
+        super().sendData(data, sync, chopsize)
+        if self.too_slow or self.closing or self.state != self.STATE_OPEN:
+            return  # a close frame is the last: nothing follows it to bound
         limit = settings.CHAT_SEND_BACKLOG_LIMIT_BYTES
         if unsent_bytes(self.transport) > limit:
             # Twisted writes once per reactor turn, so a burst (a catch-up) can pile up
@@ -87,6 +123,32 @@ class BacklogBoundedProtocol(WebSocketProtocol):
             backlog = unsent_bytes(self.transport)
             if backlog > limit:
                 self.close_too_slow(backlog)
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+        """Send the close frame, and no other close frame after it."""
+        # Set before the frame is written: should its bytes pass the backlog limit, no
+        # second close may follow it.
+        self.closing = True
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
+    def onPing(self, payload):
+        """Answer a ping with a pong, up to CHAT_PING_BURST at once and CHAT_PING_PER_SECOND."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self.ping_bucket is None:  # most sockets never see a ping: no bucket for them
+            self.ping_bucket = TokenBucket(settings.CHAT_PING_BURST, settings.CHAT_PING_PER_SECOND)
+        if not self.ping_bucket.allow():
+            logger.warning("closing a WebSocket that floods pings on %s", self.request.path)
+            self.sendClose(code=CLOSE_FLOODING, reason="flooding: too many pings")
+            return
+        super().onPing(payload)
+
+    def check_timeouts(self):
+        """Daphne's periodic check, closing a socket with 4000 at the end of its lifetime."""
+        lifetime = settings.CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS
+        if lifetime > 0 and self.state == self.STATE_OPEN and self.duration() > lifetime:
+            self.sendClose(code=CLOSE_LIFETIME_ENDED, reason="lifetime ended: reconnect")
+        super().check_timeouts()
 
     def close_too_slow(self, backlog: int):
         self.too_slow = True
@@ -104,10 +166,135 @@ class BacklogBoundedProtocol(WebSocketProtocol):
         self.sendClose(code=CLOSE_TOO_SLOW, reason="too slow: unread backlog over the limit")
 
 
+class BoundedHTTPChannel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel, with a deadline for each request and a bound on its body."""
+
+    request_deadline = None  # the pending call that answers 408
+    linger = None  # the pending call that cuts a refused connection
+    refused = False
+
+    def connectionMade(self):
+        """Start the first request's deadline: a connection opens to send one."""
+        super().connectionMade()
+        self.start_request_deadline()
+
+    def dataReceived(self, data):
+        """Read bytes, starting the deadline of the request they begin."""
+        # The first byte of a request starts its deadline. Bytes that arrive while a
+        # request is being answered wait in Twisted's buffer (it stops reading past
+        # 16 KiB) and come back here once the answer is done.
+        if self.request_deadline is None and not self._handlingRequest:
+            self.start_request_deadline()
+        super().dataReceived(data)
+
+    def start_request_deadline(self):
+        """Answer 408 unless a whole request arrives within CHAT_HTTP_REQUEST_TIMEOUT_SECONDS."""
+        self.request_deadline = self.callLater(
+            settings.CHAT_HTTP_REQUEST_TIMEOUT_SECONDS, self.request_too_slow
+        )
+
+    def stop_request_deadline(self):
+        """The request arrived in time, or the connection is gone."""
+        if self.request_deadline is not None and self.request_deadline.active():
+            self.request_deadline.cancel()
+        self.request_deadline = None
+
+    def request_too_slow(self):
+        """The deadline passed with the request still incomplete: answer 408 and close."""
+        self.request_deadline = None
+        logger.info("closing an HTTP connection whose request did not arrive in time")
+        self.refuse(408, b"Request Timeout", "The request did not arrive in time.")
+
+    def allHeadersReceived(self):
+        """Refuse a Content-Length over CHAT_HTTP_MAX_BODY_BYTES with 413, before the body."""
+        if self.length is not None and self.length > settings.CHAT_HTTP_MAX_BODY_BYTES:
+            # Before Twisted answers "Expect: 100-continue" and before any of the body.
+            self.refuse(413, b"Content Too Large", "The request body is too large.")
+            return
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data):
+        """Read the body, unless the request was refused."""
+        if not self.refused:  # the rest of a refused request's body is dropped
+            super().rawDataReceived(data)
+
+    def allContentReceived(self):
+        """The whole request arrived: its deadline is met."""
+        self.stop_request_deadline()
+        super().allContentReceived()
+
+    def refuse(self, status: int, phrase: bytes, detail: str):
+        """Answer `status` without the application, then close, dropping what still comes."""
+        if self.refused:
+            return
+        self.refused = True
+        self.stop_request_deadline()
+        body = detail.encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, phrase, len(body), body)
+        )
+        # Read on and drop it: a client still sending its body then reads this answer,
+        # where a close with its bytes unread would reset the connection under it.
+        self.dataReceived = lambda data: None
+        self.transport.loseWriteConnection()
+        self.linger = self.callLater(REFUSAL_LINGER_SECONDS, self.transport.abortConnection)
+
+    def connectionLost(self, reason):
+        """Cancel whatever was pending for this connection."""
+        self.stop_request_deadline()
+        if self.linger is not None and self.linger.active():
+            self.linger.cancel()
+        super().connectionLost(reason)
+
+
+class BoundedRequest(WebRequest):
+    """Daphne's request, refused with 413 as soon as a body of unknown length passes the limit."""
+
+    body_bytes = 0
+
+    def handleContentChunk(self, data):
+        """Keep a piece of the body, or refuse the request once the body passes the limit."""
+        self.body_bytes += len(data)
+        if self.body_bytes > settings.CHAT_HTTP_MAX_BODY_BYTES:
+            self.channel.refuse(413, b"Content Too Large", "The request body is too large.")
+            return
+        super().handleContentChunk(data)
+
+
+class BoundedHTTPFactory(HTTPFactory):
+    """Daphne's HTTP factory, building BoundedHTTPChannel and BoundedRequest."""
+
+    def protocol(self):
+        """A channel as Twisted builds it (behind its HTTP/2 negotiation), of our class."""
+        return http._GenericHTTPChannelProtocol(BoundedHTTPChannel())
+
+    def buildProtocol(self, addr):
+        """Daphne's channel, with requests of our class instead of daphne's."""
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = BoundedRequest
+        return protocol
+
+
 class ChatDaphneServer(Server):
-    """Daphne's server, with BacklogBoundedProtocol and a shutdown that lets handlers finish."""
+    """Daphne's server with bounded WebSockets and HTTP requests, and a shutdown that waits."""
 
     drained = True  # whether the last shutdown saw every application and handler finish
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Off: BacklogBoundedProtocol closes at CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS instead,
+        # with a close code that says why.
+        self.websocket_timeout = -1
+
+    @property
+    def http_factory(self):
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory):
+        # As for ws_factory below: Server.run() makes it; make ours, from the same server.
+        self._http_factory = BoundedHTTPFactory(factory.server)
 
     @property
     def ws_factory(self):

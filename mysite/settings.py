@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from csp.constants import NONE, SELF
+from django.conf import global_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from mysite.channel_layers import (
@@ -278,6 +279,33 @@ CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
 CHAT_SEND_BACKLOG_LIMIT_BYTES = int(os.environ.get("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024))
 # ...and cut off if it has not read up to the close frame this many seconds later.
 CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SECONDS", "10"))
+# Pings a WebSocket client may send: a burst of 10, then one a second. Browsers send none;
+# client libraries send one every 20-30 s to keep a connection alive. Each ping costs a
+# pong, so a client that floods pings is closed with 4429 at the first one over the limit.
+# (From the environment too, so that a test can lift it and see the backlog bound pongs.)
+CHAT_PING_BURST = int(os.environ.get("CHAT_PING_BURST", "10"))
+CHAT_PING_PER_SECOND = float(os.environ.get("CHAT_PING_PER_SECOND", "1"))
+# The longest a WebSocket stays open: then mysite.server closes it with 4000 and the page
+# reconnects at once, catching up with ?after=, so nothing is lost. A week: the socket's
+# name and session are read again at least that often (a socket opened before its session
+# ended stops speaking for it within a week; Django's session lasts two), while a reconnect
+# a week costs nothing. 0 means no limit. (daphne's own limit, 24 h with a bare 1000, is
+# always off: this one replaces it for every entry point.)
+CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS = float(
+    os.environ.get("CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS", 7 * 24 * 3600)
+)
+# The largest HTTP request body mysite.server reads: over it the request is refused with
+# 413 before its body is read (from Content-Length), or as soon as a chunked body passes
+# it. Django itself refuses a form body over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), and
+# this site takes no file uploads, so no larger body could succeed: refuse it unread.
+CHAT_HTTP_MAX_BODY_BYTES = int(
+    os.environ.get("CHAT_HTTP_MAX_BODY_BYTES", global_settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+)
+# A connection must deliver a whole request (line, headers and body) this many seconds
+# after it opens or after the request's first byte, or it is answered 408 and closed: a
+# client trickling a header line every few seconds holds no connection for long. A
+# browser sends a request in one or two packets; Apache's mod_reqtimeout allows 20 s too.
+CHAT_HTTP_REQUEST_TIMEOUT_SECONDS = float(os.environ.get("CHAT_HTTP_REQUEST_TIMEOUT_SECONDS", "20"))
 # Broadcasts from two senders can overtake each other on the way: a socket holds a message
 # that arrives ahead of a missing one this long, for the missing one to arrive too, before
 # it takes the gap for a drop and reads it from the database (a query per socket, which

@@ -1,18 +1,35 @@
-"""mysite.server: a client that stops reading is closed with 4408, and nobody else waits for it."""
+"""mysite.server: what daphne would hold for a client without bound, bounded.
+
+A client that stops reading is closed with 4408 and nobody else waits for it; one that
+floods pings is closed with 4429; a socket lives CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS;
+HTTP bodies over the limit are refused with 413 unread, and slow requests with 408.
+"""
 
 import asyncio
+import http.client
 import json
+import re
+import select
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import websockets
+from django.conf import settings
 
+from benchmarks.ping_flood import LIFTED, PingingClient
 from conftest import ROOT
-from mysite.server import CLOSE_TOO_SLOW, SHUTDOWN_DRAIN_SECONDS
+from mysite.server import (
+    CLOSE_FLOODING,
+    CLOSE_LIFETIME_ENDED,
+    CLOSE_TOO_SLOW,
+    SHUTDOWN_DRAIN_SECONDS,
+    ChatDaphneServer,
+)
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
 SEEDED_MESSAGES = 1500
@@ -171,3 +188,161 @@ async def test_sigterm_stops_the_server_promptly_with_handlers_in_flight(start_c
     assert exit_code == 0
     for client in clients:
         await client.close()
+
+
+def flood_pings() -> int:
+    """Enough pings that the server itself must hold some of their pongs (127 bytes each)."""
+    # Twice what the server's kernel may hold for the client (its largest send buffer,
+    # tcp_wmem's last field) plus the backlog limit.
+    try:
+        send_buffer_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        send_buffer_max = 4 * 1024 * 1024
+    return 2 * (send_buffer_max + BACKLOG_LIMIT_BYTES) // 127
+
+
+def pinging_client(server, room: str) -> PingingClient:
+    return PingingClient("127.0.0.1", server.port, f"/ws/chat/{room}/", server.url)
+
+
+def test_pongs_count_against_the_backlog_so_a_pinger_that_never_reads_is_closed_with_4408(
+    start_chat_server,
+):
+    server = start_chat_server(
+        CHAT_SEND_BACKLOG_LIMIT_BYTES=str(BACKLOG_LIMIT_BYTES),
+        # Time enough to read up to the close frame afterwards.
+        CHAT_SLOW_CLIENT_GRACE_SECONDS="60",
+        # Only the backlog bound holds the pongs here.
+        CHAT_PING_BURST=LIFTED,
+        CHAT_PING_PER_SECOND=LIFTED,
+    )
+    pings = flood_pings()
+    client = pinging_client(server, f"pinger-{uuid.uuid4().hex[:8]}")
+    try:
+        client.send_pings(pings)
+        pongs, code = client.read_until_close(timeout=10)
+    finally:
+        client.close()
+    # Daphne alone queued every pong, without bound, and closed nothing.
+    assert code == CLOSE_TOO_SLOW
+    assert pongs < pings
+
+
+def test_a_client_that_floods_pings_is_answered_up_to_the_burst_then_closed_with_4429(
+    start_chat_server,
+):
+    server = start_chat_server()
+    client = pinging_client(server, f"pings-{uuid.uuid4().hex[:8]}")
+    try:
+        client.send_pings(2 * settings.CHAT_PING_BURST)
+        pongs, code = client.read_until_close(timeout=10)
+    finally:
+        client.close()
+    assert code == CLOSE_FLOODING
+    assert settings.CHAT_PING_BURST <= pongs < 2 * settings.CHAT_PING_BURST
+
+
+async def test_a_socket_is_closed_with_4000_when_its_lifetime_ends(start_chat_server):
+    lifetime = 3
+    server = start_chat_server(CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS=str(lifetime))
+    client = await connect(server, f"lifetime-{uuid.uuid4().hex[:8]}", max_queue=None)
+    opened = time.monotonic()
+    await read_until_closed(client)
+    lived = time.monotonic() - opened
+    assert client.close_code == CLOSE_LIFETIME_ENDED
+    # Daphne looks at its sockets every 2 s; it counts from a little before the handshake.
+    assert lifetime - 0.5 < lived < lifetime + 2 + 1
+
+
+def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
+    """Not daphne's bare 1000 at 24 h: CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, with 4000."""
+    from daphne.management.commands.runserver import Command as RunserverCommand
+
+    assert ChatDaphneServer(application=None, endpoints=["tcp:0"]).websocket_timeout == -1
+    # mysite.serve, the Dockerfile and docker-compose.yml run `python -m mysite.server`.
+    assert RunserverCommand.server_cls is ChatDaphneServer
+
+
+@pytest.fixture
+def http_server(start_chat_server):
+    """A server with a 1-second request deadline, and the default body limit."""
+    return start_chat_server(CHAT_HTTP_REQUEST_TIMEOUT_SECONDS="1")
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends up to its close."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def post_head(length_header: str) -> bytes:
+    return (
+        b"POST /accounts/login/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n%s\r\n\r\n" % length_header.encode()
+    )
+
+
+def test_a_content_length_over_the_limit_is_answered_413_before_the_body_is_sent(http_server):
+    with socket.create_connection(("127.0.0.1", http_server.port)) as sock:
+        sock.sendall(post_head(f"Content-Length: {500 * 1024 * 1024}"))
+        # Daphne alone waits for (and stores) all 500 MiB first.
+        assert read_response(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_client_sending_an_over_limit_body_anyway_still_reads_the_413(http_server):
+    # As a browser does, without waiting for an answer: 8 times the limit, more than the
+    # kernels hold, so the server must read on (and drop) for the send to finish.
+    body = b"x" * (8 * settings.CHAT_HTTP_MAX_BODY_BYTES)
+    with socket.create_connection(("127.0.0.1", http_server.port)) as sock:
+        sock.sendall(post_head(f"Content-Length: {len(body)}") + body)
+        assert read_response(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_chunked_body_is_answered_413_as_soon_as_it_passes_the_limit(http_server):
+    chunk = b"x" * 65536
+    chunks = settings.CHAT_HTTP_MAX_BODY_BYTES // len(chunk) + 2
+    with socket.create_connection(("127.0.0.1", http_server.port)) as sock:
+        # The body never ends (no last chunk): daphne alone would wait for it.
+        sock.sendall(post_head("Transfer-Encoding: chunked") + b"10000\r\n%s\r\n" % chunk * chunks)
+        assert read_response(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_request_head_trickling_in_is_answered_408_at_the_deadline(http_server):
+    with socket.create_connection(("127.0.0.1", http_server.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # One header line every 0.2 s, until the server answers: Twisted's idle timeout
+        # (60 s) never fires, and daphne alone would wait for ever.
+        while not select.select([sock], [], [], 0.2)[0] and time.monotonic() - started < 10:
+            sock.sendall(b"X-Trickle: 1\r\n")
+        response = read_response(sock)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 1 + 2
+
+
+def test_a_normal_post_on_a_kept_alive_connection_still_works(http_server):
+    connection = http.client.HTTPConnection("127.0.0.1", http_server.port, timeout=10)
+    try:
+        connection.request("GET", "/accounts/login/")
+        page = connection.getresponse()
+        html = page.read().decode()
+        assert page.status == 200
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+        cookie = page.getheader("Set-Cookie").split(";", 1)[0]
+        # Idle between requests for longer than the request deadline: that is not slow.
+        time.sleep(1.5)
+        connection.request(
+            "POST",
+            "/accounts/login/",
+            body=f"csrfmiddlewaretoken={token}&username=nobody&password=wrong",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+        )
+        answer = connection.getresponse()
+        # The form again, with its error: Django read the body and checked it.
+        assert answer.status == 200
+        assert "csrfmiddlewaretoken" in answer.read().decode()
+    finally:
+        connection.close()
