@@ -104,7 +104,7 @@ def debug_bind_refusal(host: str) -> str | None:
         f"refusing to listen on {host or 'every address'!r} with DEBUG on: other machines "
         "would get debug pages (settings, tracebacks) and a server running on the "
         "development secret key. Bind 127.0.0.1, or set DJANGO_DEBUG=false with "
-        "DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS (README.md, Configuration)."
+        "DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS (README.md, Configuration)"
     )
 
 
@@ -183,14 +183,16 @@ def start_up_problem(host: str, port: int) -> str | None:
         from mysite.health import redis_problem
     except ImportError as error:
         return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"
-    # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
-    # with another serve's (each getting half the connections), never with this probe.
-    if port and not port_is_free(port, host):
-        return f"{host}:{port} is already in use (another mysite.serve?); stop it or change --bind"
     try:
         redis_url = settings.REDIS_URLS
     except ImproperlyConfigured as error:
         return str(error)
+    if refusal := debug_bind_refusal(host):
+        return refusal
+    # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
+    # with another serve's (each getting half the connections), never with this probe.
+    if port and not port_is_free(port, host):
+        return f"{host}:{port} is already in use (another mysite.serve?); stop it or change --bind"
     return redis_problem(redis_url)
 
 
@@ -204,8 +206,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     host, _, port = args.bind.rpartition(":")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
-    if refusal := debug_bind_refusal(host.strip("[]")):
-        parser.exit(2, f"mysite.serve: {refusal}\n")
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     raise_open_file_limit()
