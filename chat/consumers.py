@@ -48,6 +48,11 @@ class ChatConsumer(WebsocketConsumer):
             logger.warning("closing socket, service unavailable: %r", error)
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+        finally:
+            # However it stopped: channels_redis alone would keep the channel of a socket
+            # that left with a message on its way to it (mysite.channel_layers).
+            if hasattr(self, "channel_name"):
+                await self.channel_layer.clean_channel(self.channel_name)
 
     async def dispatch(self, message):
         """Run the handler on the sync thread, as channels does; then honour a cancellation.
