@@ -51,7 +51,7 @@ class ChatConsumer(WebsocketConsumer):
         finally:
             # However it stopped: channels_redis alone would keep the channel of a socket
             # that left with a message on its way to it (mysite.channel_layers).
-            if hasattr(self, "channel_name"):
+            if hasattr(self, "channel_name") and hasattr(self.channel_layer, "clean_channel"):
                 await self.channel_layer.clean_channel(self.channel_name)
 
     async def dispatch(self, message):
