@@ -4,7 +4,7 @@
     python3 dev.py run     install into .venv, then start the chat on http://127.0.0.1:8000/chat/
     python3 dev.py test    install into .venv (test tools too), then lint and run the whole suite
     python3 dev.py bench   install into .venv (load tools too), then run the load benchmark;
-                           `bench NAME ...` runs benchmarks/NAME.py instead (history, ping_flood, ...)
+                           `bench NAME ...` runs benchmarks/NAME.py instead (history, churn...)
     python3 dev.py manage  install into .venv, then run manage.py (createsuperuser, migrate, ...)
     python3 dev.py serve   install into .venv, then run mysite.serve (N daphne processes)
 
