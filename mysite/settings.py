@@ -224,6 +224,12 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SE
 # under load costs more than the wait). It holds this many at most.
 CHAT_REORDER_WAIT_SECONDS = 0.25
 CHAT_REORDER_MAX_HELD = 100
+# A socket catching up (?after=, a gap, a resync) is sent at most this many stored messages
+# at a time, then asks for the next page: 200 messages of up to 4 KB (under 1 MB, within
+# CHAT_SEND_BACKLOG_LIMIT_BYTES) are one indexed query and a few milliseconds on the one
+# sync thread, so other rooms wait at most that long behind a big catch-up, never for
+# the whole room. (From the environment too, so that tests can page in fives.)
+CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "200"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
