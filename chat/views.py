@@ -38,7 +38,13 @@ def set_display_name(request):
 
 def room(request, room_name):
     """Show one room's page; the route already refused invalid names with a 404."""
-    return render(request, "chat/room.html", _with_identity(request, {"room_name": room_name}))
+    # The page checks a message against the server's own limits before sending it.
+    limits = {
+        "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
+        "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
+    }
+    context = {"room_name": room_name, "chat_limits": limits}
+    return render(request, "chat/room.html", _with_identity(request, context))
 
 
 @require_GET
