@@ -37,6 +37,7 @@ class ChatConsumer(WebsocketConsumer):
     gap_episode = 0
     # A catch-up page said "more": later messages wait for the client to ask for them.
     catching_up = False
+    page_announced = False  # ...and the client has not asked for the next one yet
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; an outage of Redis or the database closes it with 4503."""
@@ -126,10 +127,11 @@ class ChatConsumer(WebsocketConsumer):
             self.rate_limit.allow()  # garbage spends a token too, so any flood ends in a close
             self._refuse(refusal)
             return
-        if isinstance(frame, protocol.CatchUpRequest) and self.catching_up:
-            # Paced by the server, one page per page announced: no token, or a long
+        if isinstance(frame, protocol.CatchUpRequest) and self.page_announced:
+            # Paced by the server, one request per page it announced: no token, or a long
             # catch-up would run out of them.
-            self._next_page(frame)
+            self.page_announced = False
+            pipeline.call_in_turn(self.loop, self._next_page, frame)
             return
         # Every other frame spends a token, so any flood ends in a close.
         if not self.rate_limit.allow():
@@ -142,7 +144,7 @@ class ChatConsumer(WebsocketConsumer):
             )
             return
         if isinstance(frame, protocol.CatchUpRequest):
-            self._next_page(frame)
+            pipeline.call_in_turn(self.loop, self._next_page, frame)
             return
         try:
             message, created = self._store(frame)
@@ -234,7 +236,7 @@ class ChatConsumer(WebsocketConsumer):
         page = services.messages_after(self.room_name, self.last_seq, limit)
         for message in page[:page_size]:
             self._deliver(protocol.chat_message_event(message))
-        self.catching_up = len(page) > page_size
+        self.catching_up = self.page_announced = len(page) > page_size
         if self.catching_up:
             self.held.clear()  # all later than the page: the next pages read them
             self.send(text_data=protocol.catch_up_frame(True, self.last_seq))
@@ -242,9 +244,12 @@ class ChatConsumer(WebsocketConsumer):
             self._deliver_held()
         return self.catching_up
 
-    def _next_page(self, request: protocol.CatchUpRequest):
-        """Answer a page request: the next page, then whether there is more."""
-        if request.after > self.last_seq:
+    def _next_page(self, request: protocol.CatchUpRequest | None):
+        """Send the next page (in turn with other sockets'), then whether there is more.
+
+        For a page request, or with None for the first page after ?after=.
+        """
+        if request is not None and request.after > self.last_seq:
             self._refuse(
                 protocol.FrameRefused(
                     "invalid_catch_up",
@@ -262,12 +267,12 @@ class ChatConsumer(WebsocketConsumer):
 
     def _send_backlog(self, after: int | None):
         if after is not None:
-            self.last_seq = after
-            self._catch_up()
-            if self.last_seq == after:
-                # Nothing to catch up on. An `after` beyond the room's newest counts from
-                # the newest; a message stored since the read above arrives live.
-                self.last_seq = min(after, services.last_seq(self.room_name))
+            # An `after` beyond the room's newest counts from the newest.
+            self.last_seq = min(after, services.last_seq(self.room_name))
+            # The first page too waits its turn (ten sockets joining at once with a page
+            # each would hold the process up); later messages wait for it.
+            self.catching_up = True
+            pipeline.call_in_turn(self.loop, self._next_page, None)
             return
         backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
         for message in backlog:

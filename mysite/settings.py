@@ -225,11 +225,12 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SE
 CHAT_REORDER_WAIT_SECONDS = 0.25
 CHAT_REORDER_MAX_HELD = 100
 # A socket catching up (?after=, a gap, a resync) is sent at most this many stored messages
-# at a time, then asks for the next page: 200 messages of up to 4 KB (under 1 MB, within
-# CHAT_SEND_BACKLOG_LIMIT_BYTES) are one indexed query and a few milliseconds on the one
-# sync thread, so other rooms wait at most that long behind a big catch-up, never for
-# the whole room. (From the environment too, so that tests can page in fives.)
-CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "200"))
+# at a time, then asks for the next page; pages of all sockets take turns (one per sync
+# batch, each followed by a pause as long as it took). A page of 50 of the largest
+# messages (200 KB) delays another room's message by a few milliseconds; 100 or 200 cost
+# it 2-3x more at p99 (benchmarks/catch_up.py), for fewer round trips per catch-up.
+# (From the environment too, so that tests and benchmarks can change it.)
+CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "50"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500

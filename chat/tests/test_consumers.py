@@ -344,7 +344,8 @@ async def test_history_of_a_new_room_is_empty(join):
 async def test_reconnect_catches_up_exactly_the_missed_messages_in_order(join):
     await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
     socket = await join("lobby", query="after=3")
-    assert [frame["id"] for frame in socket.backlog] == [4, 5, 6, 7]
+    assert [frame.get("id") for frame in socket.backlog] == [4, 5, 6, 7, None]
+    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 7}}
     assert not any("history" in frame for frame in socket.backlog)
     await socket.send_json_to({"message": "m8"})
     assert (await assert_receives_message(socket, "m8"))["id"] == 8
@@ -496,11 +497,20 @@ async def test_catch_up_sends_one_page_then_where_the_next_starts(join, settings
     assert (await assert_receives_message(socket, "m8"))["id"] == 8
 
 
-async def test_a_catch_up_that_fits_one_page_ends_without_a_catch_up_frame(join, settings):
+async def test_a_catch_up_that_fits_one_page_ends_with_no_more(join, settings):
     settings.CHAT_CATCH_UP_PAGE = 3
     await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
     socket = await join("lobby", query="after=0")
-    assert [frame["id"] for frame in socket.backlog] == [1, 2, 3]
+    assert [frame.get("id") for frame in socket.backlog] == [1, 2, 3, None]
+    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 3}}
+
+
+async def test_an_after_beyond_the_room_counts_from_its_newest_message(join):
+    await database_sync_to_async(store)("lobby", "m1", "m2")
+    socket = await join("lobby", query="after=99")
+    assert socket.backlog == [{"catch_up": {"more": False, "next_after": 2}}]
+    await socket.send_json_to({"message": "m3"})
+    assert (await assert_receives_message(socket, "m3"))["id"] == 3
 
 
 async def test_live_messages_wait_for_the_catch_up_and_arrive_once_in_order(join, settings):
