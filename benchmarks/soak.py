@@ -53,7 +53,11 @@ class SoakClient:
                     for frame in list(self.pending.values()):
                         await ws.send(frame)
                     async for raw in ws:
-                        self._receive(json.loads(raw))
+                        frame = json.loads(raw)
+                        self._receive(frame)
+                        if frame.get("catch_up", {}).get("more"):  # the server waits for this
+                            after = frame["catch_up"]["next_after"]
+                            await ws.send(json.dumps({"catch_up": {"after": after}}))
             except (TimeoutError, OSError, websockets.WebSocketException):
                 pass
             self.ws = None

@@ -62,8 +62,13 @@ class Stack:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_stack(processes: int, layer: str, extra_env: dict[str, str] | None = None) -> Stack:
-    """Start Redis, migrate a temporary SQLite database, and serve on a free port."""
+def start_stack(
+    processes: int, layer: str, extra_env: dict[str, str] | None = None, root: Path = ROOT
+) -> Stack:
+    """Start Redis, migrate a temporary SQLite database, and serve on a free port.
+
+    `root` is the checkout whose server runs: another one compares old code with new.
+    """
     redis_server = EmbeddedRedis().start()
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
     env = dict(os.environ)
@@ -81,12 +86,12 @@ def start_stack(processes: int, layer: str, extra_env: dict[str, str] | None = N
     )
     env.update(extra_env or {})
     migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
-    subprocess.run(migrate, cwd=ROOT, env=env, check=True)
+    subprocess.run(migrate, cwd=root, env=env, check=True)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mysite.serve", "--processes", str(processes),
          "--bind", f"127.0.0.1:{port}", "--", "--verbosity", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        cwd=root, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env)
     try:

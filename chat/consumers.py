@@ -42,6 +42,9 @@ class ChatConsumer(WebsocketConsumer):
     # Messages that arrived ahead of a missing one, by id; a new wait starts a new episode.
     held: dict[int, dict]
     gap_episode = 0
+    # A catch-up page said "more": later messages wait for the client to ask for them.
+    catching_up = False
+    page_announced = False  # ...and the client has not asked for the next one yet
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
@@ -213,8 +216,6 @@ class ChatConsumer(WebsocketConsumer):
         """Validate one frame, store its message, then broadcast it; or refuse it."""
         if self.closing:
             return
-        # Every frame spends a token, garbage included, so any flood ends in a close.
-        within_rate = self.rate_limit.allow()
         try:
             frame = protocol.parse_chat_frame(
                 text_data,
@@ -222,12 +223,30 @@ class ChatConsumer(WebsocketConsumer):
                 max_chars=settings.CHAT_MESSAGE_MAX_CHARS,
                 max_frame_chars=settings.CHAT_FRAME_MAX_CHARS,
             )
-            if not within_rate:
-                raise protocol.FrameRefused(
+        except protocol.FrameRefused as refusal:
+            self.rate_limit.allow()  # garbage spends a token too, so any flood ends in a close
+            self._refuse(refusal)
+            return
+        if isinstance(frame, protocol.CatchUpRequest) and self.page_announced:
+            # Paced by the server, one request per page it announced: no token, or a long
+            # catch-up would run out of them.
+            self.page_announced = False
+            pipeline.call_in_turn(self.loop, self._next_page, frame)
+            return
+        # Every other frame spends a token, so any flood ends in a close.
+        if not self.rate_limit.allow():
+            self._refuse(
+                protocol.FrameRefused(
                     "rate_limited",
                     f"Slow down: at most {settings.CHAT_RATE_PER_SECOND:g} messages a second.",
-                    frame.client_id,
+                    getattr(frame, "client_id", None),
                 )
+            )
+            return
+        if isinstance(frame, protocol.CatchUpRequest):
+            pipeline.call_in_turn(self.loop, self._next_page, frame)
+            return
+        try:
             message, created = self._store(frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
@@ -262,7 +281,8 @@ class ChatConsumer(WebsocketConsumer):
         if seq <= self.last_seq:
             return
         if seq > self.last_seq + 1:
-            self._hold(event)
+            if not self.catching_up:  # if it is, the client's next page request reads it
+                self._hold(event)
             return
         self._deliver(event)
         self._deliver_held()
@@ -274,7 +294,8 @@ class ChatConsumer(WebsocketConsumer):
 
     def chat_resync(self, event):
         """Send what was stored since this socket's last message (after Redis restarted)."""
-        self._catch_up()
+        if not self.catching_up:  # if it is, the client's next page request reads it
+            self._catch_up()
 
     def _hold(self, event):
         if not self.held:
@@ -290,7 +311,7 @@ class ChatConsumer(WebsocketConsumer):
 
     def _fill_gap(self):
         """Read from the database what is missing before the held messages, and send all."""
-        self._catch_up(limit=max(self.held) - self.last_seq)
+        self._catch_up(upto=max(self.held))
 
     def _deliver(self, event):
         self.send(text_data=protocol.message_frame(event))
@@ -303,24 +324,60 @@ class ChatConsumer(WebsocketConsumer):
         for seq in [seq for seq in self.held if seq <= self.last_seq]:
             del self.held[seq]
 
-    def _catch_up(self, limit: int | None = None):
-        """Send, in order, what the room stored after this socket's last message."""
-        for message in services.messages_after(self.room_name, self.last_seq, limit):
+    def _catch_up(self, upto: int | None = None) -> bool:
+        """Send, in order, a page of what the room stored after this socket's last message.
+
+        At most CHAT_CATCH_UP_PAGE messages (up to `upto`, when given); if the room has
+        more, say so and wait for the client to ask (catching_up): a room's whole history
+        at once would hold every other socket of the process up. Returns whether it has.
+        """
+        page_size = settings.CHAT_CATCH_UP_PAGE
+        limit = page_size + 1 if upto is None else min(upto - self.last_seq, page_size + 1)
+        page = services.messages_after(self.room_name, self.last_seq, limit)
+        for message in page[:page_size]:
             self._deliver(protocol.chat_message_event(message))
-        self._deliver_held()
+        self.catching_up = self.page_announced = len(page) > page_size
+        if self.catching_up:
+            self.held.clear()  # all later than the page: the next pages read them
+            self.send(text_data=protocol.catch_up_frame(True, self.last_seq))
+        else:
+            self._deliver_held()
+        return self.catching_up
+
+    def _next_page(self, request: protocol.CatchUpRequest | None):
+        """Send the next page (in turn with other sockets'), then whether there is more.
+
+        For a page request, or with None for the first page after ?after=.
+        """
+        if request is not None and request.after > self.last_seq:
+            self._refuse(
+                protocol.FrameRefused(
+                    "invalid_catch_up",
+                    f'"after" is past the last message sent here ({self.last_seq}): '
+                    'ask with the "next_after" you were given.',
+                )
+            )
+            return
+        if not self._catch_up():
+            self.send(text_data=protocol.catch_up_frame(False, self.last_seq))
 
     def chat_presence(self, event):
         """Tell this socket who is in the room."""
         self.send(text_data=protocol.presence_frame(event))
 
     def _send_backlog(self, after: int | None):
-        if after is None:
-            backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
-        else:
-            backlog = services.messages_after(self.room_name, after)
+        if after is not None:
+            # An `after` beyond the room's newest counts from the newest.
+            self.last_seq = min(after, services.last_seq(self.room_name))
+            # The first page too waits its turn (ten sockets joining at once with a page
+            # each would hold the process up); later messages wait for it.
+            self.catching_up = True
+            pipeline.call_in_turn(self.loop, self._next_page, None)
+            return
+        backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
         for message in backlog:
             event = protocol.chat_message_event(message)
-            self.send(text_data=protocol.message_frame(event, history=after is None))
+            self.send(text_data=protocol.message_frame(event, history=True))
         self.last_seq = backlog[-1].seq if backlog else services.last_seq(self.room_name)
 
     def _store(self, frame: protocol.ChatFrame):

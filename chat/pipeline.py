@@ -4,13 +4,17 @@ The sync handlers of every socket in a process run one at a time on one thread. 
 for the loop after every frame (what async_to_sync does) made that thread the bottleneck;
 hand_to_loop queues the work on the loop, in call order, and returns at once. The other
 way, one room message reaches many sockets of a process at once, and a hop to the thread
-per socket cost more than the handlers: call_batched runs them in one hop.
+per socket cost more than the handlers: call_batched runs them in one hop. Bulk work that
+must not hold everyone else up (catch-up pages) waits its turn: call_in_turn runs such
+calls one per batch.
 """
 
 import asyncio
+import collections
 import contextvars
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Coroutine
 from typing import Any
@@ -103,6 +107,53 @@ class _LoopBatches:
 
 
 _loop_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Lane:
+    """One loop's bulk calls: one at a time, each followed by a pause as long as it took.
+
+    A batch with ten sockets' catch-up pages in it would hold every other handler of the
+    process up for all ten; in the lane, a live message waits for one page at most, and
+    the pauses leave the process at least half its time for everything else.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiting: collections.deque = collections.deque()
+        self.running = False
+
+    def add(self, function, args: tuple):
+        self.waiting.append((function, args))
+        if not self.running:
+            self.running = True
+            _start_logged_task(self.loop, self._run())
+
+    async def _run(self):
+        try:
+            while self.waiting:
+                function, args = self.waiting.popleft()
+                started = time.perf_counter()
+                try:
+                    await call_batched(function, *args)
+                except Exception as error:  # that call's failure only: the lane goes on
+                    logger.warning("call in turn failed: %r", error)
+                await asyncio.sleep(time.perf_counter() - started)
+        finally:
+            self.running = False
+
+
+_lanes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def call_in_turn(loop: asyncio.AbstractEventLoop, function, *args):
+    """From the sync thread: run function(*args) there later, one such call per batch."""
+    loop.call_soon_threadsafe(_add_to_lane, loop, function, args)
+
+
+def _add_to_lane(loop: asyncio.AbstractEventLoop, function, args: tuple):
+    if loop not in _lanes:
+        _lanes[loop] = _Lane(loop)
+    _lanes[loop].add(function, args)
 
 
 async def call_batched(function, *args):

@@ -2,9 +2,11 @@
 
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
+An object with "catch_up" and no "message" asks for the next page of a catch-up.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
-`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`.
+`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
+a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`.
 """
 
 import json
@@ -56,10 +58,17 @@ class ChatFrame:
     client_id: str | None = None
 
 
+@dataclass(frozen=True)
+class CatchUpRequest:
+    """A valid inbound request for the next catch-up page: the messages after `after`."""
+
+    after: int
+
+
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame:
-    """Return the frame's trimmed message and client id, or raise FrameRefused."""
+) -> ChatFrame | CatchUpRequest:
+    """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
     if len(text_data) > max_frame_chars:
@@ -78,6 +87,8 @@ def parse_chat_frame(
             "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
         )
     if "message" not in payload:
+        if "catch_up" in payload:
+            return parse_catch_up(payload["catch_up"])
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     message = payload["message"]
     if not isinstance(message, str):
@@ -147,6 +158,17 @@ def parse_seq(raw: str) -> int:
     return seq
 
 
+def parse_catch_up(value: Any) -> CatchUpRequest:
+    """The request in a frame's "catch_up" value, `{"after": <id>}`; or raise FrameRefused."""
+    after = value.get("after") if isinstance(value, dict) else None
+    # bool is an int in Python, not in JSON: true is not an id.
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise FrameRefused(
+            "invalid_catch_up", 'Ask for the next page with {"catch_up": {"after": <id>}}.'
+        )
+    return CatchUpRequest(after)
+
+
 def parse_after(query_string: bytes) -> int | None:
     """The `after` seq a reconnecting socket asks to catch up from; None when there is none.
 
@@ -195,6 +217,11 @@ def message_frame(event: dict[str, Any], *, history: bool = False) -> str:
 def identity_changed_event(reason: str) -> dict[str, Any]:
     """Build the channel-layer event that closes the sockets of a changed session or user."""
     return {"type": "chat.identity_changed", "reason": reason}
+
+
+def catch_up_frame(more: bool, next_after: int) -> str:
+    """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
+    return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
 
 
 def presence_event(count: int, names: list[str]) -> dict[str, Any]:

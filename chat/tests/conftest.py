@@ -37,7 +37,8 @@ def communicator(
 async def join(redis_channel_layer, transactional_db):
     """Open sockets in rooms (`await join("lobby")`); every one is disconnected afterwards.
 
-    The socket's backlog (history or catch-up) is read and kept as `socket.backlog`.
+    The socket's backlog (history, or with ?after= the first catch-up page up to its
+    catch_up frame) is read and kept as `socket.backlog`.
     """
     opened = []
 
@@ -47,11 +48,18 @@ async def join(redis_channel_layer, transactional_db):
         assert connected, f"handshake refused with {code}"
         opened.append(socket)
         socket.backlog = []
-        while True:  # the backlog comes first, then this socket's own presence update
+        # History comes first, then this socket's own presence update; a catch-up page
+        # comes in its turn, before or after that update, and ends with a catch_up frame.
+        presence_seen, page_seen = False, "after=" not in query
+        while not (presence_seen and page_seen):
             frame = await socket.receive_json_from(timeout=2)
             if "presence" in frame:
-                break
+                presence_seen = True
+                continue
             socket.backlog.append(frame)
+            # An unreadable after= gets the history instead, with no catch_up frame.
+            invalid_after = frame.get("error", {}).get("code") == "invalid_after"
+            page_seen = page_seen or "catch_up" in frame or invalid_after
         return socket
 
     yield _join

@@ -2,10 +2,14 @@
 
 import functools
 import http.server
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
+import urllib.request
 
 import pytest
 from selenium import webdriver
@@ -19,6 +23,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -352,3 +358,109 @@ def test_pages_chat_under_the_csp_without_a_single_violation(browser, chat_serve
     )
     _wait(browser, lambda: _csp_violations(browser), "no violation reported")
     assert browser.title != "inline ran"
+
+
+def _error_text(driver):
+    return driver.find_element(By.CSS_SELECTOR, "#chat-error").text
+
+
+def _stored_texts(base_url, room_name):
+    with urllib.request.urlopen(f"{base_url}/chat/{room_name}/messages/") as response:
+        return [message["message"] for message in json.load(response)["messages"]]
+
+
+@pytest.mark.parametrize("length", [4097, 1024 * 1024 + 1])
+def test_an_over_long_paste_is_refused_with_its_reason_and_kept_in_the_input(
+    browser, chat_server, length
+):
+    room = f"paste-{length}"
+    _enter_chat_room(browser, chat_server, room)
+    browser.execute_script("window.firstSocket = chatClient.socket()")
+    paste = "  " + "x" * length + "  "  # over the limit after trimming, too
+    message_input = browser.find_element(By.CSS_SELECTOR, "#chat-message-input")
+    browser.execute_script("arguments[0].value = arguments[1]", message_input, paste)
+    browser.find_element(By.CSS_SELECTOR, "#chat-message-submit").click()
+    _wait(browser, lambda: "at most 4096 characters" in _error_text(browser), "no reason shown")
+    assert message_input.get_property("value") == paste
+    assert browser.execute_script("return chatClient.pending()") == 0
+
+    message_input.clear()
+    message_input.send_keys("short enough", Keys.ENTER)
+    _wait(browser, lambda: any(line.endswith("short enough") for line in _log_lines(browser)))
+    assert browser.execute_script("return chatClient.socket() === window.firstSocket")
+    assert browser.execute_script("return chatClient.connections()") == 1
+    assert _status(browser) == "Connected"
+    assert _stored_texts(chat_server, room) == ["short enough"]
+
+
+def test_a_connection_that_drops_as_soon_as_it_opens_backs_off(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "drops-at-once")
+    # From now on every socket is dropped as soon as it opens, as a server does with a
+    # frame it cannot take; each one opening must not start the backoff over.
+    browser.execute_script(
+        """
+        window.socketsOpenedAt = [];
+        const RealWebSocket = window.WebSocket;
+        window.WebSocket = class extends RealWebSocket {
+            constructor(url) {
+                super(url);
+                window.socketsOpenedAt.push(performance.now());
+                this.addEventListener('open', () => this.close());
+            }
+        };
+        chatClient.socket().close();
+        """
+    )
+    # Backoff ceilings 0.5, 1, 2 s with jitter down to half: the third wait is over 1 s.
+    _wait(browser, lambda: browser.execute_script("return window.socketsOpenedAt.length") >= 3)
+    opened = browser.execute_script("return window.socketsOpenedAt")
+    assert opened[2] - opened[1] >= 1000, opened
+
+
+# The line ends a message may hold; NEL, vertical tab and form feed are control characters,
+# refused by the server as invalid_character (test_consumers' REFUSED_FRAMES).
+LINE_SEPARATORS = ["\n", "\r\n", "\r", "\u2028", "\u2029"]
+
+
+def test_line_breaks_in_a_message_cannot_forge_lines_in_the_log(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "forged")
+    for separator in LINE_SEPARATORS:
+        browser.execute_script(
+            "chatClient.socket().send(JSON.stringify({message: arguments[0]}))",
+            f"ok{separator}alice: yes, go ahead",
+        )
+    _wait(browser, lambda: _chat_log_value(browser).count("go ahead") == len(LINE_SEPARATORS))
+    lines = _log_lines(browser)  # str.splitlines splits at every separator above
+    assert len(lines) == len(LINE_SEPARATORS), lines
+    # Each line is "<sender>: ok ↵ alice: ...": the sender's name comes first.
+    assert all(line.index(": ok") < line.index("alice: yes") for line in lines), lines
+
+
+def _log_texts(driver):
+    """The log's messages without their senders' names."""
+    return [line.split(": ", 1)[1] for line in _log_lines(driver)]
+
+
+def _store_behind_the_sockets_back(server, room_name, texts):
+    """Store messages in the server's database without broadcasting them."""
+    code = (
+        "from chat import services\n"
+        f"for text in {texts!r}:\n"
+        "    services.store_message("
+        + repr(room_name)
+        + ", services.Author('seeder'), text, None)\n"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", code]
+    subprocess.run(manage, cwd=ROOT, env=server.env, check=True)
+
+
+def test_the_page_catches_up_page_by_page_after_a_reconnect(browser, start_chat_server):
+    server = start_chat_server(CHAT_CATCH_UP_PAGE="5")
+    _enter_chat_room(browser, server.url, "paging")
+    _post_message(browser, "before")
+    _wait(browser, lambda: any(line.endswith("before") for line in _log_lines(browser)))
+    missed = [f"missed {number}" for number in range(1, 24)]
+    _store_behind_the_sockets_back(server, "paging", missed)
+    browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
+    expected = ["before", *missed]  # once each, in order
+    _wait(browser, lambda: _log_texts(browser) == expected, "not every page arrived")

@@ -359,14 +359,6 @@ async def test_an_unreadable_after_gets_an_error_then_the_history(join, after):
     assert (await assert_receives_message(socket, "m3"))["id"] == 3
 
 
-async def test_an_after_beyond_the_room_sends_nothing_old_and_then_live_messages(join):
-    await database_sync_to_async(store)("lobby", "m1")
-    socket = await join("lobby", query=f"after={2**63 - 1}")
-    assert socket.backlog == []
-    await socket.send_json_to({"message": "m2"})
-    assert (await assert_receives_message(socket, "m2"))["id"] == 2
-
-
 async def test_history_of_a_new_room_is_empty(join):
     assert (await join("empty-room")).backlog == []
 
@@ -374,7 +366,8 @@ async def test_history_of_a_new_room_is_empty(join):
 async def test_reconnect_catches_up_exactly_the_missed_messages_in_order(join):
     await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
     socket = await join("lobby", query="after=3")
-    assert [frame["id"] for frame in socket.backlog] == [4, 5, 6, 7]
+    assert [frame.get("id") for frame in socket.backlog] == [4, 5, 6, 7, None]
+    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 7}}
     assert not any("history" in frame for frame in socket.backlog)
     await socket.send_json_to({"message": "m8"})
     assert (await assert_receives_message(socket, "m8"))["id"] == 8
@@ -679,3 +672,131 @@ async def test_sockets_that_leave_busy_rooms_leave_nothing_in_the_layer(join):
     await asyncio.gather(*(socket.disconnect() for socket in stayers))
     residue = await settled_residue(lambda residue: not any(residue.values()))
     assert not any(residue.values()), residue
+
+
+# --- Catch-up in pages -----------------------------------------------------------------
+
+
+async def read_page(socket) -> tuple[list[int], dict]:
+    """The ids of one catch-up page, and the catch_up frame that ends it."""
+    ids = []
+    while "catch_up" not in (frame := await next_frame(socket)):
+        ids.append(frame["id"])
+    assert set(frame) == {"catch_up"} and set(frame["catch_up"]) == {"more", "next_after"}
+    return ids, frame["catch_up"]
+
+
+async def ask_for_page(socket, after: int) -> tuple[list[int], dict]:
+    await socket.send_json_to({"catch_up": {"after": after}})
+    return await read_page(socket)
+
+
+async def test_catch_up_sends_one_page_then_where_the_next_starts(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 3
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
+    socket = await join("lobby", query="after=0")
+    assert [frame.get("id") for frame in socket.backlog] == [1, 2, 3, None]
+    assert socket.backlog[-1] == {"catch_up": {"more": True, "next_after": 3}}
+    assert await ask_for_page(socket, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
+    assert await ask_for_page(socket, 6) == ([7], {"more": False, "next_after": 7})
+    await socket.send_json_to({"message": "m8"})
+    assert (await assert_receives_message(socket, "m8"))["id"] == 8
+
+
+async def test_a_catch_up_that_fits_one_page_ends_with_no_more(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 3
+    await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
+    socket = await join("lobby", query="after=0")
+    assert [frame.get("id") for frame in socket.backlog] == [1, 2, 3, None]
+    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 3}}
+
+
+async def test_an_after_beyond_the_room_counts_from_its_newest_message(join):
+    await database_sync_to_async(store)("lobby", "m1", "m2")
+    socket = await join("lobby", query="after=99")
+    assert socket.backlog == [{"catch_up": {"more": False, "next_after": 2}}]
+    await socket.send_json_to({"message": "m3"})
+    assert (await assert_receives_message(socket, "m3"))["id"] == 3
+
+
+async def test_live_messages_wait_for_the_catch_up_and_arrive_once_in_order(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 3
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
+    behind, live = await join("lobby", query="after=0"), await join("lobby")
+    await live.send_json_to({"message": "live 8"})
+    await assert_receives_message(live, "live 8")
+    await assert_no_chat(behind)  # 8 would overtake 4-7
+    assert await ask_for_page(behind, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
+    await live.send_json_to({"message": "live 9"})
+    assert await ask_for_page(behind, 6) == ([7, 8, 9], {"more": False, "next_after": 9})
+    await live.send_json_to({"message": "live 10"})
+    assert (await assert_receives_message(behind, "live 10"))["id"] == 10
+    await assert_no_chat(behind)
+
+
+async def test_a_gap_fill_is_bounded_to_a_page_and_the_rest_is_paged(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 3
+    socket = await join("lobby")
+    # Stored but never broadcast: the next message reveals a gap of 7.
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
+    await socket.send_json_to({"message": "m8"})
+    assert await read_page(socket) == ([1, 2, 3], {"more": True, "next_after": 3})
+    assert await ask_for_page(socket, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
+    assert await ask_for_page(socket, 6) == ([7, 8], {"more": False, "next_after": 8})
+    await assert_no_chat(socket)
+
+
+async def test_a_resync_is_bounded_to_a_page_and_the_rest_is_paged(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 3
+    socket = await join("resync-pages")  # a room of its own, as in the test above
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, presence.resync_lagging_sockets)
+    await database_sync_to_async(store)("resync-pages", *(f"m{n}" for n in range(1, 6)))
+    await loop.run_in_executor(None, presence.resync_lagging_sockets)
+    assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 1
+    assert await read_page(socket) == ([1, 2, 3], {"more": True, "next_after": 3})
+    assert await ask_for_page(socket, 3) == ([4, 5], {"more": False, "next_after": 5})
+
+
+async def test_page_requests_spend_no_rate_limit_tokens(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 1
+    settings.CHAT_RATE_BURST = 1
+    settings.CHAT_RATE_PER_SECOND = 0.001
+    settings.CHAT_FLOOD_CLOSE_AFTER = 2
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 7)))
+    socket = await join("lobby", query="after=0")
+    for after in range(1, 5):
+        assert await ask_for_page(socket, after) == (
+            [after + 1],
+            {"more": True, "next_after": after + 1},
+        )
+    assert await ask_for_page(socket, 5) == ([6], {"more": False, "next_after": 6})
+    await socket.send_json_to({"message": "the one token"})
+    await assert_receives_message(socket, "the one token")
+
+
+async def test_an_unannounced_page_request_is_answered_with_no_more(join):
+    await database_sync_to_async(store)("lobby", "m1")
+    socket = await join("lobby")
+    assert await ask_for_page(socket, 1) == ([], {"more": False, "next_after": 1})
+    assert await ask_for_page(socket, 0) == ([], {"more": False, "next_after": 1})
+
+
+@pytest.mark.parametrize(
+    "catch_up", [{"after": -1}, {"after": "3"}, {"after": True}, {"after": 1.5}, {}, 3, None]
+)
+async def test_a_malformed_page_request_is_refused_and_not_as_missing_message(join, catch_up):
+    socket = await join("lobby")
+    await socket.send_json_to({"catch_up": catch_up})
+    await assert_receives_error(socket, "invalid_catch_up")
+    await socket.send_json_to({"message": "still here", "catch_up": catch_up})
+    await assert_receives_message(socket, "still here")
+
+
+async def test_a_page_request_past_what_was_sent_is_refused(join, settings):
+    settings.CHAT_CATCH_UP_PAGE = 1
+    await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
+    socket = await join("lobby", query="after=0")
+    await socket.send_json_to({"catch_up": {"after": 2}})
+    await assert_receives_error(socket, "invalid_catch_up")
+    assert await ask_for_page(socket, 1) == ([2], {"more": True, "next_after": 2})

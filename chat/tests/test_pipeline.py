@@ -148,3 +148,43 @@ async def test_a_handed_coroutine_that_waits_holds_back_nothing_handed_after_it(
     await pipeline.call_batched(second_handler)
     await asyncio.sleep(0.1)
     assert order == ["frame 1", "frame 2", "broadcast"]
+
+
+async def test_calls_in_turn_run_one_per_batch_and_let_other_calls_go_between():
+    loop = asyncio.get_running_loop()
+    ran = []
+    all_done = asyncio.Event()
+
+    def page(number: int):
+        ran.append(f"page {number}")
+        if number == 0:  # while the first page runs, a live message comes in
+            pipeline.hand_to_loop(loop, call_live())
+        if number == 2:
+            loop.call_soon_threadsafe(all_done.set)
+
+    async def call_live():
+        await pipeline.call_batched(ran.append, "live")
+
+    def queue_pages():
+        for number in range(3):
+            pipeline.call_in_turn(loop, page, number)
+
+    await loop.run_in_executor(None, queue_pages)
+    await asyncio.wait_for(all_done.wait(), 5)
+    assert ran == ["page 0", "live", "page 1", "page 2"]
+
+
+async def test_a_failed_call_in_turn_is_logged_and_the_next_one_runs(caplog):
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def fail():
+        raise ValueError("broken page")
+
+    with caplog.at_level(logging.WARNING, logger="chat.pipeline"):
+        pipeline.call_in_turn(loop, fail)
+        pipeline.call_in_turn(loop, loop.call_soon_threadsafe, done.set)
+        await asyncio.wait_for(done.wait(), 5)
+    assert [record.getMessage() for record in caplog.records] == [
+        "call in turn failed: ValueError('broken page')"
+    ]

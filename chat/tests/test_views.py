@@ -1,5 +1,6 @@
 """The pages (index, room, names, accounts) and the messages JSON endpoint."""
 
+import json
 import re
 from html.parser import HTMLParser
 
@@ -55,6 +56,16 @@ def test_room_page_has_log_box_and_button(client):
     assert '<textarea id="chat-log"' in html and "readonly" in html
     assert 'id="chat-message-input"' in html and 'id="chat-message-submit"' in html
     assert '<script id="room-name" type="application/json">"lobby"</script>' in html
+
+
+def test_room_page_hands_its_script_the_servers_message_limits(client, settings):
+    settings.CHAT_MESSAGE_MAX_CHARS = 123
+    html = client.get("/chat/lobby/").content.decode()
+    limits = html.split('<script id="chat-limits" type="application/json">')[1].split("<")[0]
+    assert json.loads(limits) == {
+        "message_max_chars": 123,
+        "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
+    }
 
 
 @pytest.mark.parametrize("room", ["café", "日本語", "a" * 100, "Lobby"])

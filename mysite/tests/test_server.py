@@ -36,6 +36,12 @@ SEEDED_MESSAGES = 1500
 # 1,500 frames of about 4 KB: some 6 MB, more than the kernel's socket buffers on both
 # ends (about 3 MB on loopback) plus the limit, so the server must hold the rest itself.
 SEEDED_TEXT = "x" * 4000
+# The whole room in one catch-up page: what is under test is the server's bound on unread
+# bytes. (Paging bounds them too, but only for catch-ups; a busy room's live messages not.)
+SERVER_ENV = {
+    "CHAT_SEND_BACKLOG_LIMIT_BYTES": str(BACKLOG_LIMIT_BYTES),
+    "CHAT_CATCH_UP_PAGE": str(SEEDED_MESSAGES),
+}
 
 
 def seed_room(server, room: str, count: int, text: str):
@@ -53,7 +59,7 @@ def seed_room(server, room: str, count: int, text: str):
 
 @pytest.fixture
 def slow_client_server(start_chat_server):
-    return start_chat_server(CHAT_SEND_BACKLOG_LIMIT_BYTES=str(BACKLOG_LIMIT_BYTES))
+    return start_chat_server(**SERVER_ENV)
 
 
 def room_url(server, room: str, after: int | None = None) -> str:
@@ -101,9 +107,7 @@ async def test_a_client_that_stops_reading_is_closed_with_4408_and_others_are_no
     start_chat_server,
 ):
     # Refresh rounds every half second: the round's catch-up is what floods the room here.
-    server = start_chat_server(
-        CHAT_SEND_BACKLOG_LIMIT_BYTES=str(BACKLOG_LIMIT_BYTES), CHAT_PRESENCE_REFRESH_SECONDS="0.5"
-    )
+    server = start_chat_server(**SERVER_ENV, CHAT_PRESENCE_REFRESH_SECONDS="0.5")
     room = f"stuck-{uuid.uuid4().hex[:8]}"
     watcher = await connect(server, room, max_queue=None)
     try:

@@ -5,14 +5,28 @@
 //   it back, so a send is retried after a reconnect and the server stores it once.
 // - After a drop it reconnects with exponential backoff and jitter, asking for every
 //   message after the last id it has (`?after=`); ids it has already shown are skipped.
+//   The server sends a catch-up a page at a time: the page asks for each next one.
+// - The backoff starts over only once a connection has stayed up for a while: a socket
+//   that opens and drops at once (a frame the server cannot take) slows down, not loops.
+// - A message over the server's limits (json_script "chat-limits") is never sent: it stays
+//   in the input, with the reason beside it.
+// - Each message stays on one line of the log: line breaks in it are shown as " ↵ ".
 (function () {
     'use strict';
 
     const BACKOFF_FIRST_MS = 500;
     const BACKOFF_MAX_MS = 15000;
     const RATE_LIMITED_RETRY_MS = 1000;
+    // A connection that stayed up this long was not dropped for something it sent.
+    const HEALTHY_AFTER_MS = 5000;
+    // What Python's str.strip() removes (str.isspace), so the page counts as the server does.
+    const SPACE = '[\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+';
+    const SERVER_TRIM = new RegExp('^' + SPACE + '|' + SPACE + '$', 'g');
+    // Everything a textarea, or a reader of its text, may take for the end of a line.
+    const LINE_BREAKS = /\r\n|[\n\v\f\r\x1c-\x1e\x85\u2028\u2029]/g;
 
     const roomName = JSON.parse(document.getElementById('room-name').textContent);
+    const limits = JSON.parse(document.getElementById('chat-limits').textContent);
     const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
     const baseUrl = scheme + window.location.host + '/ws/chat/' + encodeURIComponent(roomName) + '/';
 
@@ -27,6 +41,8 @@
     let socket = null;
     let lastId = null;          // id of the newest message shown; null until the first one
     let failedAttempts = 0;
+    let healthyTimer = null;
+    let connections = 0;
     const pending = new Map();  // client_id -> frame, in the order they were typed
 
     function showStatus(text, kind) {
@@ -39,9 +55,13 @@
             pending.size + (pending.size === 1 ? ' message' : ' messages') + ' waiting to be sent';
     }
 
+    function oneLine(text) {
+        return String(text).replace(LINE_BREAKS, ' ↵ ');
+    }
+
     function appendToLog(data) {
         const who = data.user === undefined ? '' : data.user + (data.guest ? ' (guest)' : '') + ': ';
-        chatLog.value += who + data.message + '\n';
+        chatLog.value += oneLine(who + data.message) + '\n';
         chatLog.scrollTop = chatLog.scrollHeight;
     }
 
@@ -60,6 +80,10 @@
     function onMessage(data) {
         if (data.error) {
             onError(data.error);
+        } else if (data.catch_up) {
+            if (data.catch_up.more) {  // the server waits for this before the next page
+                socket.send(JSON.stringify({'catch_up': {'after': data.catch_up.next_after}}));
+            }
         } else if (data.presence) {
             const p = data.presence;
             presenceLine.textContent = p.count + ' online: ' + p.names.join(', ');
@@ -93,9 +117,10 @@
 
     function connect() {
         const url = lastId === null ? baseUrl : baseUrl + '?after=' + lastId;
+        connections += 1;
         socket = new WebSocket(url);
         socket.onopen = function () {
-            failedAttempts = 0;
+            healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
             errorLine.textContent = '';
             showStatus('Connected', 'ok');
             for (const clientId of pending.keys()) {
@@ -104,6 +129,7 @@
         };
         socket.onmessage = (e) => onMessage(JSON.parse(e.data));
         socket.onclose = function (e) {
+            clearTimeout(healthyTimer);
             const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failedAttempts);
             const delay = ceiling / 2 + Math.random() * ceiling / 2;
             failedAttempts += 1;
@@ -113,13 +139,34 @@
         };
     }
 
+    // Why the server would refuse this frame, or null; checked before it is ever sent.
+    function refusalOf(message, frame) {
+        const length = Array.from(message.replace(SERVER_TRIM, '')).length;  // code points
+        if (length > limits.message_max_chars) {
+            return 'Not sent: messages are at most ' + limits.message_max_chars +
+                   ' characters, this one has ' + length + ' (message_too_long)';
+        }
+        if (frame.length > limits.frame_max_chars) {
+            return 'Not sent: frames are at most ' + limits.frame_max_chars +
+                   ' characters (frame_too_large)';
+        }
+        return null;
+    }
+
     function submit() {
         const message = messageInput.value;
-        if (message.trim() === '') {
+        if (message.replace(SERVER_TRIM, '') === '') {
             return;
         }
         const clientId = newClientId();
-        pending.set(clientId, JSON.stringify({'message': message, 'client_id': clientId}));
+        const frame = JSON.stringify({'message': message, 'client_id': clientId});
+        const refusal = refusalOf(message, frame);
+        if (refusal !== null) {
+            errorLine.textContent = refusal;  // and the text stays in the input, to edit
+            return;
+        }
+        errorLine.textContent = '';
+        pending.set(clientId, frame);
         showOutbox();
         sendPending(clientId);
         messageInput.value = '';
@@ -134,6 +181,10 @@
     submitButton.onclick = submit;
 
     // For people poking around in the console, and for the browser tests.
-    window.chatClient = {socket: () => socket, pending: () => pending.size};
+    window.chatClient = {
+        socket: () => socket,
+        pending: () => pending.size,
+        connections: () => connections,
+    };
     connect();
 })();
