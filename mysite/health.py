@@ -10,8 +10,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from chat.redis_clients import redis_client
 from mysite.channel_layers import redacted_url, redis_urls
-from mysite.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from mysite.channel_layers import (
     redis_channel_layers,
     redis_urls,
 )
-from mysite.embedded_redis import EmbeddedRedis
+from serving.embedded_redis import EmbeddedRedis
 
 ONE = "redis://127.0.0.1:6379/0"
 TWO = "redis://127.0.0.1:6380/0"

@@ -1,6 +1,6 @@
 """Daphne, with a bound on what it holds for a WebSocket client that stops reading.
 
-    python -m mysite.server [daphne's arguments] mysite.asgi:application
+    python -m serving.chat_daphne [daphne's arguments] mysite.asgi:application
 
 Daphne hands every frame to Twisted at once, and Twisted buffers whatever the kernel will
 not take yet, without limit: a client that never reads makes its buffer grow for as long
@@ -51,7 +51,7 @@ from twisted.web import http
 
 from chat.ratelimit import TokenBucket
 
-logger = logging.getLogger("mysite.server")  # not "__main__" when run with -m
+logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
 
@@ -71,7 +71,7 @@ def unsent_bytes(transport) -> int:
     """Bytes Twisted holds for this connection that the kernel has not taken yet.
 
     Twisted has no public accessor: these are the buffers of its FileDescriptor
-    (twisted.internet.abstract), unchanged for over a decade. mysite/tests/test_server.py
+    (twisted.internet.abstract), unchanged for over a decade. serving/tests/test_chat_daphne.py
     fails if they ever move.
     """
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen

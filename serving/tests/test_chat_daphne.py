@@ -1,4 +1,4 @@
-"""mysite.server: what daphne would hold for a client without bound, bounded.
+"""serving.chat_daphne: what daphne would hold for a client without bound, bounded.
 
 A client that stops reading is closed with 4408 and nobody else waits for it; one that
 floods pings is closed with 4429; a socket lives CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS;
@@ -23,7 +23,7 @@ from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
 from conftest import ROOT
-from mysite.server import (
+from serving.chat_daphne import (
     CLOSE_FLOODING,
     CLOSE_LIFETIME_ENDED,
     CLOSE_TOO_SLOW,
@@ -159,10 +159,10 @@ async def test_a_closed_slow_client_catches_up_in_one_reconnect_however_far_behi
 
 
 def test_unsent_bytes_reads_twisteds_write_buffer():
-    """The one private thing mysite.server reads: Twisted's buffers, by their names."""
+    """The one private thing serving.chat_daphne reads: Twisted's buffers, by their names."""
     from twisted.internet.abstract import FileDescriptor
 
-    from mysite.server import unsent_bytes
+    from serving.chat_daphne import unsent_bytes
 
     descriptor = FileDescriptor()
     descriptor.connected = True
@@ -259,7 +259,7 @@ def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
     from daphne.management.commands.runserver import Command as RunserverCommand
 
     assert ChatDaphneServer(application=None, endpoints=["tcp:0"]).websocket_timeout == -1
-    # mysite.serve, the Dockerfile and docker-compose.yml run `python -m mysite.server`.
+    # serving.supervisor, the Dockerfile and docker-compose.yml run `python -m serving.chat_daphne`.
     assert RunserverCommand.server_cls is ChatDaphneServer
 
 
