@@ -58,6 +58,8 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 INSTALLED_APPS = [
     # First, so that `manage.py runserver` is daphne's and serves WebSockets too.
     "daphne",
+    # After daphne: installs serving.chat_daphne's server as runserver's (serving/apps.py).
+    "serving",
     "chat",
     "django.contrib.admin",
     "django.contrib.auth",
