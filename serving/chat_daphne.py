@@ -49,18 +49,13 @@ from django.conf import settings
 from twisted.internet import defer
 from twisted.web import http
 
+from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
 from chat.ratelimit import TokenBucket
 
 logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
 
-# Beside chat.protocol's 4429 and 4503; listed with them in README.md.
-CLOSE_TOO_SLOW = 4408
-CLOSE_LIFETIME_ENDED = 4000
-# chat.protocol.CLOSE_FLOODING, which this module cannot import before Django is set up:
-# too many frames, whichever kind.
-CLOSE_FLOODING = 4429
 # A refused HTTP client has this long to stop sending and read the answer, before the
 # connection is cut: closing a socket with unread bytes in it resets the connection, and
 # the client may lose the answer with it.

@@ -22,14 +22,9 @@ import websockets
 from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
+from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
 from conftest import ROOT
-from serving.chat_daphne import (
-    CLOSE_FLOODING,
-    CLOSE_LIFETIME_ENDED,
-    CLOSE_TOO_SLOW,
-    SHUTDOWN_DRAIN_SECONDS,
-    ChatDaphneServer,
-)
+from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
 SEEDED_MESSAGES = 1500
@@ -346,3 +341,16 @@ def test_a_normal_post_on_a_kept_alive_connection_still_works(http_server):
         assert "csrfmiddlewaretoken" in answer.read().decode()
     finally:
         connection.close()
+
+
+def test_the_server_starts_before_django_is_set_up():
+    """`python -m serving.chat_daphne` imports its close codes from chat.protocol first."""
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.chat_daphne", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
