@@ -12,12 +12,8 @@ from csp.constants import NONE, SELF
 from django.conf import global_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from mysite.channel_layers import (
-    DEFAULT_GROUP_EXPIRY_SECONDS,
-    DEFAULT_LAYER,
-    redis_channel_layers,
-    redis_urls,
-)
+from chat.redis_clients import redis_urls
+from mysite.channel_layers import DEFAULT_GROUP_EXPIRY_SECONDS, DEFAULT_LAYER, redis_channel_layers
 from mysite.proxies import trusted_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent

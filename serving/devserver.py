@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 
-from mysite.channel_layers import redacted_url, redis_urls
-from mysite.health import redis_problem
+from chat.redis_clients import redacted_url, redis_problem, redis_urls
 from serving.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
 from serving.processes import stop_processes
 

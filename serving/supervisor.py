@@ -185,7 +185,7 @@ def start_up_problem(host: str, port: int) -> str | None:
         from django.conf import settings
         from django.core.exceptions import ImproperlyConfigured
 
-        from mysite.health import redis_problem
+        from chat.redis_clients import redis_problem
         from serving.embedded_redis import port_is_free
     except ImportError as error:
         return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"

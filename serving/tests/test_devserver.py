@@ -15,7 +15,7 @@ import pytest
 import websocket
 
 from conftest import ROOT
-from mysite import devserver
+from serving import devserver
 from serving.embedded_redis import DEFAULT_PORT, free_port, port_is_free
 from serving.processes import stop_processes, wait_for_http
 

@@ -233,7 +233,7 @@ def test_serve_refuses_a_redis_url_without_a_scheme(tmp_path):
 
 def test_serve_under_a_python_without_the_dependencies_says_so_in_one_line(tmp_path):
     env = server_environment("redis://127.0.0.1:6379/0", f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    # -S: no site-packages, so mysite imports (from the working directory) and Django does not.
+    # -S: no site-packages, so serving imports (from the working directory) and Django does not.
     process = subprocess.run(
         [sys.executable, "-S", "-m", "serving.supervisor", "--bind", f"127.0.0.1:{free_port()}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_SECONDS,
