@@ -21,9 +21,10 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY manage.py ./
 COPY mysite ./mysite
 COPY chat ./chat
+COPY serving ./serving
 
 RUN useradd --create-home --uid 1000 chat && mkdir -p /data && chown chat /data
 USER chat
 
 EXPOSE 8000
-CMD ["python", "-m", "mysite.server", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]
+CMD ["python", "-m", "serving.chat_daphne", "-b", "0.0.0.0", "-p", "8000", "mysite.asgi:application"]

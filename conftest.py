@@ -15,8 +15,8 @@ from django.db import connection
 from psycopg import sql
 
 from mysite.channel_layers import redis_channel_layers
-from mysite.embedded_redis import EmbeddedRedis, free_port
-from mysite.processes import stop_processes, wait_for_http
+from serving.embedded_redis import EmbeddedRedis, free_port
+from serving.processes import stop_processes, wait_for_http
 
 ROOT = Path(__file__).resolve().parent
 SERVER_READY_TIMEOUT_SECONDS = 20.0
@@ -80,7 +80,7 @@ class ChatServer:
     def start(self) -> "ChatServer":
         daphne = [
             "-m",
-            "mysite.server",
+            "serving.chat_daphne",
             "-b",
             "127.0.0.1",
             "-p",

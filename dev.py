@@ -6,10 +6,10 @@
     python3 dev.py bench   install into .venv (load tools too), then run the load benchmark;
                            `bench NAME ...` runs benchmarks/NAME.py instead (history, churn...)
     python3 dev.py manage  install into .venv, then run manage.py (createsuperuser, migrate, ...)
-    python3 dev.py serve   install into .venv, then run mysite.serve (N daphne processes)
+    python3 dev.py serve   install into .venv, then run serving.supervisor (N daphne processes)
 
 Extra arguments go to runserver (run), pytest (test), benchmarks.load (bench), manage.py
-(manage) or mysite.serve (serve). Uses only the standard library until the virtualenv
+(manage) or serving.supervisor (serve). Uses only the standard library until the virtualenv
 exists; reinstalls only when a requirements file changed.
 """
 
@@ -32,10 +32,10 @@ REQUIREMENT_FILES = {
 }
 # What each command runs inside the virtualenv, before its extra arguments ("test" lints first).
 COMMANDS = {
-    "run": ["-m", "mysite.devserver"],
+    "run": ["-m", "serving.devserver"],
     "bench": ["-m", "benchmarks.load"],
     "manage": ["manage.py"],
-    "serve": ["-m", "mysite.serve"],
+    "serve": ["-m", "serving.supervisor"],
     "test": ["-m", "pytest"],
 }
 

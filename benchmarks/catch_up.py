@@ -1,6 +1,6 @@
 """How much big catch-ups in one room delay the messages of another room.
 
-Starts the stack (embedded Redis, a fresh SQLite database, `mysite.serve`) from a checkout
+Starts the stack (embedded Redis, a fresh SQLite database, `serving.supervisor`) from a checkout
 (this one, or `--root` another, to compare old code with new), stores --messages messages
 of --text-chars characters in the room "big" (the report's 11,604 of about 4 KB: 46.7 MB),
 then measures the echo latency of one client in the room "probe", which sends a message

@@ -30,7 +30,7 @@ import django
 import redis
 
 from mysite.channel_layers import DEFAULT_LAYER, LAYER_BACKENDS
-from mysite.embedded_redis import EmbeddedRedis
+from serving.embedded_redis import EmbeddedRedis
 
 UPSTREAM_BACKENDS = {
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",

@@ -6,7 +6,7 @@
     python3 dev.py bench --soak 600 --rates 1              # faults midway; see soak.py
     python3 dev.py bench --rates 10 --drain-seconds 120    # overload: is anything lost?
 
-It starts the whole stack itself (embedded Redis, a fresh SQLite database, `mysite.serve`
+It starts the whole stack itself (embedded Redis, a fresh SQLite database, `serving.supervisor`
 with N daphne processes), connects rooms x clients sockets, and runs one step per
 per-client send rate. Every client sends at its rate; every message must reach every
 socket in its room (the sender included). A delivery is one message arriving at one
@@ -37,7 +37,7 @@ import websockets
 from benchmarks.soak import run_soak
 from benchmarks.stack import Stack, start_stack
 from mysite.channel_layers import DEFAULT_LAYER, LAYER_BACKENDS
-from mysite.serve import raise_open_file_limit
+from serving.supervisor import raise_open_file_limit
 
 DEFAULT_RATES = "1,2,4,6,8"
 CONNECT_BATCH = 200  # sockets opened at once while setting up

@@ -3,8 +3,8 @@
     python -m benchmarks.ping_flood [--seconds 15]
 
 Runs the flood for a bounded time against three fresh single-process servers in turn:
-plain daphne (the control), mysite.server with its ping limit lifted (so that only the
-backlog bound holds the pongs), and mysite.server as configured. For each it prints the
+plain daphne (the control), serving.chat_daphne with its ping limit lifted (so that only the
+backlog bound holds the pongs), and serving.chat_daphne as configured. For each it prints the
 server's resident memory before the flood, at its peak, at its end, and after the client
 closed its socket, with how the socket ended.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import psutil
 
 from benchmarks.stack import BENCH_SECRET_KEY, ROOT
-from mysite.embedded_redis import EmbeddedRedis, free_port
-from mysite.processes import stop_processes, wait_for_http
+from serving.embedded_redis import EmbeddedRedis, free_port
+from serving.processes import stop_processes, wait_for_http
 
 PING_PAYLOAD = b"p" * 125  # the largest a control frame carries
 PINGS_PER_WRITE = 500
@@ -182,8 +182,13 @@ def main(argv: list[str]) -> int:
         lifted = {**env, "CHAT_PING_BURST": LIFTED, "CHAT_PING_PER_SECOND": LIFTED}
         runs = [
             flood("daphne (control)", "daphne", env, args.seconds),
-            flood("mysite.server, ping limit lifted", "mysite.server", lifted, args.seconds),
-            flood("mysite.server", "mysite.server", env, args.seconds),
+            flood(
+                "serving.chat_daphne, ping limit lifted",
+                "serving.chat_daphne",
+                lifted,
+                args.seconds,
+            ),
+            flood("serving.chat_daphne", "serving.chat_daphne", env, args.seconds),
         ]
     mib = 1024 * 1024
     print(f"{args.seconds:.0f} s of 125-byte pings, never read; server RSS in MiB")

@@ -5,7 +5,7 @@
 Clients behave like the room page: they reconnect with backoff, ask for `?after=<last id>`,
 keep unacknowledged sends (with their client_id) and send them again after a reconnect.
 At a third of the run Redis is stopped for 5 s and started again, empty; at two thirds
-one daphne process is killed with SIGKILL (mysite.serve starts another). At the end each
+one daphne process is killed with SIGKILL (serving.supervisor starts another). At the end each
 client's messages are compared with what the room stored: expected, received, lost,
 duplicated, per client; and the server's memory at start and end.
 """

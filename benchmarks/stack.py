@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from mysite.embedded_redis import EmbeddedRedis, free_port
-from mysite.processes import wait_for_http
+from serving.embedded_redis import EmbeddedRedis, free_port
+from serving.processes import wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 30.0
@@ -21,7 +21,7 @@ BENCH_SECRET_KEY = "benchmark-only-secret-key-0123456789-abcdefghijklmnopqrstuvw
 
 @dataclass
 class Stack:
-    """A running stack; `url` is its HTTP base, `server` the `mysite.serve` parent process."""
+    """A running stack; `url` is its HTTP base, `server` the `serving.supervisor` parent process."""
 
     url: str
     server: subprocess.Popen
@@ -89,7 +89,7 @@ def start_stack(
     subprocess.run(migrate, cwd=root, env=env, check=True)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mysite.serve", "--processes", str(processes),
+        [sys.executable, "-m", "serving.supervisor", "--processes", str(processes),
          "--bind", f"127.0.0.1:{port}", "--", "--verbosity", "0"],
         cwd=root, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip

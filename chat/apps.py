@@ -19,12 +19,4 @@ class ChatConfig(AppConfig):
 
         register_converter(RoomNameConverter, "room")
         # Its signal receivers close the sockets of a session or user that changed.
-        # daphne's runserver (first in INSTALLED_APPS) builds its server from this class
-        # attribute, its one extension point: the same server as mysite.server there too.
-        from daphne.management.commands.runserver import Command as RunserverCommand
-
-        from mysite.server import ChatDaphneServer
-
         from . import revocation  # noqa: F401
-
-        RunserverCommand.server_cls = ChatDaphneServer

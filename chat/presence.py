@@ -31,7 +31,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.db import close_old_connections
 
-from mysite.redis_clients import redis_client
+from chat.redis_clients import redis_client
 
 from . import protocol
 from .models import Room

@@ -13,13 +13,26 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import Message
+if TYPE_CHECKING:
+    # For annotations only: serving.chat_daphne imports the close codes below before
+    # Django is set up, when no model can be imported yet.
+    from .models import Message
 
-# Close code for a client that keeps sending after being rate limited
-# (4000-4999 is the range RFC 6455 leaves to applications; 429 echoes HTTP's).
+# Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
+# alike, each listed in README.md. 4000-4999 is the range RFC 6455 leaves to applications;
+# past the 4, most echo the HTTP status that means the same.
+#
+# Close code for a client that keeps sending after being rate limited, or pings faster
+# than CHAT_PING_BURST and CHAT_PING_PER_SECOND allow (429 echoes HTTP's).
 CLOSE_FLOODING = 4429
+# Close code for a client that does not read: more than CHAT_SEND_BACKLOG_LIMIT_BYTES waits
+# unsent for it; it reconnects and catches up with ?after= (408 echoes HTTP's timeout).
+CLOSE_TOO_SLOW = 4408
+# Close code at the end of a socket's CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS: reconnect at once
+# (identity is read afresh) and catch up with ?after=.
+CLOSE_LIFETIME_ENDED = 4000
 # Close code (or handshake refusal) while Redis or the database cannot be reached: the
 # client should reconnect with backoff and catch up with ?after=.
 CLOSE_SERVICE_UNAVAILABLE = 4503
@@ -189,12 +202,12 @@ def parse_after(query_string: bytes) -> int | None:
     return None
 
 
-def chat_message_event(message: Message) -> dict[str, Any]:
+def chat_message_event(message: "Message") -> dict[str, Any]:
     """Build the channel-layer event that fans one stored message out to a room's group."""
     return {"type": "chat.message", **message_fields(message)}
 
 
-def message_fields(message: Message) -> dict[str, Any]:
+def message_fields(message: "Message") -> dict[str, Any]:
     """The public fields of a stored message, as every frame and the HTTP API show them."""
     return {
         "message": message.text,

@@ -10,7 +10,8 @@ from typing import Any
 import redis
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.core.exceptions import ImproperlyConfigured
+
+from chat.redis_clients import redis_urls
 
 logger = logging.getLogger(__name__)
 
@@ -22,42 +23,6 @@ REDIS_SOCKET_TIMEOUT_SECONDS = 15
 # After Redis restarts, every pooled connection is dead and fails its next command; redis-py
 # retries nothing by default. One retry on a fresh connection heals that without a blip.
 REDIS_RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
-
-
-# What redis-py's from_url (and so channels_redis) accepts. Anything else fails only at the
-# first connection, on every connection, long after start-up: refuse it where it is read.
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
-
-
-def redacted_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, fit for a log or an error."""
-    head, separator, rest = url.partition("://")
-    if not separator:
-        head, rest = "", url
-    userinfo, at, location = rest.rpartition("@")
-    if at and ":" in userinfo:
-        rest = f"{userinfo.partition(':')[0]}:***@{location}"
-    return f"{head}{separator}{rest}"
-
-
-def redis_urls(redis_url: str | list[str]) -> list[str]:
-    """The Redis URLs in a comma-separated string (or a list), in order, blanks dropped.
-
-    Raises ImproperlyConfigured when there is none, or one lacks a scheme redis-py knows.
-    """
-    raw = redis_url.split(",") if isinstance(redis_url, str) else redis_url
-    urls = [url.strip() for url in raw if url.strip()]
-    if not urls:
-        raise ImproperlyConfigured(f"REDIS_URL={redis_url!r} holds no URL")
-    for url in urls:
-        scheme, separator, _ = url.partition("://")
-        if not separator or scheme.lower() not in REDIS_URL_SCHEMES:
-            shown = redacted_url(url)
-            raise ImproperlyConfigured(
-                f"REDIS_URL {shown!r} does not start with redis://, rediss:// or unix://"
-                + ("" if separator else f" (did you mean redis://{shown}?)")
-            )
-    return urls
 
 
 # channels_redis's default; named so that the membership refresh (chat.presence) and the

@@ -12,12 +12,8 @@ from csp.constants import NONE, SELF
 from django.conf import global_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from mysite.channel_layers import (
-    DEFAULT_GROUP_EXPIRY_SECONDS,
-    DEFAULT_LAYER,
-    redis_channel_layers,
-    redis_urls,
-)
+from chat.redis_clients import redis_urls
+from mysite.channel_layers import DEFAULT_GROUP_EXPIRY_SECONDS, DEFAULT_LAYER, redis_channel_layers
 from mysite.proxies import trusted_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -58,6 +54,8 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 INSTALLED_APPS = [
     # First, so that `manage.py runserver` is daphne's and serves WebSockets too.
     "daphne",
+    # After daphne: installs serving.chat_daphne's server as runserver's (serving/apps.py).
+    "serving",
     "chat",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -279,7 +277,7 @@ CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
     "group_expiry", DEFAULT_GROUP_EXPIRY_SECONDS
 )
 # A WebSocket client that stops reading is closed (4408) once this many bytes wait unsent
-# for it in the server (mysite.server): bounded memory per stuck client. 1 MiB is some
+# for it in the server (serving.chat_daphne): bounded memory per stuck client. 1 MiB is some
 # 5,000 ordinary messages, far more than a client that reads ever has waiting.
 CHAT_SEND_BACKLOG_LIMIT_BYTES = int(os.environ.get("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024))
 # ...and cut off if it has not read up to the close frame this many seconds later.
@@ -290,7 +288,7 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SE
 # (From the environment too, so that a test can lift it and see the backlog bound pongs.)
 CHAT_PING_BURST = int(os.environ.get("CHAT_PING_BURST", "10"))
 CHAT_PING_PER_SECOND = float(os.environ.get("CHAT_PING_PER_SECOND", "1"))
-# The longest a WebSocket stays open: then mysite.server closes it with 4000 and the page
+# The longest a WebSocket stays open: then serving.chat_daphne closes it with 4000 and the page
 # reconnects at once, catching up with ?after=, so nothing is lost. A week: the socket's
 # name and session are read again at least that often (a socket opened before its session
 # ended stops speaking for it within a week; Django's session lasts two), while a reconnect
@@ -299,7 +297,7 @@ CHAT_PING_PER_SECOND = float(os.environ.get("CHAT_PING_PER_SECOND", "1"))
 CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS = float(
     os.environ.get("CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS", 7 * 24 * 3600)
 )
-# The largest HTTP request body mysite.server reads: over it the request is refused with
+# The largest HTTP request body serving.chat_daphne reads: over it the request is refused with
 # 413 before its body is read (from Content-Length), or as soon as a chunked body passes
 # it. Django itself refuses a form body over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), and
 # this site takes no file uploads, so no larger body could succeed: refuse it unread.

@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from chat import presence, protocol, rooms, services
 from chat.tests.conftest import communicator, frames_within
 from mysite.channel_layers import redis_channel_layers
-from mysite.embedded_redis import EmbeddedRedis, free_port
+from serving.embedded_redis import EmbeddedRedis, free_port
 
 GROUP = rooms.group_name("lobby")
 GHOST_SECONDS = 0.5

@@ -11,7 +11,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 
 from chat import identity, services
-from mysite.embedded_redis import free_port
+from serving.embedded_redis import free_port
 
 pytestmark = pytest.mark.django_db
 

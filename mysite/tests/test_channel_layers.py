@@ -9,18 +9,15 @@ import sys
 import pytest
 import redis
 from channels.layers import get_channel_layer
-from django.core.exceptions import ImproperlyConfigured
 
 from conftest import ROOT
 from mysite.channel_layers import (
     REDIS_SOCKET_TIMEOUT_SECONDS,
     PubSubLayer,
     RedisLayer,
-    redacted_url,
     redis_channel_layers,
-    redis_urls,
 )
-from mysite.embedded_redis import EmbeddedRedis
+from serving.embedded_redis import EmbeddedRedis
 
 ONE = "redis://127.0.0.1:6379/0"
 TWO = "redis://127.0.0.1:6380/0"
@@ -81,41 +78,6 @@ def test_two_urls_give_two_hosts_in_order_each_with_the_timeout():
     ]
     assert hosts(redis_channel_layers([ONE, TWO])) == expected
     assert hosts(redis_channel_layers(f"{ONE},{TWO}")) == expected
-
-
-def test_redis_urls_split_on_commas_and_drop_blanks():
-    assert redis_urls(f" {ONE} , {TWO},, ") == [ONE, TWO]
-    assert redis_urls([ONE]) == [ONE]
-    with pytest.raises(ImproperlyConfigured, match="holds no URL"):
-        redis_urls(" , ")
-
-
-@pytest.mark.parametrize(
-    "url", ["localhost:6379", "127.0.0.1:6379/0", "http://127.0.0.1:6379", "user:pw@redis:6379"]
-)
-def test_redis_urls_refuse_a_url_without_a_redis_scheme_and_hide_its_password(url):
-    with pytest.raises(ImproperlyConfigured, match="does not start with redis://") as refusal:
-        redis_urls(f"{ONE},{url}")
-    assert "pw" not in str(refusal.value)
-
-
-def test_redis_urls_accept_every_scheme_redis_py_knows():
-    urls = ["redis://h:6379/0", "rediss://h:6380/0", "unix:///run/redis.sock", "REDIS://h"]
-    assert redis_urls(urls) == urls
-
-
-@pytest.mark.parametrize(
-    "url, shown",
-    [
-        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
-        ("rediss://user:s3cret@h:6380/0", "rediss://user:***@h:6380/0"),
-        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
-        ("redis://h:6379/0", "redis://h:6379/0"),
-        ("user:s3cret@h:6379", "user:***@h:6379"),
-    ],
-)
-def test_redacted_url_hides_only_the_password(url, shown):
-    assert redacted_url(url) == shown
 
 
 def test_settings_shard_the_layer_over_every_url_and_keep_the_first_for_presence():

@@ -175,11 +175,11 @@ def test_migrate_and_web_read_one_configuration():
 
 def test_web_runs_several_daphne_replicas_without_published_ports():
     web = services()["web"]
-    # daphne, with the backlog bound for clients that stop reading (mysite.server)
+    # daphne, with the backlog bound for clients that stop reading (serving.chat_daphne)
     assert web["command"] == [
         "python",
         "-m",
-        "mysite.server",
+        "serving.chat_daphne",
         "-b",
         "0.0.0.0",
         "-p",
@@ -363,7 +363,7 @@ def test_nginx_accepts_the_config(tmp_path):
 def test_dockerfile_installs_the_pinned_requirements_and_ships_the_apps():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
-    for folder in ("mysite", "chat"):
+    for folder in ("mysite", "chat", "serving"):
         assert f"COPY {folder} ./{folder}" in dockerfile
 
 
@@ -377,5 +377,5 @@ def test_image_runs_as_a_non_root_user_and_serves_without_migrating():
     (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert user not in ("root", "0")
     (command,) = re.findall(r"^CMD (.+)$", dockerfile, re.MULTILINE)
-    assert "mysite.server" in command
+    assert "serving.chat_daphne" in command
     assert "migrate" not in command

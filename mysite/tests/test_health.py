@@ -7,7 +7,7 @@ from django.db import OperationalError
 from django.urls import reverse
 
 from mysite import health
-from mysite.embedded_redis import free_port
+from serving.embedded_redis import free_port
 
 
 class UnreachableDatabase:

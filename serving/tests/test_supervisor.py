@@ -1,4 +1,4 @@
-"""`python -m mysite.serve`: N daphne processes on one socket, restarted when they die,
+"""`python -m serving.supervisor`: N daphne processes on one socket, restarted when they die,
 and refusing to start (one line, non-zero exit) where it could only fail or mislead."""
 
 import asyncio
@@ -14,9 +14,9 @@ import pytest
 import websockets
 
 from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
-from mysite.embedded_redis import free_port
-from mysite.processes import stop_processes, wait_for_http
-from mysite.serve import raise_open_file_limit
+from serving.embedded_redis import free_port
+from serving.processes import stop_processes, wait_for_http
+from serving.supervisor import raise_open_file_limit
 
 PIDS_SEEN_WITHIN_REQUESTS = 200
 # Refusals come before any child starts; giving up waits 1 + 2 + 4 s between restarts.
@@ -40,16 +40,16 @@ def pids_answering(url: str, wanted: int) -> set[int]:
 
 
 def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str]:
-    """Run mysite.serve; its exit status and stderr, or a failure if it is still running."""
+    """Run serving.supervisor; its exit status and stderr, or a failure if it is still running."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mysite.serve", *args],
+        [sys.executable, "-m", "serving.supervisor", *args],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         _, errors = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stop_processes([process], timeout=30)
-        pytest.fail(f"mysite.serve {' '.join(args)} still running after {timeout} s")
+        pytest.fail(f"serving.supervisor {' '.join(args)} still running after {timeout} s")
     return process.returncode, errors
 
 
@@ -57,7 +57,7 @@ def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tup
 def served(redis_server, migrated_database):
     port = free_port()
     env = server_environment(redis_server.url, migrated_database)
-    command = [sys.executable, "-m", "mysite.serve", "--processes", "2", "--bind"]
+    command = [sys.executable, "-m", "serving.supervisor", "--processes", "2", "--bind"]
     process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/chat/", process, SERVER_READY_TIMEOUT_SECONDS)
@@ -185,7 +185,7 @@ def test_processes_that_keep_dying_at_start_are_given_up_on_with_a_clear_message
     assert returncode == 1
     assert "unrecognized arguments: --no-such-option" in errors
     assert errors.strip().splitlines()[-1] == (
-        "mysite.serve: 4 server processes in a row exited within 10 s of starting (the last"
+        "serving.supervisor: 4 server processes in a row exited within 10 s of starting (the last"
         " with status 2); giving up. Their errors are above."
     )
 
@@ -198,7 +198,7 @@ def test_a_second_serve_on_the_same_port_refuses_to_start(served, redis_server, 
     returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
     assert returncode == 1
     assert errors == (
-        f"mysite.serve: 127.0.0.1:{port} is already in use (another mysite.serve?);"
+        f"serving.supervisor: 127.0.0.1:{port} is already in use (another supervisor?);"
         " stop it or change --bind.\n"
     )
     # The first one still has every connection.
@@ -213,7 +213,7 @@ def test_serve_refuses_a_redis_that_does_not_answer_and_hides_its_password(tmp_p
     returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
     assert returncode == 1
     assert errors.startswith(
-        f"mysite.serve: Redis at {redis_url.replace('hunter2', '***')} does not answer"
+        f"serving.supervisor: Redis at {redis_url.replace('hunter2', '***')} does not answer"
         " (ConnectionError: "
     )
     assert len(errors.splitlines()) == 1
@@ -226,20 +226,20 @@ def test_serve_refuses_a_redis_url_without_a_scheme(tmp_path):
     returncode, errors = serve_until_it_exits(env, *args, timeout=REFUSAL_TIMEOUT_SECONDS)
     assert returncode == 1
     assert errors == (
-        "mysite.serve: REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or"
+        "serving.supervisor: REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or"
         " unix:// (did you mean redis://localhost:6379?).\n"
     )
 
 
 def test_serve_under_a_python_without_the_dependencies_says_so_in_one_line(tmp_path):
     env = server_environment("redis://127.0.0.1:6379/0", f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    # -S: no site-packages, so mysite imports (from the working directory) and Django does not.
+    # -S: no site-packages, so serving imports (from the working directory) and Django does not.
     process = subprocess.run(
-        [sys.executable, "-S", "-m", "mysite.serve", "--bind", f"127.0.0.1:{free_port()}"],
+        [sys.executable, "-S", "-m", "serving.supervisor", "--bind", f"127.0.0.1:{free_port()}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_SECONDS,
     )  # fmt: skip
     assert process.returncode == 1
     assert process.stderr == (
-        "mysite.serve: No module named 'django': run it with the virtualenv's Python"
+        "serving.supervisor: No module named 'django': run it with the virtualenv's Python"
         " (python3 dev.py serve ...).\n"
     )

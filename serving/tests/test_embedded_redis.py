@@ -6,7 +6,7 @@ import socket
 import pytest
 import redis
 
-from mysite.embedded_redis import EmbeddedRedis, free_port, port_is_free
+from serving.embedded_redis import EmbeddedRedis, free_port, port_is_free
 
 
 def test_server_answers_and_is_gone_after_stop():

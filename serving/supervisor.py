@@ -1,6 +1,6 @@
 """Run N daphne processes on one listening socket: the production server for one host.
 
-    python -m mysite.serve --processes 2 --bind 0.0.0.0:8000
+    python -m serving.supervisor --processes 2 --bind 0.0.0.0:8000
 
 Daphne serves one process; a chat server wants one per core. This parent binds the port
 and hands a listening socket to each of N `daphne --fd` children, and all of them share
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from mysite.processes import killed_with_parent, stop_processes
+from serving.processes import killed_with_parent, stop_processes
 
 # A child that dies is restarted after RESTART_DELAY_SECONDS, doubled for each child in a
 # row that died within FAST_FAILURE_SECONDS of its start: that one never got going, and
@@ -119,7 +119,7 @@ def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "mysite.server",
+        "serving.chat_daphne",
         "--fd",
         str(fd),
         *DEFAULT_DAPHNE_ARGS,
@@ -185,8 +185,8 @@ def start_up_problem(host: str, port: int) -> str | None:
         from django.conf import settings
         from django.core.exceptions import ImproperlyConfigured
 
-        from mysite.embedded_redis import port_is_free
-        from mysite.health import redis_problem
+        from chat.redis_clients import redis_problem
+        from serving.embedded_redis import port_is_free
     except ImportError as error:
         return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"
     try:
@@ -198,7 +198,7 @@ def start_up_problem(host: str, port: int) -> str | None:
     # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
     # with another serve's (each getting half the connections), never with this probe.
     if port and not port_is_free(port, host):
-        return f"{host}:{port} is already in use (another mysite.serve?); stop it or change --bind"
+        return f"{host}:{port} is already in use (another supervisor?); stop it or change --bind"
     return redis_problem(redis_url)
 
 
@@ -218,17 +218,17 @@ def main(argv: list[str]) -> int:
     host, port = host.strip("[]"), int(port)
     problem = start_up_problem(host, port)
     if problem is not None:
-        print(f"mysite.serve: {problem}.", file=sys.stderr)
+        print(f"serving.supervisor: {problem}.", file=sys.stderr)
         return 1
     try:
         sockets = listening_sockets(host, port, args.processes)
     except OSError as error:  # taken since the check above
-        print(f"mysite.serve: cannot listen on {host}:{port}: {error}.", file=sys.stderr)
+        print(f"serving.supervisor: cannot listen on {host}:{port}: {error}.", file=sys.stderr)
         return 1
     try:
         supervise(sockets, args.processes, args.daphne_args)
     except GaveUp as error:
-        print(f"mysite.serve: {error}", file=sys.stderr)
+        print(f"serving.supervisor: {error}", file=sys.stderr)
         return 1
     finally:
         for sock in sockets:

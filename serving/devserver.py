@@ -13,10 +13,9 @@ import signal
 import subprocess
 import sys
 
-from mysite.channel_layers import redacted_url, redis_urls
-from mysite.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
-from mysite.health import redis_problem
-from mysite.processes import stop_processes
+from chat.redis_clients import redacted_url, redis_problem, redis_urls
+from serving.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
+from serving.processes import stop_processes
 
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from mysite.processes import die_with_parent
+from serving.processes import die_with_parent
 
 READY_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
@@ -35,7 +35,7 @@ def redis_server_binary() -> str:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port (as a server with SO_REUSEADDR would see it).
 
-    The probe sets no SO_REUSEPORT, so sockets that set it (mysite.serve's) count as taken.
+    The probe sets no SO_REUSEPORT, so sockets that set it (serving.supervisor's) count as taken.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -1,6 +1,6 @@
 """Daphne, with a bound on what it holds for a WebSocket client that stops reading.
 
-    python -m mysite.server [daphne's arguments] mysite.asgi:application
+    python -m serving.chat_daphne [daphne's arguments] mysite.asgi:application
 
 Daphne hands every frame to Twisted at once, and Twisted buffers whatever the kernel will
 not take yet, without limit: a client that never reads makes its buffer grow for as long
@@ -33,7 +33,7 @@ as soon as a chunked body passes it), and a request not received whole within
 CHAT_HTTP_REQUEST_TIMEOUT_SECONDS is answered 408. Twisted already bounds the head (16 KiB
 and 500 header lines: 400).
 
-`manage.py runserver` (daphne's) uses this server too: chat.apps installs it.
+`manage.py runserver` (daphne's) uses this server too: serving.apps installs it.
 """
 
 import asyncio
@@ -49,18 +49,13 @@ from django.conf import settings
 from twisted.internet import defer
 from twisted.web import http
 
+from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
 from chat.ratelimit import TokenBucket
 
-logger = logging.getLogger("mysite.server")  # not "__main__" when run with -m
+logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
 
-# Beside chat.protocol's 4429 and 4503; listed with them in README.md.
-CLOSE_TOO_SLOW = 4408
-CLOSE_LIFETIME_ENDED = 4000
-# chat.protocol.CLOSE_FLOODING, which this module cannot import before Django is set up:
-# too many frames, whichever kind.
-CLOSE_FLOODING = 4429
 # A refused HTTP client has this long to stop sending and read the answer, before the
 # connection is cut: closing a socket with unread bytes in it resets the connection, and
 # the client may lose the answer with it.
@@ -71,7 +66,7 @@ def unsent_bytes(transport) -> int:
     """Bytes Twisted holds for this connection that the kernel has not taken yet.
 
     Twisted has no public accessor: these are the buffers of its FileDescriptor
-    (twisted.internet.abstract), unchanged for over a decade. mysite/tests/test_server.py
+    (twisted.internet.abstract), unchanged for over a decade. serving/tests/test_chat_daphne.py
     fails if they ever move.
     """
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen

@@ -15,9 +15,9 @@ import pytest
 import websocket
 
 from conftest import ROOT
-from mysite import devserver
-from mysite.embedded_redis import DEFAULT_PORT, free_port, port_is_free
-from mysite.processes import stop_processes, wait_for_http
+from serving import devserver
+from serving.embedded_redis import DEFAULT_PORT, free_port, port_is_free
+from serving.processes import stop_processes, wait_for_http
 
 # Refusals come before Redis starts and before migrate.
 REFUSAL_TIMEOUT_SECONDS = 20
@@ -45,7 +45,7 @@ def next_message(client: websocket.WebSocket) -> dict:
 def run_until_it_exits(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """Run the devserver; its exit status, stdout and stderr, or a failure if it still runs."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mysite.devserver", *args],
+        [sys.executable, "-m", "serving.devserver", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -112,7 +112,7 @@ def test_run_serves_the_chat_and_ctrl_c_stops_server_and_redis(tmp_path):
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     output = open(tmp_path / "output.txt", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mysite.devserver", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "serving.devserver", f"127.0.0.1:{port}"],
         cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

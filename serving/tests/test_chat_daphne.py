@@ -1,4 +1,4 @@
-"""mysite.server: what daphne would hold for a client without bound, bounded.
+"""serving.chat_daphne: what daphne would hold for a client without bound, bounded.
 
 A client that stops reading is closed with 4408 and nobody else waits for it; one that
 floods pings is closed with 4429; a socket lives CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS;
@@ -22,14 +22,9 @@ import websockets
 from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
+from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
 from conftest import ROOT
-from mysite.server import (
-    CLOSE_FLOODING,
-    CLOSE_LIFETIME_ENDED,
-    CLOSE_TOO_SLOW,
-    SHUTDOWN_DRAIN_SECONDS,
-    ChatDaphneServer,
-)
+from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
 SEEDED_MESSAGES = 1500
@@ -163,10 +158,10 @@ async def test_a_closed_slow_client_catches_up_in_one_reconnect_however_far_behi
 
 
 def test_unsent_bytes_reads_twisteds_write_buffer():
-    """The one private thing mysite.server reads: Twisted's buffers, by their names."""
+    """The one private thing serving.chat_daphne reads: Twisted's buffers, by their names."""
     from twisted.internet.abstract import FileDescriptor
 
-    from mysite.server import unsent_bytes
+    from serving.chat_daphne import unsent_bytes
 
     descriptor = FileDescriptor()
     descriptor.connected = True
@@ -263,7 +258,7 @@ def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
     from daphne.management.commands.runserver import Command as RunserverCommand
 
     assert ChatDaphneServer(application=None, endpoints=["tcp:0"]).websocket_timeout == -1
-    # mysite.serve, the Dockerfile and docker-compose.yml run `python -m mysite.server`.
+    # serving.supervisor, the Dockerfile and docker-compose.yml run `python -m serving.chat_daphne`.
     assert RunserverCommand.server_cls is ChatDaphneServer
 
 
@@ -350,3 +345,16 @@ def test_a_normal_post_on_a_kept_alive_connection_still_works(http_server):
         assert "csrfmiddlewaretoken" in answer.read().decode()
     finally:
         connection.close()
+
+
+def test_the_server_starts_before_django_is_set_up():
+    """`python -m serving.chat_daphne` imports its close codes from chat.protocol first."""
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.chat_daphne", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout

@@ -1,4 +1,4 @@
-"""`python -m mysite.serve` listens beyond this machine only with DEBUG off."""
+"""`python -m serving.supervisor` listens beyond this machine only with DEBUG off."""
 
 import socket
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mysite.embedded_redis import free_port
-from mysite.serve import debug_bind_refusal
+from serving.embedded_redis import free_port
+from serving.supervisor import debug_bind_refusal
 
 REFUSAL_TIMEOUT_SECONDS = 60
 
@@ -34,7 +34,7 @@ def test_any_address_may_be_listened_on_with_debug_off(settings):
 def test_serve_in_debug_on_a_public_address_exits_with_a_message_and_listens_on_nothing(bind):
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "mysite.settings"}
-    command = [sys.executable, "-m", "mysite.serve", "--processes", "1", "--bind"]
+    command = [sys.executable, "-m", "serving.supervisor", "--processes", "1", "--bind"]
     result = subprocess.run(
         [*command, bind.format(port=port)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=REFUSAL_TIMEOUT_SECONDS,

@@ -1,0 +1,61 @@
+"""REDIS_URL's list of URLs, refused without a scheme, shown without a password; and
+whether each Redis answers, on a real one."""
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from chat.redis_clients import redacted_url, redis_problem, redis_urls
+from serving.embedded_redis import free_port
+
+ONE = "redis://127.0.0.1:6379/0"
+TWO = "redis://127.0.0.1:6380/0"
+
+
+def test_redis_urls_split_on_commas_and_drop_blanks():
+    assert redis_urls(f" {ONE} , {TWO},, ") == [ONE, TWO]
+    assert redis_urls([ONE]) == [ONE]
+    with pytest.raises(ImproperlyConfigured, match="holds no URL"):
+        redis_urls(" , ")
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:6379", "127.0.0.1:6379/0", "http://127.0.0.1:6379", "user:pw@redis:6379"]
+)
+def test_redis_urls_refuse_a_url_without_a_redis_scheme_and_hide_its_password(url):
+    with pytest.raises(ImproperlyConfigured, match="does not start with redis://") as refusal:
+        redis_urls(f"{ONE},{url}")
+    assert "pw" not in str(refusal.value)
+
+
+def test_redis_urls_accept_every_scheme_redis_py_knows():
+    urls = ["redis://h:6379/0", "rediss://h:6380/0", "unix:///run/redis.sock", "REDIS://h"]
+    assert redis_urls(urls) == urls
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:s3cret@h:6380/0", "rediss://user:***@h:6380/0"),
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("user:s3cret@h:6379", "user:***@h:6379"),
+    ],
+)
+def test_redacted_url_hides_only_the_password(url, shown):
+    assert redacted_url(url) == shown
+
+
+def test_redis_problem_is_none_when_every_redis_answers(redis_server):
+    assert redis_problem(f"{redis_server.url},{redis_server.url}") is None
+
+
+def test_redis_problem_names_the_redis_that_does_not_answer_without_its_password(redis_server):
+    silent = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    problem = redis_problem(f"{redis_server.url},{silent}")
+    assert problem.startswith(f"Redis at {redacted_url(silent)} does not answer (ConnectionError")
+    assert "hunter2" not in problem
+
+
+def test_redis_problem_is_the_refusal_for_a_url_without_a_scheme():
+    assert "does not start with redis://" in redis_problem("localhost:6379")

@@ -1,0 +1,1 @@
+"""Process management: the chat's daphne, its supervisor, and the development server."""
