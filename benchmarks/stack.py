@@ -78,6 +78,11 @@ def start_stack(processes: int, layer: str, extra_env: dict[str, str] | None = N
         CHAT_CHANNEL_LAYER=layer,
         CHAT_LOG_LEVEL="WARNING",
         DJANGO_LOG_LEVEL="WARNING",
+        # Every simulated client comes from 127.0.0.1 without a session: lift the limits
+        # per address and per person (chat.limits), or the load would be refused.
+        CHAT_LIMIT_SOCKETS_PER_ADDRESS="1000000/minute",
+        CHAT_LIMIT_MESSAGES_PER_PERSON="1000000/second",
+        CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS="1000000/minute",
     )
     env.update(extra_env or {})
     migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]
