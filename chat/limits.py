@@ -146,17 +146,21 @@ def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:
 def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
     """django-axes's lockout answer (AXES_LOCKOUT_CALLABLE): a 429 with Retry-After.
 
-    axes has logged the lockout with the address; the lockout lasts AXES_COOLOFF_TIME
-    from the last failure, and a failure during it starts it again.
+    The lockout lasts AXES_COOLOFF_TIME from the last failure, and a failure during it
+    starts it again.
     """
     wait = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds())
     detail = f"Too many failed logins for this account or from your address. Try again in {wait} s."
+    address = client_address(request)
+    logger.warning("refused login at %s from %s: locked out", request.path, address)
     return _too_many_requests(detail, wait)
 
 
 def _too_many_requests(detail: str, wait: int) -> HttpResponse:
     response = HttpResponse(detail + "\n", status=429, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = str(wait)
+    # Logged already, with the address and the reason: not again by django.request.
+    response._has_been_logged = True
     return response
 
 

@@ -255,6 +255,9 @@ LOGGING = {
         "django.channels.server": {"propagate": False},
         # It logs a traceback a second per process while Redis is down: one line instead.
         "channels_redis.pubsub": {"filters": ["one_line"]},
+        # django-axes logs five lines per failed login, the address masked, and a banner at
+        # every start: chat.limits logs each lockout once, with the address, instead.
+        "axes": {"level": "ERROR"},
     },
 }
 

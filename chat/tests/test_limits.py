@@ -184,7 +184,8 @@ def test_guest_sessions_past_the_limit_per_address_get_429_and_kept_sessions_go_
     _assert_too_many_requests(Client(REMOTE_ADDR=ADDRESS).get("/chat/lobby/"))
     named = Client(REMOTE_ADDR=ADDRESS).post(reverse("set_display_name"), {"display_name": "Eve"})
     _assert_too_many_requests(named)
-    assert len(_refusal_lines(caplog, ADDRESS)) == 2  # one line per refusal
+    assert len(_refusal_lines(caplog, ADDRESS)) == 2  # one line per refusal, and only that:
+    assert [record for record in caplog.records if record.name == "django.request"] == []
     assert kept.get("/chat/lobby/").status_code == 200  # its session exists: nothing new
     assert kept.post(reverse("set_display_name"), {"display_name": "Ann"}).status_code == 302
     assert Client(REMOTE_ADDR=OTHER_ADDRESS).get("/chat/lobby/").status_code == 200
@@ -254,13 +255,18 @@ def test_failed_logins_per_account_lock_it_even_from_new_addresses(settings, ali
 
 
 @pytest.mark.django_db
-def test_failed_logins_per_address_lock_it_out_for_every_account(settings, django_user_model):
+def test_failed_logins_per_address_lock_it_out_for_every_account(
+    settings, django_user_model, caplog
+):
     settings.AXES_FAILURE_LIMIT = 3
+    caplog.set_level(logging.INFO)
     django_user_model.objects.create_user("bob", password=PASSWORD)
     for username in ("x1", "x2"):
         assert _log_in("/accounts/login/", username, "wrong")[0].status_code == 200
     _assert_too_many_requests(_log_in("/accounts/login/", "x3", "wrong")[0])
     _assert_too_many_requests(_log_in("/accounts/login/", "bob", PASSWORD)[0])
+    assert len(_refusal_lines(caplog, ADDRESS)) == 2  # each refusal, once, with the address
+    assert [record for record in caplog.records if record.name.startswith("axes")] == []
     response, _ = _log_in("/accounts/login/", "bob", PASSWORD, OTHER_ADDRESS)
     assert response.status_code == 302
 
