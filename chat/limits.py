@@ -31,8 +31,10 @@ KEY_PREFIX = "chat:limits"
 # A check is one round trip to a Redis on the same network; give up on it quickly.
 REDIS_TIMEOUT_SECONDS = 2.0
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# scope["client"] is absent on a Unix socket (and in in-process tests): one shared bucket.
-UNKNOWN_ADDRESS = "unknown"
+# No address known (scope["client"] on a Unix socket, a request built in a test): IPv4's
+# "unspecified" address, which all such clients share, and which django-axes can store
+# (an address field, which PostgreSQL checks).
+UNKNOWN_ADDRESS = "0.0.0.0"
 
 
 @dataclass(frozen=True)
