@@ -46,6 +46,7 @@ class Limit:
 
     @property
     def rate(self) -> limits.RateLimitItem:
+        """The rate its setting holds now (tests override settings)."""
         return _parse(getattr(settings, self.setting))
 
 

@@ -372,8 +372,10 @@ CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/mi
 AXES_FAILURE_LIMIT = int(os.environ.get("CHAT_LOGIN_FAILURE_LIMIT", "10"))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_COOLOFF_TIME = timedelta(seconds=int(os.environ.get("CHAT_LOGIN_COOLOFF_SECONDS", "900")))
-# A successful login clears the account's failures: a mistyped password is forgiven.
-AXES_RESET_ON_SUCCESS = True
+# Not cleared by a successful login: axes would clear the address's failures too, and a
+# guesser who logs in to an account of their own now and then would never be locked out.
+# Failures are forgotten AXES_COOLOFF_TIME after the last one instead.
+AXES_RESET_ON_SUCCESS = False
 AXES_CLIENT_IP_CALLABLE = "chat.limits.client_address"
 AXES_LOCKOUT_CALLABLE = "chat.limits.login_lockout_response"
 # Failures are what it needs; a row per successful login would only grow.

@@ -278,3 +278,15 @@ def test_a_mistyped_password_then_the_right_one_logs_in(settings, alice):
     response, client = _log_in("/accounts/login/", "alice", PASSWORD)
     assert response.status_code == 302
     assert client.session["_auth_user_id"] == str(alice.pk)
+
+
+@pytest.mark.django_db
+def test_logging_in_to_ones_own_account_does_not_reset_the_failures_against_another(
+    settings, alice, django_user_model
+):
+    settings.AXES_FAILURE_LIMIT = 3
+    django_user_model.objects.create_user("mallory", password=PASSWORD)
+    for _ in range(2):
+        assert _log_in("/accounts/login/", "alice", "wrong")[0].status_code == 200
+        assert _log_in("/accounts/login/", "mallory", PASSWORD)[0].status_code == 302
+    _assert_too_many_requests(_log_in("/accounts/login/", "alice", "wrong", OTHER_ADDRESS)[0])
