@@ -3,7 +3,8 @@
 
     python3 dev.py run     install into .venv, then start the chat on http://127.0.0.1:8000/chat/
     python3 dev.py test    install into .venv (test tools too), then lint and run the whole suite
-    python3 dev.py bench   install into .venv (load tools too), then run the load benchmark
+    python3 dev.py bench   install into .venv (load tools too), then run the load benchmark;
+                           `bench NAME ...` runs benchmarks/NAME.py instead (history, churn...)
     python3 dev.py manage  install into .venv, then run manage.py (createsuperuser, migrate, ...)
     python3 dev.py serve   install into .venv, then run mysite.serve (N daphne processes)
 
@@ -74,7 +75,10 @@ def main(argv: list[str]) -> int:
         for lint in (["check", "."], ["format", "--check", "."]):
             if subprocess.run([str(PYTHON), "-m", "ruff", *lint]).returncode != 0:
                 return 1
-    os.execv(PYTHON, [str(PYTHON), *COMMANDS[command], *rest])
+    program = COMMANDS[command]
+    if command == "bench" and rest and (ROOT / "benchmarks" / f"{rest[0]}.py").is_file():
+        program, rest = ["-m", f"benchmarks.{rest[0]}"], rest[1:]
+    os.execv(PYTHON, [str(PYTHON), *program, *rest])
 
 
 if __name__ == "__main__":

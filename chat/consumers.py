@@ -67,6 +67,10 @@ class ChatConsumer(WebsocketConsumer):
                 # Shielded: a second cancellation must not skip it, or this process would
                 # keep the dead socket in its room's presence list for ever.
                 await asyncio.shield(database_sync_to_async(self.leave_room)())
+            # Then the channel itself: channels_redis alone would keep the channel of a
+            # socket that left with a message on its way to it (mysite.channel_layers).
+            if hasattr(self, "channel_name") and hasattr(self.channel_layer, "clean_channel"):
+                await self.channel_layer.clean_channel(self.channel_name)
 
     async def _close_now(self, code: int):
         with contextlib.suppress(Exception):  # the connection may be gone already

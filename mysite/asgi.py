@@ -13,12 +13,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from mysite.origins import StrictOriginValidator  # noqa: E402
+from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
-        # only, so another port or scheme on this host could chat as the logged-in user.
-        "websocket": StrictOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+# Around both protocols: behind a trusted proxy, scope["client"] is the real client's.
+application = TrustedProxyMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
+            # only, so another port or scheme on this host could chat as the logged-in user.
+            "websocket": StrictOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

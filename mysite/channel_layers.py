@@ -1,9 +1,18 @@
-"""The CHANNEL_LAYERS setting for one or more Redis URLs, shared by settings and the tests."""
+"""The CHANNEL_LAYERS setting for one or more Redis URLs, shared by settings and the tests;
+and channels_redis's two layers, each taught to forget a channel whose consumer is done.
+"""
 
+import asyncio
+import collections
+import logging
 from typing import Any
 
 import redis
+from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 # channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
 # redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
@@ -61,10 +70,10 @@ LAYER_BACKENDS = {
     # Benchmark), and groups that neither expire nor vanish when Redis restarts. It has
     # no queues: a message to a socket not subscribed yet is gone, so sockets fill such
     # gaps from the database (chat.consumers).
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "mysite.channel_layers.PubSubLayer",
     # The tutorial's layer: per-channel queues in Redis, each capped at `capacity`. Each
     # received message costs a process four Redis round trips, one after the other.
-    "redis": "channels_redis.core.RedisChannelLayer",
+    "redis": "mysite.channel_layers.RedisLayer",
 }
 DEFAULT_LAYER = "pubsub"
 
@@ -90,3 +99,75 @@ def redis_channel_layers(
     if layer == "redis":
         config["group_expiry"] = int(group_expiry)
     return {"default": {"BACKEND": LAYER_BACKENDS[layer], "CONFIG": config}}
+
+
+# Channels never tells a layer that a consumer's channel is done with; channels_redis
+# forgets one only when a receive waiting on it is cancelled as the consumer stops. A
+# receive that already holds a message is not cancelled: a socket that leaves a busy room,
+# with the room's messages on their way to it, leaves its channel behind for ever, still
+# SUBSCRIBEd on pubsub (channels_redis#276), its buffer held on the redis layer
+# (channels_redis#212, #426). ChatConsumer calls clean_channel as it stops, the method
+# channels_redis#339 proposes for this.
+
+
+class PubSubLayer(RedisPubSubChannelLayer):
+    """channels_redis's pubsub layer, with clean_channel."""
+
+    async def clean_channel(self, channel: str):
+        """Forget a channel: its queue, its groups, and the subscriptions only it needed."""
+        layer = self._get_layer()
+        unsubscribe = [channel] if layer.channels.pop(channel, None) is not None else []
+        for group_channel, members in list(layer.groups.items()):
+            if channel in members:
+                members.discard(channel)
+                if not members:
+                    del layer.groups[group_channel]
+                    unsubscribe.append(group_channel)
+        # Shielded: a consumer that is cancelled while it cleans up still leaves Redis clean.
+        await asyncio.shield(_unsubscribe(layer, unsubscribe))
+
+
+async def _unsubscribe(layer, names: list[str]):
+    for name in names:
+        try:
+            await layer._get_shard(name).unsubscribe(name)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            logger.warning("could not unsubscribe %s: %r", name, error)
+
+
+class RedisLayer(RedisChannelLayer):
+    """channels_redis's RedisChannelLayer, with clean_channel; it buffers for live channels only.
+
+    Any receive of the process buffers the messages it pops for the process's other
+    channels. A message sent to a socket just before it left arrives after it is gone, and
+    would be buffered for it for ever: this layer drops messages for a channel it did not
+    hand out, or that was cleaned.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.receive_buffer = _LiveChannelBuffers(self.receive_buffer.default_factory)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-local channel, live until clean_channel."""
+        channel = await super().new_channel(prefix)
+        self.receive_buffer.live.add(channel)
+        return channel
+
+    async def clean_channel(self, channel: str):
+        """Forget a channel and drop what is buffered or still on its way for it."""
+        self.receive_buffer.live.discard(channel)
+        self.receive_buffer.pop(channel, None)
+
+
+class _LiveChannelBuffers(collections.defaultdict):
+    """Queues by channel, made on first use for live channels only."""
+
+    def __init__(self, default_factory):
+        super().__init__(default_factory)
+        self.live: set[str] = set()
+
+    def __missing__(self, channel: str):
+        if channel in self.live:
+            return super().__missing__(channel)
+        return self.default_factory()  # kept by nobody: what is put in it is dropped

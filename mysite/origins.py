@@ -14,7 +14,7 @@ POST:
   proxy; or one of CSRF_TRUSTED_ORIGINS, exactly or by its `https://*.example.com` form.
 
 Anything else is refused before the application sees it (HTTP 403, no close frame), with
-one warning line giving the reason.
+one warning line giving the client's address and the reason.
 """
 
 import logging
@@ -95,5 +95,8 @@ class StrictOriginValidator:
         reason = refusal_reason(scope)
         if reason is None:
             return await self.application(scope, receive, send)
-        logger.warning("WebSocket handshake to %s refused: %s", scope.get("path"), reason)
+        client = scope.get("client") or ["unknown"]
+        logger.warning(
+            "WebSocket handshake from %s to %s refused: %s", client[0], scope.get("path"), reason
+        )
         return await WebsocketDenier()(scope, receive, send)

@@ -13,6 +13,12 @@ non-zero exit, instead of a port that accepts connections and never answers. It 
 to start on a port something already listens on (SO_REUSEPORT would let a second serve
 quietly take half the connections) or with a Redis that does not answer. SIGINT or
 SIGTERM stops every child. It neither migrates nor starts Redis.
+
+Behind a reverse proxy, list it in CHAT_TRUSTED_PROXIES (an nginx on this host:
+CHAT_TRUSTED_PROXIES=127.0.0.1) and have it replace X-Forwarded-For with the client's
+address (nginx: `proxy_set_header X-Forwarded-For $remote_addr;`): the children then see
+the client's address, not the proxy's (mysite.proxies). Do not pass daphne's
+--proxy-headers: it believes that header from anyone.
 """
 
 import argparse

@@ -19,6 +19,7 @@ from mysite.channel_layers import (
     redis_channel_layers,
     redis_urls,
 )
+from mysite.proxies import trusted_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -199,6 +200,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The reverse proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For
+# names the client (mysite.proxies); from any other peer, neither it nor the header above
+# is believed. Empty: no proxy is trusted, and the TCP peer is the client.
+CHAT_TRUSTED_PROXIES = trusted_networks(env_list("CHAT_TRUSTED_PROXIES", []))
 
 # Content-Security-Policy (django-csp): scripts and styles only from this site's own files,
 # never inline, so markup that slips into a page runs nothing. 'self' covers the page's

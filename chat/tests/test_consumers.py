@@ -599,3 +599,83 @@ async def test_a_guest_retrying_from_another_socket_of_its_session_is_deduplicat
     await second_socket.send_json_to({"message": "once", "client_id": "retry-2"})
     assert (await assert_receives_message(second_socket, "once"))["id"] == first["id"]
     await assert_no_chat(bystander)
+
+
+# A socket that leaves a busy room has the room's messages on their way to it as it goes
+# (channels_redis#276): each of these says something, and leaves at once.
+CHURN_ROOMS = 4
+CHURN_SOCKETS_PER_ROOM = 5
+CHURN_ROUNDS = 2
+LAYER_SETTLE_SECONDS = 5.0
+
+
+def layer_residue() -> dict:
+    """What the channel layer holds for sockets: in Redis, and in this process."""
+    layer = get_channel_layer()
+    if isinstance(layer, RedisPubSubChannelLayer):
+        loop_layer = layer._get_layer()
+        client = redis.Redis.from_url(loop_layer._shards[0].host["address"])
+        try:
+            subscribed = [name.decode() for name in client.pubsub_channels(f"{loop_layer.prefix}*")]
+            subscribers = sum(count for _, count in client.pubsub_numsub(*subscribed))
+        finally:
+            client.close()
+        return {
+            "subscribed": sorted(subscribed),  # PUBSUB CHANNELS
+            "subscribers": subscribers,  # PUBSUB NUMSUB, added up
+            "queues": sorted(loop_layer.channels),
+            "groups": {group: sorted(members) for group, members in loop_layer.groups.items()},
+        }
+    client = redis.Redis.from_url(layer.hosts[0]["address"])
+    try:
+        groups = {
+            key.decode(): sorted(member.decode() for member in client.zrange(key, 0, -1))
+            for key in client.keys(f"{layer.prefix}:group:*")
+        }
+    finally:
+        client.close()
+    return {"groups": groups, "queues": sorted(layer.receive_buffer)}
+
+
+def socket_channels(residue: dict) -> set[str]:
+    """Every socket channel the layer still knows of, wherever it is kept."""
+    members = {channel for group in residue["groups"].values() for channel in group}
+    subscribed = {name for name in residue.get("subscribed", ()) if "__group__" not in name}
+    return members | subscribed | set(residue["queues"])
+
+
+async def settled_residue(settled) -> dict:
+    """layer_residue() once settled(residue) holds, or as it is LAYER_SETTLE_SECONDS later.
+
+    Redis answers an UNSUBSCRIBE on the layer's own connection: another one sees it a
+    moment later.
+    """
+    deadline = asyncio.get_running_loop().time() + LAYER_SETTLE_SECONDS
+    while not settled(residue := layer_residue()):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return residue
+
+
+async def test_sockets_that_leave_busy_rooms_leave_nothing_in_the_layer(join):
+    stayers = [await join(f"busy-{number}") for number in range(CHURN_ROOMS)]
+    for _ in range(CHURN_ROUNDS):
+        leavers = [
+            await join(f"busy-{number}")
+            for number in range(CHURN_ROOMS)
+            for _ in range(CHURN_SOCKETS_PER_ROOM)
+        ]
+        for socket in leavers:
+            await socket.send_json_to({"message": "bye"})
+        await asyncio.gather(*(socket.disconnect() for socket in leavers))
+
+    residue = await settled_residue(lambda residue: len(socket_channels(residue)) == CHURN_ROOMS)
+    assert len(socket_channels(residue)) == CHURN_ROOMS, residue  # the stayers'
+    assert [len(members) for members in residue["groups"].values()] == [1] * CHURN_ROOMS
+    if "subscribed" in residue:  # pubsub: a channel per stayer, one per room's group
+        assert len(residue["subscribed"]) == residue["subscribers"] == 2 * CHURN_ROOMS
+
+    await asyncio.gather(*(socket.disconnect() for socket in stayers))
+    residue = await settled_residue(lambda residue: not any(residue.values()))
+    assert not any(residue.values()), residue

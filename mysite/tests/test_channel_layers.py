@@ -14,6 +14,8 @@ from django.core.exceptions import ImproperlyConfigured
 from conftest import ROOT
 from mysite.channel_layers import (
     REDIS_SOCKET_TIMEOUT_SECONDS,
+    PubSubLayer,
+    RedisLayer,
     redacted_url,
     redis_channel_layers,
     redis_urls,
@@ -39,7 +41,7 @@ def hosts(layers: dict) -> list[dict]:
 def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
     assert redis_channel_layers(ONE, layer="redis") == {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "mysite.channel_layers.RedisLayer",
             "CONFIG": {
                 "hosts": [
                     {
@@ -62,7 +64,7 @@ def test_group_expiry_is_set_deliberately():
 
 def test_pubsub_is_the_default_layer_and_has_no_group_expiry():
     layers = redis_channel_layers(ONE)
-    assert layers["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layers["default"]["BACKEND"] == "mysite.channel_layers.PubSubLayer"
     assert hosts(layers) == [host(ONE)]
     assert "group_expiry" not in layers["default"]["CONFIG"]
 
@@ -176,3 +178,61 @@ async def test_groups_sharded_over_two_redis_servers_still_deliver(
                 assert groups_held_by(url, layer_name), f"no group landed on {url}"
         finally:
             await layer.flush()
+
+
+RECEIVE_TIMEOUT_SECONDS = 5
+
+
+async def subscriptions_once_settled(client: redis.Redis) -> list:
+    """PUBSUB CHANNELS, once empty or RECEIVE_TIMEOUT_SECONDS later.
+
+    Redis answers an UNSUBSCRIBE on the layer's own connection: this one sees it later.
+    """
+    deadline = asyncio.get_running_loop().time() + RECEIVE_TIMEOUT_SECONDS
+    while (channels := client.pubsub_channels()) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return channels
+
+
+async def test_pubsub_clean_channel_unsubscribes_a_channel_whose_receive_holds_a_message(
+    redis_channel_layer,
+):
+    layer = PubSubLayer(hosts=[redis_channel_layer.url])
+    client = redis.Redis.from_url(redis_channel_layer.url)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("lobby", channel)
+        receiving = asyncio.ensure_future(layer.receive(channel))
+        await layer.send(channel, {"type": "chat.message"})
+        # As when a socket leaves just as a message reached it: the receive is done, so
+        # no cancellation tells channels_redis the channel is gone (channels_redis#276).
+        await asyncio.wait_for(receiving, RECEIVE_TIMEOUT_SECONDS)
+        assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+
+        await layer.clean_channel(channel)
+
+        loop_layer = layer._get_layer()
+        assert loop_layer.channels == {} and loop_layer.groups == {}
+        assert await subscriptions_once_settled(client) == []
+        await layer.clean_channel(channel)  # a second time does nothing
+    finally:
+        client.close()
+        await layer.flush()
+
+
+async def test_redis_layer_drops_what_reaches_a_cleaned_channel_and_keeps_no_buffer(
+    redis_channel_layer,
+):
+    layer = RedisLayer(hosts=[redis_channel_layer.url])
+    try:
+        gone, staying = await layer.new_channel(), await layer.new_channel()
+        for channel in (gone, staying):
+            await layer.group_add("lobby", channel)
+        # Sent before the socket left, popped after: by another socket's receive.
+        await layer.group_send("lobby", {"type": "chat.message", "n": 1})
+        await layer.clean_channel(gone)
+        message = await asyncio.wait_for(layer.receive(staying), RECEIVE_TIMEOUT_SECONDS)
+        assert message == {"type": "chat.message", "n": 1}
+        assert dict(layer.receive_buffer) == {}
+    finally:
+        await layer.flush()

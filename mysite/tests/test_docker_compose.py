@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from mysite.proxies import trusted_networks
+
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 # What an operator must export before `docker compose up`; nothing else is needed.
@@ -231,6 +233,24 @@ def test_web_runs_in_production_mode_behind_the_proxy_over_plain_http_by_default
     assert behind_tls["DJANGO_SECURE_SSL_REDIRECT"] == "true"
 
 
+def test_web_trusts_forwarding_headers_from_the_proxy_network_that_nginx_alone_shares():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    [ipam] = compose["networks"]["proxy"]["ipam"]["config"]
+    subnet = ipam["subnet"]
+    for variables in ({}, {"PROXY_SUBNET": "10.99.0.0/24"}):
+        trusted = web_environment(**variables)["CHAT_TRUSTED_PROXIES"]
+        assert trusted == interpolate(subnet, variables)
+        assert trusted_networks([trusted])  # one network, as the settings read it
+    on_proxy = {
+        name for name, service in compose["services"].items()
+        if "proxy" in service.get("networks", [])
+    }  # fmt: skip
+    assert on_proxy == {"nginx", "web"}
+    assert compose["services"]["nginx"]["networks"] == ["proxy"]
+    # Redis and Postgres stay on the default network, which the replicas need too.
+    assert "default" in compose["services"]["web"]["networks"]
+
+
 def test_secrets_are_required_variables_never_literals():
     text = (ROOT / "docker-compose.yml").read_text()
     for secret in SECRETS:
@@ -300,13 +320,14 @@ def test_nginx_conf_upgrades_websockets_on_ws_and_keeps_them_open_for_an_hour():
         assert effective(timeout, http, server, websocket) == [["1h"]]
 
 
-def test_nginx_conf_forwards_host_client_address_and_scheme_on_every_location():
+def test_nginx_conf_sets_host_client_address_and_scheme_on_every_location():
     _, _, locations = nginx_server()
     for location in locations:
         headers = proxy_headers(location)
         # With its port, as the browser's Origin has it, so Django's CSRF check matches.
         assert headers["Host"] == "$http_host", location
-        assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for", location
+        # Replaced, never appended to: what a client sends in it is not passed on.
+        assert headers["X-Forwarded-For"] == "$remote_addr", location
         assert headers["X-Forwarded-Proto"] == "$scheme", location
 
 
