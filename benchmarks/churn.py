@@ -29,6 +29,7 @@ import time
 import django
 import redis
 
+from benchmarks.stack import LIMITS_LIFTED
 from mysite.channel_layers import DEFAULT_LAYER, LAYER_BACKENDS
 from mysite.embedded_redis import EmbeddedRedis
 
@@ -55,6 +56,7 @@ def configure_django(database_path: str, redis_url: str, layer: str, upstream: b
         # Quiet: the redis layer logs each message over its capacity, and a round has many.
         DJANGO_LOG_LEVEL="WARNING",
         CHAT_LOG_LEVEL="WARNING",
+        **LIMITS_LIFTED,
     )
     django.setup()
     from django.conf import settings
