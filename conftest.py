@@ -43,6 +43,19 @@ def refresher_rounds_run_by_hand(monkeypatch, settings):
     settings.CHAT_PRESENCE_COALESCE_SECONDS = 0.01
 
 
+@pytest.fixture(autouse=True)
+def limits_count_from_zero(redis_server, settings):
+    """Per-person limits (chat.limits) count in the session's Redis, from zero in each test."""
+    from chat import limits
+
+    settings.REDIS_URL = redis_server.url
+    yield
+    client = redis.Redis.from_url(redis_server.url)
+    for key in client.scan_iter(f"{limits.KEY_PREFIX}:*"):
+        client.delete(key)
+    client.close()
+
+
 @pytest.fixture
 def redis_channel_layer(redis_server, settings):
     """Point the channel layer and presence at the session's Redis; flush it after the test."""

@@ -62,6 +62,15 @@ class Stack:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# Every simulated client comes from one address without a session: lift the limits per
+# address and per person (chat.limits), or the load would be refused.
+LIMITS_LIFTED = {
+    "CHAT_LIMIT_SOCKETS_PER_ADDRESS": "1000000/minute",
+    "CHAT_LIMIT_MESSAGES_PER_PERSON": "1000000/second",
+    "CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS": "1000000/minute",
+}
+
+
 def start_stack(
     processes: int, layer: str, extra_env: dict[str, str] | None = None, root: Path = ROOT
 ) -> Stack:
@@ -83,6 +92,7 @@ def start_stack(
         CHAT_CHANNEL_LAYER=layer,
         CHAT_LOG_LEVEL="WARNING",
         DJANGO_LOG_LEVEL="WARNING",
+        **LIMITS_LIFTED,
     )
     env.update(extra_env or {})
     migrate = [sys.executable, "manage.py", "migrate", "--noinput", "-v0"]

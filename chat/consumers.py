@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import identity, pipeline, presence, protocol, revocation, rooms, services
+from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,9 @@ class ChatConsumer(WebsocketConsumer):
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
+        if limits.refuse_socket(self.scope):
+            self.close()  # before accept: a 403, and the page's backoff keeps growing
+            return
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
         self.room_group_name = rooms.group_name(self.room_name)
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
@@ -247,6 +250,8 @@ class ChatConsumer(WebsocketConsumer):
             pipeline.call_in_turn(self.loop, self._next_page, frame)
             return
         try:
+            # Shared with the sender's other sockets and processes: one Redis round trip.
+            limits.check_message(self.scope, self.author, self.room_name, self.last_seq == 0, frame)
             message, created = self._store(frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
@@ -394,7 +399,12 @@ class ChatConsumer(WebsocketConsumer):
             ) from None
 
     def _refuse(self, refusal: protocol.FrameRefused):
-        logger.info("refused frame in room %r: %s", self.room_name, refusal.code)
+        logger.info(
+            "refused frame in room %r from %s: %s",
+            self.room_name,
+            limits.client_address(self.scope),
+            refusal.code,
+        )
         self.send(text_data=protocol.error_frame(refusal))
         if self.rate_limit.refusals_in_a_row >= settings.CHAT_FLOOD_CLOSE_AFTER:
             logger.warning("closing flooding socket in room %r", self.room_name)

@@ -6,7 +6,7 @@ from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from . import identity, protocol, revocation, rooms, services
+from . import identity, limits, protocol, revocation, rooms, services
 from .forms import SignupForm
 
 
@@ -29,10 +29,14 @@ def set_display_name(request):
     """Keep a guest's chosen display name in the session."""
     raw = request.POST.get("display_name", "")
     try:
-        request.session[identity.SESSION_KEY] = identity.clean_guest_name(raw)
+        name = identity.clean_guest_name(raw)
     except identity.InvalidDisplayName as refusal:
         context = {"room_name": "", "error": None, "name_error": str(refusal), "name_value": raw}
         return render(request, "chat/index.html", _with_identity(request, context), status=400)
+    if request.session.session_key is None:  # saving the name makes a session
+        if refused := limits.http_refusal(limits.GUEST_SESSIONS, request):
+            return refused
+    request.session[identity.SESSION_KEY] = name
     if request.session.session_key:  # open sockets of this session speak under the old name
         revocation.close_sockets_of(
             revocation.session_group(request.session.session_key), "name changed"
@@ -52,6 +56,8 @@ def room(request, room_name):
     if context["author"].is_guest and request.session.session_key is None:
         # Sockets tell guests apart by session (identity.guest_key): one made now keeps
         # this guest's client ids its own across reconnects, so its retries still dedupe.
+        if refused := limits.http_refusal(limits.GUEST_SESSIONS, request):
+            return refused
         request.session.create()
     return render(request, "chat/room.html", context)
 
@@ -59,6 +65,8 @@ def room(request, room_name):
 @require_GET
 def room_messages(request, room_name):
     """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page."""
+    if refused := limits.http_refusal(limits.API, request):
+        return refused
     try:
         after = protocol.parse_seq(request.GET.get("after", "0"))
         limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
@@ -82,7 +90,10 @@ def signup(request):
     """Create an account (Django's UserCreationForm and the name rules), then log it in."""
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        login(request, form.save())
+        if refused := limits.http_refusal(limits.SIGNUPS, request):
+            return refused
+        # Named: django-axes's backend stands first, and it only ever refuses.
+        login(request, form.save(), backend="django.contrib.auth.backends.ModelBackend")
         return redirect(settings.LOGIN_REDIRECT_URL)
     return render(request, "registration/signup.html", {"form": form})
 

@@ -5,6 +5,7 @@ the same file with other environment variables (see README.md, "Configuration").
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -63,6 +64,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Failed logins per account and per address, the admin's included (see AXES_* below).
+    "axes",
     # Only for its system checks (settings from django-csp 3 are an error, not ignored).
     "csp",
 ]
@@ -78,6 +81,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into our 429 response.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "mysite.urls"
@@ -247,6 +258,9 @@ LOGGING = {
         "django.channels.server": {"propagate": False},
         # It logs a traceback a second per process while Redis is down: one line instead.
         "channels_redis.pubsub": {"filters": ["one_line"]},
+        # django-axes logs five lines per failed login, the address masked, and a banner at
+        # every start: chat.limits logs each lockout once, with the address, instead.
+        "axes": {"level": "ERROR"},
     },
 }
 
@@ -331,3 +345,50 @@ CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "50"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
+
+# --- Limits per person, shared by all processes (chat.limits; counters in Redis) --------
+# Rates as the `limits` library writes them ("N/period" or "N/<k>periods"), counted in a
+# moving window. Each one can be set from the environment, so a load test from one address
+# can lift them. Several people behind one address (an office's NAT) share the
+# per-address ones: raise those for such a crowd.
+# New WebSockets per client address: a page opens one and reconnects with backoff, and a
+# person has a few tabs; a whole office reloading at once stays under 120 a minute, while
+# a script opening 2,000 in 9 s is cut off at 120. Refused at the handshake (403).
+CHAT_LIMIT_SOCKETS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
+# Messages per user or guest session over all its sockets and processes: nobody types
+# 3 messages a second for 10 s, and a burst of 30 lets a pasted conversation through;
+# 100 sockets storing 11,604 messages in 10 s would have stored 30.
+CHAT_LIMIT_MESSAGES_PER_PERSON = os.environ.get("CHAT_LIMIT_MESSAGES_PER_PERSON", "30/10seconds")
+# Rooms created (a room's first message creates it) per address: people mostly join rooms
+# that exist; 20 an hour is a busy organiser, 1,000 in 9 s is someone filling the database.
+CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "20/hour")
+# Guest sessions made per address (the room page and a guest name make one for a visitor
+# without a cookie): a browser keeps its cookie, so each is a new visitor; 60 an hour lets
+# a classroom in, and stops a client that drops its cookie from filling the session table.
+CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = os.environ.get(
+    "CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "60/hour"
+)
+# Accounts created per address: a person signs up once; 10 an hour covers a family or a
+# class signing up together, not 30 accounts in 6 s.
+CHAT_LIMIT_SIGNUPS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "10/hour")
+# GET /chat/<room>/messages/ per address: the page itself never calls it; a reader's
+# script paging through a room gets a page a second (60 x 500 messages a minute), not
+# 200 pages in 4.8 s.
+CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
+
+# Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
+# database (shared by every process, on SQLite and PostgreSQL, and kept when Redis
+# restarts). 10 failures lock out the account, and separately the address: enough for
+# a person who mistypes, while guessing gets 10 tries per 15 minutes instead of 300 a
+# minute. A failure during a lockout starts it again; the page says when to retry.
+AXES_FAILURE_LIMIT = int(os.environ.get("CHAT_LOGIN_FAILURE_LIMIT", "10"))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = timedelta(seconds=int(os.environ.get("CHAT_LOGIN_COOLOFF_SECONDS", "900")))
+# Not cleared by a successful login: axes would clear the address's failures too, and a
+# guesser who logs in to an account of their own now and then would never be locked out.
+# Failures are forgotten AXES_COOLOFF_TIME after the last one instead.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "chat.limits.client_address"
+AXES_LOCKOUT_CALLABLE = "chat.limits.login_lockout_response"
+# Failures are what it needs; a row per successful login would only grow.
+AXES_DISABLE_ACCESS_LOG = True

@@ -488,7 +488,8 @@ def test_password_reset_mails_a_link_that_sets_a_new_password(
         set_password_page.redirect_chain[-1][0], {"new_password1": new, "new_password2": new}
     )
     assert done["Location"] == reverse("password_reset_complete")
-    assert client.login(username="alice", password=new)
+    logged_in = client.post(reverse("login"), {"username": "alice", "password": new})
+    assert logged_in.status_code == 302 and logged_in["Location"] == "/chat/"
 
 
 def test_password_reset_for_an_unknown_address_says_the_same_and_mails_nothing(client, mailoutbox):

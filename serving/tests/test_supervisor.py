@@ -56,7 +56,10 @@ def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tup
 @pytest.fixture
 def served(redis_server, migrated_database):
     port = free_port()
-    env = server_environment(redis_server.url, migrated_database)
+    # Every socket of the bursts below comes from 127.0.0.1: lift the per-address limit.
+    env = server_environment(
+        redis_server.url, migrated_database, CHAT_LIMIT_SOCKETS_PER_ADDRESS="100000/minute"
+    )
     command = [sys.executable, "-m", "serving.supervisor", "--processes", "2", "--bind"]
     process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,292 @@
+"""Limits per person, shared by all processes (chat.limits), and failed logins (django-axes)."""
+
+import json
+import logging
+import re
+import urllib.request
+from http.cookiejar import CookieJar
+
+import pytest
+import websocket
+from django.conf import settings as django_settings
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from chat import limits
+from chat.tests.conftest import communicator, next_frame, session_cookie_for
+
+ADDRESS = "203.0.113.7"
+OTHER_ADDRESS = "198.51.100.9"
+
+
+def _from(address: str, room: str = "lobby", headers=()):
+    """A not-yet-connected socket whose client address is `address`."""
+    socket = communicator(room, headers=headers)
+    socket.scope["client"] = [address, 50000]  # as daphne puts it; read before the first await
+    return socket
+
+
+async def _joined(address: str, room: str = "lobby", headers=()):
+    socket = _from(address, room, headers)
+    connected, code = await socket.connect()
+    assert connected, f"handshake refused with {code}"
+    return socket
+
+
+async def _send(socket, text: str) -> dict:
+    """Send a message; the next frame that answers it (its broadcast or an error)."""
+    client_id = re.sub(r"[^A-Za-z0-9]", "-", text)
+    await socket.send_json_to({"message": text, "client_id": client_id})
+    while True:
+        frame = await next_frame(socket)
+        if frame.get("message") == text or "error" in frame:
+            return frame
+
+
+def _refusal_lines(caplog, address: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "chat.limits" and address in record.getMessage()
+    ]
+
+
+# --- The client address ------------------------------------------------------------------
+
+
+def test_the_client_address_is_remote_addr_or_the_scopes_client():
+    request = RequestFactory().get("/", REMOTE_ADDR=ADDRESS)
+    assert limits.client_address(request) == ADDRESS
+    assert limits.client_address({"client": [ADDRESS, 1234]}) == ADDRESS
+    assert limits.client_address({"client": None}) == limits.UNKNOWN_ADDRESS
+
+
+# --- WebSocket ---------------------------------------------------------------------------
+
+
+async def test_sockets_past_the_limit_per_address_are_refused_at_the_handshake(
+    redis_channel_layer, transactional_db, settings, caplog
+):
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    opened = [await _joined(ADDRESS), await _joined(ADDRESS)]
+    refused = _from(ADDRESS)
+    connected, _ = await refused.connect()
+    assert not connected  # closed before accept: daphne answers the handshake with 403
+    assert len(_refusal_lines(caplog, ADDRESS)) == 1
+    opened.append(await _joined(OTHER_ADDRESS))
+    for socket in opened:
+        await socket.disconnect()
+
+
+async def test_messages_per_guest_session_are_counted_across_all_its_sockets(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "3/minute"
+    cookie = await session_cookie_for(display_name="mallory")
+    first = await _joined(ADDRESS, headers=[cookie])
+    second = await _joined(ADDRESS, headers=[cookie])
+    other = await _joined(ADDRESS, headers=[await session_cookie_for(display_name="olive")])
+    assert "error" not in await _send(first, "one")
+    assert "error" not in await _send(second, "two")
+    assert "error" not in await _send(first, "three")
+    refused = await _send(second, "four")
+    assert refused["error"]["code"] == "rate_limited"
+    assert refused["error"]["client_id"] == "four"  # the send it refuses
+    assert "Try again in" in refused["error"]["detail"]
+    assert "error" not in await _send(other, "another person, same address")
+    for socket in (first, second, other):
+        await socket.disconnect()
+
+
+async def test_sockets_without_a_session_share_their_addresss_message_limit(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "2/minute"
+    first, second = await _joined(ADDRESS), await _joined(ADDRESS)
+    elsewhere = await _joined(OTHER_ADDRESS)
+    assert "error" not in await _send(first, "one")
+    assert "error" not in await _send(second, "two")
+    assert (await _send(first, "three"))["error"]["code"] == "rate_limited"
+    assert "error" not in await _send(elsewhere, "from elsewhere")
+    for socket in (first, second, elsewhere):
+        await socket.disconnect()
+
+
+async def test_new_rooms_past_the_limit_per_address_are_refused_and_old_rooms_still_chat(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS = "2/hour"
+    sockets = [await _joined(ADDRESS, room) for room in ("new-1", "new-2", "new-3")]
+    assert "error" not in await _send(sockets[0], "first in new-1")
+    assert "error" not in await _send(sockets[1], "first in new-2")
+    refused = await _send(sockets[2], "first in new-3")
+    assert refused["error"]["code"] == "too_many_rooms"
+    assert "Try again in" in refused["error"]["detail"]
+    assert "error" not in await _send(sockets[0], "again in new-1")
+    again = await _joined(ADDRESS, "new-1")  # a socket that joins a room with messages
+    assert "error" not in await _send(again, "a newcomer in new-1")
+    elsewhere = await _joined(OTHER_ADDRESS, "new-3")
+    assert "error" not in await _send(elsewhere, "first in new-3")
+    for socket in (*sockets, again, elsewhere):
+        await socket.disconnect()
+
+
+def test_a_persons_message_limit_is_shared_by_sockets_on_different_processes(
+    start_chat_server,
+):
+    env = {"CHAT_LIMIT_MESSAGES_PER_PERSON": "4/minute"}
+    first, second = start_chat_server(**env), start_chat_server(**env)
+    cookies = CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    browser.open(first.url + "/chat/lobby/").read()  # the room page gives the guest a session
+    [session] = [cookie for cookie in cookies if cookie.name == django_settings.SESSION_COOKIE_NAME]
+    sockets = [
+        websocket.create_connection(
+            server.url.replace("http://", "ws://") + "/ws/chat/lobby/",
+            origin=server.url,
+            cookie=f"{session.name}={session.value}",
+            timeout=10,
+        )
+        for server in (first, second)
+    ]
+    answers = []
+    for number in range(6):
+        socket = sockets[number % 2]
+        socket.send(json.dumps({"message": f"m{number}", "client_id": f"m{number}"}))
+        while True:
+            frame = json.loads(socket.recv())
+            if frame.get("message") == f"m{number}" or "error" in frame:
+                answers.append(frame.get("error", {}).get("code", "stored"))
+                break
+    assert answers == ["stored"] * 4 + ["rate_limited"] * 2
+    for socket in sockets:
+        socket.close()
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+def _assert_too_many_requests(response):
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    assert "Try again in" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_guest_sessions_past_the_limit_per_address_get_429_and_kept_sessions_go_on(
+    settings, caplog
+):
+    settings.CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = "2/hour"
+    caplog.set_level(logging.WARNING, logger="chat.limits")
+    kept = Client(REMOTE_ADDR=ADDRESS)
+    assert kept.get("/chat/lobby/").status_code == 200
+    assert Client(REMOTE_ADDR=ADDRESS).get("/chat/lobby/").status_code == 200
+    _assert_too_many_requests(Client(REMOTE_ADDR=ADDRESS).get("/chat/lobby/"))
+    named = Client(REMOTE_ADDR=ADDRESS).post(reverse("set_display_name"), {"display_name": "Eve"})
+    _assert_too_many_requests(named)
+    assert len(_refusal_lines(caplog, ADDRESS)) == 2  # one line per refusal, and only that:
+    assert [record for record in caplog.records if record.name == "django.request"] == []
+    assert kept.get("/chat/lobby/").status_code == 200  # its session exists: nothing new
+    assert kept.post(reverse("set_display_name"), {"display_name": "Ann"}).status_code == 302
+    assert Client(REMOTE_ADDR=OTHER_ADDRESS).get("/chat/lobby/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_signups_past_the_limit_per_address_get_429_and_create_no_account(
+    settings, django_user_model
+):
+    settings.CHAT_LIMIT_SIGNUPS_PER_ADDRESS = "2/hour"
+    password = "correct horse battery staple"
+
+    def sign_up(username: str, address: str = ADDRESS):
+        fields = {"username": username, "password1": password, "password2": password}
+        return Client(REMOTE_ADDR=address).post(reverse("signup"), fields)
+
+    assert sign_up("user1").status_code == 302
+    assert sign_up("user2").status_code == 302
+    _assert_too_many_requests(sign_up("user3"))
+    assert not django_user_model.objects.filter(username="user3").exists()
+    assert sign_up("user4", OTHER_ADDRESS).status_code == 302
+
+
+@pytest.mark.django_db
+def test_message_api_requests_past_the_limit_per_address_get_429(settings):
+    settings.CHAT_LIMIT_API_PER_ADDRESS = "3/minute"
+    scraper = Client(REMOTE_ADDR=ADDRESS)
+    for _ in range(3):
+        assert scraper.get("/chat/lobby/messages/").status_code == 200
+    _assert_too_many_requests(scraper.get("/chat/lobby/messages/"))
+    assert Client(REMOTE_ADDR=OTHER_ADDRESS).get("/chat/lobby/messages/").status_code == 200
+
+
+def test_an_unreachable_redis_lets_requests_through_and_says_so(settings, caplog, db):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert Client().get("/chat/lobby/messages/").status_code == 200
+    assert "Redis unreachable" in caplog.text
+
+
+# --- Failed logins (django-axes) ---------------------------------------------------------
+
+PASSWORD = "correct-horse-battery-42"
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password=PASSWORD)
+
+
+def _log_in(path: str, username: str, password: str, address: str = ADDRESS):
+    client = Client(REMOTE_ADDR=address)
+    response = client.post(path, {"username": username, "password": password})
+    return response, client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/accounts/login/", "/admin/login/"])
+def test_failed_logins_per_account_lock_it_even_from_new_addresses(settings, alice, path):
+    settings.AXES_FAILURE_LIMIT = 3
+    for number in range(2):
+        response, _ = _log_in(path, "alice", "wrong", f"192.0.2.{number}")
+        assert response.status_code == 200  # the form again, with its error
+    _assert_too_many_requests(_log_in(path, "alice", "wrong", "192.0.2.2")[0])
+    response, client = _log_in(path, "alice", PASSWORD, "192.0.2.3")
+    _assert_too_many_requests(response)
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_failed_logins_per_address_lock_it_out_for_every_account(
+    settings, django_user_model, caplog
+):
+    settings.AXES_FAILURE_LIMIT = 3
+    caplog.set_level(logging.INFO)
+    django_user_model.objects.create_user("bob", password=PASSWORD)
+    for username in ("x1", "x2"):
+        assert _log_in("/accounts/login/", username, "wrong")[0].status_code == 200
+    _assert_too_many_requests(_log_in("/accounts/login/", "x3", "wrong")[0])
+    _assert_too_many_requests(_log_in("/accounts/login/", "bob", PASSWORD)[0])
+    assert len(_refusal_lines(caplog, ADDRESS)) == 2  # each refusal, once, with the address
+    assert [record for record in caplog.records if record.name.startswith("axes")] == []
+    response, _ = _log_in("/accounts/login/", "bob", PASSWORD, OTHER_ADDRESS)
+    assert response.status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_mistyped_password_then_the_right_one_logs_in(settings, alice):
+    settings.AXES_FAILURE_LIMIT = 3
+    assert _log_in("/accounts/login/", "alice", "wrong")[0].status_code == 200
+    response, client = _log_in("/accounts/login/", "alice", PASSWORD)
+    assert response.status_code == 302
+    assert client.session["_auth_user_id"] == str(alice.pk)
+
+
+@pytest.mark.django_db
+def test_logging_in_to_ones_own_account_does_not_reset_the_failures_against_another(
+    settings, alice, django_user_model
+):
+    settings.AXES_FAILURE_LIMIT = 3
+    django_user_model.objects.create_user("mallory", password=PASSWORD)
+    for _ in range(2):
+        assert _log_in("/accounts/login/", "alice", "wrong")[0].status_code == 200
+        assert _log_in("/accounts/login/", "mallory", PASSWORD)[0].status_code == 302
+    _assert_too_many_requests(_log_in("/accounts/login/", "alice", "wrong", OTHER_ADDRESS)[0])
