@@ -47,11 +47,11 @@ def set_display_name(request):
 def room(request, room_name):
     """Show one room's page; the route already refused invalid names with a 404."""
     # The page checks a message against the server's own limits before sending it.
-    limits = {
+    message_limits = {
         "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
     }
-    context = _with_identity(request, {"room_name": room_name, "chat_limits": limits})
+    context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
     # author_for has loaded the session: a cookie naming no stored session has no key now.
     if context["author"].is_guest and request.session.session_key is None:
         # Sockets tell guests apart by session (identity.guest_key): one made now keeps
