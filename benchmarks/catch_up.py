@@ -12,25 +12,39 @@ every PROBE_INTERVAL_SECONDS and times each until its own echo:
   page when the server says there is more; until every one has every message or
   --timeout passes.
 
-Prints p50, p99 and max of each phase in milliseconds, then one JSON line. Run from the
-project root:
+With --control, a third phase (or the second, with --control-first) is the control: the
+same readers read the same frames (encoded from the same stored messages by the same
+chat.protocol functions, in the same pages), but from a plain `websockets` server in a
+process of its own, not from the chat server; it hands out one page at a time, evenly
+spaced so that all pages take as long as the real catch-ups did in the same run (or
+--control-seconds). The probe still talks to the chat server, which then has nothing to
+do but the probe: what the probe loses during the control is the machine's doing (the
+readers' and the sender's CPU on shared cores); what it loses beyond that during the real
+catch-ups is the chat server's.
 
-    .venv/bin/python -m benchmarks.catch_up [--root /tmp/old-checkout]
+Prints p50, p99 and max of each phase in milliseconds, the CPU seconds each party used in
+each phase, then one JSON line. Run from the project root:
+
+    .venv/bin/python -m benchmarks.catch_up [--root /tmp/old-checkout] [--control]
 """
 
 import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import psutil
 import websockets
 
 from benchmarks.stack import ROOT, Stack, start_stack
+from serving.embedded_redis import free_port
 
 BIG_ROOM = "big"
 PROBE_ROOM = "probe"
@@ -77,7 +91,7 @@ async def probe(ws_url: str, origin: str, stop: asyncio.Event) -> list[tuple[flo
     return samples
 
 
-async def catch_up_fully(ws_url: str, origin: str, messages: int) -> int:
+async def catch_up_fully(ws_url: str, origin: str | None, messages: int) -> int:
     """Read the big room from the start until every message came, as the page does.
 
     It asks for each next page, and reconnects with ?after= if the server closes it for
@@ -105,8 +119,10 @@ async def catch_up_fully(ws_url: str, origin: str, messages: int) -> int:
     return last_id
 
 
-def run_catch_ups(ws_url: str, origin: str, count: int, messages: int, timeout: float, results):
-    """In a process of its own: `count` catch-ups at once; puts (seconds, received) in results."""
+def run_catch_ups(
+    ws_url: str, origin: str | None, count: int, messages: int, timeout: float, results
+):
+    """In a process of its own: `count` catch-ups at once; puts (seconds, got, CPU s) in results."""
 
     async def all_of_them():
         started = time.perf_counter()
@@ -119,7 +135,79 @@ def run_catch_ups(ws_url: str, origin: str, count: int, messages: int, timeout: 
         received = [task.result() for task in done if task.exception() is None]
         return time.perf_counter() - started, received
 
-    results.put(asyncio.run(all_of_them()))
+    seconds, received = asyncio.run(all_of_them())
+    results.put((seconds, received, time.process_time()))
+
+
+def stored_frames(env: dict[str, str]) -> list[str]:
+    """The big room's messages as the chat server sends them in a catch-up, oldest first."""
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from chat import protocol, services
+
+    messages = services.messages_after(BIG_ROOM, 0)
+    return [protocol.message_frame(protocol.chat_message_event(m)) for m in messages]
+
+
+def serve_control(env: dict[str, str], port: int, page_size: int, interval: float, ready):
+    """In a process of its own: serve the big room's catch-up, in pages, paced, until killed.
+
+    Not the chat server: pre-encoded frames, no database, no Django on the sending path;
+    one page at a time for all sockets, at most one every `interval` seconds (the chat
+    server too serves pages one at a time). No compression, as daphne negotiates none.
+    """
+    from chat import protocol
+
+    frames = stored_frames(env)
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        turns: asyncio.Queue = asyncio.Queue()
+
+        async def lane():
+            granted = 0.0
+            while True:
+                turn = await turns.get()
+                await asyncio.sleep(max(0.0, granted + interval - time.perf_counter()))
+                granted = time.perf_counter()
+                turn.set_result(None)
+
+        async def catch_up(ws):
+            after = int(parse_qs(urlsplit(ws.request.path).query).get("after", ["0"])[0])
+            while True:
+                turn = loop.create_future()
+                turns.put_nowait(turn)
+                await turn
+                page = frames[after : after + page_size]
+                for frame in page:
+                    await ws.send(frame)
+                after += len(page)
+                more = after < len(frames)
+                await ws.send(protocol.catch_up_frame(more, after))
+                if not more:
+                    break
+                request = json.loads(await ws.recv())
+                after = min(after, request["catch_up"]["after"])
+            await ws.wait_closed()
+
+        pacing = asyncio.create_task(lane())
+        async with websockets.serve(catch_up, "127.0.0.1", port, compression=None):
+            ready.set()
+            await asyncio.Future()
+        pacing.cancel()
+
+    asyncio.run(serve())
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
 
 
 def summary(latencies: list[float]) -> dict:
@@ -134,38 +222,97 @@ def summary(latencies: list[float]) -> dict:
     }
 
 
+async def read_big_room(ws_url: str, origin: str | None, args) -> tuple[float, list[int], float]:
+    """Run the readers against ws_url until done: (seconds, messages each got, their CPU s)."""
+    results = multiprocessing.Queue()
+    readers = multiprocessing.Process(
+        target=run_catch_ups,
+        args=(ws_url, origin, args.catch_ups, args.messages, args.timeout, results),
+    )
+    readers.start()
+    seconds, received, cpu = await asyncio.to_thread(results.get)
+    readers.join()
+    return seconds, received, cpu
+
+
+async def real_phase(stack: Stack, args) -> dict:
+    """The readers catch up from the chat server."""
+    server_cpu = stack.server_usage()[0]
+    seconds, received, readers_cpu = await read_big_room(stack.ws_url, stack.url, args)
+    return {
+        "catch_ups_complete": sum(count == args.messages for count in received),
+        "seconds": round(seconds, 1),
+        "cpu_seconds": {
+            "chat_server": round(stack.server_usage()[0] - server_cpu, 1),
+            "readers": round(readers_cpu, 1),
+        },
+    }
+
+
+async def control_phase(stack: Stack, args, seconds: float) -> dict:
+    """The readers catch up from the control server, its pages spread over `seconds`."""
+    pages = args.catch_ups * (args.messages // args.page + 1)
+    port = free_port()
+    ready = multiprocessing.Event()
+    control = multiprocessing.Process(
+        target=serve_control, args=(stack.env, port, args.page, seconds / pages, ready)
+    )
+    control.start()
+    try:
+        await asyncio.to_thread(ready.wait)
+        sender = psutil.Process(control.pid)
+        sender_cpu, server_cpu = cpu_seconds(sender), stack.server_usage()[0]
+        taken, received, readers_cpu = await read_big_room(f"ws://127.0.0.1:{port}", None, args)
+        sender_cpu = cpu_seconds(sender) - sender_cpu
+    finally:
+        control.kill()
+        control.join()
+    return {
+        "catch_ups_complete": sum(count == args.messages for count in received),
+        "seconds": round(taken, 1),
+        "cpu_seconds": {
+            "chat_server": round(stack.server_usage()[0] - server_cpu, 1),
+            "readers": round(readers_cpu, 1),
+            "control_sender": round(sender_cpu, 1),
+        },
+    }
+
+
 async def measure(args) -> dict:
     root = Path(args.root).resolve()
-    stack = start_stack(args.processes, args.layer, root=root)
+    stack = start_stack(
+        args.processes, args.layer, {"CHAT_CATCH_UP_PAGE": str(args.page)}, root=root
+    )
     try:
         seed(stack, root, args.messages, args.text_chars)
         stop = asyncio.Event()
         probing = asyncio.create_task(probe(stack.ws_url, stack.url, stop))
         await asyncio.sleep(args.baseline_seconds)
-        catch_ups_started = time.perf_counter()
-        results = multiprocessing.Queue()
-        readers = multiprocessing.Process(
-            target=run_catch_ups,
-            args=(stack.ws_url, stack.url, args.catch_ups, args.messages, args.timeout, results),
-        )
-        readers.start()
-        seconds, received = await asyncio.to_thread(results.get)
-        readers.join()
-        stop.set()  # a message in flight was sent during the catch-ups, and counts there
+        phases, starts = {}, []
+        order = ["control", "catch_ups"] if args.control_first else ["catch_ups", "control"]
+        for name in order if args.control else ["catch_ups"]:
+            starts.append((time.perf_counter(), name))
+            if name == "catch_ups":
+                phases[name] = await real_phase(stack, args)
+            else:
+                seconds = args.control_seconds or phases["catch_ups"]["seconds"]
+                phases[name] = await control_phase(stack, args, seconds)
+        stop.set()  # a message in flight was sent during the last phase, and counts there
         samples = await probing
     finally:
         stack.stop()
+    ends = [start for start, _ in starts[1:]] + [float("inf")]
+    probe_rows = {"alone": summary([ms for sent, ms in samples if sent < starts[0][0]])}
+    for (start, name), end in zip(starts, ends, strict=True):
+        probe_rows[name] = summary([ms for sent, ms in samples if start <= sent < end])
     return {
         "root": str(root),
         "messages": args.messages,
         "text_chars": args.text_chars,
         "catch_ups": args.catch_ups,
-        "catch_ups_complete": sum(count == args.messages for count in received),
-        "catch_up_seconds": round(seconds, 1),
-        "probe_alone": summary([ms for sent, ms in samples if sent < catch_ups_started]),
-        "probe_during_catch_ups": summary(
-            [ms for sent, ms in samples if sent >= catch_ups_started]
-        ),
+        "page": args.page,
+        "phases": phases,
+        "probe": probe_rows,
     }
 
 
@@ -179,18 +326,36 @@ def main():
     parser.add_argument("--timeout", type=float, default=180.0, help="for all the catch-ups")
     parser.add_argument("--processes", type=int, default=1, help="one: the rooms share it")
     parser.add_argument("--layer", default="pubsub", choices=["pubsub", "redis"])
-    args = parser.parse_args()
-    result = asyncio.run(measure(args))
-    print(f"server code: {result['root']}")
-    print(
-        f"{result['catch_ups']} catch-ups of {result['messages']:,} messages of "
-        f"{result['text_chars']:,} characters: {result['catch_ups_complete']} complete "
-        f"in {result['catch_up_seconds']} s"
+    parser.add_argument(
+        "--page", type=int, default=50, help="CHAT_CATCH_UP_PAGE, for the server and control"
     )
+    parser.add_argument(
+        "--control", action="store_true", help="also read the same frames from a plain server"
+    )
+    parser.add_argument(
+        "--control-first", action="store_true", help="the control before the real catch-ups"
+    )
+    parser.add_argument(
+        "--control-seconds",
+        type=float,
+        default=0.0,
+        help="spread the control's pages over this (default: as long as the real catch-ups)",
+    )
+    args = parser.parse_args()
+    if args.control_first and not (args.control and args.control_seconds):
+        parser.error("--control-first needs --control and --control-seconds")
+    result = asyncio.run(measure(args))
+    print(f"server code: {result['root']}, pages of {result['page']}")
+    for name, phase in result["phases"].items():
+        cpu = ", ".join(f"{who} {sec}" for who, sec in phase["cpu_seconds"].items())
+        print(
+            f"{name}: {result['catch_ups']} catch-ups of {result['messages']:,} messages of "
+            f"{result['text_chars']:,} characters: {phase['catch_ups_complete']} complete "
+            f"in {phase['seconds']} s; CPU seconds: {cpu}"
+        )
     print("probe room echo | samples | p50 ms | p99 ms | max ms")
-    for phase in ("probe_alone", "probe_during_catch_ups"):
-        row = result[phase]
-        print(f"{phase} | {row['samples']} | {row['p50_ms']} | {row['p99_ms']} | {row['max_ms']}")
+    for name, row in result["probe"].items():
+        print(f"{name} | {row['samples']} | {row['p50_ms']} | {row['p99_ms']} | {row['max_ms']}")
     print(json.dumps(result))
 
 
