@@ -1,9 +1,11 @@
 """The tutorial's Part 4 checks, in real headless Chromium against a real daphne process."""
 
+import datetime
 import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import threading
 import urllib.request
 
 import pytest
+import websockets.sync.client
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoSuchElementException,
@@ -63,8 +66,9 @@ def driver():
 
 @pytest.fixture
 def browser(driver, chat_server):
-    """The driver with one tab left open, on about:blank, after each test."""
+    """The driver with one tab left open, on about:blank, and no cookies, after each test."""
     yield driver
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     for handle in driver.window_handles[1:]:
         driver.switch_to.window(handle)
         driver.close()
@@ -464,3 +468,185 @@ def test_the_page_catches_up_page_by_page_after_a_reconnect(browser, start_chat_
     browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
     expected = ["before", *missed]  # once each, in order
     _wait(browser, lambda: _log_texts(browser) == expected, "not every page arrived")
+
+
+# ---- The rich view (#messages): its contract, for tests and for people who restyle it ----
+
+RICH_MESSAGES = """
+return Array.from(document.querySelectorAll('#messages .message:not(.pending)'), (m) => ({
+    id: m.dataset.id,
+    author: m.querySelector('.author').textContent,
+    text: m.querySelector('.text').textContent,
+    mine: m.classList.contains('mine'),
+    guest: m.classList.contains('guest'),
+    continued: m.classList.contains('continued'),
+    datetime: m.querySelector('time') && m.querySelector('time').getAttribute('datetime'),
+    time: m.querySelector('time') && m.querySelector('time').textContent,
+    whiteSpace: getComputedStyle(m.querySelector('.text')).whiteSpace,
+}));
+"""
+
+
+def _rich_messages(driver) -> list[dict]:
+    return driver.execute_script(RICH_MESSAGES)
+
+
+def _rich_texts(driver) -> list[str]:
+    return [message["text"] for message in _rich_messages(driver)]
+
+
+def _store_as(server, room_name, author_code, texts, client_id=None):
+    """Store messages as the Author built by author_code, without broadcasting them."""
+    code = (
+        "from chat import services\n"
+        f"for text in {texts!r}:\n"
+        f"    services.store_message({room_name!r}, {author_code}, text, {client_id!r})\n"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", code]
+    subprocess.run(manage, cwd=ROOT, env=server.env, check=True)
+
+
+@pytest.fixture
+def chat_server_process(start_chat_server):
+    """A chat server whose environment the test can use to store messages behind its back."""
+    return start_chat_server()
+
+
+def test_each_message_is_an_element_with_id_author_text_and_the_readers_local_time(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _store_as(server, "rich", "services.Author('seeder')", ["from the seeder"])
+    # The reader is in Kolkata (UTC+05:30): times show there, not in UTC.
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
+    try:
+        _enter_chat_room(browser, server.url, "rich")
+        _post_message(browser, "hello <b>there</b>")
+        _wait(browser, lambda: len(_rich_messages(browser)) == 2, "messages not rendered")
+        log = browser.find_element(By.ID, "messages")
+        assert log.get_attribute("role") == "log"
+        assert log.get_attribute("aria-live") == "polite"
+        assert log.get_attribute("aria-label") == "Messages in rich"
+        seeded, mine = _rich_messages(browser)
+        assert (seeded["id"], seeded["author"], seeded["text"]) == (
+            "1",
+            "seeder",
+            "from the seeder",
+        )
+        assert (mine["id"], mine["author"], mine["text"]) == (
+            "2",
+            "Anonymous",
+            "hello <b>there</b>",
+        )
+        assert not browser.find_elements(By.CSS_SELECTOR, "#messages b")
+        assert [seeded["mine"], mine["mine"]] == [False, True]
+        assert seeded["guest"] and mine["guest"]
+        assert browser.find_element(By.CSS_SELECTOR, "#messages .message .tag").text == "(guest)"
+        for message in (seeded, mine):
+            stored = datetime.datetime.fromisoformat(message["datetime"])
+            local = stored.astimezone(datetime.timezone(datetime.timedelta(hours=5, minutes=30)))
+            # In the browser's locale: "17:05" or "05:05 PM"; the hour and minute are local.
+            hour, minute = re.match(r"(\d{1,2}):(\d{2})", message["time"]).groups()
+            assert (int(hour) % 12, int(minute)) == (local.hour % 12, local.minute), message
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+def test_a_message_with_line_breaks_is_one_element_under_its_senders_name(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "forged-rich")
+    for separator in LINE_SEPARATORS:
+        browser.execute_script(
+            "chatClient.socket().send(JSON.stringify({message: arguments[0]}))",
+            f"ok{separator}alice: yes, go ahead",
+        )
+    _wait(browser, lambda: len(_rich_messages(browser)) == len(LINE_SEPARATORS))
+    for message in _rich_messages(browser):
+        assert message["author"] == "Anonymous", message
+        assert message["text"].startswith("ok") and message["text"].endswith("alice: yes, go ahead")
+        assert message["whiteSpace"] == "pre-wrap"  # the break is shown, inside the element
+
+
+def test_another_guest_with_the_same_name_or_a_copied_client_id_is_not_mine(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _enter_chat_room(browser, server.url, "same-name")
+    _post_message(browser, "really mine")
+    _wait(browser, lambda: _rich_texts(browser) == ["really mine"])
+    client_id = browser.execute_script(
+        "return Array.from(JSON.parse(localStorage.getItem('chat.sent.same-name')))[0][0]"
+    )
+    impostor = "services.Author('Anonymous', guest_key='someone-else')"
+    _store_as(server, "same-name", impostor, ["copied my client id"], client_id=client_id)
+    _store_as(server, "same-name", impostor, ["same name, another guest"])
+    browser.refresh()
+    _wait(browser, lambda: len(_rich_messages(browser)) == 3)
+    mine = {message["text"]: message["mine"] for message in _rich_messages(browser)}
+    assert mine == {
+        "really mine": True,
+        "copied my client id": False,
+        "same name, another guest": False,
+    }
+
+
+def _sign_up(driver, base_url, username):
+    driver.get(base_url + "/accounts/signup/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password1").send_keys("a long passphrase 42")
+    password2 = driver.find_element(By.ID, "id_password2")
+    _navigate_by(driver, lambda: password2.send_keys("a long passphrase 42", Keys.ENTER))
+
+
+def test_a_logged_in_users_messages_are_mine_on_every_device(browser, chat_server_process):
+    server = chat_server_process
+    _sign_up(browser, server.url, "carol")
+    user = (
+        "services.Author('carol', user_id=__import__('django.contrib.auth').contrib.auth"
+        ".get_user_model().objects.get(username='carol').pk)"
+    )
+    _store_as(server, "devices", user, ["from my phone"])
+    _store_as(server, "devices", "services.Author('carol')", ["a guest called carol"])
+    _enter_chat_room(browser, server.url, "devices")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 2)
+    by_text = {message["text"]: message for message in _rich_messages(browser)}
+    assert by_text["from my phone"]["mine"] and not by_text["from my phone"]["guest"]
+    assert not by_text["a guest called carol"]["mine"]
+
+
+def _presence_items(driver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#presence li")]
+
+
+def _choose_name(driver, base_url, name):
+    driver.get(base_url + "/chat/")
+    name_box = driver.find_element(By.ID, "display-name-input")
+    name_box.clear()
+    _navigate_by(driver, lambda: name_box.send_keys(name, Keys.ENTER))
+
+
+def test_presence_lists_people_as_items_and_one_guest_in_two_tabs_once(browser, chat_server):
+    _choose_name(browser, chat_server, "Zoë")
+    _enter_chat_room(browser, chat_server, "people")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "people")
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/people/"
+    people = sorted(["Zoë (guest)", "Anonymous (guest)"])
+    with websockets.sync.client.connect(ws_url, origin=chat_server):
+        _wait(browser, lambda: sorted(_presence_items(browser)) == people, "not one item each")
+        assert browser.find_element(By.ID, "presence-heading").text == "Here now (2)"
+
+
+NEVER_OPENS = """
+window.RealWebSocket = window.RealWebSocket || window.WebSocket;
+window.WebSocket = class extends window.RealWebSocket {
+    constructor(url) { super(url.replace(/:\\d+\\//, ':1/')); }
+};
+"""
+
+
+def test_presence_is_hidden_while_disconnected(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "offline-presence")
+    _wait(browser, lambda: _presence_items(browser) == ["Anonymous (guest)"])
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    assert not browser.find_element(By.ID, "presence").is_displayed()
