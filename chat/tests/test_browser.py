@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -636,10 +637,11 @@ def test_presence_lists_people_as_items_and_one_guest_in_two_tabs_once(browser, 
         assert browser.find_element(By.ID, "presence-heading").text == "Here now (2)"
 
 
+# From now on every socket the page opens is refused at the handshake (a path no route has).
 NEVER_OPENS = """
 window.RealWebSocket = window.RealWebSocket || window.WebSocket;
 window.WebSocket = class extends window.RealWebSocket {
-    constructor(url) { super(url.replace(/:\\d+\\//, ':1/')); }
+    constructor(url) { super(url.replace('/ws/chat/', '/ws/nowhere/')); }
 };
 """
 
@@ -650,3 +652,246 @@ def test_presence_is_hidden_while_disconnected(browser, chat_server):
     browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
     _wait(browser, lambda: "Reconnecting" in _status(browser))
     assert not browser.find_element(By.ID, "presence").is_displayed()
+
+
+def test_one_authors_messages_are_grouped_until_someone_else_speaks(browser, chat_server_process):
+    server = chat_server_process
+    _enter_chat_room(browser, server.url, "grouping")
+    for text in ("one", "two"):
+        _post_message(browser, text)
+        _wait(browser, lambda text=text: text in _rich_texts(browser))
+    _store_as(server, "grouping", "services.Author('seeder')", ["interruption"])
+    _post_message(browser, "three")  # its catch-up brings the interruption first
+    browser.execute_script("chatClient.socket().close()")
+    _wait(browser, lambda: _rich_texts(browser) == ["one", "two", "interruption", "three"])
+    continued = [message["continued"] for message in _rich_messages(browser)]
+    assert continued == [False, True, False, False]
+
+
+def test_a_day_separator_stands_before_each_days_first_message(browser, chat_server_process):
+    server = chat_server_process
+    _store_as(server, "days", "services.Author('seeder')", ["old one", "old two", "today"])
+    code = (
+        "import datetime\n"
+        "from chat.models import Message\n"
+        "old = datetime.datetime(2025, 3, 14, 12, 0, tzinfo=datetime.timezone.utc)\n"
+        "Message.objects.filter(room_id='days', seq__lt=3).update(created=old)\n"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=server.env, check=True
+    )
+    _enter_chat_room(browser, server.url, "days")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 3)
+    children = browser.execute_script(
+        "return Array.from(document.querySelector('#messages').children, (c) =>"
+        " c.classList.contains('day-separator') ? 'day: ' + c.textContent"
+        " : c.querySelector('.text').textContent)"
+    )
+    assert children[0].startswith("day: ") and "2025" in children[0]
+    assert children[1:3] == ["old one", "old two"]
+    assert children[3:] == ["day: Today", "today"]
+
+
+def test_http_links_are_clickable_and_safe_and_other_schemes_are_text(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "links")
+    text = "see https://example.com/a?b=1. or javascript:alert(1) or data:text/html,x or ftp://x.y"
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", text
+    )
+    _wait(browser, lambda: _rich_texts(browser) == [text], "message not shown whole")
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#messages .text a")
+    assert link.get_attribute("href") == "https://example.com/a?b=1"
+    assert link.text == "https://example.com/a?b=1"
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    assert link.get_attribute("target") == "_blank"
+
+
+def test_shift_enter_is_a_new_line_and_enter_sends(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "multiline")
+    chain = ActionChains(browser).send_keys("line one")
+    chain.key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT)
+    chain.send_keys("line two", Keys.ENTER).perform()
+    _wait(browser, lambda: _rich_texts(browser) == ["line one\nline two"], "not one message")
+    assert _log_texts(browser) == ["line one ↵ line two"]
+    assert browser.find_element(By.ID, "chat-message-input").get_property("value") == ""
+
+
+def _scroll_state(driver) -> dict:
+    return driver.execute_script(
+        "const m = document.querySelector('#messages');"
+        "return {top: m.scrollTop, bottom: m.scrollHeight - m.scrollTop - m.clientHeight,"
+        " button: !document.querySelector('#new-messages').hidden};"
+    )
+
+
+def test_reading_position_is_kept_and_a_button_jumps_to_new_messages(browser, chat_server_process):
+    server = chat_server_process
+    _store_as(server, "reading", "services.Author('seeder')", [f"old {n}" for n in range(50)])
+    _enter_chat_room(browser, server.url, "reading")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 50)
+    _open_new_window(browser)
+    _enter_chat_room(browser, server.url, "reading")
+    _switch_to_window(browser, 0)
+    browser.execute_script("document.querySelector('#messages').scrollTop = 400")
+    _wait(browser, lambda: _scroll_state(browser)["top"] == 400)
+    _switch_to_window(browser, 1)
+    _post_message(browser, "while you read")
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: "while you read" in _rich_texts(browser))
+    state = _scroll_state(browser)
+    assert state["top"] == 400 and state["button"], state
+    browser.find_element(By.ID, "new-messages").click()
+    _wait(browser, lambda: _scroll_state(browser)["bottom"] < 2, "not scrolled down")
+    assert not _scroll_state(browser)["button"]
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+
+
+def _pending(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages .message.pending'), (m) => ({"
+        " text: m.querySelector('.text').textContent,"
+        " delivery: m.querySelector('.delivery').textContent,"
+        " code: m.querySelector('.delivery').dataset.code}))"
+    )
+
+
+def test_a_message_typed_offline_shows_as_sending_until_the_server_has_it(
+    browser, start_chat_server
+):
+    server = start_chat_server()
+    _enter_chat_room(browser, server.url, "offline-send")
+    server.kill()
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "typed offline")
+    assert _pending(browser) == [{"text": "typed offline", "delivery": "sending…", "code": None}]
+    assert browser.find_element(By.ID, "chat-message-input").get_property("value") == ""
+    server.start()
+    _wait(browser, lambda: _rich_texts(browser) == ["typed offline"], "never delivered")
+    assert _pending(browser) == []
+    assert _rich_messages(browser)[0]["mine"]
+
+
+def test_a_refused_message_stays_with_its_reason_to_retry_or_discard(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "refused")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    browser.execute_script("arguments[0].value = 'bad \\u0007 bell'", message_input)
+    browser.find_element(By.ID, "chat-message-submit").click()
+    _wait(browser, lambda: _pending(browser) and _pending(browser)[0]["code"], "not refused")
+    (refused,) = _pending(browser)
+    assert refused["code"] == "invalid_character"
+    assert refused["delivery"].startswith("Not sent: This message holds a character")
+    error = browser.find_element(By.ID, "chat-error")
+    assert error.get_attribute("data-code") == "invalid_character"
+    assert "invalid_character" not in error.text and "U+" not in error.text
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#messages .pending .delivery button")
+    assert [button.text for button in buttons] == ["Retry", "Discard"]
+    buttons[1].click()
+    _wait(browser, lambda: _pending(browser) == [], "not discarded")
+    _post_message(browser, "fine now")
+    _wait(browser, lambda: _rich_texts(browser) == ["fine now"])
+    _wait(browser, lambda: error.text == "", "the error outlived the next success")
+    assert error.get_attribute("data-code") is None
+
+
+def test_after_clicking_send_the_focus_is_back_in_the_input(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "focus")
+    browser.find_element(By.ID, "chat-message-input").send_keys("clicked")
+    browser.find_element(By.ID, "chat-message-submit").click()
+    _wait(browser, lambda: _rich_texts(browser) == ["clicked"])
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+
+
+def test_a_counter_shows_the_length_near_the_limit(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "counter")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    counter = browser.find_element(By.ID, "char-count")
+    message_input.send_keys("short")
+    assert counter.text == ""
+    browser.execute_script("arguments[0].value = 'x'.repeat(4000)", message_input)
+    message_input.send_keys("y")
+    assert counter.text == "4001 / 4096"
+    browser.execute_script("arguments[0].value = 'x'.repeat(4100)", message_input)
+    message_input.send_keys("y")
+    assert counter.text == "4101 / 4096" and "over" in counter.get_attribute("class")
+
+
+def test_an_over_long_message_is_refused_in_plain_words_and_cleared_by_a_success(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "plain-words")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    browser.execute_script("arguments[0].value = 'x'.repeat(5000)", message_input)
+    message_input.send_keys(Keys.ENTER)
+    error = browser.find_element(By.ID, "chat-error")
+    assert error.text == "Not sent: messages are at most 4096 characters, this one has 5000."
+    assert error.get_attribute("data-code") == "message_too_long"
+    message_input.clear()
+    message_input.send_keys("short", Keys.ENTER)
+    _wait(browser, lambda: error.text == "", "the error outlived the next success")
+
+
+def test_the_reconnect_countdown_ticks_every_second(browser, start_chat_server):
+    server = start_chat_server()
+    _enter_chat_room(browser, server.url, "countdown")
+    server.kill()
+    seconds = re.compile(r"Reconnecting in (\d+) s…")
+
+    def counting_from(low):
+        match = seconds.search(_status(browser))
+        return match and int(match.group(1)) >= low and int(match.group(1))
+
+    start = _wait(browser, lambda: counting_from(3), "no countdown of 3 s or more")
+    _wait(browser, lambda: counting_from(1) == start - 1, "the countdown never ticked")
+    status = browser.find_element(By.ID, "connection-status")
+    assert "code" not in status.text and status.get_attribute("data-code") == "1006"
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+DESKTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_the_room_fits_the_screen_with_the_composer_in_view(browser, chat_server, size):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+    try:
+        _enter_chat_room(browser, chat_server, f"fits-{size['width']}")
+        for n in range(15):
+            browser.execute_script("chatClient.send({message: arguments[0]})", f"line {n} " * 30)
+        _wait(browser, lambda: len(_rich_messages(browser)) == 15)
+        layout = browser.execute_script(
+            "const input = document.querySelector('#chat-message-input').getBoundingClientRect();"
+            "const send = document.querySelector('#chat-message-submit').getBoundingClientRect();"
+            "return {scrollWidth: document.documentElement.scrollWidth, width: innerWidth,"
+            " height: innerHeight, inputBottom: input.bottom, sendTop: send.top,"
+            " inputTop: input.top, sendLeft: send.left, inputRight: input.right};"
+        )
+        assert layout["scrollWidth"] <= layout["width"], layout
+        assert layout["inputBottom"] <= layout["height"], layout  # the composer is in view
+        assert layout["sendLeft"] >= layout["inputRight"], layout  # Send beside the input
+        assert layout["sendTop"] < layout["inputBottom"], layout
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _wait_for_presence(observer, condition):
+    """Read an observer socket's frames until a presence update whose names satisfy condition."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        frame = json.loads(observer.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        if "presence" in frame and condition(frame["presence"]["names"]):
+            return
+
+
+def test_a_page_left_for_another_leaves_the_room_and_comes_back_with_back(browser, chat_server):
+    _choose_name(browser, chat_server, "Walker")
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/bfcache/"
+    with websockets.sync.client.connect(ws_url, origin=chat_server) as observer:
+        _enter_chat_room(browser, chat_server, "bfcache")
+        _wait_for_presence(observer, lambda names: "Walker (guest)" in names)
+        browser.execute_script("window.keptByTheCache = true")
+        _navigate_by(browser, lambda: browser.get(chat_server + "/chat/"))
+        _wait_for_presence(observer, lambda names: "Walker (guest)" not in names)
+        browser.back()
+        _wait(browser, lambda: _status(browser) == "Connected", "never reconnected after Back")
+        assert browser.execute_script("return window.keptByTheCache === true"), "not the cache"
+        _wait_for_presence(observer, lambda names: "Walker (guest)" in names)

@@ -558,7 +558,15 @@
         const url = lastId === null ? baseUrl : baseUrl + '?after=' + lastId;
         catchingUp = lastId !== null;
         connections += 1;
-        const thisSocket = new WebSocket(url);
+        let thisSocket;
+        try {
+            thisSocket = new WebSocket(url);
+        } catch (error) {
+            // A URL the browser refuses outright (a blocked port) closes nothing: back off
+            // as after a close, or the page would wait for a close that never comes.
+            onClose({code: 1006});
+            return;
+        }
         socket = thisSocket;
         thisSocket.onopen = function () {
             healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
