@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 import websockets.sync.client
+from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoSuchElementException,
@@ -895,3 +896,134 @@ def test_a_page_left_for_another_leaves_the_room_and_comes_back_with_back(browse
         _wait(browser, lambda: _status(browser) == "Connected", "never reconnected after Back")
         assert browser.execute_script("return window.keptByTheCache === true"), "not the cache"
         _wait_for_presence(observer, lambda names: "Walker (guest)" in names)
+
+
+RENAME_FROM_THIS_PAGE = """
+const done = arguments[arguments.length - 1];
+fetch('/chat/').then((r) => r.text()).then((html) => {
+    const token = html.match(/name="csrfmiddlewaretoken" value="([^"]+)"/)[1];
+    const body = new URLSearchParams({csrfmiddlewaretoken: token, display_name: arguments[0]});
+    return fetch('/accounts/name/', {method: 'POST', body: body});
+}).then((r) => done(r.status), (e) => done(String(e)));
+"""
+
+
+def test_a_socket_closed_for_a_changed_identity_reconnects_at_once_as_the_new_one(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "renamed")
+    browser.execute_script(
+        "window.socketEvents = [];"
+        "chatClient.socket().addEventListener('close', (e) =>"
+        "    window.socketEvents.push({code: e.code, at: performance.now()}));"
+        "const RealWebSocket = window.WebSocket;"
+        "window.WebSocket = class extends RealWebSocket {"
+        "    constructor(url) { super(url); window.socketEvents.push({at: performance.now()}); }"
+        "};"
+    )
+    assert browser.execute_async_script(RENAME_FROM_THIS_PAGE, "Renamed") == 200
+    _wait(browser, lambda: len(browser.execute_script("return window.socketEvents")) >= 2)
+    closed, reopened = browser.execute_script("return window.socketEvents")[:2]
+    assert closed["code"] == 4401
+    # At once: the backoff's shortest wait is 250 ms.
+    assert reopened["at"] - closed["at"] < 200, (closed, reopened)
+    _wait(browser, lambda: _status(browser) == "Connected")
+    _post_message(browser, "under my new name")
+    _wait(browser, lambda: _rich_texts(browser) == ["under my new name"])
+    (message,) = _rich_messages(browser)
+    assert message["author"] == "Renamed" and message["mine"]
+
+
+def _scroll_log_to_top(driver):
+    driver.execute_script("document.querySelector('#messages').scrollTop = 0")
+
+
+def _top_of_message(driver, message_id) -> float:
+    return driver.execute_script(
+        "return document.querySelector(`#messages [data-id='${arguments[0]}']`)"
+        ".getBoundingClientRect().top",
+        message_id,
+    )
+
+
+def test_older_messages_load_a_page_at_a_time_when_scrolling_up(browser, chat_server_process):
+    server = chat_server_process
+    texts = [f"message {n}" for n in range(1, 121)]
+    _store_as(server, "long-ago", "services.Author('seeder')", texts)
+    _enter_chat_room(browser, server.url, "long-ago")
+    _wait(browser, lambda: _rich_texts(browser) == texts[-50:], "not the last 50")
+    _scroll_log_to_top(browser)
+    first_shown = _top_of_message(browser, "71")  # before the older page, fetched meanwhile
+    _wait(browser, lambda: _rich_texts(browser) == texts[-100:], "no older page")
+    # The page grew above what was on screen, and what was on screen stayed where it was.
+    assert browser.execute_script("return document.querySelector('#messages').scrollTop") > 0
+    assert _top_of_message(browser, "71") == pytest.approx(first_shown, abs=2)
+    _scroll_log_to_top(browser)
+    _wait(browser, lambda: _rich_texts(browser) == texts, "not back to the first message")
+    assert _log_texts(browser) == texts  # the transcript holds them all, in order
+    ids = [message["id"] for message in _rich_messages(browser)]
+    assert ids == [str(n) for n in range(1, 121)]
+
+
+SERIOUS = {"serious", "critical"}
+
+
+@pytest.mark.parametrize("path", ["/chat/", "/chat/axe/", "/accounts/login/", "/accounts/signup/"])
+def test_axe_finds_no_serious_accessibility_violation(browser, chat_server, path):
+    browser.get(chat_server + path)
+    _wait(browser, lambda: browser.execute_script("return document.readyState") == "complete")
+    if path == "/chat/axe/":
+        _wait(browser, lambda: _status(browser) == "Connected")
+        _post_message(browser, "a message with a link https://example.com/")
+        _wait(browser, lambda: len(_rich_messages(browser)) == 1)
+    axe = Axe(browser)
+    axe.inject()
+    results = axe.run()
+    serious = [v for v in results["violations"] if v["impact"] in SERIOUS]
+    assert serious == [], axe.report(serious)
+
+
+LISTEN_TO_THE_PAGE = """
+window.heard = [];
+for (const name of ['chat:message', 'chat:presence', 'chat:connection', 'chat:frame']) {
+    document.addEventListener(name, (e) => window.heard.push({
+        name: name,
+        message: e.detail.data ? e.detail.data.message : undefined,
+        history: e.detail.history,
+        element: e.detail.element ? e.detail.element.dataset.id : undefined,
+        state: e.detail.state,
+        frame: name === 'chat:frame' ? e.detail : undefined,
+    }));
+}
+"""
+
+
+def test_other_scripts_hear_the_page_through_dom_events_and_send_through_chat_client(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "events")
+    _post_message(browser, "before")
+    _wait(browser, lambda: _rich_texts(browser) == ["before"])
+    browser.execute_script(LISTEN_TO_THE_PAGE)
+    assert browser.execute_script("return chatClient.send({message: 'sent by a script'})")
+    _wait(browser, lambda: "sent by a script" in _rich_texts(browser))
+    browser.execute_script("chatClient.socket().close()")
+    _wait(browser, lambda: _status(browser) == "Connected")
+    heard = browser.execute_script("return window.heard")
+    assert {"name": "chat:message", "message": "sent by a script", "history": False,
+            "element": "2", "state": None, "frame": None} in [
+        {key: entry.get(key) for key in ("name", "message", "history", "element", "state", "frame")}
+        for entry in heard
+    ]  # fmt: skip
+    states = [entry["state"] for entry in heard if entry["name"] == "chat:connection"]
+    assert states == ["closed", "open"]
+    assert any(entry["name"] == "chat:presence" for entry in heard)
+    # A frame kind the page does not handle itself is passed on whole.
+    browser.execute_script(
+        "chatClient.socket().onmessage({data: JSON.stringify({typing: {user: 'bob'}})})"
+    )
+    frames = [e["frame"] for e in browser.execute_script("return window.heard") if e["frame"]]
+    assert frames == [{"typing": {"user": "bob"}}]
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    assert browser.execute_script("return chatClient.send({message: 'nowhere'})") is False

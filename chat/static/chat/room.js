@@ -521,9 +521,9 @@
                 olderDone = true;
                 return;
             }
-            const heightBefore = messagesBox.scrollHeight;
             const top = messagesBox.firstElementChild;
             const firstShown = isMessage(top) ? top : (top === null ? null : messageAfter(top));
+            const shownAt = firstShown === null ? 0 : firstShown.getBoundingClientRect().top;
             if (top !== null && top.classList.contains('day-separator')) {
                 top.remove();  // decorate puts it back if the day still starts there
             }
@@ -534,7 +534,9 @@
                 decorate(firstShown);
             }
             chatLog.value = older.map(transcriptLine).join('') + chatLog.value;
-            messagesBox.scrollTop += messagesBox.scrollHeight - heightBefore;  // stay in place
+            if (firstShown !== null) {  // what was on screen stays where it was
+                messagesBox.scrollTop += firstShown.getBoundingClientRect().top - shownAt;
+            }
             oldestId = older[0].id;
             olderDone = page.next_before === null;
             older.forEach((data, index) => dispatch('chat:message', {data: data, element: elements[index], history: true}));
