@@ -1077,3 +1077,16 @@ def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
                 browser.save_screenshot(str(SCREENSHOTS / name))
             finally:
                 browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_keyboard_alone_chooses_a_room_sends_and_reaches_the_log(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "keyboard")
+    ActionChains(browser).send_keys("by keyboard", Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-submit"
+    ActionChains(browser).send_keys(Keys.SPACE).perform()
+    _wait(browser, lambda: _rich_texts(browser) == ["by keyboard"])
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+    # Back up the page: the log takes the focus, so its history scrolls by keyboard.
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "messages"
