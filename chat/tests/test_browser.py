@@ -1090,3 +1090,25 @@ def test_the_keyboard_alone_chooses_a_room_sends_and_reaches_the_log(browser, ch
     ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
     ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
     assert browser.switch_to.active_element.get_attribute("id") == "messages"
+
+
+def test_a_refused_message_waits_for_retry_and_retry_sends_it(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "retry")
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "try again")
+    client_id = browser.execute_script("return document.querySelector('.pending').dataset.clientId")
+    refusal = {"code": "too_many_rooms", "detail": "Too many new rooms.", "client_id": client_id}
+    browser.execute_script(  # as the server answers a send it refuses
+        "chatClient.socket().onmessage({data: JSON.stringify({error: arguments[0]})})", refusal
+    )
+    assert _pending(browser)[0]["delivery"].startswith("Not sent: Too many new rooms.")
+    browser.execute_script("window.WebSocket = window.RealWebSocket")
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
+    assert _pending(browser)[0]["code"] == "too_many_rooms"  # a refused send is not resent
+    assert _rich_texts(browser) == []
+    retry = browser.find_element(By.CSS_SELECTOR, "#messages .pending .delivery button")
+    assert retry.text == "Retry"
+    retry.click()
+    _wait(browser, lambda: _rich_texts(browser) == ["try again"], "Retry sent nothing")
+    assert _pending(browser) == []
