@@ -1112,3 +1112,21 @@ def test_a_refused_message_waits_for_retry_and_retry_sends_it(browser, chat_serv
     retry.click()
     _wait(browser, lambda: _rich_texts(browser) == ["try again"], "Retry sent nothing")
     assert _pending(browser) == []
+
+
+def test_messages_from_history_and_catch_up_reach_other_scripts_marked_history(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _store_as(server, "marked", "services.Author('seeder')", ["backlog"])
+    _enter_chat_room(browser, server.url, "marked")
+    _wait(browser, lambda: _rich_texts(browser) == ["backlog"])
+    browser.execute_script(LISTEN_TO_THE_PAGE)
+    _store_as(server, "marked", "services.Author('seeder')", ["missed while away"])
+    browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
+    _wait(browser, lambda: _rich_texts(browser) == ["backlog", "missed while away"])
+    _post_message(browser, "live again")
+    _wait(browser, lambda: "live again" in _rich_texts(browser))
+    heard = browser.execute_script("return window.heard")
+    flags = {e["message"]: e["history"] for e in heard if e["name"] == "chat:message"}
+    assert flags == {"missed while away": True, "live again": False}
