@@ -90,6 +90,12 @@ def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> 
     return list(query if limit is None else query[:limit])
 
 
+def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message]:
+    """The room's newest `limit` messages with seq < before_seq, oldest first."""
+    query = Message.objects.filter(room_id=room_name, seq__lt=before_seq).order_by("-seq")
+    return list(reversed(query[:limit]))
+
+
 def last_seq(room_name: str) -> int:
     """The seq of the room's newest message, 0 for a room with none."""
     return Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0

@@ -1,6 +1,6 @@
 """HTTP routes of the chat app."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
@@ -10,4 +10,8 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("<room:room_name>/", views.room, name="room"),
     path("<room:room_name>/messages/", views.room_messages, name="room_messages"),
+    # Last: any other path with a trailing slash names an invalid room. The project's page
+    # says so, in DEBUG too (Django's technical 404 would show instead); a path without
+    # the slash still falls through to APPEND_SLASH's redirect.
+    re_path(r"^(?P<path>.+)/$", views.not_a_room),
 ]

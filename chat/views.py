@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_POST
 
 from . import identity, limits, protocol, revocation, rooms, services
@@ -52,6 +53,8 @@ def room(request, room_name):
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
     }
     context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
+    # Who reads the page, so it can mark the reader's own messages; display only, never trust.
+    context["chat_reader"] = {"name": context["author"].name, "guest": context["author"].is_guest}
     # author_for has loaded the session: a cookie naming no stored session has no key now.
     if context["author"].is_guest and request.session.session_key is None:
         # Sockets tell guests apart by session (identity.guest_key): one made now keeps
@@ -62,18 +65,47 @@ def room(request, room_name):
     return render(request, "chat/room.html", context)
 
 
+def favicon(request):
+    """Browsers ask for /favicon.ico whatever a page links to: send them to the static icon."""
+    return redirect(static("chat/favicon.svg"), permanent=True)
+
+
+def not_a_room(request, path):
+    """The project's 404 page for a URL below chat/ that names no valid room, in DEBUG too."""
+    return render(request, "404.html", status=404)
+
+
 @require_GET
 def room_messages(request, room_name):
-    """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page."""
+    """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page.
+
+    With ?before=<id> instead, the newest `limit` messages before that id (older history,
+    for a page scrolled up), still oldest first, and `next_before` to go on further back.
+    """
     if refused := limits.http_refusal(limits.API, request):
         return refused
     try:
         after = protocol.parse_seq(request.GET.get("after", "0"))
         limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
+        before = request.GET.get("before")
+        before = None if before is None else protocol.parse_seq(before)
     except ValueError:
-        return HttpResponseBadRequest("after and limit must be whole numbers")
+        return HttpResponseBadRequest("after, before and limit must be whole numbers")
     if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
         return HttpResponseBadRequest(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if before is not None:
+        if "after" in request.GET:
+            return HttpResponseBadRequest("give after or before, not both")
+        page = services.messages_before(room_name, before, limit + 1)
+        has_more = len(page) > limit
+        page = page[-limit:] if has_more else page
+        return JsonResponse(
+            {
+                "room": room_name,
+                "messages": [protocol.message_fields(message) for message in page],
+                "next_before": page[0].seq if has_more else None,
+            }
+        )
     page = services.messages_after(room_name, after, limit + 1)
     has_more = len(page) > limit
     page = page[:limit]

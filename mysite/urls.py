@@ -26,4 +26,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),
+    # Browsers ask for /favicon.ico whatever the page links to; the icon is a static file.
+    path("favicon.ico", chat_views.favicon, name="favicon"),
 ]

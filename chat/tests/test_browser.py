@@ -1,17 +1,22 @@
 """The tutorial's Part 4 checks, in real headless Chromium against a real daphne process."""
 
+import datetime
 import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 
 import pytest
+import websockets.sync.client
+from axe_selenium_python import Axe
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoSuchElementException,
@@ -63,8 +68,9 @@ def driver():
 
 @pytest.fixture
 def browser(driver, chat_server):
-    """The driver with one tab left open, on about:blank, after each test."""
+    """The driver with one tab left open, on about:blank, and no cookies, after each test."""
     yield driver
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     for handle in driver.window_handles[1:]:
         driver.switch_to.window(handle)
         driver.close()
@@ -464,3 +470,663 @@ def test_the_page_catches_up_page_by_page_after_a_reconnect(browser, start_chat_
     browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
     expected = ["before", *missed]  # once each, in order
     _wait(browser, lambda: _log_texts(browser) == expected, "not every page arrived")
+
+
+# ---- The rich view (#messages): its contract, for tests and for people who restyle it ----
+
+RICH_MESSAGES = """
+return Array.from(document.querySelectorAll('#messages .message:not(.pending)'), (m) => ({
+    id: m.dataset.id,
+    author: m.querySelector('.author').textContent,
+    text: m.querySelector('.text').textContent,
+    mine: m.classList.contains('mine'),
+    guest: m.classList.contains('guest'),
+    continued: m.classList.contains('continued'),
+    datetime: m.querySelector('time') && m.querySelector('time').getAttribute('datetime'),
+    time: m.querySelector('time') && m.querySelector('time').textContent,
+    whiteSpace: getComputedStyle(m.querySelector('.text')).whiteSpace,
+}));
+"""
+
+
+def _rich_messages(driver) -> list[dict]:
+    return driver.execute_script(RICH_MESSAGES)
+
+
+def _rich_texts(driver) -> list[str]:
+    return [message["text"] for message in _rich_messages(driver)]
+
+
+def _store_as(server, room_name, author_code, texts, client_id=None):
+    """Store messages as the Author built by author_code, without broadcasting them."""
+    code = (
+        "from chat import services\n"
+        f"for text in {texts!r}:\n"
+        f"    services.store_message({room_name!r}, {author_code}, text, {client_id!r})\n"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", code]
+    subprocess.run(manage, cwd=ROOT, env=server.env, check=True)
+
+
+@pytest.fixture
+def chat_server_process(start_chat_server):
+    """A chat server whose environment the test can use to store messages behind its back."""
+    return start_chat_server()
+
+
+def test_each_message_is_an_element_with_id_author_text_and_the_readers_local_time(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _store_as(server, "rich", "services.Author('seeder')", ["from the seeder"])
+    # The reader is in Kolkata (UTC+05:30): times show there, not in UTC.
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
+    try:
+        _enter_chat_room(browser, server.url, "rich")
+        _post_message(browser, "hello <b>there</b>")
+        _wait(browser, lambda: len(_rich_messages(browser)) == 2, "messages not rendered")
+        log = browser.find_element(By.ID, "messages")
+        assert log.get_attribute("role") == "log"
+        assert log.get_attribute("aria-live") == "polite"
+        assert log.get_attribute("aria-label") == "Messages in rich"
+        seeded, mine = _rich_messages(browser)
+        assert (seeded["id"], seeded["author"], seeded["text"]) == (
+            "1",
+            "seeder",
+            "from the seeder",
+        )
+        assert (mine["id"], mine["author"], mine["text"]) == (
+            "2",
+            "Anonymous",
+            "hello <b>there</b>",
+        )
+        assert not browser.find_elements(By.CSS_SELECTOR, "#messages b")
+        assert [seeded["mine"], mine["mine"]] == [False, True]
+        assert seeded["guest"] and mine["guest"]
+        assert browser.find_element(By.CSS_SELECTOR, "#messages .message .tag").text == "(guest)"
+        for message in (seeded, mine):
+            stored = datetime.datetime.fromisoformat(message["datetime"])
+            local = stored.astimezone(datetime.timezone(datetime.timedelta(hours=5, minutes=30)))
+            # In the browser's locale: "17:05" or "05:05 PM"; the hour and minute are local.
+            hour, minute = re.match(r"(\d{1,2}):(\d{2})", message["time"]).groups()
+            assert (int(hour) % 12, int(minute)) == (local.hour % 12, local.minute), message
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+def test_a_message_with_line_breaks_is_one_element_under_its_senders_name(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "forged-rich")
+    for separator in LINE_SEPARATORS:
+        browser.execute_script(
+            "chatClient.socket().send(JSON.stringify({message: arguments[0]}))",
+            f"ok{separator}alice: yes, go ahead",
+        )
+    _wait(browser, lambda: len(_rich_messages(browser)) == len(LINE_SEPARATORS))
+    for message in _rich_messages(browser):
+        assert message["author"] == "Anonymous", message
+        assert message["text"].startswith("ok") and message["text"].endswith("alice: yes, go ahead")
+        assert message["whiteSpace"] == "pre-wrap"  # the break is shown, inside the element
+
+
+def test_another_guest_with_the_same_name_or_a_copied_client_id_is_not_mine(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _enter_chat_room(browser, server.url, "same-name")
+    _post_message(browser, "really mine")
+    _wait(browser, lambda: _rich_texts(browser) == ["really mine"])
+    client_id = browser.execute_script(
+        "return Array.from(JSON.parse(localStorage.getItem('chat.sent.same-name')))[0][0]"
+    )
+    impostor = "services.Author('Anonymous', guest_key='someone-else')"
+    _store_as(server, "same-name", impostor, ["copied my client id"], client_id=client_id)
+    _store_as(server, "same-name", impostor, ["same name, another guest"])
+    browser.refresh()
+    _wait(browser, lambda: len(_rich_messages(browser)) == 3)
+    mine = {message["text"]: message["mine"] for message in _rich_messages(browser)}
+    assert mine == {
+        "really mine": True,
+        "copied my client id": False,
+        "same name, another guest": False,
+    }
+
+
+def _sign_up(driver, base_url, username):
+    driver.get(base_url + "/accounts/signup/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password1").send_keys("a long passphrase 42")
+    password2 = driver.find_element(By.ID, "id_password2")
+    _navigate_by(driver, lambda: password2.send_keys("a long passphrase 42", Keys.ENTER))
+
+
+def test_a_logged_in_users_messages_are_mine_on_every_device(browser, chat_server_process):
+    server = chat_server_process
+    _sign_up(browser, server.url, "carol")
+    user = (
+        "services.Author('carol', user_id=__import__('django.contrib.auth').contrib.auth"
+        ".get_user_model().objects.get(username='carol').pk)"
+    )
+    _store_as(server, "devices", user, ["from my phone"])
+    _store_as(server, "devices", "services.Author('carol')", ["a guest called carol"])
+    _enter_chat_room(browser, server.url, "devices")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 2)
+    by_text = {message["text"]: message for message in _rich_messages(browser)}
+    assert by_text["from my phone"]["mine"] and not by_text["from my phone"]["guest"]
+    assert not by_text["a guest called carol"]["mine"]
+
+
+def _presence_items(driver) -> list[str]:
+    return [item.text for item in driver.find_elements(By.CSS_SELECTOR, "#presence li")]
+
+
+def _choose_name(driver, base_url, name):
+    driver.get(base_url + "/chat/")
+    name_box = driver.find_element(By.ID, "display-name-input")
+    name_box.clear()
+    _navigate_by(driver, lambda: name_box.send_keys(name, Keys.ENTER))
+
+
+def test_presence_lists_people_as_items_and_one_guest_in_two_tabs_once(browser, chat_server):
+    _choose_name(browser, chat_server, "Zoë")
+    _enter_chat_room(browser, chat_server, "people")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "people")
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/people/"
+    people = sorted(["Zoë (guest)", "Anonymous (guest)"])
+    with websockets.sync.client.connect(ws_url, origin=chat_server):
+        _wait(browser, lambda: sorted(_presence_items(browser)) == people, "not one item each")
+        assert browser.find_element(By.ID, "presence-heading").text == "Here now (2)"
+
+
+# From now on every socket the page opens is refused at the handshake (a path no route has).
+NEVER_OPENS = """
+window.RealWebSocket = window.RealWebSocket || window.WebSocket;
+window.WebSocket = class extends window.RealWebSocket {
+    constructor(url) { super(url.replace('/ws/chat/', '/ws/nowhere/')); }
+};
+"""
+
+
+def test_presence_is_hidden_while_disconnected(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "offline-presence")
+    _wait(browser, lambda: _presence_items(browser) == ["Anonymous (guest)"])
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    assert not browser.find_element(By.ID, "presence").is_displayed()
+
+
+def test_one_authors_messages_are_grouped_until_someone_else_speaks(browser, chat_server_process):
+    server = chat_server_process
+    _enter_chat_room(browser, server.url, "grouping")
+    for text in ("one", "two"):
+        _post_message(browser, text)
+        _wait(browser, lambda text=text: text in _rich_texts(browser))
+    _store_as(server, "grouping", "services.Author('seeder')", ["interruption"])
+    _post_message(browser, "three")  # its catch-up brings the interruption first
+    browser.execute_script("chatClient.socket().close()")
+    _wait(browser, lambda: _rich_texts(browser) == ["one", "two", "interruption", "three"])
+    continued = [message["continued"] for message in _rich_messages(browser)]
+    assert continued == [False, True, False, False]
+
+
+def test_a_day_separator_stands_before_each_days_first_message(browser, chat_server_process):
+    server = chat_server_process
+    _store_as(server, "days", "services.Author('seeder')", ["old one", "old two", "today"])
+    code = (
+        "import datetime\n"
+        "from chat.models import Message\n"
+        "old = datetime.datetime(2025, 3, 14, 12, 0, tzinfo=datetime.timezone.utc)\n"
+        "Message.objects.filter(room_id='days', seq__lt=3).update(created=old)\n"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=server.env, check=True
+    )
+    _enter_chat_room(browser, server.url, "days")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 3)
+    children = browser.execute_script(
+        "return Array.from(document.querySelector('#messages').children, (c) =>"
+        " c.classList.contains('day-separator') ? 'day: ' + c.textContent"
+        " : c.querySelector('.text').textContent)"
+    )
+    assert children[0].startswith("day: ") and "2025" in children[0]
+    assert children[1:3] == ["old one", "old two"]
+    assert children[3:] == ["day: Today", "today"]
+
+
+def test_http_links_are_clickable_and_safe_and_other_schemes_are_text(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "links")
+    text = "see https://example.com/a?b=1. or javascript:alert(1) or data:text/html,x or ftp://x.y"
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", text
+    )
+    _wait(browser, lambda: _rich_texts(browser) == [text], "message not shown whole")
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#messages .text a")
+    assert link.get_attribute("href") == "https://example.com/a?b=1"
+    assert link.text == "https://example.com/a?b=1"
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    assert link.get_attribute("target") == "_blank"
+
+
+def test_shift_enter_is_a_new_line_and_enter_sends(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "multiline")
+    chain = ActionChains(browser).send_keys("line one")
+    chain.key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT)
+    chain.send_keys("line two", Keys.ENTER).perform()
+    _wait(browser, lambda: _rich_texts(browser) == ["line one\nline two"], "not one message")
+    assert _log_texts(browser) == ["line one ↵ line two"]
+    assert browser.find_element(By.ID, "chat-message-input").get_property("value") == ""
+
+
+def _scroll_state(driver) -> dict:
+    return driver.execute_script(
+        "const m = document.querySelector('#messages');"
+        "return {top: m.scrollTop, bottom: m.scrollHeight - m.scrollTop - m.clientHeight,"
+        " button: !document.querySelector('#new-messages').hidden};"
+    )
+
+
+def test_reading_position_is_kept_and_a_button_jumps_to_new_messages(browser, chat_server_process):
+    server = chat_server_process
+    _store_as(server, "reading", "services.Author('seeder')", [f"old {n}" for n in range(50)])
+    _enter_chat_room(browser, server.url, "reading")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 50)
+    _open_new_window(browser)
+    _enter_chat_room(browser, server.url, "reading")
+    _switch_to_window(browser, 0)
+    browser.execute_script("document.querySelector('#messages').scrollTop = 400")
+    _wait(browser, lambda: _scroll_state(browser)["top"] == 400)
+    _switch_to_window(browser, 1)
+    _post_message(browser, "while you read")
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: "while you read" in _rich_texts(browser))
+    state = _scroll_state(browser)
+    assert state["top"] == 400 and state["button"], state
+    browser.find_element(By.ID, "new-messages").click()
+    _wait(browser, lambda: _scroll_state(browser)["bottom"] < 2, "not scrolled down")
+    assert not _scroll_state(browser)["button"]
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+
+
+def _pending(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages .message.pending'), (m) => ({"
+        " text: m.querySelector('.text').textContent,"
+        " delivery: m.querySelector('.delivery').textContent,"
+        " code: m.querySelector('.delivery').dataset.code}))"
+    )
+
+
+def test_a_message_typed_offline_shows_as_sending_until_the_server_has_it(
+    browser, start_chat_server
+):
+    server = start_chat_server()
+    _enter_chat_room(browser, server.url, "offline-send")
+    server.kill()
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "typed offline")
+    assert _pending(browser) == [{"text": "typed offline", "delivery": "sending…", "code": None}]
+    assert browser.find_element(By.ID, "chat-message-input").get_property("value") == ""
+    server.start()
+    _wait(browser, lambda: _rich_texts(browser) == ["typed offline"], "never delivered")
+    assert _pending(browser) == []
+    assert _rich_messages(browser)[0]["mine"]
+
+
+def test_a_refused_message_stays_with_its_reason_to_retry_or_discard(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "refused")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    browser.execute_script("arguments[0].value = 'bad \\u0007 bell'", message_input)
+    browser.find_element(By.ID, "chat-message-submit").click()
+    _wait(browser, lambda: _pending(browser) and _pending(browser)[0]["code"], "not refused")
+    (refused,) = _pending(browser)
+    assert refused["code"] == "invalid_character"
+    assert refused["delivery"].startswith("Not sent: This message holds a character")
+    error = browser.find_element(By.ID, "chat-error")
+    assert error.get_attribute("data-code") == "invalid_character"
+    assert "invalid_character" not in error.text and "U+" not in error.text
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#messages .pending .delivery button")
+    assert [button.text for button in buttons] == ["Retry", "Discard"]
+    buttons[1].click()
+    _wait(browser, lambda: _pending(browser) == [], "not discarded")
+    _post_message(browser, "fine now")
+    _wait(browser, lambda: _rich_texts(browser) == ["fine now"])
+    _wait(browser, lambda: error.text == "", "the error outlived the next success")
+    assert error.get_attribute("data-code") is None
+
+
+def test_after_clicking_send_the_focus_is_back_in_the_input(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "focus")
+    browser.find_element(By.ID, "chat-message-input").send_keys("clicked")
+    browser.find_element(By.ID, "chat-message-submit").click()
+    _wait(browser, lambda: _rich_texts(browser) == ["clicked"])
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+
+
+def test_a_counter_shows_the_length_near_the_limit(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "counter")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    counter = browser.find_element(By.ID, "char-count")
+    message_input.send_keys("short")
+    assert counter.text == ""
+    browser.execute_script("arguments[0].value = 'x'.repeat(4000)", message_input)
+    message_input.send_keys("y")
+    assert counter.text == "4001 / 4096"
+    browser.execute_script("arguments[0].value = 'x'.repeat(4100)", message_input)
+    message_input.send_keys("y")
+    assert counter.text == "4101 / 4096" and "over" in counter.get_attribute("class")
+
+
+def test_an_over_long_message_is_refused_in_plain_words_and_cleared_by_a_success(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "plain-words")
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    browser.execute_script("arguments[0].value = 'x'.repeat(5000)", message_input)
+    message_input.send_keys(Keys.ENTER)
+    error = browser.find_element(By.ID, "chat-error")
+    assert error.text == "Not sent: messages are at most 4096 characters, this one has 5000."
+    assert error.get_attribute("data-code") == "message_too_long"
+    message_input.clear()
+    message_input.send_keys("short", Keys.ENTER)
+    _wait(browser, lambda: error.text == "", "the error outlived the next success")
+
+
+def test_the_reconnect_countdown_ticks_every_second(browser, start_chat_server):
+    server = start_chat_server()
+    _enter_chat_room(browser, server.url, "countdown")
+    server.kill()
+    seconds = re.compile(r"Reconnecting in (\d+) s…")
+
+    def counting_from(low):
+        match = seconds.search(_status(browser))
+        return match and int(match.group(1)) >= low and int(match.group(1))
+
+    start = _wait(browser, lambda: counting_from(3), "no countdown of 3 s or more")
+    _wait(browser, lambda: counting_from(1) == start - 1, "the countdown never ticked")
+    status = browser.find_element(By.ID, "connection-status")
+    assert "code" not in status.text and status.get_attribute("data-code") == "1006"
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+DESKTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_the_room_fits_the_screen_with_the_composer_in_view(browser, chat_server, size):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+    try:
+        _enter_chat_room(browser, chat_server, f"fits-{size['width']}")
+        for n in range(15):
+            browser.execute_script("chatClient.send({message: arguments[0]})", f"line {n} " * 30)
+        _wait(browser, lambda: len(_rich_messages(browser)) == 15)
+        layout = browser.execute_script(
+            "const input = document.querySelector('#chat-message-input').getBoundingClientRect();"
+            "const send = document.querySelector('#chat-message-submit').getBoundingClientRect();"
+            "return {scrollWidth: document.documentElement.scrollWidth, width: innerWidth,"
+            " height: innerHeight, inputBottom: input.bottom, sendTop: send.top,"
+            " inputTop: input.top, sendLeft: send.left, inputRight: input.right};"
+        )
+        assert layout["scrollWidth"] <= layout["width"], layout
+        assert layout["inputBottom"] <= layout["height"], layout  # the composer is in view
+        assert layout["sendLeft"] >= layout["inputRight"], layout  # Send beside the input
+        assert layout["sendTop"] < layout["inputBottom"], layout
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _wait_for_presence(observer, condition):
+    """Read an observer socket's frames until a presence update whose names satisfy condition."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        frame = json.loads(observer.recv(timeout=max(deadline - time.monotonic(), 0.01)))
+        if "presence" in frame and condition(frame["presence"]["names"]):
+            return
+
+
+def test_a_page_left_for_another_leaves_the_room_and_comes_back_with_back(browser, chat_server):
+    _choose_name(browser, chat_server, "Walker")
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/bfcache/"
+    with websockets.sync.client.connect(ws_url, origin=chat_server) as observer:
+        _enter_chat_room(browser, chat_server, "bfcache")
+        _wait_for_presence(observer, lambda names: "Walker (guest)" in names)
+        browser.execute_script("window.keptByTheCache = true")
+        _navigate_by(browser, lambda: browser.get(chat_server + "/chat/"))
+        _wait_for_presence(observer, lambda names: "Walker (guest)" not in names)
+        browser.back()
+        _wait(browser, lambda: _status(browser) == "Connected", "never reconnected after Back")
+        assert browser.execute_script("return window.keptByTheCache === true"), "not the cache"
+        _wait_for_presence(observer, lambda names: "Walker (guest)" in names)
+
+
+RENAME_FROM_THIS_PAGE = """
+const done = arguments[arguments.length - 1];
+fetch('/chat/').then((r) => r.text()).then((html) => {
+    const token = html.match(/name="csrfmiddlewaretoken" value="([^"]+)"/)[1];
+    const body = new URLSearchParams({csrfmiddlewaretoken: token, display_name: arguments[0]});
+    return fetch('/accounts/name/', {method: 'POST', body: body});
+}).then((r) => done(r.status), (e) => done(String(e)));
+"""
+
+
+def test_a_socket_closed_for_a_changed_identity_reconnects_at_once_as_the_new_one(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "renamed")
+    browser.execute_script(
+        "window.socketEvents = [];"
+        "chatClient.socket().addEventListener('close', (e) =>"
+        "    window.socketEvents.push({code: e.code, at: performance.now()}));"
+        "const RealWebSocket = window.WebSocket;"
+        "window.WebSocket = class extends RealWebSocket {"
+        "    constructor(url) { super(url); window.socketEvents.push({at: performance.now()}); }"
+        "};"
+    )
+    assert browser.execute_async_script(RENAME_FROM_THIS_PAGE, "Renamed") == 200
+    _wait(browser, lambda: len(browser.execute_script("return window.socketEvents")) >= 2)
+    closed, reopened = browser.execute_script("return window.socketEvents")[:2]
+    assert closed["code"] == 4401
+    # At once: the backoff's shortest wait is 250 ms.
+    assert reopened["at"] - closed["at"] < 200, (closed, reopened)
+    _wait(browser, lambda: _status(browser) == "Connected")
+    _post_message(browser, "under my new name")
+    _wait(browser, lambda: _rich_texts(browser) == ["under my new name"])
+    (message,) = _rich_messages(browser)
+    assert message["author"] == "Renamed" and message["mine"]
+
+
+def _scroll_log_to_top(driver):
+    driver.execute_script("document.querySelector('#messages').scrollTop = 0")
+
+
+def _top_of_message(driver, message_id) -> float:
+    return driver.execute_script(
+        "return document.querySelector(`#messages [data-id='${arguments[0]}']`)"
+        ".getBoundingClientRect().top",
+        message_id,
+    )
+
+
+def test_older_messages_load_a_page_at_a_time_when_scrolling_up(browser, chat_server_process):
+    server = chat_server_process
+    texts = [f"message {n}" for n in range(1, 121)]
+    _store_as(server, "long-ago", "services.Author('seeder')", texts)
+    _enter_chat_room(browser, server.url, "long-ago")
+    _wait(browser, lambda: _rich_texts(browser) == texts[-50:], "not the last 50")
+    _scroll_log_to_top(browser)
+    first_shown = _top_of_message(browser, "71")  # before the older page, fetched meanwhile
+    _wait(browser, lambda: _rich_texts(browser) == texts[-100:], "no older page")
+    # The page grew above what was on screen, and what was on screen stayed where it was.
+    assert browser.execute_script("return document.querySelector('#messages').scrollTop") > 0
+    assert _top_of_message(browser, "71") == pytest.approx(first_shown, abs=2)
+    _scroll_log_to_top(browser)
+    _wait(browser, lambda: _rich_texts(browser) == texts, "not back to the first message")
+    assert _log_texts(browser) == texts  # the transcript holds them all, in order
+    ids = [message["id"] for message in _rich_messages(browser)]
+    assert ids == [str(n) for n in range(1, 121)]
+
+
+SERIOUS = {"serious", "critical"}
+
+
+@pytest.mark.parametrize("path", ["/chat/", "/chat/axe/", "/accounts/login/", "/accounts/signup/"])
+def test_axe_finds_no_serious_accessibility_violation(browser, chat_server, path):
+    browser.get(chat_server + path)
+    _wait(browser, lambda: browser.execute_script("return document.readyState") == "complete")
+    if path == "/chat/axe/":
+        _wait(browser, lambda: _status(browser) == "Connected")
+        _post_message(browser, "a message with a link https://example.com/")
+        _wait(browser, lambda: len(_rich_messages(browser)) == 1)
+    axe = Axe(browser)
+    axe.inject()
+    results = axe.run()
+    serious = [v for v in results["violations"] if v["impact"] in SERIOUS]
+    assert serious == [], axe.report(serious)
+
+
+LISTEN_TO_THE_PAGE = """
+window.heard = [];
+for (const name of ['chat:message', 'chat:presence', 'chat:connection', 'chat:frame']) {
+    document.addEventListener(name, (e) => window.heard.push({
+        name: name,
+        message: e.detail.data ? e.detail.data.message : undefined,
+        history: e.detail.history,
+        element: e.detail.element ? e.detail.element.dataset.id : undefined,
+        state: e.detail.state,
+        frame: name === 'chat:frame' ? e.detail : undefined,
+    }));
+}
+"""
+
+
+def test_other_scripts_hear_the_page_through_dom_events_and_send_through_chat_client(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "events")
+    _post_message(browser, "before")
+    _wait(browser, lambda: _rich_texts(browser) == ["before"])
+    browser.execute_script(LISTEN_TO_THE_PAGE)
+    assert browser.execute_script("return chatClient.send({message: 'sent by a script'})")
+    _wait(browser, lambda: "sent by a script" in _rich_texts(browser))
+    browser.execute_script("chatClient.socket().close()")
+    _wait(browser, lambda: _status(browser) == "Connected")
+    heard_presence = "return window.heard.some((entry) => entry.name === 'chat:presence')"
+    _wait(browser, lambda: browser.execute_script(heard_presence), "no chat:presence event")
+    heard = browser.execute_script("return window.heard")
+    assert {"name": "chat:message", "message": "sent by a script", "history": False,
+            "element": "2", "state": None, "frame": None} in [
+        {key: entry.get(key) for key in ("name", "message", "history", "element", "state", "frame")}
+        for entry in heard
+    ]  # fmt: skip
+    states = [entry["state"] for entry in heard if entry["name"] == "chat:connection"]
+    assert states == ["closed", "open"]
+    # A frame kind the page does not handle itself is passed on whole.
+    browser.execute_script(
+        "chatClient.socket().onmessage({data: JSON.stringify({typing: {user: 'bob'}})})"
+    )
+    frames = [e["frame"] for e in browser.execute_script("return window.heard") if e["frame"]]
+    assert frames == [{"typing": {"user": "bob"}}]
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    assert browser.execute_script("return chatClient.send({message: 'nowhere'})") is False
+
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOT_CONVERSATION = [
+    ("bob", "Morning! Is the release still on for Friday?"),
+    ("alice", "Yes, the checklist is at https://example.com/release-checklist."),
+    ("alice", "Two items left:\n- the changelog\n- the screenshots"),
+    ("bob", "I can take the changelog."),
+    ("bob", "Done, have a look when you can."),
+    ("alice", "Looks good, thanks!"),
+]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CHAT_SCREENSHOTS"), reason="writes README's screenshots: CHAT_SCREENSHOTS=1"
+)
+def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
+    server = chat_server_process
+    _sign_up(browser, server.url, "alice")
+    authors = {
+        "alice": "services.Author('alice', user_id=__import__('django.contrib.auth').contrib.auth"
+        ".get_user_model().objects.get(username='alice').pk)",
+        "bob": "services.Author('Bob', guest_key='bob')",
+    }
+    for name, text in SCREENSHOT_CONVERSATION:
+        _store_as(server, "release", authors[name], [text])
+    code = (
+        "import datetime\n"
+        "from django.utils import timezone\n"
+        "from chat.models import Message\n"
+        "yesterday = timezone.now() - datetime.timedelta(days=1)\n"
+        "Message.objects.filter(room_id='release', seq__lt=4).update(created=yesterday)\n"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=server.env, check=True
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    ws_url = server.url.replace("http://", "ws://") + "/ws/chat/release/"
+    with websockets.sync.client.connect(ws_url, origin=server.url):
+        for size, name in ((DESKTOP, "room-desktop.png"), (PHONE, "room-phone.png")):
+            browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+            try:
+                _enter_chat_room(browser, server.url, "release")
+                _wait(browser, lambda: len(_presence_items(browser)) == 2)
+                _wait(browser, lambda: len(_rich_messages(browser)) >= len(SCREENSHOT_CONVERSATION))
+                browser.find_element(By.ID, "chat-message-input").send_keys("Shipping it")
+                browser.save_screenshot(str(SCREENSHOTS / name))
+            finally:
+                browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_keyboard_alone_chooses_a_room_sends_and_reaches_the_log(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "keyboard")
+    ActionChains(browser).send_keys("by keyboard", Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-submit"
+    ActionChains(browser).send_keys(Keys.SPACE).perform()
+    _wait(browser, lambda: _rich_texts(browser) == ["by keyboard"])
+    assert browser.switch_to.active_element.get_attribute("id") == "chat-message-input"
+    # Back up the page: the log takes the focus, so its history scrolls by keyboard.
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "messages"
+
+
+def test_a_refused_message_waits_for_retry_and_retry_sends_it(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "retry")
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "try again")
+    client_id = browser.execute_script("return document.querySelector('.pending').dataset.clientId")
+    refusal = {"code": "too_many_rooms", "detail": "Too many new rooms.", "client_id": client_id}
+    browser.execute_script(  # as the server answers a send it refuses
+        "chatClient.socket().onmessage({data: JSON.stringify({error: arguments[0]})})", refusal
+    )
+    assert _pending(browser)[0]["delivery"].startswith("Not sent: Too many new rooms.")
+    browser.execute_script("window.WebSocket = window.RealWebSocket")
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
+    assert _pending(browser)[0]["code"] == "too_many_rooms"  # a refused send is not resent
+    assert _rich_texts(browser) == []
+    retry = browser.find_element(By.CSS_SELECTOR, "#messages .pending .delivery button")
+    assert retry.text == "Retry"
+    retry.click()
+    _wait(browser, lambda: _rich_texts(browser) == ["try again"], "Retry sent nothing")
+    assert _pending(browser) == []
+
+
+def test_messages_from_history_and_catch_up_reach_other_scripts_marked_history(
+    browser, chat_server_process
+):
+    server = chat_server_process
+    _store_as(server, "marked", "services.Author('seeder')", ["backlog"])
+    _enter_chat_room(browser, server.url, "marked")
+    _wait(browser, lambda: _rich_texts(browser) == ["backlog"])
+    browser.execute_script(LISTEN_TO_THE_PAGE)
+    _store_as(server, "marked", "services.Author('seeder')", ["missed while away"])
+    browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
+    _wait(browser, lambda: _rich_texts(browser) == ["backlog", "missed while away"])
+    _post_message(browser, "live again")
+    _wait(browser, lambda: "live again" in _rich_texts(browser))
+    heard = browser.execute_script("return window.heard")
+    flags = {e["message"]: e["history"] for e in heard if e["name"] == "chat:message"}
+    assert flags == {"missed while away": True, "live again": False}

@@ -91,6 +91,40 @@ def test_invalid_room_url_in_production_gets_the_chat_404_page(client, settings)
     assert "<b>bold" not in html
 
 
+@pytest.mark.parametrize("path", ["/chat/two%20words/", "/chat/two%20words/messages/"])
+def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings, path):
+    settings.DEBUG = True
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "Choose a room" in response.content.decode()
+
+
+def test_a_room_url_without_its_slash_still_redirects_to_the_room(client):
+    response = client.get("/chat/lobby")
+    assert (response.status_code, response["Location"]) == (301, "/chat/lobby/")
+
+
+def test_favicon_ico_leads_to_the_static_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("chat/favicon.svg")
+    assert '<link rel="icon"' in client.get("/chat/").content.decode()
+
+
+def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
+    def reader(html):
+        return json.loads(
+            html.split('<script id="chat-reader" type="application/json">')[1].split("<")[0]
+        )
+
+    assert reader(client.get("/chat/lobby/").content.decode()) == {
+        "name": "Anonymous",
+        "guest": True,
+    }
+    client.force_login(django_user_model.objects.create_user("alice", password="x"))
+    assert reader(client.get("/chat/lobby/").content.decode()) == {"name": "alice", "guest": False}
+
+
 def test_room_name_with_markup_is_embedded_as_data_not_code():
     hostile = "</script><script>alert('x')</script>\"'"
     html = render_to_string("chat/room.html", {"room_name": hostile})
@@ -361,9 +395,30 @@ def test_each_message_in_the_api_has_exactly_the_public_fields(client):
     assert message["client_id"] == "abc-1"
 
 
+def test_messages_before_an_id_give_the_newest_older_ones_and_where_to_go_on(client):
+    _store_messages("lobby", 5)
+    body = client.get("/chat/lobby/messages/", {"before": 5, "limit": 2}).json()
+    assert [message["id"] for message in body["messages"]] == [3, 4]
+    assert body["next_before"] == 3
+
+
+def test_messages_before_the_first_page_have_no_next_before(client):
+    _store_messages("lobby", 5)
+    body = client.get("/chat/lobby/messages/", {"before": 3, "limit": 2}).json()
+    assert [message["id"] for message in body["messages"]] == [1, 2]
+    assert body["next_before"] is None
+    assert client.get("/chat/lobby/messages/", {"before": 1}).json()["messages"] == []
+
+
 @pytest.mark.parametrize(
     "params",
     [
+        {"before": -1},
+        {"before": "x"},
+        {"before": "+1"},
+        {"before": "\u0661"},
+        {"before": 2**63},
+        {"before": 3, "after": 1},
         {"after": -1},
         {"after": "x"},
         {"after": "9" * 4301},
@@ -376,6 +431,12 @@ def test_each_message_in_the_api_has_exactly_the_public_fields(client):
         {"limit": "9" * 4301},
     ],
     ids=[
+        "negative-before",
+        "word-before",
+        "signed-before",
+        "arabic-indic-digit-before",
+        "before-past-bigint",
+        "before-and-after",
         "negative-after",
         "word-after",
         "after-past-int-parsing-limit",

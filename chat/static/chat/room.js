@@ -1,16 +1,30 @@
 // The room page's client: one WebSocket that reconnects by itself and loses nothing.
 //
-// - Messages are shown as text (the log is a <textarea>; .value, never innerHTML).
-// - Every send carries a random client_id and stays in `pending` until the server echoes
-//   it back, so a send is retried after a reconnect and the server stores it once.
-// - After a drop it reconnects with exponential backoff and jitter, asking for every
-//   message after the last id it has (`?after=`); ids it has already shown are skipped.
-//   The server sends a catch-up a page at a time: the page asks for each next one.
-// - The backoff starts over only once a connection has stayed up for a while: a socket
-//   that opens and drops at once (a frame the server cannot take) slows down, not loops.
-// - A message over the server's limits (json_script "chat-limits") is never sent: it stays
-//   in the input, with the reason beside it.
-// - Each message stays on one line of the log: line breaks in it are shown as " ↵ ".
+// Loaded with a plain <script defer> (no module, no build step): it runs once the page is
+// parsed. Other scripts (rooms sidebar, typing indicator) load the same way, after it, and
+// hook in through these DOM events and one function, a stable contract:
+//
+//   document "chat:message"    detail {data, element, history}: a message frame rendered;
+//                              data is the frame, element its node in #messages, history is
+//                              true for the join backlog, a catch-up or an older page.
+//   document "chat:presence"   detail: the presence frame ({"presence": {...}}).
+//   document "chat:connection" detail {state: "open" | "closed"}.
+//   document "chat:frame"      detail: any other frame this page does not handle itself.
+//   window.chatClient.send(object)  sends object as one JSON frame on the open socket;
+//                              returns false (and sends nothing) while it is not open.
+//
+// The rich view (#messages, role="log") holds one element per message: data-id, the author
+// in .author, the text in .text (textContent only, never HTML; links built as nodes), a
+// <time datetime> in the reader's local time; .mine for the reader's own, .guest for guests.
+// The tutorial's #chat-log textarea stays, as a transcript: one line per message, line
+// breaks shown as " ↵ ", so no message can forge a line that looks like someone else's.
+//
+// Delivery: every send carries a random client_id and stays in `pending` (shown in place as
+// "sending…") until the server echoes it, so a send lost with a connection is retried after
+// the reconnect and stored once. Reconnects back off (0.5 s doubling to 15 s, jittered,
+// starting over only after a connection stayed up 5 s) and ask for everything after the
+// last id shown (?after=), a page at a time. A message over the server's limits
+// (json_script "chat-limits") is never sent: it stays in the input, with the reason.
 (function () {
     'use strict';
 
@@ -19,51 +33,325 @@
     const RATE_LIMITED_RETRY_MS = 1000;
     // A connection that stayed up this long was not dropped for something it sent.
     const HEALTHY_AFTER_MS = 5000;
+    // Close codes after which the server wants the page back at once (README, close codes):
+    // identity changed, and the socket's lifetime over. Neither is a failure to back off from.
+    const RECONNECT_AT_ONCE = new Set([4000, 4401]);
+    // One author's messages this close together read as one group, as in most chat apps.
+    const GROUP_WITHIN_MS = 5 * 60 * 1000;
+    // Closer than this to the bottom counts as reading the newest messages.
+    const AT_BOTTOM_PX = 40;
+    // Closer than this to the top loads an older page.
+    const OLDER_AT_PX = 200;
+    const OLDER_PAGE_SIZE = 50;
+    // The counter shows from this share of the limit on: earlier it is only noise.
+    const COUNTER_FROM = 0.8;
+    // How many of its own client ids a page remembers per room, to know its messages again.
+    const SENT_IDS_KEPT = 500;
     // What Python's str.strip() removes (str.isspace), so the page counts as the server does.
     const SPACE = '[\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+';
     const SERVER_TRIM = new RegExp('^' + SPACE + '|' + SPACE + '$', 'g');
     // Everything a textarea, or a reader of its text, may take for the end of a line.
     const LINE_BREAKS = /\r\n|[\n\v\f\r\x1c-\x1e\x85\u2028\u2029]/g;
+    // http(s) links only; trailing punctuation belongs to the sentence, not the link.
+    const LINK = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+    const LINK_TRAILER = /[.,;:!?)\]}]+$/;
+    // What the server's error codes mean, in words; codes stay in data-code attributes.
+    const PLAIN_ERRORS = {
+        invalid_character: 'This message holds a character that cannot be sent ' +
+                           '(an invisible control character, or half an emoji).',
+        store_failed: 'The server could not save this message just now. Trying again…',
+        frame_too_large: 'This message is too large to send.',
+    };
+    const PLAIN_CLOSES = {
+        4401: 'Your sign-in changed.',
+        4000: 'The connection was renewed.',
+        4408: 'The connection fell behind.',
+        4429: 'Disconnected for sending too fast.',
+        4503: 'The chat server is having trouble.',
+    };
 
     const roomName = JSON.parse(document.getElementById('room-name').textContent);
     const limits = JSON.parse(document.getElementById('chat-limits').textContent);
+    let reader = JSON.parse(document.getElementById('chat-reader').textContent);
     const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
     const baseUrl = scheme + window.location.host + '/ws/chat/' + encodeURIComponent(roomName) + '/';
+    const olderUrl = '/chat/' + encodeURIComponent(roomName) + '/messages/';
 
     const chatLog = document.querySelector('#chat-log');
+    const messagesBox = document.querySelector('#messages');
+    const newMessagesButton = document.querySelector('#new-messages');
     const statusLine = document.querySelector('#connection-status');
     const errorLine = document.querySelector('#chat-error');
-    const presenceLine = document.querySelector('#presence');
+    const presenceSection = document.querySelector('.presence');
+    const presenceHeading = document.querySelector('#presence-heading');
+    const presenceList = document.querySelector('#presence');
     const outboxStatus = document.querySelector('#outbox-status');
+    const charCount = document.querySelector('#char-count');
     const messageInput = document.querySelector('#chat-message-input');
     const submitButton = document.querySelector('#chat-message-submit');
 
     let socket = null;
     let lastId = null;          // id of the newest message shown; null until the first one
+    let oldestId = null;        // id of the oldest message shown
+    let olderDone = false;      // no older messages are left to load
+    let loadingOlder = false;
+    let catchingUp = false;     // messages before the last catch_up frame are not live
     let failedAttempts = 0;
     let healthyTimer = null;
+    let reconnectTimer = null;
+    let countdownTimer = null;
+    let pageHidden = false;     // left for the back/forward cache: stay disconnected
     let connections = 0;
-    const pending = new Map();  // client_id -> frame, in the order they were typed
+    const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
+    const sentIds = loadSentIds();  // client_id -> id the server stored it under
 
-    function showStatus(text, kind) {
-        statusLine.textContent = text;
-        statusLine.className = 'notice ' + kind;
+    // ---- the reader's own messages -------------------------------------------------------
+
+    function sentIdsKey() {
+        return 'chat.sent.' + roomName;
     }
 
-    function showOutbox() {
-        outboxStatus.textContent = pending.size === 0 ? '' :
-            pending.size + (pending.size === 1 ? ' message' : ' messages') + ' waiting to be sent';
+    function loadSentIds() {
+        try {
+            return new Map(JSON.parse(window.localStorage.getItem(sentIdsKey()) || '[]'));
+        } catch (error) {
+            return new Map();  // storage off or unreadable: this page's sends only
+        }
     }
+
+    function rememberSent(clientId, id) {
+        sentIds.set(clientId, id);
+        const kept = Array.from(sentIds).slice(-SENT_IDS_KEPT);
+        try {
+            window.localStorage.setItem(sentIdsKey(), JSON.stringify(kept));
+        } catch (error) {
+            // storage full or off: remembered for this page only
+        }
+    }
+
+    // Mine: a send of this page (the id its echo was stored under, so nobody who copies a
+    // client_id passes), or a logged-in reader's own name. Guests are matched by client id
+    // only: two guests may share a name, and "Anonymous" is everyone's.
+    function isMine(data) {
+        if (data.client_id && sentIds.get(data.client_id) === data.id) {
+            return true;
+        }
+        return !reader.guest && data.guest === false && data.user === reader.name;
+    }
+
+    // ---- building message elements -------------------------------------------------------
 
     function oneLine(text) {
         return String(text).replace(LINE_BREAKS, ' ↵ ');
     }
 
     function appendToLog(data) {
-        const who = data.user === undefined ? '' : data.user + (data.guest ? ' (guest)' : '') + ': ';
-        chatLog.value += oneLine(who + data.message) + '\n';
+        chatLog.value += transcriptLine(data);
         chatLog.scrollTop = chatLog.scrollHeight;
     }
+
+    function transcriptLine(data) {
+        const who = data.user === undefined ? '' : data.user + (data.guest ? ' (guest)' : '') + ': ';
+        return oneLine(who + data.message) + '\n';
+    }
+
+    // The text as text nodes, with http(s) links as <a> nodes: never parsed as HTML.
+    function fillText(parent, text) {
+        let done = 0;
+        for (const match of text.matchAll(LINK)) {
+            const link = match[0].replace(LINK_TRAILER, '');
+            let url;
+            try {
+                url = new URL(link);
+            } catch (error) {
+                continue;
+            }
+            if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+                continue;
+            }
+            parent.append(text.slice(done, match.index));
+            const anchor = document.createElement('a');
+            anchor.href = url.href;
+            anchor.textContent = link;
+            anchor.rel = 'noopener noreferrer';
+            anchor.target = '_blank';
+            parent.append(anchor);
+            done = match.index + link.length;
+        }
+        parent.append(text.slice(done));
+    }
+
+    function dayKey(date) {
+        return date.getFullYear() + '-' + String(date.getMonth() + 1).padStart(2, '0') + '-' +
+               String(date.getDate()).padStart(2, '0');
+    }
+
+    function dayLabel(date) {
+        const today = new Date();
+        const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+        if (dayKey(date) === dayKey(today)) {
+            return 'Today';
+        }
+        if (dayKey(date) === dayKey(yesterday)) {
+            return 'Yesterday';
+        }
+        return date.toLocaleDateString([], {weekday: 'long', year: 'numeric', month: 'long', day: 'numeric'});
+    }
+
+    function authorHeader(name, guest) {
+        const header = document.createElement('div');
+        header.className = 'meta';
+        const author = document.createElement('span');
+        author.className = 'author';
+        author.textContent = name;
+        header.append(author);
+        if (guest) {
+            const tag = document.createElement('span');
+            tag.className = 'tag';
+            tag.textContent = '(guest)';
+            header.append(' ', tag);
+        }
+        return header;
+    }
+
+    function messageElement(data) {
+        const element = document.createElement('div');
+        element.className = 'message';
+        element.dataset.id = data.id;
+        element.dataset.author = (data.guest ? 'guest:' : 'user:') + data.user;
+        element.classList.toggle('guest', Boolean(data.guest));
+        element.classList.toggle('mine', isMine(data));
+        const header = authorHeader(data.user, data.guest);
+        const when = new Date(data.ts);
+        if (!Number.isNaN(when.getTime())) {
+            const time = document.createElement('time');
+            time.dateTime = data.ts;
+            time.textContent = when.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
+            time.title = when.toLocaleString();
+            header.append(' ', time);
+            element.dataset.day = dayKey(when);
+            element.dataset.ms = when.getTime();
+        }
+        const text = document.createElement('div');
+        text.className = 'text';
+        fillText(text, String(data.message));
+        element.append(header, text);
+        return element;
+    }
+
+    function isMessage(node) {
+        return node !== null && node.classList.contains('message') && !node.classList.contains('pending');
+    }
+
+    function messageBefore(element) {
+        let node = element.previousElementSibling;
+        while (node !== null && !isMessage(node)) {
+            node = node.previousElementSibling;
+        }
+        return node;
+    }
+
+    function messageAfter(element) {
+        let node = element.nextElementSibling;
+        while (node !== null && !isMessage(node)) {
+            node = node.nextElementSibling;
+        }
+        return node;
+    }
+
+    // A day separator before the first message of each day, and .continued on a message
+    // that follows one of the same author within GROUP_WITHIN_MS on the same day.
+    function decorate(element) {
+        if (!isMessage(element)) {
+            return;
+        }
+        const previous = messageBefore(element);
+        const newDay = previous === null || previous.dataset.day !== element.dataset.day;
+        const before = element.previousElementSibling;
+        const hasSeparator = before !== null && before.classList.contains('day-separator');
+        if (newDay && element.dataset.day && !hasSeparator) {
+            const separator = document.createElement('div');
+            separator.className = 'day-separator';
+            const label = document.createElement('span');
+            label.textContent = dayLabel(new Date(Number(element.dataset.ms)));
+            separator.append(label);
+            element.before(separator);
+        } else if (!newDay && hasSeparator) {
+            before.remove();
+        }
+        const continued = !newDay && previous.dataset.author === element.dataset.author &&
+            Number(element.dataset.ms) - Number(previous.dataset.ms) < GROUP_WITHIN_MS;
+        element.classList.toggle('continued', continued);
+    }
+
+    function placeLive(element) {
+        messagesBox.insertBefore(element, messagesBox.querySelector('.pending'));
+        decorate(element);
+    }
+
+    // ---- scrolling ------------------------------------------------------------------------
+
+    function atBottom() {
+        return messagesBox.scrollHeight - messagesBox.scrollTop - messagesBox.clientHeight < AT_BOTTOM_PX;
+    }
+
+    function scrollToBottom() {
+        messagesBox.scrollTop = messagesBox.scrollHeight;
+        newMessagesButton.hidden = true;
+    }
+
+    messagesBox.addEventListener('scroll', function () {
+        if (atBottom()) {
+            newMessagesButton.hidden = true;
+        }
+        if (messagesBox.scrollTop < OLDER_AT_PX) {
+            loadOlder();
+        }
+    });
+    newMessagesButton.addEventListener('click', function () {
+        scrollToBottom();
+        messageInput.focus();
+    });
+
+    // ---- events for the other scripts --------------------------------------------------
+
+    function dispatch(name, detail) {
+        document.dispatchEvent(new CustomEvent(name, {detail: detail}));
+    }
+
+    // ---- status and errors ---------------------------------------------------------------
+
+    function showStatus(text, kind, code) {
+        statusLine.textContent = text;
+        statusLine.className = 'notice ' + kind;
+        if (code === undefined) {
+            delete statusLine.dataset.code;
+        } else {
+            statusLine.dataset.code = code;
+        }
+    }
+
+    function showError(text, code) {
+        errorLine.textContent = text;
+        errorLine.dataset.code = code;
+    }
+
+    function clearError() {
+        errorLine.textContent = '';
+        delete errorLine.dataset.code;
+    }
+
+    function plainError(error) {
+        return PLAIN_ERRORS[error.code] || error.detail;
+    }
+
+    function showOutbox() {
+        const waiting = Array.from(pending.values()).filter((item) => !item.refused).length;
+        outboxStatus.textContent = waiting === 0 ? '' :
+            waiting + (waiting === 1 ? ' message' : ' messages') + ' waiting to be sent';
+    }
+
+    // ---- the outbox ----------------------------------------------------------------------
 
     function newClientId() {
         const bytes = new Uint8Array(16);
@@ -71,11 +359,66 @@
         return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
     }
 
+    function isOpen() {
+        return socket !== null && socket.readyState === WebSocket.OPEN;
+    }
+
     function sendPending(clientId) {
-        if (socket !== null && socket.readyState === WebSocket.OPEN && pending.has(clientId)) {
-            socket.send(pending.get(clientId));
+        const item = pending.get(clientId);
+        if (isOpen() && item !== undefined && !item.refused) {
+            socket.send(item.frame);
         }
     }
+
+    function pendingElement(clientId, text) {
+        const element = document.createElement('div');
+        element.className = 'message mine pending';
+        element.dataset.clientId = clientId;
+        element.classList.toggle('guest', Boolean(reader.guest));
+        const body = document.createElement('div');
+        body.className = 'text';
+        fillText(body, text);
+        const delivery = document.createElement('div');
+        delivery.className = 'delivery';
+        delivery.textContent = 'sending…';
+        element.append(authorHeader(reader.name, reader.guest), body, delivery);
+        return element;
+    }
+
+    function showRefused(clientId, error) {
+        const item = pending.get(clientId);
+        item.refused = true;
+        item.element.classList.add('failed');
+        const delivery = item.element.querySelector('.delivery');
+        delivery.dataset.code = error.code;
+        const reason = document.createElement('span');
+        reason.textContent = 'Not sent: ' + plainError(error) + ' ';
+        const retry = document.createElement('button');
+        retry.type = 'button';
+        retry.textContent = 'Retry';
+        retry.addEventListener('click', function () {
+            item.refused = false;
+            item.element.classList.remove('failed');
+            delete delivery.dataset.code;
+            delivery.textContent = 'sending…';
+            showOutbox();
+            sendPending(clientId);
+            messageInput.focus();
+        });
+        const discard = document.createElement('button');
+        discard.type = 'button';
+        discard.textContent = 'Discard';
+        discard.addEventListener('click', function () {
+            pending.delete(clientId);
+            item.element.remove();
+            showOutbox();
+            messageInput.focus();
+        });
+        delivery.replaceChildren(reason, retry, ' ', discard);
+        showOutbox();
+    }
+
+    // ---- frames --------------------------------------------------------------------------
 
     function onMessage(data) {
         if (data.error) {
@@ -83,74 +426,232 @@
         } else if (data.catch_up) {
             if (data.catch_up.more) {  // the server waits for this before the next page
                 socket.send(JSON.stringify({'catch_up': {'after': data.catch_up.next_after}}));
+            } else {
+                catchingUp = false;
             }
         } else if (data.presence) {
-            const p = data.presence;
-            presenceLine.textContent = p.count + ' online: ' + p.names.join(', ');
+            showPresence(data.presence);
+            dispatch('chat:presence', data);
         } else if (data.message !== undefined) {
-            if (data.client_id) {
-                pending.delete(data.client_id);
-                showOutbox();
-            }
-            if (lastId !== null && data.id !== undefined && data.id <= lastId) {
-                return;  // already shown: a catch-up overlap or a retried send's echo
-            }
-            if (data.id !== undefined) {
-                lastId = data.id;
-            }
-            appendToLog(data);
+            onChatMessage(data);
+        } else {
+            dispatch('chat:frame', data);
         }
     }
 
+    function onChatMessage(data) {
+        const ownEcho = Boolean(data.client_id) && pending.has(data.client_id);
+        if (ownEcho) {
+            // The server says who this page speaks as now (it may have changed: 4401).
+            reader = {name: data.user, guest: data.guest};
+            rememberSent(data.client_id, data.id);
+            pending.get(data.client_id).element.remove();
+            pending.delete(data.client_id);
+            showOutbox();
+            clearError();  // a success: whatever went wrong before is over
+        }
+        if (lastId !== null && data.id !== undefined && data.id <= lastId) {
+            return;  // already shown: a catch-up overlap or a retried send's echo
+        }
+        if (data.id !== undefined) {
+            lastId = data.id;
+            oldestId = oldestId === null ? data.id : oldestId;
+        }
+        const stick = atBottom() || ownEcho;
+        const element = messageElement(data);
+        placeLive(element);
+        appendToLog(data);
+        if (stick) {
+            scrollToBottom();
+        } else {
+            newMessagesButton.hidden = false;
+        }
+        dispatch('chat:message', {data: data, element: element, history: Boolean(data.history) || catchingUp});
+    }
+
     function onError(error) {
-        errorLine.textContent = error.detail + ' (' + error.code + ')';
-        if (!error.client_id) {
+        showError(plainError(error), error.code);
+        if (!error.client_id || !pending.has(error.client_id)) {
             return;
         }
         if (error.code === 'rate_limited' || error.code === 'store_failed') {
             setTimeout(() => sendPending(error.client_id), RATE_LIMITED_RETRY_MS);
         } else {
-            pending.delete(error.client_id);
-            showOutbox();
+            showRefused(error.client_id, error);
         }
     }
 
+    function showPresence(presence) {
+        const items = presence.names.map(function (label) {
+            const guest = label.endsWith(' (guest)');  // usernames and guest names hold no '('
+            const item = document.createElement('li');
+            item.classList.toggle('guest', guest);
+            const name = document.createElement('span');
+            name.className = 'name';
+            name.textContent = guest ? label.slice(0, -' (guest)'.length) : label;
+            item.append(name);
+            if (guest) {
+                const tag = document.createElement('span');
+                tag.className = 'tag';
+                tag.textContent = '(guest)';
+                item.append(' ', tag);
+            }
+            return item;
+        });
+        presenceList.replaceChildren(...items);
+        presenceHeading.textContent = 'Here now (' + items.length + ')';
+        presenceSection.hidden = false;
+    }
+
+    // ---- older history -------------------------------------------------------------------
+
+    async function loadOlder() {
+        if (loadingOlder || olderDone || oldestId === null || oldestId <= 1) {
+            return;
+        }
+        loadingOlder = true;
+        try {
+            const response = await fetch(olderUrl + '?before=' + oldestId + '&limit=' + OLDER_PAGE_SIZE);
+            if (!response.ok) {
+                return;  // a 429 or an outage: the next scroll up tries again
+            }
+            const page = await response.json();
+            const older = page.messages.filter((data) => data.id < oldestId);
+            if (older.length === 0) {
+                olderDone = true;
+                return;
+            }
+            const top = messagesBox.firstElementChild;
+            const firstShown = isMessage(top) ? top : (top === null ? null : messageAfter(top));
+            const shownAt = firstShown === null ? 0 : firstShown.getBoundingClientRect().top;
+            if (top !== null && top.classList.contains('day-separator')) {
+                top.remove();  // decorate puts it back if the day still starts there
+            }
+            const elements = older.map(messageElement);
+            messagesBox.prepend(...elements);
+            elements.forEach(decorate);
+            if (firstShown !== null) {
+                decorate(firstShown);
+            }
+            chatLog.value = older.map(transcriptLine).join('') + chatLog.value;
+            if (firstShown !== null) {  // what was on screen stays where it was
+                messagesBox.scrollTop += firstShown.getBoundingClientRect().top - shownAt;
+            }
+            oldestId = older[0].id;
+            olderDone = page.next_before === null;
+            older.forEach((data, index) => dispatch('chat:message', {data: data, element: elements[index], history: true}));
+        } catch (error) {
+            // offline: the next scroll up tries again
+        } finally {
+            loadingOlder = false;
+        }
+    }
+
+    // ---- the connection ------------------------------------------------------------------
+
+    function stopTimers() {
+        clearTimeout(reconnectTimer);
+        clearInterval(countdownTimer);
+        clearTimeout(healthyTimer);
+    }
+
     function connect() {
+        stopTimers();
         const url = lastId === null ? baseUrl : baseUrl + '?after=' + lastId;
+        catchingUp = lastId !== null;
         connections += 1;
-        socket = new WebSocket(url);
-        socket.onopen = function () {
+        let thisSocket;
+        try {
+            thisSocket = new WebSocket(url);
+        } catch (error) {
+            // A URL the browser refuses outright (a blocked port) closes nothing: back off
+            // as after a close, or the page would wait for a close that never comes.
+            onClose({code: 1006});
+            return;
+        }
+        socket = thisSocket;
+        thisSocket.onopen = function () {
             healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
-            errorLine.textContent = '';
             showStatus('Connected', 'ok');
+            dispatch('chat:connection', {state: 'open'});
             for (const clientId of pending.keys()) {
                 sendPending(clientId);
             }
         };
-        socket.onmessage = (e) => onMessage(JSON.parse(e.data));
-        socket.onclose = function (e) {
-            clearTimeout(healthyTimer);
-            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failedAttempts);
-            const delay = ceiling / 2 + Math.random() * ceiling / 2;
-            failedAttempts += 1;
-            showStatus('Disconnected (code ' + e.code + '). Reconnecting in ' +
-                       (delay / 1000).toFixed(1) + ' s…', 'error');
-            setTimeout(connect, delay);
+        thisSocket.onmessage = (e) => onMessage(JSON.parse(e.data));
+        thisSocket.onclose = function (e) {
+            if (thisSocket === socket) {
+                onClose(e);
+            }
         };
+    }
+
+    function onClose(e) {
+        stopTimers();
+        presenceSection.hidden = true;  // who was here is unknown until the next update
+        dispatch('chat:connection', {state: 'closed'});
+        if (pageHidden) {
+            return;  // back/forward cache: pageshow reconnects
+        }
+        let delay = 0;
+        if (!RECONNECT_AT_ONCE.has(e.code)) {
+            const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failedAttempts);
+            delay = ceiling / 2 + Math.random() * ceiling / 2;
+            failedAttempts += 1;
+        }
+        const reason = PLAIN_CLOSES[e.code] || 'Disconnected.';
+        const reconnectAt = Date.now() + delay;
+        function tick() {
+            const seconds = Math.ceil((reconnectAt - Date.now()) / 1000);
+            showStatus(reason + (seconds > 0 ? ' Reconnecting in ' + seconds + ' s…' : ' Reconnecting…'),
+                       'error', e.code);
+        }
+        tick();
+        countdownTimer = setInterval(tick, 1000);
+        reconnectTimer = setTimeout(connect, delay);
+    }
+
+    // The back/forward cache keeps a page alive, socket and all: a page left for another
+    // must not stay in the room's presence, so it closes, and comes back when shown again.
+    window.addEventListener('pagehide', function () {
+        pageHidden = true;
+        stopTimers();
+        if (socket !== null && socket.readyState <= WebSocket.OPEN) {
+            socket.close(1000, 'page hidden');
+        }
+    });
+    window.addEventListener('pageshow', function (e) {
+        if (e.persisted) {
+            pageHidden = false;
+            connect();
+        }
+    });
+
+    // ---- the composer --------------------------------------------------------------------
+
+    function countOf(message) {
+        return Array.from(message.replace(SERVER_TRIM, '')).length;  // code points, trimmed
     }
 
     // Why the server would refuse this frame, or null; checked before it is ever sent.
     function refusalOf(message, frame) {
-        const length = Array.from(message.replace(SERVER_TRIM, '')).length;  // code points
+        const length = countOf(message);
         if (length > limits.message_max_chars) {
-            return 'Not sent: messages are at most ' + limits.message_max_chars +
-                   ' characters, this one has ' + length + ' (message_too_long)';
+            return ['Not sent: messages are at most ' + limits.message_max_chars +
+                    ' characters, this one has ' + length + '.', 'message_too_long'];
         }
         if (frame.length > limits.frame_max_chars) {
-            return 'Not sent: frames are at most ' + limits.frame_max_chars +
-                   ' characters (frame_too_large)';
+            return ['Not sent: this message is too large to send (at most ' +
+                    limits.frame_max_chars + ' characters once encoded).', 'frame_too_large'];
         }
         return null;
+    }
+
+    function updateCounter() {
+        const length = countOf(messageInput.value);
+        const max = limits.message_max_chars;
+        charCount.textContent = length < max * COUNTER_FROM ? '' : length + ' / ' + max;
+        charCount.classList.toggle('over', length > max);
     }
 
     function submit() {
@@ -162,29 +663,44 @@
         const frame = JSON.stringify({'message': message, 'client_id': clientId});
         const refusal = refusalOf(message, frame);
         if (refusal !== null) {
-            errorLine.textContent = refusal;  // and the text stays in the input, to edit
+            showError(refusal[0], refusal[1]);  // and the text stays in the input, to edit
             return;
         }
-        errorLine.textContent = '';
-        pending.set(clientId, frame);
+        const element = pendingElement(clientId, message);
+        messagesBox.append(element);
+        pending.set(clientId, {frame: frame, text: message, element: element, refused: false});
         showOutbox();
         sendPending(clientId);
         messageInput.value = '';
+        updateCounter();
+        scrollToBottom();
     }
 
-    messageInput.focus();
-    messageInput.onkeyup = function (e) {
-        if (e.key === 'Enter') {
-            submitButton.click();
+    messageInput.addEventListener('keydown', function (e) {
+        // Enter sends; Shift+Enter is a new line; Enter that ends an IME composition is neither.
+        if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+            e.preventDefault();
+            submit();
         }
-    };
-    submitButton.onclick = submit;
+    });
+    messageInput.addEventListener('input', updateCounter);
+    submitButton.addEventListener('click', function () {
+        submit();
+        messageInput.focus();
+    });
 
-    // For people poking around in the console, and for the browser tests.
     window.chatClient = {
         socket: () => socket,
         pending: () => pending.size,
         connections: () => connections,
+        send: function (object) {
+            if (!isOpen()) {
+                return false;
+            }
+            socket.send(JSON.stringify(object));
+            return true;
+        },
     };
+    messageInput.focus();
     connect();
 })();
