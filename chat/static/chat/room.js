@@ -45,6 +45,12 @@
     let connections = 0;
     const pending = new Map();  // client_id -> frame, in the order they were typed
 
+    // --- Page events (a stand-in until the rich view's room.js lands: same contract) ---
+    function emit(name, detail) {
+        document.dispatchEvent(new CustomEvent(name, {detail: detail}));
+    }
+    // --- end of page events ---
+
     function showStatus(text, kind) {
         statusLine.textContent = text;
         statusLine.className = 'notice ' + kind;
@@ -87,6 +93,7 @@
         } else if (data.presence) {
             const p = data.presence;
             presenceLine.textContent = p.count + ' online: ' + p.names.join(', ');
+            emit('chat:presence', data.presence);  // page events
         } else if (data.message !== undefined) {
             if (data.client_id) {
                 pending.delete(data.client_id);
@@ -99,6 +106,9 @@
                 lastId = data.id;
             }
             appendToLog(data);
+            emit('chat:message', {data: data, element: null, history: Boolean(data.history)});  // page events
+        } else {
+            emit('chat:frame', data);  // page events
         }
     }
 
@@ -123,6 +133,7 @@
             healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
             errorLine.textContent = '';
             showStatus('Connected', 'ok');
+            emit('chat:connection', {state: 'open'});  // page events
             for (const clientId of pending.keys()) {
                 sendPending(clientId);
             }
@@ -133,6 +144,7 @@
             const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failedAttempts);
             const delay = ceiling / 2 + Math.random() * ceiling / 2;
             failedAttempts += 1;
+            emit('chat:connection', {state: 'closed'});  // page events
             showStatus('Disconnected (code ' + e.code + '). Reconnecting in ' +
                        (delay / 1000).toFixed(1) + ' s…', 'error');
             setTimeout(connect, delay);
@@ -185,6 +197,14 @@
         socket: () => socket,
         pending: () => pending.size,
         connections: () => connections,
+        // page events: send one JSON frame on the open socket; false when it is not open.
+        send: function (frame) {
+            if (socket === null || socket.readyState !== WebSocket.OPEN) {
+                return false;
+            }
+            socket.send(JSON.stringify(frame));
+            return true;
+        },
     };
     connect();
 })();
