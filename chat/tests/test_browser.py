@@ -495,7 +495,7 @@ def _unread(driver, room_name):
     """The unread count the sidebar shows for a room; 0 when it shows none."""
     item = driver.find_element(By.CSS_SELECTOR, f'#rooms-sidebar li[data-room="{room_name}"]')
     badges = item.find_elements(By.CSS_SELECTOR, ".unread")
-    return int(badges[0].text) if badges else 0
+    return int(badges[0].text.split()[0]) if badges else 0  # "2 unread"
 
 
 def _sidebar_lists(driver, room_name):
@@ -665,3 +665,22 @@ def test_notification_permission_is_asked_on_the_click_of_a_button(browser, chat
     assert button.is_displayed()
     button.click()
     assert browser.execute_script("return window.asked") == 1
+
+
+def test_on_a_phone_the_sidebar_folds_behind_its_button(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "phone-sidebar")
+    _post_message(browser, "so the room is listed")
+    _wait(browser, lambda: _sidebar_lists(browser, "phone-sidebar"))
+    size = browser.get_window_size()
+    browser.set_window_size(390, 844)
+    try:
+        toggle = browser.find_element(By.ID, "rooms-sidebar-toggle")
+        rooms_list = browser.find_element(By.ID, "rooms-sidebar-list")
+        _wait(browser, lambda: toggle.is_displayed() and not rooms_list.is_displayed())
+        toggle.click()
+        assert rooms_list.is_displayed() and toggle.get_attribute("aria-expanded") == "true"
+        toggle.click()
+        assert not rooms_list.is_displayed()
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    _wait(browser, lambda: rooms_list.is_displayed() and not toggle.is_displayed())

@@ -132,7 +132,10 @@
                 const badge = document.createElement('span');
                 badge.className = 'unread';
                 badge.textContent = String(unread);
-                badge.setAttribute('aria-label', unread + ' unread');
+                const said = document.createElement('span');
+                said.className = 'visually-hidden';  // "3 unread" to a screen reader
+                said.textContent = ' unread';
+                badge.append(said);
                 item.append(' ', badge);
             }
             list.append(item);
