@@ -7,6 +7,8 @@ identity, services and presence; chat.pipeline hands its frames to the event loo
 import asyncio
 import contextlib
 import logging
+import math
+import time
 
 import redis
 from asgiref.sync import async_to_sync
@@ -26,7 +28,9 @@ logger = logging.getLogger(__name__)
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
 # Events whose handlers run batched with other sockets' (chat.pipeline.call_batched): what
 # the room sends, and what the client sends. Connecting and disconnecting run on their own.
-BATCHED_EVENTS = frozenset({"chat.message", "chat.presence", "chat.resync", "websocket.receive"})
+BATCHED_EVENTS = frozenset(
+    {"chat.message", "chat.presence", "chat.typing", "chat.resync", "websocket.receive"}
+)
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -45,6 +49,8 @@ class ChatConsumer(WebsocketConsumer):
     # A catch-up page said "more": later messages wait for the client to ask for them.
     catching_up = False
     page_announced = False  # ...and the client has not asked for the next one yet
+    # When this socket's last "typing" went to the room (time.monotonic()).
+    typing_sent_at = -math.inf
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
@@ -249,6 +255,9 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.CatchUpRequest):
             pipeline.call_in_turn(self.loop, self._next_page, frame)
             return
+        if isinstance(frame, protocol.TypingSignal):
+            self._typing()
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             limits.check_message(self.scope, self.author, self.room_name, self.last_seq == 0, frame)
@@ -369,6 +378,25 @@ class ChatConsumer(WebsocketConsumer):
     def chat_presence(self, event):
         """Tell this socket who is in the room."""
         self.send(text_data=protocol.presence_frame(event))
+
+    def _typing(self):
+        """Tell the room this socket's author is typing: at most once per throttle period.
+
+        It spent a token of the socket's flood bucket, as every frame does, but none of the
+        per-person message limit (chat.limits), and it is never stored. Signals within
+        CHAT_TYPING_THROTTLE_SECONDS of the last one are dropped without a word.
+        """
+        now = time.monotonic()
+        if now - self.typing_sent_at < settings.CHAT_TYPING_THROTTLE_SECONDS:
+            return
+        self.typing_sent_at = now
+        event = protocol.typing_event(self.author, self.channel_name)
+        pipeline.hand_to_loop(self.loop, self._broadcast(event))
+
+    def chat_typing(self, event):
+        """Tell this socket someone else in the room is typing."""
+        if event["sender_channel"] != self.channel_name:
+            self.send(text_data=protocol.typing_frame(event))
 
     def _send_backlog(self, after: int | None):
         if after is not None:

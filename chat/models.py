@@ -11,6 +11,8 @@ class Room(models.Model):
 
     name = models.CharField(max_length=100, primary_key=True)
     last_seq = models.PositiveBigIntegerField(default=0)
+    # When its newest message was stored (services._next_seq): the index lists rooms by it.
+    last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     def __str__(self):
         return self.name
@@ -63,3 +65,24 @@ class UsernameKey(models.Model):
 
     def __str__(self):
         return f"{self.user_id}: {self.key}"
+
+
+class ReadPosition(models.Model):
+    """How far a logged-in user has read a room: the id (seq) of the last message they saw.
+
+    Kept on the server so that it follows them from one device to the next; a guest's
+    stays in their browser.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    # No foreign key to Room: a page may say it has read a room before its first message.
+    room_name = models.CharField(max_length=100)
+    last_read_id = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "room_name"], name="read_position_unique")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} read {self.room_name} up to {self.last_read_id}"

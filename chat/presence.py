@@ -100,16 +100,26 @@ def leave(group: str, channel_name: str):
 
 def snapshot(group: str) -> dict:
     """The room's presence event: live sockets counted, distinct labels sorted."""
+    return snapshots([group])[group]
+
+
+def snapshots(groups: list[str]) -> dict[str, dict]:
+    """Each room's presence event (see snapshot), read in one Redis round trip for them all."""
+    now = time.time()
     try:
         pipe = _redis().pipeline()
-        pipe.zremrangebyscore(_key(group), "-inf", time.time())
-        pipe.zrange(_key(group), 0, -1)
-        _, members = pipe.execute()
+        for group in groups:
+            pipe.zremrangebyscore(_key(group), "-inf", now)
+            pipe.zrange(_key(group), 0, -1)
+        results = pipe.execute()
     except redis.RedisError as error:
         logger.warning("presence not read: %s", error)
-        members = []
-    labels = [member.decode().partition(_SEPARATOR)[2] for member in members]
-    return protocol.presence_event(len(labels), sorted(set(labels)))
+        results = [0, []] * len(groups)
+    events = {}
+    for group, members in zip(groups, results[1::2], strict=True):
+        labels = [member.decode().partition(_SEPARATOR)[2] for member in members]
+        events[group] = protocol.presence_event(len(labels), sorted(set(labels)))
+    return events
 
 
 def announce(group: str):

@@ -2,11 +2,13 @@
 
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
-An object with "catch_up" and no "message" asks for the next page of a catch-up.
+An object with "catch_up" and no "message" asks for the next page of a catch-up;
+`{"typing": true}` (and no "message") says its sender is typing, and is never stored.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
 `{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
-a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`.
+a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`; someone else typing
+is `{"typing": {"user": ..., "guest": ...}}`.
 """
 
 import json
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     # For annotations only: serving.chat_daphne imports the close codes below before
     # Django is set up, when no model can be imported yet.
     from .models import Message
+    from .services import Author
 
 # Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
 # alike, each listed in README.md. 4000-4999 is the range RFC 6455 leaves to applications;
@@ -78,9 +81,14 @@ class CatchUpRequest:
     after: int
 
 
+@dataclass(frozen=True)
+class TypingSignal:
+    """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
+
+
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | CatchUpRequest:
+) -> ChatFrame | CatchUpRequest | TypingSignal:
     """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
@@ -102,6 +110,10 @@ def parse_chat_frame(
     if "message" not in payload:
         if "catch_up" in payload:
             return parse_catch_up(payload["catch_up"])
+        if "typing" in payload:
+            if payload["typing"] is not True:
+                raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
+            return TypingSignal()
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     message = payload["message"]
     if not isinstance(message, str):
@@ -235,6 +247,24 @@ def identity_changed_event(reason: str) -> dict[str, Any]:
 def catch_up_frame(more: bool, next_after: int) -> str:
     """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
     return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
+
+
+def typing_event(author: "Author", sender_channel: str) -> dict[str, Any]:
+    """Build the channel-layer event that tells a room someone is typing (not stored).
+
+    `sender_channel` is the typer's socket, which is not told about itself.
+    """
+    return {
+        "type": "chat.typing",
+        "user": author.name,
+        "guest": author.is_guest,
+        "sender_channel": sender_channel,
+    }
+
+
+def typing_frame(event: dict[str, Any]) -> str:
+    """Build the outbound frame for a chat.typing event."""
+    return json.dumps({"typing": {"user": event["user"], "guest": event["guest"]}})
 
 
 def presence_event(count: int, names: list[str]) -> dict[str, Any]:

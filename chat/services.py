@@ -1,8 +1,10 @@
 """Storing and reading messages: the only code that writes a Message."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from .models import Message, Room
 
@@ -39,16 +41,18 @@ def store_message(
     concern of theirs, so nobody can squat ids. The unique constraint decides, not a
     prior read, so two processes racing with the same client_id still store it once.
     """
+    created = timezone.now()
     try:
         with transaction.atomic():
             message = Message.objects.create(
                 room_id=room_name,
-                seq=_next_seq(room_name),
+                seq=_next_seq(room_name, created),
                 author_id=author.user_id,
                 display_name=author.name,
                 author_key=author.key,
                 text=text,
                 client_id=client_id or "",
+                created=created,
             )
     except IntegrityError:
         # Rolled back, seq included. A known client_id is a retry; anything else re-raises.
@@ -61,8 +65,8 @@ def store_message(
     return message, True
 
 
-def _next_seq(room_name: str) -> int:
-    """Create or bump the room's counter in one statement; call inside a transaction.
+def _next_seq(room_name: str, created: datetime) -> int:
+    """Create or bump the room's counter, and date its activity; call inside a transaction.
 
     The row lock it takes serializes a room's writers until commit, so seqs are gapless
     and commit in order (SQLite locks the whole database, PostgreSQL the row).
@@ -70,10 +74,11 @@ def _next_seq(room_name: str) -> int:
     table = connection.ops.quote_name(Room._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (name, last_seq) VALUES (%s, 1) "
-            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1 "
+            f"INSERT INTO {table} (name, last_seq, last_message_at) VALUES (%s, 1, %s) "
+            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1, "
+            "last_message_at = EXCLUDED.last_message_at "
             "RETURNING last_seq",
-            [room_name],
+            [room_name, connection.ops.adapt_datetimefield_value(created)],
         )
         return cursor.fetchone()[0]
 

@@ -7,13 +7,13 @@ from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.views.decorators.http import require_GET, require_POST
 
-from . import identity, limits, protocol, revocation, rooms, services
+from . import activity, identity, limits, protocol, revocation, rooms, services
 from .forms import SignupForm
 
 
 def index(request):
     """Show the room chooser; a submitted valid name redirects to its room."""
-    context = {"room_name": "", "error": None}
+    context = {"room_name": "", "error": None, "rooms": _active_rooms(request)}
     if "room" in request.GET:
         context["room_name"] = request.GET["room"]
         try:
@@ -32,7 +32,13 @@ def set_display_name(request):
     try:
         name = identity.clean_guest_name(raw)
     except identity.InvalidDisplayName as refusal:
-        context = {"room_name": "", "error": None, "name_error": str(refusal), "name_value": raw}
+        context = {
+            "room_name": "",
+            "error": None,
+            "name_error": str(refusal),
+            "name_value": raw,
+            "rooms": _active_rooms(request),
+        }
         return render(request, "chat/index.html", _with_identity(request, context), status=400)
     if request.session.session_key is None:  # saving the name makes a session
         if refused := limits.http_refusal(limits.GUEST_SESSIONS, request):
@@ -116,6 +122,48 @@ def room_messages(request, room_name):
             "next_after": page[-1].seq if has_more else None,
         }
     )
+
+
+def _active_rooms(request) -> list[dict]:
+    room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, user=request.user)
+    return activity.summaries(room_list, request.user)
+
+
+@require_GET
+def room_list(request):
+    """The rooms with recent activity, and those named in ?room= (the page's recent rooms).
+
+    Each with its last message's id and time, the people online and, for a logged-in
+    user, their read position: the page counts unread as last_id - read position.
+    """
+    named = request.GET.getlist("room")
+    if len(named) > settings.CHAT_ROOM_LIST_SIZE:
+        return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
+    try:
+        named = [rooms.normalize_room_name(name) for name in named]
+    except rooms.InvalidRoomName as refusal:
+        return _json_error(400, "invalid_room_name", str(refusal))
+    room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, named, request.user)
+    return JsonResponse({"rooms": activity.summaries(room_list, request.user)})
+
+
+@require_POST
+def mark_read(request, room_name):
+    """Move a logged-in user's read position in a room forward to POST up_to=<id>."""
+    if not request.user.is_authenticated:
+        return _json_error(
+            403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
+        )
+    try:
+        up_to = protocol.parse_seq(request.POST.get("up_to", ""))
+    except ValueError as refusal:
+        return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
+    position = activity.mark_read(request.user, room_name, up_to)
+    return JsonResponse({"room": room_name, "read_up_to": position})
+
+
+def _json_error(status: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
 
 
 def signup(request):

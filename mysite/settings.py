@@ -345,6 +345,13 @@ CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "50"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
+# Rooms the index and the room page's sidebar list by recent activity (and at most as many
+# recent rooms a page may ask about): a list one can scan, and one Redis pipeline of two
+# commands a room for who is online in them.
+CHAT_ROOM_LIST_SIZE = 30
+# A socket's "is typing" signal goes to its room at most once per this many seconds; the
+# page shows it for TYPING_SHOWN_MS (typing.js, 5 s), so a steady typist never flickers.
+CHAT_TYPING_THROTTLE_SECONDS = 2.0
 
 # --- Limits per person, shared by all processes (chat.limits; counters in Redis) --------
 # Rates as the `limits` library writes them ("N/period" or "N/<k>periods"), counted in a

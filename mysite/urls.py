@@ -23,6 +23,9 @@ urlpatterns = [
     path("accounts/name/", chat_views.set_display_name, name="set_display_name"),
     path("accounts/signup/", chat_views.signup, name="signup"),
     path("accounts/", include(account_urlpatterns)),
+    # Outside chat/, where every name is a room's.
+    path("api/rooms/", chat_views.room_list, name="room_list"),
+    path("api/rooms/<room:room_name>/read/", chat_views.mark_read, name="mark_read"),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),

@@ -1130,3 +1130,223 @@ def test_messages_from_history_and_catch_up_reach_other_scripts_marked_history(
     heard = browser.execute_script("return window.heard")
     flags = {e["message"]: e["history"] for e in heard if e["name"] == "chat:message"}
     assert flags == {"missed while away": True, "live again": False}
+
+
+# Rooms, unread counts, read positions, typing and mentions (sidebar.js, typing.js,
+# mentions.js), through the page's events.
+
+
+def _post_from_elsewhere(driver, base_url, room_name, text):
+    """Post a message from a socket of another page (an index page in a new tab), as
+    someone else would: no room page of this browser sees it being sent."""
+    _open_new_window(driver)
+    driver.get(base_url + "/chat/")
+    driver.execute_async_script(
+        """
+        const [url, text, done] = arguments;
+        const socket = new WebSocket(url);
+        socket.onopen = () => socket.send(JSON.stringify({message: text}));
+        socket.onmessage = (event) => {
+            if (JSON.parse(event.data).message === text) { socket.close(); done(); }
+        };
+        """,
+        base_url.replace("http://", "ws://") + "/ws/chat/" + room_name + "/",
+        text,
+    )
+    driver.close()
+    _switch_to_window(driver, len(driver.window_handles) - 1)
+
+
+def _unread(driver, room_name):
+    """The unread count the sidebar shows for a room; 0 when it shows none."""
+    item = driver.find_element(By.CSS_SELECTOR, f'#rooms-sidebar li[data-room="{room_name}"]')
+    badges = item.find_elements(By.CSS_SELECTOR, ".unread")
+    return int(badges[0].text.split()[0]) if badges else 0  # "2 unread"
+
+
+def _sidebar_lists(driver, room_name):
+    return bool(
+        driver.find_elements(By.CSS_SELECTOR, f'#rooms-sidebar li[data-room="{room_name}"]')
+    )
+
+
+def test_the_index_lists_rooms_with_recent_activity_and_your_recent_rooms(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "index-listed")
+    _post_message(browser, "some activity")
+    _wait(browser, lambda: "some activity" in _chat_log_value(browser))
+    browser.get(chat_server + "/chat/")
+    active = browser.find_element(By.CSS_SELECTOR, '#active-rooms li[data-room="index-listed"]')
+    assert (
+        active.find_element(By.TAG_NAME, "a").get_attribute("href").endswith("/chat/index-listed/")
+    )
+    assert active.find_element(By.TAG_NAME, "time").get_attribute("datetime")
+    assert "online" in active.text
+    recent = browser.find_element(By.ID, "recent-rooms")
+    assert recent.is_displayed() and "index-listed" in recent.text
+    assert browser.switch_to.active_element.get_attribute("id") == "room-name-input"
+
+
+def test_unread_counts_show_in_the_sidebar_and_the_title_for_another_room(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "unread-b")  # read once, at its start
+    _post_message(browser, "before")
+    _wait(browser, lambda: "before" in _chat_log_value(browser))
+    _enter_chat_room(browser, chat_server, "unread-a")
+    _wait(browser, lambda: _sidebar_lists(browser, "unread-b"), "room not in the sidebar")
+    assert _unread(browser, "unread-b") == 0
+    assert browser.title == "unread-a · Chat"
+
+    for text in ("one", "two"):
+        _post_from_elsewhere(browser, chat_server, "unread-b", text)
+    _wait(browser, lambda: _unread(browser, "unread-b") == 2, "no unread count")
+    _wait(browser, lambda: browser.title == "(2) unread-a · Chat", "no count in the title")
+
+    _enter_chat_room(browser, chat_server, "unread-b")  # read them
+    _wait(browser, lambda: _sidebar_lists(browser, "unread-b"))
+    _wait(browser, lambda: _unread(browser, "unread-b") == 0 and browser.title == "unread-b · Chat")
+
+
+def _sign_up(driver, base_url, username, password):
+    driver.get(base_url + "/accounts/signup/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password1").send_keys(password)
+    driver.find_element(By.ID, "id_password2").send_keys(password)
+    _navigate_by(driver, driver.find_element(By.ID, "signup-submit").click)
+
+
+def _log_in(driver, base_url, username, password):
+    driver.get(base_url + "/accounts/login/")
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password").send_keys(password)
+    _navigate_by(driver, driver.find_element(By.ID, "login-submit").click)
+
+
+def _start_a_new_browser_session(driver, base_url):
+    """As on another device: no cookies, nothing in localStorage."""
+    driver.get(base_url + "/chat/")
+    driver.execute_script("window.localStorage.clear()")
+    driver.delete_all_cookies()
+
+
+def test_a_users_read_position_follows_them_to_another_browser_session(browser, chat_server):
+    password = "reads-Everywhere-42"
+    _sign_up(browser, chat_server, "reader", password)
+    _enter_chat_room(browser, chat_server, "read-here")
+    for text in ("first", "second"):
+        _post_message(browser, text)
+        _wait(browser, lambda text=text: text in _chat_log_value(browser))
+    _enter_chat_room(browser, chat_server, "read-elsewhere")
+    _post_from_elsewhere(browser, chat_server, "read-here", "unread one")
+    _wait(browser, lambda: _unread(browser, "read-here") == 1, "no unread count")
+
+    _start_a_new_browser_session(browser, chat_server)
+    _log_in(browser, chat_server, "reader", password)
+    _enter_chat_room(browser, chat_server, "read-elsewhere")
+    _wait(browser, lambda: _sidebar_lists(browser, "read-here"), "room not in the sidebar")
+    _wait(browser, lambda: _unread(browser, "read-here") == 1, "read position not kept")
+    browser.delete_all_cookies()  # the next tests are guests again
+
+
+def _typing_line(driver):
+    return driver.find_element(By.ID, "typing").text
+
+
+def test_typing_is_shown_to_the_others_and_gone_when_they_stop_or_send(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "typing")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "typing")
+
+    _switch_to_window(browser, 0)
+    ActionChains(browser).send_keys("hel").perform()
+    _switch_to_window(browser, 1)
+    _wait(browser, lambda: _typing_line(browser).endswith("is typing…"), "typing not shown")
+    _wait(browser, lambda: _typing_line(browser) == "", "still typing after they stopped")
+
+    _switch_to_window(browser, 0)
+    assert _typing_line(browser) == ""  # not told about its own typing
+    ActionChains(browser).send_keys("lo").perform()
+    _switch_to_window(browser, 1)
+    _wait(browser, lambda: _typing_line(browser).endswith("is typing…"), "typing not shown")
+    _switch_to_window(browser, 0)
+    _post_message(browser, " there")
+    _switch_to_window(browser, 1)
+    _wait(browser, lambda: "hello there" in _chat_log_value(browser))
+    assert _typing_line(browser) == ""  # cleared by their message, not by the timer
+
+
+MENTION_EVENT = """
+    const [text, history] = arguments;
+    const element = document.createElement('div');
+    document.body.append(element);
+    const data = {id: 1, user: 'bob', guest: false, message: text};
+    document.dispatchEvent(new CustomEvent('chat:message', {detail: {data, element, history}}));
+    return element.classList.contains('mention');
+"""
+
+
+def test_a_mention_of_the_reader_is_highlighted_and_notified_when_hidden(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "mentions")
+    me = browser.find_element(By.ID, "rooms-sidebar").get_attribute("data-me")
+
+    def highlighted(text):
+        return browser.execute_script(MENTION_EVENT, text, False)
+
+    assert highlighted(f"hey @{me}, look")
+    assert highlighted(f"@{me.upper()}")
+    assert highlighted(f"thanks @{me}.")
+    assert not highlighted(f"hey {me}")
+    assert not highlighted(f"hey @{me}x")
+    assert not highlighted(f"mail x@{me}")
+
+    # Hidden tab: a notification, with permission granted (stubbed: headless asks nobody).
+    browser.execute_script(
+        """
+        window.notified = [];
+        window.Notification = class {
+            static permission = 'granted';
+            constructor(title, options) { window.notified.push([title, options.body]); }
+        };
+        Object.defineProperty(document, 'hidden', {get: () => true, configurable: true});
+        """
+    )
+    browser.execute_script(MENTION_EVENT, f"@{me} are you there?", True)  # history: no
+    browser.execute_script(MENTION_EVENT, f"@{me} are you there?", False)
+    assert browser.execute_script("return window.notified") == [
+        ["bob mentioned you in mentions", f"@{me} are you there?"]
+    ]
+
+
+def test_notification_permission_is_asked_on_the_click_of_a_button(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "ask-on-click")
+    assert browser.execute_script("return Notification.permission") == "default"  # not asked
+    browser.execute_script(
+        """
+        window.asked = 0;
+        Notification.requestPermission = () => {
+            window.asked += 1;
+            return Promise.resolve('default');
+        };
+        """
+    )
+    button = browser.find_element(By.ID, "notify-button")
+    assert button.is_displayed()
+    button.click()
+    assert browser.execute_script("return window.asked") == 1
+
+
+def test_on_a_phone_the_sidebar_folds_behind_its_button(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "phone-sidebar")
+    _post_message(browser, "so the room is listed")
+    _wait(browser, lambda: _sidebar_lists(browser, "phone-sidebar"))
+    size = browser.get_window_size()
+    browser.set_window_size(390, 844)
+    try:
+        toggle = browser.find_element(By.ID, "rooms-sidebar-toggle")
+        rooms_list = browser.find_element(By.ID, "rooms-sidebar-list")
+        _wait(browser, lambda: toggle.is_displayed() and not rooms_list.is_displayed())
+        toggle.click()
+        assert rooms_list.is_displayed() and toggle.get_attribute("aria-expanded") == "true"
+        toggle.click()
+        assert not rooms_list.is_displayed()
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    _wait(browser, lambda: rooms_list.is_displayed() and not toggle.is_displayed())

@@ -800,3 +800,44 @@ async def test_a_page_request_past_what_was_sent_is_refused(join, settings):
     await socket.send_json_to({"catch_up": {"after": 2}})
     await assert_receives_error(socket, "invalid_catch_up")
     assert await ask_for_page(socket, 1) == ([2], {"more": True, "next_after": 2})
+
+
+async def test_typing_reaches_the_others_in_the_room_but_not_the_typer(join):
+    typer = await join("lobby", headers=[await session_cookie_for(display_name="Zoë")])
+    other, elsewhere = await join("lobby"), await join("other")
+    await typer.send_json_to({"typing": True})
+    assert await next_frame(other) == {"typing": {"user": "Zoë", "guest": True}}
+    await assert_no_chat(typer)
+    await assert_no_chat(elsewhere)
+
+
+async def test_typing_is_throttled_and_the_extra_signals_are_dropped_silently(join, settings):
+    settings.CHAT_TYPING_THROTTLE_SECONDS = 60
+    typer, other = await join("lobby"), await join("lobby")
+    for _ in range(5):
+        await typer.send_json_to({"typing": True})
+    assert await next_frame(other) == {"typing": {"user": "Anonymous", "guest": True}}
+    await assert_no_chat(other)
+    await assert_no_chat(typer)  # no error for the dropped ones
+
+
+async def test_typing_is_never_stored_and_spends_no_message_limit(join, settings):
+    settings.CHAT_TYPING_THROTTLE_SECONDS = 0
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "1/minute"
+    typer, other = await join("lobby"), await join("lobby")
+    for _ in range(3):
+        await typer.send_json_to({"typing": True})
+        assert "typing" in await next_frame(other)
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    assert await database_sync_to_async(services.last_seq)("lobby") == 0
+    await typer.send_json_to({"message": "the one message a minute"})
+    await assert_receives_message(typer, "the one message a minute")
+
+
+@pytest.mark.parametrize("typing", [False, "yes", 1, None, {}])
+async def test_a_malformed_typing_signal_is_refused_and_not_as_missing_message(join, typing):
+    socket = await join("lobby")
+    await socket.send_json_to({"typing": typing})
+    await assert_receives_error(socket, "invalid_typing")
+    await socket.send_json_to({"message": "still here", "typing": typing})
+    await assert_receives_message(socket, "still here")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat import protocol
+from chat import protocol, services
 from chat.models import Message
 
 LIMITS = {"max_chars": 10, "max_frame_chars": 100}
@@ -260,3 +260,30 @@ def test_unstorable_characters_are_found(char):
 )
 def test_storable_text_passes(text):
     assert protocol.unstorable_character(text) is None
+
+
+def test_typing_true_without_a_message_is_a_typing_signal():
+    assert parse('{"typing": true}') == protocol.TypingSignal()
+
+
+def test_a_frame_with_a_message_is_a_message_even_beside_typing():
+    assert parse('{"message": "hi", "typing": true}') == protocol.ChatFrame("hi")
+
+
+@pytest.mark.parametrize("typing", ["false", '"yes"', "1", "null", "{}"])
+def test_anything_but_typing_true_is_refused_as_invalid_typing(typing):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"typing": {typing}}}')
+    assert refused.value.code == "invalid_typing"
+
+
+def test_typing_event_and_frame_shapes():
+    author = services.Author("Zoë", guest_key="k")
+    event = protocol.typing_event(author, "specific.abc!123")
+    assert event == {
+        "type": "chat.typing",
+        "user": "Zoë",
+        "guest": True,
+        "sender_channel": "specific.abc!123",
+    }
+    assert json.loads(protocol.typing_frame(event)) == {"typing": {"user": "Zoë", "guest": True}}

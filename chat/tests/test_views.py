@@ -1,16 +1,20 @@
 """The pages (index, room, names, accounts) and the messages JSON endpoint."""
 
+import functools
 import json
 import re
 from html.parser import HTMLParser
 
 import pytest
+import redis
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.template.loader import render_to_string
+from django.test import Client
 from django.urls import reverse
 
-from chat import identity, services
+from chat import identity, presence, rooms, services
+from chat.models import Message, ReadPosition, Room
 from serving.embedded_redis import free_port
 
 pytestmark = pytest.mark.django_db
@@ -573,3 +577,152 @@ def test_password_reset_with_the_mail_server_down_answers_and_logs_one_error(
 
 def test_login_page_links_to_password_reset(client):
     assert reverse("password_reset") in client.get(reverse("login")).content.decode()
+
+
+def _chat(room_name: str, *texts: str, author: str = "seeder"):
+    for text in texts:
+        services.store_message(room_name, services.Author(author), text, None)
+
+
+def _present(room_name: str, *labels: str) -> list[tuple[str, str]]:
+    """Put sockets with these presence labels in a room's presence list in Redis."""
+    sockets = [
+        (rooms.group_name(room_name), f"test.channel!{room_name}{n}") for n in range(len(labels))
+    ]
+    for (group, channel_name), label in zip(sockets, labels, strict=True):
+        presence.join(group, channel_name, label)
+    return sockets
+
+
+@pytest.fixture
+def rooms_with_activity(redis_channel_layer):
+    """Three rooms, "old" the least recently active, "new" the most; people in two."""
+    _chat("old", "one")
+    _chat("mid", "one", "two")
+    _chat("new", "one", "two", "three")
+    sockets = _present("new", "alice", "Zoë (guest)", "alice")  # alice has two tabs open
+    sockets += _present("old", "bob")
+    yield
+    for group, channel_name in sockets:
+        presence.leave(group, channel_name)
+
+
+def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(
+    client, rooms_with_activity
+):
+    html = client.get("/chat/").content.decode()
+    listed = re.findall(r'<li class="room-entry" data-room="([^"]+)">', html)
+    assert listed == ["new", "mid", "old"]
+    assert 'href="/chat/new/"' in html and "2 online" in html and "1 online" in html
+    last_at = Room.objects.get(name="new").last_message_at.isoformat()
+    assert f'<time datetime="{last_at}">' in html
+    # The tutorial's room chooser is still there.
+    assert 'id="room-name-input"' in html and 'id="room-name-submit"' in html
+
+
+def test_a_room_is_dated_by_its_newest_message(db):
+    _chat("lobby", "one", "two")
+    newest = Message.objects.get(room_id="lobby", seq=2)
+    assert Room.objects.get(name="lobby").last_message_at == newest.created
+
+
+def test_room_list_gives_each_rooms_last_id_last_time_and_people_online(
+    client, rooms_with_activity
+):
+    response = client.get("/api/rooms/")
+    assert response.status_code == 200
+    listed = response.json()["rooms"]
+    assert [room["name"] for room in listed] == ["new", "mid", "old"]
+    newest = Message.objects.get(room_id="new", seq=3)
+    assert listed[0] == {
+        "name": "new",
+        "last_id": 3,
+        "last_at": newest.created.isoformat(),
+        "online": 2,
+        "read_up_to": None,
+    }
+    assert [(room["last_id"], room["online"]) for room in listed[1:]] == [(2, 0), (1, 1)]
+
+
+def test_room_list_reads_who_is_online_in_one_redis_round_trip(
+    client, rooms_with_activity, monkeypatch
+):
+    round_trips = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(connection, command, check_health=True):
+        round_trips.append(command)
+        return send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    assert len(client.get("/api/rooms/").json()["rooms"]) == 3
+    assert len(round_trips) == 1
+
+
+def test_room_list_adds_the_rooms_the_page_names_beyond_the_most_active(
+    client, rooms_with_activity, settings
+):
+    settings.CHAT_ROOM_LIST_SIZE = 1
+    listed = client.get("/api/rooms/", {"room": "old"}).json()["rooms"]
+    assert [room["name"] for room in listed] == ["new", "old"]
+
+
+@pytest.mark.parametrize("query", [{"room": "two words"}, {"room": [f"r{n}" for n in range(31)]}])
+def test_room_list_refuses_bad_room_names_with_a_clear_400(client, query):
+    response = client.get("/api/rooms/", query)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] in {"invalid_room_name", "too_many_rooms"}
+
+
+def test_a_users_read_position_moves_forward_only_and_never_past_the_last_message(
+    client, django_user_model, redis_channel_layer
+):
+    client.force_login(django_user_model.objects.create_user("alice"))
+    _chat("lobby", "one", "two", "three")
+    read = functools.partial(client.post, "/api/rooms/lobby/read/")
+    assert read({"up_to": "2"}).json() == {"room": "lobby", "read_up_to": 2}
+    assert read({"up_to": "1"}).json()["read_up_to"] == 2  # a stale tab does not go back
+    assert read({"up_to": "99"}).json()["read_up_to"] == 3
+    listed = client.get("/api/rooms/").json()["rooms"]
+    assert [(room["name"], room["read_up_to"]) for room in listed] == [("lobby", 3)]
+
+
+def test_the_rooms_a_user_has_read_are_listed_for_them_on_every_device(
+    client, django_user_model, redis_channel_layer, settings
+):
+    settings.CHAT_ROOM_LIST_SIZE = 1
+    alice = django_user_model.objects.create_user("alice")
+    _chat("read-by-alice", "one")
+    _chat("busier", "one")
+    ReadPosition.objects.create(user=alice, room_name="read-by-alice", last_read_id=1)
+    client.force_login(alice)
+    listed = client.get("/api/rooms/").json()["rooms"]
+    assert [(room["name"], room["read_up_to"]) for room in listed] == [
+        ("busier", None),
+        ("read-by-alice", 1),
+    ]
+
+
+def test_a_guests_read_position_is_not_kept_on_the_server(client):
+    response = client.post("/api/rooms/lobby/read/", {"up_to": "1"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "not_logged_in"
+    assert not ReadPosition.objects.exists()
+
+
+@pytest.mark.parametrize("up_to", ["", "-1", "1.5", "x", str(2**63)])
+def test_an_unreadable_read_position_is_refused_with_a_clear_400(client, django_user_model, up_to):
+    client.force_login(django_user_model.objects.create_user("alice"))
+    response = client.post("/api/rooms/lobby/read/", {"up_to": up_to})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_up_to"
+
+
+def test_marking_read_needs_the_csrf_token(django_user_model):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(django_user_model.objects.create_user("alice"))
+    assert client.post("/api/rooms/lobby/read/", {"up_to": "1"}).status_code == 403
+    client.get("/chat/lobby/")
+    token = client.cookies[settings.CSRF_COOKIE_NAME].value
+    response = client.post("/api/rooms/lobby/read/", {"up_to": "0"}, HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200

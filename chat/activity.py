@@ -1,0 +1,72 @@
+"""Rooms by recent activity, who is in them, and how far each logged-in reader has read.
+
+Unread counts are worked out by the page: a room's last message id minus the reader's
+read position (both message ids, `seq`s, which number a room's messages with no gaps).
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import presence, rooms
+from .models import ReadPosition, Room
+
+
+def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
+    """The `limit` rooms with the newest messages, with the rooms in `also` and those the
+    user has read, newest activity first; rooms without messages are left out.
+    """
+    names = set(also)
+    if user is not None and user.is_authenticated:
+        names |= set(
+            ReadPosition.objects.filter(user=user).values_list("room_name", flat=True)[:limit]
+        )
+    active = Room.objects.filter(last_message_at__isnull=False).order_by("-last_message_at")
+    chosen = {room.name: room for room in active[:limit]}
+    chosen |= {room.name: room for room in Room.objects.filter(name__in=names - chosen.keys())}
+    return sorted(
+        chosen.values(),
+        key=lambda room: (room.last_message_at is not None, room.last_message_at, room.name),
+        reverse=True,
+    )
+
+
+def summaries(room_list: list[Room], user=None) -> list[dict[str, Any]]:
+    """What the index and the sidebar show of each room; presence in one Redis round trip."""
+    groups = {room.name: rooms.group_name(room.name) for room in room_list}
+    present = presence.snapshots(list(groups.values()))
+    read = read_positions(user, [room.name for room in room_list])
+    return [
+        {
+            "name": room.name,
+            "last_id": room.last_seq,
+            "last_at": room.last_message_at.isoformat() if room.last_message_at else None,
+            # People, not sockets: two tabs of one person are one name.
+            "online": len(present[groups[room.name]]["names"]),
+            "read_up_to": read.get(room.name),
+        }
+        for room in room_list
+    ]
+
+
+def read_positions(user, room_names: list[str]) -> dict[str, int]:
+    """The user's read position in each of these rooms they have one in; {} for a guest."""
+    if user is None or not user.is_authenticated:
+        return {}
+    positions = ReadPosition.objects.filter(user=user, room_name__in=room_names)
+    return dict(positions.values_list("room_name", "last_read_id"))
+
+
+def mark_read(user, room_name: str, up_to: int) -> int:
+    """Move the user's read position in the room forward to `up_to`; return where it is.
+
+    Never past the room's last message, never backwards: a stale tab that reports an
+    older position does not bring read messages back as unread.
+    """
+    last = Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+    up_to = min(up_to, last)
+    position, _ = ReadPosition.objects.get_or_create(
+        user=user, room_name=room_name, defaults={"last_read_id": up_to}
+    )
+    # One conditional UPDATE: two tabs reporting at once keep the furthest of the two.
+    ReadPosition.objects.filter(pk=position.pk, last_read_id__lt=up_to).update(last_read_id=up_to)
+    return max(position.last_read_id, up_to)
