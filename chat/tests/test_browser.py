@@ -591,17 +591,9 @@ def test_another_guest_with_the_same_name_or_a_copied_client_id_is_not_mine(
     }
 
 
-def _sign_up(driver, base_url, username):
-    driver.get(base_url + "/accounts/signup/")
-    driver.find_element(By.ID, "id_username").send_keys(username)
-    driver.find_element(By.ID, "id_password1").send_keys("a long passphrase 42")
-    password2 = driver.find_element(By.ID, "id_password2")
-    _navigate_by(driver, lambda: password2.send_keys("a long passphrase 42", Keys.ENTER))
-
-
 def test_a_logged_in_users_messages_are_mine_on_every_device(browser, chat_server_process):
     server = chat_server_process
-    _sign_up(browser, server.url, "carol")
+    _sign_up(browser, server.url, "carol", "a long passphrase 42")
     user = (
         "services.Author('carol', user_id=__import__('django.contrib.auth').contrib.auth"
         ".get_user_model().objects.get(username='carol').pk)"
@@ -1046,7 +1038,7 @@ SCREENSHOT_CONVERSATION = [
 )
 def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
     server = chat_server_process
-    _sign_up(browser, server.url, "alice")
+    _sign_up(browser, server.url, "alice", "a long passphrase 42")
     authors = {
         "alice": "services.Author('alice', user_id=__import__('django.contrib.auth').contrib.auth"
         ".get_user_model().objects.get(username='alice').pk)",

@@ -60,7 +60,7 @@
     });
     // Gone from the room: gone from the line. Presence names guests "name (guest)".
     document.addEventListener('chat:presence', (event) => {
-        const present = new Set(event.detail.names);
+        const present = new Set(event.detail.presence.names);  // detail: the presence frame
         for (const [whoKey, who] of typing) {
             if (!present.has(who.name + (who.guest ? ' (guest)' : ''))) {
                 stopped(whoKey);
