@@ -230,7 +230,7 @@ def resync_lagging_sockets() -> int:
     lagging = [
         consumer.channel_name
         for consumer in consumers
-        if consumer.last_seq < _latest_a_round_ago.get(consumer.room_name, 0)
+        if consumer.delivery.last < _latest_a_round_ago.get(consumer.room_name, 0)
     ]
     _latest_a_round_ago = latest
     if lagging:
