@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services
+from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services, upkeep
 from .delivery import RoomDelivery
 from .ratelimit import TokenBucket
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
-LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.resync"})
+LOOP_EVENTS = frozenset({"chat.message", "chat.presence"})
 # Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
 # Connecting and disconnecting run on their own.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
@@ -49,6 +49,7 @@ class ChatConsumer(WebsocketConsumer):
     delivery: RoomDelivery | None = None
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
+    presence_label = ""  # who the room's presence list shows for this socket
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
@@ -161,9 +162,9 @@ class ChatConsumer(WebsocketConsumer):
             self._refuse(refusal)
             after = None
         self._send_backlog(after)
-        presence.join(self.room_group_name, self.channel_name, identity.presence_label(self.author))
-        presence.watch_progress(self)
-        presence.announce(self.room_group_name)
+        self.presence_label = identity.presence_label(self.author)
+        presence.join(self.room_group_name, self.channel_name, self.presence_label)
+        pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)
 
     def disconnect(self, close_code):
         """Leave the room's group and its presence list."""
@@ -178,17 +179,20 @@ class ChatConsumer(WebsocketConsumer):
         if self.room_group_name is None or self.left_room:
             return
         self.left_room = True
-        # First, and it never raises: this process must forget the socket even when Redis
-        # is down, or its refresher would keep re-adding a dead channel.
-        presence.leave(self.room_group_name, self.channel_name)
-        if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
-            pipeline.hand_to_loop(self.loop, self.delivery.stop)
+        # First, and neither raises: this process must forget the socket even when Redis
+        # is down, or its upkeep would keep re-adding a dead channel.
+        presence.leave(self.room_group_name, self.channel_name, self.presence_label)
+        pipeline.hand_to_loop(self.loop, self._left_on_loop)  # then announced, without it
         try:
             async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
-        presence.announce(self.room_group_name)
+
+    def _left_on_loop(self):
+        if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
+            self.delivery.stop()
+        upkeep.socket_left(self)
 
     async def _add_to_groups(self):
         for group in self.joined_groups:
@@ -313,10 +317,6 @@ class ChatConsumer(WebsocketConsumer):
     def chat_presence(self, event):
         """On the loop: tell this socket who is in the room."""
         self.send_from_loop(protocol.presence_frame(event))
-
-    def chat_resync(self, event):
-        """On the loop: send what was stored since this socket's last message."""
-        self.delivery.resync()
 
     def _page_requested(self, after: int):
         """On the loop: a page the server announced is free; any other costs a token."""
