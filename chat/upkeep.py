@@ -112,9 +112,11 @@ class _Upkeep:
 
     async def _run_forever(self):
         next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
-        while True:
-            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a
-            # cancellation that comes as the wait ends, and this loop would never stop.
+        task = asyncio.current_task()
+        # Until cancelled, even when the cancellation was swallowed: in Python 3.11 a
+        # timeout that ends as it comes (wait_for, or redis-py's socket timeout, logged
+        # as a failed step) can turn it into a TimeoutError, and the loop would go on.
+        while not task.cancelling():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(next_round - time.monotonic(), 0)):
                     await self.announcements_waiting.wait()
@@ -125,6 +127,7 @@ class _Upkeep:
             if time.monotonic() >= next_round:
                 await self.run_round()
                 next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
+        raise asyncio.CancelledError
 
     def _client(self, url: str | None = None) -> redis.asyncio.Redis:
         url = url or settings.REDIS_URL
