@@ -342,16 +342,13 @@ class ChatConsumer(WebsocketConsumer):
 
     async def _read_then(self, reading, on_done):
         try:
-            page = await reading
+            on_done(await reading)
         except OUTAGE_ERRORS as error:
             logger.warning("closing socket, catch-up read failed: %r", error)
             self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
-            return
         except Exception:
             logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
             self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_INTERNAL_ERROR})
-            return
-        on_done(page)
 
     def _events_after(self, after: int, limit: int) -> list[dict]:
         """On the sync thread: the room's events after `after`, at most `limit`."""

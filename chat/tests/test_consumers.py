@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 
 from chat import presence, protocol, rooms, services, upkeep
 from chat.consumers import ChatConsumer
@@ -414,6 +414,20 @@ async def test_a_message_that_overtook_another_waits_for_it_without_a_query(join
     assert (await assert_receives_message(socket, "2nd"))["id"] == 2
     await assert_no_chat(socket)
     assert queries == []
+
+
+async def test_a_gap_fill_that_cannot_reach_the_database_closes_the_socket_with_4503(
+    join, monkeypatch
+):
+    socket = await join("lobby")
+    await database_sync_to_async(store)("lobby", "dropped by the layer")
+
+    def database_gone(*args):
+        raise OperationalError("the database is gone")
+
+    monkeypatch.setattr(services, "messages_after", database_gone)
+    await socket.send_json_to({"message": "next"})
+    assert await close_code(socket) == protocol.CLOSE_SERVICE_UNAVAILABLE
 
 
 async def test_a_late_duplicate_event_is_not_delivered_twice(join):
