@@ -12,6 +12,8 @@ class SignupForm(UserCreationForm):
     def clean_username(self):
         """Django's checks (its validator, an existing username), then the chat's."""
         username = super().clean_username()
+        if username is None:
+            return username  # Django refused it (taken) and recorded why: nothing to add
         try:
             identity.refuse_hidden_characters(username)
             identity.refuse_lookalike(username)

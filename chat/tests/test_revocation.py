@@ -181,7 +181,7 @@ def test_logging_out_on_one_process_closes_the_socket_on_another(start_chat_serv
     first, second = start_chat_server(), start_chat_server()
     browser = Browser()
     password = "correct horse battery staple"
-    fields = {"username": "carol", "password1": password, "password2": password}
+    fields = {"username": "revoker", "password1": password, "password2": password}
     browser.post_form(first.url, "/accounts/signup/", fields)  # signed up and logged in
     session_cookie = (
         f"{settings.SESSION_COOKIE_NAME}={browser.cookie(settings.SESSION_COOKIE_NAME)}"
@@ -192,10 +192,10 @@ def test_logging_out_on_one_process_closes_the_socket_on_another(start_chat_serv
         cookie=session_cookie,
         timeout=10,
     )
-    socket.send(json.dumps({"message": "as carol"}))
-    while (frame := json.loads(socket.recv())).get("message") != "as carol":
+    socket.send(json.dumps({"message": "as revoker"}))
+    while (frame := json.loads(socket.recv())).get("message") != "as revoker":
         pass
-    assert (frame["user"], frame["guest"]) == ("carol", False)
+    assert (frame["user"], frame["guest"]) == ("revoker", False)
 
     browser.post_form(first.url, "/accounts/logout/", {}, form_page="/chat/")
     started = time.monotonic()

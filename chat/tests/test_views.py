@@ -726,3 +726,15 @@ def test_marking_read_needs_the_csrf_token(django_user_model):
     token = client.cookies[settings.CSRF_COOKIE_NAME].value
     response = client.post("/api/rooms/lobby/read/", {"up_to": "0"}, HTTP_X_CSRFTOKEN=token)
     assert response.status_code == 200
+
+
+def test_signing_up_with_a_taken_username_is_answered_with_the_form_not_a_500(
+    client, django_user_model
+):
+    django_user_model.objects.create_user("carol", password="correct horse battery staple")
+    password = "another horse battery staple"
+    response = client.post(
+        "/accounts/signup/", {"username": "carol", "password1": password, "password2": password}
+    )
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
