@@ -512,6 +512,11 @@ async def close_code(socket: WebsocketCommunicator) -> int:
     return output.get("code")
 
 
+async def presence_count(room: str) -> int:
+    """How many sockets the room's presence list in Redis holds now."""
+    return (await database_sync_to_async(presence.snapshot)(rooms.group_name(room)))["count"]
+
+
 async def wait_for_presence_count(socket: WebsocketCommunicator, count: int) -> dict:
     """The first presence update with `count` sockets (fails after the timeout)."""
     while (update := await next_presence(socket, timeout=5))["count"] != count:
@@ -531,9 +536,7 @@ async def test_a_consumer_whose_handler_fails_leaves_its_room(join, monkeypatch,
     assert await close_code(victim) == 1011
     await wait_for_presence_count(survivor, 1)
     fresh = await join("crash")
-    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
-        "count"
-    ] == 2
+    assert await presence_count("crash") == 2
     failures = [record for record in caplog.records if record.exc_info]
     assert len(failures) == 1 and "injected failure" in str(failures[0].exc_info[1])
     # The room goes on for everyone else.
@@ -549,9 +552,7 @@ async def test_a_consumer_that_fails_while_connecting_leaves_no_ghost(join, monk
     assert await close_code(victim) == 1011
     await wait_for_presence_count(survivor, 1)
     await join("crash")
-    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
-        "count"
-    ] == 2
+    assert await presence_count("crash") == 2
 
 
 async def test_a_cancelled_consumer_leaves_its_room(join):
@@ -562,9 +563,7 @@ async def test_a_cancelled_consumer_leaves_its_room(join):
     victim.future.cancel()  # as a server that stops does, with no websocket.disconnect
     await wait_for_presence_count(survivor, 1)
     await join("crash")
-    assert (await database_sync_to_async(presence.snapshot)(rooms.group_name("crash")))[
-        "count"
-    ] == 2
+    assert await presence_count("crash") == 2
 
 
 async def test_a_client_id_another_author_used_first_still_stores_and_broadcasts(join):
