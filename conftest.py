@@ -21,6 +21,8 @@ from serving.processes import stop_processes, wait_for_http
 ROOT = Path(__file__).resolve().parent
 SERVER_READY_TIMEOUT_SECONDS = 20.0
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
+# Longer than any test: in-process, the upkeep's timed rounds never come.
+UPKEEP_ROUNDS_OFF_SECONDS = 24 * 3600.0
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +33,13 @@ def redis_server():
 
 
 @pytest.fixture(autouse=True)
-def refresher_rounds_run_by_hand(monkeypatch, settings):
-    """In-process tests call presence.refresh_once themselves; its timer must not race them.
+def upkeep_rounds_run_by_hand(settings):
+    """In-process tests run upkeep rounds themselves (chat.upkeep.run_round); none on a timer.
 
-    Presence announcements still go out from the refresher thread, after a much shorter
+    Presence announcements still go out from the upkeep task, after a much shorter
     coalescing pause than in production, so that tests that join do not wait for it.
     """
-    from chat import presence
-
-    monkeypatch.setattr(presence, "_tick", lambda: None)
+    settings.CHAT_PRESENCE_REFRESH_SECONDS = UPKEEP_ROUNDS_OFF_SECONDS
     settings.CHAT_PRESENCE_COALESCE_SECONDS = 0.01
 
 

@@ -46,6 +46,7 @@ SETTLE_SECONDS = 3.0  # quiet time after each step, so its backlog lands in its 
 DRAIN_POLL_SECONDS = 0.5
 IDLE_ROOM_SIZE = 10
 MAX_FRAME_BYTES = 2**20
+REFERENCE_APPLICATION = "benchmarks.reference:application"
 
 
 @dataclass
@@ -108,9 +109,10 @@ class Load:
                 continue
             step_no, message_no, sent_at = frame["message"].split(" ")
             step = self.steps[int(step_no)]
-            if frame["id"] <= last_id:
-                step.out_of_order += 1
-            last_id = frame["id"]
+            if "id" in frame:  # the reference's frames carry the message alone
+                if frame["id"] <= last_id:
+                    step.out_of_order += 1
+                last_id = frame["id"]
             step.arrivals[(room, int(message_no), socket_no)] += 1
             if step.arrivals[(room, int(message_no), socket_no)] == 1:
                 step.latencies.append(time.perf_counter() - float(sent_at))
@@ -223,6 +225,18 @@ def print_table(rows: list[dict]):
         print(" ".join(f"{row[key]!s:>11}" for key in TABLE_COLUMNS.values()))
 
 
+def print_ratios(ours: list[dict], reference: list[dict]):
+    """Each step's p99 and CPU as ours / the reference's, side by side."""
+    print(f"{'offered/s':>11} {'p99 ours':>11} {'p99 ref':>11} {'p99 ratio':>11} {'cpu ratio':>11}")
+    for row, ref in zip(ours, reference, strict=True):
+        p99_ratio = row["p99_ms"] / ref["p99_ms"] if row["p99_ms"] and ref["p99_ms"] else None
+        cpu_ratio = row["server_cpu_percent"] / max(ref["server_cpu_percent"], 1)
+        print(
+            f"{row['offered_per_s']:>11} {row['p99_ms']!s:>11} {ref['p99_ms']!s:>11} "
+            f"{'-' if p99_ratio is None else f'{p99_ratio:.2f}':>11} {cpu_ratio:>11.2f}"
+        )
+
+
 def plot(rows: list[dict], path: Path, title: str):
     """delivered/s and p99 against offered load."""
     import matplotlib
@@ -248,8 +262,8 @@ def plot(rows: list[dict], path: Path, title: str):
     figure.savefig(path, dpi=110)
 
 
-async def run_load(args) -> list[dict]:
-    stack = start_stack(args.processes, args.layer)
+async def run_load(args, application: str = "mysite.asgi:application") -> list[dict]:
+    stack = start_stack(args.processes, args.layer, application=application)
     try:
         load = Load(stack, args.rooms, args.clients)
         await load.connect()
@@ -318,6 +332,12 @@ def parse_args(argv: list[str]):
         "--soak", type=float, default=0, help="soak mode: seconds, at the first --rates rate"
     )
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/load.png"))
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the tutorial's async consumer (benchmarks.reference) on pubsub, "
+        "and print each figure as ours / its",
+    )
     args = parser.parse_args(argv)
     args.rates = [float(rate) for rate in args.rates.split(",")]
     return args
@@ -339,9 +359,17 @@ def main(argv: list[str]) -> int:
     print(f"{title} layer, {args.step_seconds:g} s steps")
     rows = asyncio.run(run_load(args))
     print_table(rows)
+    setup = {"rooms": args.rooms, "clients": args.clients, "processes": args.processes}
     for row in rows:
-        setup = {"rooms": args.rooms, "clients": args.clients, "processes": args.processes}
         print(json.dumps({"bench": "load", **setup, "layer": args.layer, **row}))
+    if args.reference:
+        reference_args = argparse.Namespace(**{**vars(args), "layer": "pubsub"})
+        reference = asyncio.run(run_load(reference_args, REFERENCE_APPLICATION))
+        print("reference: the tutorial's async consumer, pubsub layer")
+        print_table(reference)
+        print_ratios(rows, reference)
+        for row in reference:
+            print(json.dumps({"bench": "load-reference", **setup, "layer": "pubsub", **row}))
     plot(rows, args.plot, title + " layer")
     print(f"plot: {args.plot}")
     print(f"median p99 over steps: {statistics.median(r['p99_ms'] or 0 for r in rows)} ms")

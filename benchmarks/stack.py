@@ -74,11 +74,16 @@ LIMITS_LIFTED = {
 
 
 def start_stack(
-    processes: int, layer: str, extra_env: dict[str, str] | None = None, root: Path = ROOT
+    processes: int,
+    layer: str,
+    extra_env: dict[str, str] | None = None,
+    root: Path = ROOT,
+    application: str = "mysite.asgi:application",
 ) -> Stack:
     """Start Redis, migrate a temporary SQLite database, and serve on a free port.
 
-    `root` is the checkout whose server runs: another one compares old code with new.
+    `root` is the checkout whose server runs: another one compares old code with new;
+    `application` another ASGI application (benchmarks.reference, the tutorial's).
     """
     redis_server = EmbeddedRedis().start()
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
@@ -102,7 +107,8 @@ def start_stack(
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "serving.supervisor", "--processes", str(processes),
-         "--bind", f"127.0.0.1:{port}", "--", "--verbosity", "0"],
+         "--bind", f"127.0.0.1:{port}", "--application", application,
+         "--", "--verbosity", "0"],
         cwd=root, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env)

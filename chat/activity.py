@@ -40,8 +40,7 @@ def summaries(room_list: list[Room], user=None) -> list[dict[str, Any]]:
             "name": room.name,
             "last_id": room.last_seq,
             "last_at": room.last_message_at.isoformat() if room.last_message_at else None,
-            # People, not sockets: two tabs of one person are one name.
-            "online": len(present[groups[room.name]]["names"]),
+            "online": present[groups[room.name]]["count"],  # people, not sockets
             "read_up_to": read.get(room.name),
         }
         for room in room_list

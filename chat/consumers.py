@@ -1,7 +1,9 @@
 """The chat WebSocket consumer: the tutorial's synchronous ChatConsumer, made robust.
 
 It only parses, delegates and sends: the rules live in rooms, protocol, ratelimit,
-identity, services and presence; chat.pipeline hands its frames to the event loop.
+identity, services and presence. connect, receive and disconnect run on the sync thread,
+as the tutorial's do; room events that need no database run on the event loop, where
+the socket's RoomDelivery (chat.delivery) sends them without a hop to that thread.
 """
 
 import asyncio
@@ -19,18 +21,20 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services
+from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services, upkeep
+from .delivery import RoomDelivery
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 # What an unreachable Redis or database raises; the socket closes instead of crashing.
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
-# Events whose handlers run batched with other sockets' (chat.pipeline.call_batched): what
-# the room sends, and what the client sends. Connecting and disconnecting run on their own.
-BATCHED_EVENTS = frozenset(
-    {"chat.message", "chat.presence", "chat.typing", "chat.resync", "websocket.receive"}
-)
+# Room events handled on the event loop, by handlers that neither block nor touch the
+# database: a new kind of room event that needs none is added here and given a handler.
+LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
+# Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
+# Connecting and disconnecting run on their own.
+BATCHED_EVENTS = frozenset({"websocket.receive"})
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -43,12 +47,11 @@ class ChatConsumer(WebsocketConsumer):
     # The room's group and the socket's identity groups (chat.revocation), once joined.
     joined_groups: tuple[str, ...] = ()
     session_timer: asyncio.TimerHandle | None = None
-    # Messages that arrived ahead of a missing one, by id; a new wait starts a new episode.
-    held: dict[int, dict]
-    gap_episode = 0
-    # A catch-up page said "more": later messages wait for the client to ask for them.
-    catching_up = False
-    page_announced = False  # ...and the client has not asked for the next one yet
+    # The socket's delivery of room messages; used on the event loop only.
+    delivery: RoomDelivery | None = None
+    # On the sync thread: the room had a message when the socket joined, or it sent one.
+    room_exists = False
+    presence_member = ""  # the socket's entry in its room's presence list (chat.presence)
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
 
@@ -59,9 +62,10 @@ class ChatConsumer(WebsocketConsumer):
         with 1011 (logged once, with its traceback: it is a bug); a cancellation (the
         server stopping) goes on after the cleanup.
         """
-        # The loop and the ASGI send that the sync handlers hand frames to (chat.pipeline).
+        # The loop, and the queue that every frame of this socket leaves through, in order.
         self.loop = asyncio.get_running_loop()
         self.asgi_send = send
+        self.frames = pipeline.FrameQueue(send)
         try:
             return await super().__call__(scope, receive, send)
         except OUTAGE_ERRORS as error:
@@ -86,17 +90,21 @@ class ChatConsumer(WebsocketConsumer):
             await self.asgi_send({"type": "websocket.close", "code": code})
 
     async def dispatch(self, message):
-        """Run the handler on the sync thread, as channels does; then honour a cancellation.
+        """Run the handler; then honour a cancellation.
 
-        A room's events reach every socket of the process at once, and under load frames
-        arrive from many clients at once: their handlers run together, in one hop to the
-        sync thread (chat.pipeline.call_batched).
+        Room events that need no database (LOOP_EVENTS) are handled here on the loop: a
+        room message reaches every socket of the process at once, and a hop to the sync
+        thread each cost more than the handlers. Everything else runs on the sync thread,
+        as channels does; under load frames arrive from many clients at once, and their
+        handlers run together, in one hop (chat.pipeline.call_batched).
 
         asgiref swallows a cancellation that arrives while the handler waits in
         async_to_sync: the handler finishes and the consumer would carry on, so a server
         stopping it would wait for it for ever. Re-raise it once the handler is done.
         """
-        if message["type"] in BATCHED_EVENTS:
+        if message["type"] in LOOP_EVENTS:
+            getattr(self, get_handler_name(message))(message)
+        elif message["type"] in BATCHED_EVENTS:
             await pipeline.call_batched(getattr(self, get_handler_name(message)), message)
         else:
             await super().dispatch(message)
@@ -105,11 +113,15 @@ class ChatConsumer(WebsocketConsumer):
             raise asyncio.CancelledError
 
     def send(self, text_data=None, bytes_data=None, close=False):
-        """Queue a frame for this socket, in order, without waiting for it to be written."""
+        """From the sync thread: queue a frame for this socket, in order, without waiting."""
         assert text_data is not None and bytes_data is None and not close
         pipeline.hand_to_loop(
-            self.loop, self.asgi_send({"type": "websocket.send", "text": text_data})
+            self.loop, self.frames.put, {"type": "websocket.send", "text": text_data}
         )
+
+    def send_from_loop(self, text_data: str):
+        """On the event loop: queue a frame for this socket, after those queued before it."""
+        self.frames.put({"type": "websocket.send", "text": text_data})
 
     def close(self, code=None, reason=None):
         """Close the socket once the frames queued before have gone (see send)."""
@@ -118,7 +130,7 @@ class ChatConsumer(WebsocketConsumer):
             message["code"] = code
         if reason:
             message["reason"] = reason
-        pipeline.hand_to_loop(self.loop, self.asgi_send(message))
+        pipeline.hand_to_loop(self.loop, self.frames.put, message)
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
@@ -129,7 +141,16 @@ class ChatConsumer(WebsocketConsumer):
         self.room_group_name = rooms.group_name(self.room_name)
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
-        self.held = {}
+        # Built here, started on the loop once the backlog is queued: from then on only
+        # the loop touches it.
+        self.delivery = RoomDelivery(
+            self.send_from_loop,
+            self._read_after,
+            self.loop.call_later,
+            reorder_wait=settings.CHAT_REORDER_WAIT_SECONDS,
+            max_held=settings.CHAT_REORDER_MAX_HELD,
+            page_size=settings.CHAT_CATCH_UP_PAGE,
+        )
         # The room's group, and the groups that close the socket when who it speaks as
         # changes (chat.revocation): joined in one hop to the loop.
         self.joined_groups = (
@@ -145,9 +166,10 @@ class ChatConsumer(WebsocketConsumer):
             self._refuse(refusal)
             after = None
         self._send_backlog(after)
-        presence.join(self.room_group_name, self.channel_name, identity.presence_label(self.author))
-        presence.watch_progress(self)
-        presence.announce(self.room_group_name)
+        label = identity.presence_label(self.author)
+        self.presence_member = presence.member(self.channel_name, self.author.key, label)
+        presence.join(self.room_group_name, self.presence_member)
+        pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)
 
     def disconnect(self, close_code):
         """Leave the room's group and its presence list."""
@@ -162,16 +184,21 @@ class ChatConsumer(WebsocketConsumer):
         if self.room_group_name is None or self.left_room:
             return
         self.left_room = True
-        # First, and it never raises: this process must forget the socket even when Redis
-        # is down, or its refresher would keep re-adding a dead channel.
-        presence.leave(self.room_group_name, self.channel_name)
-        self.held.clear()  # nothing more is sent to this socket, gaps or not
+        # First, and neither raises: this process must forget the socket even when Redis
+        # is down, or its upkeep would keep re-adding a dead channel.
+        presence.leave(self.room_group_name, self.presence_member)
+        pipeline.hand_to_loop(self.loop, self._left_on_loop)  # then announced, without it
         try:
-            async_to_sync(self.channel_layer.group_discard)(self.room_group_name, self.channel_name)
+            async_to_sync(self._discard_from_groups)()
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
-        presence.announce(self.room_group_name)
+
+    def _left_on_loop(self):
+        self._disarm_session_timer()  # or the timer would keep this consumer for weeks
+        if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
+            self.delivery.stop()
+        upkeep.socket_left(self)
 
     async def _add_to_groups(self):
         for group in self.joined_groups:
@@ -236,148 +263,46 @@ class ChatConsumer(WebsocketConsumer):
             self.rate_limit.allow()  # garbage spends a token too, so any flood ends in a close
             self._refuse(refusal)
             return
-        if isinstance(frame, protocol.CatchUpRequest) and self.page_announced:
-            # Paced by the server, one request per page it announced: no token, or a long
-            # catch-up would run out of them.
-            self.page_announced = False
-            pipeline.call_in_turn(self.loop, self._next_page, frame)
+        if isinstance(frame, protocol.CatchUpRequest):
+            # Whether the server announced the page is the loop's to know (chat.delivery).
+            pipeline.hand_to_loop(self.loop, self._page_requested, frame.after)
             return
         # Every other frame spends a token, so any flood ends in a close.
-        if not self.rate_limit.allow():
-            self._refuse(
-                protocol.FrameRefused(
-                    "rate_limited",
-                    f"Slow down: at most {settings.CHAT_RATE_PER_SECOND:g} messages a second.",
-                    getattr(frame, "client_id", None),
-                )
-            )
-            return
-        if isinstance(frame, protocol.CatchUpRequest):
-            pipeline.call_in_turn(self.loop, self._next_page, frame)
+        if not self._spend_token(getattr(frame, "client_id", None)):
             return
         if isinstance(frame, protocol.TypingSignal):
             self._typing()
             return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
-            limits.check_message(self.scope, self.author, self.room_name, self.last_seq == 0, frame)
+            room_may_be_new = not self.room_exists
+            limits.check_message(self.scope, self.author, self.room_name, room_may_be_new, frame)
             message, created = self._store(frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
             return
+        self.room_exists = True
         event = protocol.chat_message_event(message)
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each
             # socket fills the gap from the database when the next message arrives.
-            pipeline.hand_to_loop(self.loop, self._broadcast(event))
+            pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
 
-    async def _broadcast(self, event: dict):
-        """On the loop: send to the room; if Redis is unreachable, close with 4503.
-
-        The message is stored, so the page reconnects and catches up. (On the redis layer
-        every socket notices an outage as its receive fails; on pubsub nothing fails but
-        this send, so the sender learns of it here.)
-        """
-        try:
-            await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
-        except OUTAGE_ERRORS as error:
-            logger.warning("closing socket, broadcast failed: %r", error)
-            await self.asgi_send(
-                {"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE}
+    def _spend_token(self, client_id: str | None = None) -> bool:
+        """Take a token from the socket's bucket; without one, refuse (and close a flood)."""
+        if self.rate_limit.allow():
+            return True
+        self._refuse(
+            protocol.FrameRefused(
+                "rate_limited",
+                f"Slow down: at most {settings.CHAT_RATE_PER_SECOND:g} messages a second.",
+                client_id,
             )
-
-    def chat_message(self, event):
-        """Deliver one room message in order; one that overtook a missing one waits for it."""
-        seq = event["id"]
-        if seq <= self.last_seq:
-            return
-        if seq > self.last_seq + 1:
-            if not self.catching_up:  # if it is, the client's next page request reads it
-                self._hold(event)
-            return
-        self._deliver(event)
-        self._deliver_held()
-
-    def _check_gap(self, episode: int):
-        """A held message waited long enough: the layer dropped what it waits for."""
-        if self.held and episode == self.gap_episode:
-            self._fill_gap()
-
-    def chat_resync(self, event):
-        """Send what was stored since this socket's last message (after Redis restarted)."""
-        if not self.catching_up:  # if it is, the client's next page request reads it
-            self._catch_up()
-
-    def _hold(self, event):
-        if not self.held:
-            self.gap_episode += 1
-            # A timer in this process, not a message through the layer: under load the
-            # layer would refuse it (ChannelFull) just when it is needed most.
-            pipeline.call_later_on_sync_thread(
-                self.loop, settings.CHAT_REORDER_WAIT_SECONDS, self._check_gap, self.gap_episode
-            )
-        self.held[event["id"]] = event
-        if len(self.held) >= settings.CHAT_REORDER_MAX_HELD:
-            self._fill_gap()
-
-    def _fill_gap(self):
-        """Read from the database what is missing before the held messages, and send all."""
-        self._catch_up(upto=max(self.held))
-
-    def _deliver(self, event):
-        self.send(text_data=protocol.message_frame(event))
-        self.last_seq = event["id"]
-
-    def _deliver_held(self):
-        """Deliver held messages that are next in line now; forget those already sent."""
-        while self.last_seq + 1 in self.held:
-            self._deliver(self.held.pop(self.last_seq + 1))
-        for seq in [seq for seq in self.held if seq <= self.last_seq]:
-            del self.held[seq]
-
-    def _catch_up(self, upto: int | None = None) -> bool:
-        """Send, in order, a page of what the room stored after this socket's last message.
-
-        At most CHAT_CATCH_UP_PAGE messages (up to `upto`, when given); if the room has
-        more, say so and wait for the client to ask (catching_up): a room's whole history
-        at once would hold every other socket of the process up. Returns whether it has.
-        """
-        page_size = settings.CHAT_CATCH_UP_PAGE
-        limit = page_size + 1 if upto is None else min(upto - self.last_seq, page_size + 1)
-        page = services.messages_after(self.room_name, self.last_seq, limit)
-        for message in page[:page_size]:
-            self._deliver(protocol.chat_message_event(message))
-        self.catching_up = self.page_announced = len(page) > page_size
-        if self.catching_up:
-            self.held.clear()  # all later than the page: the next pages read them
-            self.send(text_data=protocol.catch_up_frame(True, self.last_seq))
-        else:
-            self._deliver_held()
-        return self.catching_up
-
-    def _next_page(self, request: protocol.CatchUpRequest | None):
-        """Send the next page (in turn with other sockets'), then whether there is more.
-
-        For a page request, or with None for the first page after ?after=.
-        """
-        if request is not None and request.after > self.last_seq:
-            self._refuse(
-                protocol.FrameRefused(
-                    "invalid_catch_up",
-                    f'"after" is past the last message sent here ({self.last_seq}): '
-                    'ask with the "next_after" you were given.',
-                )
-            )
-            return
-        if not self._catch_up():
-            self.send(text_data=protocol.catch_up_frame(False, self.last_seq))
-
-    def chat_presence(self, event):
-        """Tell this socket who is in the room."""
-        self.send(text_data=protocol.presence_frame(event))
+        )
+        return False
 
     def _typing(self):
         """Tell the room this socket's author is typing: at most once per throttle period.
@@ -391,27 +316,94 @@ class ChatConsumer(WebsocketConsumer):
             return
         self.typing_sent_at = now
         event = protocol.typing_event(self.author, self.channel_name)
-        pipeline.hand_to_loop(self.loop, self._broadcast(event))
+        pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
+
+    async def _broadcast(self, event: dict):
+        """On the loop: send to the room; if Redis is unreachable, close with 4503.
+
+        The message is stored, so the page reconnects and catches up. (On the redis layer
+        every socket notices an outage as its receive fails; on pubsub nothing fails but
+        this send, so the sender learns of it here.)
+        """
+        try:
+            await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
+        except OUTAGE_ERRORS as error:
+            logger.warning("closing socket, broadcast failed: %r", error)
+            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+
+    # --- On the event loop: room events, and the delivery's reads ----------------------
+
+    def chat_message(self, event):
+        """On the loop: deliver one room message in order (chat.delivery)."""
+        self.delivery.message(event)
+
+    def chat_presence(self, event):
+        """On the loop: tell this socket who is in the room."""
+        self.send_from_loop(protocol.presence_frame(event))
 
     def chat_typing(self, event):
-        """Tell this socket someone else in the room is typing."""
+        """On the loop: tell this socket someone else in the room is typing."""
         if event["sender_channel"] != self.channel_name:
-            self.send(text_data=protocol.typing_frame(event))
+            self.send_from_loop(protocol.typing_frame(event))
+
+    def _page_requested(self, after: int):
+        """On the loop: a page the server announced is free; any other costs a token."""
+        if self.delivery.take_announced_page():
+            self.delivery.page_requested(after)
+        else:
+            pipeline.start_logged_task(pipeline.call_batched(self._charge_page_request, after))
+
+    def _charge_page_request(self, after: int):
+        # On the sync thread, which owns the token bucket.
+        if self._spend_token():
+            pipeline.hand_to_loop(self.loop, self.delivery.page_requested, after)
+
+    def _read_after(self, after: int, limit: int, in_turn: bool, on_done):
+        """On the loop: read the room's messages after `after` on the sync thread, then on_done.
+
+        Pages take their turn (chat.pipeline.call_in_turn): ten sockets catching up at once
+        would hold the process up; a gap fill joins the next batch. If the read fails, the
+        socket closes as its handler would have (4503 in an outage) and the page catches up.
+        """
+        read = pipeline.call_in_turn if in_turn else pipeline.call_batched
+        pipeline.start_logged_task(self._read_then(read(self._events_after, after, limit), on_done))
+
+    async def _read_then(self, reading, on_done):
+        try:
+            on_done(await reading)
+        except OUTAGE_ERRORS as error:
+            logger.warning("closing socket, catch-up read failed: %r", error)
+            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+        except Exception:
+            logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
+            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_INTERNAL_ERROR})
+
+    def _events_after(self, after: int, limit: int) -> list[dict]:
+        """On the sync thread: the room's events after `after`, at most `limit`."""
+        return [
+            protocol.chat_message_event(message)
+            for message in services.messages_after(self.room_name, after, limit)
+        ]
+
+    # --- On the sync thread -------------------------------------------------------------
 
     def _send_backlog(self, after: int | None):
+        """Send the history (or, with ?after=, have the delivery page from there); start it."""
         if after is not None:
             # An `after` beyond the room's newest counts from the newest.
-            self.last_seq = min(after, services.last_seq(self.room_name))
+            newest = services.last_seq(self.room_name)
+            last = min(after, newest)
             # The first page too waits its turn (ten sockets joining at once with a page
             # each would hold the process up); later messages wait for it.
-            self.catching_up = True
-            pipeline.call_in_turn(self.loop, self._next_page, None)
-            return
-        backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
-        for message in backlog:
-            event = protocol.chat_message_event(message)
-            self.send(text_data=protocol.message_frame(event, history=True))
-        self.last_seq = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+            pipeline.hand_to_loop(self.loop, self.delivery.start, last, True)
+        else:
+            backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
+            for message in backlog:
+                event = protocol.chat_message_event(message)
+                self.send(text_data=protocol.message_frame(event, history=True))
+            last = newest = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+            pipeline.hand_to_loop(self.loop, self.delivery.start, last)
+        self.room_exists = newest > 0
 
     def _store(self, frame: protocol.ChatFrame):
         try:

@@ -2,11 +2,11 @@
 
 The sync handlers of every socket in a process run one at a time on one thread. Waiting
 for the loop after every frame (what async_to_sync does) made that thread the bottleneck;
-hand_to_loop queues the work on the loop, in call order, and returns at once. The other
-way, one room message reaches many sockets of a process at once, and a hop to the thread
-per socket cost more than the handlers: call_batched runs them in one hop. Bulk work that
-must not hold everyone else up (catch-up pages) waits its turn: call_in_turn runs such
-calls one per batch.
+hand_to_loop queues a call on the loop, in call order, and returns at once; a socket's
+frames go out in order through its FrameQueue. The other way, many sockets' frames (and
+their gap fills) arrive at once, and a hop to the thread per call cost more than the
+calls: call_batched runs them in one hop. Bulk reads that must not hold everyone else up
+(catch-up pages) wait their turn: call_in_turn runs such calls one per batch.
 """
 
 import asyncio
@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -30,13 +30,54 @@ _broadcast_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
 
 
-def hand_to_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]):
-    """From another thread: run the coroutine on the loop after what was handed before it."""
+def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
+    """From another thread: call function(*args) on the loop after what was handed before it."""
     outbox = getattr(_batch_in_progress, "outbox", None)
     if outbox is not None:
-        outbox.append(coroutine)  # handed over with the rest of its batch's, at its end
+        outbox.append((function, args))  # handed over with the rest of its batch's, at its end
     else:
-        loop.call_soon_threadsafe(_start_logged_task, loop, coroutine)
+        loop.call_soon_threadsafe(_call_logged, function, args)
+
+
+def start_logged_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
+    """On the loop: run the coroutine as a task whose failure is logged, on one line."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    task.add_done_callback(_log_failure)
+    return task
+
+
+class FrameQueue:
+    """One socket's outbound ASGI messages, sent in order by one task at a time, on the loop.
+
+    Frames queued from the loop and from the sync thread (through hand_to_loop) share it,
+    so they leave in the order they were queued, without a task per frame.
+    """
+
+    def __init__(self, send: Callable[[dict], Coroutine[Any, Any, Any]]):
+        self._send = send
+        self._waiting: collections.deque[dict] = collections.deque()
+        self._sending = False
+        self._broken = False  # a send failed: the connection is gone, and so is the rest
+
+    def put(self, message: dict):
+        """On the loop: send message after those queued before it."""
+        if self._broken:
+            return
+        self._waiting.append(message)
+        if not self._sending:
+            self._sending = True
+            start_logged_task(self._drain())
+
+    async def _drain(self):
+        try:
+            while self._waiting:
+                await self._send(self._waiting.popleft())
+        except BaseException:
+            self._broken = True
+            self._waiting.clear()
+            raise  # logged once, by start_logged_task
+        finally:
+            self._sending = False
 
 
 async def broadcast(channel_layer, group: str, event: dict[str, Any]):
@@ -46,19 +87,6 @@ async def broadcast(channel_layer, group: str, event: dict[str, Any]):
         _broadcast_slots[loop] = asyncio.Semaphore(BROADCASTS_IN_FLIGHT)
     async with _broadcast_slots[loop]:
         await channel_layer.group_send(group, event)
-
-
-def call_later_on_sync_thread(loop: asyncio.AbstractEventLoop, delay: float, function, *args):
-    """From the sync thread: run function(*args) on that same thread after `delay` seconds.
-
-    It joins the batch of handlers due then (call_batched), so it never runs alongside a
-    handler of the consumer it belongs to, and its frames go out with the batch's.
-    """
-
-    def start():
-        _start_logged_task(loop, call_batched(function, *args))
-
-    loop.call_soon_threadsafe(loop.call_later, delay, start)
 
 
 class _LoopBatches:
@@ -79,7 +107,7 @@ class _LoopBatches:
         if not self.busy:
             self.busy = True
             self._start_soon()
-        await done
+        return await done
 
     def _start_soon(self):
         # After every task this iteration woke, so they all join the batch. In a fresh
@@ -88,18 +116,19 @@ class _LoopBatches:
 
     def _start(self):
         calls, self.waiting = self.waiting, []
-        _start_logged_task(self.loop, self._run(calls))
+        start_logged_task(self._run(calls))
 
     async def _run(self, calls: list):
+        outcomes: list = []
         try:
-            errors = await database_sync_to_async(_call_each)(self.loop, calls)
+            outcomes = await database_sync_to_async(_call_each)(self.loop, calls)
         except BaseException as error:
-            # Not one call's failure (those come back as errors): none of them is known to
-            # have run, or to ever run. Their callers must not wait for ever.
-            errors = [error] * len(calls)
+            # Not one call's failure (those come back as outcomes): none of them is known
+            # to have run, or to ever run. Their callers must not wait for ever.
+            outcomes = [(None, error)] * len(calls)
             raise
         finally:
-            _settle(calls, errors)
+            _settle(calls, outcomes)
             if self.waiting:
                 self._start_soon()
             else:
@@ -122,21 +151,27 @@ class _Lane:
         self.waiting: collections.deque = collections.deque()
         self.running = False
 
-    def add(self, function, args: tuple):
-        self.waiting.append((function, args))
+    async def call(self, function, args: tuple):
+        done = self.loop.create_future()
+        self.waiting.append((function, args, done))
         if not self.running:
             self.running = True
-            _start_logged_task(self.loop, self._run())
+            start_logged_task(self._run())
+        return await done
 
     async def _run(self):
         try:
             while self.waiting:
-                function, args = self.waiting.popleft()
+                function, args, done = self.waiting.popleft()
                 started = time.perf_counter()
                 try:
-                    await call_batched(function, *args)
+                    result = await call_batched(function, *args)
                 except Exception as error:  # that call's failure only: the lane goes on
-                    logger.warning("call in turn failed: %r", error)
+                    if not done.done():
+                        done.set_exception(error)
+                else:
+                    if not done.done():
+                        done.set_result(result)
                 await asyncio.sleep(time.perf_counter() - started)
         finally:
             self.running = False
@@ -145,74 +180,71 @@ class _Lane:
 _lanes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def call_in_turn(loop: asyncio.AbstractEventLoop, function, *args):
-    """From the sync thread: run function(*args) there later, one such call per batch."""
-    loop.call_soon_threadsafe(_add_to_lane, loop, function, args)
-
-
-def _add_to_lane(loop: asyncio.AbstractEventLoop, function, args: tuple):
+async def call_in_turn(function, *args):
+    """On the loop: run function(*args) on the sync thread, one such call per batch; its result."""
+    loop = asyncio.get_running_loop()
     if loop not in _lanes:
         _lanes[loop] = _Lane(loop)
-    _lanes[loop].add(function, args)
+    return await _lanes[loop].call(function, args)
 
 
 async def call_batched(function, *args):
     """Run function(*args) on the sync thread, in one hop with the calls made alongside.
 
-    Returns (or raises) once it ran, like database_sync_to_async; calls run in the order
-    they were made, and never alongside another sync handler.
+    Returns its result (or raises) once it ran, like database_sync_to_async; calls run in
+    the order they were made, and never alongside another sync handler.
     """
     loop = asyncio.get_running_loop()
     if loop not in _loop_batches:
         _loop_batches[loop] = _LoopBatches(loop)
-    await _loop_batches[loop].call(function, args)
+    return await _loop_batches[loop].call(function, args)
 
 
-def _settle(calls: list, errors: list[BaseException | None]):
+def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
     """Wake each caller with its call's outcome."""
-    for (_, _, done), error in zip(calls, errors, strict=True):
+    for (_, _, done), (result, error) in zip(calls, outcomes, strict=True):
         if done.done():
             continue  # its caller was cancelled
         if error is None:
-            done.set_result(None)
+            done.set_result(result)
         elif isinstance(error, asyncio.CancelledError):
             done.cancel()
         else:
             done.set_exception(error)
 
 
-def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list[BaseException | None]:
-    """On the sync thread: every call in order, each one's failure kept for its caller.
+def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
+    """On the sync thread: every call in order, each one's (result, failure) kept for its caller.
 
-    What they hand to the loop goes in one hand-off, not one each: a room message sends a
-    frame to every socket of the batch, and each hand-off wakes the loop.
+    What they hand to the loop goes in one hand-off, not one each: each hand-off wakes
+    the loop.
     """
-    errors: list[BaseException | None] = []
+    outcomes: list[tuple[Any, BaseException | None]] = []
     _batch_in_progress.outbox = outbox = []
     try:
         for function, args, _ in calls:
             try:
-                function(*args)
+                outcomes.append((function(*args), None))
             except Exception as error:
-                errors.append(error)
-            else:
-                errors.append(None)
+                outcomes.append((None, error))
     finally:
         _batch_in_progress.outbox = None
         if outbox:
-            loop.call_soon_threadsafe(_start_each, loop, outbox)
-    return errors
+            loop.call_soon_threadsafe(_call_each_logged, outbox)
+    return outcomes
 
 
-def _start_each(loop: asyncio.AbstractEventLoop, coroutines: list[Coroutine[Any, Any, Any]]):
-    # A task each, started in order: a broadcast that waits for Redis must not hold back
-    # the frames handed after it, nor let a later batch's frames overtake them.
-    for coroutine in coroutines:
-        _start_logged_task(loop, coroutine)
+def _call_each_logged(calls: list[tuple[Callable[..., Any], tuple]]):
+    # In order: a broadcast started first must not be overtaken by the frames after it.
+    for function, args in calls:
+        _call_logged(function, args)
 
 
-def _start_logged_task(loop: asyncio.AbstractEventLoop, coroutine):
-    loop.create_task(coroutine).add_done_callback(_log_failure)
+def _call_logged(function: Callable[..., Any], args: tuple):
+    try:
+        function(*args)
+    except Exception as error:
+        logger.warning("handed-off call failed: %r", error)
 
 
 def _log_failure(task: asyncio.Task):

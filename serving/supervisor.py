@@ -114,8 +114,8 @@ def debug_bind_refusal(host: str) -> str | None:
     )
 
 
-def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
-    """One daphne process serving mysite.asgi on the shared socket."""
+def start_child(fd: int, extra_args: list[str], application: str) -> subprocess.Popen:
+    """One daphne process serving the ASGI application on the shared socket."""
     command = [
         sys.executable,
         "-m",
@@ -126,23 +126,26 @@ def start_child(fd: int, extra_args: list[str]) -> subprocess.Popen:
         *extra_args,
     ]
     # If this parent is killed outright, its children go too: no orphan keeps the port.
-    return subprocess.Popen(
-        [*command, "mysite.asgi:application"], pass_fds=(fd,), preexec_fn=killed_with_parent
-    )
+    return subprocess.Popen([*command, application], pass_fds=(fd,), preexec_fn=killed_with_parent)
 
 
 class GaveUp(Exception):
     """Children kept dying at start: serving cannot go on without a fix."""
 
 
-def supervise(sockets: list[socket.socket], processes: int, extra_args: list[str]):
+def supervise(
+    sockets: list[socket.socket],
+    processes: int,
+    extra_args: list[str],
+    application: str = "mysite.asgi:application",
+):
     """Keep `processes` children alive until told to stop; GaveUp when they keep dying.
 
     A child restarts on the socket it had: connections the kernel queued there meanwhile
     wait for it instead of being lost.
     """
     fds = [sockets[index % len(sockets)].fileno() for index in range(processes)]
-    children = [start_child(fd, extra_args) for fd in fds]
+    children = [start_child(fd, extra_args, application) for fd in fds]
     started = [time.monotonic()] * processes
     fast_failures = 0  # children in a row that died within FAST_FAILURE_SECONDS of starting
     address = sockets[0].getsockname()
@@ -167,7 +170,7 @@ def supervise(sockets: list[socket.socket], processes: int, extra_args: list[str
                     flush=True,
                 )
                 time.sleep(delay)
-                children[index] = start_child(fds[index], extra_args)
+                children[index] = start_child(fds[index], extra_args, application)
                 started[index] = time.monotonic()
     except _Stop:
         pass
@@ -208,6 +211,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--bind", default="127.0.0.1:8000", help="host:port")
+    parser.add_argument(
+        "--application",
+        default="mysite.asgi:application",
+        help="module:attribute of the ASGI application (the benchmarks' reference serves another)",
+    )
     parser.add_argument("daphne_args", nargs="*", help="passed to daphne, after --")
     args = parser.parse_args(argv)
     host, _, port = args.bind.rpartition(":")
@@ -226,7 +234,7 @@ def main(argv: list[str]) -> int:
         print(f"serving.supervisor: cannot listen on {host}:{port}: {error}.", file=sys.stderr)
         return 1
     try:
-        supervise(sockets, args.processes, args.daphne_args)
+        supervise(sockets, args.processes, args.daphne_args, args.application)
     except GaveUp as error:
         print(f"serving.supervisor: {error}", file=sys.stderr)
         return 1

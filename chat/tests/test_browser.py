@@ -618,16 +618,23 @@ def _choose_name(driver, base_url, name):
     _navigate_by(driver, lambda: name_box.send_keys(name, Keys.ENTER))
 
 
-def test_presence_lists_people_as_items_and_one_guest_in_two_tabs_once(browser, chat_server):
+def test_presence_counts_people_one_guest_in_two_tabs_once_two_anonymous_guests_twice(
+    browser, chat_server
+):
     _choose_name(browser, chat_server, "Zoë")
     _enter_chat_room(browser, chat_server, "people")
     _open_new_window(browser)
     _enter_chat_room(browser, chat_server, "people")
     ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/people/"
-    people = sorted(["Zoë (guest)", "Anonymous (guest)"])
-    with websockets.sync.client.connect(ws_url, origin=chat_server):
-        _wait(browser, lambda: sorted(_presence_items(browser)) == people, "not one item each")
-        assert browser.find_element(By.ID, "presence-heading").text == "Here now (2)"
+    names = sorted(["Zoë (guest)", "Anonymous (guest)"])
+    heading = browser.find_element(By.ID, "presence-heading")
+    # Two clients without a session: two guests who both go by "Anonymous".
+    with (
+        websockets.sync.client.connect(ws_url, origin=chat_server),
+        websockets.sync.client.connect(ws_url, origin=chat_server),
+    ):
+        _wait(browser, lambda: heading.text == "Here now (3)", "not counted as people")
+        assert sorted(_presence_items(browser)) == names
 
 
 # From now on every socket the page opens is refused at the handshake (a path no route has).

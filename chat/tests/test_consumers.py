@@ -14,9 +14,9 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError
 
-from chat import presence, protocol, rooms, services
+from chat import presence, protocol, rooms, services, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message
 from chat.tests.conftest import (
@@ -416,6 +416,20 @@ async def test_a_message_that_overtook_another_waits_for_it_without_a_query(join
     assert queries == []
 
 
+async def test_a_gap_fill_that_cannot_reach_the_database_closes_the_socket_with_4503(
+    join, monkeypatch
+):
+    socket = await join("lobby")
+    await database_sync_to_async(store)("lobby", "dropped by the layer")
+
+    def database_gone(*args):
+        raise OperationalError("the database is gone")
+
+    monkeypatch.setattr(services, "messages_after", database_gone)
+    await socket.send_json_to({"message": "next"})
+    assert await close_code(socket) == protocol.CLOSE_SERVICE_UNAVAILABLE
+
+
 async def test_a_late_duplicate_event_is_not_delivered_twice(join):
     socket = await join("lobby")
     await socket.send_json_to({"message": "hi"})
@@ -475,19 +489,16 @@ async def test_presence_of_one_room_is_not_sent_to_another(join):
 
 
 async def test_a_dropped_last_message_arrives_within_two_refresh_rounds(join):
-    # A room of its own: consumers of earlier tests may linger, unreclaimed, in the
-    # refresher's watch list, and would count as lagging in a room this test fills.
     socket = await join("last-word")
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, presence.resync_lagging_sockets)
+    await upkeep.run_round()
     # Stored, but its broadcast lost, and nothing follows it that would reveal the gap.
     await database_sync_to_async(store)("last-word", "the last word")
     await assert_no_chat(socket)
     # The round after it was stored gives it time to arrive live; the next one resyncs.
-    assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 0
-    assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 1
+    assert await upkeep.run_round() == 0
+    assert await upkeep.run_round() == 1
     assert (await assert_receives_message(socket, "the last word"))["id"] == 1
-    assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 0
+    assert await upkeep.run_round() == 0
 
 
 # --- However a consumer ends, it leaves its room ------------------------------------------
@@ -747,12 +758,11 @@ async def test_a_gap_fill_is_bounded_to_a_page_and_the_rest_is_paged(join, setti
 
 async def test_a_resync_is_bounded_to_a_page_and_the_rest_is_paged(join, settings):
     settings.CHAT_CATCH_UP_PAGE = 3
-    socket = await join("resync-pages")  # a room of its own, as in the test above
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, presence.resync_lagging_sockets)
+    socket = await join("resync-pages")
+    await upkeep.run_round()
     await database_sync_to_async(store)("resync-pages", *(f"m{n}" for n in range(1, 6)))
-    await loop.run_in_executor(None, presence.resync_lagging_sockets)
-    assert await loop.run_in_executor(None, presence.resync_lagging_sockets) == 1
+    await upkeep.run_round()
+    assert await upkeep.run_round() == 1
     assert await read_page(socket) == ([1, 2, 3], {"more": True, "next_after": 3})
     assert await ask_for_page(socket, 3) == ([4, 5], {"more": False, "next_after": 5})
 

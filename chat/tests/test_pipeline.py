@@ -9,35 +9,66 @@ from channels.db import database_sync_to_async
 from chat import pipeline
 
 
-async def test_handed_coroutines_run_in_the_order_they_were_handed():
+async def test_handed_calls_run_on_the_loop_in_the_order_they_were_handed():
     loop = asyncio.get_running_loop()
-    ran = []
+    ran, all_ran = [], asyncio.Event()
 
-    async def record(number: int):
-        ran.append(number)
+    def record(number: int):
+        ran.append((number, threading.get_ident()))
+        if number == 49:
+            all_ran.set()
 
     def hand_from_a_thread():
         for number in range(50):
-            pipeline.hand_to_loop(loop, record(number))
+            pipeline.hand_to_loop(loop, record, number)
 
     await loop.run_in_executor(None, hand_from_a_thread)
-    await asyncio.sleep(0.05)
-    assert ran == list(range(50))
+    await asyncio.wait_for(all_ran.wait(), 5)
+    assert ran == [(number, threading.get_ident()) for number in range(50)]
 
 
 async def test_a_failed_hand_off_is_logged_once_without_a_traceback(caplog):
     loop = asyncio.get_running_loop()
+    after = asyncio.Event()
 
-    async def fail():
+    def fail():
         raise ConnectionError("redis is gone")
 
+    def hand_both():
+        pipeline.hand_to_loop(loop, fail)
+        pipeline.hand_to_loop(loop, after.set)
+
     with caplog.at_level(logging.WARNING, logger="chat.pipeline"):
-        await loop.run_in_executor(None, pipeline.hand_to_loop, loop, fail())
-        await asyncio.sleep(0.05)
+        await loop.run_in_executor(None, hand_both)
+        await asyncio.wait_for(after.wait(), 5)
     assert [record.getMessage() for record in caplog.records] == [
-        "handed-off send failed: ConnectionError('redis is gone')"
+        "handed-off call failed: ConnectionError('redis is gone')"
     ]
     assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_frame_queue_sends_in_order_and_after_a_failed_send_sends_nothing(caplog):
+    sent, failed = [], asyncio.Event()
+
+    async def send(message: dict):
+        await asyncio.sleep(0)  # a send that yields lets later puts queue up behind it
+        if message["n"] == 2:
+            failed.set()
+            raise ConnectionError("socket gone")
+        sent.append(message["n"])
+
+    frames = pipeline.FrameQueue(send)
+    with caplog.at_level(logging.WARNING, logger="chat.pipeline"):
+        for number in range(4):
+            frames.put({"n": number})
+        await asyncio.wait_for(failed.wait(), 5)
+        frames.put({"n": 4})
+        while not caplog.records:  # the failure is logged as its task ends
+            await asyncio.sleep(0)
+    assert sent == [0, 1]
+    assert [record.getMessage() for record in caplog.records] == [
+        "handed-off send failed: ConnectionError('socket gone')"
+    ]
 
 
 async def test_broadcasts_in_flight_are_bounded():
@@ -58,22 +89,23 @@ async def test_broadcasts_in_flight_are_bounded():
 
 async def test_calls_made_together_run_in_one_hop_in_order_on_the_sync_thread(monkeypatch):
     hops, ran = [], []
-    call_each = pipeline._call_each
+    hop = pipeline.database_sync_to_async
 
-    def counting_call_each(loop, calls):
-        hops.append(len(calls))
-        return call_each(loop, calls)
+    def counting_hop(function):
+        hops.append(function)
+        return hop(function)
 
-    monkeypatch.setattr(pipeline, "_call_each", counting_call_each)
-    await asyncio.gather(
+    monkeypatch.setattr(pipeline, "database_sync_to_async", counting_hop)
+    results = await asyncio.gather(
         *(
-            pipeline.call_batched(lambda n: ran.append((n, threading.get_ident())), n)
+            pipeline.call_batched(lambda n: ran.append((n, threading.get_ident())) or n, n)
             for n in range(20)
         )
     )
     sync_thread = await database_sync_to_async(threading.get_ident)()
-    assert hops == [20]
+    assert len(hops) == 1
     assert ran == [(n, sync_thread) for n in range(20)]
+    assert results == list(range(20))
 
 
 async def test_a_failing_call_raises_in_its_caller_only():
@@ -106,85 +138,78 @@ async def test_a_cancelled_caller_leaves_the_others_of_its_batch_alone():
 
 async def test_what_a_batch_hands_to_the_loop_runs_in_order_and_one_failure_stops_nothing(caplog):
     loop = asyncio.get_running_loop()
-    sent = []
+    sent, all_sent = [], asyncio.Event()
 
-    async def send(number: int):
+    def send(number: int):
         if number == 3:
             raise ConnectionError("socket gone")
         sent.append(number)
+        if number == 5:
+            all_sent.set()
 
     def handler(first: int):
         for number in (first, first + 1):
-            pipeline.hand_to_loop(loop, send(number))
+            pipeline.hand_to_loop(loop, send, number)
 
     with caplog.at_level(logging.WARNING, logger="chat.pipeline"):
         await asyncio.gather(*(pipeline.call_batched(handler, first) for first in (0, 2, 4)))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_sent.wait(), 5)
     assert sent == [0, 1, 2, 4, 5]
     assert [record.getMessage() for record in caplog.records] == [
-        "handed-off send failed: ConnectionError('socket gone')"
+        "handed-off call failed: ConnectionError('socket gone')"
     ]
 
 
-async def test_a_handed_coroutine_that_waits_holds_back_nothing_handed_after_it():
+async def test_a_handed_off_task_that_waits_holds_back_nothing_handed_after_it():
     loop = asyncio.get_running_loop()
-    order = []
+    order, redis_answers, all_done = [], asyncio.Event(), asyncio.Event()
 
-    async def wait_then_record(label: str):
-        await asyncio.sleep(0.05)  # a broadcast waiting for Redis
-        order.append(label)
+    async def broadcast():
+        await redis_answers.wait()  # a broadcast waiting for Redis
+        order.append("broadcast")
+        all_done.set()
 
-    async def record(label: str):
+    def record(label: str):
         order.append(label)
+        if label == "frame 2":
+            redis_answers.set()
 
     def first_handler():
-        pipeline.hand_to_loop(loop, wait_then_record("broadcast"))
-        pipeline.hand_to_loop(loop, record("frame 1"))
+        pipeline.hand_to_loop(loop, pipeline.start_logged_task, broadcast())
+        pipeline.hand_to_loop(loop, record, "frame 1")
 
     def second_handler():
-        pipeline.hand_to_loop(loop, record("frame 2"))
+        pipeline.hand_to_loop(loop, record, "frame 2")
 
     await pipeline.call_batched(first_handler)
     await pipeline.call_batched(second_handler)
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(all_done.wait(), 5)
     assert order == ["frame 1", "frame 2", "broadcast"]
 
 
 async def test_calls_in_turn_run_one_per_batch_and_let_other_calls_go_between():
     loop = asyncio.get_running_loop()
-    ran = []
-    all_done = asyncio.Event()
+    ran, live = [], []
 
     def page(number: int):
         ran.append(f"page {number}")
         if number == 0:  # while the first page runs, a live message comes in
-            pipeline.hand_to_loop(loop, call_live())
-        if number == 2:
-            loop.call_soon_threadsafe(all_done.set)
+            call = pipeline.call_batched(ran.append, "live")
+            live.append(asyncio.run_coroutine_threadsafe(call, loop))
+        return number
 
-    async def call_live():
-        await pipeline.call_batched(ran.append, "live")
-
-    def queue_pages():
-        for number in range(3):
-            pipeline.call_in_turn(loop, page, number)
-
-    await loop.run_in_executor(None, queue_pages)
-    await asyncio.wait_for(all_done.wait(), 5)
+    pages = [asyncio.ensure_future(pipeline.call_in_turn(page, number)) for number in range(3)]
+    assert await asyncio.wait_for(asyncio.gather(*pages), 5) == [0, 1, 2]
+    await asyncio.wrap_future(live[0])
     assert ran == ["page 0", "live", "page 1", "page 2"]
 
 
-async def test_a_failed_call_in_turn_is_logged_and_the_next_one_runs(caplog):
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-
+async def test_a_failed_call_in_turn_raises_in_its_caller_and_the_next_one_runs():
     def fail():
         raise ValueError("broken page")
 
-    with caplog.at_level(logging.WARNING, logger="chat.pipeline"):
-        pipeline.call_in_turn(loop, fail)
-        pipeline.call_in_turn(loop, loop.call_soon_threadsafe, done.set)
-        await asyncio.wait_for(done.wait(), 5)
-    assert [record.getMessage() for record in caplog.records] == [
-        "call in turn failed: ValueError('broken page')"
-    ]
+    failed = asyncio.ensure_future(pipeline.call_in_turn(fail))
+    next_one = asyncio.ensure_future(pipeline.call_in_turn(lambda: "next"))
+    results = await asyncio.wait_for(asyncio.gather(failed, next_one, return_exceptions=True), 5)
+    assert repr(results[0]) == "ValueError('broken page')"
+    assert results[1] == "next"

@@ -6,66 +6,90 @@ import time
 
 import pytest
 import redis
+import redis.asyncio
 import websocket
 from channels.db import database_sync_to_async
 
-from chat import presence, protocol, rooms, services
+from chat import presence, protocol, rooms, services, upkeep
 from chat.tests.conftest import communicator, frames_within
 from mysite.channel_layers import redis_channel_layers
 from serving.embedded_redis import EmbeddedRedis, free_port
 
 GROUP = rooms.group_name("lobby")
-GHOST_SECONDS = 0.5
+# An entry whose time is up a moment after it is written: as if its process had died.
+EXPIRED_AT_ONCE_SECONDS = 0.001
 
 
 @pytest.fixture
-def clean_presence(redis_channel_layer):
-    yield redis_channel_layer
-    for group, channel_name in list(presence._local_members):
-        presence.leave(group, channel_name)
+async def loop_redis(redis_channel_layer):
+    """An asyncio client of the session's Redis, as the upkeep's (flushed after the test)."""
+    client = redis.asyncio.Redis.from_url(redis_channel_layer.url)
+    yield client
+    await client.aclose()
 
 
-def test_joined_sockets_are_counted_and_named_once(clean_presence):
-    presence.join(GROUP, "specific.a!1", "alice")
-    presence.join(GROUP, "specific.a!2", "alice")
-    presence.join(GROUP, "specific.a!3", "bob (guest)")
+ALICE = "u:1"  # a person's key (services.Author.key)
+
+
+def _member(channel_name: str, person: str = ALICE, label: str = "alice") -> str:
+    return presence.member(channel_name, person, label)
+
+
+def test_people_are_counted_once_however_many_sockets_they_have(redis_channel_layer):
+    presence.join(GROUP, _member("specific.a!1"))
+    presence.join(GROUP, _member("specific.a!2"))  # alice's second tab
+    presence.join(GROUP, _member("specific.a!3", "g:1f", "bob (guest)"))
     assert presence.snapshot(GROUP) == {
         "type": "chat.presence",
-        "count": 3,
+        "count": 2,
         "names": ["alice", "bob (guest)"],
     }
 
 
-def test_left_sockets_are_forgotten(clean_presence):
-    presence.join(GROUP, "specific.a!1", "alice")
-    presence.leave(GROUP, "specific.a!1")
+def test_two_guests_with_one_name_are_two_people(redis_channel_layer):
+    presence.join(GROUP, _member("specific.a!1", "g:1f", "Anonymous (guest)"))
+    presence.join(GROUP, _member("specific.a!2", "g:2e", "Anonymous (guest)"))
+    assert presence.snapshot(GROUP) == {
+        "type": "chat.presence",
+        "count": 2,
+        "names": ["Anonymous (guest)"],
+    }
+
+
+def test_left_sockets_are_forgotten(redis_channel_layer):
+    presence.join(GROUP, _member("specific.a!1"))
+    presence.leave(GROUP, _member("specific.a!1"))
     assert presence.snapshot(GROUP)["count"] == 0
 
 
-def test_entries_nobody_refreshes_expire_and_their_room_is_reported(clean_presence, settings):
-    settings.CHAT_PRESENCE_TTL_SECONDS = GHOST_SECONDS
-    presence.join(GROUP, "specific.dead!1", "ghost")
-    presence._local_members.clear()  # as if its process had died: nobody refreshes it
-    presence.join(GROUP, "specific.alive!1", "alice")
-    time.sleep(GHOST_SECONDS + 0.1)
-    assert presence.refresh_local_members() == {GROUP}
-    assert presence.snapshot(GROUP)["names"] == ["alice"]
+async def test_entries_nobody_refreshes_expire_and_their_room_is_reported(loop_redis, settings):
+    settings.CHAT_PRESENCE_TTL_SECONDS = EXPIRED_AT_ONCE_SECONDS
+    expired_at = time.time() + EXPIRED_AT_ONCE_SECONDS
+    presence.join(GROUP, _member("specific.dead!1", "u:2", "ghost"))
+    settings.CHAT_PRESENCE_TTL_SECONDS = 30
+    presence.join(GROUP, _member("specific.alive!1"))
+    await asyncio.sleep(max(expired_at - time.time(), 0))  # a moment, if that
+    # Only the living socket's process refreshes: the ghost's process died.
+    alive = [(GROUP, _member("specific.alive!1"))]
+    assert await presence.refresh(loop_redis, alive) == {GROUP}
+    assert (await presence.snapshot_from_loop(loop_redis, GROUP))["names"] == ["alice"]
 
 
-def test_refreshed_entries_outlive_their_ttl(clean_presence, settings):
-    settings.CHAT_PRESENCE_TTL_SECONDS = GHOST_SECONDS
-    presence.join(GROUP, "specific.alive!1", "alice")
-    for _ in range(3):
-        time.sleep(GHOST_SECONDS / 2)
-        assert presence.refresh_local_members() == set()
-    assert presence.snapshot(GROUP)["count"] == 1
+async def test_a_refresh_extends_an_entry_past_its_ttl(loop_redis, settings):
+    settings.CHAT_PRESENCE_TTL_SECONDS = EXPIRED_AT_ONCE_SECONDS
+    expired_at = time.time() + EXPIRED_AT_ONCE_SECONDS
+    presence.join(GROUP, _member("specific.alive!1"))
+    settings.CHAT_PRESENCE_TTL_SECONDS = 30
+    await asyncio.sleep(max(expired_at - time.time(), 0))
+    assert await presence.refresh(loop_redis, [(GROUP, _member("specific.alive!1"))]) == set()
+    assert (await presence.snapshot_from_loop(loop_redis, GROUP))["count"] == 1
 
 
 def test_unreachable_redis_leaves_presence_empty_and_does_not_raise(settings, caplog):
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    presence.join(GROUP, "specific.a!1", "alice")
+    presence.join(GROUP, _member("specific.a!1"))
     assert presence.snapshot(GROUP)["count"] == 0
-    presence.leave(GROUP, "specific.a!1")
+    presence.leave(GROUP, _member("specific.a!1"))
     assert "presence" in caplog.text
 
 
@@ -116,13 +140,6 @@ def own_redis(settings, transactional_db):
     settings.CHANNEL_LAYERS = redis_channel_layers(server.url, settings.CHAT_CHANNEL_LAYER)
     yield server
     server.stop()
-    for group, channel_name in list(presence._local_members):
-        presence.leave(group, channel_name)
-
-
-async def _refresh_as_the_refresher_thread_does():
-    """presence.refresh_once on a plain thread, with no event loop of its own, as in production."""
-    await asyncio.get_running_loop().run_in_executor(None, presence.refresh_once)
 
 
 async def _texts_until_closed(socket, seconds: float) -> tuple[list[str], int | None]:
@@ -147,7 +164,7 @@ async def test_sockets_left_open_across_a_redis_restart_hear_again_and_catch_up(
     for socket in (first, second):
         assert (await socket.connect())[0]
     await frames_within(second, 0.3)
-    await asyncio.get_running_loop().run_in_executor(None, presence.redis_restarted)
+    await upkeep.run_round()  # it learns Redis's run_id
 
     own_redis.stop()
     # Stored while the broadcast could not go out.
@@ -155,8 +172,8 @@ async def test_sockets_left_open_across_a_redis_restart_hear_again_and_catch_up(
         "lobby", services.Author("alice"), "sent during the outage", None
     )
     own_redis.start()  # same port, empty: no group has any member now
-    # This round, or the background refresher's if it comes first, sees the new run_id.
-    await _refresh_as_the_refresher_thread_does()
+    # This round sees the new run_id.
+    await upkeep.run_round()
 
     # Someone joins after the recovery and speaks. Every socket still open must hear both
     # the catch-up and the new message; a socket may instead have been closed with the
@@ -182,14 +199,14 @@ async def test_long_lived_sockets_keep_receiving_past_group_expiry(own_redis, se
     await frames_within(listener, 0.3)
 
     await asyncio.sleep(1.5)  # both memberships expired in channels_redis's eyes
-    await _refresh_as_the_refresher_thread_does()
+    await upkeep.run_round()
     await sender.send_json_to({"message": "still here"})
     assert "still here" in [frame["message"] for frame in await _chat_frames(listener, 1.0)]
     await asyncio.gather(sender.disconnect(), listener.disconnect())
 
 
 async def test_without_the_refresh_an_expired_member_would_be_deaf(own_redis, settings):
-    # No refresh round runs here: the refresher's timer is off in-process (root conftest).
+    # No upkeep round runs here: their timer is off in-process (root conftest).
     settings.CHANNEL_LAYERS = redis_channel_layers(own_redis.url, "redis", group_expiry=1)
     sender, listener = communicator("lobby"), communicator("lobby")
     for socket in (sender, listener):
@@ -227,11 +244,12 @@ async def test_connecting_while_redis_is_down_is_refused_without_a_traceback(own
 
 
 async def test_a_socket_closed_while_redis_is_down_is_forgotten_by_its_process(own_redis):
-    before = set(presence._local_members)
     socket = communicator("lobby")
     assert (await socket.connect())[0]
     await frames_within(socket, 0.3)
-    assert len(set(presence._local_members) - before) == 1
+    await upkeep.run_round()  # it learns Redis's run_id
     own_redis.stop()
     await socket.disconnect()
-    assert set(presence._local_members) - before == set()
+    own_redis.start()  # empty: each process re-adds the presence of the sockets it has
+    await upkeep.run_round()
+    assert (await database_sync_to_async(presence.snapshot)(GROUP))["count"] == 0

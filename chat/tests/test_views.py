@@ -584,14 +584,16 @@ def _chat(room_name: str, *texts: str, author: str = "seeder"):
         services.store_message(room_name, services.Author(author), text, None)
 
 
-def _present(room_name: str, *labels: str) -> list[tuple[str, str]]:
-    """Put sockets with these presence labels in a room's presence list in Redis."""
-    sockets = [
-        (rooms.group_name(room_name), f"test.channel!{room_name}{n}") for n in range(len(labels))
+def _present(room_name: str, *people: tuple[str, str]) -> list[tuple[str, str]]:
+    """Put one socket per (person key, label) in a room's presence list in Redis."""
+    group = rooms.group_name(room_name)
+    entries = [
+        (group, presence.member(f"test.channel!{room_name}{n}", person, label))
+        for n, (person, label) in enumerate(people)
     ]
-    for (group, channel_name), label in zip(sockets, labels, strict=True):
-        presence.join(group, channel_name, label)
-    return sockets
+    for group, member in entries:
+        presence.join(group, member)
+    return entries
 
 
 @pytest.fixture
@@ -600,11 +602,13 @@ def rooms_with_activity(redis_channel_layer):
     _chat("old", "one")
     _chat("mid", "one", "two")
     _chat("new", "one", "two", "three")
-    sockets = _present("new", "alice", "Zoë (guest)", "alice")  # alice has two tabs open
-    sockets += _present("old", "bob")
+    alice = ("u:1", "alice")
+    # alice has two tabs open: she counts once.
+    entries = _present("new", alice, ("g:1f", "Zoë (guest)"), alice)
+    entries += _present("old", ("u:2", "bob"))
     yield
-    for group, channel_name in sockets:
-        presence.leave(group, channel_name)
+    for group, member in entries:
+        presence.leave(group, member)
 
 
 def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(

@@ -499,7 +499,8 @@
             return item;
         });
         presenceList.replaceChildren(...items);
-        presenceHeading.textContent = 'Here now (' + items.length + ')';
+        // People, not sockets or names: two guests who chose one name count as two.
+        presenceHeading.textContent = 'Here now (' + presence.count + ')';
         presenceSection.hidden = false;
     }
 

@@ -1,0 +1,303 @@
+"""RoomDelivery without sockets: a manual timer, a fake store, and the frames it sends."""
+
+import json
+import random
+
+import pytest
+
+from chat.delivery import FrameCache, RoomDelivery
+
+REORDER_WAIT = 0.25
+MAX_HELD = 3
+PAGE = 4
+
+
+def event(seq: int) -> dict:
+    return {"type": "chat.message", "message": f"m{seq}", "id": seq}
+
+
+class ManualTimers:
+    """call_later that runs nothing until the test says the time has come."""
+
+    def __init__(self):
+        self.armed: list[ManualTimers.Timer] = []
+
+    class Timer:
+        def __init__(self, callback):
+            self.callback = callback
+            self.cancelled = False
+
+        def cancel(self):
+            self.cancelled = True
+
+    def call_later(self, delay: float, callback):
+        assert delay == REORDER_WAIT
+        timer = self.Timer(callback)
+        self.armed.append(timer)
+        return timer
+
+    def fire(self):
+        """The wait is over: run every timer armed and not cancelled."""
+        armed, self.armed = self.armed, []
+        for timer in armed:
+            if not timer.cancelled:
+                timer.callback()
+
+    @property
+    def pending(self) -> int:
+        return sum(not timer.cancelled for timer in self.armed)
+
+
+class FakeStore:
+    """The room's stored messages; reads wait until the test answers them."""
+
+    def __init__(self, stored: int = 0):
+        self.stored = stored
+        self.reads: list[tuple[int, int, bool, object]] = []
+        self.most_at_once = 0
+
+    def store(self, count: int = 1) -> list[dict]:
+        """Store `count` more messages; their events, as the layer would carry them."""
+        first = self.stored + 1
+        self.stored += count
+        return [event(seq) for seq in range(first, self.stored + 1)]
+
+    def read(self, after: int, limit: int, in_turn: bool, on_done):
+        self.reads.append((after, limit, in_turn, on_done))
+        self.most_at_once = max(self.most_at_once, len(self.reads))
+
+    def answer(self, index: int = 0):
+        """The read's query runs now, on what is stored now; its reply comes back."""
+        after, limit, _, on_done = self.reads.pop(index)
+        on_done([event(seq) for seq in range(after + 1, min(after + limit, self.stored) + 1)])
+
+
+class Socket:
+    """A RoomDelivery with its fakes, and what it sent."""
+
+    def __init__(self, stored: int = 0, last: int | None = None, catch_up: bool = False):
+        self.timers = ManualTimers()
+        self.store = FakeStore(stored)
+        self.frames: list[dict] = []
+        self.delivery = RoomDelivery(
+            lambda frame: self.frames.append(json.loads(frame)),
+            self.store.read,
+            self.timers.call_later,
+            reorder_wait=REORDER_WAIT,
+            max_held=MAX_HELD,
+            page_size=PAGE,
+            frame_cache=FrameCache(),
+        )
+        self.delivery.start(stored if last is None else last, catch_up)
+
+    @property
+    def ids(self) -> list[int]:
+        return [frame["id"] for frame in self.frames if "id" in frame]
+
+    def take(self) -> list[dict]:
+        frames, self.frames = self.frames, []
+        return frames
+
+
+def test_messages_in_order_are_sent_at_once_with_no_read_and_no_timer():
+    socket = Socket()
+    for message in socket.store.store(3):
+        socket.delivery.message(message)
+    assert socket.frames == [{"message": f"m{n}", "id": n} for n in (1, 2, 3)]
+    assert socket.store.reads == [] and socket.timers.pending == 0
+
+
+def test_a_message_that_overtook_another_waits_for_it_and_the_timer_is_let_go():
+    socket = Socket()
+    first, second = socket.store.store(2)
+    socket.delivery.message(second)
+    assert socket.ids == [] and socket.timers.pending == 1
+    socket.delivery.message(first)
+    assert socket.ids == [1, 2]
+    assert socket.timers.pending == 0 and socket.store.reads == []
+
+
+def test_a_duplicate_is_sent_once():
+    socket = Socket()
+    (message,) = socket.store.store()
+    socket.delivery.message(message)
+    socket.delivery.message(message)
+    assert socket.ids == [1]
+
+
+def test_when_the_wait_is_over_one_read_fills_the_gap_then_the_held_are_sent():
+    socket = Socket()
+    _, second, third = socket.store.store(3)  # the layer dropped the first
+    socket.delivery.message(second)
+    socket.delivery.message(third)
+    socket.timers.fire()
+    assert [(after, limit) for after, limit, *_ in socket.store.reads] == [(0, 3)]
+    socket.store.answer()
+    assert socket.ids == [1, 2, 3]
+    assert socket.timers.pending == 0
+
+
+def test_too_many_held_messages_fill_the_gap_without_waiting():
+    socket = Socket()
+    _, *later = socket.store.store(MAX_HELD + 1)
+    for message in later:
+        socket.delivery.message(message)
+    assert len(socket.store.reads) == 1  # before the timer
+    socket.store.answer()
+    assert socket.ids == list(range(1, MAX_HELD + 2))
+
+
+def test_the_gap_timer_live_messages_and_a_pending_fill_interleave_in_order_once_each():
+    """The spike's bug: a gap fill applied beside live delivery sent 15-92 out of order."""
+    socket = Socket()
+    _, second = socket.store.store(2)  # 1 is dropped by the layer
+    socket.delivery.message(second)
+    socket.timers.fire()  # the wait is over: a fill of 1..2 is on its way
+    assert len(socket.store.reads) == 1
+    # Meanwhile the room goes on: 3 and 4 arrive live, and 1 turns up late after all.
+    third, fourth = socket.store.store(2)
+    socket.delivery.message(third)
+    socket.delivery.message(event(1))
+    socket.delivery.message(fourth)
+    socket.timers.fire()  # a timer that fires now starts no second read
+    assert socket.ids == [] and len(socket.store.reads) == 1
+    (fifth,) = socket.store.store()
+    socket.store.answer()  # its query saw 1..5 stored; it was asked for 1..2
+    socket.delivery.message(fifth)
+    assert socket.ids == [1, 2, 3, 4, 5]
+    assert socket.store.most_at_once == 1
+    assert socket.store.reads == [] and socket.timers.pending == 0
+
+
+def test_a_gap_still_open_after_a_fill_waits_again_then_fills_again():
+    socket = Socket()
+    _, second, _, fourth = socket.store.store(4)  # 1 and 3 dropped
+    socket.delivery.message(second)
+    socket.timers.fire()
+    socket.delivery.message(fourth)  # held while the fill is on its way
+    socket.store.answer()  # brings 1..2: 3 is still missing
+    assert socket.ids == [1, 2] and socket.timers.pending == 1
+    socket.timers.fire()
+    socket.store.answer()
+    assert socket.ids == [1, 2, 3, 4]
+
+
+def test_a_long_gap_is_paged_and_live_messages_are_left_to_the_pages():
+    socket = Socket()
+    *_, last = socket.store.store(PAGE + 3)  # all but the last dropped
+    socket.delivery.message(last)
+    socket.timers.fire()
+    socket.store.answer()
+    assert socket.take()[-1] == {"catch_up": {"more": True, "next_after": PAGE}}
+    assert socket.delivery.take_announced_page()
+    (live,) = socket.store.store()
+    socket.delivery.message(live)  # the next page reads it
+    socket.delivery.page_requested(PAGE)
+    assert socket.store.reads[0][2] is True  # a page waits its turn
+    socket.store.answer()
+    frames = socket.take()
+    assert [frame["id"] for frame in frames[:-1]] == list(range(PAGE + 1, PAGE + 5))
+    assert frames[-1] == {"catch_up": {"more": False, "next_after": PAGE + 4}}
+    assert not socket.delivery.take_announced_page()
+
+
+def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_sent():
+    socket = Socket(stored=PAGE * 2, last=0, catch_up=True)
+    socket.delivery.message(event(PAGE * 2 + 1))  # arrives before the first page: held
+    socket.store.store()
+    socket.store.answer()
+    assert socket.ids == list(range(1, PAGE + 1))
+    socket.take()
+    socket.delivery.page_requested(PAGE + 1)
+    assert socket.take() == [
+        {
+            "error": {
+                "code": "invalid_catch_up",
+                "detail": f'"after" is past the last message sent here ({PAGE}): '
+                'ask with the "next_after" you were given.',
+            }
+        }
+    ]
+    socket.delivery.page_requested(PAGE)
+    socket.store.answer()
+    assert socket.ids == list(range(PAGE + 1, PAGE * 2 + 1))
+    assert socket.take()[-1] == {"catch_up": {"more": True, "next_after": PAGE * 2}}
+    socket.delivery.page_requested(PAGE * 2)
+    socket.store.answer()
+    assert socket.take() == [
+        {"message": f"m{PAGE * 2 + 1}", "id": PAGE * 2 + 1},
+        {"catch_up": {"more": False, "next_after": PAGE * 2 + 1}},
+    ]
+
+
+def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
+    socket = Socket()
+    _, second = socket.store.store(2)
+    socket.delivery.message(second)
+    socket.timers.fire()
+    socket.delivery.resync()
+    assert len(socket.store.reads) == 1
+    socket.store.store(2)  # stored, their broadcasts lost
+    socket.store.answer()
+    assert socket.ids == [1, 2] and len(socket.store.reads) == 1
+    socket.store.answer()
+    assert socket.ids == [1, 2, 3, 4]
+
+
+def test_a_stopped_delivery_sends_nothing_more():
+    socket = Socket()
+    _, second = socket.store.store(2)
+    socket.delivery.message(second)
+    socket.timers.fire()
+    socket.delivery.stop()
+    socket.store.answer()
+    socket.delivery.message(event(3))
+    assert socket.frames == []
+
+
+def test_a_frame_is_encoded_once_for_every_socket_and_again_for_other_content():
+    cache = FrameCache(size=2)
+    first = cache.frame(event(1))
+    assert cache.frame(dict(event(1))) is first
+    assert json.loads(cache.frame({**event(1), "message": "room made again"}))["message"] == (
+        "room made again"
+    )
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_any_interleaving_of_drops_reorders_timers_and_replies_sends_every_id_once_in_order(
+    seed,
+):
+    rng = random.Random(seed)
+    socket = Socket()
+    on_the_way: list[dict] = []
+    for _ in range(60):
+        step = rng.random()
+        if step < 0.35:
+            for message in socket.store.store(rng.randint(1, 3)):
+                if rng.random() > 0.2:  # the layer drops one in five
+                    on_the_way.append(message)
+        elif step < 0.65 and on_the_way:  # the layer delivers any of them next
+            socket.delivery.message(on_the_way.pop(rng.randrange(len(on_the_way))))
+        elif step < 0.8:
+            socket.timers.fire()
+        elif step < 0.9 and socket.store.reads:
+            socket.store.answer()
+        elif socket.delivery.take_announced_page():
+            socket.delivery.page_requested(socket.delivery.last)
+        assert socket.store.most_at_once <= 1
+    for message in on_the_way:
+        socket.delivery.message(message)
+    while socket.store.reads or socket.timers.pending or socket.delivery.page_announced:
+        socket.timers.fire()
+        if socket.store.reads:
+            socket.store.answer()
+        if socket.delivery.take_announced_page():
+            socket.delivery.page_requested(socket.delivery.last)
+    socket.delivery.resync()  # the upkeep's round, for a dropped last message
+    while socket.store.reads or socket.delivery.take_announced_page():
+        if socket.store.reads:
+            socket.store.answer()
+        else:
+            socket.delivery.page_requested(socket.delivery.last)
+    assert socket.ids == list(range(1, socket.store.stored + 1))

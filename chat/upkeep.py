@@ -1,0 +1,224 @@
+"""Each process's upkeep of its sockets: one asyncio task on the server's event loop.
+
+It starts with the first socket of the loop (socket_joined) and, every
+CHAT_PRESENCE_REFRESH_SECONDS, runs a round (run_round):
+- notices a Redis restart (its run_id changed): on the redis layer, whose groups live in
+  Redis and are gone, it adds every socket to its groups again, and it has every socket
+  catch up from the database, since broadcasts were lost meanwhile. On the redis layer it
+  also re-adds them every half CHAT_GROUP_EXPIRY_SECONDS, before channels_redis forgets
+  long-lived members;
+- refreshes this process's presence entries (chat.presence), and announces the rooms in
+  which another process's dead sockets expired;
+- has any socket that fell behind its room's stored messages catch up (a broadcast the
+  layer dropped is refilled when the next message arrives; this catches the last one).
+Between rounds it sends presence announcements: joins and leaves within
+CHAT_PRESENCE_COALESCE_SECONDS make one announcement per room, not one each (a room of 200
+filling up at once would otherwise be sent 200 x 200 presence frames).
+
+Everything here runs on the loop, as the sockets' RoomDelivery does, so it reads and
+drives their delivery directly: no thread, no lock, no message through the layer. Its
+Redis calls use redis.asyncio, its layer calls the layer's async API. Whatever a round
+meets (Redis down...) is logged, and the next round tried.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from typing import Protocol
+
+import redis.asyncio
+from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import pipeline, presence
+from .delivery import RoomDelivery
+from .models import Room
+
+logger = logging.getLogger(__name__)
+
+
+class LocalSocket(Protocol):
+    """What the upkeep needs of a socket (chat.consumers.ChatConsumer)."""
+
+    channel_name: str
+    room_name: str
+    room_group_name: str
+    joined_groups: tuple[str, ...]
+    presence_member: str
+    delivery: RoomDelivery
+
+
+def socket_joined(socket: LocalSocket):
+    """On the loop: keep this socket's presence fresh, and tell its room it came."""
+    _of_running_loop().joined(socket)
+
+
+def socket_left(socket: LocalSocket):
+    """On the loop: forget this socket, and tell its room it went."""
+    _of_running_loop().left(socket)
+
+
+async def run_round() -> int:
+    """One round of this loop's upkeep, now; returns how many sockets it had catch up."""
+    return await _of_running_loop().run_round()
+
+
+_upkeeps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _of_running_loop() -> "_Upkeep":
+    loop = asyncio.get_running_loop()
+    if loop not in _upkeeps:
+        _upkeeps[loop] = _Upkeep()
+    return _upkeeps[loop]
+
+
+def _latest_seqs(room_names: set[str]) -> dict[str, int]:
+    """On the sync thread: each room's newest stored message id."""
+    return dict(Room.objects.filter(name__in=room_names).values_list("name", "last_seq"))
+
+
+class _Upkeep:
+    """One loop's sockets, its pending announcements, and the task that serves them."""
+
+    def __init__(self):
+        self.sockets: dict[str, LocalSocket] = {}  # by channel name
+        self.to_announce: set[str] = set()
+        self.announcements_waiting = asyncio.Event()
+        self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
+        self.run_ids: tuple[str, ...] | None = None
+        self.groups_refreshed_at = time.monotonic()
+        # Each room's newest stored id at the previous round: a message gets one whole
+        # round to arrive live before its socket counts as behind.
+        self.latest_a_round_ago: dict[str, int] = {}
+        self.task = pipeline.start_logged_task(self._run_forever())
+
+    def joined(self, socket: LocalSocket):
+        self.sockets[socket.channel_name] = socket
+        self.announce(socket.room_group_name)
+
+    def left(self, socket: LocalSocket):
+        self.sockets.pop(socket.channel_name, None)
+        self.announce(socket.room_group_name)
+
+    def announce(self, group: str):
+        self.to_announce.add(group)
+        self.announcements_waiting.set()
+
+    async def _run_forever(self):
+        next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
+        task = asyncio.current_task()
+        # Until cancelled, even when the cancellation was swallowed: in Python 3.11 a
+        # timeout that ends as it comes (wait_for, or redis-py's socket timeout, logged
+        # as a failed step) can turn it into a TimeoutError, and the loop would go on.
+        while not task.cancelling():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(next_round - time.monotonic(), 0)):
+                    await self.announcements_waiting.wait()
+            if self.announcements_waiting.is_set():
+                await asyncio.sleep(settings.CHAT_PRESENCE_COALESCE_SECONDS)  # let a burst gather
+                self.announcements_waiting.clear()
+                await self._send_announcements()
+            if time.monotonic() >= next_round:
+                await self.run_round()
+                next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
+        raise asyncio.CancelledError
+
+    def _client(self, url: str | None = None) -> redis.asyncio.Redis:
+        url = url or settings.REDIS_URL
+        if url not in self.clients:
+            self.clients[url] = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=presence.REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=presence.REDIS_TIMEOUT_SECONDS,
+                # After a restart the pooled connection is dead: one retry on a new one.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[redis.exceptions.ConnectionError],
+            )
+        return self.clients[url]
+
+    async def _send_announcements(self):
+        groups = sorted(self.to_announce)
+        self.to_announce.clear()
+        layer = get_channel_layer()
+        for group in groups:
+            try:
+                event = await presence.snapshot_from_loop(self._client(), group)
+                await layer.group_send(group, event)
+            except Exception as error:
+                logger.warning("presence of %s not announced: %r", group, error)
+
+    async def run_round(self) -> int:
+        resynced = 0
+        try:
+            resynced += await self._keep_membership()
+        except Exception as error:
+            logger.warning("upkeep: group membership not checked: %r", error)
+        try:
+            members = [
+                (socket.room_group_name, socket.presence_member) for socket in self.sockets.values()
+            ]
+            for group in await presence.refresh(self._client(), members):
+                self.announce(group)
+        except Exception as error:
+            logger.warning("upkeep: presence not refreshed: %r", error)
+        try:
+            resynced += await self._resync_lagging()
+        except Exception as error:
+            logger.warning("upkeep: lagging sockets not checked: %r", error)
+        return resynced
+
+    async def _keep_membership(self) -> int:
+        """After a Redis restart, rejoin and catch every socket up; at half expiry, rejoin."""
+        run_ids = tuple(
+            [(await self._client(url).info("server"))["run_id"] for url in settings.REDIS_URLS]
+        )
+        restarted = self.run_ids is not None and run_ids != self.run_ids
+        self.run_ids = run_ids
+        if restarted:
+            logger.warning("Redis restarted: rejoining %d sockets", len(self.sockets))
+            await self._rejoin_groups()
+            for socket in list(self.sockets.values()):
+                socket.delivery.resync()
+                self.announce(socket.room_group_name)
+            return len(self.sockets)
+        if time.monotonic() - self.groups_refreshed_at > settings.CHAT_GROUP_EXPIRY_SECONDS / 2:
+            await self._rejoin_groups()
+        return 0
+
+    async def _rejoin_groups(self):
+        """Add every socket to its groups again, where groups live in Redis.
+
+        RedisChannelLayer keeps them there: they expire, and a restart empties them. The
+        pubsub layer keeps them in this process, as subscriptions that redis-py renews
+        when it reconnects.
+        """
+        layer = get_channel_layer()
+        if not isinstance(layer, RedisPubSubChannelLayer):
+            for socket in list(self.sockets.values()):
+                for group in socket.joined_groups:
+                    await layer.group_add(group, socket.channel_name)
+        self.groups_refreshed_at = time.monotonic()
+
+    async def _resync_lagging(self) -> int:
+        """Have every socket that missed a message stored a round ago catch up; how many.
+
+        Under load most sockets are a few messages behind their room at any instant, and
+        resyncing them all would cost a query each for nothing.
+        """
+        sockets = list(self.sockets.values())
+        latest = await pipeline.call_batched(_latest_seqs, {s.room_name for s in sockets})
+        lagging = [
+            socket
+            for socket in sockets
+            if socket.delivery.last < self.latest_a_round_ago.get(socket.room_name, 0)
+        ]
+        self.latest_a_round_ago = latest
+        for socket in lagging:
+            socket.delivery.resync()
+        return len(lagging)
