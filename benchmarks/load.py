@@ -46,6 +46,7 @@ SETTLE_SECONDS = 3.0  # quiet time after each step, so its backlog lands in its 
 DRAIN_POLL_SECONDS = 0.5
 IDLE_ROOM_SIZE = 10
 MAX_FRAME_BYTES = 2**20
+APPLICATION = "mysite.asgi:application"
 REFERENCE_APPLICATION = "benchmarks.reference:application"
 
 
@@ -262,7 +263,7 @@ def plot(rows: list[dict], path: Path, title: str):
     figure.savefig(path, dpi=110)
 
 
-async def run_load(args, application: str = "mysite.asgi:application") -> list[dict]:
+async def run_load(args, application: str = APPLICATION) -> list[dict]:
     stack = start_stack(args.processes, args.layer, application=application)
     try:
         load = Load(stack, args.rooms, args.clients)
@@ -283,9 +284,9 @@ async def run_load(args, application: str = "mysite.asgi:application") -> list[d
         stack.stop()
 
 
-async def run_idle(args) -> dict:
+async def run_idle(args, application: str | None = None) -> dict:
     """Open `args.idle` sockets that never send; report server memory per socket."""
-    stack = start_stack(args.processes, args.layer)
+    stack = start_stack(args.processes, args.layer, application=application or APPLICATION)
     try:
         load = Load(stack, math.ceil(args.idle / IDLE_ROOM_SIZE), IDLE_ROOM_SIZE)
         await asyncio.sleep(2)
@@ -349,12 +350,24 @@ def main(argv: list[str]) -> int:
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
     )
-    for mode, run in (("soak", run_soak), ("idle", run_idle)):
-        if getattr(args, mode):
-            result = asyncio.run(run(args))
-            setup = {"processes": args.processes, "layer": args.layer}
-            print(json.dumps({"bench": mode, **setup, **result}))
-            return 0
+    setup = {"processes": args.processes, "layer": args.layer}
+    if args.soak:
+        result = asyncio.run(run_soak(args))
+        print(json.dumps({"bench": "soak", **setup, **result}))
+        return 0
+    if args.idle:
+        result = asyncio.run(run_idle(args))
+        print(json.dumps({"bench": "idle", **setup, **result}))
+        if args.reference:
+            reference_args = argparse.Namespace(**{**vars(args), "layer": "pubsub"})
+            reference = asyncio.run(run_idle(reference_args, REFERENCE_APPLICATION))
+            print(json.dumps({"bench": "idle-reference", "processes": args.processes,
+                              "layer": "pubsub", **reference}))  # fmt: skip
+            for figure in ("kb_per_socket", "connect_seconds"):
+                ratio = result[figure] / reference[figure] if reference[figure] else math.nan
+                print(f"{figure}: ours {result[figure]}, reference {reference[figure]}, "
+                      f"ratio {ratio:.2f}")  # fmt: skip
+        return 0
     title = f"{args.rooms} rooms x {args.clients} clients, {args.processes} processes, {args.layer}"
     print(f"{title} layer, {args.step_seconds:g} s steps")
     rows = asyncio.run(run_load(args))

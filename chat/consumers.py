@@ -80,6 +80,8 @@ class ChatConsumer(WebsocketConsumer):
                 # Shielded: a second cancellation must not skip it, or this process would
                 # keep the dead socket in its room's presence list for ever.
                 await asyncio.shield(database_sync_to_async(self.leave_room)())
+            if self.joined_groups:
+                await asyncio.shield(self._discard_from_groups())
             # Then the channel itself: channels_redis alone would keep the channel of a
             # socket that left with a message on its way to it (mysite.channel_layers).
             if hasattr(self, "channel_name") and hasattr(self.channel_layer, "clean_channel"):
@@ -168,8 +170,7 @@ class ChatConsumer(WebsocketConsumer):
         self._send_backlog(after)
         label = identity.presence_label(self.author)
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
-        presence.join(self.room_group_name, self.presence_member)
-        pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)
+        pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
 
     def disconnect(self, close_code):
         """Leave the room's group and its presence list."""
@@ -184,15 +185,10 @@ class ChatConsumer(WebsocketConsumer):
         if self.room_group_name is None or self.left_room:
             return
         self.left_room = True
-        # First, and neither raises: this process must forget the socket even when Redis
-        # is down, or its upkeep would keep re-adding a dead channel.
-        presence.leave(self.room_group_name, self.presence_member)
-        pipeline.hand_to_loop(self.loop, self._left_on_loop)  # then announced, without it
-        try:
-            async_to_sync(self._discard_from_groups)()
-        except OUTAGE_ERRORS as error:
-            # Redis forgets the member on its own: group_expiry, or the restart itself.
-            logger.warning("group_discard failed, Redis unreachable: %r", error)
+        # On the loop, first: the upkeep forgets the socket even when Redis is down (or it
+        # would keep refreshing a dead socket's presence), then records and announces it.
+        pipeline.hand_to_loop(self.loop, self._left_on_loop)
+        # The groups are left by __call__, on the loop: this thread waits for no Redis.
 
     def _left_on_loop(self):
         self._disarm_session_timer()  # or the timer would keep this consumer for weeks
@@ -201,12 +197,18 @@ class ChatConsumer(WebsocketConsumer):
         upkeep.socket_left(self)
 
     async def _add_to_groups(self):
-        for group in self.joined_groups:
-            await self.channel_layer.group_add(group, self.channel_name)
+        layer = self.channel_layer
+        await asyncio.gather(*(layer.group_add(g, self.channel_name) for g in self.joined_groups))
 
     async def _discard_from_groups(self):
-        for group in self.joined_groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        layer = self.channel_layer
+        try:
+            await asyncio.gather(
+                *(layer.group_discard(g, self.channel_name) for g in self.joined_groups)
+            )
+        except OUTAGE_ERRORS as error:
+            # Redis forgets the member on its own: group_expiry, or the restart itself.
+            logger.warning("group_discard failed, Redis unreachable: %r", error)
 
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""

@@ -67,6 +67,13 @@ frames = FrameCache()
 class RoomDelivery:
     """Deliver one socket's room messages in order, each once; fill gaps and page catch-ups."""
 
+    # One per socket: slots instead of a __dict__ keep an idle socket's cost down.
+    __slots__ = (
+        "_send", "_read", "_call_later", "reorder_wait", "max_held", "page_size", "_frames",
+        "last", "started", "stopped", "held", "timer", "reading", "resync_wanted",
+        "page_asked", "catching_up", "page_announced",
+    )  # fmt: skip
+
     def __init__(
         self,
         send: Callable[[str], None],

@@ -6,8 +6,10 @@ that dies stops refreshing, and its entries expire within CHAT_PRESENCE_TTL_SECO
 which point a surviving process that notices tells the room. Presence is best effort:
 when Redis is unreachable it is logged and left out, and chatting goes on.
 
-join, leave and snapshot are for the sync thread; refresh and snapshot_from_loop for
-the event loop (chat.upkeep), with that loop's asyncio client.
+snapshot and snapshots are for the sync thread (the views); apply and refresh for the
+event loop (chat.upkeep), with that loop's asyncio client: a socket's join and leave go
+there, pipelined with the other sockets' and the announcements they cause, so the sync
+thread never waits for Redis on a socket's behalf.
 """
 
 import logging
@@ -56,25 +58,6 @@ def _key_ttl() -> int:
     return math.ceil(2 * settings.CHAT_PRESENCE_TTL_SECONDS)
 
 
-def join(group: str, member: str):
-    """Record a socket's entry (see member) in its room; chat.upkeep keeps it fresh."""
-    try:
-        pipe = _redis().pipeline()
-        pipe.zadd(_key(group), {member: _expiry()})
-        pipe.expire(_key(group), _key_ttl())
-        pipe.execute()
-    except redis.RedisError as error:
-        logger.warning("presence join not recorded: %s", error)
-
-
-def leave(group: str, member: str):
-    """Forget a socket's entry; never raises."""
-    try:
-        _redis().zrem(_key(group), member)
-    except redis.RedisError as error:
-        logger.warning("presence leave not recorded: %s", error)
-
-
 def _presence_event(members: list[bytes]) -> dict:
     """People counted once however many sockets they have; their labels, sorted."""
     people, labels = set(), set()
@@ -108,13 +91,38 @@ def snapshots(groups: list[str]) -> dict[str, dict]:
     }
 
 
-async def snapshot_from_loop(client: redis.asyncio.Redis, group: str) -> dict:
-    """snapshot, on the event loop with its client; raises when Redis does not answer."""
-    pipe = client.pipeline()
-    pipe.zremrangebyscore(_key(group), "-inf", time.time())
-    pipe.zrange(_key(group), 0, -1)
-    _, members = await pipe.execute()
-    return _presence_event(members)
+async def apply(
+    client: redis.asyncio.Redis,
+    joins: Iterable[tuple[str, str]],
+    leaves: Iterable[tuple[str, str]],
+    groups: Iterable[str],
+) -> dict[str, dict]:
+    """Record the (group, member) joins, then the leaves, then read each group's presence
+    event: one round trip for them all, on the loop with its client; raises when Redis
+    does not answer.
+
+    A socket that joined and left since the last call has its join and its leave here, in
+    that order, and so leaves no entry.
+    """
+    pipe = client.pipeline(transaction=False)
+    by_group: dict[str, dict[str, float]] = {}
+    for group, entry in joins:
+        by_group.setdefault(group, {})[entry] = _expiry()
+    for group, entries in by_group.items():
+        pipe.zadd(_key(group), entries)
+        pipe.expire(_key(group), _key_ttl())
+    for group, entry in leaves:
+        pipe.zrem(_key(group), entry)
+    groups = list(groups)
+    now = time.time()
+    for group in groups:
+        pipe.zremrangebyscore(_key(group), "-inf", now)
+        pipe.zrange(_key(group), 0, -1)
+    results = await pipe.execute() if len(pipe) else []
+    reads = results[len(results) - 2 * len(groups) :] if groups else []
+    return {
+        group: _presence_event(members) for group, members in zip(groups, reads[1::2], strict=True)
+    }
 
 
 async def refresh(client: redis.asyncio.Redis, entries: Iterable[tuple[str, str]]) -> set[str]:

@@ -54,13 +54,25 @@ class LocalSocket(Protocol):
 
 
 def socket_joined(socket: LocalSocket):
-    """On the loop: keep this socket's presence fresh, and tell its room it came."""
+    """On the loop: record this socket in its room's presence, keep it fresh, and tell the
+    room it came (shortly, with the other joins and leaves: see _Upkeep.flush)."""
     _of_running_loop().joined(socket)
 
 
 def socket_left(socket: LocalSocket):
-    """On the loop: forget this socket, and tell its room it went."""
+    """On the loop: forget this socket, and tell its room it went (shortly, as above)."""
     _of_running_loop().left(socket)
+
+
+async def stop():
+    """On the loop, as the server stops: record the last joins and leaves, and announce them.
+
+    Without it, the sockets that the shutdown closed would stay listed in their rooms for
+    up to CHAT_PRESENCE_TTL_SECONDS.
+    """
+    loop = asyncio.get_running_loop()
+    if loop in _upkeeps:
+        await _upkeeps.pop(loop).stop()
 
 
 async def run_round() -> int:
@@ -88,6 +100,10 @@ class _Upkeep:
 
     def __init__(self):
         self.sockets: dict[str, LocalSocket] = {}  # by channel name
+        # Presence entries (group, member) to add and remove, and rooms to tell, at the
+        # next flush: one Redis round trip for them all.
+        self.to_join: list[tuple[str, str]] = []
+        self.to_leave: list[tuple[str, str]] = []
         self.to_announce: set[str] = set()
         self.announcements_waiting = asyncio.Event()
         self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
@@ -100,10 +116,13 @@ class _Upkeep:
 
     def joined(self, socket: LocalSocket):
         self.sockets[socket.channel_name] = socket
+        self.to_join.append((socket.room_group_name, socket.presence_member))
         self.announce(socket.room_group_name)
 
     def left(self, socket: LocalSocket):
-        self.sockets.pop(socket.channel_name, None)
+        # First: even when Redis is down, no round refreshes a dead socket's entry again.
+        if self.sockets.pop(socket.channel_name, None) is not None:
+            self.to_leave.append((socket.room_group_name, socket.presence_member))
         self.announce(socket.room_group_name)
 
     def announce(self, group: str):
@@ -123,7 +142,7 @@ class _Upkeep:
             if self.announcements_waiting.is_set():
                 await asyncio.sleep(settings.CHAT_PRESENCE_COALESCE_SECONDS)  # let a burst gather
                 self.announcements_waiting.clear()
-                await self._send_announcements()
+                await self.flush()
             if time.monotonic() >= next_round:
                 await self.run_round()
                 next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
@@ -142,16 +161,33 @@ class _Upkeep:
             )
         return self.clients[url]
 
-    async def _send_announcements(self):
+    async def flush(self):
+        """Record the joins and leaves since the last flush, and tell each room they touched
+        who is there now: one Redis round trip, then one group_send per room."""
+        joins, self.to_join = self.to_join, []
+        leaves, self.to_leave = self.to_leave, []
         groups = sorted(self.to_announce)
         self.to_announce.clear()
+        try:
+            events = await presence.apply(self._client(), joins, leaves, groups)
+        except Exception as error:
+            # The next round adds every live socket's entry again; a left one expires.
+            logger.warning("presence of %d rooms not recorded: %r", len(groups), error)
+            return
         layer = get_channel_layer()
-        for group in groups:
+        for group, event in events.items():
             try:
-                event = await presence.snapshot_from_loop(self._client(), group)
                 await layer.group_send(group, event)
             except Exception as error:
                 logger.warning("presence of %s not announced: %r", group, error)
+
+    async def stop(self):
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.flush()
+        for client in self.clients.values():
+            await client.aclose()
 
     async def run_round(self) -> int:
         resynced = 0

@@ -325,6 +325,15 @@ class ChatDaphneServer(Server):
         idle = loop.run_in_executor(SyncToAsync.single_thread_executor, lambda: None)
         await asyncio.wait([idle], timeout=max(deadline - loop.time(), 0.1))
         self.drained = not pending and idle.done()
+        # The sockets' leaves are queued for the upkeep's next flush: send them now, or
+        # their rooms would list them until their entries expire.
+        await asyncio.sleep(0)  # the leaves the sync thread handed over, queued first
+        from chat import upkeep  # once Django is set up; this module is imported before
+
+        try:
+            await asyncio.wait_for(upkeep.stop(), max(deadline - loop.time(), 1.0))
+        except Exception as error:
+            logger.warning("presence not recorded at shutdown: %r", error)
         if not self.drained:
             logger.warning(
                 "%d applications (and the sync thread: %s) still busy %.0f s into shutdown",

@@ -35,61 +35,76 @@ def _member(channel_name: str, person: str = ALICE, label: str = "alice") -> str
     return presence.member(channel_name, person, label)
 
 
-def test_people_are_counted_once_however_many_sockets_they_have(redis_channel_layer):
-    presence.join(GROUP, _member("specific.a!1"))
-    presence.join(GROUP, _member("specific.a!2"))  # alice's second tab
-    presence.join(GROUP, _member("specific.a!3", "g:1f", "bob (guest)"))
-    assert presence.snapshot(GROUP) == {
-        "type": "chat.presence",
-        "count": 2,
-        "names": ["alice", "bob (guest)"],
-    }
+async def _joined(client, *entries: tuple[str, str]) -> dict:
+    """Apply these (group, member) joins, and return GROUP's presence event."""
+    return (await presence.apply(client, entries, (), [GROUP]))[GROUP]
 
 
-def test_two_guests_with_one_name_are_two_people(redis_channel_layer):
-    presence.join(GROUP, _member("specific.a!1", "g:1f", "Anonymous (guest)"))
-    presence.join(GROUP, _member("specific.a!2", "g:2e", "Anonymous (guest)"))
-    assert presence.snapshot(GROUP) == {
-        "type": "chat.presence",
-        "count": 2,
-        "names": ["Anonymous (guest)"],
-    }
+async def test_people_are_counted_once_however_many_sockets_they_have(loop_redis):
+    event = await _joined(
+        loop_redis,
+        (GROUP, _member("specific.a!1")),
+        (GROUP, _member("specific.a!2")),  # alice's second tab
+        (GROUP, _member("specific.a!3", "g:1f", "bob (guest)")),
+    )
+    assert event == {"type": "chat.presence", "count": 2, "names": ["alice", "bob (guest)"]}
+    assert await database_sync_to_async(presence.snapshot)(GROUP) == event
 
 
-def test_left_sockets_are_forgotten(redis_channel_layer):
-    presence.join(GROUP, _member("specific.a!1"))
-    presence.leave(GROUP, _member("specific.a!1"))
-    assert presence.snapshot(GROUP)["count"] == 0
+async def test_two_guests_with_one_name_are_two_people(loop_redis):
+    event = await _joined(
+        loop_redis,
+        (GROUP, _member("specific.a!1", "g:1f", "Anonymous (guest)")),
+        (GROUP, _member("specific.a!2", "g:2e", "Anonymous (guest)")),
+    )
+    assert event == {"type": "chat.presence", "count": 2, "names": ["Anonymous (guest)"]}
+
+
+async def test_a_join_and_a_leave_applied_together_leave_no_entry(loop_redis):
+    entry = (GROUP, _member("specific.a!1"))
+    events = await presence.apply(loop_redis, [entry], [entry], [GROUP])
+    assert events[GROUP]["count"] == 0
+    assert (await _joined(loop_redis))["count"] == 0
+
+
+async def test_left_sockets_are_forgotten(loop_redis):
+    entry = (GROUP, _member("specific.a!1"))
+    assert (await _joined(loop_redis, entry))["count"] == 1
+    assert (await presence.apply(loop_redis, (), [entry], [GROUP]))[GROUP]["count"] == 0
 
 
 async def test_entries_nobody_refreshes_expire_and_their_room_is_reported(loop_redis, settings):
     settings.CHAT_PRESENCE_TTL_SECONDS = EXPIRED_AT_ONCE_SECONDS
     expired_at = time.time() + EXPIRED_AT_ONCE_SECONDS
-    presence.join(GROUP, _member("specific.dead!1", "u:2", "ghost"))
+    await presence.apply(loop_redis, [(GROUP, _member("specific.dead!1", "u:2", "ghost"))], (), ())
     settings.CHAT_PRESENCE_TTL_SECONDS = 30
-    presence.join(GROUP, _member("specific.alive!1"))
+    await presence.apply(loop_redis, [(GROUP, _member("specific.alive!1"))], (), ())
     await asyncio.sleep(max(expired_at - time.time(), 0))  # a moment, if that
     # Only the living socket's process refreshes: the ghost's process died.
     alive = [(GROUP, _member("specific.alive!1"))]
     assert await presence.refresh(loop_redis, alive) == {GROUP}
-    assert (await presence.snapshot_from_loop(loop_redis, GROUP))["names"] == ["alice"]
+    assert (await _joined(loop_redis))["names"] == ["alice"]
 
 
 async def test_a_refresh_extends_an_entry_past_its_ttl(loop_redis, settings):
     settings.CHAT_PRESENCE_TTL_SECONDS = EXPIRED_AT_ONCE_SECONDS
     expired_at = time.time() + EXPIRED_AT_ONCE_SECONDS
-    presence.join(GROUP, _member("specific.alive!1"))
+    await presence.apply(loop_redis, [(GROUP, _member("specific.alive!1"))], (), ())
     settings.CHAT_PRESENCE_TTL_SECONDS = 30
     await asyncio.sleep(max(expired_at - time.time(), 0))
     assert await presence.refresh(loop_redis, [(GROUP, _member("specific.alive!1"))]) == set()
-    assert (await presence.snapshot_from_loop(loop_redis, GROUP))["count"] == 1
+    assert (await _joined(loop_redis))["count"] == 1
 
 
-def test_unreachable_redis_leaves_presence_empty_and_does_not_raise(settings, caplog):
+async def test_unreachable_redis_raises_on_the_loop_and_reads_as_empty_on_the_sync_thread(
+    settings, caplog
+):
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    presence.join(GROUP, _member("specific.a!1"))
-    assert presence.snapshot(GROUP)["count"] == 0
-    presence.leave(GROUP, _member("specific.a!1"))
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    with pytest.raises(redis.ConnectionError):
+        await presence.apply(client, [(GROUP, _member("specific.a!1"))], (), [GROUP])
+    await client.aclose()
+    assert (await database_sync_to_async(presence.snapshot)(GROUP))["count"] == 0
     assert "presence" in caplog.text
 
 

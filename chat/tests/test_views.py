@@ -7,6 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 import redis
+import redis.asyncio
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 from django.template.loader import render_to_string
@@ -591,9 +593,17 @@ def _present(room_name: str, *people: tuple[str, str]) -> list[tuple[str, str]]:
         (group, presence.member(f"test.channel!{room_name}{n}", person, label))
         for n, (person, label) in enumerate(people)
     ]
-    for group, member in entries:
-        presence.join(group, member)
+    _apply_presence(entries, ())
     return entries
+
+
+def _apply_presence(joins, leaves):
+    async def apply():
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        await presence.apply(client, joins, leaves, ())
+        await client.aclose()
+
+    async_to_sync(apply)()
 
 
 @pytest.fixture
@@ -607,8 +617,7 @@ def rooms_with_activity(redis_channel_layer):
     entries = _present("new", alice, ("g:1f", "Zoë (guest)"), alice)
     entries += _present("old", ("u:2", "bob"))
     yield
-    for group, member in entries:
-        presence.leave(group, member)
+    _apply_presence((), entries)
 
 
 def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(
