@@ -13,7 +13,6 @@ import math
 import time
 
 import redis
-from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
@@ -106,6 +105,9 @@ class ChatConsumer(WebsocketConsumer):
         """
         if message["type"] in LOOP_EVENTS:
             getattr(self, get_handler_name(message))(message)
+        elif message["type"] == "websocket.connect":
+            await self._join_groups()
+            await super().dispatch(message)
         elif message["type"] in BATCHED_EVENTS:
             await pipeline.call_batched(getattr(self, get_handler_name(message)), message)
         else:
@@ -153,13 +155,6 @@ class ChatConsumer(WebsocketConsumer):
             max_held=settings.CHAT_REORDER_MAX_HELD,
             page_size=settings.CHAT_CATCH_UP_PAGE,
         )
-        # The room's group, and the groups that close the socket when who it speaks as
-        # changes (chat.revocation): joined in one hop to the loop.
-        self.joined_groups = (
-            self.room_group_name,
-            *revocation.identity_groups(self.scope.get("user"), self.scope.get("session")),
-        )
-        async_to_sync(self._add_to_groups)()
         self._arm_session_timer()
         self.accept()
         try:
@@ -196,7 +191,20 @@ class ChatConsumer(WebsocketConsumer):
             self.delivery.stop()
         upkeep.socket_left(self)
 
-    async def _add_to_groups(self):
+    async def _join_groups(self):
+        """On the loop, before connect: the room's group, and the groups that close the
+        socket when who it speaks as changes (chat.revocation).
+
+        Before connect reads the backlog, so that no message falls between the two; here,
+        so that the sync thread waits for no Redis. The user is the one AuthMiddleware
+        loaded, the session key the cookie's: neither needs the database.
+        """
+        room_name = self.scope["url_route"]["kwargs"]["room_name"]
+        user, session = self.scope.get("user"), self.scope.get("session")
+        self.joined_groups = (
+            rooms.group_name(room_name),
+            *revocation.identity_groups(user, session),
+        )
         layer = self.channel_layer
         await asyncio.gather(*(layer.group_add(g, self.channel_name) for g in self.joined_groups))
 
