@@ -59,8 +59,6 @@ def room(request, room_name):
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
     }
     context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
-    # Who reads the page, so it can mark the reader's own messages; display only, never trust.
-    context["chat_reader"] = {"name": context["author"].name, "guest": context["author"].is_guest}
     # author_for has loaded the session: a cookie naming no stored session has no key now.
     if context["author"].is_guest and request.session.session_key is None:
         # Sockets tell guests apart by session (identity.guest_key): one made now keeps
@@ -68,6 +66,16 @@ def room(request, room_name):
         if refused := limits.http_refusal(limits.GUEST_SESSIONS, request):
             return refused
         request.session.create()
+        context = _with_identity(request, context)  # the guest's key is the new session's
+    author = context["author"]
+    # Who reads the page, so it can mark the reader's own messages (display only, never
+    # trusted), and the sign-in its socket must have (identity.sign_in_of): a socket that
+    # speaks as someone else is closed with 4401 before it stores anything the page sends.
+    context["chat_reader"] = {
+        "name": author.name,
+        "guest": author.is_guest,
+        "sign_in": identity.sign_in_of(author),
+    }
     return render(request, "chat/room.html", context)
 
 

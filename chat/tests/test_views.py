@@ -121,12 +121,20 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
             html.split('<script id="chat-reader" type="application/json">')[1].split("<")[0]
         )
 
-    assert reader(client.get("/chat/lobby/").content.decode()) == {
+    guest = reader(client.get("/chat/lobby/").content.decode())
+    session = client.session  # the page made it: the sign-in is of the guest it names
+    assert guest == {
         "name": "Anonymous",
         "guest": True,
+        "sign_in": identity.sign_in_of(identity.author_for(None, session)),
     }
-    client.force_login(django_user_model.objects.create_user("alice", password="x"))
-    assert reader(client.get("/chat/lobby/").content.decode()) == {"name": "alice", "guest": False}
+    user = django_user_model.objects.create_user("alice", password="x")
+    client.force_login(user)
+    assert reader(client.get("/chat/lobby/").content.decode()) == {
+        "name": "alice",
+        "guest": False,
+        "sign_in": identity.sign_in_of(services.Author("alice", user_id=user.pk)),
+    }
 
 
 def test_room_name_with_markup_is_embedded_as_data_not_code():
