@@ -1265,6 +1265,47 @@ def test_unread_counts_show_in_the_sidebar_and_the_title_for_another_room(browse
     _wait(browser, lambda: _unread(browser, "unread-b") == 0 and browser.title == "unread-b · Chat")
 
 
+# sidebar.js's ROOMS_REFRESH_MS.
+ROOMS_REFRESH_SECONDS = 5
+
+# Records the status of every /api/rooms/ request the page makes, and hides the tab as far
+# as the page can tell (document.hidden, visibilityState, and the visibilitychange event).
+HIDE_THIS_TAB = """
+window.roomPolls = [];
+const realFetch = window.fetch;
+window.fetch = (...args) => realFetch(...args).then((response) => {
+    if (String(args[0]).includes('/api/rooms/?')) { window.roomPolls.push(response.status); }
+    return response;
+});
+Object.defineProperty(document, 'hidden', {configurable: true, get: () => window.fakeHidden});
+Object.defineProperty(document, 'visibilityState', {
+    configurable: true, get: () => (window.fakeHidden ? 'hidden' : 'visible'),
+});
+window.fakeHidden = true;
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+
+SHOW_THIS_TAB = """
+window.fakeHidden = false;
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+
+
+def test_a_hidden_tab_asks_nothing_and_on_coming_back_an_unchanged_list_is_a_304(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "hidden-tab")
+    _post_message(browser, "listed")
+    _wait(browser, lambda: _sidebar_lists(browser, "hidden-tab"), "room not in the sidebar")
+    browser.execute_script(HIDE_THIS_TAB)
+    # Nothing to wait for: the test is that nothing happens for longer than one round.
+    time.sleep(ROOMS_REFRESH_SECONDS * 1.4)
+    assert browser.execute_script("return window.roomPolls") == []
+    browser.execute_script(SHOW_THIS_TAB)
+    _wait(browser, lambda: browser.execute_script("return window.roomPolls") == [304])
+    assert _sidebar_lists(browser, "hidden-tab") and _unread(browser, "hidden-tab") == 0
+
+
 def _sign_up(driver, base_url, username, password):
     driver.get(base_url + "/accounts/signup/")
     driver.find_element(By.ID, "id_username").send_keys(username)
