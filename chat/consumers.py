@@ -142,8 +142,15 @@ class ChatConsumer(WebsocketConsumer):
             self.close()  # before accept: a 403, and the page's backoff keeps growing
             return
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
-        self.room_group_name = rooms.group_name(self.room_name)
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
+        expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
+        if expected is not None and expected != identity.sign_in_of(self.author):
+            # The page was loaded under another sign-in (a logout or login while it was
+            # offline): what it holds to send was typed as someone else. Store nothing.
+            self.accept()
+            self._close_for_identity("the page's sign-in is not the socket's")
+            return
+        self.room_group_name = rooms.group_name(self.room_name)
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
         # Built here, started on the loop once the backlog is queued: from then on only
         # the loop touches it.

@@ -16,8 +16,11 @@ DISPLAY_NAME_MAX_CHARS = 30
 GUEST_DEFAULT_NAME = "Anonymous"
 SESSION_KEY = "display_name"
 GUEST_KEY_SALT = "chat.identity.guest_key"
+SIGN_IN_SALT = "chat.identity.sign_in"
 # 128 bits: no two guests' keys meet by chance; 32 hex digits fit Message.author_key.
 GUEST_KEY_BYTES = 16
+# 64 bits: two sign-ins of one browser never share a tag by chance.
+SIGN_IN_CHARS = 16
 
 
 class InvalidDisplayName(ValueError):
@@ -114,6 +117,16 @@ def guest_key(session) -> str:
         return secrets.token_hex(GUEST_KEY_BYTES)
     digest = salted_hmac(GUEST_KEY_SALT, session_key, algorithm="sha256").hexdigest()
     return digest[: GUEST_KEY_BYTES * 2]
+
+
+def sign_in_of(author: Author) -> str:
+    """An opaque tag of who speaks and under which name, for a page to tell its socket.
+
+    The same person under the same name, in any tab, has the same tag; a logout, a login,
+    a new username or guest name changes it. Keyed, so it tells nothing of the session.
+    """
+    seed = f"{author.key}\0{author.name}"
+    return salted_hmac(SIGN_IN_SALT, seed, algorithm="sha256").hexdigest()[:SIGN_IN_CHARS]
 
 
 def presence_label(author: Author) -> str:

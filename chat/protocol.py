@@ -214,6 +214,15 @@ def parse_after(query_string: bytes) -> int | None:
     return None
 
 
+def parse_sign_in(query_string: bytes) -> str | None:
+    """The sign-in tag (identity.sign_in_of) the page expects its socket to speak as, if any."""
+    for pair in query_string.decode("latin-1").split("&"):
+        name, _, value = pair.partition("=")
+        if name == "as":
+            return value
+    return None
+
+
 def chat_message_event(message: "Message") -> dict[str, Any]:
     """Build the channel-layer event that fans one stored message out to a room's group."""
     return {"type": "chat.message", **message_fields(message)}

@@ -3,10 +3,10 @@
 Channels reads a socket's user and session once, at the handshake (channels#1324), so
 without this a socket keeps speaking as a user who has since logged out. Each socket
 also joins a channel-layer group for its session and, when logged in, one for its user.
-When that identity changes anywhere (logout, a password change, deactivation or
-deletion of the user, a guest's new display name), every process's sockets of that session or
-user receive `chat.identity_changed` and close with CLOSE_IDENTITY_CHANGED (4401); the
-page reconnects at once and speaks as whoever the session now is. A session that
+When that identity changes anywhere (logout, a login in the session, a password change,
+deactivation or deletion of the user, a guest's new display name), every process's sockets
+of that session or user receive `chat.identity_changed` and close with
+CLOSE_IDENTITY_CHANGED (4401); the page reloads as whoever the session now is. A session that
 expires closes its sockets the same way, from a timer in the socket's process.
 """
 
@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.contrib.auth import get_user_model, user_logged_out
+from django.conf import settings
+from django.contrib.auth import get_user_model, user_logged_in, user_logged_out
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
@@ -82,6 +83,15 @@ def close_sockets_of(group: str, reason: str):
             logger.warning("could not close the sockets of %s (%s): %r", group, reason, error)
 
     transaction.on_commit(send)
+
+
+@receiver(user_logged_in, dispatch_uid="chat.revocation.logged_in")
+def _logged_in(sender, request, user, **kwargs):
+    # login() has given the session a new key already; the request's cookie names the old
+    # one, whose sockets (a guest, or another user) no longer speak as this browser does.
+    old_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    if old_key and old_key != request.session.session_key:
+        close_sockets_of(session_group(old_key), "logged in")
 
 
 @receiver(user_logged_out, dispatch_uid="chat.revocation.logged_out")

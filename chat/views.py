@@ -1,10 +1,13 @@
 """HTTP views: choosing a room and a name, the room page, sign-up, and the messages API."""
 
+import hashlib
+
 from django.conf import settings
 from django.contrib.auth import login
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
+from django.utils.cache import get_conditional_response
 from django.views.decorators.http import require_GET, require_POST
 
 from . import activity, identity, limits, protocol, revocation, rooms, services
@@ -59,8 +62,6 @@ def room(request, room_name):
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
     }
     context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
-    # Who reads the page, so it can mark the reader's own messages; display only, never trust.
-    context["chat_reader"] = {"name": context["author"].name, "guest": context["author"].is_guest}
     # author_for has loaded the session: a cookie naming no stored session has no key now.
     if context["author"].is_guest and request.session.session_key is None:
         # Sockets tell guests apart by session (identity.guest_key): one made now keeps
@@ -68,6 +69,16 @@ def room(request, room_name):
         if refused := limits.http_refusal(limits.GUEST_SESSIONS, request):
             return refused
         request.session.create()
+        context = _with_identity(request, context)  # the guest's key is the new session's
+    author = context["author"]
+    # Who reads the page, so it can mark the reader's own messages (display only, never
+    # trusted), and the sign-in its socket must have (identity.sign_in_of): a socket that
+    # speaks as someone else is closed with 4401 before it stores anything the page sends.
+    context["chat_reader"] = {
+        "name": author.name,
+        "guest": author.is_guest,
+        "sign_in": identity.sign_in_of(author),
+    }
     return render(request, "chat/room.html", context)
 
 
@@ -143,8 +154,26 @@ def room_list(request):
         named = [rooms.normalize_room_name(name) for name in named]
     except rooms.InvalidRoomName as refusal:
         return _json_error(400, "invalid_room_name", str(refusal))
+    # ?online=0 (the sidebar, which shows no presence): the list's version is known from
+    # two aggregate queries, so a tab whose list has not changed gets a 304 without the
+    # list being built; with presence, whose changes no query sees, the ETag is the body's.
+    online = request.GET.get("online") != "0"
+    etag = None if online else f'"{activity.list_version(request.user, named)}"'
+    if etag is not None and (unchanged := get_conditional_response(request, etag=etag)):
+        return _private(unchanged, etag)
     room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, named, request.user)
-    return JsonResponse({"rooms": activity.summaries(room_list, request.user)})
+    response = JsonResponse({"rooms": activity.summaries(room_list, request.user, online)})
+    if etag is None:
+        etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
+    conditional = get_conditional_response(request, etag=etag, response=response)
+    return _private(conditional or response, etag)
+
+
+def _private(response, etag: str):
+    response["ETag"] = etag
+    # One reader's list (read positions): never in a shared cache; asked for again each time.
+    response["Cache-Control"] = "private, no-cache"
+    return response
 
 
 @require_POST

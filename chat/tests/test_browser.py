@@ -897,40 +897,103 @@ def test_a_page_left_for_another_leaves_the_room_and_comes_back_with_back(browse
         _wait_for_presence(observer, lambda names: "Walker (guest)" in names)
 
 
-RENAME_FROM_THIS_PAGE = """
-const done = arguments[arguments.length - 1];
-fetch('/chat/').then((r) => r.text()).then((html) => {
-    const token = html.match(/name="csrfmiddlewaretoken" value="([^"]+)"/)[1];
-    const body = new URLSearchParams({csrfmiddlewaretoken: token, display_name: arguments[0]});
-    return fetch('/accounts/name/', {method: 'POST', body: body});
-}).then((r) => done(r.status), (e) => done(String(e)));
-"""
-
-
-def test_a_socket_closed_for_a_changed_identity_reconnects_at_once_as_the_new_one(
+def test_a_socket_closed_for_a_changed_identity_reloads_the_page_as_the_new_one(
     browser, chat_server
 ):
     _enter_chat_room(browser, chat_server, "renamed")
-    browser.execute_script(
-        "window.socketEvents = [];"
-        "chatClient.socket().addEventListener('close', (e) =>"
-        "    window.socketEvents.push({code: e.code, at: performance.now()}));"
-        "const RealWebSocket = window.WebSocket;"
-        "window.WebSocket = class extends RealWebSocket {"
-        "    constructor(url) { super(url); window.socketEvents.push({at: performance.now()}); }"
-        "};"
-    )
-    assert browser.execute_async_script(RENAME_FROM_THIS_PAGE, "Renamed") == 200
-    _wait(browser, lambda: len(browser.execute_script("return window.socketEvents")) >= 2)
-    closed, reopened = browser.execute_script("return window.socketEvents")[:2]
-    assert closed["code"] == 4401
-    # At once: the backoff's shortest wait is 250 ms.
-    assert reopened["at"] - closed["at"] < 200, (closed, reopened)
+    browser.execute_script("window.keptUntilReload = true")
+    _open_new_window(browser)
+    _choose_name(browser, chat_server, "Renamed")  # in another tab
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: not browser.execute_script("return window.keptUntilReload === true"))
     _wait(browser, lambda: _status(browser) == "Connected")
+    assert _identity_name(browser) == "Renamed"
     _post_message(browser, "under my new name")
     _wait(browser, lambda: _rich_texts(browser) == ["under my new name"])
     (message,) = _rich_messages(browser)
     assert message["author"] == "Renamed" and message["mine"]
+
+
+def _identity_name(driver):
+    return driver.find_element(By.ID, "identity-name").text
+
+
+def _logged_in_header(driver):
+    return bool(driver.find_elements(By.ID, "logout-button"))
+
+
+READ_POSITION_POST = """
+const [room, done] = [arguments[0], arguments[arguments.length - 1]];
+fetch('/api/rooms/' + room + '/read/', {
+    method: 'POST',
+    headers: {'X-CSRFToken': document.getElementById('rooms-sidebar').dataset.csrf},
+    body: new URLSearchParams({up_to: '1'}),
+}).then((r) => done(r.status), (e) => done(String(e)));
+"""
+
+
+def test_signing_out_and_in_in_one_tab_brings_the_other_tab_up_to_date(browser, chat_server):
+    password = "two-Tabs-one-person-42"
+    _sign_up(browser, chat_server, "twotabs", password)
+    _enter_chat_room(browser, chat_server, "two-tabs")
+    _open_new_window(browser)
+    _enter_chat_room(browser, chat_server, "two-tabs")
+    _navigate_by(browser, browser.find_element(By.ID, "logout-button").click)
+
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: not _logged_in_header(browser), "the header still says logged in")
+    _wait(browser, lambda: _status(browser) == "Connected")
+    assert _identity_name(browser) == "Anonymous"
+    _post_message(browser, "as a guest now")
+    _wait(browser, lambda: "as a guest now" in _rich_texts(browser))
+    last = _rich_messages(browser)[-1]
+    assert last["author"] == "Anonymous" and last["mine"] and last["guest"]
+
+    _switch_to_window(browser, 1)
+    _log_in(browser, chat_server, "twotabs", password)  # Django rotates the CSRF token
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: _logged_in_header(browser), "the header still says guest")
+    _wait(browser, lambda: _status(browser) == "Connected")
+    assert _identity_name(browser) == "twotabs"
+    _post_message(browser, "signed in again")
+    _wait(browser, lambda: "signed in again" in _rich_texts(browser))
+    last = _rich_messages(browser)[-1]
+    assert last["author"] == "twotabs" and last["mine"] and not last["guest"]
+    assert browser.execute_async_script(READ_POSITION_POST, "two-tabs") == 200
+    # The next tests are guests again, who never read "two-tabs" up to its last message.
+    browser.execute_script("window.localStorage.clear()")
+    browser.delete_all_cookies()
+
+
+LOG_OUT_FROM_THIS_PAGE = """
+const done = arguments[arguments.length - 1];
+const form = document.querySelector('#identity form');
+fetch(form.action, {method: 'POST', body: new FormData(form)})
+    .then((r) => done(r.status), (e) => done(String(e)));
+"""
+
+
+def test_a_message_queued_offline_is_not_sent_under_a_new_sign_in_but_put_back(
+    browser, chat_server
+):
+    _sign_up(browser, chat_server, "offline-alice", "queued-Offline-42")
+    _enter_chat_room(browser, chat_server, "queued-sign-in")
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "typed as alice")
+    _wait(browser, lambda: len(_pending(browser)) == 1)
+    browser.find_element(By.ID, "chat-message-input").send_keys("a draft")
+    assert browser.execute_async_script(LOG_OUT_FROM_THIS_PAGE) == 200  # as in another tab
+    browser.execute_script("window.WebSocket = window.RealWebSocket")
+
+    _wait(browser, lambda: _error_text(browser).startswith("Your sign-in changed"), "no notice")
+    _wait(browser, lambda: _status(browser) == "Connected")
+    assert _identity_name(browser) == "Anonymous" and not _logged_in_header(browser)
+    message_input = browser.find_element(By.ID, "chat-message-input")
+    assert message_input.get_property("value") == "typed as alice\n\na draft"
+    assert _pending(browser) == [] and _rich_texts(browser) == []
+    assert _stored_texts(chat_server, "queued-sign-in") == []
+    assert "send again" in _error_text(browser)
 
 
 def _scroll_log_to_top(driver):
@@ -1202,6 +1265,47 @@ def test_unread_counts_show_in_the_sidebar_and_the_title_for_another_room(browse
     _enter_chat_room(browser, chat_server, "unread-b")  # read them
     _wait(browser, lambda: _sidebar_lists(browser, "unread-b"))
     _wait(browser, lambda: _unread(browser, "unread-b") == 0 and browser.title == "unread-b · Chat")
+
+
+# sidebar.js's ROOMS_REFRESH_MS.
+ROOMS_REFRESH_SECONDS = 5
+
+# Records the status of every /api/rooms/ request the page makes, and hides the tab as far
+# as the page can tell (document.hidden, visibilityState, and the visibilitychange event).
+HIDE_THIS_TAB = """
+window.roomPolls = [];
+const realFetch = window.fetch;
+window.fetch = (...args) => realFetch(...args).then((response) => {
+    if (String(args[0]).includes('/api/rooms/?')) { window.roomPolls.push(response.status); }
+    return response;
+});
+Object.defineProperty(document, 'hidden', {configurable: true, get: () => window.fakeHidden});
+Object.defineProperty(document, 'visibilityState', {
+    configurable: true, get: () => (window.fakeHidden ? 'hidden' : 'visible'),
+});
+window.fakeHidden = true;
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+
+SHOW_THIS_TAB = """
+window.fakeHidden = false;
+document.dispatchEvent(new Event('visibilitychange'));
+"""
+
+
+def test_a_hidden_tab_asks_nothing_and_on_coming_back_an_unchanged_list_is_a_304(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "hidden-tab")
+    _post_message(browser, "listed")
+    _wait(browser, lambda: _sidebar_lists(browser, "hidden-tab"), "room not in the sidebar")
+    browser.execute_script(HIDE_THIS_TAB)
+    # Nothing to wait for: the test is that nothing happens for longer than one round.
+    time.sleep(ROOMS_REFRESH_SECONDS * 1.4)
+    assert browser.execute_script("return window.roomPolls") == []
+    browser.execute_script(SHOW_THIS_TAB)
+    _wait(browser, lambda: browser.execute_script("return window.roomPolls") == [304])
+    assert _sidebar_lists(browser, "hidden-tab") and _unread(browser, "hidden-tab") == 0
 
 
 def _sign_up(driver, base_url, username, password):

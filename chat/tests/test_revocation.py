@@ -15,9 +15,10 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client
 
-from chat import identity, protocol, revocation
+from chat import identity, protocol, revocation, services
 from chat.tests.conftest import (
     assert_receives_message,
+    communicator,
     logged_in_session_values,
     new_session,
     session_cookie_for,
@@ -115,6 +116,59 @@ async def test_a_guests_new_name_closes_its_sessions_sockets_and_they_return_ren
     again = await join_as(join, key)
     await again.send_json_to({"message": "renamed"})
     assert (await assert_receives_message(again, "renamed"))["user"] == "Zoé"
+
+
+async def test_logging_in_closes_the_sockets_of_the_guest_session_it_replaces(join, alice):
+    key = await new_session(**{identity.SESSION_KEY: "Zoë"})
+    socket = await join_as(join, key)
+
+    client = Client()
+    client.cookies[settings.SESSION_COOKIE_NAME] = key
+    credentials = {"username": "alice", "password": "correct horse battery staple"}
+    response = await database_sync_to_async(client.post)("/accounts/login/", credentials)
+
+    assert response.status_code == 302
+    assert await close_code_within(socket) == protocol.CLOSE_IDENTITY_CHANGED
+
+
+def _sign_in_of_session(key: str) -> str:
+    return identity.sign_in_of(identity.author_for(None, SessionStore(session_key=key)))
+
+
+async def test_a_socket_that_is_not_the_sign_in_its_page_names_is_closed_and_stores_nothing(
+    join,
+):
+    key = await new_session(**{identity.SESSION_KEY: "Zoë"})
+    cookie = (b"cookie", f"{settings.SESSION_COOKIE_NAME}={key}".encode())
+    # The page was loaded as someone else (before a logout, say), and still holds a message.
+    stale = communicator("signed", query="as=0123456789abcdef", headers=[cookie])
+    connected, _ = await stale.connect()
+    assert connected
+    await stale.send_json_to({"message": "typed as someone else", "client_id": "c1"})
+    closed = await stale.receive_output(timeout=2)
+    assert (closed["type"], closed["code"]) == ("websocket.close", protocol.CLOSE_IDENTITY_CHANGED)
+    await stale.wait()
+
+    sign_in = await database_sync_to_async(_sign_in_of_session)(key)
+    page = await join("signed", query=f"as={sign_in}", headers=[cookie])
+    assert page.backlog == []
+    await page.send_json_to({"message": "typed as Zoë", "client_id": "c2"})
+    frame = await assert_receives_message(page, "typed as Zoë")
+    assert (frame["id"], frame["user"]) == (1, "Zoë")
+
+
+def test_a_sign_in_changes_with_the_person_and_the_name_and_with_nothing_else():
+    alice = services.Author("alice", user_id=1)
+    assert identity.sign_in_of(alice) == identity.sign_in_of(services.Author("alice", user_id=1))
+    others = [
+        services.Author("alice2", user_id=1),
+        services.Author("alice", user_id=2),
+        services.Author("alice", guest_key="k1"),
+        services.Author("Zoë", guest_key="k1"),
+    ]
+    tags = {identity.sign_in_of(author) for author in [alice, *others]}
+    assert len(tags) == 5
+    assert all(re.fullmatch(r"[0-9a-f]{16}", tag) for tag in tags)
 
 
 async def test_a_socket_is_closed_when_its_session_expires(join, alice):

@@ -123,12 +123,20 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
             html.split('<script id="chat-reader" type="application/json">')[1].split("<")[0]
         )
 
-    assert reader(client.get("/chat/lobby/").content.decode()) == {
+    guest = reader(client.get("/chat/lobby/").content.decode())
+    session = client.session  # the page made it: the sign-in is of the guest it names
+    assert guest == {
         "name": "Anonymous",
         "guest": True,
+        "sign_in": identity.sign_in_of(identity.author_for(None, session)),
     }
-    client.force_login(django_user_model.objects.create_user("alice", password="x"))
-    assert reader(client.get("/chat/lobby/").content.decode()) == {"name": "alice", "guest": False}
+    user = django_user_model.objects.create_user("alice", password="x")
+    client.force_login(user)
+    assert reader(client.get("/chat/lobby/").content.decode()) == {
+        "name": "alice",
+        "guest": False,
+        "sign_in": identity.sign_in_of(services.Author("alice", user_id=user.pk)),
+    }
 
 
 def test_room_name_with_markup_is_embedded_as_data_not_code():
@@ -685,6 +693,53 @@ def test_room_list_refuses_bad_room_names_with_a_clear_400(client, query):
     response = client.get("/api/rooms/", query)
     assert response.status_code == 400
     assert response.json()["error"]["code"] in {"invalid_room_name", "too_many_rooms"}
+
+
+def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
+    client, django_user_model, redis_channel_layer, django_assert_max_num_queries, monkeypatch
+):
+    client.force_login(django_user_model.objects.create_user("alice"))
+    _chat("lobby", "one", "two")
+    sidebar = functools.partial(client.get, "/api/rooms/", {"online": "0", "room": "lobby"})
+    first = sidebar()
+    assert first.status_code == 200 and first["Cache-Control"] == "private, no-cache"
+    assert first.json()["rooms"] == [
+        {"name": "lobby", "last_id": 2, "last_at": first.json()["rooms"][0]["last_at"],
+         "read_up_to": None}
+    ]  # fmt: skip
+    etag = first["ETag"]
+
+    monkeypatch.setattr(presence, "snapshots", None)  # a 304 reads no presence, nor the list
+    with django_assert_max_num_queries(4):  # the session, its user, and two aggregates
+        unchanged = sidebar(HTTP_IF_NONE_MATCH=etag)
+    assert (unchanged.status_code, unchanged["ETag"], unchanged.content) == (304, etag, b"")
+    monkeypatch.undo()
+
+    _chat("lobby", "three")
+    after_a_message = sidebar(HTTP_IF_NONE_MATCH=etag)
+    assert after_a_message.status_code == 200 and after_a_message["ETag"] != etag
+    assert after_a_message.json()["rooms"][0]["last_id"] == 3
+    etag = after_a_message["ETag"]
+    client.post("/api/rooms/lobby/read/", {"up_to": "3"})
+    after_a_read = sidebar(HTTP_IF_NONE_MATCH=etag)
+    assert after_a_read.status_code == 200
+    assert after_a_read.json()["rooms"][0]["read_up_to"] == 3
+    assert sidebar(HTTP_IF_NONE_MATCH=after_a_read["ETag"]).status_code == 304
+
+
+def test_the_room_list_with_presence_answers_304_to_the_etag_of_the_same_body(
+    client, rooms_with_activity
+):
+    first = client.get("/api/rooms/")
+    assert first.status_code == 200 and first["ETag"]
+    again = client.get("/api/rooms/", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304
+    entries = _present("mid", ("g:2b", "Zed (guest)"))  # someone comes: the body changes
+    try:
+        assert client.get("/api/rooms/", HTTP_IF_NONE_MATCH=first["ETag"]).status_code == 200
+    finally:
+        for group, member in entries:
+            presence.leave(group, member)
 
 
 def test_a_users_read_position_moves_forward_only_and_never_past_the_last_message(

@@ -25,6 +25,13 @@
 // starting over only after a connection stayed up 5 s) and ask for everything after the
 // last id shown (?after=), a page at a time. A message over the server's limits
 // (json_script "chat-limits") is never sent: it stays in the input, with the reason.
+//
+// Sign-in: the page was rendered for one sign-in (json_script "chat-reader", its sign_in
+// tag) and every socket names it (?as=); a socket whose session now speaks as someone else
+// (a logout, a login, a new name, in another tab or while this one was offline) is closed
+// with 4401 before it stores anything. The page then sends nothing more: it keeps the
+// draft and the unsent messages in sessionStorage and reloads, so the header, the CSRF
+// token and "mine" are the new sign-in's, and puts them back in the composer to check.
 (function () {
     'use strict';
 
@@ -34,8 +41,26 @@
     // A connection that stayed up this long was not dropped for something it sent.
     const HEALTHY_AFTER_MS = 5000;
     // Close codes after which the server wants the page back at once (README, close codes):
-    // identity changed, and the socket's lifetime over. Neither is a failure to back off from.
-    const RECONNECT_AT_ONCE = new Set([4000, 4401]);
+    // the socket's lifetime over is no failure to back off from.
+    const RECONNECT_AT_ONCE = new Set([4000]);
+    // The socket's sign-in is not the page's (README, close codes): reload as the new one.
+    const SIGN_IN_CHANGED = 4401;
+    // What the page keeps across that reload, and how long it stays good for.
+    const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
+    const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
+    // The socket closes as the change commits, before the response that made it (a login's
+    // new session cookie) has reached the browser: a reload that overtook it would be
+    // answered for the old cookie, and its own cookie could then overwrite the new one.
+    const SIGN_IN_RELOAD_DELAY_MS = 500;
+    // At most this many reloads for a changed sign-in within the window: a browser that
+    // keeps no cookie would otherwise reload for ever. More than one or two: a reload can
+    // still race a slow response, and the page then reloads once more.
+    const SIGN_IN_RELOADS_MAX = 5;
+    const SIGN_IN_RELOAD_WINDOW_MS = 30000;
+    // How long the page asks the server which of its sends were stored before it reloads.
+    const STORED_CHECK_MS = 3000;
+    const SIGN_IN_NOTICE = 'Your sign-in changed; your unsent message is back in the box: ' +
+                           'check it and send again.';
     // One author's messages this close together read as one group, as in most chat apps.
     const GROUP_WITHIN_MS = 5 * 60 * 1000;
     // Closer than this to the bottom counts as reading the newest messages.
@@ -63,7 +88,7 @@
         frame_too_large: 'This message is too large to send.',
     };
     const PLAIN_CLOSES = {
-        4401: 'Your sign-in changed.',
+        4401: 'Your sign-in changed. Reloading the page…',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -72,7 +97,7 @@
 
     const roomName = JSON.parse(document.getElementById('room-name').textContent);
     const limits = JSON.parse(document.getElementById('chat-limits').textContent);
-    let reader = JSON.parse(document.getElementById('chat-reader').textContent);
+    const reader = JSON.parse(document.getElementById('chat-reader').textContent);
     const scheme = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
     const baseUrl = scheme + window.location.host + '/ws/chat/' + encodeURIComponent(roomName) + '/';
     const olderUrl = '/chat/' + encodeURIComponent(roomName) + '/messages/';
@@ -102,6 +127,8 @@
     let countdownTimer = null;
     let pageHidden = false;     // left for the back/forward cache: stay disconnected
     let connections = 0;
+    let signInChanged = false;  // from then on the page sends nothing
+    let restoreTopId = null;    // the message to keep at the top, after a reload for 4401
     const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
     const sentIds = loadSentIds();  // client_id -> id the server stored it under
 
@@ -365,7 +392,8 @@
 
     function sendPending(clientId) {
         const item = pending.get(clientId);
-        if (isOpen() && item !== undefined && !item.refused) {
+        if (isOpen() && !signInChanged && item !== undefined && !item.refused) {
+            item.sent = true;
             socket.send(item.frame);
         }
     }
@@ -442,8 +470,6 @@
     function onChatMessage(data) {
         const ownEcho = Boolean(data.client_id) && pending.has(data.client_id);
         if (ownEcho) {
-            // The server says who this page speaks as now (it may have changed: 4401).
-            reader = {name: data.user, guest: data.guest};
             rememberSent(data.client_id, data.id);
             pending.get(data.client_id).element.remove();
             pending.delete(data.client_id);
@@ -461,7 +487,9 @@
         const element = messageElement(data);
         placeLive(element);
         appendToLog(data);
-        if (stick) {
+        if (restoreTopId !== null && keepReadingPosition()) {
+            newMessagesButton.hidden = atBottom();
+        } else if (stick) {
             scrollToBottom();
         } else {
             newMessagesButton.hidden = false;
@@ -558,7 +586,11 @@
 
     function connect() {
         stopTimers();
-        const url = lastId === null ? baseUrl : baseUrl + '?after=' + lastId;
+        const query = new URLSearchParams({as: reader.sign_in});
+        if (lastId !== null) {
+            query.set('after', String(lastId));
+        }
+        const url = baseUrl + '?' + query;
         catchingUp = lastId !== null;
         connections += 1;
         let thisSocket;
@@ -591,6 +623,10 @@
         stopTimers();
         presenceSection.hidden = true;  // who was here is unknown until the next update
         dispatch('chat:connection', {state: 'closed'});
+        if (e.code === SIGN_IN_CHANGED) {
+            onSignInChanged();
+            return;
+        }
         if (pageHidden) {
             return;  // back/forward cache: pageshow reconnects
         }
@@ -610,6 +646,120 @@
         tick();
         countdownTimer = setInterval(tick, 1000);
         reconnectTimer = setTimeout(connect, delay);
+    }
+
+    // ---- a changed sign-in ----------------------------------------------------------------
+
+    function signInChangedKey() {
+        return SIGN_IN_CHANGED_KEY + roomName;
+    }
+
+    // The client ids among these that the server stored (before the sign-in changed).
+    async function storedOf(clientIds) {
+        if (clientIds.length === 0) {
+            return new Set();
+        }
+        const after = lastId === null ? 0 : lastId;
+        const timeout = new Promise((resolve) => setTimeout(resolve, STORED_CHECK_MS, null));
+        const answer = fetch(olderUrl + '?after=' + after + '&limit=' + OLDER_PAGE_SIZE)
+            .then((response) => response.ok ? response.json() : null)
+            .catch(() => null);
+        const page = await Promise.race([answer, timeout]);
+        // Unknown: put them back anyway; a message seen twice beats a message lost.
+        return new Set(page === null ? [] : page.messages.map((data) => data.client_id));
+    }
+
+    // The first message at least half in view, to come back to after the reload.
+    function firstMessageInView() {
+        const top = messagesBox.getBoundingClientRect().top;
+        for (const element of messagesBox.querySelectorAll('.message[data-id]')) {
+            const box = element.getBoundingClientRect();
+            if (box.top + box.height / 2 >= top) {
+                return Number(element.dataset.id);
+            }
+        }
+        return null;
+    }
+
+    // When this tab last reloaded for a changed sign-in, within the window.
+    function recentReloads() {
+        try {
+            const kept = JSON.parse(window.sessionStorage.getItem(signInChangedKey()));
+            const reloads = kept === null || !Array.isArray(kept.reloads) ? [] : kept.reloads;
+            return reloads.filter((at) => Date.now() - at < SIGN_IN_RELOAD_WINDOW_MS);
+        } catch (error) {
+            return [];
+        }
+    }
+
+    async function onSignInChanged() {
+        signInChanged = true;  // nothing more goes out under the old sign-in, nor the new
+        const items = Array.from(pending.entries());
+        const stored = await storedOf(items.filter(([, item]) => item.sent).map(([id]) => id));
+        const unsent = items.filter(([id]) => !stored.has(id)).map(([, item]) => item.text);
+        const kept = {
+            at: Date.now(),
+            draft: messageInput.value,
+            unsent: unsent,
+            topId: atBottom() ? null : firstMessageInView(),
+            reloads: [...recentReloads(), Date.now()],
+        };
+        if (kept.reloads.length > SIGN_IN_RELOADS_MAX) {
+            // Reloaded again and again, and the socket still is not the page's: stop. The
+            // texts stay in the composer and the pending list.
+            showStatus('Your sign-in changed. Reload the page to chat as who you are now.',
+                       'error', SIGN_IN_CHANGED);
+            return;
+        }
+        try {
+            window.sessionStorage.setItem(signInChangedKey(), JSON.stringify(kept));
+        } catch (error) {
+            // storage off: the reload would lose the texts, so leave them on this page
+            showStatus('Your sign-in changed. Copy your unsent text, then reload the page.',
+                       'error', SIGN_IN_CHANGED);
+            return;
+        }
+        setTimeout(() => window.location.reload(), SIGN_IN_RELOAD_DELAY_MS);
+    }
+
+    // After a reload for a changed sign-in: the draft and the unsent messages back in the
+    // composer, one after the other, with a word on why; the reading position kept.
+    function restoreAfterSignInChange() {
+        let kept = null;
+        try {
+            kept = JSON.parse(window.sessionStorage.getItem(signInChangedKey()));
+        } catch (error) {
+            return;
+        }
+        if (kept === null || Date.now() - kept.at > SIGN_IN_KEPT_MS) {
+            return;
+        }
+        // Kept, texts emptied, for the count of reloads (recentReloads).
+        window.sessionStorage.setItem(signInChangedKey(), JSON.stringify(
+            {...kept, draft: '', unsent: [], topId: null}));
+        const texts = [...kept.unsent, kept.draft].filter((text) => text.replace(SERVER_TRIM, '') !== '');
+        if (texts.length > 0) {
+            messageInput.value = texts.join('\n\n');
+            messageInput.setSelectionRange(messageInput.value.length, messageInput.value.length);
+            updateCounter();
+            showError(SIGN_IN_NOTICE, 'sign_in_changed');
+        }
+        restoreTopId = kept.topId;
+    }
+
+    // While the page brings back the reading position, the history fills in under it; the
+    // first scroll of the reader's own (wheel, touch, key) ends that.
+    function keepReadingPosition() {
+        const target = messagesBox.querySelector('.message[data-id="' + restoreTopId + '"]');
+        if (target === null) {
+            return false;
+        }
+        messagesBox.scrollTop += target.getBoundingClientRect().top - messagesBox.getBoundingClientRect().top;
+        return true;
+    }
+
+    for (const kind of ['wheel', 'touchstart', 'keydown', 'mousedown']) {
+        messagesBox.addEventListener(kind, () => { restoreTopId = null; }, {passive: true});
     }
 
     // The back/forward cache keeps a page alive, socket and all: a page left for another
@@ -669,7 +819,7 @@
         }
         const element = pendingElement(clientId, message);
         messagesBox.append(element);
-        pending.set(clientId, {frame: frame, text: message, element: element, refused: false});
+        pending.set(clientId, {frame: frame, text: message, element: element, refused: false, sent: false});
         showOutbox();
         sendPending(clientId);
         messageInput.value = '';
@@ -695,13 +845,14 @@
         pending: () => pending.size,
         connections: () => connections,
         send: function (object) {
-            if (!isOpen()) {
+            if (!isOpen() || signInChanged) {
                 return false;
             }
             socket.send(JSON.stringify(object));
             return true;
         },
     };
+    restoreAfterSignInChange();
     messageInput.focus();
     connect();
 })();

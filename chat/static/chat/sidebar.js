@@ -7,8 +7,10 @@
 //   so it follows them to other devices; a guest's stays in this browser (localStorage).
 // - This room is read while the tab is visible; messages that arrive while it is hidden
 //   count as unread until you come back.
-// - The list is read from GET /api/rooms/ every ROOMS_REFRESH_MS (and when the tab comes
-//   back), naming your recent rooms so they are listed too.
+// - The list is read from GET /api/rooms/?online=0 every ROOMS_REFRESH_MS while the tab is
+//   visible, and once when it comes back (a hidden tab asks nothing), naming your recent
+//   rooms so they are listed too. It asks with If-None-Match: the ETag of the list it has,
+//   and a list that has not changed is a 304 the server answers without building it.
 // It listens to the page's events (chat:message, chat:connection); it never touches messages.
 (function () {
     'use strict';
@@ -33,6 +35,7 @@
     let reported = -1;         // read position last sent to the server for this room
     let reportTimer = null;
     let firstListing = true;
+    let listingTag = null;     // the ETag of `rooms`
 
     function readKey(name) {
         return READ_KEY_PREFIX + name;
@@ -144,13 +147,28 @@
     }
 
     function refresh() {
-        const query = new URLSearchParams();
+        const query = new URLSearchParams({online: '0'});  // the sidebar shows no presence
         for (const name of recentRooms()) {
             query.append('room', name);
         }
-        fetch(sidebar.dataset.roomsUrl + '?' + query, {credentials: 'same-origin'})
-            .then((response) => response.ok ? response.json() : Promise.reject(response.status))
+        const headers = listingTag === null ? {} : {'If-None-Match': listingTag};
+        // no-store: the page does the revalidating itself, and sees the 304.
+        fetch(sidebar.dataset.roomsUrl + '?' + query,
+              {credentials: 'same-origin', headers: headers, cache: 'no-store'})
+            .then((response) => {
+                if (response.status === 304) {
+                    return null;  // the list is as it was
+                }
+                if (!response.ok) {
+                    return Promise.reject(response.status);
+                }
+                listingTag = response.headers.get('ETag');
+                return response.json();
+            })
             .then((answer) => {
+                if (answer === null) {
+                    return;
+                }
                 rooms = answer.rooms;
                 for (const room of rooms) {
                     serverRead[room.name] = room.read_up_to;
@@ -206,5 +224,9 @@
 
     rememberThisRoom();
     refresh();
-    setInterval(refresh, ROOMS_REFRESH_MS);
+    setInterval(() => {
+        if (!document.hidden) {  // a hidden tab asks when it is shown again (visibilitychange)
+            refresh();
+        }
+    }, ROOMS_REFRESH_MS);
 })();
