@@ -212,18 +212,23 @@ class ChatConsumer(WebsocketConsumer):
             rooms.group_name(room_name),
             *revocation.identity_groups(user, session),
         )
-        layer = self.channel_layer
-        await asyncio.gather(*(layer.group_add(g, self.channel_name) for g in self.joined_groups))
+        await asyncio.gather(
+            *(self._in_layer_slot(self.channel_layer.group_add, g) for g in self.joined_groups)
+        )
 
     async def _discard_from_groups(self):
-        layer = self.channel_layer
+        discard = self.channel_layer.group_discard
         try:
-            await asyncio.gather(
-                *(layer.group_discard(g, self.channel_name) for g in self.joined_groups)
-            )
+            await asyncio.gather(*(self._in_layer_slot(discard, g) for g in self.joined_groups))
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
+
+    async def _in_layer_slot(self, group_call, group: str):
+        # Bounded per process (chat.pipeline.layer_slot): a burst of sockets coming or
+        # going would otherwise run channels_redis's connection pool dry.
+        async with pipeline.layer_slot():
+            await group_call(group, self.channel_name)
 
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""

@@ -23,10 +23,12 @@ from channels.db import database_sync_to_async
 
 logger = logging.getLogger(__name__)
 
-# Broadcasts in flight per process: each holds a Redis connection, and channels_redis's
-# pool (100 by default) raises MaxConnectionsError instead of waiting when it runs out.
-BROADCASTS_IN_FLIGHT = 16
-_broadcast_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Channel-layer calls in flight per process (broadcasts, group adds and discards): each
+# holds a connection of channels_redis's pool (100 by default), which raises
+# MaxConnectionsError instead of waiting when it runs out. Below it, leaving room for the
+# layer's own receive loop and the upkeep.
+LAYER_CALLS_IN_FLIGHT = 32
+_layer_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
 
 
@@ -84,12 +86,21 @@ class FrameQueue:
             self._waiting = None
 
 
-async def broadcast(channel_layer, group: str, event: dict[str, Any]):
-    """group_send once one of this loop's BROADCASTS_IN_FLIGHT slots is free."""
+def layer_slot() -> asyncio.Semaphore:
+    """On the loop: hold one of its LAYER_CALLS_IN_FLIGHT slots for a channel-layer call.
+
+    A burst of sockets (a server restart: everyone reconnects at once) would otherwise make
+    hundreds of layer calls at once and run channels_redis's pool dry.
+    """
     loop = asyncio.get_running_loop()
-    if loop not in _broadcast_slots:
-        _broadcast_slots[loop] = asyncio.Semaphore(BROADCASTS_IN_FLIGHT)
-    async with _broadcast_slots[loop]:
+    if loop not in _layer_slots:
+        _layer_slots[loop] = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
+    return _layer_slots[loop]
+
+
+async def broadcast(channel_layer, group: str, event: dict[str, Any]):
+    """group_send once a layer slot is free (layer_slot)."""
+    async with layer_slot():
         await channel_layer.group_send(group, event)
 
 

@@ -31,6 +31,7 @@ from chat.tests.conftest import (
     session_cookie_for,
 )
 from mysite.asgi import application
+from mysite.channel_layers import redis_channel_layers
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer", "transactional_db")
 
@@ -850,3 +851,28 @@ async def test_a_malformed_typing_signal_is_refused_and_not_as_missing_message(j
     await assert_receives_error(socket, "invalid_typing")
     await socket.send_json_to({"message": "still here", "typing": typing})
     await assert_receives_message(socket, "still here")
+
+
+# More sockets at once than channels_redis's connection pool has connections (100).
+BURST_SOCKETS = 150
+
+
+@pytest.mark.parametrize("layer", ["redis", "pubsub"])
+async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
+    redis_channel_layer, transactional_db, settings, caplog, layer
+):
+    # A server restart: every page reconnects at once. The sockets' group calls run on
+    # the loop, side by side; unbounded, they ran RedisChannelLayer's pool dry, and a
+    # third of the sockets were closed with 4503 as they connected.
+    settings.CHANNEL_LAYERS = redis_channel_layers(redis_channel_layer.url, layer)
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = f"{BURST_SOCKETS}/minute"  # all from one address
+    group = rooms.group_name("burst")
+    sockets = [communicator("burst") for _ in range(BURST_SOCKETS)]
+    try:
+        handshakes = await asyncio.gather(*(socket.connect(timeout=30) for socket in sockets))
+        assert [code for connected, code in handshakes if not connected] == []
+        assert group_size(group) == BURST_SOCKETS
+    finally:
+        await asyncio.gather(*(socket.disconnect(timeout=30) for socket in sockets))
+    assert group_size(group) == 0
+    assert "failed" not in caplog.text

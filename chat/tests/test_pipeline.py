@@ -84,7 +84,7 @@ async def test_broadcasts_in_flight_are_bounded():
 
     layer = SlowLayer()
     await asyncio.gather(*(pipeline.broadcast(layer, "g", {}) for _ in range(100)))
-    assert most == pipeline.BROADCASTS_IN_FLIGHT
+    assert most == pipeline.LAYER_CALLS_IN_FLIGHT
 
 
 async def test_calls_made_together_run_in_one_hop_in_order_on_the_sync_thread(monkeypatch):
