@@ -124,6 +124,24 @@ class RedisLayer(RedisChannelLayer):
         self.receive_buffer.live.discard(channel)
         self.receive_buffer.pop(channel, None)
 
+    async def _brpop_with_clean(self, index, channel, timeout):
+        """One blocking pop; a receive that was cancelled ends here, even if the pop returned.
+
+        channels_redis pops again, every brpop_timeout, until a message comes. redis-py
+        writes each command under asyncio.wait_for, which on Python 3.11 returns instead
+        of raising when the cancellation comes just as the write is done (CPython
+        gh-86296, fixed in 3.12): the pop goes on, returns, and the receive would poll for
+        ever. The consumer waits for it as it stops (channels' await_many_dispatch), and so
+        does whatever waits for the consumer: daphne stopping, a test's communicator or
+        event loop. The task still counts the cancellation. A message popped meanwhile
+        stays in the backup queue, and the next receive puts it back.
+        """
+        member = await super()._brpop_with_clean(index, channel, timeout)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        return member
+
 
 class _LiveChannelBuffers(collections.defaultdict):
     """Queues by channel, made on first use for live channels only."""

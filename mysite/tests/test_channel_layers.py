@@ -198,3 +198,37 @@ async def test_redis_layer_drops_what_reaches_a_cleaned_channel_and_keeps_no_buf
         assert dict(layer.receive_buffer) == {}
     finally:
         await layer.flush()
+
+
+async def test_a_cancelled_redis_layer_receive_ends_even_when_its_pop_swallows_the_cancellation(
+    redis_channel_layer, monkeypatch
+):
+    layer = RedisLayer(hosts=[redis_channel_layer.url])
+    layer.brpop_timeout = 1  # each blocking pop answers within a second
+    popping, swallowed = asyncio.Event(), []
+    real_bzpopmin = redis.asyncio.Redis.bzpopmin
+
+    async def bzpopmin_noting_swallowed_cancellations(self, keys, timeout=0):
+        popping.set()
+        try:
+            reply = await real_bzpopmin(self, keys, timeout)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            reply = None  # as redis-py does on Python 3.11 when the timing is right
+        if asyncio.current_task().cancelling() and not swallowed:
+            swallowed.append(reply)
+        return reply
+
+    monkeypatch.setattr(redis.asyncio.Redis, "bzpopmin", bzpopmin_noting_swallowed_cancellations)
+    receiving = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+    try:
+        await asyncio.wait_for(popping.wait(), RECEIVE_TIMEOUT_SECONDS)
+        receiving.cancel()
+        await asyncio.wait([receiving], timeout=3 * layer.brpop_timeout)
+        assert swallowed == [None]  # the pop came back as if it had not been cancelled...
+        assert receiving.cancelled()  # ...and the receive still ended, not popping for ever
+    finally:
+        receiving.cancel()
+        await asyncio.wait([receiving], timeout=3 * layer.brpop_timeout)
+        await layer.flush()
