@@ -14,7 +14,6 @@ import time
 
 import redis
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -76,9 +75,11 @@ class ChatConsumer(WebsocketConsumer):
             await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
         finally:
             if self.room_group_name is not None and not self.left_room:
-                # Shielded: a second cancellation must not skip it, or this process would
-                # keep the dead socket in its room's presence list for ever.
-                await asyncio.shield(database_sync_to_async(self.leave_room)())
+                # Here on the loop, not through the sync thread, which a stopping server
+                # may have shut already: a skipped leave would keep the dead socket in its
+                # room's presence list for ever.
+                self.left_room = True
+                self._left_on_loop()
             if self.joined_groups:
                 await asyncio.shield(self._discard_from_groups())
             # Then the channel itself: channels_redis alone would keep the channel of a
@@ -179,10 +180,11 @@ class ChatConsumer(WebsocketConsumer):
         self.leave_room()
 
     def leave_room(self):
-        """Leave the group, the presence list and the upkeep, once, however the socket ended.
+        """Leave the presence list and the upkeep, once (the groups: see __call__).
 
-        Runs from disconnect, or from __call__ when a handler raised or the consumer was
-        cancelled (channels calls disconnect only for a websocket.disconnect event).
+        Runs from disconnect, on the sync thread; when a handler raised or the consumer
+        was cancelled, __call__ does the same on the loop (channels calls disconnect only
+        for a websocket.disconnect event).
         """
         if self.room_group_name is None or self.left_room:
             return
