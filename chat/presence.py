@@ -68,6 +68,32 @@ def _presence_event(members: list[bytes]) -> dict:
     return protocol.presence_event(len(people), sorted(labels))
 
 
+def _queue_entries(pipe, entries: Iterable[tuple[str, str]]) -> list[str]:
+    """Queue the (group, member) entries, fresh, with their rooms' lifetime (a ZADD and an
+    EXPIRE per room); return those rooms, in order. For either client's pipeline."""
+    by_group: dict[str, dict[str, float]] = {}
+    for group, entry in entries:
+        by_group.setdefault(group, {})[entry] = _expiry()
+    for group, fresh in by_group.items():
+        pipe.zadd(_key(group), fresh)
+        pipe.expire(_key(group), _key_ttl())
+    return list(by_group)
+
+
+def _queue_reads(pipe, groups: list[str]):
+    """Queue, per room, dropping its expired entries and reading the rest (see _events)."""
+    now = time.time()
+    for group in groups:
+        pipe.zremrangebyscore(_key(group), "-inf", now)
+        pipe.zrange(_key(group), 0, -1)
+
+
+def _events(groups: list[str], results: list) -> dict[str, dict]:
+    """Each room's presence event, from the results of its _queue_reads."""
+    reads = zip(groups, results[1::2], strict=True)
+    return {group: _presence_event(members) for group, members in reads}
+
+
 def snapshot(group: str) -> dict:
     """The room's presence event: people counted (not sockets), distinct labels sorted."""
     return snapshots([group])[group]
@@ -75,20 +101,14 @@ def snapshot(group: str) -> dict:
 
 def snapshots(groups: list[str]) -> dict[str, dict]:
     """Each room's presence event (see snapshot), read in one Redis round trip for them all."""
-    now = time.time()
     try:
         pipe = _redis().pipeline()
-        for group in groups:
-            pipe.zremrangebyscore(_key(group), "-inf", now)
-            pipe.zrange(_key(group), 0, -1)
+        _queue_reads(pipe, groups)
         results = pipe.execute()
     except redis.RedisError as error:
         logger.warning("presence not read: %s", error)
         results = [0, []] * len(groups)
-    return {
-        group: _presence_event(members)
-        for group, members in zip(groups, results[1::2], strict=True)
-    }
+    return _events(groups, results)
 
 
 async def apply(
@@ -105,39 +125,26 @@ async def apply(
     that order, and so leaves no entry.
     """
     pipe = client.pipeline(transaction=False)
-    by_group: dict[str, dict[str, float]] = {}
-    for group, entry in joins:
-        by_group.setdefault(group, {})[entry] = _expiry()
-    for group, entries in by_group.items():
-        pipe.zadd(_key(group), entries)
-        pipe.expire(_key(group), _key_ttl())
+    _queue_entries(pipe, joins)
     for group, entry in leaves:
         pipe.zrem(_key(group), entry)
+    writes = len(pipe)
     groups = list(groups)
-    now = time.time()
-    for group in groups:
-        pipe.zremrangebyscore(_key(group), "-inf", now)
-        pipe.zrange(_key(group), 0, -1)
+    _queue_reads(pipe, groups)
     results = await pipe.execute() if len(pipe) else []
-    reads = results[len(results) - 2 * len(groups) :] if groups else []
-    return {
-        group: _presence_event(members) for group, members in zip(groups, reads[1::2], strict=True)
-    }
+    return _events(groups, results[writes:])
 
 
 async def refresh(client: redis.asyncio.Redis, entries: Iterable[tuple[str, str]]) -> set[str]:
     """Extend the (group, member) entries; return the rooms in which expired entries (other
     processes' dead sockets) were dropped."""
-    by_group: dict[str, dict[str, float]] = {}
-    for group, entry in entries:
-        by_group.setdefault(group, {})[entry] = _expiry()
-    if not by_group:
-        return set()
     pipe = client.pipeline()
-    for group, entries in by_group.items():
-        pipe.zadd(_key(group), entries)
-        pipe.expire(_key(group), _key_ttl())
-        pipe.zremrangebyscore(_key(group), "-inf", time.time())
-    results = await pipe.execute()
-    dropped = results[2::3]
-    return {group for group, removed in zip(by_group, dropped, strict=True) if removed}
+    groups = _queue_entries(pipe, entries)
+    if not groups:
+        return set()
+    writes = len(pipe)
+    now = time.time()
+    for group in groups:
+        pipe.zremrangebyscore(_key(group), "-inf", now)
+    dropped = (await pipe.execute())[writes:]
+    return {group for group, removed in zip(groups, dropped, strict=True) if removed}
