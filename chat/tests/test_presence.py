@@ -48,7 +48,7 @@ async def test_people_are_counted_once_however_many_sockets_they_have(loop_redis
         (GROUP, _member("specific.a!3", "g:1f", "bob (guest)")),
     )
     assert event == {"type": "chat.presence", "count": 2, "names": ["alice", "bob (guest)"]}
-    assert await database_sync_to_async(presence.snapshot)(GROUP) == event
+    assert await asyncio.to_thread(presence.snapshot, GROUP) == event
 
 
 async def test_two_guests_with_one_name_are_two_people(loop_redis):
@@ -104,7 +104,7 @@ async def test_unreachable_redis_raises_on_the_loop_and_reads_as_empty_on_the_sy
     with pytest.raises(redis.ConnectionError):
         await presence.apply(client, [(GROUP, _member("specific.a!1"))], (), [GROUP])
     await client.aclose()
-    assert (await database_sync_to_async(presence.snapshot)(GROUP))["count"] == 0
+    assert (await asyncio.to_thread(presence.snapshot, GROUP))["count"] == 0
     assert "presence" in caplog.text
 
 
