@@ -128,6 +128,10 @@ class ChatConsumer(WebsocketConsumer):
         """On the event loop: queue a frame for this socket, after those queued before it."""
         self.frames.put({"type": "websocket.send", "text": text_data})
 
+    def close_from_loop(self, code: int):
+        """On the event loop: close the socket once the frames queued before have gone."""
+        self.frames.put({"type": "websocket.close", "code": code})
+
     def close(self, code=None, reason=None):
         """Close the socket once the frames queued before have gone (see send)."""
         message = {"type": "websocket.close"}
@@ -353,7 +357,7 @@ class ChatConsumer(WebsocketConsumer):
             await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
         except OUTAGE_ERRORS as error:
             logger.warning("closing socket, broadcast failed: %r", error)
-            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+            self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
 
     # --- On the event loop: room events, and the delivery's reads ----------------------
 
@@ -397,10 +401,10 @@ class ChatConsumer(WebsocketConsumer):
             on_done(await reading)
         except OUTAGE_ERRORS as error:
             logger.warning("closing socket, catch-up read failed: %r", error)
-            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_SERVICE_UNAVAILABLE})
+            self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
         except Exception:
             logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
-            self.frames.put({"type": "websocket.close", "code": protocol.CLOSE_INTERNAL_ERROR})
+            self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
     def _events_after(self, after: int, limit: int) -> list[dict]:
         """On the sync thread: the room's events after `after`, at most `limit`."""

@@ -177,7 +177,7 @@ class _Upkeep:
         layer = get_channel_layer()
         for group, event in events.items():
             try:
-                await layer.group_send(group, event)
+                await pipeline.broadcast(layer, group, event)
             except Exception as error:
                 logger.warning("presence of %s not announced: %r", group, error)
 
