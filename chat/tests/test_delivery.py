@@ -147,12 +147,19 @@ def test_too_many_held_messages_fill_the_gap_without_waiting():
     assert socket.ids == list(range(1, MAX_HELD + 2))
 
 
+def _filling_a_gap() -> Socket:
+    """A socket whose layer dropped message 1: it held 2, waited, and a fill of 1..2 is on
+    its way."""
+    socket = Socket()
+    _, second = socket.store.store(2)
+    socket.delivery.message(second)
+    socket.timers.fire()
+    return socket
+
+
 def test_the_gap_timer_live_messages_and_a_pending_fill_interleave_in_order_once_each():
     """The spike's bug: a gap fill applied beside live delivery sent 15-92 out of order."""
-    socket = Socket()
-    _, second = socket.store.store(2)  # 1 is dropped by the layer
-    socket.delivery.message(second)
-    socket.timers.fire()  # the wait is over: a fill of 1..2 is on its way
+    socket = _filling_a_gap()
     assert len(socket.store.reads) == 1
     # Meanwhile the room goes on: 3 and 4 arrive live, and 1 turns up late after all.
     third, fourth = socket.store.store(2)
@@ -231,10 +238,7 @@ def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_se
 
 
 def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
-    socket = Socket()
-    _, second = socket.store.store(2)
-    socket.delivery.message(second)
-    socket.timers.fire()
+    socket = _filling_a_gap()
     socket.delivery.resync()
     assert len(socket.store.reads) == 1
     socket.store.store(2)  # stored, their broadcasts lost
@@ -245,10 +249,7 @@ def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
 
 
 def test_a_stopped_delivery_sends_nothing_more():
-    socket = Socket()
-    _, second = socket.store.store(2)
-    socket.delivery.message(second)
-    socket.timers.fire()
+    socket = _filling_a_gap()
     socket.delivery.stop()
     socket.store.answer()
     socket.delivery.message(event(3))
