@@ -389,12 +389,22 @@ class ChatConsumer(WebsocketConsumer):
     def _read_after(self, after: int, limit: int, in_turn: bool, on_done):
         """On the loop: read the room's messages after `after` on the sync thread, then on_done.
 
-        Pages take their turn (chat.pipeline.call_in_turn): ten sockets catching up at once
+        Pages take their turn (chat.pipeline.run_in_turn): ten sockets catching up at once
         would hold the process up; a gap fill joins the next batch. If the read fails, the
         socket closes as its handler would have (4503 in an outage) and the page catches up.
         """
-        read = pipeline.call_in_turn if in_turn else pipeline.call_batched
-        pipeline.start_logged_task(self._read_then(read(self._events_after, after, limit), on_done))
+        if in_turn:
+            pipeline.start_logged_task(pipeline.run_in_turn(self._read_page, after, limit, on_done))
+        else:
+            reading = pipeline.call_batched(self._events_after, after, limit)
+            pipeline.start_logged_task(self._read_then(reading, on_done))
+
+    async def _read_page(self, after: int, limit: int, on_done):
+        """A page in its turn: read, handed to on_done, and its frames sent."""
+        if self.delivery.stopped:
+            return  # the socket left while its page waited: nothing to read for
+        await self._read_then(pipeline.call_batched(self._events_after, after, limit), on_done)
+        await self.frames.flushed()
 
     async def _read_then(self, reading, on_done):
         try:
@@ -410,7 +420,7 @@ class ChatConsumer(WebsocketConsumer):
         """On the sync thread: the room's events after `after`, at most `limit`."""
         return [
             protocol.chat_message_event(message)
-            for message in services.messages_after(self.room_name, after, limit)
+            for message in services.stored_messages_after(self.room_name, after, limit)
         ]
 
     # --- On the sync thread -------------------------------------------------------------

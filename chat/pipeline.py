@@ -5,8 +5,8 @@ for the loop after every frame (what async_to_sync does) made that thread the bo
 hand_to_loop queues a call on the loop, in call order, and returns at once; a socket's
 frames go out in order through its FrameQueue. The other way, many sockets' frames (and
 their gap fills) arrive at once, and a hop to the thread per call cost more than the
-calls: call_batched runs them in one hop. Bulk reads that must not hold everyone else up
-(catch-up pages) wait their turn: call_in_turn runs such calls one per batch.
+calls: call_batched runs them in one hop. Bulk work that must not hold everyone else up
+(catch-up pages) waits its turn: run_in_turn runs such jobs one at a time, paced.
 """
 
 import asyncio
@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 LAYER_CALLS_IN_FLIGHT = 32
 _layer_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
+# How long one socket's frames may hold the loop before it serves the others. A page of
+# 50 large catch-up messages takes about 1.5 ms to send; a live message waits 0.5 ms at most.
+SEND_SLICE_SECONDS = 0.0005
+# A bulk job (a catch-up page: read, sent and written out) is followed by a pause this
+# many times as long as it took, so bulk work gets at most 1 / (1 + factor) of the process.
+BULK_PAUSE_FACTOR = 1.0
 
 
 def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
@@ -52,10 +58,12 @@ class FrameQueue:
     """One socket's outbound ASGI messages, sent in order by one task at a time, on the loop.
 
     Frames queued from the loop and from the sync thread (through hand_to_loop) share it,
-    so they leave in the order they were queued, without a task per frame.
+    so they leave in the order they were queued, without a task per frame. A long queue (a
+    catch-up page) is sent in slices of SEND_SLICE_SECONDS, letting the loop serve other
+    sockets between them.
     """
 
-    __slots__ = ("_send", "_waiting", "_broken")
+    __slots__ = ("_send", "_waiting", "_broken", "_task")
 
     def __init__(self, send: Callable[[dict], Coroutine[Any, Any, Any]]):
         self._send = send
@@ -63,6 +71,7 @@ class FrameQueue:
         # are most of the time: an empty deque would cost each of them 600 bytes.
         self._waiting: collections.deque[dict] | None = None
         self._broken = False  # a send failed: the connection is gone, and so is the rest
+        self._task: asyncio.Task | None = None  # the task sending, while there is one
 
     def put(self, message: dict):
         """On the loop: send message after those queued before it."""
@@ -70,20 +79,29 @@ class FrameQueue:
             return
         if self._waiting is None:
             self._waiting = collections.deque((message,))
-            start_logged_task(self._drain(self._waiting))
+            self._task = start_logged_task(self._drain(self._waiting))
         else:
             self._waiting.append(message)
 
+    async def flushed(self):
+        """On the loop: return once everything queued so far has been sent (or failed)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
     async def _drain(self, waiting: collections.deque[dict]):
         try:
+            slice_ends = time.perf_counter() + SEND_SLICE_SECONDS
             while waiting:
                 await self._send(waiting[0])
                 waiting.popleft()
+                if waiting and time.perf_counter() > slice_ends:
+                    await asyncio.sleep(0)  # the loop's other sockets, then the rest
+                    slice_ends = time.perf_counter() + SEND_SLICE_SECONDS
         except BaseException:
             self._broken = True
             raise  # logged once, by start_logged_task
         finally:
-            self._waiting = None
+            self._waiting = self._task = None
 
 
 def layer_slot() -> asyncio.Semaphore:
@@ -154,10 +172,10 @@ _loop_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Lane:
-    """One loop's bulk calls: one at a time, each followed by a pause as long as it took.
+    """One loop's bulk jobs: one at a time, each followed by a pause as long as it took.
 
-    A batch with ten sockets' catch-up pages in it would hold every other handler of the
-    process up for all ten; in the lane, a live message waits for one page at most, and
+    Ten sockets' catch-up pages at once would hold every other socket of the process up
+    for all ten; in the lane, a live message waits for a slice of one page at most, and
     the pauses leave the process at least half its time for everything else.
     """
 
@@ -166,9 +184,9 @@ class _Lane:
         self.waiting: collections.deque = collections.deque()
         self.running = False
 
-    async def call(self, function, args: tuple):
+    async def run(self, job, args: tuple):
         done = self.loop.create_future()
-        self.waiting.append((function, args, done))
+        self.waiting.append((job, args, done))
         if not self.running:
             self.running = True
             start_logged_task(self._run())
@@ -177,17 +195,19 @@ class _Lane:
     async def _run(self):
         try:
             while self.waiting:
-                function, args, done = self.waiting.popleft()
+                job, args, done = self.waiting.popleft()
+                if done.done():
+                    continue  # its caller was cancelled
                 started = time.perf_counter()
                 try:
-                    result = await call_batched(function, *args)
-                except Exception as error:  # that call's failure only: the lane goes on
+                    result = await job(*args)
+                except Exception as error:  # that job's failure only: the lane goes on
                     if not done.done():
                         done.set_exception(error)
                 else:
                     if not done.done():
                         done.set_result(result)
-                await asyncio.sleep(time.perf_counter() - started)
+                await asyncio.sleep((time.perf_counter() - started) * BULK_PAUSE_FACTOR)
         finally:
             self.running = False
 
@@ -195,12 +215,17 @@ class _Lane:
 _lanes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-async def call_in_turn(function, *args):
-    """On the loop: run function(*args) on the sync thread, one such call per batch; its result."""
+async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
+    """On the loop: `await job(*args)` when its turn comes, after the bulk jobs before it.
+
+    Returns its result (or raises its failure). The job's time counts from its start to
+    its end, so a job that reads on the sync thread and then writes frames should await
+    its frames (FrameQueue.flushed) before it returns.
+    """
     loop = asyncio.get_running_loop()
     if loop not in _lanes:
         _lanes[loop] = _Lane(loop)
-    return await _lanes[loop].call(function, args)
+    return await _lanes[loop].run(job, args)
 
 
 async def call_batched(function, *args):

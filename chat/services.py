@@ -1,7 +1,9 @@
 """Storing and reading messages: the only code that writes a Message."""
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -93,6 +95,52 @@ def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> 
     """The room's messages with seq > after_seq, oldest first, at most `limit`."""
     query = Message.objects.filter(room_id=room_name, seq__gt=after_seq).order_by("seq")
     return list(query if limit is None else query[:limit])
+
+
+class StoredMessage(NamedTuple):
+    """What a frame shows of a stored Message (protocol.message_fields), without the model."""
+
+    text: str
+    seq: int
+    display_name: str
+    author_id: int | None
+    created: datetime
+    client_id: str
+
+
+def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[StoredMessage]:
+    """messages_after for catch-up pages and gap fills: the same rows, three times as fast.
+
+    The sync thread that reads a page is the one every other socket of the process waits
+    for: compiling the query (0.5 ms) and building models and converters for 50 large
+    messages took 1.5 ms a page; this takes 0.5 (benchmarks.catch_up, README). The ORM
+    still writes the SQL, once per database vendor and limit.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_stored_messages_after_sql(connection.vendor, limit), [room_name, after_seq])
+        rows = cursor.fetchall()
+    # USE_TZ: a database without time zones (SQLite) returns naive datetimes in UTC.
+    return [
+        StoredMessage(
+            text,
+            seq,
+            name,
+            author_id,
+            created if created.tzinfo else created.replace(tzinfo=UTC),
+            client_id,
+        )
+        for text, seq, name, author_id, created, client_id in rows
+    ]
+
+
+@functools.lru_cache(maxsize=32)
+def _stored_messages_after_sql(vendor: str, limit: int) -> str:
+    """The SQL of messages_after(room, after, limit) for StoredMessage's columns; takes
+    [room, after]."""
+    query = Message.objects.filter(room_id="", seq__gt=0).order_by("seq")
+    sql, params = query.values_list(*StoredMessage._fields)[:limit].query.sql_with_params()
+    assert params == ("", 0), params  # the two parameters stored_messages_after passes
+    return sql
 
 
 def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message]:

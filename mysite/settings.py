@@ -336,10 +336,11 @@ CHAT_NAME_MAX_STACKED_MARKS = 2
 
 
 # A socket catching up (?after=, a gap, a resync) is sent at most this many stored messages
-# at a time, then asks for the next page; pages of all sockets take turns (one per sync
-# batch, each followed by a pause as long as it took). A page of 50 of the largest
-# messages (200 KB) delays another room's message by a few milliseconds; 100 or 200 cost
-# it 2-3x more at p99 (benchmarks/catch_up.py), for fewer round trips per catch-up.
+# at a time, then asks for the next page; pages of all sockets take turns (one at a time,
+# each followed by a pause as long as it took: chat.pipeline.run_in_turn). A page of 50 of
+# the largest messages (200 KB) is read in 0.5 ms and sent in slices of 0.5 ms, which is
+# what another room's message may wait (benchmarks/catch_up.py); larger pages mean longer
+# reads to wait for, for fewer round trips per catch-up.
 # (From the environment too, so that tests and benchmarks can change it.)
 CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "50"))
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.

@@ -406,7 +406,7 @@ async def test_a_message_that_overtook_another_waits_for_it_without_a_query(join
         for text in ("1st", "2nd")
     ]
     queries = []
-    monkeypatch.setattr(services, "messages_after", lambda *args: queries.append(args) or [])
+    monkeypatch.setattr(services, "stored_messages_after", lambda *args: queries.append(args) or [])
     layer, group = get_channel_layer(), rooms.group_name("lobby")
     # Two senders' broadcasts crossed on the way: the second arrives first.
     for message in (second, first):
@@ -426,7 +426,7 @@ async def test_a_gap_fill_that_cannot_reach_the_database_closes_the_socket_with_
     def database_gone(*args):
         raise OperationalError("the database is gone")
 
-    monkeypatch.setattr(services, "messages_after", database_gone)
+    monkeypatch.setattr(services, "stored_messages_after", database_gone)
     await socket.send_json_to({"message": "next"})
     assert await close_code(socket) == protocol.CLOSE_SERVICE_UNAVAILABLE
 

@@ -1,8 +1,10 @@
 """Handing work between the loop and the sync thread: order, batches, failures, bounds."""
 
 import asyncio
+import itertools
 import logging
 import threading
+import time
 
 from channels.db import database_sync_to_async
 
@@ -69,6 +71,44 @@ async def test_a_frame_queue_sends_in_order_and_after_a_failed_send_sends_nothin
     assert [record.getMessage() for record in caplog.records] == [
         "handed-off send failed: ConnectionError('socket gone')"
     ]
+
+
+async def test_a_long_frame_queue_lets_the_loop_serve_others_between_slices():
+    sent, others_ran_after = [], []
+
+    async def send(message: dict):
+        time.sleep(0.0002)  # writing a large frame: the loop is held while it lasts
+        sent.append(message["n"])
+
+    frames = pipeline.FrameQueue(send)
+    for number in range(50):
+        frames.put({"n": number})
+    # Another socket's frame, ready on the loop just after the page was queued.
+    asyncio.get_running_loop().call_soon(lambda: others_ran_after.append(len(sent)))
+    await asyncio.wait_for(frames.flushed(), 5)
+    assert sent == list(range(50))
+    # It ran after one slice (SEND_SLICE_SECONDS: 0.5 ms, a few of these frames), not after 50.
+    assert others_ran_after and others_ran_after[0] < 50
+
+
+async def test_flushed_waits_for_every_frame_queued_and_not_for_a_failed_one():
+    sent = []
+
+    async def send(message: dict):
+        await asyncio.sleep(0.001)
+        if message["n"] == "broken":
+            raise ConnectionError("socket gone")
+        sent.append(message["n"])
+
+    frames = pipeline.FrameQueue(send)
+    await frames.flushed()  # nothing queued: at once
+    for number in range(3):
+        frames.put({"n": number})
+    await asyncio.wait_for(frames.flushed(), 5)
+    assert sent == [0, 1, 2]
+    frames.put({"n": "broken"})
+    await asyncio.wait_for(frames.flushed(), 5)  # returns, and does not raise
+    assert sent == [0, 1, 2]
 
 
 async def test_broadcasts_in_flight_are_bounded():
@@ -187,29 +227,55 @@ async def test_a_handed_off_task_that_waits_holds_back_nothing_handed_after_it()
     assert order == ["frame 1", "frame 2", "broadcast"]
 
 
-async def test_calls_in_turn_run_one_per_batch_and_let_other_calls_go_between():
+async def test_jobs_in_turn_run_one_at_a_time_and_live_calls_go_between_them():
     loop = asyncio.get_running_loop()
     ran, live = [], []
 
-    def page(number: int):
-        ran.append(f"page {number}")
-        if number == 0:  # while the first page runs, a live message comes in
+    def read(number: int):
+        ran.append(f"read {number}")
+        if number == 0:  # while the first page is read, a live message comes in
             call = pipeline.call_batched(ran.append, "live")
             live.append(asyncio.run_coroutine_threadsafe(call, loop))
         return number
 
-    pages = [asyncio.ensure_future(pipeline.call_in_turn(page, number)) for number in range(3)]
+    async def page(number: int):
+        return await pipeline.call_batched(read, number)
+
+    pages = [asyncio.ensure_future(pipeline.run_in_turn(page, number)) for number in range(3)]
     assert await asyncio.wait_for(asyncio.gather(*pages), 5) == [0, 1, 2]
     await asyncio.wrap_future(live[0])
-    assert ran == ["page 0", "live", "page 1", "page 2"]
+    assert ran == ["read 0", "live", "read 1", "read 2"]
 
 
-async def test_a_failed_call_in_turn_raises_in_its_caller_and_the_next_one_runs():
-    def fail():
+async def test_each_job_in_turn_is_followed_by_a_pause_as_long_as_the_job(monkeypatch):
+    monkeypatch.setattr(pipeline, "BULK_PAUSE_FACTOR", 2.0)
+    spans = []
+
+    async def job(seconds: float):
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        spans.append((started, time.perf_counter()))
+
+    await asyncio.wait_for(
+        asyncio.gather(*(pipeline.run_in_turn(job, seconds) for seconds in (0.05, 0.01, 0.01))),
+        5,
+    )
+    gaps = [start - end for (_, end), (start, _) in itertools.pairwise(spans)]
+    lengths = [end - start for start, end in spans]
+    # Never shorter than the factor asks (the clock may round by a millisecond).
+    assert gaps[0] >= 2.0 * lengths[0] - 0.001
+    assert gaps[1] >= 2.0 * lengths[1] - 0.001
+
+
+async def test_a_failed_job_in_turn_raises_in_its_caller_and_the_next_one_runs():
+    async def fail():
         raise ValueError("broken page")
 
-    failed = asyncio.ensure_future(pipeline.call_in_turn(fail))
-    next_one = asyncio.ensure_future(pipeline.call_in_turn(lambda: "next"))
+    async def next_job():
+        return "next"
+
+    failed = asyncio.ensure_future(pipeline.run_in_turn(fail))
+    next_one = asyncio.ensure_future(pipeline.run_in_turn(next_job))
     results = await asyncio.wait_for(asyncio.gather(failed, next_one, return_exceptions=True), 5)
     assert repr(results[0]) == "ValueError('broken page')"
     assert results[1] == "next"
