@@ -88,6 +88,9 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # Out of the terminal's process group: Ctrl-C stops the server first, and the
+            # server's last presence flush still finds Redis; stop() ends it after that.
+            start_new_session=True,
         )
         self._wait_until_ready()
         return self
