@@ -79,6 +79,7 @@ def room(request, room_name):
         "guest": author.is_guest,
         "sign_in": identity.sign_in_of(author),
     }
+    context["csrf_cookie_name"] = settings.CSRF_COOKIE_NAME
     return render(request, "chat/room.html", context)
 
 
@@ -178,7 +179,18 @@ def _private(response, etag: str):
 
 @require_POST
 def mark_read(request, room_name):
-    """Move a logged-in user's read position in a room forward to POST up_to=<id>."""
+    """Move a logged-in user's read position in a room forward to POST up_to=<id>.
+
+    With `as` (the page's sign-in tag, identity.sign_in_of), a session that now speaks as
+    someone else (a logout or a login in another tab since the page was loaded) is refused
+    with 409 sign_in_changed: the page's position is not the new sign-in's.
+    """
+    page_sign_in = request.POST.get("as")
+    author = identity.author_for(request.user, request.session)
+    if page_sign_in is not None and page_sign_in != identity.sign_in_of(author):
+        return _json_error(
+            409, "sign_in_changed", "This page was loaded for another sign-in: reload it."
+        )
     if not request.user.is_authenticated:
         return _json_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."

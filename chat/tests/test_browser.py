@@ -966,6 +966,38 @@ def test_signing_out_and_in_in_one_tab_brings_the_other_tab_up_to_date(browser, 
     assert browser.execute_async_script(READ_POSITION_POST, "two-tabs") == 200
 
 
+READ_POSITION_GET = """
+const [room, done] = [arguments[0], arguments[arguments.length - 1]];
+fetch('/api/rooms/?online=0&room=' + encodeURIComponent(room)).then((r) => r.json()).then(
+    (body) => done(body.rooms.find((listed) => listed.name === room)?.read_up_to ?? null),
+    (e) => done(String(e)));
+"""
+
+# What a login in another tab does to this one: a new CSRF secret in the cookie, while the
+# page keeps the token it was rendered with.
+ROTATE_CSRF_COOKIE = """
+const letters = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+const secret = Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => letters[b % 62]);
+document.cookie = arguments[0] + '=' + secret.join('') + '; path=/; SameSite=Lax; Secure';
+"""
+
+
+def test_the_sidebar_reports_a_read_with_the_csrf_token_of_now_not_of_the_page(
+    browser, chat_server
+):
+    _sign_up(browser, chat_server, "rotated", "csrf-Rotated-42")
+    _enter_chat_room(browser, chat_server, "csrf-rotation")
+    rendered_with = browser.get_cookie("csrftoken")["value"]
+    browser.execute_script(ROTATE_CSRF_COOKIE, "csrftoken")
+    assert browser.get_cookie("csrftoken")["value"] != rendered_with
+    _post_message(browser, "read after the rotation")
+    _wait(
+        browser,
+        lambda: browser.execute_async_script(READ_POSITION_GET, "csrf-rotation") == 1,
+        "the sidebar's read report was refused (a stale CSRF token)",
+    )
+
+
 LOG_OUT_FROM_THIS_PAGE = """
 const done = arguments[arguments.length - 1];
 const form = document.querySelector('#identity form');

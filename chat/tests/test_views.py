@@ -675,6 +675,9 @@ def test_room_list_reads_who_is_online_in_one_redis_round_trip(
         round_trips.append(command)
         return send(connection, command, check_health)
 
+    # Once before counting: a fresh connection's handshake (CLIENT SETINFO, run alone this
+    # test is the first to connect) is the connection's, not the list's.
+    client.get("/api/rooms/")
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
     assert len(client.get("/api/rooms/").json()["rooms"]) == 3
     assert len(round_trips) == 1
@@ -783,6 +786,27 @@ def test_an_unreadable_read_position_is_refused_with_a_clear_400(client, django_
     response = client.post("/api/rooms/lobby/read/", {"up_to": up_to})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_up_to"
+
+
+def test_a_read_position_from_a_page_of_another_sign_in_is_refused_with_409(
+    client, django_user_model
+):
+    alice = django_user_model.objects.create_user("alice")
+    client.force_login(alice)
+    _chat("lobby", "one", "two")
+    alices_page = client.get("/chat/lobby/").context["chat_reader"]["sign_in"]
+    read = functools.partial(client.post, "/api/rooms/lobby/read/")
+    assert read({"up_to": "1", "as": alices_page}).json()["read_up_to"] == 1
+    # Bob logs in in another tab: Alice's page is still open, and reports as it leaves.
+    client.force_login(django_user_model.objects.create_user("bob"))
+    refused = read({"up_to": "2", "as": alices_page})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "sign_in_changed"
+    assert not ReadPosition.objects.filter(user__username="bob").exists()
+    assert ReadPosition.objects.get(user=alice).last_read_id == 1
+    # Alice again, in a new session: her page's sign-in is hers again.
+    client.force_login(alice)
+    assert read({"up_to": "2", "as": alices_page}).json()["read_up_to"] == 2
 
 
 def test_marking_read_needs_the_csrf_token(django_user_model):

@@ -27,6 +27,7 @@
     const toggle = document.getElementById('rooms-sidebar-toggle');
     const roomName = JSON.parse(document.getElementById('room-name').textContent);
     const isGuest = sidebar.dataset.guest === 'true';
+    const signIn = JSON.parse(document.getElementById('chat-reader').textContent).sign_in;
     const baseTitle = document.title;
 
     let rooms = [];            // the last /api/rooms/ answer
@@ -94,13 +95,24 @@
         render();
     }
 
+    // Django rotates the CSRF token at each login (in another tab, say): the cookie holds
+    // the current one, the page the one it was rendered with.
+    function csrfToken() {
+        const prefix = sidebar.dataset.csrfCookie + '=';
+        const cookie = document.cookie.split('; ').find((c) => c.startsWith(prefix));
+        return cookie === undefined
+            ? sidebar.dataset.csrf : decodeURIComponent(cookie.slice(prefix.length));
+    }
+
+    // With the page's sign-in: after a logout or a login in another tab, the server refuses
+    // it (409) rather than record this page's position for whoever is signed in now.
     function reportRead() {
         clearTimeout(reportTimer);
         reportTimer = null;
-        const body = new URLSearchParams({up_to: String(reported)});
+        const body = new URLSearchParams({up_to: String(reported), as: signIn});
         fetch('/api/rooms/' + encodeURIComponent(roomName) + '/read/', {
             method: 'POST',
-            headers: {'X-CSRFToken': sidebar.dataset.csrf},
+            headers: {'X-CSRFToken': csrfToken()},
             body: body,
             credentials: 'same-origin',
             keepalive: true,  // outlives the page when it is sent as the page goes
