@@ -133,13 +133,16 @@ def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[St
     ]
 
 
-@functools.lru_cache(maxsize=32)
+# Limits run from 1 to CHAT_CATCH_UP_PAGE + 1 (a page and one more; a gap fill may ask for
+# less): a handful of statements per process.
+@functools.cache
 def _stored_messages_after_sql(vendor: str, limit: int) -> str:
     """The SQL of messages_after(room, after, limit) for StoredMessage's columns; takes
     [room, after]."""
     query = Message.objects.filter(room_id="", seq__gt=0).order_by("seq")
     sql, params = query.values_list(*StoredMessage._fields)[:limit].query.sql_with_params()
-    assert params == ("", 0), params  # the two parameters stored_messages_after passes
+    if tuple(params) != ("", 0):  # the parameters stored_messages_after passes, in order
+        raise RuntimeError(f"unexpected parameters in the catch-up query: {params!r}")
     return sql
 
 

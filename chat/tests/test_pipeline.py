@@ -247,7 +247,7 @@ async def test_jobs_in_turn_run_one_at_a_time_and_live_calls_go_between_them():
     assert ran == ["read 0", "live", "read 1", "read 2"]
 
 
-async def test_each_job_in_turn_is_followed_by_a_pause_as_long_as_the_job(monkeypatch):
+async def test_each_job_in_turn_is_followed_by_a_pause_in_proportion_to_the_job(monkeypatch):
     monkeypatch.setattr(pipeline, "BULK_PAUSE_FACTOR", 2.0)
     spans = []
 
