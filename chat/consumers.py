@@ -218,23 +218,22 @@ class ChatConsumer(WebsocketConsumer):
             rooms.group_name(room_name),
             *revocation.identity_groups(user, session),
         )
+        # Each in a layer slot (chat.pipeline.layer_call): a burst of sockets coming or
+        # going would otherwise run channels_redis's connection pool dry.
+        add = self.channel_layer.group_add
         await asyncio.gather(
-            *(self._in_layer_slot(self.channel_layer.group_add, g) for g in self.joined_groups)
+            *(pipeline.layer_call(add, group, self.channel_name) for group in self.joined_groups)
         )
 
     async def _discard_from_groups(self):
         discard = self.channel_layer.group_discard
         try:
-            await asyncio.gather(*(self._in_layer_slot(discard, g) for g in self.joined_groups))
+            await asyncio.gather(
+                *(pipeline.layer_call(discard, g, self.channel_name) for g in self.joined_groups)
+            )
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
-
-    async def _in_layer_slot(self, group_call, group: str):
-        # Bounded per process (chat.pipeline.layer_slot): a burst of sockets coming or
-        # going would otherwise run channels_redis's connection pool dry.
-        async with pipeline.layer_slot():
-            await group_call(group, self.channel_name)
 
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""

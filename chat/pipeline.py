@@ -116,10 +116,15 @@ def layer_slot() -> asyncio.Semaphore:
     return _layer_slots[loop]
 
 
-async def broadcast(channel_layer, group: str, event: dict[str, Any]):
-    """group_send once a layer slot is free (layer_slot)."""
+async def layer_call(call: Callable[..., Coroutine[Any, Any, Any]], *args):
+    """On the loop: `await call(*args)`, a channel-layer method, once a layer slot is free."""
     async with layer_slot():
-        await channel_layer.group_send(group, event)
+        return await call(*args)
+
+
+async def broadcast(channel_layer, group: str, event: dict[str, Any]):
+    """group_send once a layer slot is free (layer_call)."""
+    await layer_call(channel_layer.group_send, group, event)
 
 
 class _LoopBatches:

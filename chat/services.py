@@ -93,8 +93,12 @@ def recent_messages(room_name: str, limit: int) -> list[Message]:
 
 def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> list[Message]:
     """The room's messages with seq > after_seq, oldest first, at most `limit`."""
-    query = Message.objects.filter(room_id=room_name, seq__gt=after_seq).order_by("seq")
+    query = _messages_after_query(room_name, after_seq)
     return list(query if limit is None else query[:limit])
+
+
+def _messages_after_query(room_name: str, after_seq: int):
+    return Message.objects.filter(room_id=room_name, seq__gt=after_seq).order_by("seq")
 
 
 class StoredMessage(NamedTuple):
@@ -139,8 +143,8 @@ def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[St
 def _stored_messages_after_sql(vendor: str, limit: int) -> str:
     """The SQL of messages_after(room, after, limit) for StoredMessage's columns; takes
     [room, after]."""
-    query = Message.objects.filter(room_id="", seq__gt=0).order_by("seq")
-    sql, params = query.values_list(*StoredMessage._fields)[:limit].query.sql_with_params()
+    query = _messages_after_query("", 0).values_list(*StoredMessage._fields)[:limit]
+    sql, params = query.query.sql_with_params()
     if tuple(params) != ("", 0):  # the parameters stored_messages_after passes, in order
         raise RuntimeError(f"unexpected parameters in the catch-up query: {params!r}")
     return sql

@@ -186,8 +186,9 @@ def mark_read(request, room_name):
     with 409 sign_in_changed: the page's position is not the new sign-in's.
     """
     page_sign_in = request.POST.get("as")
-    author = identity.author_for(request.user, request.session)
-    if page_sign_in is not None and page_sign_in != identity.sign_in_of(author):
+    if page_sign_in is not None and page_sign_in != identity.sign_in_of(
+        identity.author_for(request.user, request.session)
+    ):
         return _json_error(
             409, "sign_in_changed", "This page was loaded for another sign-in: reload it."
         )
