@@ -6,7 +6,7 @@
 #       -e DJANGO_SECURE_SSL_REDIRECT=false IMAGE
 # The default command does not migrate: N copies of it would migrate at once.
 # Behind a reverse proxy, add -e CHAT_TRUSTED_PROXIES=<its address or network>, so that the
-# client's address comes from its X-Forwarded-For (README.md, "Behind a reverse proxy").
+# client's address comes from its X-Forwarded-For (docs/operations.md, "Behind a reverse proxy").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

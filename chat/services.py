@@ -117,7 +117,7 @@ def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[St
 
     The sync thread that reads a page is the one every other socket of the process waits
     for: compiling the query (0.5 ms) and building models and converters for 50 large
-    messages took 1.5 ms a page; this takes 0.5 (benchmarks.catch_up, README). The ORM
+    messages took 1.5 ms a page; this takes 0.5 (benchmarks.catch_up, docs/architecture.md). The ORM
     still writes the SQL, once per database vendor and limit.
     """
     with connection.cursor() as cursor:

@@ -31,10 +31,10 @@ DEFAULT_GROUP_EXPIRY_SECONDS = 86400
 
 LAYER_BACKENDS = {
     # Redis PUBLISH/SUBSCRIBE: one publish per message per group, fanned out in-process.
-    # The default: about twice the deliveries per second of the other here (README,
-    # Benchmark), and groups that neither expire nor vanish when Redis restarts. It has
-    # no queues: a message to a socket not subscribed yet is gone, so sockets fill such
-    # gaps from the database (chat.consumers).
+    # The default: about twice the deliveries per second of the other here
+    # (docs/architecture.md), and groups that neither expire nor vanish when Redis restarts.
+    # It has no queues: a message to a socket not subscribed yet is gone, so sockets fill
+    # such gaps from the database (chat.consumers).
     "pubsub": "mysite.channel_layers.PubSubLayer",
     # The tutorial's layer: per-channel queues in Redis, each capped at `capacity`. Each
     # received message costs a process four Redis round trips, one after the other.

@@ -1,7 +1,7 @@
 """Django settings for mysite.
 
 One file for every environment: development defaults are safe, and production is
-the same file with other environment variables (see README.md, "Configuration").
+the same file with other environment variables (see docs/operations.md, "Configuration").
 """
 
 import os

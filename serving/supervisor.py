@@ -110,7 +110,7 @@ def debug_bind_refusal(host: str) -> str | None:
         f"refusing to listen on {host or 'every address'!r} with DEBUG on: other machines "
         "would get debug pages (settings, tracebacks) and a server running on the "
         "development secret key. Bind 127.0.0.1, or set DJANGO_DEBUG=false with "
-        "DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS (README.md, Configuration)"
+        "DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS (docs/operations.md, Configuration)"
     )
 
 

@@ -1137,7 +1137,7 @@ SCREENSHOT_CONVERSATION = [
 
 
 @pytest.mark.skipif(
-    not os.environ.get("CHAT_SCREENSHOTS"), reason="writes README's screenshots: CHAT_SCREENSHOTS=1"
+    not os.environ.get("CHAT_SCREENSHOTS"), reason="retakes docs/screenshots/: CHAT_SCREENSHOTS=1"
 )
 def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
     server = chat_server_process

@@ -40,10 +40,10 @@
     const RATE_LIMITED_RETRY_MS = 1000;
     // A connection that stayed up this long was not dropped for something it sent.
     const HEALTHY_AFTER_MS = 5000;
-    // Close codes after which the server wants the page back at once (README, close codes):
+    // Close codes after which the server wants the page back at once (docs/protocol.md, close codes):
     // the socket's lifetime over is no failure to back off from.
     const RECONNECT_AT_ONCE = new Set([4000]);
-    // The socket's sign-in is not the page's (README, close codes): reload as the new one.
+    // The socket's sign-in is not the page's (docs/protocol.md, close codes): reload as the new one.
     const SIGN_IN_CHANGED = 4401;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
