@@ -2,6 +2,8 @@
 
 Unread counts are worked out by the page: a room's last message id minus the reader's
 read position (both message ids, `seq`s, which number a room's messages with no gaps).
+
+Explained in docs/protocol.md, 'Rooms: `GET /api/rooms/`'.
 """
 
 import hashlib

@@ -4,6 +4,8 @@ It only parses, delegates and sends: the rules live in rooms, protocol, ratelimi
 identity, services and presence. connect, receive and disconnect run on the sync thread,
 as the tutorial's do; room events that need no database run on the event loop, where
 the socket's RoomDelivery (chat.delivery) sends them without a hop to that thread.
+
+Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
 
 import asyncio

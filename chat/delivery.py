@@ -15,6 +15,8 @@ is held, and the gap timer starts no second read: the reply is applied first, th
 held messages. A catch-up longer than CHAT_CATCH_UP_PAGE goes in pages the client asks
 for; live messages meanwhile are left to those pages (they are stored before they are
 broadcast).
+
+Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import collections

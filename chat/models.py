@@ -1,4 +1,7 @@
-"""Rooms and their stored messages."""
+"""Rooms and their stored messages.
+
+Explained in docs/architecture.md, 'Invariants'.
+"""
 
 from django.conf import settings
 from django.db import models

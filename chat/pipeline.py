@@ -7,6 +7,8 @@ frames go out in order through its FrameQueue. The other way, many sockets' fram
 their gap fills) arrive at once, and a hop to the thread per call cost more than the
 calls: call_batched runs them in one hop. Bulk work that must not hold everyone else up
 (catch-up pages) waits its turn: run_in_turn runs such jobs one at a time, paced.
+
+Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
 
 import asyncio

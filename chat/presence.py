@@ -10,6 +10,8 @@ snapshot and snapshots are for the sync thread (the views); apply and refresh fo
 event loop (chat.upkeep), with that loop's asyncio client: a socket's join and leave go
 there, pipelined with the other sockets' and the announcements they cause, so the sync
 thread never waits for Redis on a socket's behalf.
+
+Explained in docs/architecture.md, 'The upkeep'.
 """
 
 import logging

@@ -9,6 +9,8 @@ Outbound frames stay tutorial-compatible: every chat message carries "message", 
 `{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
 a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`; someone else typing
 is `{"typing": {"user": ..., "guest": ...}}`.
+
+Explained in docs/protocol.md.
 """
 
 import json

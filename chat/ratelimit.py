@@ -1,4 +1,7 @@
-"""Flood control: a token bucket per connection."""
+"""Flood control: a token bucket per connection.
+
+Explained in docs/protocol.md, 'Limits'.
+"""
 
 import time
 from collections.abc import Callable

@@ -1,5 +1,8 @@
 """Reaching Redis: REDIS_URL's list of URLs, plain clients (presence, health checks), and
-whether each Redis answers. No Django setup needed, so launchers check before they start."""
+whether each Redis answers. No Django setup needed, so launchers check before they start.
+
+Explained in docs/operations.md, 'Several Redis servers'.
+"""
 
 import functools
 

@@ -8,6 +8,8 @@ deactivation or deletion of the user, a guest's new display name), every process
 of that session or user receive `chat.identity_changed` and close with
 CLOSE_IDENTITY_CHANGED (4401); the page reloads as whoever the session now is. A session that
 expires closes its sockets the same way, from a timer in the socket's process.
+
+Explained in docs/architecture.md, 'Why each choice'.
 """
 
 import hashlib

@@ -4,6 +4,8 @@ The HTTP route, the WebSocket route and the index page all decide validity here.
 Room names are case-sensitive (`Lobby` and `lobby` are two rooms, as two URLs are two
 pages) and compared after Unicode NFC normalization, so that `café` typed with a
 composed or a decomposed `é` is one room.
+
+Explained in docs/protocol.md, 'Room names'.
 """
 
 import hashlib

@@ -1,4 +1,7 @@
-"""WebSocket routes, nested under mysite.asgi's URLRouter."""
+"""WebSocket routes, nested under mysite.asgi's URLRouter.
+
+Explained in docs/architecture.md, 'The shape'.
+"""
 
 from channels.security.websocket import WebsocketDenier
 from django.urls import path, re_path

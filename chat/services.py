@@ -1,4 +1,7 @@
-"""Storing and reading messages: the only code that writes a Message."""
+"""Storing and reading messages: the only code that writes a Message.
+
+Explained in docs/architecture.md, 'The delivery path'.
+"""
 
 import functools
 from dataclasses import dataclass

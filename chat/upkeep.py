@@ -19,6 +19,8 @@ Everything here runs on the loop, as the sockets' RoomDelivery does, so it reads
 drives their delivery directly: no thread, no lock, no message through the layer. Its
 Redis calls use redis.asyncio, its layer calls the layer's async API. Whatever a round
 meets (Redis down...) is logged, and the next round tried.
+
+Explained in docs/architecture.md, 'The upkeep'.
 """
 
 import asyncio

@@ -1,4 +1,7 @@
-"""HTTP routes of the chat app."""
+"""HTTP routes of the chat app.
+
+Explained in docs/protocol.md, 'HTTP endpoints'.
+"""
 
 from django.urls import path, re_path
 

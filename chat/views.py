@@ -1,4 +1,7 @@
-"""HTTP views: choosing a room and a name, the room page, sign-up, and the messages API."""
+"""HTTP views: choosing a room and a name, the room page, sign-up, and the messages API.
+
+Explained in docs/protocol.md, 'HTTP endpoints'.
+"""
 
 import hashlib
 

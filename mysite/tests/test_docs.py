@@ -156,6 +156,28 @@ def missing_citations(text: str, tests: set[str]) -> set[str]:
     }
 
 
+def doc_pointer_problem(module: Path) -> str | None:
+    """Why a module's docstring does not end by naming its doc page and section, or None.
+
+    Zulip-style, each module names the page that explains it, as its docstring's last line:
+    "Explained in docs/architecture.md, 'The delivery path'."
+    """
+    docstring = ast.get_docstring(ast.parse(module.read_text()))
+    if docstring is None:
+        return None
+    pointer = re.fullmatch(
+        r"Explained in (docs/[\w-]+\.md)(?:, '(.+)')?\.", docstring.splitlines()[-1]
+    )
+    if pointer is None:
+        return "its docstring's last line names no doc page"
+    page, heading = ROOT / pointer[1], pointer[2]
+    if not page.exists():
+        return f"{pointer[1]} does not exist"
+    if heading is not None and slug(heading) not in anchors(page.read_text()):
+        return f"{pointer[1]} has no heading {heading!r}"
+    return None
+
+
 def test_readme_is_a_front_door_that_shows_the_test_command():
     assert readme_problems(README.read_text()) == []
 
@@ -181,6 +203,11 @@ def test_every_error_code_the_server_can_send_is_in_the_protocol():
 def test_every_test_and_file_a_document_cites_exists(name):
     text = (ROOT / "docs" / name).read_text()
     assert missing_citations(text, defined_tests()) == set()
+
+
+@pytest.mark.parametrize("module", sorted((ROOT / "chat").glob("*.py")), ids=lambda path: path.name)
+def test_each_chat_module_names_the_doc_page_that_explains_it(module):
+    assert doc_pointer_problem(module) is None
 
 
 # Each check above catches what it is for: fed a broken input, it finds the fault.
@@ -224,3 +251,17 @@ def test_the_code_checks_catch_a_code_missing_from_the_protocol(tmp_path):
 def test_the_citation_check_catches_a_test_or_file_that_does_not_exist():
     text = "`test_real` `test_renamed` `chat/protocol.py` `chat/moved.py` `a phrase`"
     assert missing_citations(text, {"test_real"}) == {"test_renamed", "chat/moved.py"}
+
+
+def test_the_doc_pointer_check_catches_a_missing_page_or_heading(tmp_path):
+    module = tmp_path / "module.py"
+    for last_line, problem in [
+        ("Explained in docs/architecture.md, 'The delivery path'.", None),
+        ("Explained in docs/protocol.md.", None),
+        ("Explained in docs/nowhere.md.", "docs/nowhere.md does not exist"),
+        ("Explained in docs/architecture.md, 'No such part'.", "has no heading"),
+        ("A summary only.", "names no doc page"),
+    ]:
+        module.write_text(f'"""A summary.\n\n{last_line}\n"""\n')
+        found = doc_pointer_problem(module)
+        assert found is None if problem is None else problem in found
