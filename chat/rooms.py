@@ -22,6 +22,33 @@ _READABLE_GROUP_ROOM = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _READABLE_GROUP_PREFIX = "chat_"
 _HASHED_GROUP_PREFIX = "chat."
 
+# The characters people type by mistake, said in words: a refusal of "U+0020" explains
+# nothing. Visible ones are shown too, so the reader can find them in what they typed.
+_CHARACTER_WORDS = {
+    " ": "a space",
+    "\t": "a tab",
+    "\n": "a line break",
+    "\r": "a line break",
+    "\u00a0": "a non-breaking space",
+    "/": "a slash (/)",
+    "\\": "a backslash (\\)",
+    "?": "a question mark (?)",
+    "#": "a hash sign (#)",
+    "%": "a percent sign (%)",
+    "&": "an ampersand (&)",
+    ",": "a comma (,)",
+    ":": "a colon (:)",
+    ";": "a semicolon (;)",
+    "!": "an exclamation mark (!)",
+    "'": "an apostrophe (')",
+    '"': 'a double quote (")',
+    "@": "an at sign (@)",
+    "+": "a plus sign (+)",
+    "=": "an equals sign (=)",
+    "*": "an asterisk (*)",
+    "~": "a tilde (~)",
+}
+
 
 class InvalidRoomName(ValueError):
     """A room name the rule refuses; its message says why, for the user."""
@@ -39,13 +66,23 @@ def normalize_room_name(name: str) -> str:
             char not in ROOM_NAME_PUNCTUATION
             and unicodedata.category(char) not in _ALLOWED_CATEGORIES
         ):
-            shown = char if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
             raise InvalidRoomName(
-                f"Room names may contain letters, digits, '-', '_' and '.', not {shown!r}."
+                f"Room names may contain letters, digits, '-', '_' and '.', not {describe(char)}."
             )
     if set(name) == {"."}:
         raise InvalidRoomName("A room name needs at least one letter, digit, '-' or '_'.")
     return name
+
+
+def describe(char: str) -> str:
+    """Say which character this is, for a person: in words, as itself, or by code and name."""
+    if char in _CHARACTER_WORDS:
+        return _CHARACTER_WORDS[char]
+    if char.isprintable() and not char.isspace():
+        return f"'{char}'"
+    name = unicodedata.name(char, "")
+    # Control characters have no name in the Unicode database, only a code.
+    return f"U+{ord(char):04X} ({name})" if name else f"a control character (U+{ord(char):04X})"
 
 
 def group_name(room_name: str) -> str:
