@@ -220,13 +220,14 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 # Permissions-Policy (django-permissions-policy): a chat needs no camera, microphone,
-# location or sensors; a script that got in anyway cannot ask for them either.
+# location or sensors; a script that got in anyway cannot ask for them either. Only
+# features Chromium knows: it logs an error on every page for any other ("bluetooth" was
+# one), and test_no_page_logs_a_console_error reads that console.
 PERMISSIONS_POLICY = {
     feature: []
     for feature in (
         "accelerometer",
         "autoplay",
-        "bluetooth",
         "camera",
         "display-capture",
         "geolocation",

@@ -370,6 +370,28 @@ def test_pages_chat_under_the_csp_without_a_single_violation(browser, chat_serve
     assert browser.title != "inline ran"
 
 
+def _console_errors(driver) -> list[str]:
+    """Console errors since the last call: SEVERE lines, and the security source's lines
+    (a header Chromium cannot read: DevTools shows it as an error, chromedriver as a warning)."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" or entry["source"] == "security"
+    ]
+
+
+def test_no_page_logs_a_console_error(browser, chat_server):
+    _console_errors(browser)
+    for path in ("/chat/", "/accounts/login/", "/accounts/signup/"):
+        browser.get(chat_server + path)
+        _wait(browser, lambda: browser.execute_script("return document.readyState") == "complete")
+        assert _console_errors(browser) == [], path
+    _enter_chat_room(browser, chat_server, "console")
+    _post_message(browser, "quiet console")
+    _wait(browser, lambda: "quiet console" in _chat_log_value(browser), "room page broken")
+    assert _console_errors(browser) == []
+
+
 def _error_text(driver):
     return driver.find_element(By.CSS_SELECTOR, "#chat-error").text
 
