@@ -899,6 +899,92 @@ def test_the_room_fits_the_screen_with_the_composer_in_view(browser, chat_server
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def _post_a_run(driver, count):
+    """Send count messages of three lines as the reader: one run of one author's messages."""
+    for n in range(count):
+        text = f"run {n}\nsecond line\nthird line"
+        driver.execute_script("chatClient.send({message: arguments[0]})", text)
+    _wait(driver, lambda: len(_rich_messages(driver)) == count, "the run never arrived")
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_long_run_of_one_persons_messages_scrolls_the_log_never_the_page(
+    browser, chat_server, size
+):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+    try:
+        _enter_chat_room(browser, chat_server, f"run-{size['width']}")
+        _post_a_run(browser, 20)
+        layout = browser.execute_script(
+            "const log = document.querySelector('#messages');"
+            "return {page: document.documentElement.scrollHeight, viewport: innerHeight,"
+            " log: log.scrollHeight, shown: log.clientHeight};"
+        )
+        assert layout["page"] == layout["viewport"], layout
+        assert layout["log"] > layout["shown"], layout  # the log itself scrolls
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+# Each message's time is on screen: the pointer, at its middle, would be on it.
+SHOWN_TIMES = """
+return Array.from(document.querySelectorAll('#messages .message'), (m) => {
+    const time = m.querySelector('time');
+    const box = time.getBoundingClientRect();
+    const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+    return box.width > 1 && box.height > 1 && time.contains(hit);
+});
+"""
+
+
+def _times_in_accessibility_tree(driver, text) -> int:
+    """How many nodes of the log Chromium's accessibility tree names `text` (screen readers)."""
+    document = driver.execute_cdp_cmd("DOM.getDocument", {})
+    log = driver.execute_cdp_cmd(
+        "DOM.querySelector", {"nodeId": document["root"]["nodeId"], "selector": "#messages"}
+    )
+    found = driver.execute_cdp_cmd(
+        "Accessibility.queryAXTree", {"nodeId": log["nodeId"], "accessibleName": text}
+    )
+    return len([node for node in found["nodes"] if node["role"]["value"] == "StaticText"])
+
+
+def test_a_follow_up_messages_time_shows_on_hover_and_on_keyboard_focus(browser, chat_server):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", DESKTOP)  # all in view
+    try:
+        _shows_follow_up_times(browser, chat_server)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _shows_follow_up_times(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "follow-up-times")
+    _post_a_run(browser, 3)
+    first, second, third = browser.find_elements(By.CSS_SELECTOR, "#messages .message")
+    assert [message["continued"] for message in _rich_messages(browser)] == [False, True, True]
+    # Only the first message's time is on screen; every one is read out to screen readers.
+    assert browser.execute_script(SHOWN_TIMES) == [True, False, False]
+    for time_text in {message["time"] for message in _rich_messages(browser)}:
+        shown = [message["time"] for message in _rich_messages(browser)].count(time_text)
+        assert _times_in_accessibility_tree(browser, time_text) == shown
+
+    ActionChains(browser).move_to_element(second).perform()
+    assert browser.execute_script(SHOWN_TIMES) == [True, True, False]
+
+    ActionChains(browser).move_to_element(
+        browser.find_element(By.ID, "chat-message-input")
+    ).perform()
+    browser.find_element(By.ID, "messages").send_keys(Keys.ARROW_UP)  # from the log: the last
+    assert browser.switch_to.active_element == third
+    assert browser.execute_script(SHOWN_TIMES) == [True, False, True]
+    ActionChains(browser).send_keys(Keys.ARROW_UP).perform()
+    assert browser.switch_to.active_element == second
+    assert browser.execute_script(SHOWN_TIMES) == [True, True, False]
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()
+    assert browser.switch_to.active_element == third
+    assert first.get_attribute("tabindex") is None  # the log stays one Tab stop
+
+
 def _wait_for_presence(observer, condition):
     """Read an observer socket's frames until a presence update whose names satisfy condition."""
     deadline = time.monotonic() + WAIT_SECONDS

@@ -15,7 +15,10 @@
 //
 // The rich view (#messages, role="log") holds one element per message: data-id, the author
 // in .author, the text in .text (textContent only, never HTML; links built as nodes), a
-// <time datetime> in the reader's local time; .mine for the reader's own, .guest for guests.
+// <time datetime> in the reader's local time (dates.js, as on every page); .mine for the
+// reader's own, .guest for guests. A message that follows its author's .continued shows
+// neither name nor time, but keeps both for screen readers, and shows the time on hover
+// and when the message or something in it has the keyboard's focus.
 // The tutorial's #chat-log textarea stays, as a transcript: one line per message, line
 // breaks shown as " ↵ ", so no message can forge a line that looks like someone else's.
 //
@@ -208,23 +211,6 @@
         parent.append(text.slice(done));
     }
 
-    function dayKey(date) {
-        return date.getFullYear() + '-' + String(date.getMonth() + 1).padStart(2, '0') + '-' +
-               String(date.getDate()).padStart(2, '0');
-    }
-
-    function dayLabel(date) {
-        const today = new Date();
-        const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
-        if (dayKey(date) === dayKey(today)) {
-            return 'Today';
-        }
-        if (dayKey(date) === dayKey(yesterday)) {
-            return 'Yesterday';
-        }
-        return date.toLocaleDateString([], {weekday: 'long', year: 'numeric', month: 'long', day: 'numeric'});
-    }
-
     function authorHeader(name, guest) {
         const header = document.createElement('div');
         header.className = 'meta';
@@ -253,10 +239,10 @@
         if (!Number.isNaN(when.getTime())) {
             const time = document.createElement('time');
             time.dateTime = data.ts;
-            time.textContent = when.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
-            time.title = when.toLocaleString();
+            time.textContent = chatDates.time(when);
+            time.title = chatDates.full(when);
             header.append(' ', time);
-            element.dataset.day = dayKey(when);
+            element.dataset.day = chatDates.dayKey(when);
             element.dataset.ms = when.getTime();
         }
         const text = document.createElement('div');
@@ -300,7 +286,7 @@
             const separator = document.createElement('div');
             separator.className = 'day-separator';
             const label = document.createElement('span');
-            label.textContent = dayLabel(new Date(Number(element.dataset.ms)));
+            label.textContent = chatDates.day(new Date(Number(element.dataset.ms)));
             separator.append(label);
             element.before(separator);
         } else if (!newDay && hasSeparator) {
@@ -333,6 +319,35 @@
         }
         if (messagesBox.scrollTop < OLDER_AT_PX) {
             loadOlder();
+        }
+    });
+    // The keyboard reads the log a message at a time, the log staying one Tab stop: in it,
+    // the arrow keys move the focus to the message above or below (from the log itself, to
+    // the last or first message in view); at either end they scroll, as before.
+    messagesBox.addEventListener('keydown', function (e) {
+        if (e.key !== 'ArrowUp' && e.key !== 'ArrowDown') {
+            return;
+        }
+        const up = e.key === 'ArrowUp';
+        const current = e.target.closest('.message');
+        let next;
+        if (current === null) {
+            const shown = Array.from(messagesBox.querySelectorAll('.message')).filter(function (element) {
+                const box = element.getBoundingClientRect();
+                const frame = messagesBox.getBoundingClientRect();
+                return box.bottom > frame.top && box.top < frame.bottom;
+            });
+            next = up ? shown[shown.length - 1] : shown[0];
+        } else {
+            next = up ? current.previousElementSibling : current.nextElementSibling;
+            while (next && !next.classList.contains('message')) {
+                next = up ? next.previousElementSibling : next.nextElementSibling;
+            }
+        }
+        if (next) {
+            e.preventDefault();
+            next.tabIndex = -1;  // focusable by script, not one more Tab stop
+            next.focus();
         }
     });
     newMessagesButton.addEventListener('click', function () {
