@@ -11,9 +11,11 @@ CHAT_PRESENCE_REFRESH_SECONDS, runs a round (run_round):
   which another process's dead sockets expired;
 - has any socket that fell behind its room's stored messages catch up (a broadcast the
   layer dropped is refilled when the next message arrives; this catches the last one).
-Between rounds it sends presence announcements: joins and leaves within
-CHAT_PRESENCE_COALESCE_SECONDS make one announcement per room, not one each (a room of 200
-filling up at once would otherwise be sent 200 x 200 presence frames).
+Joins and leaves are written to Redis at once (the index and the room list read presence
+there: a page that has just left its room must not be counted in it), by one task at a
+time, in the order they came. Between rounds it sends presence announcements: joins and
+leaves within CHAT_PRESENCE_COALESCE_SECONDS make one announcement per room, not one each
+(a room of 200 filling up at once would otherwise be sent 200 x 200 presence frames).
 
 Everything here runs on the loop, as the sockets' RoomDelivery does, so it reads and
 drives their delivery directly: no thread, no lock, no message through the layer. Its
@@ -102,10 +104,11 @@ class _Upkeep:
 
     def __init__(self):
         self.sockets: dict[str, LocalSocket] = {}  # by channel name
-        # Presence entries (group, member) to add and remove, and rooms to tell, at the
-        # next flush: one Redis round trip for them all.
+        # Presence entries (group, member) to add and remove, written at once by the one
+        # recording task (record_soon), and rooms to tell at the next flush.
         self.to_join: list[tuple[str, str]] = []
         self.to_leave: list[tuple[str, str]] = []
+        self.recording: asyncio.Task | None = None
         self.to_announce: set[str] = set()
         self.announcements_waiting = asyncio.Event()
         self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
@@ -119,13 +122,40 @@ class _Upkeep:
     def joined(self, socket: LocalSocket):
         self.sockets[socket.channel_name] = socket
         self.to_join.append((socket.room_group_name, socket.presence_member))
+        self.record_soon()
         self.announce(socket.room_group_name)
 
     def left(self, socket: LocalSocket):
         # First: even when Redis is down, no round refreshes a dead socket's entry again.
         if self.sockets.pop(socket.channel_name, None) is not None:
             self.to_leave.append((socket.room_group_name, socket.presence_member))
+            self.record_soon()
         self.announce(socket.room_group_name)
+
+    def record_soon(self):
+        """Write the joins and leaves to Redis now, not at the next announcement."""
+        # One task at a time: a socket's join and leave, in two batches, reach Redis in
+        # that order. What comes in meanwhile goes in that task's next batch.
+        if self.recording is None or self.recording.done():
+            self.recording = pipeline.start_logged_task(self._record())
+
+    async def _record(self):
+        while self.to_join or self.to_leave:
+            joins, self.to_join = self.to_join, []
+            leaves, self.to_leave = self.to_leave, []
+            try:
+                await presence.apply(self._client(), joins, leaves, [])
+            except Exception as error:
+                # The next round adds every live socket's entry again; a left one expires.
+                logger.warning(
+                    "presence of %d sockets not recorded: %r", len(joins + leaves), error
+                )
+
+    async def _recorded(self):
+        """Wait until every join and leave so far is written (or failed)."""
+        while self.recording is not None and not self.recording.done():
+            # Shielded: a stop cancelling the waiter must not cancel the writes.
+            await asyncio.shield(self.recording)
 
     def announce(self, group: str):
         self.to_announce.add(group)
@@ -164,17 +194,15 @@ class _Upkeep:
         return self.clients[url]
 
     async def flush(self):
-        """Record the joins and leaves since the last flush, and tell each room they touched
-        who is there now: one Redis round trip, then one group_send per room."""
-        joins, self.to_join = self.to_join, []
-        leaves, self.to_leave = self.to_leave, []
+        """Once the joins and leaves so far are written, tell each room they touched who is
+        there now: one Redis round trip, then one group_send per room."""
+        await self._recorded()
         groups = sorted(self.to_announce)
         self.to_announce.clear()
         try:
-            events = await presence.apply(self._client(), joins, leaves, groups)
+            events = await presence.apply(self._client(), [], [], groups)
         except Exception as error:
-            # The next round adds every live socket's entry again; a left one expires.
-            logger.warning("presence of %d rooms not recorded: %r", len(groups), error)
+            logger.warning("presence of %d rooms not read: %r", len(groups), error)
             return
         layer = get_channel_layer()
         for group, event in events.items():

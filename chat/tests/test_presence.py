@@ -73,6 +73,25 @@ async def test_left_sockets_are_forgotten(loop_redis):
     assert (await presence.apply(loop_redis, (), [entry], [GROUP]))[GROUP]["count"] == 0
 
 
+async def _wait_for_count(group: str, count: int):
+    """Wait (5 s at most) until the group's presence, as the index reads it, counts `count`."""
+    async with asyncio.timeout(5):
+        while (await asyncio.to_thread(presence.snapshot, group))["count"] != count:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_socket_counts_from_its_join_and_stops_at_its_leave_not_at_the_announcement(
+    redis_channel_layer, transactional_db, settings
+):
+    # The announcements come a minute later: the index must not wait for them.
+    settings.CHAT_PRESENCE_COALESCE_SECONDS = 60
+    socket = communicator("lobby")
+    assert (await socket.connect())[0]
+    await _wait_for_count(GROUP, 1)
+    await socket.disconnect()
+    await _wait_for_count(GROUP, 0)
+
+
 async def test_entries_nobody_refreshes_expire_and_their_room_is_reported(loop_redis, settings):
     settings.CHAT_PRESENCE_TTL_SECONDS = EXPIRED_AT_ONCE_SECONDS
     expired_at = time.time() + EXPIRED_AT_ONCE_SECONDS
