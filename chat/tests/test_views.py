@@ -364,8 +364,15 @@ def test_logging_in_with_a_wrong_password_is_refused(client, django_user_model):
     django_user_model.objects.create_user("alice", password="correct-horse-battery-42")
     response = client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
     assert response.status_code == 200
-    assert "didn't match" in response.content.decode()
+    assert "Please enter a correct username and password" in response.content.decode()
     assert "_auth_user_id" not in client.session
+
+
+def test_a_wrong_password_is_refused_in_one_message(client, django_user_model):
+    django_user_model.objects.create_user("alice", password="correct-horse-battery-42")
+    html = client.post("/accounts/login/", {"username": "alice", "password": "wrong"}).content
+    alerts = re.findall(r'<[^>]+(?:role="alert"|class="errorlist)[^>]*>', html.decode())
+    assert len(alerts) == 1, alerts
 
 
 def _store_messages(room: str, count: int) -> None:
