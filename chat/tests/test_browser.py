@@ -1389,6 +1389,34 @@ def test_the_index_lists_rooms_with_recent_activity_and_your_recent_rooms(browse
     assert browser.switch_to.active_element.get_attribute("id") == "room-name-input"
 
 
+def _index_entry(driver, room_name, selector):
+    entry = f'#active-rooms li[data-room="{room_name}"] {selector}'
+    return driver.find_element(By.CSS_SELECTOR, entry).text
+
+
+def test_the_index_stops_counting_you_in_the_room_you_just_left(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "left-behind")
+    _post_message(browser, "here for a moment")
+    _wait(browser, lambda: "here for a moment" in _rich_texts(browser))
+    # The index is rendered before the room's page lets its socket go.
+    _navigate_by(browser, browser.find_element(By.LINK_TEXT, "All rooms").click)
+    _wait(
+        browser,
+        lambda: _index_entry(browser, "left-behind", ".room-online") == "0 online",
+        "still counted in the room left",
+    )
+
+
+def test_the_index_and_the_room_write_a_time_the_same_way(browser, chat_server):
+    _enter_chat_room(browser, chat_server, "one-format")
+    _post_message(browser, "what time is it")
+    _wait(browser, lambda: len(_rich_messages(browser)) == 1)
+    (message,) = _rich_messages(browser)
+    assert re.fullmatch(r"\d{2}:\d{2}( [AP]M)?", message["time"]), message["time"]
+    browser.get(chat_server + "/chat/")
+    assert _index_entry(browser, "one-format", "time") == f"Today, {message['time']}"
+
+
 def test_unread_counts_show_in_the_sidebar_and_the_title_for_another_room(browser, chat_server):
     _enter_chat_room(browser, chat_server, "unread-b")  # read once, at its start
     _post_message(browser, "before")

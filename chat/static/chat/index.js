@@ -1,8 +1,13 @@
 // The index page: the tutorial's focus on the room name box (in a file: the CSP runs no
-// inline script), your recent rooms (kept in this browser by sidebar.js), and each
-// room's last message time in your local time.
+// inline script), your recent rooms (kept in this browser by sidebar.js), each room's last
+// message time as every page shows times (dates.js), and who is online in each room, read
+// again once the page is up and every few seconds while it is shown.
 (function () {
     'use strict';
+
+    // The page was rendered before the room it came from let its socket go (a browser
+    // leaves the old page only once the new one answers): it asks again once up.
+    const ONLINE_REFRESH_MS = 5000;
 
     document.querySelector('#room-name-input').focus();
 
@@ -29,7 +34,40 @@
     for (const time of document.querySelectorAll('#active-rooms time[datetime]')) {
         const when = new Date(time.getAttribute('datetime'));
         if (!Number.isNaN(when.getTime())) {
-            time.textContent = when.toLocaleString();
+            time.textContent = chatDates.full(when);
+            time.title = when.toLocaleString();
         }
     }
+
+    const listed = new Map();  // room name -> its "N online" element
+    for (const entry of document.querySelectorAll('#active-rooms .room-entry')) {
+        listed.set(entry.dataset.room, entry.querySelector('.room-online'));
+    }
+    const roomsUrl = document.getElementById('active-rooms').dataset.roomsUrl;
+
+    async function refreshOnline() {
+        if (listed.size === 0 || document.hidden) {
+            return;
+        }
+        const query = new URLSearchParams(Array.from(listed.keys(), (name) => ['room', name]));
+        try {
+            const response = await fetch(roomsUrl + '?' + query);
+            if (!response.ok) {
+                return;  // a 429 or an outage: the next refresh asks again
+            }
+            for (const room of (await response.json()).rooms) {
+                const online = listed.get(room.name);
+                if (online !== undefined && room.online !== undefined) {
+                    online.textContent = room.online + ' online';
+                }
+            }
+        } catch (error) {
+            // offline: the next refresh asks again
+        }
+    }
+
+    refreshOnline();
+    setInterval(refreshOnline, ONLINE_REFRESH_MS);
+    document.addEventListener('visibilitychange', refreshOnline);
+    window.addEventListener('pageshow', (e) => { if (e.persisted) { refreshOnline(); } });
 })();
