@@ -1247,7 +1247,7 @@ SCREENSHOT_CONVERSATION = [
 @pytest.mark.skipif(
     not os.environ.get("CHAT_SCREENSHOTS"), reason="retakes docs/screenshots/: CHAT_SCREENSHOTS=1"
 )
-def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
+def test_take_the_readmes_screenshots_of_the_room_and_the_index(browser, chat_server_process):
     server = chat_server_process
     _sign_up(browser, server.url, "alice", "a long passphrase 42")
     authors = {
@@ -1280,6 +1280,13 @@ def test_take_the_readmes_screenshots_of_the_room(browser, chat_server_process):
                 browser.save_screenshot(str(SCREENSHOTS / name))
             finally:
                 browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", DESKTOP)
+        try:
+            browser.get(server.url + "/chat/")
+            _wait(browser, lambda: _index_entry(browser, "release", ".room-online") == "1 online")
+            browser.save_screenshot(str(SCREENSHOTS / "index-desktop.png"))
+        finally:
+            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_the_keyboard_alone_chooses_a_room_sends_and_reaches_the_log(browser, chat_server):
