@@ -92,7 +92,12 @@ def favicon(request):
 
 
 def not_a_room(request, path):
-    """The project's 404 page for a URL below chat/ that names no valid room, in DEBUG too."""
+    """The project's 404 page for a URL below chat/ that names no valid room, in DEBUG too;
+    it says what the room name breaks, as the index does."""
+    try:
+        rooms.normalize_room_name(path.split("/", 1)[0])
+    except rooms.InvalidRoomName as refusal:
+        return render(request, "404.html", {"error": str(refusal)}, status=404)
     return render(request, "404.html", status=404)
 
 

@@ -105,6 +105,21 @@ def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings, 
     assert "Choose a room" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/chat/two%20words/", "not a space."),
+        ("/chat/two%20words/messages/", "not a space."),
+        ("/chat/tab%09here/", "not a tab."),
+        ("/chat/what%3F/", "not a question mark (?)."),
+    ],
+)
+def test_an_invalid_room_url_says_what_the_name_breaks(client, path, reason):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert reason in response.content.decode()
+
+
 def test_a_room_url_without_its_slash_still_redirects_to_the_room(client):
     response = client.get("/chat/lobby")
     assert (response.status_code, response["Location"]) == (301, "/chat/lobby/")
