@@ -5,6 +5,7 @@ Explained in docs/security.md, 'Look-alike names'.
 
 import secrets
 import unicodedata
+from dataclasses import dataclass
 
 import regex
 from django.conf import settings
@@ -13,7 +14,6 @@ from django.utils.crypto import salted_hmac
 
 from .lookalikes import name_key
 from .models import UsernameKey
-from .services import Author
 
 DISPLAY_NAME_MAX_CHARS = 30
 GUEST_DEFAULT_NAME = "Anonymous"
@@ -24,6 +24,28 @@ SIGN_IN_SALT = "chat.identity.sign_in"
 GUEST_KEY_BYTES = 16
 # 64 bits: two sign-ins of one browser never share a tag by chance.
 SIGN_IN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)  # one per socket: slots keep them small
+class Author:
+    """Who sends: a logged-in user (with `user_id`) or a guest with a display name.
+
+    `guest_key` tells one guest from another (author_for derives it from the
+    session); it scopes the guest's client ids and is never sent to anyone.
+    """
+
+    name: str
+    user_id: int | None = None
+    guest_key: str = ""
+
+    @property
+    def is_guest(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def key(self) -> str:
+        """Whose client ids these are: "u:<user id>" for a user, "g:<guest key>" for a guest."""
+        return f"g:{self.guest_key}" if self.is_guest else f"u:{self.user_id}"
 
 
 class InvalidDisplayName(ValueError):

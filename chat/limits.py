@@ -22,9 +22,9 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from . import protocol
+from .identity import Author
 from .models import Room
 from .redis_clients import redis_client
-from .services import Author
 
 logger = logging.getLogger(__name__)
 

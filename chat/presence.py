@@ -45,7 +45,7 @@ def _key(group: str) -> str:
 def member(channel_name: str, person: str, label: str) -> str:
     """A socket's entry in its room's set: its channel, whose it is, and how it is shown.
 
-    `person` is services.Author.key ("u:<user id>" or "g:<guest key>"): the room counts
+    `person` is identity.Author.key ("u:<user id>" or "g:<guest key>"): the room counts
     people, so two tabs of one person are one, and two guests who chose one name are two.
     """
     return _SEPARATOR.join((channel_name, person, label))

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     # For annotations only: serving.chat_daphne imports the close codes below before
     # Django is set up, when no model can be imported yet.
+    from .identity import Author
     from .models import Message
-    from .services import Author
 
 # Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
 # alike, each listed in docs/protocol.md. 4000-4999 is the range RFC 6455 leaves to applications;

@@ -9,13 +9,13 @@ from chat.identity import (
     DISPLAY_NAME_MAX_CHARS,
     GUEST_DEFAULT_NAME,
     SESSION_KEY,
+    Author,
     InvalidDisplayName,
     author_for,
     clean_display_name,
     clean_guest_name,
     presence_label,
 )
-from chat.services import Author
 
 
 def test_clean_display_name_trims_surrounding_white_space():

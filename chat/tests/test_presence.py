@@ -28,7 +28,7 @@ async def loop_redis(redis_channel_layer):
     await client.aclose()
 
 
-ALICE = "u:1"  # a person's key (services.Author.key)
+ALICE = "u:1"  # a person's key (identity.Author.key)
 
 
 def _member(channel_name: str, person: str = ALICE, label: str = "alice") -> str:
