@@ -3,6 +3,7 @@
 Explained in docs/security.md, 'Look-alike names'.
 """
 
+import functools
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -64,11 +65,17 @@ INVISIBLE = regex.compile(
 # A guest name is letters, marks, digits, spaces and the punctuation names are written
 # with. Not commas, semicolons, slashes, brackets or "&": "alice, bob" would read as two.
 GUEST_NAME = regex.compile(r"[\p{L}\p{M}\p{N} \-_.'\u2019]+")
-# Non-spacing and enclosing marks pile up on one letter; spacing marks (Mc) take room.
-# Counted decomposed: Vietnamese "ệ" is e + two marks, as many as a real letter needs.
-STACKED_MARKS = regex.compile(
-    r"[\p{Mn}\p{Me}]{" + str(settings.CHAT_NAME_MAX_STACKED_MARKS + 1) + ",}"
-)
+
+
+@functools.cache
+def _stacked_marks(most: int) -> regex.Pattern:
+    """More than `most` non-spacing or enclosing marks in a row: they pile up on one letter.
+
+    Spacing marks (Mc) take room. Counted decomposed: Vietnamese "ệ" is e + two marks, as
+    many as a real letter needs. One pattern per limit, compiled on first use: the limit is
+    CHAT_NAME_MAX_STACKED_MARKS, read when a name is checked.
+    """
+    return regex.compile(r"[\p{Mn}\p{Me}]{" + str(most + 1) + ",}")
 
 
 def clean_display_name(raw: str) -> str:
@@ -96,11 +103,9 @@ def refuse_hidden_characters(name: str) -> None:
     if INVISIBLE.search(name):
         raise InvalidDisplayName("Names may not contain control or invisible characters.")
     # Decomposed, so that a mark NFC folded into its letter counts too.
-    if STACKED_MARKS.search(unicodedata.normalize("NFD", name)):
-        raise InvalidDisplayName(
-            f"Names may not stack more than {settings.CHAT_NAME_MAX_STACKED_MARKS} marks"
-            " on one letter."
-        )
+    most = settings.CHAT_NAME_MAX_STACKED_MARKS
+    if _stacked_marks(most).search(unicodedata.normalize("NFD", name)):
+        raise InvalidDisplayName(f"Names may not stack more than {most} marks on one letter.")
 
 
 def refuse_lookalike(name: str) -> None:

@@ -111,6 +111,12 @@ def test_clean_display_name_accepts_two_marks_on_a_letter():
     assert clean_display_name("e\u0323\u0302") == "\u1ec7"  # Vietnamese ệ
 
 
+def test_stacked_marks_limit_is_read_when_a_name_is_checked(settings):
+    settings.CHAT_NAME_MAX_STACKED_MARKS = 1
+    with pytest.raises(InvalidDisplayName, match="more than 1 marks on one letter"):
+        clean_display_name("e\u0323\u0302")
+
+
 @pytest.mark.parametrize("raw", ["alice, bob", "alice;bob", "alice/bob", "alice & bob", "a<b"])
 def test_clean_display_name_refuses_separators_that_make_one_name_read_as_several(raw):
     with pytest.raises(InvalidDisplayName, match="only letters, digits, spaces and - _ . '"):
