@@ -14,21 +14,31 @@ import logging
 import math
 import time
 
-import redis
 from channels.consumer import get_handler_name
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services, upkeep
+from . import (
+    identity,
+    limits,
+    pipeline,
+    presence,
+    protocol,
+    redis_clients,
+    revocation,
+    rooms,
+    services,
+    upkeep,
+)
 from .delivery import RoomDelivery
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 # What an unreachable Redis or database raises; the socket closes instead of crashing.
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
+OUTAGE_ERRORS = (*redis_clients.OUTAGE_ERRORS, DatabaseError)
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
 LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})

@@ -34,12 +34,11 @@ import redis.asyncio
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from . import pipeline, presence
 from .delivery import RoomDelivery
 from .models import Room
+from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +152,7 @@ class _Upkeep:
     def _client(self, url: str | None = None) -> redis.asyncio.Redis:
         url = url or settings.REDIS_URL
         if url not in self.clients:
-            self.clients[url] = redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=presence.REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=presence.REDIS_TIMEOUT_SECONDS,
-                # After a restart the pooled connection is dead: one retry on a new one.
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[redis.exceptions.ConnectionError],
-            )
+            self.clients[url] = asyncio_redis_client(url, PRESENCE_TIMEOUT_SECONDS)
         return self.clients[url]
 
     async def flush(self):

@@ -7,23 +7,12 @@ import collections
 import logging
 from typing import Any
 
-import redis
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from chat.redis_clients import redis_urls
+from chat.redis_clients import OUTAGE_ERRORS, layer_host, redis_urls
 
 logger = logging.getLogger(__name__)
-
-# channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
-# redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
-# lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
-# Reads must outlast the blocking pop; staying finite still notices a dead connection.
-REDIS_SOCKET_TIMEOUT_SECONDS = 15
-# After Redis restarts, every pooled connection is dead and fails its next command; redis-py
-# retries nothing by default. One retry on a fresh connection heals that without a blip.
-REDIS_RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
-
 
 # channels_redis's default; named so that the membership refresh (chat.presence) and the
 # layer agree on it.
@@ -52,14 +41,7 @@ def redis_channel_layers(
     if layer not in LAYER_BACKENDS:
         raise ValueError(f"unknown channel layer {layer!r}; choose one of {sorted(LAYER_BACKENDS)}")
     config: dict[str, Any] = {
-        "hosts": [
-            {
-                "address": url,
-                "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-                "retry_on_error": REDIS_RETRY_ON_ERROR,
-            }
-            for url in redis_urls(redis_url)
-        ],
+        "hosts": [layer_host(url) for url in redis_urls(redis_url)],
     }
     if layer == "redis":
         config["group_expiry"] = int(group_expiry)
@@ -96,7 +78,7 @@ async def _unsubscribe(layer, names: list[str]):
     for name in names:
         try:
             await layer._get_shard(name).unsubscribe(name)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        except OUTAGE_ERRORS as error:
             logger.warning("could not unsubscribe %s: %r", name, error)
 
 

@@ -10,13 +10,9 @@ import pytest
 import redis
 from channels.layers import get_channel_layer
 
+from chat.redis_clients import LAYER_TIMEOUT_SECONDS
 from conftest import ROOT
-from mysite.channel_layers import (
-    REDIS_SOCKET_TIMEOUT_SECONDS,
-    PubSubLayer,
-    RedisLayer,
-    redis_channel_layers,
-)
+from mysite.channel_layers import PubSubLayer, RedisLayer, redis_channel_layers
 from serving.embedded_redis import EmbeddedRedis
 
 ONE = "redis://127.0.0.1:6379/0"
@@ -26,7 +22,7 @@ TWO = "redis://127.0.0.1:6380/0"
 def host(url: str) -> dict:
     return {
         "address": url,
-        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_timeout": LAYER_TIMEOUT_SECONDS,
         "retry_on_error": [redis.exceptions.ConnectionError],
     }
 
@@ -51,7 +47,7 @@ def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
             },
         },
     }
-    assert REDIS_SOCKET_TIMEOUT_SECONDS == 15
+    assert LAYER_TIMEOUT_SECONDS == 15
 
 
 def test_group_expiry_is_set_deliberately():
