@@ -15,13 +15,13 @@ import asyncio
 import collections
 import contextvars
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
+
+from . import loops
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ logger = logging.getLogger(__name__)
 # MaxConnectionsError instead of waiting when it runs out. Below it, leaving room for the
 # layer's own receive loop and the upkeep.
 LAYER_CALLS_IN_FLIGHT = 32
-_layer_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
+
 # How long one socket's frames may hold the loop before it serves the others. A page of
 # 50 large catch-up messages takes about 1.5 ms to send; a live message waits 0.5 ms at most.
 SEND_SLICE_SECONDS = 0.0005
@@ -41,10 +40,16 @@ BULK_PAUSE_FACTOR = 1.0
 
 
 def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
-    """From another thread: call function(*args) on the loop after what was handed before it."""
-    outbox = getattr(_batch_in_progress, "outbox", None)
+    """From the loop's sync thread: call function(*args) on the loop after what was handed
+    before it.
+
+    While the loop's batch runs (call_batched: its calls are then the only sync code of the
+    loop running), the call goes in the batch's outbox (loops.LoopState.outbox), handed
+    over with the rest at its end: each hand-off wakes the loop.
+    """
+    outbox = loops.of_loop(loop).outbox
     if outbox is not None:
-        outbox.append((function, args))  # handed over with the rest of its batch's, at its end
+        outbox.append((function, args))
     else:
         loop.call_soon_threadsafe(_call_logged, function, args)
 
@@ -112,10 +117,10 @@ def layer_slot() -> asyncio.Semaphore:
     A burst of sockets (a server restart: everyone reconnects at once) would otherwise make
     hundreds of layer calls at once and run channels_redis's pool dry.
     """
-    loop = asyncio.get_running_loop()
-    if loop not in _layer_slots:
-        _layer_slots[loop] = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
-    return _layer_slots[loop]
+    state = loops.of_loop()
+    if state.layer_slots is None:
+        state.layer_slots = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
+    return state.layer_slots
 
 
 async def layer_call(call: Callable[..., Coroutine[Any, Any, Any]], *args):
@@ -136,13 +141,12 @@ class _LoopBatches:
     next batch, so the busier the process, the fewer hops per call.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self):
         self.waiting: list = []
         self.busy = False
 
     async def call(self, function, args: tuple):
-        done = self.loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self.waiting.append((function, args, done))
         if not self.busy:
             self.busy = True
@@ -152,7 +156,7 @@ class _LoopBatches:
     def _start_soon(self):
         # After every task this iteration woke, so they all join the batch. In a fresh
         # context: asgiref refuses a sync call from a context already inside one.
-        self.loop.call_soon(self._start, context=contextvars.Context())
+        asyncio.get_running_loop().call_soon(self._start, context=contextvars.Context())
 
     def _start(self):
         calls, self.waiting = self.waiting, []
@@ -161,7 +165,7 @@ class _LoopBatches:
     async def _run(self, calls: list):
         outcomes: list = []
         try:
-            outcomes = await database_sync_to_async(_call_each)(self.loop, calls)
+            outcomes = await database_sync_to_async(_call_each)(asyncio.get_running_loop(), calls)
         except BaseException as error:
             # Not one call's failure (those come back as outcomes): none of them is known
             # to have run, or to ever run. Their callers must not wait for ever.
@@ -175,9 +179,6 @@ class _LoopBatches:
                 self.busy = False
 
 
-_loop_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class _Lane:
     """One loop's bulk jobs: one at a time, each followed by a pause as long as it took.
 
@@ -186,13 +187,12 @@ class _Lane:
     the pauses leave the process at least half its time for everything else.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self):
         self.waiting: collections.deque = collections.deque()
         self.running = False
 
     async def run(self, job, args: tuple):
-        done = self.loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self.waiting.append((job, args, done))
         if not self.running:
             self.running = True
@@ -219,9 +219,6 @@ class _Lane:
             self.running = False
 
 
-_lanes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
     """On the loop: `await job(*args)` when its turn comes, after the bulk jobs before it.
 
@@ -229,10 +226,10 @@ async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
     its end, so a job that reads on the sync thread and then writes frames should await
     its frames (FrameQueue.flushed) before it returns.
     """
-    loop = asyncio.get_running_loop()
-    if loop not in _lanes:
-        _lanes[loop] = _Lane(loop)
-    return await _lanes[loop].run(job, args)
+    state = loops.of_loop()
+    if state.lane is None:
+        state.lane = _Lane()
+    return await state.lane.run(job, args)
 
 
 async def call_batched(function, *args):
@@ -241,10 +238,10 @@ async def call_batched(function, *args):
     Returns its result (or raises) once it ran, like database_sync_to_async; calls run in
     the order they were made, and never alongside another sync handler.
     """
-    loop = asyncio.get_running_loop()
-    if loop not in _loop_batches:
-        _loop_batches[loop] = _LoopBatches(loop)
-    return await _loop_batches[loop].call(function, args)
+    state = loops.of_loop()
+    if state.batches is None:
+        state.batches = _LoopBatches()
+    return await state.batches.call(function, args)
 
 
 def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
@@ -267,7 +264,8 @@ def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
     the loop.
     """
     outcomes: list[tuple[Any, BaseException | None]] = []
-    _batch_in_progress.outbox = outbox = []
+    state = loops.of_loop(loop)
+    state.outbox = outbox = []
     try:
         for function, args, _ in calls:
             try:
@@ -275,7 +273,7 @@ def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
             except Exception as error:
                 outcomes.append((None, error))
     finally:
-        _batch_in_progress.outbox = None
+        state.outbox = None
         if outbox:
             loop.call_soon_threadsafe(_call_each_logged, outbox)
     return outcomes

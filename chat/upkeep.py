@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from typing import Protocol
 
 import redis.asyncio
@@ -35,7 +34,7 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from . import pipeline, presence
+from . import loops, pipeline, presence
 from .delivery import RoomDelivery
 from .models import Room
 from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
@@ -71,9 +70,10 @@ async def stop():
     Without it, the sockets that the shutdown closed would stay listed in their rooms for
     up to CHAT_PRESENCE_TTL_SECONDS.
     """
-    loop = asyncio.get_running_loop()
-    if loop in _upkeeps:
-        await _upkeeps.pop(loop).stop()
+    state = loops.of_loop()
+    upkeep, state.upkeep = state.upkeep, None
+    if upkeep is not None:
+        await upkeep.stop()
 
 
 async def run_round() -> int:
@@ -81,14 +81,11 @@ async def run_round() -> int:
     return await _of_running_loop().run_round()
 
 
-_upkeeps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _of_running_loop() -> "_Upkeep":
-    loop = asyncio.get_running_loop()
-    if loop not in _upkeeps:
-        _upkeeps[loop] = _Upkeep()
-    return _upkeeps[loop]
+    state = loops.of_loop()
+    if state.upkeep is None:
+        state.upkeep = _Upkeep()
+    return state.upkeep
 
 
 def _latest_seqs(room_names: set[str]) -> dict[str, int]:
