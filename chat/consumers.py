@@ -230,19 +230,14 @@ class ChatConsumer(WebsocketConsumer):
             rooms.group_name(room_name),
             *revocation.identity_groups(user, session),
         )
-        # Each in a layer slot (chat.pipeline.layer_call): a burst of sockets coming or
-        # going would otherwise run channels_redis's connection pool dry.
+        # Side by side; the layer bounds how many are in flight (mysite.channel_layers).
         add = self.channel_layer.group_add
-        await asyncio.gather(
-            *(pipeline.layer_call(add, group, self.channel_name) for group in self.joined_groups)
-        )
+        await asyncio.gather(*(add(group, self.channel_name) for group in self.joined_groups))
 
     async def _discard_from_groups(self):
         discard = self.channel_layer.group_discard
         try:
-            await asyncio.gather(
-                *(pipeline.layer_call(discard, g, self.channel_name) for g in self.joined_groups)
-            )
+            await asyncio.gather(*(discard(g, self.channel_name) for g in self.joined_groups))
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
@@ -365,7 +360,7 @@ class ChatConsumer(WebsocketConsumer):
         this send, so the sender learns of it here.)
         """
         try:
-            await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
+            await self.channel_layer.group_send(self.room_group_name, event)
         except OUTAGE_ERRORS as error:
             logger.warning("closing socket, broadcast failed: %r", error)
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)

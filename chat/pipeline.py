@@ -25,12 +25,6 @@ from . import loops
 
 logger = logging.getLogger(__name__)
 
-# Channel-layer calls in flight per process (broadcasts, group adds and discards): each
-# holds a connection of channels_redis's pool (100 by default), which raises
-# MaxConnectionsError instead of waiting when it runs out. Below it, leaving room for the
-# layer's own receive loop and the upkeep.
-LAYER_CALLS_IN_FLIGHT = 32
-
 # How long one socket's frames may hold the loop before it serves the others. A page of
 # 50 large catch-up messages takes about 1.5 ms to send; a live message waits 0.5 ms at most.
 SEND_SLICE_SECONDS = 0.0005
@@ -109,29 +103,6 @@ class FrameQueue:
             raise  # logged once, by start_logged_task
         finally:
             self._waiting = self._task = None
-
-
-def layer_slot() -> asyncio.Semaphore:
-    """On the loop: hold one of its LAYER_CALLS_IN_FLIGHT slots for a channel-layer call.
-
-    A burst of sockets (a server restart: everyone reconnects at once) would otherwise make
-    hundreds of layer calls at once and run channels_redis's pool dry.
-    """
-    state = loops.of_loop()
-    if state.layer_slots is None:
-        state.layer_slots = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
-    return state.layer_slots
-
-
-async def layer_call(call: Callable[..., Coroutine[Any, Any, Any]], *args):
-    """On the loop: `await call(*args)`, a channel-layer method, once a layer slot is free."""
-    async with layer_slot():
-        return await call(*args)
-
-
-async def broadcast(channel_layer, group: str, event: dict[str, Any]):
-    """group_send once a layer slot is free (layer_call)."""
-    await layer_call(channel_layer.group_send, group, event)
 
 
 class _LoopBatches:

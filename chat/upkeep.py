@@ -168,7 +168,7 @@ class _Upkeep:
         layer = get_channel_layer()
         for group, event in events.items():
             try:
-                await pipeline.broadcast(layer, group, event)
+                await layer.group_send(group, event)
             except Exception as error:
                 logger.warning("presence of %s not announced: %r", group, error)
 

@@ -6,12 +6,13 @@ import threading
 import weakref
 
 from chat import loops, pipeline, upkeep
+from mysite.channel_layers import layer_slot
 
 
 async def test_every_part_of_a_loops_state_is_in_its_one_entry(caplog):
     await pipeline.call_batched(lambda: None)
     await pipeline.run_in_turn(asyncio.sleep, 0)
-    async with pipeline.layer_slot():
+    async with layer_slot():
         pass
     await upkeep.run_round()  # with no Redis here: it logs, and goes on
     state = loops.of_loop()
@@ -25,7 +26,7 @@ def test_a_loops_state_goes_with_the_loop():
 
     async def use_it() -> loops.LoopState:
         await pipeline.run_in_turn(asyncio.sleep, 0)
-        async with pipeline.layer_slot():
+        async with layer_slot():
             pass
         return loops.of_loop()
 

@@ -9,10 +9,17 @@ import sys
 import pytest
 import redis
 from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubLoopLayer
 
 from chat.redis_clients import LAYER_TIMEOUT_SECONDS
 from conftest import ROOT
-from mysite.channel_layers import PubSubLayer, RedisLayer, redis_channel_layers
+from mysite.channel_layers import (
+    LAYER_CALLS_IN_FLIGHT,
+    PubSubLayer,
+    RedisLayer,
+    redis_channel_layers,
+)
 from serving.embedded_redis import EmbeddedRedis
 
 ONE = "redis://127.0.0.1:6379/0"
@@ -228,3 +235,27 @@ async def test_a_cancelled_redis_layer_receive_ends_even_when_its_pop_swallows_t
         receiving.cancel()
         await asyncio.wait([receiving], timeout=3 * layer.brpop_timeout)
         await layer.flush()
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "unbounded_class"),
+    [(PubSubLayer, RedisPubSubLoopLayer), (RedisLayer, RedisChannelLayer)],
+)
+@pytest.mark.parametrize("method", ["send", "group_send", "group_add", "group_discard"])
+async def test_every_layer_call_waits_for_a_slot_whoever_makes_it(
+    monkeypatch, layer_class, unbounded_class, method
+):
+    # Bounded inside the layer: a caller that forgets nothing can still not run the pool dry.
+    in_flight, most = 0, 0
+
+    async def call_redis(self, *args):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0)  # waiting for Redis lets the other calls start
+        in_flight -= 1
+
+    monkeypatch.setattr(unbounded_class, method, call_redis)
+    layer = layer_class(hosts=[ONE])
+    await asyncio.gather(*(getattr(layer, method)("a", "b") for _ in range(100)))
+    assert most == LAYER_CALLS_IN_FLIGHT
