@@ -18,6 +18,10 @@ from mysite.channel_layers import redis_channel_layers
 from serving.embedded_redis import EmbeddedRedis, free_port
 from serving.processes import stop_processes, wait_for_http
 
+# Every call of a function declared @on_loop or @on_sync_thread checks its side (chat.sides),
+# here and in the server processes the tests start: set before any chat module is imported.
+os.environ["CHAT_CHECK_SIDES"] = "1"
+
 ROOT = Path(__file__).resolve().parent
 SERVER_READY_TIMEOUT_SECONDS = 20.0
 SERVER_STOP_TIMEOUT_SECONDS = 10.0

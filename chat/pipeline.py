@@ -21,7 +21,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from . import loops
+from . import loops, sides
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ SEND_SLICE_SECONDS = 0.0005
 BULK_PAUSE_FACTOR = 1.0
 
 
+@sides.on_sync_thread
 def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
-    """From the loop's sync thread: call function(*args) on the loop after what was handed
-    before it.
+    """Call function(*args) on the loop after what was handed before it.
 
     While the loop's batch runs (call_batched: its calls are then the only sync code of the
     loop running), the call goes in the batch's outbox (loops.LoopState.outbox), handed
@@ -48,8 +48,9 @@ def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], 
         loop.call_soon_threadsafe(_call_logged, function, args)
 
 
+@sides.on_loop
 def start_logged_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
-    """On the loop: run the coroutine as a task whose failure is logged, on one line."""
+    """Run the coroutine as a task whose failure is logged, on one line."""
     task = asyncio.get_running_loop().create_task(coroutine)
     task.add_done_callback(_log_failure)
     return task
@@ -74,8 +75,9 @@ class FrameQueue:
         self._broken = False  # a send failed: the connection is gone, and so is the rest
         self._task: asyncio.Task | None = None  # the task sending, while there is one
 
+    @sides.on_loop
     def put(self, message: dict):
-        """On the loop: send message after those queued before it."""
+        """Send message after those queued before it."""
         if self._broken:
             return
         if self._waiting is None:
@@ -85,7 +87,7 @@ class FrameQueue:
             self._waiting.append(message)
 
     async def flushed(self):
-        """On the loop: return once everything queued so far has been sent (or failed)."""
+        """Return once everything queued so far has been sent (or failed)."""
         if self._task is not None:
             await asyncio.wait([self._task])
 
@@ -124,11 +126,13 @@ class _LoopBatches:
             self._start_soon()
         return await done
 
+    @sides.on_loop
     def _start_soon(self):
         # After every task this iteration woke, so they all join the batch. In a fresh
         # context: asgiref refuses a sync call from a context already inside one.
         asyncio.get_running_loop().call_soon(self._start, context=contextvars.Context())
 
+    @sides.on_loop
     def _start(self):
         calls, self.waiting = self.waiting, []
         start_logged_task(self._run(calls))
@@ -191,7 +195,7 @@ class _Lane:
 
 
 async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
-    """On the loop: `await job(*args)` when its turn comes, after the bulk jobs before it.
+    """`await job(*args)` when its turn comes, after the bulk jobs before it.
 
     Returns its result (or raises its failure). The job's time counts from its start to
     its end, so a job that reads on the sync thread and then writes frames should await
@@ -215,6 +219,7 @@ async def call_batched(function, *args):
     return await state.batches.call(function, args)
 
 
+@sides.on_loop
 def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
     """Wake each caller with its call's outcome."""
     for (_, _, done), (result, error) in zip(calls, outcomes, strict=True):
@@ -228,8 +233,9 @@ def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
             done.set_exception(error)
 
 
+@sides.on_sync_thread
 def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
-    """On the sync thread: every call in order, each one's (result, failure) kept for its caller.
+    """Every call in order, each one's (result, failure) kept for its caller.
 
     What they hand to the loop goes in one hand-off, not one each: each hand-off wakes
     the loop.
@@ -250,12 +256,14 @@ def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
     return outcomes
 
 
+@sides.on_loop
 def _call_each_logged(calls: list[tuple[Callable[..., Any], tuple]]):
     # In order: a broadcast started first must not be overtaken by the frames after it.
     for function, args in calls:
         _call_logged(function, args)
 
 
+@sides.on_loop
 def _call_logged(function: Callable[..., Any], args: tuple):
     try:
         function(*args)

@@ -34,7 +34,7 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from . import loops, pipeline, presence
+from . import loops, pipeline, presence, sides
 from .delivery import RoomDelivery
 from .models import Room
 from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
@@ -53,14 +53,16 @@ class LocalSocket(Protocol):
     delivery: RoomDelivery
 
 
+@sides.on_loop
 def socket_joined(socket: LocalSocket):
-    """On the loop: record this socket in its room's presence, keep it fresh, and tell the
+    """Record this socket in its room's presence, keep it fresh, and tell the
     room it came (shortly, with the other joins and leaves: see _Upkeep.flush)."""
     _of_running_loop().joined(socket)
 
 
+@sides.on_loop
 def socket_left(socket: LocalSocket):
-    """On the loop: forget this socket, and tell its room it went (shortly, as above)."""
+    """Forget this socket, and tell its room it went (shortly, as above)."""
     _of_running_loop().left(socket)
 
 
@@ -81,6 +83,7 @@ async def run_round() -> int:
     return await _of_running_loop().run_round()
 
 
+@sides.on_loop
 def _of_running_loop() -> "_Upkeep":
     state = loops.of_loop()
     if state.upkeep is None:
@@ -88,14 +91,16 @@ def _of_running_loop() -> "_Upkeep":
     return state.upkeep
 
 
+@sides.on_sync_thread
 def _latest_seqs(room_names: set[str]) -> dict[str, int]:
-    """On the sync thread: each room's newest stored message id."""
+    """Each room's newest stored message id."""
     return dict(Room.objects.filter(name__in=room_names).values_list("name", "last_seq"))
 
 
 class _Upkeep:
     """One loop's sockets, its pending announcements, and the task that serves them."""
 
+    @sides.on_loop
     def __init__(self):
         self.sockets: dict[str, LocalSocket] = {}  # by channel name
         # Presence entries (group, member) to add and remove, and rooms to tell, at the
@@ -112,17 +117,20 @@ class _Upkeep:
         self.latest_a_round_ago: dict[str, int] = {}
         self.task = pipeline.start_logged_task(self._run_forever())
 
+    @sides.on_loop
     def joined(self, socket: LocalSocket):
         self.sockets[socket.channel_name] = socket
         self.to_join.append((socket.room_group_name, socket.presence_member))
         self.announce(socket.room_group_name)
 
+    @sides.on_loop
     def left(self, socket: LocalSocket):
         # First: even when Redis is down, no round refreshes a dead socket's entry again.
         if self.sockets.pop(socket.channel_name, None) is not None:
             self.to_leave.append((socket.room_group_name, socket.presence_member))
         self.announce(socket.room_group_name)
 
+    @sides.on_loop
     def announce(self, group: str):
         self.to_announce.add(group)
         self.announcements_waiting.set()
@@ -146,6 +154,7 @@ class _Upkeep:
                 next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
         raise asyncio.CancelledError
 
+    @sides.on_loop
     def _client(self, url: str | None = None) -> redis.asyncio.Redis:
         url = url or settings.REDIS_URL
         if url not in self.clients:

@@ -16,7 +16,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
 
-from chat import presence, protocol, rooms, services, upkeep
+from chat import presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message
 from chat.tests.conftest import (
@@ -876,3 +876,8 @@ async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
         await asyncio.gather(*(socket.disconnect(timeout=30) for socket in sockets))
     assert group_size(group) == 0
     assert "failed" not in caplog.text
+
+
+def test_every_consumer_test_here_checks_the_side_of_each_call():
+    # chat.sides: a handler on the wrong side raises, and so fails the test that made it.
+    assert sides.CHECKING
