@@ -29,6 +29,7 @@ from chat.tests.conftest import (
     next_frame,
     next_presence,
     session_cookie_for,
+    until_listening,
 )
 from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
@@ -97,7 +98,7 @@ async def test_channel_layer_round_trip_returns_hello():
     channel_layer = get_channel_layer()
     # Listening first: on the pubsub layer a message to a channel nobody listens on is gone.
     receiving = asyncio.ensure_future(channel_layer.receive("test_channel"))
-    await asyncio.sleep(0.1)
+    await until_listening(["test_channel"])
     await channel_layer.send("test_channel", {"type": "hello"})
     assert await asyncio.wait_for(receiving, 5) == {"type": "hello"}
 

@@ -13,6 +13,7 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubLoopLayer
 
 from chat.redis_clients import LAYER_TIMEOUT_SECONDS
+from chat.tests.conftest import until_listening
 from conftest import ROOT
 from mysite.channel_layers import (
     LAYER_CALLS_IN_FLIGHT,
@@ -130,7 +131,7 @@ async def test_groups_sharded_over_two_redis_servers_still_deliver(
                 group: asyncio.ensure_future(layer.receive(channel))
                 for group, channel in channels.items()
             }
-            await asyncio.sleep(0.1)
+            await until_listening(list(channels.values()), layer)
             for group in groups:
                 await layer.group_send(group, {"type": "chat.message", "group": group})
             for group, received in receiving.items():
