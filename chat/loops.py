@@ -5,6 +5,8 @@ A process has one loop in production; tests make one per test. Every part of a l
 state (its channel-layer slots, its batch of calls for the sync thread and that batch's
 outbox, its lane of bulk jobs, its upkeep) lives here, made by its owner on first use,
 and goes with the loop.
+
+Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
 
 import asyncio

@@ -6,6 +6,8 @@ events, frames and per-socket delivery state on the loop, where one owner needs 
 With CHAT_CHECK_SIDES=1 in the environment (the tests set it) every call checks its side
 and raises WrongSide; otherwise the decorators return the function itself, free.
 `async def` declares itself: a coroutine only ever runs on a loop.
+
+Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
 
 import asyncio
