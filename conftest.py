@@ -18,6 +18,10 @@ from mysite.channel_layers import redis_channel_layers
 from serving.embedded_redis import EmbeddedRedis, free_port
 from serving.processes import stop_processes, wait_for_http
 
+# Every call of a function declared @on_loop or @on_sync_thread checks its side (chat.sides),
+# here and in the server processes the tests start: set before any chat module is imported.
+os.environ["CHAT_CHECK_SIDES"] = "1"
+
 ROOT = Path(__file__).resolve().parent
 SERVER_READY_TIMEOUT_SECONDS = 20.0
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
@@ -43,9 +47,12 @@ def upkeep_rounds_run_by_hand(settings):
     settings.CHAT_PRESENCE_COALESCE_SECONDS = 0.01
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def limits_count_from_zero(redis_server, settings):
-    """Per-person limits (chat.limits) count in the session's Redis, from zero in each test."""
+    """Per-person limits (chat.limits) count in the session's Redis, from zero in each test.
+
+    For tests whose requests or sockets are counted; a test of a rule needs no Redis.
+    """
     from chat import limits
 
     settings.REDIS_URL = redis_server.url
@@ -57,7 +64,7 @@ def limits_count_from_zero(redis_server, settings):
 
 
 @pytest.fixture
-def redis_channel_layer(redis_server, settings):
+def redis_channel_layer(redis_server, limits_count_from_zero, settings):
     """Point the channel layer and presence at the session's Redis; flush it after the test."""
     settings.REDIS_URL = redis_server.url
     settings.REDIS_URLS = [redis_server.url]

@@ -52,10 +52,10 @@ def main():
         from django.conf import settings
 
         from chat import limits
-        from chat.redis_clients import redis_client
+        from chat.redis_clients import LIMITS_TIMEOUT_SECONDS, redis_client
 
         settings.CHAT_LIMIT_MESSAGES_PER_PERSON = f"{10 * args.repeat}/minute"
-        client = redis_client(server.url, limits.REDIS_TIMEOUT_SECONDS)
+        client = redis_client(server.url, LIMITS_TIMEOUT_SECONDS)
         results = {
             "ping": timed(client.ping, args.repeat),
             "message_limit": timed(lambda: limits.retry_after(limits.MESSAGES, "u:1"), args.repeat),

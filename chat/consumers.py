@@ -14,21 +14,32 @@ import logging
 import math
 import time
 
-import redis
 from channels.consumer import get_handler_name
 from channels.generic.websocket import WebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import identity, limits, pipeline, presence, protocol, revocation, rooms, services, upkeep
+from . import (
+    identity,
+    limits,
+    pipeline,
+    presence,
+    protocol,
+    redis_clients,
+    revocation,
+    rooms,
+    services,
+    sides,
+    upkeep,
+)
 from .delivery import RoomDelivery
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 # What an unreachable Redis or database raises; the socket closes instead of crashing.
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, DatabaseError)
+OUTAGE_ERRORS = (*redis_clients.OUTAGE_ERRORS, DatabaseError)
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
 LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
@@ -47,7 +58,7 @@ class ChatConsumer(WebsocketConsumer):
     # The room's group and the socket's identity groups (chat.revocation), once joined.
     joined_groups: tuple[str, ...] = ()
     session_timer: asyncio.TimerHandle | None = None
-    # The socket's delivery of room messages; used on the event loop only.
+    # The socket's delivery of room messages (its methods declare the loop).
     delivery: RoomDelivery | None = None
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
@@ -119,21 +130,25 @@ class ChatConsumer(WebsocketConsumer):
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
 
+    @sides.on_sync_thread
     def send(self, text_data=None, bytes_data=None, close=False):
-        """From the sync thread: queue a frame for this socket, in order, without waiting."""
+        """Queue a frame for this socket, in order, without waiting."""
         assert text_data is not None and bytes_data is None and not close
         pipeline.hand_to_loop(
             self.loop, self.frames.put, {"type": "websocket.send", "text": text_data}
         )
 
+    @sides.on_loop
     def send_from_loop(self, text_data: str):
-        """On the event loop: queue a frame for this socket, after those queued before it."""
+        """Queue a frame for this socket, after those queued before it."""
         self.frames.put({"type": "websocket.send", "text": text_data})
 
+    @sides.on_loop
     def close_from_loop(self, code: int):
-        """On the event loop: close the socket once the frames queued before have gone."""
+        """Close the socket once the frames queued before have gone."""
         self.frames.put({"type": "websocket.close", "code": code})
 
+    @sides.on_sync_thread
     def close(self, code=None, reason=None):
         """Close the socket once the frames queued before have gone (see send)."""
         message = {"type": "websocket.close"}
@@ -143,6 +158,7 @@ class ChatConsumer(WebsocketConsumer):
             message["reason"] = reason
         pipeline.hand_to_loop(self.loop, self.frames.put, message)
 
+    @sides.on_sync_thread
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
         if limits.refuse_socket(self.scope):
@@ -181,10 +197,12 @@ class ChatConsumer(WebsocketConsumer):
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
         pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
 
+    @sides.on_sync_thread
     def disconnect(self, close_code):
         """Leave the room's group and its presence list."""
         self.leave_room()
 
+    @sides.on_sync_thread
     def leave_room(self):
         """Leave the presence list and the upkeep, once (the groups: see __call__).
 
@@ -200,6 +218,7 @@ class ChatConsumer(WebsocketConsumer):
         pipeline.hand_to_loop(self.loop, self._left_on_loop)
         # The groups are left by __call__, on the loop: this thread waits for no Redis.
 
+    @sides.on_loop
     def _left_on_loop(self):
         self._disarm_session_timer()  # or the timer would keep this consumer for weeks
         if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
@@ -220,27 +239,24 @@ class ChatConsumer(WebsocketConsumer):
             rooms.group_name(room_name),
             *revocation.identity_groups(user, session),
         )
-        # Each in a layer slot (chat.pipeline.layer_call): a burst of sockets coming or
-        # going would otherwise run channels_redis's connection pool dry.
+        # Side by side; the layer bounds how many are in flight (mysite.channel_layers).
         add = self.channel_layer.group_add
-        await asyncio.gather(
-            *(pipeline.layer_call(add, group, self.channel_name) for group in self.joined_groups)
-        )
+        await asyncio.gather(*(add(group, self.channel_name) for group in self.joined_groups))
 
     async def _discard_from_groups(self):
         discard = self.channel_layer.group_discard
         try:
-            await asyncio.gather(
-                *(pipeline.layer_call(discard, g, self.channel_name) for g in self.joined_groups)
-            )
+            await asyncio.gather(*(discard(g, self.channel_name) for g in self.joined_groups))
         except OUTAGE_ERRORS as error:
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
 
+    @sides.on_sync_thread
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""
         self._close_for_identity(event["reason"])
 
+    @sides.on_sync_thread
     def _close_for_identity(self, reason: str):
         if self.closing:
             return
@@ -248,6 +264,7 @@ class ChatConsumer(WebsocketConsumer):
         self.closing = True  # and store nothing more from it meanwhile
         self.close(code=protocol.CLOSE_IDENTITY_CHANGED, reason=reason)
 
+    @sides.on_sync_thread
     def _arm_session_timer(self):
         """Close the socket when its stored session expires (chat.revocation)."""
         expires = revocation.session_expires_at(self.scope.get("session"))
@@ -255,18 +272,21 @@ class ChatConsumer(WebsocketConsumer):
             delay = max((expires - timezone.now()).total_seconds(), 0.0)
             self.loop.call_soon_threadsafe(self._start_session_timer, delay)
 
+    @sides.on_loop
     def _start_session_timer(self, delay: float):
-        # On the loop, as are _disarm_session_timer and the timer: the timer has one owner.
         if not self.left_room:
             self.session_timer = self.loop.call_later(delay, self._session_timer_fired)
 
+    @sides.on_loop
     def _disarm_session_timer(self):
         if self.session_timer is not None:
             self.session_timer.cancel()
 
+    @sides.on_loop
     def _session_timer_fired(self):
         self.session_check = self.loop.create_task(pipeline.call_batched(self._check_session))
 
+    @sides.on_sync_thread
     def _check_session(self):
         """The session's time is up, unless it was saved (and so extended) meanwhile."""
         if self.left_room:
@@ -277,6 +297,7 @@ class ChatConsumer(WebsocketConsumer):
         else:
             self._arm_session_timer()
 
+    @sides.on_sync_thread
     def receive(self, text_data=None, bytes_data=None):
         """Validate one frame, store its message, then broadcast it; or refuse it."""
         if self.closing:
@@ -320,6 +341,7 @@ class ChatConsumer(WebsocketConsumer):
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
 
+    @sides.on_sync_thread
     def _spend_token(self, client_id: str | None = None) -> bool:
         """Take a token from the socket's bucket; without one, refuse (and close a flood)."""
         if self.rate_limit.allow():
@@ -333,6 +355,7 @@ class ChatConsumer(WebsocketConsumer):
         )
         return False
 
+    @sides.on_sync_thread
     def _typing(self):
         """Tell the room this socket's author is typing: at most once per throttle period.
 
@@ -348,47 +371,50 @@ class ChatConsumer(WebsocketConsumer):
         pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 
     async def _broadcast(self, event: dict):
-        """On the loop: send to the room; if Redis is unreachable, close with 4503.
+        """Send to the room; if Redis is unreachable, close with 4503.
 
         The message is stored, so the page reconnects and catches up. (On the redis layer
         every socket notices an outage as its receive fails; on pubsub nothing fails but
         this send, so the sender learns of it here.)
         """
         try:
-            await pipeline.broadcast(self.channel_layer, self.room_group_name, event)
+            await self.channel_layer.group_send(self.room_group_name, event)
         except OUTAGE_ERRORS as error:
             logger.warning("closing socket, broadcast failed: %r", error)
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
 
-    # --- On the event loop: room events, and the delivery's reads ----------------------
-
+    @sides.on_loop
     def chat_message(self, event):
-        """On the loop: deliver one room message in order (chat.delivery)."""
+        """Deliver one room message in order (chat.delivery)."""
         self.delivery.message(event)
 
+    @sides.on_loop
     def chat_presence(self, event):
-        """On the loop: tell this socket who is in the room."""
+        """Tell this socket who is in the room."""
         self.send_from_loop(protocol.presence_frame(event))
 
+    @sides.on_loop
     def chat_typing(self, event):
-        """On the loop: tell this socket someone else in the room is typing."""
+        """Tell this socket someone else in the room is typing."""
         if event["sender_channel"] != self.channel_name:
             self.send_from_loop(protocol.typing_frame(event))
 
+    @sides.on_loop
     def _page_requested(self, after: int):
-        """On the loop: a page the server announced is free; any other costs a token."""
+        """A page the server announced is free; any other costs a token."""
         if self.delivery.take_announced_page():
             self.delivery.page_requested(after)
         else:
             pipeline.start_logged_task(pipeline.call_batched(self._charge_page_request, after))
 
+    @sides.on_sync_thread
     def _charge_page_request(self, after: int):
-        # On the sync thread, which owns the token bucket.
         if self._spend_token():
             pipeline.hand_to_loop(self.loop, self.delivery.page_requested, after)
 
+    @sides.on_loop
     def _read_after(self, after: int, limit: int, in_turn: bool, on_done):
-        """On the loop: read the room's messages after `after` on the sync thread, then on_done.
+        """Read the room's messages after `after` on the sync thread, then on_done.
 
         Pages take their turn (chat.pipeline.run_in_turn): ten sockets catching up at once
         would hold the process up; a gap fill joins the next batch. If the read fails, the
@@ -417,15 +443,15 @@ class ChatConsumer(WebsocketConsumer):
             logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
             self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
+    @sides.on_sync_thread
     def _events_after(self, after: int, limit: int) -> list[dict]:
-        """On the sync thread: the room's events after `after`, at most `limit`."""
+        """The room's events after `after`, at most `limit`."""
         return [
             protocol.chat_message_event(message)
             for message in services.stored_messages_after(self.room_name, after, limit)
         ]
 
-    # --- On the sync thread -------------------------------------------------------------
-
+    @sides.on_sync_thread
     def _send_backlog(self, after: int | None):
         """Send the history (or, with ?after=, have the delivery page from there); start it."""
         if after is not None:
@@ -444,6 +470,7 @@ class ChatConsumer(WebsocketConsumer):
             pipeline.hand_to_loop(self.loop, self.delivery.start, last)
         self.room_exists = newest > 0
 
+    @sides.on_sync_thread
     def _store(self, frame: protocol.ChatFrame):
         try:
             return services.store_message(
@@ -457,6 +484,7 @@ class ChatConsumer(WebsocketConsumer):
                 frame.client_id,
             ) from None
 
+    @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):
         logger.info(
             "refused frame in room %r from %s: %s",

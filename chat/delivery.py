@@ -23,7 +23,7 @@ import collections
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import protocol
+from . import protocol, sides
 
 # Frames encoded per process, not per socket: a room message reaches every socket of the
 # room in this process, all within a moment. Enough for a burst across many rooms.
@@ -51,6 +51,7 @@ class FrameCache:
         self.size = size
         self._frames: collections.OrderedDict[tuple, str] = collections.OrderedDict()
 
+    @sides.on_loop
     def frame(self, event: dict[str, Any]) -> str:
         """The live frame of a chat.message event, encoded on first use."""
         key = tuple(event.items())
@@ -109,6 +110,7 @@ class RoomDelivery:
 
     # --- What the socket's consumer tells it --------------------------------------------
 
+    @sides.on_loop
     def start(self, last: int, catch_up: bool = False):
         """The socket was sent everything up to `last`; with catch_up, page on from there."""
         self.last, self.started = last, True
@@ -118,6 +120,7 @@ class RoomDelivery:
         else:
             self._deliver_held()
 
+    @sides.on_loop
     def message(self, event: dict[str, Any]):
         """A chat.message event from the room: send it, hold it, or drop a duplicate."""
         seq = event["id"]
@@ -140,6 +143,7 @@ class RoomDelivery:
             # layer would refuse it (ChannelFull) just when it is needed most.
             self.timer = self._call_later(self.reorder_wait, self._gap_timer_fired)
 
+    @sides.on_loop
     def resync(self):
         """Send what was stored since the last message sent (after Redis restarted, or a lag)."""
         if self.stopped or self.catching_up or not self.started:
@@ -149,11 +153,13 @@ class RoomDelivery:
             return
         self._start_read(self.page_size + 1, in_turn=False)
 
+    @sides.on_loop
     def take_announced_page(self) -> bool:
         """Whether a page request now is one the server announced (it costs no token)."""
         announced, self.page_announced = self.page_announced, False
         return announced
 
+    @sides.on_loop
     def page_requested(self, after: int):
         """The client asks for what follows `after`: send a page, then whether there is more."""
         if self.stopped:
@@ -171,6 +177,7 @@ class RoomDelivery:
             return
         self._start_read(self.page_size + 1, in_turn=True, answer=True)
 
+    @sides.on_loop
     def stop(self):
         """The socket left: send nothing more, and let the timer go."""
         self.stopped = True
@@ -179,22 +186,26 @@ class RoomDelivery:
 
     # --- Inside ----------------------------------------------------------------------------
 
+    @sides.on_loop
     def _gap_timer_fired(self):
         """A held message waited long enough: the layer dropped what it waits for."""
         self.timer = None
         if self.held and not self.reading and not self.catching_up and not self.stopped:
             self._fill_gap()
 
+    @sides.on_loop
     def _fill_gap(self):
         """Read what is missing before the held messages (at most a page, and one more)."""
         self._cancel_timer()
         limit = min(max(self.held) - self.last, self.page_size + 1)
         self._start_read(limit, in_turn=False)
 
+    @sides.on_loop
     def _start_read(self, limit: int, *, in_turn: bool, answer: bool = False):
         self.reading = True
         self._read(self.last, limit, in_turn, lambda page: self._read_done(page, answer))
 
+    @sides.on_loop
     def _read_done(self, page: list[dict], answer: bool):
         """Apply a read's reply: send its messages, then the held ones; or announce a page."""
         self.reading = False
@@ -216,6 +227,7 @@ class RoomDelivery:
                 self._send(protocol.catch_up_frame(False, self.last))
         self._after_read()
 
+    @sides.on_loop
     def _after_read(self):
         """What waited for the read: a page request, a resync, a gap still open."""
         if self.page_asked is not None:
@@ -230,10 +242,12 @@ class RoomDelivery:
             elif self.timer is None:
                 self.timer = self._call_later(self.reorder_wait, self._gap_timer_fired)
 
+    @sides.on_loop
     def _deliver(self, event: dict[str, Any]):
         self._send(self._frames.frame(event))
         self.last = event["id"]
 
+    @sides.on_loop
     def _deliver_held(self):
         """Send held messages that are next in line now; forget those already sent."""
         while self.last + 1 in self.held:
@@ -243,6 +257,7 @@ class RoomDelivery:
         if not self.held:
             self._cancel_timer()
 
+    @sides.on_loop
     def _cancel_timer(self):
         if self.timer is not None:
             self.timer.cancel()

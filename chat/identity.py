@@ -3,8 +3,10 @@
 Explained in docs/security.md, 'Look-alike names'.
 """
 
+import functools
 import secrets
 import unicodedata
+from dataclasses import dataclass
 
 import regex
 from django.conf import settings
@@ -13,7 +15,6 @@ from django.utils.crypto import salted_hmac
 
 from .lookalikes import name_key
 from .models import UsernameKey
-from .services import Author
 
 DISPLAY_NAME_MAX_CHARS = 30
 GUEST_DEFAULT_NAME = "Anonymous"
@@ -24,6 +25,28 @@ SIGN_IN_SALT = "chat.identity.sign_in"
 GUEST_KEY_BYTES = 16
 # 64 bits: two sign-ins of one browser never share a tag by chance.
 SIGN_IN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)  # one per socket: slots keep them small
+class Author:
+    """Who sends: a logged-in user (with `user_id`) or a guest with a display name.
+
+    `guest_key` tells one guest from another (author_for derives it from the
+    session); it scopes the guest's client ids and is never sent to anyone.
+    """
+
+    name: str
+    user_id: int | None = None
+    guest_key: str = ""
+
+    @property
+    def is_guest(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def key(self) -> str:
+        """Whose client ids these are: "u:<user id>" for a user, "g:<guest key>" for a guest."""
+        return f"g:{self.guest_key}" if self.is_guest else f"u:{self.user_id}"
 
 
 class InvalidDisplayName(ValueError):
@@ -42,11 +65,17 @@ INVISIBLE = regex.compile(
 # A guest name is letters, marks, digits, spaces and the punctuation names are written
 # with. Not commas, semicolons, slashes, brackets or "&": "alice, bob" would read as two.
 GUEST_NAME = regex.compile(r"[\p{L}\p{M}\p{N} \-_.'\u2019]+")
-# Non-spacing and enclosing marks pile up on one letter; spacing marks (Mc) take room.
-# Counted decomposed: Vietnamese "ệ" is e + two marks, as many as a real letter needs.
-STACKED_MARKS = regex.compile(
-    r"[\p{Mn}\p{Me}]{" + str(settings.CHAT_NAME_MAX_STACKED_MARKS + 1) + ",}"
-)
+
+
+@functools.cache
+def _stacked_marks(most: int) -> regex.Pattern:
+    """More than `most` non-spacing or enclosing marks in a row: they pile up on one letter.
+
+    Spacing marks (Mc) take room. Counted decomposed: Vietnamese "ệ" is e + two marks, as
+    many as a real letter needs. One pattern per limit, compiled on first use: the limit is
+    CHAT_NAME_MAX_STACKED_MARKS, read when a name is checked.
+    """
+    return regex.compile(r"[\p{Mn}\p{Me}]{" + str(most + 1) + ",}")
 
 
 def clean_display_name(raw: str) -> str:
@@ -74,11 +103,9 @@ def refuse_hidden_characters(name: str) -> None:
     if INVISIBLE.search(name):
         raise InvalidDisplayName("Names may not contain control or invisible characters.")
     # Decomposed, so that a mark NFC folded into its letter counts too.
-    if STACKED_MARKS.search(unicodedata.normalize("NFD", name)):
-        raise InvalidDisplayName(
-            f"Names may not stack more than {settings.CHAT_NAME_MAX_STACKED_MARKS} marks"
-            " on one letter."
-        )
+    most = settings.CHAT_NAME_MAX_STACKED_MARKS
+    if _stacked_marks(most).search(unicodedata.normalize("NFD", name)):
+        raise InvalidDisplayName(f"Names may not stack more than {most} marks on one letter.")
 
 
 def refuse_lookalike(name: str) -> None:

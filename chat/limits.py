@@ -15,23 +15,19 @@ import time
 from dataclasses import dataclass
 
 import limits
-import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from . import protocol
+from .identity import Author
 from .models import Room
-from .redis_clients import redis_client
-from .services import Author
+from .redis_clients import LIMITS_TIMEOUT_SECONDS, OUTAGE_ERRORS, redis_client
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "chat:limits"
-# A check is one round trip to a Redis on the same network; give up on it quickly.
-REDIS_TIMEOUT_SECONDS = 2.0
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # No address known (scope["client"] on a Unix socket, a request built in a test): IPv4's
 # "unspecified" address, which all such clients share, and which django-axes can store
 # (an address field, which PostgreSQL checks).
@@ -137,7 +133,7 @@ def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:
     address = client_address(request)
     try:
         wait = retry_after(limit, address)
-    except REDIS_ERRORS as error:
+    except OUTAGE_ERRORS as error:
         logger.warning("%s not checked, Redis unreachable: %r", limit.setting, error)
         return None
     if wait is None:
@@ -176,5 +172,5 @@ def _parse(rate: str) -> limits.RateLimitItem:
 @functools.cache
 def _limiter(url: str) -> MovingWindowRateLimiter:
     # On the process's client for this Redis (chat.redis_clients): no pool of its own.
-    pool = redis_client(url, REDIS_TIMEOUT_SECONDS).connection_pool
+    pool = redis_client(url, LIMITS_TIMEOUT_SECONDS).connection_pool
     return MovingWindowRateLimiter(RedisStorage(url, connection_pool=pool, key_prefix=KEY_PREFIX))

@@ -36,7 +36,7 @@ class Message(models.Model):
     text = models.TextField()
     # Chosen by the client, so that a retried send is stored once; "" when it sent none.
     client_id = models.CharField(max_length=64, blank=True, default="")
-    # Whose client_id it is (services.Author.key): ids are unique per author, so nobody can
+    # Whose client_id it is (identity.Author.key): ids are unique per author, so nobody can
     # claim another's. A guest's is a hash of its session key; never sent on the wire.
     author_key = models.CharField(max_length=40, blank=True, default="", editable=False)
     created = models.DateTimeField(default=timezone.now)

@@ -15,23 +15,16 @@ import asyncio
 import collections
 import contextvars
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
 
+from . import loops, sides
+
 logger = logging.getLogger(__name__)
 
-# Channel-layer calls in flight per process (broadcasts, group adds and discards): each
-# holds a connection of channels_redis's pool (100 by default), which raises
-# MaxConnectionsError instead of waiting when it runs out. Below it, leaving room for the
-# layer's own receive loop and the upkeep.
-LAYER_CALLS_IN_FLIGHT = 32
-_layer_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_batch_in_progress = threading.local()  # on the sync thread: the running batch's outbox
 # How long one socket's frames may hold the loop before it serves the others. A page of
 # 50 large catch-up messages takes about 1.5 ms to send; a live message waits 0.5 ms at most.
 SEND_SLICE_SECONDS = 0.0005
@@ -40,17 +33,24 @@ SEND_SLICE_SECONDS = 0.0005
 BULK_PAUSE_FACTOR = 1.0
 
 
+@sides.on_sync_thread
 def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
-    """From another thread: call function(*args) on the loop after what was handed before it."""
-    outbox = getattr(_batch_in_progress, "outbox", None)
+    """Call function(*args) on the loop after what was handed before it.
+
+    While the loop's batch runs (call_batched: its calls are then the only sync code of the
+    loop running), the call goes in the batch's outbox (loops.LoopState.outbox), handed
+    over with the rest at its end: each hand-off wakes the loop.
+    """
+    outbox = loops.of_loop(loop).outbox
     if outbox is not None:
-        outbox.append((function, args))  # handed over with the rest of its batch's, at its end
+        outbox.append((function, args))
     else:
         loop.call_soon_threadsafe(_call_logged, function, args)
 
 
+@sides.on_loop
 def start_logged_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
-    """On the loop: run the coroutine as a task whose failure is logged, on one line."""
+    """Run the coroutine as a task whose failure is logged, on one line."""
     task = asyncio.get_running_loop().create_task(coroutine)
     task.add_done_callback(_log_failure)
     return task
@@ -75,8 +75,9 @@ class FrameQueue:
         self._broken = False  # a send failed: the connection is gone, and so is the rest
         self._task: asyncio.Task | None = None  # the task sending, while there is one
 
+    @sides.on_loop
     def put(self, message: dict):
-        """On the loop: send message after those queued before it."""
+        """Send message after those queued before it."""
         if self._broken:
             return
         if self._waiting is None:
@@ -86,7 +87,7 @@ class FrameQueue:
             self._waiting.append(message)
 
     async def flushed(self):
-        """On the loop: return once everything queued so far has been sent (or failed)."""
+        """Return once everything queued so far has been sent (or failed)."""
         if self._task is not None:
             await asyncio.wait([self._task])
 
@@ -106,29 +107,6 @@ class FrameQueue:
             self._waiting = self._task = None
 
 
-def layer_slot() -> asyncio.Semaphore:
-    """On the loop: hold one of its LAYER_CALLS_IN_FLIGHT slots for a channel-layer call.
-
-    A burst of sockets (a server restart: everyone reconnects at once) would otherwise make
-    hundreds of layer calls at once and run channels_redis's pool dry.
-    """
-    loop = asyncio.get_running_loop()
-    if loop not in _layer_slots:
-        _layer_slots[loop] = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
-    return _layer_slots[loop]
-
-
-async def layer_call(call: Callable[..., Coroutine[Any, Any, Any]], *args):
-    """On the loop: `await call(*args)`, a channel-layer method, once a layer slot is free."""
-    async with layer_slot():
-        return await call(*args)
-
-
-async def broadcast(channel_layer, group: str, event: dict[str, Any]):
-    """group_send once a layer slot is free (layer_call)."""
-    await layer_call(channel_layer.group_send, group, event)
-
-
 class _LoopBatches:
     """One loop's calls for the sync thread: one batch runs at a time, the next gathers.
 
@@ -136,24 +114,25 @@ class _LoopBatches:
     next batch, so the busier the process, the fewer hops per call.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self):
         self.waiting: list = []
         self.busy = False
 
     async def call(self, function, args: tuple):
-        done = self.loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self.waiting.append((function, args, done))
         if not self.busy:
             self.busy = True
             self._start_soon()
         return await done
 
+    @sides.on_loop
     def _start_soon(self):
         # After every task this iteration woke, so they all join the batch. In a fresh
         # context: asgiref refuses a sync call from a context already inside one.
-        self.loop.call_soon(self._start, context=contextvars.Context())
+        asyncio.get_running_loop().call_soon(self._start, context=contextvars.Context())
 
+    @sides.on_loop
     def _start(self):
         calls, self.waiting = self.waiting, []
         start_logged_task(self._run(calls))
@@ -161,7 +140,7 @@ class _LoopBatches:
     async def _run(self, calls: list):
         outcomes: list = []
         try:
-            outcomes = await database_sync_to_async(_call_each)(self.loop, calls)
+            outcomes = await database_sync_to_async(_call_each)(asyncio.get_running_loop(), calls)
         except BaseException as error:
             # Not one call's failure (those come back as outcomes): none of them is known
             # to have run, or to ever run. Their callers must not wait for ever.
@@ -175,9 +154,6 @@ class _LoopBatches:
                 self.busy = False
 
 
-_loop_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class _Lane:
     """One loop's bulk jobs: one at a time, each followed by a pause as long as it took.
 
@@ -186,13 +162,12 @@ class _Lane:
     the pauses leave the process at least half its time for everything else.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self):
         self.waiting: collections.deque = collections.deque()
         self.running = False
 
     async def run(self, job, args: tuple):
-        done = self.loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         self.waiting.append((job, args, done))
         if not self.running:
             self.running = True
@@ -219,20 +194,17 @@ class _Lane:
             self.running = False
 
 
-_lanes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
-    """On the loop: `await job(*args)` when its turn comes, after the bulk jobs before it.
+    """`await job(*args)` when its turn comes, after the bulk jobs before it.
 
     Returns its result (or raises its failure). The job's time counts from its start to
     its end, so a job that reads on the sync thread and then writes frames should await
     its frames (FrameQueue.flushed) before it returns.
     """
-    loop = asyncio.get_running_loop()
-    if loop not in _lanes:
-        _lanes[loop] = _Lane(loop)
-    return await _lanes[loop].run(job, args)
+    state = loops.of_loop()
+    if state.lane is None:
+        state.lane = _Lane()
+    return await state.lane.run(job, args)
 
 
 async def call_batched(function, *args):
@@ -241,12 +213,13 @@ async def call_batched(function, *args):
     Returns its result (or raises) once it ran, like database_sync_to_async; calls run in
     the order they were made, and never alongside another sync handler.
     """
-    loop = asyncio.get_running_loop()
-    if loop not in _loop_batches:
-        _loop_batches[loop] = _LoopBatches(loop)
-    return await _loop_batches[loop].call(function, args)
+    state = loops.of_loop()
+    if state.batches is None:
+        state.batches = _LoopBatches()
+    return await state.batches.call(function, args)
 
 
+@sides.on_loop
 def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
     """Wake each caller with its call's outcome."""
     for (_, _, done), (result, error) in zip(calls, outcomes, strict=True):
@@ -260,14 +233,16 @@ def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
             done.set_exception(error)
 
 
+@sides.on_sync_thread
 def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
-    """On the sync thread: every call in order, each one's (result, failure) kept for its caller.
+    """Every call in order, each one's (result, failure) kept for its caller.
 
     What they hand to the loop goes in one hand-off, not one each: each hand-off wakes
     the loop.
     """
     outcomes: list[tuple[Any, BaseException | None]] = []
-    _batch_in_progress.outbox = outbox = []
+    state = loops.of_loop(loop)
+    state.outbox = outbox = []
     try:
         for function, args, _ in calls:
             try:
@@ -275,18 +250,20 @@ def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
             except Exception as error:
                 outcomes.append((None, error))
     finally:
-        _batch_in_progress.outbox = None
+        state.outbox = None
         if outbox:
             loop.call_soon_threadsafe(_call_each_logged, outbox)
     return outcomes
 
 
+@sides.on_loop
 def _call_each_logged(calls: list[tuple[Callable[..., Any], tuple]]):
     # In order: a broadcast started first must not be overtaken by the frames after it.
     for function, args in calls:
         _call_logged(function, args)
 
 
+@sides.on_loop
 def _call_logged(function: Callable[..., Any], args: tuple):
     try:
         function(*args)

@@ -23,19 +23,18 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-from chat.redis_clients import redis_client
+from chat.redis_clients import PRESENCE_TIMEOUT_SECONDS, redis_client
 
 from . import protocol
 
 logger = logging.getLogger(__name__)
 
-REDIS_TIMEOUT_SECONDS = 5.0
 _SEPARATOR = "\x1f"  # never in a channel name; the label may contain anything else
 
 
 def _redis() -> redis.Redis:
     """The process's client for the first Redis."""
-    return redis_client(settings.REDIS_URL, REDIS_TIMEOUT_SECONDS)
+    return redis_client(settings.REDIS_URL, PRESENCE_TIMEOUT_SECONDS)
 
 
 def _key(group: str) -> str:
@@ -45,7 +44,7 @@ def _key(group: str) -> str:
 def member(channel_name: str, person: str, label: str) -> str:
     """A socket's entry in its room's set: its channel, whose it is, and how it is shown.
 
-    `person` is services.Author.key ("u:<user id>" or "g:<guest key>"): the room counts
+    `person` is identity.Author.key ("u:<user id>" or "g:<guest key>"): the room counts
     people, so two tabs of one person are one, and two guests who chose one name are two.
     """
     return _SEPARATOR.join((channel_name, person, label))

@@ -18,12 +18,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     # For annotations only: serving.chat_daphne imports the close codes below before
     # Django is set up, when no model can be imported yet.
+    from .identity import Author
     from .models import Message
-    from .services import Author
 
 # Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
 # alike, each listed in docs/protocol.md. 4000-4999 is the range RFC 6455 leaves to applications;
@@ -202,27 +203,29 @@ def parse_after(query_string: bytes) -> int | None:
     Raises FrameRefused("invalid_after") when `after` is there but not a message id
     (parse_seq); the consumer answers with that error and sends the history instead.
     """
-    for pair in query_string.decode("latin-1").split("&"):
-        name, _, value = pair.partition("=")
-        if name == "after":
-            try:
-                return parse_seq(value)
-            except ValueError:
-                raise FrameRefused(
-                    "invalid_after",
-                    f"after= must be a message id, a whole number from 0 to {MAX_SEQ}; "
-                    "sent the recent history instead.",
-                ) from None
-    return None
+    value = query_value(query_string, "after")
+    if value is None:
+        return None
+    try:
+        return parse_seq(value)
+    except ValueError:
+        raise FrameRefused(
+            "invalid_after",
+            f"after= must be a message id, a whole number from 0 to {MAX_SEQ}; "
+            "sent the recent history instead.",
+        ) from None
 
 
 def parse_sign_in(query_string: bytes) -> str | None:
     """The sign-in tag (identity.sign_in_of) the page expects its socket to speak as, if any."""
-    for pair in query_string.decode("latin-1").split("&"):
-        name, _, value = pair.partition("=")
-        if name == "as":
-            return value
-    return None
+    return query_value(query_string, "as")
+
+
+def query_value(query_string: bytes, name: str) -> str | None:
+    """The first value of `name` in a handshake's query string (blank kept), or None."""
+    # ASGI gives the raw bytes, still percent-encoded; parse_qs decodes the escapes (UTF-8).
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get(name)
+    return values[0] if values else None
 
 
 def chat_message_event(message: "Message") -> dict[str, Any]:

@@ -1,19 +1,49 @@
-"""Reaching Redis: REDIS_URL's list of URLs, plain clients (presence, health checks), and
-whether each Redis answers. No Django setup needed, so launchers check before they start.
+"""Reaching Redis: REDIS_URL's list of URLs, every client the chat makes (sync and asyncio,
+each with its named timeout), what an outage raises, and whether each Redis answers. No
+Django setup needed, so launchers check before they start.
 
 Explained in docs/operations.md, 'Several Redis servers'.
 """
 
 import functools
+from typing import Any
 
 import redis
+import redis.asyncio
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# What an unreachable or restarting Redis raises, to redis-py, redis.asyncio and so
+# channels_redis alike: an outage, answered (a 4503 close, a check skipped) and logged on
+# one line, never a bug's traceback.
+OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # What redis-py's from_url (and so channels_redis) accepts. Anything else fails only at the
 # first connection, on every connection, long after start-up: refuse it where it is read.
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+# How long each kind of caller waits for Redis, to connect and for each command.
 # A probe must answer quickly even when Redis is gone: load balancers time out in seconds.
 PING_TIMEOUT_SECONDS = 1.0
+# A limit check is one round trip to a Redis on the same network, on a request's path.
+LIMITS_TIMEOUT_SECONDS = 2.0
+# Presence reads (views) and the upkeep's writes: bigger pipelines, nobody waiting on them.
+PRESENCE_TIMEOUT_SECONDS = 5.0
+# channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
+# redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
+# lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
+# Reads must outlast the blocking pop; staying finite still notices a dead connection.
+LAYER_TIMEOUT_SECONDS = 15
+# After Redis restarts, every pooled connection is dead and fails its next command: one
+# retry, at once, on a fresh connection heals that without a blip, and a Redis that is
+# really gone fails within two timeouts.
+RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
+
+
+def _retry() -> Retry:
+    return Retry(NoBackoff(), 1)
+
+
 # Enough of an error to diagnose it, not a wall of text in a probe's log.
 ERROR_MAX_CHARS = 200
 
@@ -53,7 +83,30 @@ def redis_urls(redis_url: str | list[str]) -> list[str]:
 def redis_client(url: str, timeout: float) -> redis.Redis:
     """The process's client for url: its own connection pool, `timeout` s to connect and
     for each command, so that an unreachable Redis fails fast instead of hanging."""
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(url, **_client_options(timeout))
+
+
+def asyncio_redis_client(url: str, timeout: float) -> redis.asyncio.Redis:
+    """A new asyncio client for url, as redis_client; for one event loop (its pool is)."""
+    return redis.asyncio.Redis.from_url(url, **_client_options(timeout))
+
+
+def layer_host(url: str) -> dict[str, Any]:
+    """channels_redis's host entry for url: reads outlast its blocking pops, one retry."""
+    return {
+        "address": url,
+        "socket_timeout": LAYER_TIMEOUT_SECONDS,
+        "retry_on_error": RETRY_ON_ERROR,
+    }
+
+
+def _client_options(timeout: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": _retry(),
+        "retry_on_error": RETRY_ON_ERROR,
+    }
 
 
 def ping_redis(url: str) -> None:

@@ -4,36 +4,14 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from .identity import Author
 from .models import Message, Room
-
-
-@dataclass(frozen=True, slots=True)  # one per socket: slots keep them small
-class Author:
-    """Who sends: a logged-in user (with `user_id`) or a guest with a display name.
-
-    `guest_key` tells one guest from another (identity.author_for derives it from the
-    session); it scopes the guest's client ids and is never sent to anyone.
-    """
-
-    name: str
-    user_id: int | None = None
-    guest_key: str = ""
-
-    @property
-    def is_guest(self) -> bool:
-        return self.user_id is None
-
-    @property
-    def key(self) -> str:
-        """Whose client ids these are: "u:<user id>" for a user, "g:<guest key>" for a guest."""
-        return f"g:{self.guest_key}" if self.is_guest else f"u:{self.user_id}"
 
 
 def store_message(

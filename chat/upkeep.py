@@ -29,19 +29,17 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from typing import Protocol
 
 import redis.asyncio
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from . import pipeline, presence
+from . import loops, pipeline, presence, sides
 from .delivery import RoomDelivery
 from .models import Room
+from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +55,16 @@ class LocalSocket(Protocol):
     delivery: RoomDelivery
 
 
+@sides.on_loop
 def socket_joined(socket: LocalSocket):
-    """On the loop: record this socket in its room's presence, keep it fresh, and tell the
+    """Record this socket in its room's presence, keep it fresh, and tell the
     room it came (shortly, with the other joins and leaves: see _Upkeep.flush)."""
     _of_running_loop().joined(socket)
 
 
+@sides.on_loop
 def socket_left(socket: LocalSocket):
-    """On the loop: forget this socket, and tell its room it went (shortly, as above)."""
+    """Forget this socket, and tell its room it went (shortly, as above)."""
     _of_running_loop().left(socket)
 
 
@@ -74,9 +74,10 @@ async def stop():
     Without it, the sockets that the shutdown closed would stay listed in their rooms for
     up to CHAT_PRESENCE_TTL_SECONDS.
     """
-    loop = asyncio.get_running_loop()
-    if loop in _upkeeps:
-        await _upkeeps.pop(loop).stop()
+    state = loops.of_loop()
+    upkeep, state.upkeep = state.upkeep, None
+    if upkeep is not None:
+        await upkeep.stop()
 
 
 async def run_round() -> int:
@@ -84,24 +85,24 @@ async def run_round() -> int:
     return await _of_running_loop().run_round()
 
 
-_upkeeps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
+@sides.on_loop
 def _of_running_loop() -> "_Upkeep":
-    loop = asyncio.get_running_loop()
-    if loop not in _upkeeps:
-        _upkeeps[loop] = _Upkeep()
-    return _upkeeps[loop]
+    state = loops.of_loop()
+    if state.upkeep is None:
+        state.upkeep = _Upkeep()
+    return state.upkeep
 
 
+@sides.on_sync_thread
 def _latest_seqs(room_names: set[str]) -> dict[str, int]:
-    """On the sync thread: each room's newest stored message id."""
+    """Each room's newest stored message id."""
     return dict(Room.objects.filter(name__in=room_names).values_list("name", "last_seq"))
 
 
 class _Upkeep:
     """One loop's sockets, its pending announcements, and the task that serves them."""
 
+    @sides.on_loop
     def __init__(self):
         self.sockets: dict[str, LocalSocket] = {}  # by channel name
         # Presence entries (group, member) to add and remove, written at once by the one
@@ -119,12 +120,14 @@ class _Upkeep:
         self.latest_a_round_ago: dict[str, int] = {}
         self.task = pipeline.start_logged_task(self._run_forever())
 
+    @sides.on_loop
     def joined(self, socket: LocalSocket):
         self.sockets[socket.channel_name] = socket
         self.to_join.append((socket.room_group_name, socket.presence_member))
         self.record_soon()
         self.announce(socket.room_group_name)
 
+    @sides.on_loop
     def left(self, socket: LocalSocket):
         # First: even when Redis is down, no round refreshes a dead socket's entry again.
         if self.sockets.pop(socket.channel_name, None) is not None:
@@ -132,6 +135,7 @@ class _Upkeep:
             self.record_soon()
         self.announce(socket.room_group_name)
 
+    @sides.on_loop
     def record_soon(self):
         """Write the joins and leaves to Redis now, not at the next announcement."""
         # One task at a time: a socket's join and leave, in two batches, reach Redis in
@@ -157,6 +161,7 @@ class _Upkeep:
             # Shielded: a stop cancelling the waiter must not cancel the writes.
             await asyncio.shield(self.recording)
 
+    @sides.on_loop
     def announce(self, group: str):
         self.to_announce.add(group)
         self.announcements_waiting.set()
@@ -180,17 +185,11 @@ class _Upkeep:
                 next_round = time.monotonic() + settings.CHAT_PRESENCE_REFRESH_SECONDS
         raise asyncio.CancelledError
 
+    @sides.on_loop
     def _client(self, url: str | None = None) -> redis.asyncio.Redis:
         url = url or settings.REDIS_URL
         if url not in self.clients:
-            self.clients[url] = redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=presence.REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=presence.REDIS_TIMEOUT_SECONDS,
-                # After a restart the pooled connection is dead: one retry on a new one.
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[redis.exceptions.ConnectionError],
-            )
+            self.clients[url] = asyncio_redis_client(url, PRESENCE_TIMEOUT_SECONDS)
         return self.clients[url]
 
     async def flush(self):
@@ -207,7 +206,7 @@ class _Upkeep:
         layer = get_channel_layer()
         for group, event in events.items():
             try:
-                await pipeline.broadcast(layer, group, event)
+                await layer.group_send(group, event)
             except Exception as error:
                 logger.warning("presence of %s not announced: %r", group, error)
 

@@ -7,27 +7,23 @@ import collections
 import logging
 from typing import Any
 
-import redis
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from chat.redis_clients import redis_urls
+from chat import loops
+from chat.redis_clients import OUTAGE_ERRORS, layer_host, redis_urls
 
 logger = logging.getLogger(__name__)
-
-# channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
-# redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
-# lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
-# Reads must outlast the blocking pop; staying finite still notices a dead connection.
-REDIS_SOCKET_TIMEOUT_SECONDS = 15
-# After Redis restarts, every pooled connection is dead and fails its next command; redis-py
-# retries nothing by default. One retry on a fresh connection heals that without a blip.
-REDIS_RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
-
 
 # channels_redis's default; named so that the membership refresh (chat.presence) and the
 # layer agree on it.
 DEFAULT_GROUP_EXPIRY_SECONDS = 86400
+
+# Channel-layer calls in flight per loop (sends, group sends, adds and discards): each
+# holds a connection of channels_redis's pool (100 by default), which raises
+# MaxConnectionsError instead of waiting when it runs out. Below it, leaving room for the
+# layer's own receive loop.
+LAYER_CALLS_IN_FLIGHT = 32
 
 LAYER_BACKENDS = {
     # Redis PUBLISH/SUBSCRIBE: one publish per message per group, fanned out in-process.
@@ -52,14 +48,7 @@ def redis_channel_layers(
     if layer not in LAYER_BACKENDS:
         raise ValueError(f"unknown channel layer {layer!r}; choose one of {sorted(LAYER_BACKENDS)}")
     config: dict[str, Any] = {
-        "hosts": [
-            {
-                "address": url,
-                "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-                "retry_on_error": REDIS_RETRY_ON_ERROR,
-            }
-            for url in redis_urls(redis_url)
-        ],
+        "hosts": [layer_host(url) for url in redis_urls(redis_url)],
     }
     if layer == "redis":
         config["group_expiry"] = int(group_expiry)
@@ -75,8 +64,52 @@ def redis_channel_layers(
 # channels_redis#339 proposes for this.
 
 
-class PubSubLayer(RedisPubSubChannelLayer):
-    """channels_redis's pubsub layer, with clean_channel."""
+def layer_slot() -> asyncio.Semaphore:
+    """On the loop: its LAYER_CALLS_IN_FLIGHT slots for channel-layer calls (chat.loops)."""
+    state = loops.of_loop()
+    if state.layer_slots is None:
+        state.layer_slots = asyncio.Semaphore(LAYER_CALLS_IN_FLIGHT)
+    return state.layer_slots
+
+
+class _BoundedCalls:
+    """Every send, group_send, group_add and group_discard waits for a slot (layer_slot).
+
+    Inside the layer, so that no caller can skip it, as channels_redis's pubsub layer takes
+    its shard lock inside publish: a burst of sockets (a server restart, everyone
+    reconnecting at once) would otherwise make hundreds of calls at once and run the
+    connection pool dry; so would the upkeep's re-adds or a revocation's sends among them.
+    """
+
+    def _unbounded(self, name: str):
+        raise NotImplementedError
+
+    async def send(self, channel: str, message: dict):
+        """Send a message to a channel, once a slot is free."""
+        async with layer_slot():
+            return await self._unbounded("send")(channel, message)
+
+    async def group_send(self, group: str, message: dict):
+        """Send a message to a group, once a slot is free."""
+        async with layer_slot():
+            return await self._unbounded("group_send")(group, message)
+
+    async def group_add(self, group: str, channel: str):
+        """Add a channel to a group, once a slot is free."""
+        async with layer_slot():
+            return await self._unbounded("group_add")(group, channel)
+
+    async def group_discard(self, group: str, channel: str):
+        """Remove a channel from a group, once a slot is free."""
+        async with layer_slot():
+            return await self._unbounded("group_discard")(group, channel)
+
+
+class PubSubLayer(_BoundedCalls, RedisPubSubChannelLayer):
+    """channels_redis's pubsub layer, bounded (_BoundedCalls) and with clean_channel."""
+
+    def _unbounded(self, name: str):
+        return getattr(self._get_layer(), name)  # as the base class's __getattr__ does
 
     async def clean_channel(self, channel: str):
         """Forget a channel: its queue, its groups, and the subscriptions only it needed."""
@@ -96,12 +129,13 @@ async def _unsubscribe(layer, names: list[str]):
     for name in names:
         try:
             await layer._get_shard(name).unsubscribe(name)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        except OUTAGE_ERRORS as error:
             logger.warning("could not unsubscribe %s: %r", name, error)
 
 
-class RedisLayer(RedisChannelLayer):
-    """channels_redis's RedisChannelLayer, with clean_channel; it buffers for live channels only.
+class RedisLayer(_BoundedCalls, RedisChannelLayer):
+    """channels_redis's RedisChannelLayer, bounded (_BoundedCalls) and with clean_channel; it
+    buffers for live channels only.
 
     Any receive of the process buffers the messages it pops for the process's other
     channels. A message sent to a socket just before it left arrives after it is gone, and
@@ -112,6 +146,9 @@ class RedisLayer(RedisChannelLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.receive_buffer = _LiveChannelBuffers(self.receive_buffer.default_factory)
+
+    def _unbounded(self, name: str):
+        return getattr(super(_BoundedCalls, self), name)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-local channel, live until clean_channel."""

@@ -3,15 +3,10 @@
 import asyncio
 import logging
 
-import redis
+from chat.redis_clients import OUTAGE_ERRORS
 
 # Redis unreachable, or a clean-up cut short by shutdown: each is logged on one line.
-EXPECTED_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    asyncio.CancelledError,
-)
+EXPECTED_ERRORS = (*OUTAGE_ERRORS, OSError, asyncio.CancelledError)
 
 
 class ExpectedErrorsOnOneLine(logging.Filter):

@@ -6,10 +6,13 @@ from urllib.parse import quote
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 
+from chat.redis_clients import PING_TIMEOUT_SECONDS, redis_client
 from mysite.asgi import application
 
 # The handshake a browser on http://127.0.0.1/ sends: its Origin is the Host it names.
@@ -135,3 +138,21 @@ def logged_in_session_values(user) -> dict:
         "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
         "_auth_user_hash": user.get_session_auth_hash(),
     }
+
+
+async def until_listening(channels: list[str], layer=None, timeout: float = 5):
+    """Return once a receive awaits each channel: the pubsub layer drops what none awaits.
+
+    The state Redis itself reports (PUBSUB NUMSUB, on every server of the layer); on the
+    redis layer at once, since its queues keep a message until it is received.
+    """
+    layer = layer or get_channel_layer()
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        return
+    clients = [
+        redis_client(host["address"], PING_TIMEOUT_SECONDS) for host in layer._kwargs["hosts"]
+    ]
+    async with asyncio.timeout(timeout):
+        for channel in channels:
+            while not any(client.pubsub_numsub(channel)[0][1] for client in clients):
+                await asyncio.sleep(0.01)  # polling Redis's count, not guessing a delay

@@ -4,7 +4,7 @@ import pytest
 
 from chat import services
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
 
 
 @pytest.fixture

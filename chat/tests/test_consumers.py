@@ -16,7 +16,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
 
-from chat import presence, protocol, rooms, services, upkeep
+from chat import presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message
 from chat.tests.conftest import (
@@ -29,6 +29,7 @@ from chat.tests.conftest import (
     next_frame,
     next_presence,
     session_cookie_for,
+    until_listening,
 )
 from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
@@ -97,7 +98,7 @@ async def test_channel_layer_round_trip_returns_hello():
     channel_layer = get_channel_layer()
     # Listening first: on the pubsub layer a message to a channel nobody listens on is gone.
     receiving = asyncio.ensure_future(channel_layer.receive("test_channel"))
-    await asyncio.sleep(0.1)
+    await until_listening(["test_channel"])
     await channel_layer.send("test_channel", {"type": "hello"})
     assert await asyncio.wait_for(receiving, 5) == {"type": "hello"}
 
@@ -876,3 +877,8 @@ async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
         await asyncio.gather(*(socket.disconnect(timeout=30) for socket in sockets))
     assert group_size(group) == 0
     assert "failed" not in caplog.text
+
+
+def test_every_consumer_test_here_checks_the_side_of_each_call():
+    # chat.sides: a handler on the wrong side raises, and so fails the test that made it.
+    assert sides.CHECKING

@@ -99,7 +99,7 @@ class Socket:
         return frames
 
 
-def test_messages_in_order_are_sent_at_once_with_no_read_and_no_timer():
+async def test_messages_in_order_are_sent_at_once_with_no_read_and_no_timer():
     socket = Socket()
     for message in socket.store.store(3):
         socket.delivery.message(message)
@@ -107,7 +107,7 @@ def test_messages_in_order_are_sent_at_once_with_no_read_and_no_timer():
     assert socket.store.reads == [] and socket.timers.pending == 0
 
 
-def test_a_message_that_overtook_another_waits_for_it_and_the_timer_is_let_go():
+async def test_a_message_that_overtook_another_waits_for_it_and_the_timer_is_let_go():
     socket = Socket()
     first, second = socket.store.store(2)
     socket.delivery.message(second)
@@ -117,7 +117,7 @@ def test_a_message_that_overtook_another_waits_for_it_and_the_timer_is_let_go():
     assert socket.timers.pending == 0 and socket.store.reads == []
 
 
-def test_a_duplicate_is_sent_once():
+async def test_a_duplicate_is_sent_once():
     socket = Socket()
     (message,) = socket.store.store()
     socket.delivery.message(message)
@@ -125,7 +125,7 @@ def test_a_duplicate_is_sent_once():
     assert socket.ids == [1]
 
 
-def test_when_the_wait_is_over_one_read_fills_the_gap_then_the_held_are_sent():
+async def test_when_the_wait_is_over_one_read_fills_the_gap_then_the_held_are_sent():
     socket = Socket()
     _, second, third = socket.store.store(3)  # the layer dropped the first
     socket.delivery.message(second)
@@ -137,7 +137,7 @@ def test_when_the_wait_is_over_one_read_fills_the_gap_then_the_held_are_sent():
     assert socket.timers.pending == 0
 
 
-def test_too_many_held_messages_fill_the_gap_without_waiting():
+async def test_too_many_held_messages_fill_the_gap_without_waiting():
     socket = Socket()
     _, *later = socket.store.store(MAX_HELD + 1)
     for message in later:
@@ -157,7 +157,7 @@ def _filling_a_gap() -> Socket:
     return socket
 
 
-def test_the_gap_timer_live_messages_and_a_pending_fill_interleave_in_order_once_each():
+async def test_the_gap_timer_live_messages_and_a_pending_fill_interleave_in_order_once_each():
     """The spike's bug: a gap fill applied beside live delivery sent 15-92 out of order."""
     socket = _filling_a_gap()
     assert len(socket.store.reads) == 1
@@ -176,7 +176,7 @@ def test_the_gap_timer_live_messages_and_a_pending_fill_interleave_in_order_once
     assert socket.store.reads == [] and socket.timers.pending == 0
 
 
-def test_a_gap_still_open_after_a_fill_waits_again_then_fills_again():
+async def test_a_gap_still_open_after_a_fill_waits_again_then_fills_again():
     socket = Socket()
     _, second, _, fourth = socket.store.store(4)  # 1 and 3 dropped
     socket.delivery.message(second)
@@ -189,7 +189,7 @@ def test_a_gap_still_open_after_a_fill_waits_again_then_fills_again():
     assert socket.ids == [1, 2, 3, 4]
 
 
-def test_a_long_gap_is_paged_and_live_messages_are_left_to_the_pages():
+async def test_a_long_gap_is_paged_and_live_messages_are_left_to_the_pages():
     socket = Socket()
     *_, last = socket.store.store(PAGE + 3)  # all but the last dropped
     socket.delivery.message(last)
@@ -208,7 +208,7 @@ def test_a_long_gap_is_paged_and_live_messages_are_left_to_the_pages():
     assert not socket.delivery.take_announced_page()
 
 
-def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_sent():
+async def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_sent():
     socket = Socket(stored=PAGE * 2, last=0, catch_up=True)
     socket.delivery.message(event(PAGE * 2 + 1))  # arrives before the first page: held
     socket.store.store()
@@ -237,7 +237,7 @@ def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_se
     ]
 
 
-def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
+async def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
     socket = _filling_a_gap()
     socket.delivery.resync()
     assert len(socket.store.reads) == 1
@@ -248,7 +248,7 @@ def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
     assert socket.ids == [1, 2, 3, 4]
 
 
-def test_a_stopped_delivery_sends_nothing_more():
+async def test_a_stopped_delivery_sends_nothing_more():
     socket = _filling_a_gap()
     socket.delivery.stop()
     socket.store.answer()
@@ -256,7 +256,7 @@ def test_a_stopped_delivery_sends_nothing_more():
     assert socket.frames == []
 
 
-def test_a_frame_is_encoded_once_for_every_socket_and_again_for_other_content():
+async def test_a_frame_is_encoded_once_for_every_socket_and_again_for_other_content():
     cache = FrameCache(size=2)
     first = cache.frame(event(1))
     assert cache.frame(dict(event(1))) is first
@@ -266,7 +266,7 @@ def test_a_frame_is_encoded_once_for_every_socket_and_again_for_other_content():
 
 
 @pytest.mark.parametrize("seed", range(200))
-def test_any_interleaving_of_drops_reorders_timers_and_replies_sends_every_id_once_in_order(
+async def test_any_interleaving_of_drops_reorders_timers_and_replies_sends_every_id_once_in_order(
     seed,
 ):
     rng = random.Random(seed)

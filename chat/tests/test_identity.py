@@ -9,13 +9,13 @@ from chat.identity import (
     DISPLAY_NAME_MAX_CHARS,
     GUEST_DEFAULT_NAME,
     SESSION_KEY,
+    Author,
     InvalidDisplayName,
     author_for,
     clean_display_name,
     clean_guest_name,
     presence_label,
 )
-from chat.services import Author
 
 
 def test_clean_display_name_trims_surrounding_white_space():
@@ -109,6 +109,12 @@ def test_clean_display_name_refuses_stacked_combining_marks(raw):
 
 def test_clean_display_name_accepts_two_marks_on_a_letter():
     assert clean_display_name("e\u0323\u0302") == "\u1ec7"  # Vietnamese ệ
+
+
+def test_stacked_marks_limit_is_read_when_a_name_is_checked(settings):
+    settings.CHAT_NAME_MAX_STACKED_MARKS = 1
+    with pytest.raises(InvalidDisplayName, match="more than 1 marks on one letter"):
+        clean_display_name("e\u0323\u0302")
 
 
 @pytest.mark.parametrize("raw", ["alice, bob", "alice;bob", "alice/bob", "alice & bob", "a<b"])

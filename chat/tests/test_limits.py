@@ -15,6 +15,8 @@ from django.urls import reverse
 from chat import limits
 from chat.tests.conftest import communicator, next_frame, session_cookie_for
 
+pytestmark = pytest.mark.usefixtures("limits_count_from_zero")
+
 ADDRESS = "203.0.113.7"
 OTHER_ADDRESS = "198.51.100.9"
 

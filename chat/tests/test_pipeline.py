@@ -111,22 +111,6 @@ async def test_flushed_waits_for_every_frame_queued_and_not_for_a_failed_one():
     assert sent == [0, 1, 2]
 
 
-async def test_broadcasts_in_flight_are_bounded():
-    in_flight, most = 0, 0
-
-    class SlowLayer:
-        async def group_send(self, group, event):
-            nonlocal in_flight, most
-            in_flight += 1
-            most = max(most, in_flight)
-            await asyncio.sleep(0.01)
-            in_flight -= 1
-
-    layer = SlowLayer()
-    await asyncio.gather(*(pipeline.broadcast(layer, "g", {}) for _ in range(100)))
-    assert most == pipeline.LAYER_CALLS_IN_FLIGHT
-
-
 async def test_calls_made_together_run_in_one_hop_in_order_on_the_sync_thread(monkeypatch):
     hops, ran = [], []
     hop = pipeline.database_sync_to_async

@@ -15,6 +15,8 @@ from chat.tests.conftest import communicator, frames_within
 from mysite.channel_layers import redis_channel_layers
 from serving.embedded_redis import EmbeddedRedis, free_port
 
+pytestmark = pytest.mark.usefixtures("limits_count_from_zero")
+
 GROUP = rooms.group_name("lobby")
 # An entry whose time is up a moment after it is written: as if its process had died.
 EXPIRED_AT_ONCE_SECONDS = 0.001
@@ -28,7 +30,7 @@ async def loop_redis(redis_channel_layer):
     await client.aclose()
 
 
-ALICE = "u:1"  # a person's key (services.Author.key)
+ALICE = "u:1"  # a person's key (identity.Author.key)
 
 
 def _member(channel_name: str, person: str = ALICE, label: str = "alice") -> str:

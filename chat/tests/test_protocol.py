@@ -162,6 +162,9 @@ def test_error_frame_names_the_refused_client_id():
         (b"x=1&after=0", 0),
         (b"after=9223372036854775807", 2**63 - 1),
         (b"after=007", 7),
+        (b"after=3&after=x", 3),  # the first of several, as before
+        (b"after=%31%32", 12),  # percent-encoded, as a URL may be
+        (b"as=abc&after=4", 4),
     ],
 )
 def test_parse_after_reads_a_whole_number_or_nothing(query, after):
@@ -186,6 +189,20 @@ def test_parse_after_refuses_anything_but_a_message_id(query):
     with pytest.raises(protocol.FrameRefused) as refusal:
         protocol.parse_after(query)
     assert refusal.value.code == "invalid_after"
+
+
+@pytest.mark.parametrize(
+    ("query", "sign_in"),
+    [
+        (b"", None),
+        (b"after=3", None),
+        (b"as=0123abcd", "0123abcd"),
+        (b"as=", ""),  # named but blank: a sign-in no author has
+        (b"after=3&as=ab%2Fcd&as=ef", "ab/cd"),
+    ],
+)
+def test_parse_sign_in_reads_the_first_as_percent_decoded(query, sign_in):
+    assert protocol.parse_sign_in(query) == sign_in
 
 
 @given(st.binary())

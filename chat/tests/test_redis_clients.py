@@ -4,7 +4,16 @@ whether each Redis answers, on a real one."""
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from chat.redis_clients import redacted_url, redis_problem, redis_urls
+from chat.redis_clients import (
+    LIMITS_TIMEOUT_SECONDS,
+    PRESENCE_TIMEOUT_SECONDS,
+    asyncio_redis_client,
+    redacted_url,
+    redis_client,
+    redis_problem,
+    redis_urls,
+)
+from conftest import ROOT
 from serving.embedded_redis import free_port
 
 ONE = "redis://127.0.0.1:6379/0"
@@ -59,3 +68,28 @@ def test_redis_problem_names_the_redis_that_does_not_answer_without_its_password
 
 def test_redis_problem_is_the_refusal_for_a_url_without_a_scheme():
     assert "does not start with redis://" in redis_problem("localhost:6379")
+
+
+@pytest.mark.parametrize("package", ["chat", "mysite"])
+def test_only_redis_clients_makes_clients_or_names_redis_errors(package):
+    # One factory (its timeouts named) and one tuple of outage errors, imported by all.
+    made_elsewhere = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "tests" not in path.relative_to(ROOT).parts
+        and path.name != "redis_clients.py"
+        and any(
+            needle in path.read_text() for needle in ("from_url(", "Redis(", "redis.exceptions")
+        )
+    ]
+    assert made_elsewhere == []
+
+
+async def test_every_client_fails_within_its_named_timeout_and_retries_once():
+    sync = redis_client(ONE, LIMITS_TIMEOUT_SECONDS)
+    on_loop = asyncio_redis_client(ONE, PRESENCE_TIMEOUT_SECONDS)
+    for client, timeout in ((sync, LIMITS_TIMEOUT_SECONDS), (on_loop, PRESENCE_TIMEOUT_SECONDS)):
+        options = client.connection_pool.connection_kwargs
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == timeout
+        assert options["retry"].get_retries() == 1
+    await on_loop.aclose()

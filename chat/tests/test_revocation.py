@@ -1,5 +1,6 @@
 """Identity follows the session: sockets of a session or user that changed are closed (4401)."""
 
+import asyncio
 import json
 import re
 import time
@@ -9,7 +10,9 @@ from http.cookiejar import CookieJar
 
 import pytest
 import websocket
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels_redis.pubsub import RedisPubSubLoopLayer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
@@ -23,6 +26,9 @@ from chat.tests.conftest import (
     new_session,
     session_cookie_for,
 )
+from mysite.channel_layers import LAYER_CALLS_IN_FLIGHT, layer_slot, redis_channel_layers
+
+pytestmark = pytest.mark.usefixtures("limits_count_from_zero")
 
 SECONDS_TO_CLOSE = 1.0  # what the issue asks: every process, within a second
 
@@ -262,3 +268,28 @@ def test_logging_out_on_one_process_closes_the_socket_on_another(start_chat_serv
     assert time.monotonic() - started < SECONDS_TO_CLOSE
     assert int.from_bytes(frame.data[:2], "big") == protocol.CLOSE_IDENTITY_CHANGED
     socket.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)  # so that on_commit runs at once
+async def test_a_revocations_send_waits_for_a_layer_slot_like_any_other_call(monkeypatch, settings):
+    # Sent from the sync thread (a view, through async_to_sync), on the server's loop.
+    settings.CHANNEL_LAYERS = redis_channel_layers("redis://127.0.0.1:1")
+    sent = []
+
+    async def group_send(self, group, message):
+        sent.append(group)
+
+    monkeypatch.setattr(RedisPubSubLoopLayer, "group_send", group_send)
+    slots = layer_slot()
+    for _ in range(LAYER_CALLS_IN_FLIGHT):
+        await slots.acquire()  # every slot taken, by broadcasts say
+    revoking = asyncio.ensure_future(
+        sync_to_async(revocation.close_sockets_of)("chat.user.1", "logged out")
+    )
+    async with asyncio.timeout(5):
+        while not slots._waiters:  # the revocation is waiting for a slot
+            await asyncio.sleep(0)
+    assert sent == []
+    slots.release()
+    await asyncio.wait_for(revoking, 5)
+    assert sent == ["chat.user.1"]

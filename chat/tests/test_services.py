@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat import protocol, services
+from chat.identity import Author
 from chat.models import Message, Room
-from chat.services import Author
 
 pytestmark = pytest.mark.django_db
 

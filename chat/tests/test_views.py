@@ -19,7 +19,7 @@ from chat import identity, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
 from serving.embedded_redis import free_port
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
 
 
 def test_root_redirects_to_chat_index(client):

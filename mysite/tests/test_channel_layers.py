@@ -9,10 +9,14 @@ import sys
 import pytest
 import redis
 from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubLoopLayer
 
+from chat.redis_clients import LAYER_TIMEOUT_SECONDS
+from chat.tests.conftest import until_listening
 from conftest import ROOT
 from mysite.channel_layers import (
-    REDIS_SOCKET_TIMEOUT_SECONDS,
+    LAYER_CALLS_IN_FLIGHT,
     PubSubLayer,
     RedisLayer,
     redis_channel_layers,
@@ -26,7 +30,7 @@ TWO = "redis://127.0.0.1:6380/0"
 def host(url: str) -> dict:
     return {
         "address": url,
-        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_timeout": LAYER_TIMEOUT_SECONDS,
         "retry_on_error": [redis.exceptions.ConnectionError],
     }
 
@@ -51,7 +55,7 @@ def test_one_url_gives_one_host_with_a_timeout_that_outlasts_blocking_reads():
             },
         },
     }
-    assert REDIS_SOCKET_TIMEOUT_SECONDS == 15
+    assert LAYER_TIMEOUT_SECONDS == 15
 
 
 def test_group_expiry_is_set_deliberately():
@@ -127,7 +131,7 @@ async def test_groups_sharded_over_two_redis_servers_still_deliver(
                 group: asyncio.ensure_future(layer.receive(channel))
                 for group, channel in channels.items()
             }
-            await asyncio.sleep(0.1)
+            await until_listening(list(channels.values()), layer)
             for group in groups:
                 await layer.group_send(group, {"type": "chat.message", "group": group})
             for group, received in receiving.items():
@@ -232,3 +236,27 @@ async def test_a_cancelled_redis_layer_receive_ends_even_when_its_pop_swallows_t
         receiving.cancel()
         await asyncio.wait([receiving], timeout=3 * layer.brpop_timeout)
         await layer.flush()
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "unbounded_class"),
+    [(PubSubLayer, RedisPubSubLoopLayer), (RedisLayer, RedisChannelLayer)],
+)
+@pytest.mark.parametrize("method", ["send", "group_send", "group_add", "group_discard"])
+async def test_every_layer_call_waits_for_a_slot_whoever_makes_it(
+    monkeypatch, layer_class, unbounded_class, method
+):
+    # Bounded inside the layer: a caller that forgets nothing can still not run the pool dry.
+    in_flight, most = 0, 0
+
+    async def call_redis(self, *args):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0)  # waiting for Redis lets the other calls start
+        in_flight -= 1
+
+    monkeypatch.setattr(unbounded_class, method, call_redis)
+    layer = layer_class(hosts=[ONE])
+    await asyncio.gather(*(getattr(layer, method)("a", "b") for _ in range(100)))
+    assert most == LAYER_CALLS_IN_FLIGHT
