@@ -9,6 +9,7 @@ Explained in docs/protocol.md, 'Limits'.
 """
 
 import functools
+import ipaddress
 import logging
 import math
 import time
@@ -70,7 +71,30 @@ def client_address(connection: HttpRequest | dict) -> str:
     else:
         client = connection.get("client")
         address = client[0] if client else None
-    return address or UNKNOWN_ADDRESS
+    try:
+        parsed = ipaddress.ip_address(address or UNKNOWN_ADDRESS)
+    except ValueError:
+        return address  # not an address (a test's name for a client): as it is
+    # A dual-stack socket names IPv4 peers ::ffff:a.b.c.d: the same client as a.b.c.d.
+    return str(getattr(parsed, "ipv4_mapped", None) or parsed)
+
+
+def client_network(connection: HttpRequest | dict) -> str:
+    """Who a per-address limit counts: the client's IPv4 address, or its IPv6 network.
+
+    One IPv6 host is given a whole /64 (CHAT_IPV6_PREFIX_LENGTH) and picks any address
+    in it, so counting IPv6 addresses one by one would multiply every limit by 2**64.
+    Written as an address or a network ("2001:db8:1:2::/64"): django-axes stores it too.
+    """
+    address = client_address(connection)
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    prefix = settings.CHAT_IPV6_PREFIX_LENGTH
+    if parsed.version == 4 or prefix == parsed.max_prefixlen:
+        return address
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def retry_after(limit: Limit, who: str) -> int | None:
@@ -99,7 +123,7 @@ def describe(limit: Limit, wait: int) -> str:
 
 def refuse_socket(scope: dict) -> bool:
     """True (and logged) when the socket's address opened too many sockets lately."""
-    address = client_address(scope)
+    address = client_network(scope)
     wait = retry_after(SOCKETS, address)
     if wait is None:
         return False
@@ -112,18 +136,17 @@ def check_message(
 ) -> None:
     """Raise FrameRefused when this frame's message would pass a per-person or per-address limit.
 
-    Messages count per user or guest session (per address for a client without a
-    session, whose guest key is new on every socket). A message to a room that has none
+    A logged-in user's messages count per account; a guest's per address network
+    (client_network), whatever session it has: sessions cost nothing to make, and each
+    would bring a budget of its own. A message to a room that has none
     yet would create it, which counts as a new room for the address; `room_may_be_new`
     (the socket has seen no message in its room) spares the query for every other one.
     """
-    address = client_address(scope)
+    address = client_network(scope)
     if room_may_be_new and not Room.objects.filter(name=room_name).exists():
         if (wait := retry_after(ROOMS, address)) is not None:
             raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), frame.client_id)
-    session = scope.get("session")
-    has_session = getattr(session, "session_key", None) is not None
-    person = author.key if not author.is_guest or has_session else f"a:{address}"
+    person = f"a:{address}" if author.is_guest else author.key
     if (wait := retry_after(MESSAGES, person)) is not None:
         raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), frame.client_id)
 
@@ -134,7 +157,7 @@ def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:
     While Redis is unreachable the request goes through (logged): the pages and the
     messages endpoint do not otherwise need Redis.
     """
-    address = client_address(request)
+    address = client_network(request)
     try:
         wait = retry_after(limit, address)
     except REDIS_ERRORS as error:
@@ -155,7 +178,7 @@ def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
     """
     wait = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds())
     detail = f"Too many failed logins for this account or from your address. Try again in {wait} s."
-    address = client_address(request)
+    address = client_network(request)
     logger.warning("refused login at %s from %s: locked out", request.path, address)
     return _too_many_requests(detail, wait)
 

@@ -360,11 +360,18 @@ CHAT_TYPING_THROTTLE_SECONDS = 2.0
 # moving window. Each one can be set from the environment, so a load test from one address
 # can lift them. Several people behind one address (an office's NAT) share the
 # per-address ones: raise those for such a crowd.
+# What "an address" is for every per-address limit (and the login lockout): an IPv4
+# address, or the IPv6 network of this prefix length. ISPs and clouds give one customer a
+# whole /64 (RFC 6177), whose 2**64 addresses it may use as it likes: a /64 is one client.
+CHAT_IPV6_PREFIX_LENGTH = int(os.environ.get("CHAT_IPV6_PREFIX_LENGTH", "64"))
+if not 1 <= CHAT_IPV6_PREFIX_LENGTH <= 128:
+    raise ImproperlyConfigured("CHAT_IPV6_PREFIX_LENGTH must be between 1 and 128")
 # New WebSockets per client address: a page opens one and reconnects with backoff, and a
 # person has a few tabs; a whole office reloading at once stays under 120 a minute, while
 # a script opening 2,000 in 9 s is cut off at 120. Refused at the handshake (403).
 CHAT_LIMIT_SOCKETS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
-# Messages per user or guest session over all its sockets and processes: nobody types
+# Messages per account over all its sockets and processes, and per address for guests
+# (all guests of one address share it: guest sessions cost nothing to make): nobody types
 # 3 messages a second for 10 s, and a burst of 30 lets a pasted conversation through;
 # 100 sockets storing 11,604 messages in 10 s would have stored 30.
 CHAT_LIMIT_MESSAGES_PER_PERSON = os.environ.get("CHAT_LIMIT_MESSAGES_PER_PERSON", "30/10seconds")
@@ -397,7 +404,8 @@ AXES_COOLOFF_TIME = timedelta(seconds=int(os.environ.get("CHAT_LOGIN_COOLOFF_SEC
 # guesser who logs in to an account of their own now and then would never be locked out.
 # Failures are forgotten AXES_COOLOFF_TIME after the last one instead.
 AXES_RESET_ON_SUCCESS = False
-AXES_CLIENT_IP_CALLABLE = "chat.limits.client_address"
+# Per address as every other limit counts: an IPv6 client's whole network (chat.limits).
+AXES_CLIENT_IP_CALLABLE = "chat.limits.client_network"
 AXES_LOCKOUT_CALLABLE = "chat.limits.login_lockout_response"
 # Failures are what it needs; a row per successful login would only grow.
 AXES_DISABLE_ACCESS_LOG = True

@@ -8,12 +8,18 @@ from http.cookiejar import CookieJar
 
 import pytest
 import websocket
+from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from chat import limits
-from chat.tests.conftest import communicator, next_frame, session_cookie_for
+from chat.tests.conftest import (
+    communicator,
+    logged_in_session_values,
+    next_frame,
+    session_cookie_for,
+)
 
 ADDRESS = "203.0.113.7"
 OTHER_ADDRESS = "198.51.100.9"
@@ -61,6 +67,65 @@ def test_the_client_address_is_remote_addr_or_the_scopes_client():
     assert limits.client_address({"client": None}) == limits.UNKNOWN_ADDRESS
 
 
+@pytest.mark.parametrize(
+    ("address", "prefix", "network"),
+    [
+        ("203.0.113.7", 64, "203.0.113.7"),
+        ("::ffff:203.0.113.7", 64, "203.0.113.7"),  # an IPv4 client of a dual-stack socket
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 128, "2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+        (None, 64, limits.UNKNOWN_ADDRESS),
+    ],
+)
+def test_the_client_network_is_an_ipv4_address_or_an_ipv6_network(
+    settings, address, prefix, network
+):
+    settings.CHAT_IPV6_PREFIX_LENGTH = prefix
+    assert limits.client_network({"client": [address, 1234] if address else None}) == network
+    assert limits.client_network(RequestFactory().get("/", REMOTE_ADDR=address or "")) == network
+
+
+# Five addresses of one IPv6 /64, and one of the /64 next to it.
+SAME_64 = [f"2001:db8:1:2::{n:x}" for n in range(1, 6)]
+NEXT_64 = "2001:db8:1:3::1"
+
+
+async def test_sockets_from_addresses_of_one_ipv6_64_share_its_socket_limit(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    opened = [await _joined(SAME_64[0]), await _joined(SAME_64[1])]
+    refused = _from(SAME_64[2])
+    assert (await refused.connect())[0] is False
+    opened.append(await _joined(NEXT_64))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+@pytest.mark.django_db
+def test_requests_from_addresses_of_one_ipv6_64_share_its_http_limits(settings):
+    settings.CHAT_LIMIT_API_PER_ADDRESS = "3/minute"
+    settings.CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = "1/hour"
+    for address in SAME_64[:3]:
+        assert Client(REMOTE_ADDR=address).get("/chat/lobby/messages/").status_code == 200
+    _assert_too_many_requests(Client(REMOTE_ADDR=SAME_64[3]).get("/chat/lobby/messages/"))
+    assert Client(REMOTE_ADDR=SAME_64[0]).get("/chat/lobby/").status_code == 200
+    _assert_too_many_requests(Client(REMOTE_ADDR=SAME_64[4]).get("/chat/lobby/"))
+    assert Client(REMOTE_ADDR=NEXT_64).get("/chat/lobby/messages/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_failed_logins_from_addresses_of_one_ipv6_64_lock_it_out(settings, django_user_model):
+    settings.AXES_FAILURE_LIMIT = 3
+    django_user_model.objects.create_user("bob", password=PASSWORD)
+    for number, username in enumerate(("x1", "x2")):
+        assert _log_in("/accounts/login/", username, "wrong", SAME_64[number])[0].status_code == 200
+    _assert_too_many_requests(_log_in("/accounts/login/", "x3", "wrong", SAME_64[2])[0])
+    _assert_too_many_requests(_log_in("/accounts/login/", "bob", PASSWORD, SAME_64[3])[0])
+    assert _log_in("/accounts/login/", "bob", PASSWORD, NEXT_64)[0].status_code == 302
+
+
 # --- WebSocket ---------------------------------------------------------------------------
 
 
@@ -78,23 +143,29 @@ async def test_sockets_past_the_limit_per_address_are_refused_at_the_handshake(
         await socket.disconnect()
 
 
-async def test_messages_per_guest_session_are_counted_across_all_its_sockets(
-    redis_channel_layer, transactional_db, settings
+async def test_guests_of_one_address_share_its_message_budget_whatever_their_sessions(
+    redis_channel_layer, transactional_db, settings, django_user_model
 ):
     settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "3/minute"
-    cookie = await session_cookie_for(display_name="mallory")
-    first = await _joined(ADDRESS, headers=[cookie])
-    second = await _joined(ADDRESS, headers=[cookie])
-    other = await _joined(ADDRESS, headers=[await session_cookie_for(display_name="olive")])
-    assert "error" not in await _send(first, "one")
-    assert "error" not in await _send(second, "two")
-    assert "error" not in await _send(first, "three")
-    refused = await _send(second, "four")
+    guests = [
+        await _joined(ADDRESS, headers=[await session_cookie_for(display_name=f"guest{n}")])
+        for n in range(3)
+    ]
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    user = await _joined(
+        ADDRESS, headers=[await session_cookie_for(**logged_in_session_values(alice))]
+    )
+    for number, guest in enumerate(guests):
+        assert "error" not in await _send(guest, f"guest {number}")
+    refused = await _send(guests[0], "a fourth guest message")
     assert refused["error"]["code"] == "rate_limited"
-    assert refused["error"]["client_id"] == "four"  # the send it refuses
+    assert refused["error"]["client_id"] == "a-fourth-guest-message"  # the send it refuses
     assert "Try again in" in refused["error"]["detail"]
-    assert "error" not in await _send(other, "another person, same address")
-    for socket in (first, second, other):
+    fresh = await _joined(ADDRESS, headers=[await session_cookie_for(display_name="fresh")])
+    assert (await _send(fresh, "a new session"))["error"]["code"] == "rate_limited"
+    assert "error" not in await _send(user, "a user counts per account")
+    assert "error" not in await _send(await _joined(OTHER_ADDRESS), "another address")
+    for socket in (*guests, user, fresh):
         await socket.disconnect()
 
 
