@@ -338,12 +338,15 @@ class ChatConsumer(WebsocketConsumer):
 
         It spent a token of the socket's flood bucket, as every frame does, but none of the
         per-person message limit (chat.limits), and it is never stored. Signals within
-        CHAT_TYPING_THROTTLE_SECONDS of the last one are dropped without a word.
+        CHAT_TYPING_THROTTLE_SECONDS of the socket's last one, or of its person's on any
+        socket (chat.limits.typing_allowed), are dropped without a word.
         """
         now = time.monotonic()
         if now - self.typing_sent_at < settings.CHAT_TYPING_THROTTLE_SECONDS:
             return
         self.typing_sent_at = now
+        if not limits.typing_allowed(self.scope, self.author, self.room_name):
+            return
         event = protocol.typing_event(self.author, self.channel_name)
         pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 

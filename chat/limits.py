@@ -146,9 +146,34 @@ def check_message(
     if room_may_be_new and not Room.objects.filter(name=room_name).exists():
         if (wait := retry_after(ROOMS, address)) is not None:
             raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), frame.client_id)
-    person = f"a:{address}" if author.is_guest else author.key
+    person = _person(scope, author)
     if (wait := retry_after(MESSAGES, person)) is not None:
         raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), frame.client_id)
+
+
+def typing_allowed(scope: dict, author: Author, room_name: str) -> bool:
+    """Whether this person's "typing" may go to the room: once per throttle period.
+
+    Counted per person as messages are (a guest per address network), over all their
+    sockets and processes: one SET NX with an expiry, one round trip. Without Redis the
+    signal is dropped; it is only a hint.
+    """
+    throttle = settings.CHAT_TYPING_THROTTLE_SECONDS
+    if throttle <= 0:
+        return True
+    key = f"{KEY_PREFIX}:typing:{room_name}:{_person(scope, author)}"
+    client = redis_client(settings.REDIS_URL, REDIS_TIMEOUT_SECONDS)
+    try:
+        return bool(client.set(key, 1, px=math.ceil(throttle * 1000), nx=True))
+    except REDIS_ERRORS as error:
+        logger.warning("typing signal dropped, Redis unreachable: %r", error)
+        return False
+
+
+def _person(scope: dict, author: Author) -> str:
+    """Whose budget a socket's messages and typing count against: an account, or for a
+    guest the address network (guest sessions cost nothing to make)."""
+    return f"a:{client_network(scope)}" if author.is_guest else author.key
 
 
 def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:

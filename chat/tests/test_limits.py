@@ -16,6 +16,7 @@ from django.urls import reverse
 from chat import limits
 from chat.tests.conftest import (
     communicator,
+    frames_within,
     logged_in_session_values,
     next_frame,
     session_cookie_for,
@@ -199,6 +200,27 @@ async def test_new_rooms_past_the_limit_per_address_are_refused_and_old_rooms_st
     elsewhere = await _joined(OTHER_ADDRESS, "new-3")
     assert "error" not in await _send(elsewhere, "first in new-3")
     for socket in (*sockets, again, elsewhere):
+        await socket.disconnect()
+
+
+async def test_typing_counts_per_person_over_all_their_sockets(
+    redis_channel_layer, transactional_db, settings, django_user_model
+):
+    settings.CHAT_TYPING_THROTTLE_SECONDS = 60
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    cookie = await session_cookie_for(**logged_in_session_values(alice))
+    users = [await _joined(OTHER_ADDRESS, headers=[cookie]) for _ in range(3)]
+    guests = [
+        await _joined(ADDRESS, headers=[await session_cookie_for(display_name=f"guest{n}")])
+        for n in range(3)
+    ]
+    watcher = await _joined("192.0.2.1")
+    for socket in (*users, *guests):
+        await socket.send_json_to({"typing": True})
+    typers = sorted([(await next_frame(watcher))["typing"]["user"] for _ in range(2)])
+    assert typers[0] == "alice" and typers[1].startswith("guest")  # one guest of three
+    assert [frame for frame in await frames_within(watcher) if "typing" in frame] == []
+    for socket in (*users, *guests, watcher):
         await socket.disconnect()
 
 
