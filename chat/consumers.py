@@ -52,6 +52,8 @@ class ChatConsumer(WebsocketConsumer):
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
     presence_member = ""  # the socket's entry in its room's presence list (chat.presence)
+    # The caps of open sockets this socket counts against (chat.limits.take_open_slots).
+    open_slots: tuple[str, ...] = ()
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
 
@@ -156,6 +158,13 @@ class ChatConsumer(WebsocketConsumer):
             # offline): what it holds to send was typed as someone else. Store nothing.
             self.accept()
             self._close_for_identity("the page's sign-in is not the socket's")
+            return
+        try:
+            self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
+        except limits.TooManySockets as refusal:
+            self.accept()  # so that the close code and its reason reach the page
+            self.closing = True
+            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
             return
         self.room_group_name = rooms.group_name(self.room_name)
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import limits
 import redis
+import redis.asyncio
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from limits.storage import RedisStorage
@@ -149,6 +150,93 @@ def check_message(
     person = _person(scope, author)
     if (wait := retry_after(MESSAGES, person)) is not None:
         raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), frame.client_id)
+
+
+class TooManySockets(Exception):
+    """A new socket would pass a cap of open sockets; the message says which, for the client."""
+
+
+# Takes a slot in each set (KEYS) for one socket (ARGV[3]) unless one of them is full: one
+# round trip, atomic, so two processes never both take the last slot. Entries are scored
+# with their expiry (ARGV[2]); those of sockets nobody refreshed (a killed process's) go
+# first. Returns 0, or the 1-based index of the full set. ARGV[4]: the sets' lifetime;
+# ARGV[5...]: each set's cap.
+_TAKE_SLOTS = """
+for i, key in ipairs(KEYS) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+    if not redis.call('ZSCORE', key, ARGV[3])
+            and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
+        return i
+    end
+end
+for _, key in ipairs(KEYS) do
+    redis.call('ZADD', key, ARGV[2], ARGV[3])
+    redis.call('EXPIRE', key, ARGV[4])
+end
+return 0
+"""
+
+
+def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
+    """Count a new socket among its person's and its address's open sockets; the sets it
+    is now in (refresh_open_slots keeps it there, release_open_slots takes it out).
+
+    Raises TooManySockets when either already holds its cap. A socket that nobody
+    refreshes (its process was killed) stops counting after CHAT_PRESENCE_TTL_SECONDS.
+    """
+    network = client_network(scope)
+    caps = {
+        f"{KEY_PREFIX}:open:{author.key}": (
+            settings.CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON,
+            "connections open for you",
+        ),
+        f"{KEY_PREFIX}:open:a:{network}": (
+            settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS,
+            "connections open from your address",
+        ),
+    }
+    now = time.time()
+    client = redis_client(settings.REDIS_URL, REDIS_TIMEOUT_SECONDS)
+    full = client.eval(
+        _TAKE_SLOTS,
+        len(caps),
+        *caps,
+        now,
+        now + settings.CHAT_PRESENCE_TTL_SECONDS,
+        member,
+        _open_sets_lifetime(),
+        *(cap for cap, _ in caps.values()),
+    )
+    if full:
+        cap, counts = list(caps.values())[full - 1]
+        logger.warning("refused socket from %s: %d %s already", network, cap, counts)
+        raise TooManySockets(f"Too many {counts}: at most {cap}. Close one, then reconnect.")
+    return tuple(caps)
+
+
+async def refresh_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
+    """On the loop: keep these sockets (their sets, their member) counted for another TTL."""
+    expires = time.time() + settings.CHAT_PRESENCE_TTL_SECONDS
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, member in held:
+            for key in keys:
+                pipe.zadd(key, {member: expires}, xx=True)
+                pipe.expire(key, _open_sets_lifetime())
+        await pipe.execute()
+
+
+async def release_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
+    """On the loop: these sockets closed; they no longer count against any cap."""
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, member in held:
+            for key in keys:
+                pipe.zrem(key, member)
+        await pipe.execute()
+
+
+def _open_sets_lifetime() -> int:
+    # A set outlives its entries, and goes with a client that left.
+    return math.ceil(2 * settings.CHAT_PRESENCE_TTL_SECONDS)
 
 
 def typing_allowed(scope: dict, author: Author, room_name: str) -> bool:

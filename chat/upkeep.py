@@ -39,7 +39,7 @@ from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import pipeline, presence
+from . import limits, pipeline, presence
 from .delivery import RoomDelivery
 from .models import Room
 
@@ -54,6 +54,7 @@ class LocalSocket(Protocol):
     room_group_name: str
     joined_groups: tuple[str, ...]
     presence_member: str
+    open_slots: tuple[str, ...]
     delivery: RoomDelivery
 
 
@@ -110,6 +111,8 @@ class _Upkeep:
         self.to_leave: list[tuple[str, str]] = []
         self.recording: asyncio.Task | None = None
         self.to_announce: set[str] = set()
+        # Sockets that closed, to take out of the caps of open sockets (chat.limits).
+        self.to_release: list[tuple[tuple[str, ...], str]] = []
         self.announcements_waiting = asyncio.Event()
         self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
         self.run_ids: tuple[str, ...] | None = None
@@ -130,6 +133,8 @@ class _Upkeep:
         if self.sockets.pop(socket.channel_name, None) is not None:
             self.to_leave.append((socket.room_group_name, socket.presence_member))
             self.record_soon()
+        if socket.open_slots:
+            self.to_release.append((socket.open_slots, socket.channel_name))
         self.announce(socket.room_group_name)
 
     def record_soon(self):
@@ -199,6 +204,12 @@ class _Upkeep:
         await self._recorded()
         groups = sorted(self.to_announce)
         self.to_announce.clear()
+        releases, self.to_release = self.to_release, []
+        try:
+            await limits.release_open_slots(self._client(), releases)
+        except Exception as error:
+            # Their entries expire unrefreshed (CHAT_PRESENCE_TTL_SECONDS).
+            logger.warning("%d closed sockets still counted: %r", len(releases), error)
         try:
             events = await presence.apply(self._client(), [], [], groups)
         except Exception as error:
@@ -233,6 +244,11 @@ class _Upkeep:
                 self.announce(group)
         except Exception as error:
             logger.warning("upkeep: presence not refreshed: %r", error)
+        try:
+            held = [(s.open_slots, s.channel_name) for s in self.sockets.values() if s.open_slots]
+            await limits.refresh_open_slots(self._client(), held)
+        except Exception as error:
+            logger.warning("upkeep: open sockets not refreshed: %r", error)
         try:
             resynced += await self._resync_lagging()
         except Exception as error:

@@ -370,6 +370,14 @@ if not 1 <= CHAT_IPV6_PREFIX_LENGTH <= 128:
 # person has a few tabs; a whole office reloading at once stays under 120 a minute, while
 # a script opening 2,000 in 9 s is cut off at 120. Refused at the handshake (403).
 CHAT_LIMIT_SOCKETS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
+# Sockets open at once, over every process: per account or guest session (a person has a
+# few tabs; a page holds one socket), and per address (an office behind one NAT, a few
+# tabs each). New sockets per minute alone let one address hold 360 sockets in three
+# minutes, each listed in its room. Over either cap, a new socket is closed with 4430.
+CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = int(os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON", "20"))
+CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = int(
+    os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS", "100")
+)
 # Messages per account over all its sockets and processes, and per address for guests
 # (all guests of one address share it: guest sessions cost nothing to make): nobody types
 # 3 messages a second for 10 s, and a burst of 30 lets a pasted conversation through;

@@ -1,19 +1,23 @@
 """Limits per person, shared by all processes (chat.limits), and failed logins (django-axes)."""
 
+import asyncio
 import json
 import logging
 import re
+import time
 import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
 import websocket
+import websockets
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from chat import limits
+from chat.protocol import CLOSE_TOO_MANY_SOCKETS
 from chat.tests.conftest import (
     communicator,
     frames_within,
@@ -222,6 +226,113 @@ async def test_typing_counts_per_person_over_all_their_sockets(
     assert [frame for frame in await frames_within(watcher) if "typing" in frame] == []
     for socket in (*users, *guests, watcher):
         await socket.disconnect()
+
+
+async def _refused_for_open_sockets(socket) -> str:
+    """The socket is accepted, then closed with 4430 at once: the close's reason."""
+    assert (await socket.connect())[0]  # accepted, so that the code and reason reach it
+    close = await socket.receive_output(timeout=2)
+    assert close["type"] == "websocket.close" and close["code"] == CLOSE_TOO_MANY_SOCKETS
+    return close["reason"]
+
+
+async def _joined_once_a_slot_frees(address: str, headers=()):
+    """A socket opened as soon as a slot is free: closing one frees its slot shortly after."""
+    for _ in range(SLOT_FREED_TRIES):
+        socket = _from(address, headers=headers)
+        assert (await socket.connect())[0]
+        if await socket.receive_nothing(timeout=0.05) or "text" in await socket.receive_output():
+            return socket
+        await socket.disconnect()
+    pytest.fail(f"no slot freed after {SLOT_FREED_TRIES} tries")
+
+
+SLOT_FREED_TRIES = 100
+
+
+async def test_open_sockets_past_the_cap_per_person_are_closed_with_4430_till_one_closes(
+    redis_channel_layer, transactional_db, settings, django_user_model
+):
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = 2
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    bob = await database_sync_to_async(django_user_model.objects.create_user)("bob")
+    alices = [await session_cookie_for(**logged_in_session_values(alice)) for _ in range(3)]
+    opened = [
+        await _joined(ADDRESS, headers=[alices[0]]),
+        await _joined(ADDRESS, headers=[alices[1]]),
+    ]
+    refused = _from(ADDRESS, headers=[alices[2]])  # another session of alice's, as well
+    assert "at most 2" in await _refused_for_open_sockets(refused)
+    opened.append(
+        await _joined(ADDRESS, headers=[await session_cookie_for(**logged_in_session_values(bob))])
+    )
+    await opened.pop(0).disconnect()
+    opened.append(await _joined_once_a_slot_frees(ADDRESS, headers=[alices[2]]))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+async def test_open_sockets_past_the_cap_per_address_network_are_closed_with_4430(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = 2
+    opened = [await _joined(SAME_64[0]), await _joined(SAME_64[1])]  # two guests, no session
+    refused = _from(SAME_64[2])
+    assert "from your address" in await _refused_for_open_sockets(refused)
+    opened.append(await _joined(NEXT_64))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+async def test_open_sockets_are_capped_across_processes_and_a_killed_ones_stop_counting(
+    start_chat_server,
+):
+    env = {
+        "CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS": "3",
+        "CHAT_LIMIT_SOCKETS_PER_ADDRESS": "100000/minute",  # the tries below are many
+        "CHAT_PRESENCE_TTL_SECONDS": str(KILLED_SOCKETS_TTL_SECONDS),
+        "CHAT_PRESENCE_REFRESH_SECONDS": "0.5",
+    }
+    first, second = start_chat_server(**env), start_chat_server(**env)
+
+    async def open_socket(server):
+        url = server.url.replace("http://", "ws://") + "/ws/chat/lobby/"
+        return await websockets.connect(url, origin=server.url, ping_interval=None)
+
+    async def refused(socket) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                while "presence" not in json.loads(await socket.recv()):
+                    pass  # the history, then its own presence: it is in
+            return False
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd.code == CLOSE_TOO_MANY_SOCKETS
+            return True
+
+    async def open_once_counted_out(server):
+        deadline = time.monotonic() + KILLED_SOCKETS_TTL_SECONDS + 10
+        while time.monotonic() < deadline:
+            socket = await open_socket(server)
+            if not await refused(socket):
+                return socket
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)  # a poll for the state, not a guess
+        pytest.fail("the closed or killed sockets still count")
+
+    sockets = [await open_socket(server) for server in (first, first, second)]
+    assert [await refused(socket) for socket in sockets] == [False] * 3
+    assert await refused(await open_socket(second))  # three open already, over two processes
+    await sockets.pop(0).close()
+    sockets.append(await open_once_counted_out(second))  # its slot freed on close
+    first.kill()  # its socket is never released: it stops counting once unrefreshed
+    assert await refused(await open_socket(second))
+    sockets.append(await open_once_counted_out(second))
+    for socket in sockets:
+        await socket.close()
+
+
+# Short, so that a killed process's sockets stop counting within the test.
+KILLED_SOCKETS_TTL_SECONDS = 4
+RETRY_PAUSE_SECONDS = 0.1
 
 
 def test_a_persons_message_limit_is_shared_by_sockets_on_different_processes(
