@@ -147,9 +147,6 @@ class ChatConsumer(WebsocketConsumer):
 
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
-        if limits.refuse_socket(self.scope):
-            self.close()  # before accept: a 403, and the page's backoff keeps growing
-            return
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         expected = protocol.parse_sign_in(self.scope.get("query_string", b""))

@@ -8,6 +8,7 @@ of them, and failed logins are django-axes's (see login_lockout_response).
 Explained in docs/protocol.md, 'Limits'.
 """
 
+import asyncio
 import functools
 import ipaddress
 import logging
@@ -123,13 +124,46 @@ def describe(limit: Limit, wait: int) -> str:
 
 
 def refuse_socket(scope: dict) -> bool:
-    """True (and logged) when the socket's address opened too many sockets lately."""
+    """True when the socket's address opened too many sockets lately.
+
+    Logged once per burst: the first refusal says how long the address must wait, and
+    the refusals until then (a script retrying at once) write nothing more, on any process.
+    """
     address = client_network(scope)
     wait = retry_after(SOCKETS, address)
     if wait is None:
         return False
-    logger.warning("refused socket from %s: %s", address, describe(SOCKETS, wait))
+    client = redis_client(settings.REDIS_URL, REDIS_TIMEOUT_SECONDS)
+    if client.set(f"{KEY_PREFIX}:refusing:{address}", 1, ex=wait, nx=True):
+        detail = describe(SOCKETS, wait)
+        logger.warning("refused socket from %s: %s (no more lines till then)", address, detail)
     return True
+
+
+class HandshakeLimitMiddleware:
+    """ASGI middleware: refuse a WebSocket over the new-socket limit (refuse_socket) with 403,
+    before the consumer is built and before AuthMiddlewareStack loads its session.
+
+    A refused handshake costs one Redis round trip (two for the first of a burst): no
+    consumer, no group joins, no database query, no log line but the burst's first.
+    """
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        """Pass the socket on, or answer its handshake with a refusal."""
+        if scope["type"] == "websocket":
+            try:
+                refused = await asyncio.to_thread(refuse_socket, scope)
+            except REDIS_ERRORS as error:
+                logger.warning("refused socket, Redis unreachable: %r", error)
+                refused = True  # the consumer could not join its room either
+            if refused:
+                await receive()  # the handshake: a close before accepting it is a 403
+                await send({"type": "websocket.close"})
+                return None
+        return await self.application(scope, receive, send)
 
 
 def check_message(

@@ -17,6 +17,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from chat import limits
+from chat.consumers import ChatConsumer
 from chat.protocol import CLOSE_TOO_MANY_SOCKETS
 from chat.tests.conftest import (
     communicator,
@@ -135,16 +136,25 @@ def test_failed_logins_from_addresses_of_one_ipv6_64_lock_it_out(settings, djang
 
 
 async def test_sockets_past_the_limit_per_address_are_refused_at_the_handshake(
-    redis_channel_layer, transactional_db, settings, caplog
+    redis_channel_layer, transactional_db, settings, caplog, monkeypatch
 ):
     settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    built, build = [], ChatConsumer.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatConsumer, "__init__", counted)
     opened = [await _joined(ADDRESS), await _joined(ADDRESS)]
-    refused = _from(ADDRESS)
-    connected, _ = await refused.connect()
-    assert not connected  # closed before accept: daphne answers the handshake with 403
-    assert len(_refusal_lines(caplog, ADDRESS)) == 1
+    refused = [_from(ADDRESS) for _ in range(5)]
+    for socket in refused:
+        connected, _ = await socket.connect()
+        assert not connected  # closed before accept: daphne answers the handshake with 403
+    assert len(built) == 2  # no consumer for a refused handshake
+    assert len(_refusal_lines(caplog, ADDRESS)) == 1  # one line for the burst
     opened.append(await _joined(OTHER_ADDRESS))
-    for socket in (*opened, refused):  # its consumer runs on after the refusal, until told
+    for socket in opened:
         await socket.disconnect()
 
 
