@@ -83,13 +83,16 @@ def read_positions(user, room_names: list[str]) -> dict[str, int]:
     return dict(positions.values_list("room_name", "last_read_id"))
 
 
-def mark_read(user, room_name: str, up_to: int) -> int:
+def mark_read(user, room_name: str, up_to: int) -> int | None:
     """Move the user's read position in the room forward to `up_to`; return where it is.
 
     Never past the room's last message, never backwards: a stale tab that reports an
-    older position does not bring read messages back as unread.
+    older position does not bring read messages back as unread. None, and nothing
+    written, for a room that does not exist: any name would otherwise make a row.
     """
-    last = Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+    last = Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first()
+    if last is None:
+        return None
     up_to = min(up_to, last)
     position, _ = ReadPosition.objects.get_or_create(
         user=user, room_name=room_name, defaults={"last_read_id": up_to}

@@ -60,6 +60,8 @@ ROOMS = Limit("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "new rooms from your address")
 GUEST_SESSIONS = Limit("CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "new guests from your address")
 SIGNUPS = Limit("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "new accounts from your address")
 API = Limit("CHAT_LIMIT_API_PER_ADDRESS", "requests for messages from your address")
+ROOM_LIST = Limit("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "room list requests from your address")
+READ_REPORTS = Limit("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "read positions from you")
 
 
 def client_address(connection: HttpRequest | dict) -> str:
@@ -298,15 +300,15 @@ def _person(scope: dict, author: Author) -> str:
     return f"a:{client_network(scope)}" if author.is_guest else author.key
 
 
-def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:
-    """Count a request against a per-address limit: None within it, else a 429 to return.
+def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> HttpResponse | None:
+    """Count a request against a limit, per address or per `who`: None within it, else a 429.
 
     While Redis is unreachable the request goes through (logged): the pages and the
     messages endpoint do not otherwise need Redis.
     """
     address = client_network(request)
     try:
-        wait = retry_after(limit, address)
+        wait = retry_after(limit, who or address)
     except REDIS_ERRORS as error:
         logger.warning("%s not checked, Redis unreachable: %r", limit.setting, error)
         return None

@@ -156,6 +156,8 @@ def room_list(request):
     Each with its last message's id and time, the people online and, for a logged-in
     user, their read position: the page counts unread as last_id - read position.
     """
+    if refused := limits.http_refusal(limits.ROOM_LIST, request):
+        return refused
     named = request.GET.getlist("room")
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
         return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
@@ -204,11 +206,15 @@ def mark_read(request, room_name):
         return _json_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
         )
+    if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
+        return refused
     try:
         up_to = protocol.parse_seq(request.POST.get("up_to", ""))
     except ValueError as refusal:
         return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
     position = activity.mark_read(request.user, room_name, up_to)
+    if position is None:
+        return _json_error(404, "no_such_room", "This room has no messages: nothing to read.")
     return JsonResponse({"room": room_name, "read_up_to": position})
 
 

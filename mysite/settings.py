@@ -399,6 +399,15 @@ CHAT_LIMIT_SIGNUPS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SIGNUPS_PER_ADDRESS"
 # script paging through a room gets a page a second (60 x 500 messages a minute), not
 # 200 pages in 4.8 s.
 CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
+# GET /api/rooms/ per address: a tab's sidebar asks every 5 s (12 a minute), and an office
+# behind one address has many tabs open; 16 clients asking as fast as they could tripled
+# everyone else's latency.
+CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = os.environ.get("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "600/minute")
+# POST /api/rooms/<room>/read/ per account: a page reports once a second at most while its
+# room is busy; 133 reports a second from one account each took SQLite's write lock.
+CHAT_LIMIT_READ_REPORTS_PER_PERSON = os.environ.get(
+    "CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute"
+)
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis
