@@ -6,11 +6,8 @@ read position (both message ids, `seq`s, which number a room's messages with no 
 Explained in docs/protocol.md, 'Rooms: `GET /api/rooms/`'.
 """
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
-
-from django.db.models import Count, Sum
 
 from . import presence, rooms
 from .models import ReadPosition, Room
@@ -55,24 +52,6 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
             summary["online"] = present[groups[room.name]]["count"]  # people, not sockets
         listed.append(summary)
     return listed
-
-
-def list_version(user, also: Iterable[str] = ()) -> str:
-    """A tag that changes whenever the room list without presence could: read it first.
-
-    Every stored message adds one to its room's last_seq, and read positions only move
-    forward or are added, so the two sums (and the count of positions) change with every
-    commit that could change the list, on any process and whatever the clocks say; two
-    aggregate queries, none of the list's own work.
-    """
-    rooms_total = Room.objects.aggregate(total=Sum("last_seq"), rooms=Count("pk"))
-    read = {"total": None, "rooms": 0}
-    if user is not None and user.is_authenticated:
-        read = ReadPosition.objects.filter(user=user).aggregate(
-            total=Sum("last_read_id"), rooms=Count("pk")
-        )
-    seed = repr((rooms_total, read, getattr(user, "pk", None), sorted(set(also))))
-    return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
 def read_positions(user, room_names: list[str]) -> dict[str, int]:

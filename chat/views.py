@@ -165,17 +165,13 @@ def room_list(request):
         named = [rooms.normalize_room_name(name) for name in named]
     except rooms.InvalidRoomName as refusal:
         return _json_error(400, "invalid_room_name", str(refusal))
-    # ?online=0 (the sidebar, which shows no presence): the list's version is known from
-    # two aggregate queries, so a tab whose list has not changed gets a 304 without the
-    # list being built; with presence, whose changes no query sees, the ETag is the body's.
+    # ?online=0: the sidebar, which shows no presence. The ETag is the body's: the list is
+    # a few index lookups whatever the number of rooms (activity.recent_rooms), where a
+    # version of every room (a sum over them all) took 31 ms at 300,000 rooms, 304 or not.
     online = request.GET.get("online") != "0"
-    etag = None if online else f'"{activity.list_version(request.user, named)}"'
-    if etag is not None and (unchanged := get_conditional_response(request, etag=etag)):
-        return _private(unchanged, etag)
     room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, named, request.user)
     response = JsonResponse({"rooms": activity.summaries(room_list, request.user, online)})
-    if etag is None:
-        etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
+    etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
     conditional = get_conditional_response(request, etag=etag, response=response)
     return _private(conditional or response, etag)
 

@@ -11,8 +11,10 @@ import redis.asyncio
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
 from django.template.loader import render_to_string
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import identity, presence, rooms, services
@@ -734,8 +736,8 @@ def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
     ]  # fmt: skip
     etag = first["ETag"]
 
-    monkeypatch.setattr(presence, "snapshots", None)  # a 304 reads no presence, nor the list
-    with django_assert_max_num_queries(4):  # the session, its user, and two aggregates
+    monkeypatch.setattr(presence, "snapshots", None)  # the sidebar's list reads no presence
+    with django_assert_max_num_queries(6):  # the session, its user, and the list's 4 lookups
         unchanged = sidebar(HTTP_IF_NONE_MATCH=etag)
     assert (unchanged.status_code, unchanged["ETag"], unchanged.content) == (304, etag, b"")
     monkeypatch.undo()
@@ -750,6 +752,32 @@ def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
     assert after_a_read.status_code == 200
     assert after_a_read.json()["rooms"][0]["read_up_to"] == 3
     assert sidebar(HTTP_IF_NONE_MATCH=after_a_read["ETag"]).status_code == 304
+
+
+# A full scan of a table in SQLite's query plan: "SCAN chat_room", with no index named.
+FULL_SCAN = re.compile(r"SCAN (chat_\w+)$")
+
+
+def test_the_sidebars_room_list_and_its_304_read_no_table_whole(
+    client, django_user_model, redis_channel_layer
+):
+    if connection.vendor != "sqlite":
+        pytest.skip("reads SQLite's query plans (EXPLAIN QUERY PLAN)")
+    alice = django_user_model.objects.create_user("alice")
+    client.force_login(alice)
+    _chat("lobby", "one", "two")
+    ReadPosition.objects.create(user=alice, room_name="lobby", last_read_id=1)
+    sidebar = functools.partial(client.get, "/api/rooms/", {"online": "0", "room": "lobby"})
+    with CaptureQueriesContext(connection) as queries:
+        etag = sidebar()["ETag"]
+        assert sidebar(HTTP_IF_NONE_MATCH=etag).status_code == 304
+    with connection.cursor() as cursor:
+        plans = [
+            (query["sql"], detail)
+            for query in queries
+            for *_, detail in cursor.execute(f"EXPLAIN QUERY PLAN {query['sql']}").fetchall()
+        ]
+    assert [(sql, detail) for sql, detail in plans if FULL_SCAN.search(detail)] == []
 
 
 def test_the_room_list_with_presence_answers_304_to_the_etag_of_the_same_body(
