@@ -381,9 +381,11 @@ CLIENT_CONNECT_SECONDS = 10
 CLIENT_SCRIPT = """
 import sys, time, urllib.error, urllib.request
 url, statuses, deadline = sys.argv[1], [], time.monotonic() + float(sys.argv[2])
+headers = {"X-Forwarded-For": sys.argv[4]} if len(sys.argv) > 4 else {}
 while len(statuses) < int(sys.argv[3]):
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             statuses.append(response.status)
     except urllib.error.HTTPError as error:
         statuses.append(error.code)
@@ -400,8 +402,10 @@ def serve_on(redis_server, migrated_database, tmp_path):
     """Start serving.supervisor on a bind; returns its base URL and its log file."""
     started = []
 
-    def _serve(host: str, url_host: str) -> tuple[str, Path]:
-        env = server_environment(redis_server.url, migrated_database, **ADDRESS_SERVER_ENV)
+    def _serve(host: str, url_host: str, **extra_env: str) -> tuple[str, Path]:
+        env = server_environment(
+            redis_server.url, migrated_database, **ADDRESS_SERVER_ENV, **extra_env
+        )
         port, log = free_port(), tmp_path / f"serve-{len(started)}.log"
         command = [sys.executable, "-m", "serving.supervisor", "--processes", "1", "--bind"]
         with log.open("w") as output:
@@ -417,10 +421,13 @@ def serve_on(redis_server, migrated_database, tmp_path):
     stop_processes(started, timeout=30)
 
 
-def requests_past_the_limit(url: str, namespace: str | None = None) -> list[int]:
+def requests_past_the_limit(
+    url: str, namespace: str | None = None, forwarded_for: str | None = None
+) -> list[int]:
     """The statuses of REQUESTS_PAST_THE_LIMIT requests to the rate-limited endpoint."""
     command = [sys.executable, "-c", CLIENT_SCRIPT, f"{url}/chat/lobby/messages/"]
     command += [str(CLIENT_CONNECT_SECONDS), str(REQUESTS_PAST_THE_LIMIT)]
+    command += [forwarded_for] if forwarded_for else []
     if namespace is not None:
         command = ["ip", "netns", "exec", namespace, *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
@@ -445,6 +452,13 @@ def assert_seen_as(url: str, log: Path, address: str, namespace: str | None = No
 def test_every_bind_sees_the_clients_own_address(serve_on, bind, url_host, client):
     url, log = serve_on(bind, url_host)
     assert_seen_as(url, log, client)
+
+
+def test_a_proxy_on_a_dual_stack_bind_is_trusted_and_names_the_client(serve_on):
+    # nginx on this host, reaching the server over IPv4 (::ffff:127.0.0.1 on [::]).
+    url, log = serve_on("[::]", "127.0.0.1", CHAT_TRUSTED_PROXIES="127.0.0.1")
+    assert requests_past_the_limit(url, forwarded_for="2001:db8::5") == [200, 200, 429]
+    assert "refused GET /chat/lobby/messages/ from 2001:db8::5: " in log.read_text()
 
 
 # A network of the test's own: a namespace holding a client, joined to this host by a
