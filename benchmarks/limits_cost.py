@@ -7,7 +7,14 @@ does, --repeat calls each of:
 - message_limit: chat.limits.retry_after(MESSAGES, person), the check every stored
   message makes (one EVALSHA of the moving-window script), within the limit;
 - message_limit_refused: the same once over the limit (the script, then a read of the
-  window for Retry-After).
+  window for Retry-After);
+- client_network: chat.limits.client_network of an IPv6 peer (its /64), no Redis;
+- open_slots: chat.limits.take_open_slots, the caps of open sockets every socket takes
+  at its connect (one EVAL over two sorted sets), and their release (as a closing
+  socket's upkeep does, pipelined with others there: here one round trip of its own);
+- typing: chat.limits.typing_allowed, a person's typing signal (one SET NX);
+- handshake_refused: chat.limits.refuse_socket over the new-socket limit, the whole cost
+  of a refused handshake in HandshakeLimitMiddleware but its thread hop.
 
 Prints median and p99 in microseconds, then one JSON line per measurement.
 
@@ -52,6 +59,7 @@ def main():
         from django.conf import settings
 
         from chat import limits
+        from chat.identity import Author
         from chat.redis_clients import LIMITS_TIMEOUT_SECONDS, redis_client
 
         settings.CHAT_LIMIT_MESSAGES_PER_PERSON = f"{10 * args.repeat}/minute"
@@ -64,6 +72,18 @@ def main():
         results["message_limit_refused"] = timed(
             lambda: limits.retry_after(limits.MESSAGES, "u:2"), args.repeat
         )
+        scope = {"client": ["2001:db8:1:2::1", 50000]}
+        results["client_network"] = timed(lambda: limits.client_network(scope), args.repeat)
+        author = Author(name="bench", user_id=1)
+
+        def open_and_close():
+            keys = limits.take_open_slots(scope, author, "channel")
+            client.pipeline().zrem(keys[0], "channel").zrem(keys[1], "channel").execute()
+
+        results["open_slots"] = timed(open_and_close, args.repeat)
+        results["typing"] = timed(lambda: limits.typing_allowed(scope, author, "r"), args.repeat)
+        settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "1/minute"
+        results["handshake_refused"] = timed(lambda: limits.refuse_socket(scope), args.repeat)
     print(f"{'case':<24}{'median µs':>12}{'p99 µs':>12}")
     for case, figures in results.items():
         print(f"{case:<24}{figures['median_us']:>12.0f}{figures['p99_us']:>12.0f}")

@@ -23,7 +23,8 @@ all; a visible tab whose list did not change gets a 304). `--before CHECKOUT` al
 measures another checkout's server (say, main exported with `git archive`) the same way
 and prints its rooms 200 beside ours.
 
-    .venv/bin/python -m benchmarks.room_list [--rooms 50] [--seconds 5] [--before DIR]
+    .venv/bin/python -m benchmarks.room_list [--rooms 50] [--idle-rooms 300000] [--seconds 5]
+        [--before DIR]
     python3 dev.py bench room_list
 """
 
@@ -54,7 +55,10 @@ PERCENT = 100
 SEED = """
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
+from datetime import timedelta
+from django.utils import timezone
 from chat import activity, services
+from chat.models import Message, Room
 
 user = get_user_model().objects.create_user("bench", password="bench-only-password-42")
 for number in range({rooms}):
@@ -64,6 +68,16 @@ for number in range({rooms}):
                                guest_key=f"k{{index % 5}}"), f"message {{index}} in {{name}}",
                                None)
     activity.mark_read(user, name, {messages} - {unread})
+# Rooms nobody has spoken in lately (one message each, a day old): what a site that has
+# run for years holds, and what no request for the list should read.
+day_old = timezone.now() - timedelta(days=1)
+for start in range(0, {idle_rooms}, 10000):
+    names = [f"idle-{{n:07d}}" for n in range(start, min(start + 10000, {idle_rooms}))]
+    Room.objects.bulk_create(Room(name=n, last_seq=1, last_message_at=day_old) for n in names)
+    Message.objects.bulk_create(
+        Message(room_id=n, seq=1, display_name="old", text="old", created=day_old)
+        for n in names
+    )
 session = SessionStore()
 session.update({{"_auth_user_id": str(user.pk),
                 "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
@@ -73,9 +87,11 @@ print(session.session_key)
 """
 
 
-def seed(stack: Stack, root: Path, rooms: int, messages: int) -> str:
+def seed(stack: Stack, root: Path, rooms: int, messages: int, idle_rooms: int) -> str:
     """Store the rooms' messages and the user's read positions; return a logged-in session key."""
-    code = SEED.format(rooms=rooms, messages=messages, unread=UNREAD_PER_ROOM)
+    code = SEED.format(
+        rooms=rooms, messages=messages, unread=UNREAD_PER_ROOM, idle_rooms=idle_rooms
+    )
     done = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", code],
         cwd=root, env=stack.env, check=True, capture_output=True, text=True,
@@ -122,7 +138,7 @@ def measure(root: Path, args) -> dict[str, dict]:
     """Every phase against the server of one checkout."""
     stack = start_stack(processes=1, layer="pubsub", root=root)
     try:
-        key = seed(stack, root, args.rooms, args.messages)
+        key = seed(stack, root, args.rooms, args.messages, args.idle_rooms)
         cookie = {"Cookie": f"sessionid={key}"}
         recent = [("room", f"room-{number:02d}") for number in range(args.recent)]
         path = "/api/rooms/?" + urllib.parse.urlencode(recent)
@@ -150,6 +166,9 @@ def main():
     parser.add_argument("--rooms", type=int, default=DEFAULT_ROOMS)
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument("--recent", type=int, default=DEFAULT_RECENT)
+    parser.add_argument(
+        "--idle-rooms", type=int, default=0, help="rooms with one day-old message each, beside"
+    )
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
     parser.add_argument("--poll", type=float, default=POLL_SECONDS)
     parser.add_argument("--before", type=Path, help="another checkout to measure first")
@@ -161,8 +180,9 @@ def main():
     results["this"] = measure(ROOT, args)
 
     print(
-        f"{args.rooms} rooms x {args.messages} messages, a logged-in user who read them all"
-        f" ({UNREAD_PER_ROOM} unread each), {args.recent} recent rooms named; one daphne process"
+        f"{args.rooms} rooms x {args.messages} messages and {args.idle_rooms} idle rooms, a"
+        f" logged-in user who read the first all ({UNREAD_PER_ROOM} unread each),"
+        f" {args.recent} recent rooms named; one daphne process"
     )
     print(f"{'server':<8}{'phase':<13}{'req/s':>8}{'CPU ms/req':>12}{'median ms':>11}"
           f"{'bytes':>8}  statuses")  # fmt: skip
@@ -188,7 +208,17 @@ def main():
         )
     for server, phases in results.items():
         for phase, figures in phases.items():
-            print(json.dumps({"server": server, "phase": phase, "rooms": args.rooms, **figures}))
+            print(
+                json.dumps(
+                    {
+                        "server": server,
+                        "phase": phase,
+                        "rooms": args.rooms,
+                        "idle_rooms": args.idle_rooms,
+                        **figures,
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -70,6 +70,11 @@ LIMITS_LIFTED = {
     "CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS": "1000000/minute",
     # The soak's clients check what they received against the messages endpoint.
     "CHAT_LIMIT_API_PER_ADDRESS": "1000000/minute",
+    # Every benchmark client is one address (and many are one guest session).
+    "CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON": "1000000",
+    "CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS": "1000000",
+    "CHAT_LIMIT_ROOM_LIST_PER_ADDRESS": "1000000/minute",
+    "CHAT_LIMIT_READ_REPORTS_PER_PERSON": "1000000/minute",
 }
 
 

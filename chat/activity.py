@@ -6,11 +6,8 @@ read position (both message ids, `seq`s, which number a room's messages with no 
 Explained in docs/protocol.md, 'Rooms: `GET /api/rooms/`'.
 """
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
-
-from django.db.models import Count, Sum
 
 from . import presence, rooms
 from .models import ReadPosition, Room
@@ -57,24 +54,6 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
     return listed
 
 
-def list_version(user, also: Iterable[str] = ()) -> str:
-    """A tag that changes whenever the room list without presence could: read it first.
-
-    Every stored message adds one to its room's last_seq, and read positions only move
-    forward or are added, so the two sums (and the count of positions) change with every
-    commit that could change the list, on any process and whatever the clocks say; two
-    aggregate queries, none of the list's own work.
-    """
-    rooms_total = Room.objects.aggregate(total=Sum("last_seq"), rooms=Count("pk"))
-    read = {"total": None, "rooms": 0}
-    if user is not None and user.is_authenticated:
-        read = ReadPosition.objects.filter(user=user).aggregate(
-            total=Sum("last_read_id"), rooms=Count("pk")
-        )
-    seed = repr((rooms_total, read, getattr(user, "pk", None), sorted(set(also))))
-    return hashlib.sha256(seed.encode()).hexdigest()[:32]
-
-
 def read_positions(user, room_names: list[str]) -> dict[str, int]:
     """The user's read position in each of these rooms they have one in; {} for a guest."""
     if user is None or not user.is_authenticated:
@@ -83,13 +62,16 @@ def read_positions(user, room_names: list[str]) -> dict[str, int]:
     return dict(positions.values_list("room_name", "last_read_id"))
 
 
-def mark_read(user, room_name: str, up_to: int) -> int:
+def mark_read(user, room_name: str, up_to: int) -> int | None:
     """Move the user's read position in the room forward to `up_to`; return where it is.
 
     Never past the room's last message, never backwards: a stale tab that reports an
-    older position does not bring read messages back as unread.
+    older position does not bring read messages back as unread. None, and nothing
+    written, for a room that does not exist: any name would otherwise make a row.
     """
-    last = Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+    last = Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first()
+    if last is None:
+        return None
     up_to = min(up_to, last)
     position, _ = ReadPosition.objects.get_or_create(
         user=user, room_name=room_name, defaults={"last_read_id": up_to}

@@ -12,7 +12,9 @@ class RoomAdmin(admin.ModelAdmin):
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = ["room", "seq", "display_name", "author", "created", "short_text"]
-    list_filter = ["room", "created", ("author", admin.EmptyFieldListFilter)]
+    # Not by room: the filter lists every room ever made (827 KiB at 3,003 rooms). Search
+    # finds a room's messages by its name; ?room__name__exact=<name> filters by one.
+    list_filter = ["created", ("author", admin.EmptyFieldListFilter)]
     search_fields = ["text", "display_name", "room__name", "author__username"]
     date_hierarchy = "created"
     raw_id_fields = ["author"]

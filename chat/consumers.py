@@ -63,6 +63,8 @@ class ChatConsumer(WebsocketConsumer):
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
     presence_member = ""  # the socket's entry in its room's presence list (chat.presence)
+    # The caps of open sockets this socket counts against (chat.limits.take_open_slots).
+    open_slots: tuple[str, ...] = ()
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
 
@@ -161,9 +163,6 @@ class ChatConsumer(WebsocketConsumer):
     @sides.on_sync_thread
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
-        if limits.refuse_socket(self.scope):
-            self.close()  # before accept: a 403, and the page's backoff keeps growing
-            return
         self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
@@ -172,6 +171,13 @@ class ChatConsumer(WebsocketConsumer):
             # offline): what it holds to send was typed as someone else. Store nothing.
             self.accept()
             self._close_for_identity("the page's sign-in is not the socket's")
+            return
+        try:
+            self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
+        except limits.TooManySockets as refusal:
+            self.accept()  # so that the close code and its reason reach the page
+            self.closing = True
+            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
             return
         self.room_group_name = rooms.group_name(self.room_name)
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
@@ -361,12 +367,15 @@ class ChatConsumer(WebsocketConsumer):
 
         It spent a token of the socket's flood bucket, as every frame does, but none of the
         per-person message limit (chat.limits), and it is never stored. Signals within
-        CHAT_TYPING_THROTTLE_SECONDS of the last one are dropped without a word.
+        CHAT_TYPING_THROTTLE_SECONDS of the socket's last one, or of its person's on any
+        socket (chat.limits.typing_allowed), are dropped without a word.
         """
         now = time.monotonic()
         if now - self.typing_sent_at < settings.CHAT_TYPING_THROTTLE_SECONDS:
             return
         self.typing_sent_at = now
+        if not limits.typing_allowed(self.scope, self.author, self.room_name):
+            return
         event = protocol.typing_event(self.author, self.channel_name)
         pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 

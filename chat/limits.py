@@ -8,13 +8,17 @@ of them, and failed logins are django-axes's (see login_lockout_response).
 Explained in docs/protocol.md, 'Limits'.
 """
 
+import asyncio
 import functools
+import ipaddress
 import logging
 import math
 import time
 from dataclasses import dataclass
 
 import limits
+import redis
+import redis.asyncio
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from limits.storage import RedisStorage
@@ -53,6 +57,8 @@ ROOMS = Limit("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "new rooms from your address")
 GUEST_SESSIONS = Limit("CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "new guests from your address")
 SIGNUPS = Limit("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "new accounts from your address")
 API = Limit("CHAT_LIMIT_API_PER_ADDRESS", "requests for messages from your address")
+ROOM_LIST = Limit("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "room list requests from your address")
+READ_REPORTS = Limit("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "read positions from you")
 
 
 def client_address(connection: HttpRequest | dict) -> str:
@@ -66,7 +72,30 @@ def client_address(connection: HttpRequest | dict) -> str:
     else:
         client = connection.get("client")
         address = client[0] if client else None
-    return address or UNKNOWN_ADDRESS
+    try:
+        parsed = ipaddress.ip_address(address or UNKNOWN_ADDRESS)
+    except ValueError:
+        return address  # not an address (a test's name for a client): as it is
+    # A dual-stack socket names IPv4 peers ::ffff:a.b.c.d: the same client as a.b.c.d.
+    return str(getattr(parsed, "ipv4_mapped", None) or parsed)
+
+
+def client_network(connection: HttpRequest | dict) -> str:
+    """Who a per-address limit counts: the client's IPv4 address, or its IPv6 network.
+
+    One IPv6 host is given a whole /64 (CHAT_IPV6_PREFIX_LENGTH) and picks any address
+    in it, so counting IPv6 addresses one by one would multiply every limit by 2**64.
+    Written as an address or a network ("2001:db8:1:2::/64"): django-axes stores it too.
+    """
+    address = client_address(connection)
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    prefix = settings.CHAT_IPV6_PREFIX_LENGTH
+    if parsed.version == 4 or prefix == parsed.max_prefixlen:
+        return address
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def retry_after(limit: Limit, who: str) -> int | None:
@@ -94,13 +123,46 @@ def describe(limit: Limit, wait: int) -> str:
 
 
 def refuse_socket(scope: dict) -> bool:
-    """True (and logged) when the socket's address opened too many sockets lately."""
-    address = client_address(scope)
+    """True when the socket's address opened too many sockets lately.
+
+    Logged once per burst: the first refusal says how long the address must wait, and
+    the refusals until then (a script retrying at once) write nothing more, on any process.
+    """
+    address = client_network(scope)
     wait = retry_after(SOCKETS, address)
     if wait is None:
         return False
-    logger.warning("refused socket from %s: %s", address, describe(SOCKETS, wait))
+    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
+    if client.set(f"{KEY_PREFIX}:refusing:{address}", 1, ex=wait, nx=True):
+        detail = describe(SOCKETS, wait)
+        logger.warning("refused socket from %s: %s (no more lines till then)", address, detail)
     return True
+
+
+class HandshakeLimitMiddleware:
+    """ASGI middleware: refuse a WebSocket over the new-socket limit (refuse_socket) with 403,
+    before the consumer is built and before AuthMiddlewareStack loads its session.
+
+    A refused handshake costs one Redis round trip (two for the first of a burst): no
+    consumer, no group joins, no database query, no log line but the burst's first.
+    """
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        """Pass the socket on, or answer its handshake with a refusal."""
+        if scope["type"] == "websocket":
+            try:
+                refused = await asyncio.to_thread(refuse_socket, scope)
+            except OUTAGE_ERRORS as error:
+                logger.warning("refused socket, Redis unreachable: %r", error)
+                refused = True  # the consumer could not join its room either
+            if refused:
+                await receive()  # the handshake: a close before accepting it is a 403
+                await send({"type": "websocket.close"})
+                return None
+        return await self.application(scope, receive, send)
 
 
 def check_message(
@@ -108,31 +170,142 @@ def check_message(
 ) -> None:
     """Raise FrameRefused when this frame's message would pass a per-person or per-address limit.
 
-    Messages count per user or guest session (per address for a client without a
-    session, whose guest key is new on every socket). A message to a room that has none
+    A logged-in user's messages count per account; a guest's per address network
+    (client_network), whatever session it has: sessions cost nothing to make, and each
+    would bring a budget of its own. A message to a room that has none
     yet would create it, which counts as a new room for the address; `room_may_be_new`
     (the socket has seen no message in its room) spares the query for every other one.
     """
-    address = client_address(scope)
+    address = client_network(scope)
     if room_may_be_new and not Room.objects.filter(name=room_name).exists():
         if (wait := retry_after(ROOMS, address)) is not None:
             raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), frame.client_id)
-    session = scope.get("session")
-    has_session = getattr(session, "session_key", None) is not None
-    person = author.key if not author.is_guest or has_session else f"a:{address}"
+    person = _person(scope, author)
     if (wait := retry_after(MESSAGES, person)) is not None:
         raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), frame.client_id)
 
 
-def http_refusal(limit: Limit, request: HttpRequest) -> HttpResponse | None:
-    """Count a request against a per-address limit: None within it, else a 429 to return.
+class TooManySockets(Exception):
+    """A new socket would pass a cap of open sockets; the message says which, for the client."""
+
+
+# Takes a slot in each set (KEYS) for one socket (ARGV[3]) unless one of them is full: one
+# round trip, atomic, so two processes never both take the last slot. Entries are scored
+# with their expiry (ARGV[2]); those of sockets nobody refreshed (a killed process's) go
+# first. Returns 0, or the 1-based index of the full set. ARGV[4]: the sets' lifetime;
+# ARGV[5...]: each set's cap.
+_TAKE_SLOTS = """
+for i, key in ipairs(KEYS) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+    if not redis.call('ZSCORE', key, ARGV[3])
+            and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
+        return i
+    end
+end
+for _, key in ipairs(KEYS) do
+    redis.call('ZADD', key, ARGV[2], ARGV[3])
+    redis.call('EXPIRE', key, ARGV[4])
+end
+return 0
+"""
+
+
+def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
+    """Count a new socket among its person's and its address's open sockets; the sets it
+    is now in (refresh_open_slots keeps it there, release_open_slots takes it out).
+
+    Raises TooManySockets when either already holds its cap. A socket that nobody
+    refreshes (its process was killed) stops counting after CHAT_PRESENCE_TTL_SECONDS.
+    """
+    network = client_network(scope)
+    caps = {
+        f"{KEY_PREFIX}:open:{author.key}": (
+            settings.CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON,
+            "connections open for you",
+        ),
+        f"{KEY_PREFIX}:open:a:{network}": (
+            settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS,
+            "connections open from your address",
+        ),
+    }
+    now = time.time()
+    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
+    full = client.eval(
+        _TAKE_SLOTS,
+        len(caps),
+        *caps,
+        now,
+        now + settings.CHAT_PRESENCE_TTL_SECONDS,
+        member,
+        _open_sets_lifetime(),
+        *(cap for cap, _ in caps.values()),
+    )
+    if full:
+        cap, counts = list(caps.values())[full - 1]
+        logger.warning("refused socket from %s: %d %s already", network, cap, counts)
+        raise TooManySockets(f"Too many {counts}: at most {cap}. Close one, then reconnect.")
+    return tuple(caps)
+
+
+async def refresh_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
+    """On the loop: keep these sockets (their sets, their member) counted for another TTL."""
+    expires = time.time() + settings.CHAT_PRESENCE_TTL_SECONDS
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, member in held:
+            for key in keys:
+                pipe.zadd(key, {member: expires}, xx=True)
+                pipe.expire(key, _open_sets_lifetime())
+        await pipe.execute()
+
+
+async def release_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
+    """On the loop: these sockets closed; they no longer count against any cap."""
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, member in held:
+            for key in keys:
+                pipe.zrem(key, member)
+        await pipe.execute()
+
+
+def _open_sets_lifetime() -> int:
+    # A set outlives its entries, and goes with a client that left.
+    return math.ceil(2 * settings.CHAT_PRESENCE_TTL_SECONDS)
+
+
+def typing_allowed(scope: dict, author: Author, room_name: str) -> bool:
+    """Whether this person's "typing" may go to the room: once per throttle period.
+
+    Counted per person as messages are (a guest per address network), over all their
+    sockets and processes: one SET NX with an expiry, one round trip. Without Redis the
+    signal is dropped; it is only a hint.
+    """
+    throttle = settings.CHAT_TYPING_THROTTLE_SECONDS
+    if throttle <= 0:
+        return True
+    key = f"{KEY_PREFIX}:typing:{room_name}:{_person(scope, author)}"
+    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
+    try:
+        return bool(client.set(key, 1, px=math.ceil(throttle * 1000), nx=True))
+    except OUTAGE_ERRORS as error:
+        logger.warning("typing signal dropped, Redis unreachable: %r", error)
+        return False
+
+
+def _person(scope: dict, author: Author) -> str:
+    """Whose budget a socket's messages and typing count against: an account, or for a
+    guest the address network (guest sessions cost nothing to make)."""
+    return f"a:{client_network(scope)}" if author.is_guest else author.key
+
+
+def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> HttpResponse | None:
+    """Count a request against a limit, per address or per `who`: None within it, else a 429.
 
     While Redis is unreachable the request goes through (logged): the pages and the
     messages endpoint do not otherwise need Redis.
     """
-    address = client_address(request)
+    address = client_network(request)
     try:
-        wait = retry_after(limit, address)
+        wait = retry_after(limit, who or address)
     except OUTAGE_ERRORS as error:
         logger.warning("%s not checked, Redis unreachable: %r", limit.setting, error)
         return None
@@ -151,7 +324,7 @@ def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
     """
     wait = math.ceil(settings.AXES_COOLOFF_TIME.total_seconds())
     detail = f"Too many failed logins for this account or from your address. Try again in {wait} s."
-    address = client_address(request)
+    address = client_network(request)
     logger.warning("refused login at %s from %s: locked out", request.path, address)
     return _too_many_requests(detail, wait)
 

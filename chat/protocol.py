@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 # Close code for a client that keeps sending after being rate limited, or pings faster
 # than CHAT_PING_BURST and CHAT_PING_PER_SECOND allow (429 echoes HTTP's).
 CLOSE_FLOODING = 4429
+# Close code for a socket over a cap of open sockets (CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON,
+# CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS), right after the handshake, with the cap in its
+# reason: close another tab, or reconnect with backoff (4429's neighbour: too many).
+CLOSE_TOO_MANY_SOCKETS = 4430
 # Close code for a client that does not read: more than CHAT_SEND_BACKLOG_LIMIT_BYTES waits
 # unsent for it; it reconnects and catches up with ?after= (408 echoes HTTP's timeout).
 CLOSE_TOO_SLOW = 4408

@@ -36,7 +36,7 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from . import loops, pipeline, presence, sides
+from . import limits, loops, pipeline, presence, sides
 from .delivery import RoomDelivery
 from .models import Room
 from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
@@ -52,6 +52,7 @@ class LocalSocket(Protocol):
     room_group_name: str
     joined_groups: tuple[str, ...]
     presence_member: str
+    open_slots: tuple[str, ...]
     delivery: RoomDelivery
 
 
@@ -111,6 +112,8 @@ class _Upkeep:
         self.to_leave: list[tuple[str, str]] = []
         self.recording: asyncio.Task | None = None
         self.to_announce: set[str] = set()
+        # Sockets that closed, to take out of the caps of open sockets (chat.limits).
+        self.to_release: list[tuple[tuple[str, ...], str]] = []
         self.announcements_waiting = asyncio.Event()
         self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
         self.run_ids: tuple[str, ...] | None = None
@@ -133,6 +136,8 @@ class _Upkeep:
         if self.sockets.pop(socket.channel_name, None) is not None:
             self.to_leave.append((socket.room_group_name, socket.presence_member))
             self.record_soon()
+        if socket.open_slots:
+            self.to_release.append((socket.open_slots, socket.channel_name))
         self.announce(socket.room_group_name)
 
     @sides.on_loop
@@ -198,6 +203,12 @@ class _Upkeep:
         await self._recorded()
         groups = sorted(self.to_announce)
         self.to_announce.clear()
+        releases, self.to_release = self.to_release, []
+        try:
+            await limits.release_open_slots(self._client(), releases)
+        except Exception as error:
+            # Their entries expire unrefreshed (CHAT_PRESENCE_TTL_SECONDS).
+            logger.warning("%d closed sockets still counted: %r", len(releases), error)
         try:
             events = await presence.apply(self._client(), [], [], groups)
         except Exception as error:
@@ -232,6 +243,11 @@ class _Upkeep:
                 self.announce(group)
         except Exception as error:
             logger.warning("upkeep: presence not refreshed: %r", error)
+        try:
+            held = [(s.open_slots, s.channel_name) for s in self.sockets.values() if s.open_slots]
+            await limits.refresh_open_slots(self._client(), held)
+        except Exception as error:
+            logger.warning("upkeep: open sockets not refreshed: %r", error)
         try:
             resynced += await self._resync_lagging()
         except Exception as error:

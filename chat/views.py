@@ -156,6 +156,8 @@ def room_list(request):
     Each with its last message's id and time, the people online and, for a logged-in
     user, their read position: the page counts unread as last_id - read position.
     """
+    if refused := limits.http_refusal(limits.ROOM_LIST, request):
+        return refused
     named = request.GET.getlist("room")
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
         return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
@@ -163,17 +165,13 @@ def room_list(request):
         named = [rooms.normalize_room_name(name) for name in named]
     except rooms.InvalidRoomName as refusal:
         return _json_error(400, "invalid_room_name", str(refusal))
-    # ?online=0 (the sidebar, which shows no presence): the list's version is known from
-    # two aggregate queries, so a tab whose list has not changed gets a 304 without the
-    # list being built; with presence, whose changes no query sees, the ETag is the body's.
+    # ?online=0: the sidebar, which shows no presence. The ETag is the body's: the list is
+    # a few index lookups whatever the number of rooms (activity.recent_rooms), where a
+    # version of every room (a sum over them all) took 31 ms at 300,000 rooms, 304 or not.
     online = request.GET.get("online") != "0"
-    etag = None if online else f'"{activity.list_version(request.user, named)}"'
-    if etag is not None and (unchanged := get_conditional_response(request, etag=etag)):
-        return _private(unchanged, etag)
     room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, named, request.user)
     response = JsonResponse({"rooms": activity.summaries(room_list, request.user, online)})
-    if etag is None:
-        etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
+    etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
     conditional = get_conditional_response(request, etag=etag, response=response)
     return _private(conditional or response, etag)
 
@@ -204,11 +202,15 @@ def mark_read(request, room_name):
         return _json_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
         )
+    if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
+        return refused
     try:
         up_to = protocol.parse_seq(request.POST.get("up_to", ""))
     except ValueError as refusal:
         return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
     position = activity.mark_read(request.user, room_name, up_to)
+    if position is None:
+        return _json_error(404, "no_such_room", "This room has no messages: nothing to read.")
     return JsonResponse({"room": room_name, "read_up_to": position})
 
 

@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chat.limits import HandshakeLimitMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from mysite.origins import StrictOriginValidator  # noqa: E402
 from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
@@ -22,8 +23,9 @@ application = TrustedProxyMiddleware(
             "http": django_asgi_app,
             # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
             # only, so another port or scheme on this host could chat as the logged-in user.
+            # The new-socket limit before the session is loaded: a refusal costs no query.
             "websocket": StrictOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                HandshakeLimitMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
             ),
         }
     )

@@ -360,11 +360,26 @@ CHAT_TYPING_THROTTLE_SECONDS = 2.0
 # moving window. Each one can be set from the environment, so a load test from one address
 # can lift them. Several people behind one address (an office's NAT) share the
 # per-address ones: raise those for such a crowd.
+# What "an address" is for every per-address limit (and the login lockout): an IPv4
+# address, or the IPv6 network of this prefix length. ISPs and clouds give one customer a
+# whole /64 (RFC 6177), whose 2**64 addresses it may use as it likes: a /64 is one client.
+CHAT_IPV6_PREFIX_LENGTH = int(os.environ.get("CHAT_IPV6_PREFIX_LENGTH", "64"))
+if not 1 <= CHAT_IPV6_PREFIX_LENGTH <= 128:
+    raise ImproperlyConfigured("CHAT_IPV6_PREFIX_LENGTH must be between 1 and 128")
 # New WebSockets per client address: a page opens one and reconnects with backoff, and a
 # person has a few tabs; a whole office reloading at once stays under 120 a minute, while
 # a script opening 2,000 in 9 s is cut off at 120. Refused at the handshake (403).
 CHAT_LIMIT_SOCKETS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
-# Messages per user or guest session over all its sockets and processes: nobody types
+# Sockets open at once, over every process: per account or guest session (a person has a
+# few tabs; a page holds one socket), and per address (an office behind one NAT, a few
+# tabs each). New sockets per minute alone let one address hold 360 sockets in three
+# minutes, each listed in its room. Over either cap, a new socket is closed with 4430.
+CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = int(os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON", "20"))
+CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = int(
+    os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS", "100")
+)
+# Messages per account over all its sockets and processes, and per address for guests
+# (all guests of one address share it: guest sessions cost nothing to make): nobody types
 # 3 messages a second for 10 s, and a burst of 30 lets a pasted conversation through;
 # 100 sockets storing 11,604 messages in 10 s would have stored 30.
 CHAT_LIMIT_MESSAGES_PER_PERSON = os.environ.get("CHAT_LIMIT_MESSAGES_PER_PERSON", "30/10seconds")
@@ -384,6 +399,15 @@ CHAT_LIMIT_SIGNUPS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SIGNUPS_PER_ADDRESS"
 # script paging through a room gets a page a second (60 x 500 messages a minute), not
 # 200 pages in 4.8 s.
 CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
+# GET /api/rooms/ per address: a tab's sidebar asks every 5 s (12 a minute), and an office
+# behind one address has many tabs open; 16 clients asking as fast as they could tripled
+# everyone else's latency.
+CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = os.environ.get("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "600/minute")
+# POST /api/rooms/<room>/read/ per account: a page reports once a second at most while its
+# room is busy; 133 reports a second from one account each took SQLite's write lock.
+CHAT_LIMIT_READ_REPORTS_PER_PERSON = os.environ.get(
+    "CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute"
+)
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis
@@ -397,7 +421,8 @@ AXES_COOLOFF_TIME = timedelta(seconds=int(os.environ.get("CHAT_LOGIN_COOLOFF_SEC
 # guesser who logs in to an account of their own now and then would never be locked out.
 # Failures are forgotten AXES_COOLOFF_TIME after the last one instead.
 AXES_RESET_ON_SUCCESS = False
-AXES_CLIENT_IP_CALLABLE = "chat.limits.client_address"
+# Per address as every other limit counts: an IPv6 client's whole network (chat.limits).
+AXES_CLIENT_IP_CALLABLE = "chat.limits.client_network"
 AXES_LOCKOUT_CALLABLE = "chat.limits.login_lockout_response"
 # Failures are what it needs; a row per successful login would only grow.
 AXES_DISABLE_ACCESS_LOG = True

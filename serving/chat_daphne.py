@@ -39,6 +39,8 @@ and 500 header lines: 400).
 import asyncio
 import logging
 import os
+import re
+import socket
 
 from asgiref.sync import SyncToAsync
 from daphne.cli import CommandLineInterface
@@ -46,7 +48,7 @@ from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, reactor
 from twisted.web import http
 
 from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
@@ -55,6 +57,9 @@ from chat.ratelimit import TokenBucket
 logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+
+# The endpoint daphne's --fd makes (daphne.endpoints): adopted here instead (ChatDaphneServer).
+FD_ENDPOINT = re.compile(r"fd:fileno=(\d+)")
 
 # A refused HTTP client has this long to stop sending and read the answer, before the
 # connection is cut: closing a socket with unread bytes in it resets the connection, and
@@ -271,6 +276,15 @@ class BoundedHTTPFactory(HTTPFactory):
         return protocol
 
 
+def socket_family(fd: int) -> socket.AddressFamily:
+    """The address family of the socket `fd`, which stays open."""
+    probe = socket.socket(fileno=fd)  # Python reads the family from the descriptor
+    try:
+        return probe.family
+    finally:
+        probe.detach()
+
+
 class ChatDaphneServer(Server):
     """Daphne's server with bounded WebSockets and HTTP requests, and a shutdown that waits."""
 
@@ -300,6 +314,16 @@ class ChatDaphneServer(Server):
         # Server.run() makes the factory itself and offers no hook, so catch the assignment.
         factory.protocol = BacklogBoundedProtocol
         self._ws_factory = factory
+
+    def adopt_listening_socket(self, fd: int):
+        """Serve on the listening socket `fd`, with the address family it really has."""
+        family = socket_family(fd)
+        logger.info("Configuring endpoint fd:fileno=%d (%s)", fd, family.name)
+        listener = endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
+        listening = listener.listen(self.http_factory)
+        listening.addCallback(self.listen_success)
+        listening.addErrback(self.listen_error)
+        self.listeners.append(listening)
 
     def kill_all_applications(self):
         """Before the reactor stops: cancel every application, then let their handlers finish."""
@@ -343,6 +367,14 @@ class ChatDaphneServer(Server):
             )
 
     def run(self):
+        # Daphne's fd: endpoint adopts every socket as IPv4 (its plugin's default domain,
+        # which an endpoint string cannot change), so Twisted reads an IPv6 peer's address
+        # as an IPv4 one: garbage, a new "client" for every connection. Adopt each with its
+        # own family, once the reactor runs (Server.run makes the factory first).
+        fds = [int(match[1]) for e in self.endpoints if (match := FD_ENDPOINT.fullmatch(e))]
+        self.endpoints = [e for e in self.endpoints if not FD_ENDPOINT.fullmatch(e)]
+        for fd in fds:
+            reactor.callWhenRunning(self.adopt_listening_socket, fd)
         super().run()
         if not self.drained:
             # Its thread waits for an event loop that has stopped, and the interpreter

@@ -867,6 +867,7 @@ async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
     # third of the sockets were closed with 4503 as they connected.
     settings.CHANNEL_LAYERS = redis_channel_layers(redis_channel_layer.url, layer)
     settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = f"{BURST_SOCKETS}/minute"  # all from one address
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = BURST_SOCKETS
     group = rooms.group_name("burst")
     sockets = [communicator("burst") for _ in range(BURST_SOCKETS)]
     try:

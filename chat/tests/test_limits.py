@@ -1,19 +1,31 @@
 """Limits per person, shared by all processes (chat.limits), and failed logins (django-axes)."""
 
+import asyncio
 import json
 import logging
 import re
+import time
 import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
 import websocket
+import websockets
+from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from chat import limits
-from chat.tests.conftest import communicator, next_frame, session_cookie_for
+from chat.consumers import ChatConsumer
+from chat.protocol import CLOSE_TOO_MANY_SOCKETS
+from chat.tests.conftest import (
+    communicator,
+    frames_within,
+    logged_in_session_values,
+    next_frame,
+    session_cookie_for,
+)
 
 pytestmark = pytest.mark.usefixtures("limits_count_from_zero")
 
@@ -63,40 +75,114 @@ def test_the_client_address_is_remote_addr_or_the_scopes_client():
     assert limits.client_address({"client": None}) == limits.UNKNOWN_ADDRESS
 
 
+@pytest.mark.parametrize(
+    ("address", "prefix", "network"),
+    [
+        ("203.0.113.7", 64, "203.0.113.7"),
+        ("::ffff:203.0.113.7", 64, "203.0.113.7"),  # an IPv4 client of a dual-stack socket
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 128, "2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+        (None, 64, limits.UNKNOWN_ADDRESS),
+    ],
+)
+def test_the_client_network_is_an_ipv4_address_or_an_ipv6_network(
+    settings, address, prefix, network
+):
+    settings.CHAT_IPV6_PREFIX_LENGTH = prefix
+    assert limits.client_network({"client": [address, 1234] if address else None}) == network
+    assert limits.client_network(RequestFactory().get("/", REMOTE_ADDR=address or "")) == network
+
+
+# Five addresses of one IPv6 /64, and one of the /64 next to it.
+SAME_64 = [f"2001:db8:1:2::{n:x}" for n in range(1, 6)]
+NEXT_64 = "2001:db8:1:3::1"
+
+
+async def test_sockets_from_addresses_of_one_ipv6_64_share_its_socket_limit(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    opened = [await _joined(SAME_64[0]), await _joined(SAME_64[1])]
+    refused = _from(SAME_64[2])
+    assert (await refused.connect())[0] is False
+    opened.append(await _joined(NEXT_64))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+@pytest.mark.django_db
+def test_requests_from_addresses_of_one_ipv6_64_share_its_http_limits(settings):
+    settings.CHAT_LIMIT_API_PER_ADDRESS = "3/minute"
+    settings.CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = "1/hour"
+    for address in SAME_64[:3]:
+        assert Client(REMOTE_ADDR=address).get("/chat/lobby/messages/").status_code == 200
+    _assert_too_many_requests(Client(REMOTE_ADDR=SAME_64[3]).get("/chat/lobby/messages/"))
+    assert Client(REMOTE_ADDR=SAME_64[0]).get("/chat/lobby/").status_code == 200
+    _assert_too_many_requests(Client(REMOTE_ADDR=SAME_64[4]).get("/chat/lobby/"))
+    assert Client(REMOTE_ADDR=NEXT_64).get("/chat/lobby/messages/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_failed_logins_from_addresses_of_one_ipv6_64_lock_it_out(settings, django_user_model):
+    settings.AXES_FAILURE_LIMIT = 3
+    django_user_model.objects.create_user("bob", password=PASSWORD)
+    for number, username in enumerate(("x1", "x2")):
+        assert _log_in("/accounts/login/", username, "wrong", SAME_64[number])[0].status_code == 200
+    _assert_too_many_requests(_log_in("/accounts/login/", "x3", "wrong", SAME_64[2])[0])
+    _assert_too_many_requests(_log_in("/accounts/login/", "bob", PASSWORD, SAME_64[3])[0])
+    assert _log_in("/accounts/login/", "bob", PASSWORD, NEXT_64)[0].status_code == 302
+
+
 # --- WebSocket ---------------------------------------------------------------------------
 
 
 async def test_sockets_past_the_limit_per_address_are_refused_at_the_handshake(
-    redis_channel_layer, transactional_db, settings, caplog
+    redis_channel_layer, transactional_db, settings, caplog, monkeypatch
 ):
     settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    built, build = [], ChatConsumer.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(self)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChatConsumer, "__init__", counted)
     opened = [await _joined(ADDRESS), await _joined(ADDRESS)]
-    refused = _from(ADDRESS)
-    connected, _ = await refused.connect()
-    assert not connected  # closed before accept: daphne answers the handshake with 403
-    assert len(_refusal_lines(caplog, ADDRESS)) == 1
+    refused = [_from(ADDRESS) for _ in range(5)]
+    for socket in refused:
+        connected, _ = await socket.connect()
+        assert not connected  # closed before accept: daphne answers the handshake with 403
+    assert len(built) == 2  # no consumer for a refused handshake
+    assert len(_refusal_lines(caplog, ADDRESS)) == 1  # one line for the burst
     opened.append(await _joined(OTHER_ADDRESS))
-    for socket in (*opened, refused):  # its consumer runs on after the refusal, until told
+    for socket in opened:
         await socket.disconnect()
 
 
-async def test_messages_per_guest_session_are_counted_across_all_its_sockets(
-    redis_channel_layer, transactional_db, settings
+async def test_guests_of_one_address_share_its_message_budget_whatever_their_sessions(
+    redis_channel_layer, transactional_db, settings, django_user_model
 ):
     settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "3/minute"
-    cookie = await session_cookie_for(display_name="mallory")
-    first = await _joined(ADDRESS, headers=[cookie])
-    second = await _joined(ADDRESS, headers=[cookie])
-    other = await _joined(ADDRESS, headers=[await session_cookie_for(display_name="olive")])
-    assert "error" not in await _send(first, "one")
-    assert "error" not in await _send(second, "two")
-    assert "error" not in await _send(first, "three")
-    refused = await _send(second, "four")
+    guests = [
+        await _joined(ADDRESS, headers=[await session_cookie_for(display_name=f"guest{n}")])
+        for n in range(3)
+    ]
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    user = await _joined(
+        ADDRESS, headers=[await session_cookie_for(**logged_in_session_values(alice))]
+    )
+    for number, guest in enumerate(guests):
+        assert "error" not in await _send(guest, f"guest {number}")
+    refused = await _send(guests[0], "a fourth guest message")
     assert refused["error"]["code"] == "rate_limited"
-    assert refused["error"]["client_id"] == "four"  # the send it refuses
+    assert refused["error"]["client_id"] == "a-fourth-guest-message"  # the send it refuses
     assert "Try again in" in refused["error"]["detail"]
-    assert "error" not in await _send(other, "another person, same address")
-    for socket in (first, second, other):
+    fresh = await _joined(ADDRESS, headers=[await session_cookie_for(display_name="fresh")])
+    assert (await _send(fresh, "a new session"))["error"]["code"] == "rate_limited"
+    assert "error" not in await _send(user, "a user counts per account")
+    assert "error" not in await _send(await _joined(OTHER_ADDRESS), "another address")
+    for socket in (*guests, user, fresh):
         await socket.disconnect()
 
 
@@ -131,6 +217,134 @@ async def test_new_rooms_past_the_limit_per_address_are_refused_and_old_rooms_st
     assert "error" not in await _send(elsewhere, "first in new-3")
     for socket in (*sockets, again, elsewhere):
         await socket.disconnect()
+
+
+async def test_typing_counts_per_person_over_all_their_sockets(
+    redis_channel_layer, transactional_db, settings, django_user_model
+):
+    settings.CHAT_TYPING_THROTTLE_SECONDS = 60
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    cookie = await session_cookie_for(**logged_in_session_values(alice))
+    users = [await _joined(OTHER_ADDRESS, headers=[cookie]) for _ in range(3)]
+    guests = [
+        await _joined(ADDRESS, headers=[await session_cookie_for(display_name=f"guest{n}")])
+        for n in range(3)
+    ]
+    watcher = await _joined("192.0.2.1")
+    for socket in (*users, *guests):
+        await socket.send_json_to({"typing": True})
+    typers = sorted([(await next_frame(watcher))["typing"]["user"] for _ in range(2)])
+    assert typers[0] == "alice" and typers[1].startswith("guest")  # one guest of three
+    assert [frame for frame in await frames_within(watcher) if "typing" in frame] == []
+    for socket in (*users, *guests, watcher):
+        await socket.disconnect()
+
+
+async def _refused_for_open_sockets(socket) -> str:
+    """The socket is accepted, then closed with 4430 at once: the close's reason."""
+    assert (await socket.connect())[0]  # accepted, so that the code and reason reach it
+    close = await socket.receive_output(timeout=2)
+    assert close["type"] == "websocket.close" and close["code"] == CLOSE_TOO_MANY_SOCKETS
+    return close["reason"]
+
+
+async def _joined_once_a_slot_frees(address: str, headers=()):
+    """A socket opened as soon as a slot is free: closing one frees its slot shortly after."""
+    for _ in range(SLOT_FREED_TRIES):
+        socket = _from(address, headers=headers)
+        assert (await socket.connect())[0]
+        if await socket.receive_nothing(timeout=0.05) or "text" in await socket.receive_output():
+            return socket
+        await socket.disconnect()
+    pytest.fail(f"no slot freed after {SLOT_FREED_TRIES} tries")
+
+
+SLOT_FREED_TRIES = 100
+
+
+async def test_open_sockets_past_the_cap_per_person_are_closed_with_4430_till_one_closes(
+    redis_channel_layer, transactional_db, settings, django_user_model
+):
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = 2
+    alice = await database_sync_to_async(django_user_model.objects.create_user)("alice")
+    bob = await database_sync_to_async(django_user_model.objects.create_user)("bob")
+    alices = [await session_cookie_for(**logged_in_session_values(alice)) for _ in range(3)]
+    opened = [
+        await _joined(ADDRESS, headers=[alices[0]]),
+        await _joined(ADDRESS, headers=[alices[1]]),
+    ]
+    refused = _from(ADDRESS, headers=[alices[2]])  # another session of alice's, as well
+    assert "at most 2" in await _refused_for_open_sockets(refused)
+    opened.append(
+        await _joined(ADDRESS, headers=[await session_cookie_for(**logged_in_session_values(bob))])
+    )
+    await opened.pop(0).disconnect()
+    opened.append(await _joined_once_a_slot_frees(ADDRESS, headers=[alices[2]]))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+async def test_open_sockets_past_the_cap_per_address_network_are_closed_with_4430(
+    redis_channel_layer, transactional_db, settings
+):
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = 2
+    opened = [await _joined(SAME_64[0]), await _joined(SAME_64[1])]  # two guests, no session
+    refused = _from(SAME_64[2])
+    assert "from your address" in await _refused_for_open_sockets(refused)
+    opened.append(await _joined(NEXT_64))
+    for socket in (*opened, refused):
+        await socket.disconnect()
+
+
+async def test_open_sockets_are_capped_across_processes_and_a_killed_ones_stop_counting(
+    start_chat_server,
+):
+    env = {
+        "CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS": "3",
+        "CHAT_LIMIT_SOCKETS_PER_ADDRESS": "100000/minute",  # the tries below are many
+        "CHAT_PRESENCE_TTL_SECONDS": str(KILLED_SOCKETS_TTL_SECONDS),
+        "CHAT_PRESENCE_REFRESH_SECONDS": "0.5",
+    }
+    first, second = start_chat_server(**env), start_chat_server(**env)
+
+    async def open_socket(server):
+        url = server.url.replace("http://", "ws://") + "/ws/chat/lobby/"
+        return await websockets.connect(url, origin=server.url, ping_interval=None)
+
+    async def refused(socket) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                while "presence" not in json.loads(await socket.recv()):
+                    pass  # the history, then its own presence: it is in
+            return False
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd.code == CLOSE_TOO_MANY_SOCKETS
+            return True
+
+    async def open_once_counted_out(server):
+        deadline = time.monotonic() + KILLED_SOCKETS_TTL_SECONDS + 10
+        while time.monotonic() < deadline:
+            socket = await open_socket(server)
+            if not await refused(socket):
+                return socket
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)  # a poll for the state, not a guess
+        pytest.fail("the closed or killed sockets still count")
+
+    sockets = [await open_socket(server) for server in (first, first, second)]
+    assert [await refused(socket) for socket in sockets] == [False] * 3
+    assert await refused(await open_socket(second))  # three open already, over two processes
+    await sockets.pop(0).close()
+    sockets.append(await open_once_counted_out(second))  # its slot freed on close
+    first.kill()  # its socket is never released: it stops counting once unrefreshed
+    assert await refused(await open_socket(second))
+    sockets.append(await open_once_counted_out(second))
+    for socket in sockets:
+        await socket.close()
+
+
+# Short, so that a killed process's sockets stop counting within the test.
+KILLED_SOCKETS_TTL_SECONDS = 4
+RETRY_PAUSE_SECONDS = 0.1
 
 
 def test_a_persons_message_limit_is_shared_by_sockets_on_different_processes(

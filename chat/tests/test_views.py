@@ -11,8 +11,10 @@ import redis.asyncio
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
 from django.template.loader import render_to_string
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import identity, presence, rooms, services
@@ -702,7 +704,7 @@ def test_room_list_reads_who_is_online_in_one_redis_round_trip(
     client.get("/api/rooms/")
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
     assert len(client.get("/api/rooms/").json()["rooms"]) == 3
-    assert len(round_trips) == 1
+    assert len(round_trips) == 2  # the per-address limit's, and presence's
 
 
 def test_room_list_adds_the_rooms_the_page_names_beyond_the_most_active(
@@ -734,8 +736,8 @@ def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
     ]  # fmt: skip
     etag = first["ETag"]
 
-    monkeypatch.setattr(presence, "snapshots", None)  # a 304 reads no presence, nor the list
-    with django_assert_max_num_queries(4):  # the session, its user, and two aggregates
+    monkeypatch.setattr(presence, "snapshots", None)  # the sidebar's list reads no presence
+    with django_assert_max_num_queries(6):  # the session, its user, and the list's 4 lookups
         unchanged = sidebar(HTTP_IF_NONE_MATCH=etag)
     assert (unchanged.status_code, unchanged["ETag"], unchanged.content) == (304, etag, b"")
     monkeypatch.undo()
@@ -750,6 +752,32 @@ def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
     assert after_a_read.status_code == 200
     assert after_a_read.json()["rooms"][0]["read_up_to"] == 3
     assert sidebar(HTTP_IF_NONE_MATCH=after_a_read["ETag"]).status_code == 304
+
+
+# A full scan of a table in SQLite's query plan: "SCAN chat_room", with no index named.
+FULL_SCAN = re.compile(r"SCAN (chat_\w+)$")
+
+
+def test_the_sidebars_room_list_and_its_304_read_no_table_whole(
+    client, django_user_model, redis_channel_layer
+):
+    if connection.vendor != "sqlite":
+        pytest.skip("reads SQLite's query plans (EXPLAIN QUERY PLAN)")
+    alice = django_user_model.objects.create_user("alice")
+    client.force_login(alice)
+    _chat("lobby", "one", "two")
+    ReadPosition.objects.create(user=alice, room_name="lobby", last_read_id=1)
+    sidebar = functools.partial(client.get, "/api/rooms/", {"online": "0", "room": "lobby"})
+    with CaptureQueriesContext(connection) as queries:
+        etag = sidebar()["ETag"]
+        assert sidebar(HTTP_IF_NONE_MATCH=etag).status_code == 304
+    with connection.cursor() as cursor:
+        plans = [
+            (query["sql"], detail)
+            for query in queries
+            for *_, detail in cursor.execute(f"EXPLAIN QUERY PLAN {query['sql']}").fetchall()
+        ]
+    assert [(sql, detail) for sql, detail in plans if FULL_SCAN.search(detail)] == []
 
 
 def test_the_room_list_with_presence_answers_304_to_the_etag_of_the_same_body(
@@ -795,6 +823,47 @@ def test_the_rooms_a_user_has_read_are_listed_for_them_on_every_device(
     ]
 
 
+def test_a_read_position_in_a_room_that_does_not_exist_is_refused_with_404_and_no_row(
+    client, django_user_model
+):
+    client.force_login(django_user_model.objects.create_user("alice"))
+    response = client.post("/api/rooms/no-such-room/read/", {"up_to": "5"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "no_such_room"
+    assert not ReadPosition.objects.exists()
+
+
+def test_read_positions_past_the_limit_per_account_get_429_from_any_address(
+    django_user_model, settings
+):
+    settings.CHAT_LIMIT_READ_REPORTS_PER_PERSON = "2/minute"
+    alice = django_user_model.objects.create_user("alice")
+    _chat("lobby", "one", "two", "three")
+
+    def report(up_to: int, address: str, user=alice):
+        client = Client(REMOTE_ADDR=address)
+        client.force_login(user)
+        return client.post("/api/rooms/lobby/read/", {"up_to": str(up_to)})
+
+    assert report(1, "203.0.113.1").status_code == 200
+    assert report(2, "203.0.113.2").status_code == 200
+    refused = report(3, "203.0.113.3")
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert ReadPosition.objects.get(user=alice).last_read_id == 2
+    bob = django_user_model.objects.create_user("bob")
+    assert report(3, "203.0.113.3", bob).status_code == 200
+
+
+def test_room_list_requests_past_the_limit_per_address_get_429(settings, redis_channel_layer):
+    settings.CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = "2/minute"
+    tab = Client(REMOTE_ADDR="203.0.113.1")
+    assert tab.get("/api/rooms/").status_code == 200
+    assert tab.get("/api/rooms/", {"online": "0"}).status_code == 200
+    refused = tab.get("/api/rooms/", {"online": "0"})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert Client(REMOTE_ADDR="203.0.113.2").get("/api/rooms/").status_code == 200
+
+
 def test_a_guests_read_position_is_not_kept_on_the_server(client):
     response = client.post("/api/rooms/lobby/read/", {"up_to": "1"})
     assert response.status_code == 403
@@ -834,6 +903,7 @@ def test_a_read_position_from_a_page_of_another_sign_in_is_refused_with_409(
 def test_marking_read_needs_the_csrf_token(django_user_model):
     client = Client(enforce_csrf_checks=True)
     client.force_login(django_user_model.objects.create_user("alice"))
+    _chat("lobby", "one")
     assert client.post("/api/rooms/lobby/read/", {"up_to": "1"}).status_code == 403
     client.get("/chat/lobby/")
     token = client.cookies[settings.CSRF_COOKIE_NAME].value

@@ -23,8 +23,10 @@ from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
 from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
-from conftest import ROOT
+from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
 from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
+from serving.embedded_redis import free_port
+from serving.processes import stop_processes, wait_for_http
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
 SEEDED_MESSAGES = 1500
@@ -358,3 +360,134 @@ def test_the_server_starts_before_django_is_set_up():
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+# --- Client addresses, from every bind ---------------------------------------------------
+
+# Production settings, over plain HTTP on a test address; the full address in the refusal
+# line (no /64 grouping), and two requests to the rate-limited endpoint a minute.
+ADDRESS_SERVER_ENV = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "test-only-" + "k" * 50,
+    "DJANGO_ALLOWED_HOSTS": "*",
+    "DJANGO_SECURE_SSL_REDIRECT": "false",
+    "CHAT_IPV6_PREFIX_LENGTH": "128",
+    "CHAT_LIMIT_API_PER_ADDRESS": "2/minute",
+}
+REQUESTS_PAST_THE_LIMIT = 3
+# A client that a namespace's new link has not carried yet retries for this long.
+CLIENT_CONNECT_SECONDS = 10
+# Three requests on fresh connections; prints each status. Run in a network namespace too.
+CLIENT_SCRIPT = """
+import sys, time, urllib.error, urllib.request
+url, statuses, deadline = sys.argv[1], [], time.monotonic() + float(sys.argv[2])
+headers = {"X-Forwarded-For": sys.argv[4]} if len(sys.argv) > 4 else {}
+while len(statuses) < int(sys.argv[3]):
+    try:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            statuses.append(response.status)
+    except urllib.error.HTTPError as error:
+        statuses.append(error.code)
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+print(*statuses)
+"""
+
+
+@pytest.fixture
+def serve_on(redis_server, migrated_database, tmp_path):
+    """Start serving.supervisor on a bind; returns its base URL and its log file."""
+    started = []
+
+    def _serve(host: str, url_host: str, **extra_env: str) -> tuple[str, Path]:
+        env = server_environment(
+            redis_server.url, migrated_database, **ADDRESS_SERVER_ENV, **extra_env
+        )
+        port, log = free_port(), tmp_path / f"serve-{len(started)}.log"
+        command = [sys.executable, "-m", "serving.supervisor", "--processes", "1", "--bind"]
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [*command, f"{host}:{port}"], cwd=ROOT, env=env, stderr=output, stdout=output
+            )
+        started.append(process)
+        url = f"http://{url_host}:{port}"
+        wait_for_http(f"{url}/chat/", process, SERVER_READY_TIMEOUT_SECONDS)
+        return url, log
+
+    yield _serve
+    stop_processes(started, timeout=30)
+
+
+def requests_past_the_limit(
+    url: str, namespace: str | None = None, forwarded_for: str | None = None
+) -> list[int]:
+    """The statuses of REQUESTS_PAST_THE_LIMIT requests to the rate-limited endpoint."""
+    command = [sys.executable, "-c", CLIENT_SCRIPT, f"{url}/chat/lobby/messages/"]
+    command += [str(CLIENT_CONNECT_SECONDS), str(REQUESTS_PAST_THE_LIMIT)]
+    command += [forwarded_for] if forwarded_for else []
+    if namespace is not None:
+        command = ["ip", "netns", "exec", namespace, *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    return [int(status) for status in result.stdout.split()]
+
+
+def assert_seen_as(url: str, log: Path, address: str, namespace: str | None = None):
+    """Requests from `address` share its limit, and the server names that address."""
+    assert requests_past_the_limit(url, namespace) == [200, 200, 429]
+    assert f"refused GET /chat/lobby/messages/ from {address}: " in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("bind", "url_host", "client"),
+    [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ("[::1]", "[::1]", "::1"),
+        ("[::]", "[::1]", "::1"),  # dual stack, an IPv6 client
+        ("[::]", "127.0.0.1", "127.0.0.1"),  # dual stack, an IPv4 client (::ffff:127.0.0.1)
+    ],
+)
+def test_every_bind_sees_the_clients_own_address(serve_on, bind, url_host, client):
+    url, log = serve_on(bind, url_host)
+    assert_seen_as(url, log, client)
+
+
+def test_a_proxy_on_a_dual_stack_bind_is_trusted_and_names_the_client(serve_on):
+    # nginx on this host, reaching the server over IPv4 (::ffff:127.0.0.1 on [::]).
+    url, log = serve_on("[::]", "127.0.0.1", CHAT_TRUSTED_PROXIES="127.0.0.1")
+    assert requests_past_the_limit(url, forwarded_for="2001:db8::5") == [200, 200, 429]
+    assert "refused GET /chat/lobby/messages/ from 2001:db8::5: " in log.read_text()
+
+
+# A network of the test's own: a namespace holding a client, joined to this host by a
+# veth pair (unique local addresses, no duplicate address detection to wait for).
+NAMESPACE_NETWORK = "fd00:c4a7:1:2"
+
+
+@pytest.fixture
+def namespace_client():
+    """A network namespace whose address is NAMESPACE_NETWORK::2; this host is ::1 there."""
+    name = f"chat-test-{uuid.uuid4().hex[:8]}"
+    host_link, client_link = f"vh{name[-8:]}", f"vc{name[-8:]}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
+        pytest.skip("`ip netns add` is not permitted here: no non-loopback IPv6 to test with")
+    commands = [
+        f"ip link add {host_link} type veth peer name {client_link} netns {name}",
+        f"ip addr add {NAMESPACE_NETWORK}::1/64 dev {host_link} nodad",
+        f"ip link set {host_link} up",
+        f"ip -n {name} addr add {NAMESPACE_NETWORK}::2/64 dev {client_link} nodad",
+        f"ip -n {name} link set {client_link} up",
+    ]
+    try:
+        for command in commands:
+            subprocess.run(command.split(), check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)  # and its veth pair
+
+
+def test_a_non_loopback_ipv6_bind_sees_the_clients_own_address(serve_on, namespace_client):
+    url, log = serve_on(f"[{NAMESPACE_NETWORK}::1]", f"[{NAMESPACE_NETWORK}::1]")
+    assert_seen_as(url, log, f"{NAMESPACE_NETWORK}::2", namespace_client)

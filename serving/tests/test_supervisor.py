@@ -56,9 +56,12 @@ def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tup
 @pytest.fixture
 def served(redis_server, migrated_database):
     port = free_port()
-    # Every socket of the bursts below comes from 127.0.0.1: lift the per-address limit.
+    # Every socket of the bursts below comes from 127.0.0.1: lift the per-address limits.
     env = server_environment(
-        redis_server.url, migrated_database, CHAT_LIMIT_SOCKETS_PER_ADDRESS="100000/minute"
+        redis_server.url,
+        migrated_database,
+        CHAT_LIMIT_SOCKETS_PER_ADDRESS="100000/minute",
+        CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS="100000",
     )
     command = [sys.executable, "-m", "serving.supervisor", "--processes", "2", "--bind"]
     process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)

@@ -95,6 +95,7 @@
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
+        4430: 'Too many chat tabs or connections are open: close one.',
         4503: 'The chat server is having trouble.',
     };
 
