@@ -198,7 +198,7 @@ def chat_server(redis_server, migrated_database):
 
 
 @pytest.fixture
-def start_chat_server(redis_server, migrated_database):
+def start_chat_server(redis_server, limits_count_from_zero, migrated_database):
     """Start extra server processes on the same Redis and database; all stopped afterwards."""
     servers = []
 

@@ -398,7 +398,7 @@ print(*statuses)
 
 
 @pytest.fixture
-def serve_on(redis_server, migrated_database, tmp_path):
+def serve_on(redis_server, limits_count_from_zero, migrated_database, tmp_path):
     """Start serving.supervisor on a bind; returns its base URL and its log file."""
     started = []
 

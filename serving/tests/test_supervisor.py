@@ -54,7 +54,7 @@ def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tup
 
 
 @pytest.fixture
-def served(redis_server, migrated_database):
+def served(redis_server, limits_count_from_zero, migrated_database):
     port = free_port()
     # Every socket of the bursts below comes from 127.0.0.1: lift the per-address limits.
     env = server_environment(
