@@ -86,3 +86,10 @@ CONSOLE = "django.core.mail.backends.console.EmailBackend"
 def test_password_reset_is_routed_only_where_its_mail_can_be_sent(env, expected):
     result = manage("shell", "--no-imports", "-c", MAIL_AND_RESET, **env)
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_a_django_warning_is_printed_once_in_development():
+    """Django's own console handler and the root's would print each line twice."""
+    log_a_warning = "import logging; logging.getLogger('django.request').warning('Not Found: /x')"
+    result = manage("shell", "--no-imports", "-c", log_a_warning)
+    assert result.stderr.count("Not Found: /x") == 1, result.stderr

@@ -255,11 +255,12 @@ async def test_a_socket_is_closed_with_4000_when_its_lifetime_ends(start_chat_se
 
 def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
     """Not daphne's bare 1000 at 24 h: CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, with 4000."""
-    from daphne.management.commands.runserver import Command as RunserverCommand
+    from django.core.management import get_commands, load_command_class
 
     assert ChatDaphneServer(application=None, endpoints=["tcp:0"]).websocket_timeout == -1
     # serving.supervisor, the Dockerfile and docker-compose.yml run `python -m serving.chat_daphne`.
-    assert RunserverCommand.server_cls is ChatDaphneServer
+    assert get_commands()["runserver"] == "serving"
+    assert load_command_class("serving", "runserver").server_cls is ChatDaphneServer
 
 
 @pytest.fixture
