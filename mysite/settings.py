@@ -121,6 +121,12 @@ WSGI_APPLICATION = "mysite.wsgi.application"
 ASGI_APPLICATION = "mysite.asgi.application"
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# PostgreSQL connections per server process (Django's pool, below): the sync thread and
+# the HTTP requests running at once share them. 10 x a few processes stays well under
+# PostgreSQL's default max_connections of 100; more clients at once wait their turn.
+DATABASE_POOL_MAX_SIZE = 10
+# A request that waits this long for a pooled connection fails (500) rather than hang.
+DATABASE_POOL_TIMEOUT_SECONDS = 10.0
 # The databases this project has drivers for (psycopg; sqlite3 is in Python).
 DATABASE_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql")
 try:
@@ -149,6 +155,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
+    }
+else:
+    # Under ASGI every HTTP request runs in a thread of its own, and a kept connection
+    # (CONN_MAX_AGE) stays with its finished thread: 40 concurrent clients exhausted
+    # PostgreSQL (Django #33497). Django's pool for psycopg 3 bounds each process's
+    # connections instead; each request and socket handler returns its connection to it.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", DATABASE_POOL_MAX_SIZE, minimum=1),
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
     }
 
 # REDIS_URL may list several Redis servers, comma-separated: the channel layer shards its
