@@ -30,6 +30,8 @@ REQUIREMENT_FILES = {
     "manage": "requirements.txt",
     "serve": "requirements.txt",
 }
+# The exit status of a command line dev.py cannot read, as argparse's.
+USAGE_ERROR = 2
 # What each command runs inside the virtualenv, before its extra arguments ("test" lints first).
 COMMANDS = {
     "run": ["-m", "serving.devserver"],
@@ -68,7 +70,8 @@ def main(argv: list[str]) -> int:
         sys.exit("Python 3.11 or newer is needed.")
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
     if command not in REQUIREMENT_FILES:
-        sys.exit(__doc__)
+        print(f"dev.py: unknown command {command!r}\n{__doc__}", file=sys.stderr)
+        return USAGE_ERROR
     os.chdir(ROOT)
     ensure_virtualenv(REQUIREMENT_FILES[command])
     if command == "test":

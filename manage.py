@@ -6,10 +6,24 @@ import sys
 
 
 def main():
-    """Run administrative tasks."""
+    """Run administrative tasks; a Python without Django, or settings that cannot load, is
+    told so in one line."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
-    from django.core.management import execute_from_command_line
-
+    try:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+        from django.core.management import execute_from_command_line
+    except ImportError as error:
+        arguments = " ".join(sys.argv[1:]) or "help"
+        sys.exit(
+            f"manage.py: {error} in {sys.executable}: run python3 dev.py manage {arguments}"
+            f" (it installs the project into .venv first), or .venv/bin/python manage.py"
+            f" {arguments}."
+        )
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 (loads mysite.settings, which reads the environment)
+    except ImproperlyConfigured as error:
+        sys.exit(f"manage.py: {error}.")
     execute_from_command_line(sys.argv)
 
 

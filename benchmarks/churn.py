@@ -53,7 +53,7 @@ def configure_django(database_path: str, redis_url: str, layer: str, upstream: b
         CHAT_CHANNEL_LAYER=layer,
         DJANGO_SETTINGS_MODULE="mysite.settings",
         DJANGO_DEBUG="false",  # DEBUG keeps every query in memory, which RSS would count
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(),
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         # Quiet: the redis layer logs each message over its capacity, and a round has many.
         DJANGO_LOG_LEVEL="WARNING",
         CHAT_LOG_LEVEL="WARNING",

@@ -75,7 +75,7 @@ def configure_django(database_path: str) -> None:
     # DEBUG logs every query (on SQLite with an extra query to quote its parameters),
     # which would be timed too; production runs without it.
     os.environ["DJANGO_DEBUG"] = "false"
-    os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe()
+    os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
     django.setup()
 
 

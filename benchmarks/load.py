@@ -47,6 +47,9 @@ DRAIN_POLL_SECONDS = 0.5
 IDLE_ROOM_SIZE = 10
 MAX_FRAME_BYTES = 2**20
 APPLICATION = "mysite.asgi:application"
+# A run's plot is an artefact of that run: .run/ is ignored by git. A figure worth keeping
+# is committed deliberately, with --plot benchmarks/results/NAME.png.
+DEFAULT_PLOT_DIR = Path(".run/bench")
 REFERENCE_APPLICATION = "benchmarks.reference:application"
 
 
@@ -220,6 +223,11 @@ TABLE_COLUMNS = {
 }
 
 
+def median_p99_ms(rows: list[dict]) -> float:
+    """The steps' median p99, to 0.1 ms as every figure (the mean of two is not)."""
+    return round(statistics.median(row["p99_ms"] or 0 for row in rows), 1)
+
+
 def print_table(rows: list[dict]):
     print(" ".join(f"{title:>11}" for title in TABLE_COLUMNS))
     for row in rows:
@@ -332,7 +340,13 @@ def parse_args(argv: list[str]):
     parser.add_argument(
         "--soak", type=float, default=0, help="soak mode: seconds, at the first --rates rate"
     )
-    parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/load.png"))
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help=f"where the PNG goes (default {DEFAULT_PLOT_DIR}/load-LAYER.png, ignored by git;"
+        " the figures benchmarks/RESULTS.md shows are committed from benchmarks/results/)",
+    )
     parser.add_argument(
         "--reference",
         action="store_true",
@@ -341,6 +355,7 @@ def parse_args(argv: list[str]):
     )
     args = parser.parse_args(argv)
     args.rates = [float(rate) for rate in args.rates.split(",")]
+    args.plot = args.plot or DEFAULT_PLOT_DIR / f"load-{args.layer}.png"
     return args
 
 
@@ -385,7 +400,7 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"bench": "load-reference", **setup, "layer": "pubsub", **row}))
     plot(rows, args.plot, title + " layer")
     print(f"plot: {args.plot}")
-    print(f"median p99 over steps: {statistics.median(r['p99_ms'] or 0 for r in rows)} ms")
+    print(f"median p99 over steps: {median_p99_ms(rows)} ms")
     return 0
 
 

@@ -114,7 +114,11 @@ class PubSubLayer(_BoundedCalls, RedisPubSubChannelLayer):
     async def clean_channel(self, channel: str):
         """Forget a channel: its queue, its groups, and the subscriptions only it needed."""
         layer = self._get_layer()
-        unsubscribe = [channel] if layer.channels.pop(channel, None) is not None else []
+        layer.channels.pop(channel, None)
+        # Even when the layer forgot it: a receive that was cancelled forgets its channel
+        # first, then unsubscribes, and a second cancellation can cut that short. A channel
+        # no longer subscribed costs no round trip.
+        unsubscribe = [channel]
         for group_channel, members in list(layer.groups.items()):
             if channel in members:
                 members.discard(channel)

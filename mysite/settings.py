@@ -11,34 +11,32 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF
 from django.conf import global_settings
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 from chat.redis_clients import redis_urls
-from mysite.channel_layers import DEFAULT_GROUP_EXPIRY_SECONDS, DEFAULT_LAYER, redis_channel_layers
+from mysite.channel_layers import (
+    DEFAULT_GROUP_EXPIRY_SECONDS,
+    DEFAULT_LAYER,
+    LAYER_BACKENDS,
+    redis_channel_layers,
+)
+from mysite.environment import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_log_level,
+    env_rate,
+)
 from mysite.proxies import trusted_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_bool(name: str, default: bool) -> bool:
-    """Read a yes/no environment variable; unknown spellings are an error, not a guess."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a yes/no value")
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    """Read a comma-separated environment variable."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -48,15 +46,26 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is false")
     SECRET_KEY = "django-insecure-development-only-never-use-in-production"
+elif not DEBUG and (
+    len(SECRET_KEY) < SECRET_KEY_MIN_LENGTH
+    or len(set(SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+    or SECRET_KEY.startswith(SECRET_KEY_INSECURE_PREFIX)
+):
+    # A placeholder copied from a recipe ("...", "change-me") or a generated development
+    # key signs sessions anyone could forge: refuse it where Django's check only warns.
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY is a placeholder or a development key (at least"
+        f" {SECRET_KEY_MIN_LENGTH} random characters, not {SECRET_KEY_INSECURE_PREFIX}...):"
+        " make one with python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    # First, so that `manage.py runserver` is daphne's and serves WebSockets too.
-    "daphne",
-    # After daphne: installs serving.chat_daphne's server as runserver's (serving/apps.py).
+    # First: its `manage.py runserver` (daphne's, which serves WebSockets too) checks Redis.
     "serving",
+    "daphne",
     "chat",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -111,16 +120,34 @@ TEMPLATES = [
 WSGI_APPLICATION = "mysite.wsgi.application"
 ASGI_APPLICATION = "mysite.asgi.application"
 
-DATABASES = {
-    "default": dj_database_url.config(
-        env="DATABASE_URL",
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        # Keep connections: the sync consumer stores on one thread per process, and
-        # reconnecting to the database for every message costs more than the insert.
-        conn_max_age=600,
-        conn_health_checks=True,
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# PostgreSQL connections per server process (Django's pool, below): the sync thread and
+# the HTTP requests running at once share them. 10 x a few processes stays well under
+# PostgreSQL's default max_connections of 100; more clients at once wait their turn.
+DATABASE_POOL_MAX_SIZE = 10
+# A request that waits this long for a pooled connection fails (500) rather than hang.
+DATABASE_POOL_TIMEOUT_SECONDS = 10.0
+# The databases this project has drivers for (psycopg; sqlite3 is in Python).
+DATABASE_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql")
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            # Keep connections: the sync consumer stores on one thread per process, and
+            # reconnecting to the database for every message costs more than the insert.
+            conn_max_age=600,
+            conn_health_checks=True,
+        )
+    }
+except ValueError:  # dj_database_url's errors; not shown: they may quote a password
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not a database URL such as sqlite:///path/db.sqlite3"
+        " or postgres://user:password@host:5432/name"
+    ) from None
+if DATABASES["default"]["ENGINE"] not in DATABASE_ENGINES:
+    raise ImproperlyConfigured(
+        "DATABASE_URL must start with sqlite:// or postgres:// (no driver for the others)"
     )
-}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # Several server processes share one SQLite file: readers never block the writer
@@ -128,6 +155,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
+    }
+else:
+    # Under ASGI every HTTP request runs in a thread of its own, and a kept connection
+    # (CONN_MAX_AGE) stays with its finished thread: 40 concurrent clients exhausted
+    # PostgreSQL (Django #33497). Django's pool for psycopg 3 bounds each process's
+    # connections instead; each request and socket handler returns its connection to it.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", DATABASE_POOL_MAX_SIZE, minimum=1),
+        "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
     }
 
 # REDIS_URL may list several Redis servers, comma-separated: the channel layer shards its
@@ -138,11 +176,11 @@ REDIS_URL = REDIS_URLS[0]
 
 # CHAT_CHANNEL_LAYER: "pubsub" (RedisPubSubChannelLayer) or "redis" (the tutorial's
 # RedisChannelLayer); mysite.channel_layers says why pubsub is the default.
-CHAT_CHANNEL_LAYER = os.environ.get("CHAT_CHANNEL_LAYER", DEFAULT_LAYER)
+CHAT_CHANNEL_LAYER = env_choice("CHAT_CHANNEL_LAYER", DEFAULT_LAYER, sorted(LAYER_BACKENDS))
 CHANNEL_LAYERS = redis_channel_layers(
     REDIS_URLS,
     layer=CHAT_CHANNEL_LAYER,
-    group_expiry=float(os.environ.get("CHAT_GROUP_EXPIRY_SECONDS", DEFAULT_GROUP_EXPIRY_SECONDS)),
+    group_expiry=env_int("CHAT_GROUP_EXPIRY_SECONDS", DEFAULT_GROUP_EXPIRY_SECONDS, minimum=1),
 )
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -172,7 +210,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # development without one, mails are printed on the server's console.
 EMAIL_HOST = os.environ.get("DJANGO_EMAIL_HOST", "")
 if EMAIL_HOST:
-    EMAIL_PORT = int(os.environ.get("DJANGO_EMAIL_PORT", "587"))  # submission, with STARTTLS
+    EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 587, minimum=1)  # submission, with STARTTLS
     EMAIL_HOST_USER = os.environ.get("DJANGO_EMAIL_HOST_USER", "")
     EMAIL_HOST_PASSWORD = os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", "")
     EMAIL_USE_TLS = env_bool("DJANGO_EMAIL_USE_TLS", True)
@@ -191,9 +229,7 @@ SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
-SECURE_HSTS_SECONDS = int(
-    os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000")
-)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
@@ -252,9 +288,12 @@ LOGGING = {
     "filters": {"one_line": {"()": "mysite.log_filters.ExpectedErrorsOnOneLine"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     # One handler, on the root: every logger (daphne's, Django's, ours) prints once.
-    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {
-        "chat": {"level": os.environ.get("CHAT_LOG_LEVEL", "INFO")},
+        "chat": {"level": env_log_level("CHAT_LOG_LEVEL", "INFO")},
+        # Django gives "django" a console handler of its own (and mail_admins; ADMINS is
+        # empty): its lines (runserver's "Not Found", the autoreloader's) print once, here.
+        "django": {"handlers": []},
         # runserver gives this one a handler of its own: do not print its lines twice.
         "django.channels.server": {"propagate": False},
         # It logs a traceback a second per process while Redis is down: one line instead.
@@ -282,8 +321,8 @@ CHAT_HISTORY_LIMIT = 50
 # Presence entries live this long unless their process refreshes them, so a killed
 # process leaves ghosts for at most TTL + REFRESH seconds.
 # (From the environment too, so that tests can kill a process and see its ghosts go fast.)
-CHAT_PRESENCE_TTL_SECONDS = float(os.environ.get("CHAT_PRESENCE_TTL_SECONDS", "30"))
-CHAT_PRESENCE_REFRESH_SECONDS = float(os.environ.get("CHAT_PRESENCE_REFRESH_SECONDS", "10"))
+CHAT_PRESENCE_TTL_SECONDS = env_float("CHAT_PRESENCE_TTL_SECONDS", 30.0)
+CHAT_PRESENCE_REFRESH_SECONDS = env_float("CHAT_PRESENCE_REFRESH_SECONDS", 10.0)
 # Joins and leaves this close together make one presence announcement per room.
 CHAT_PRESENCE_COALESCE_SECONDS = 0.2
 # channels_redis forgets a group member this long after its group_add (its group_expiry);
@@ -294,36 +333,36 @@ CHAT_GROUP_EXPIRY_SECONDS = CHANNEL_LAYERS["default"]["CONFIG"].get(
 # A WebSocket client that stops reading is closed (4408) once this many bytes wait unsent
 # for it in the server (serving.chat_daphne): bounded memory per stuck client. 1 MiB is some
 # 5,000 ordinary messages, far more than a client that reads ever has waiting.
-CHAT_SEND_BACKLOG_LIMIT_BYTES = int(os.environ.get("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024))
+CHAT_SEND_BACKLOG_LIMIT_BYTES = env_int("CHAT_SEND_BACKLOG_LIMIT_BYTES", 1024 * 1024)
 # ...and cut off if it has not read up to the close frame this many seconds later.
-CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SECONDS", "10"))
+CHAT_SLOW_CLIENT_GRACE_SECONDS = env_float("CHAT_SLOW_CLIENT_GRACE_SECONDS", 10.0)
 # Pings a WebSocket client may send: a burst of 10, then one a second. Browsers send none;
 # client libraries send one every 20-30 s to keep a connection alive. Each ping costs a
 # pong, so a client that floods pings is closed with 4429 at the first one over the limit.
 # (From the environment too, so that a test can lift it and see the backlog bound pongs.)
-CHAT_PING_BURST = int(os.environ.get("CHAT_PING_BURST", "10"))
-CHAT_PING_PER_SECOND = float(os.environ.get("CHAT_PING_PER_SECOND", "1"))
+CHAT_PING_BURST = env_int("CHAT_PING_BURST", 10)
+CHAT_PING_PER_SECOND = env_float("CHAT_PING_PER_SECOND", 1.0)
 # The longest a WebSocket stays open: then serving.chat_daphne closes it with 4000 and the page
 # reconnects at once, catching up with ?after=, so nothing is lost. A week: the socket's
 # name and session are read again at least that often (a socket opened before its session
 # ended stops speaking for it within a week; Django's session lasts two), while a reconnect
 # a week costs nothing. 0 means no limit. (daphne's own limit, 24 h with a bare 1000, is
 # always off: this one replaces it for every entry point.)
-CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS = float(
-    os.environ.get("CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS", 7 * 24 * 3600)
+CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS = env_float(
+    "CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS", 7 * 24 * 3600
 )
 # The largest HTTP request body serving.chat_daphne reads: over it the request is refused with
 # 413 before its body is read (from Content-Length), or as soon as a chunked body passes
 # it. Django itself refuses a form body over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), and
 # this site takes no file uploads, so no larger body could succeed: refuse it unread.
-CHAT_HTTP_MAX_BODY_BYTES = int(
-    os.environ.get("CHAT_HTTP_MAX_BODY_BYTES", global_settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+CHAT_HTTP_MAX_BODY_BYTES = env_int(
+    "CHAT_HTTP_MAX_BODY_BYTES", global_settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 )
 # A connection must deliver a whole request (line, headers and body) this many seconds
 # after it opens or after the request's first byte, or it is answered 408 and closed: a
 # client trickling a header line every few seconds holds no connection for long. A
 # browser sends a request in one or two packets; Apache's mod_reqtimeout allows 20 s too.
-CHAT_HTTP_REQUEST_TIMEOUT_SECONDS = float(os.environ.get("CHAT_HTTP_REQUEST_TIMEOUT_SECONDS", "20"))
+CHAT_HTTP_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_HTTP_REQUEST_TIMEOUT_SECONDS", 20.0)
 # Broadcasts from two senders can overtake each other on the way: a socket holds a message
 # that arrives ahead of a missing one this long, for the missing one to arrive too, before
 # it takes the gap for a drop and reads it from the database (a query per socket, which
@@ -343,7 +382,7 @@ CHAT_NAME_MAX_STACKED_MARKS = 2
 # what another room's message may wait (benchmarks/catch_up.py); larger pages mean longer
 # reads to wait for, for fewer round trips per catch-up.
 # (From the environment too, so that tests and benchmarks can change it.)
-CHAT_CATCH_UP_PAGE = int(os.environ.get("CHAT_CATCH_UP_PAGE", "50"))
+CHAT_CATCH_UP_PAGE = env_int("CHAT_CATCH_UP_PAGE", 50, minimum=1)
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
@@ -363,60 +402,54 @@ CHAT_TYPING_THROTTLE_SECONDS = 2.0
 # What "an address" is for every per-address limit (and the login lockout): an IPv4
 # address, or the IPv6 network of this prefix length. ISPs and clouds give one customer a
 # whole /64 (RFC 6177), whose 2**64 addresses it may use as it likes: a /64 is one client.
-CHAT_IPV6_PREFIX_LENGTH = int(os.environ.get("CHAT_IPV6_PREFIX_LENGTH", "64"))
+CHAT_IPV6_PREFIX_LENGTH = env_int("CHAT_IPV6_PREFIX_LENGTH", 64, minimum=1)
 if not 1 <= CHAT_IPV6_PREFIX_LENGTH <= 128:
     raise ImproperlyConfigured("CHAT_IPV6_PREFIX_LENGTH must be between 1 and 128")
 # New WebSockets per client address: a page opens one and reconnects with backoff, and a
 # person has a few tabs; a whole office reloading at once stays under 120 a minute, while
 # a script opening 2,000 in 9 s is cut off at 120. Refused at the handshake (403).
-CHAT_LIMIT_SOCKETS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
+CHAT_LIMIT_SOCKETS_PER_ADDRESS = env_rate("CHAT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute")
 # Sockets open at once, over every process: per account or guest session (a person has a
 # few tabs; a page holds one socket), and per address (an office behind one NAT, a few
 # tabs each). New sockets per minute alone let one address hold 360 sockets in three
 # minutes, each listed in its room. Over either cap, a new socket is closed with 4430.
-CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = int(os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON", "20"))
-CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = int(
-    os.environ.get("CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS", "100")
-)
+CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON = env_int("CHAT_LIMIT_OPEN_SOCKETS_PER_PERSON", 20, minimum=1)
+CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = env_int("CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS", 100, minimum=1)
 # Messages per account over all its sockets and processes, and per address for guests
 # (all guests of one address share it: guest sessions cost nothing to make): nobody types
 # 3 messages a second for 10 s, and a burst of 30 lets a pasted conversation through;
 # 100 sockets storing 11,604 messages in 10 s would have stored 30.
-CHAT_LIMIT_MESSAGES_PER_PERSON = os.environ.get("CHAT_LIMIT_MESSAGES_PER_PERSON", "30/10seconds")
+CHAT_LIMIT_MESSAGES_PER_PERSON = env_rate("CHAT_LIMIT_MESSAGES_PER_PERSON", "30/10seconds")
 # Rooms created (a room's first message creates it) per address: people mostly join rooms
 # that exist; 20 an hour is a busy organiser, 1,000 in 9 s is someone filling the database.
-CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "20/hour")
+CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS = env_rate("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "20/hour")
 # Guest sessions made per address (the room page and a guest name make one for a visitor
 # without a cookie): a browser keeps its cookie, so each is a new visitor; 60 an hour lets
 # a classroom in, and stops a client that drops its cookie from filling the session table.
-CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = os.environ.get(
-    "CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "60/hour"
-)
+CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = env_rate("CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "60/hour")
 # Accounts created per address: a person signs up once; 10 an hour covers a family or a
 # class signing up together, not 30 accounts in 6 s.
-CHAT_LIMIT_SIGNUPS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "10/hour")
+CHAT_LIMIT_SIGNUPS_PER_ADDRESS = env_rate("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "10/hour")
 # GET /chat/<room>/messages/ per address: the page itself never calls it; a reader's
 # script paging through a room gets a page a second (60 x 500 messages a minute), not
 # 200 pages in 4.8 s.
-CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
+CHAT_LIMIT_API_PER_ADDRESS = env_rate("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
 # GET /api/rooms/ per address: a tab's sidebar asks every 5 s (12 a minute), and an office
 # behind one address has many tabs open; 16 clients asking as fast as they could tripled
 # everyone else's latency.
-CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = os.environ.get("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "600/minute")
+CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = env_rate("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "600/minute")
 # POST /api/rooms/<room>/read/ per account: a page reports once a second at most while its
 # room is busy; 133 reports a second from one account each took SQLite's write lock.
-CHAT_LIMIT_READ_REPORTS_PER_PERSON = os.environ.get(
-    "CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute"
-)
+CHAT_LIMIT_READ_REPORTS_PER_PERSON = env_rate("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute")
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis
 # restarts). 10 failures lock out the account, and separately the address: enough for
 # a person who mistypes, while guessing gets 10 tries per 15 minutes instead of 300 a
 # minute. A failure during a lockout starts it again; the page says when to retry.
-AXES_FAILURE_LIMIT = int(os.environ.get("CHAT_LOGIN_FAILURE_LIMIT", "10"))
+AXES_FAILURE_LIMIT = env_int("CHAT_LOGIN_FAILURE_LIMIT", 10, minimum=1)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
-AXES_COOLOFF_TIME = timedelta(seconds=int(os.environ.get("CHAT_LOGIN_COOLOFF_SECONDS", "900")))
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("CHAT_LOGIN_COOLOFF_SECONDS", 900))
 # Not cleared by a successful login: axes would clear the address's failures too, and a
 # guesser who logs in to an account of their own now and then would never be locked out.
 # Failures are forgotten AXES_COOLOFF_TIME after the last one instead.

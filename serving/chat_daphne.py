@@ -33,7 +33,7 @@ as soon as a chunked body passes it), and a request not received whole within
 CHAT_HTTP_REQUEST_TIMEOUT_SECONDS is answered 408. Twisted already bounds the head (16 KiB
 and 500 header lines: 400).
 
-`manage.py runserver` (daphne's) uses this server too: serving.apps installs it.
+`manage.py runserver` (daphne's) uses this server too: serving's runserver command names it.
 """
 
 import asyncio

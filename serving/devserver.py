@@ -1,6 +1,7 @@
 """The run command's second half, inside the virtualenv: Redis, migrate, runserver.
 
-Refuses a port that is taken and a REDIS_URL that does not answer, each in one line;
+Refuses settings that do not load (a bad DJANGO_DEBUG, DATABASE_URL...), a port that is
+taken and a REDIS_URL that does not answer, each in one line;
 starts the embedded redis-server when REDIS_URL is unset, migrates, and runs
 `manage.py runserver` (daphne's, so WebSockets work). Ctrl-C or SIGTERM stops the
 server and the Redis it started; nothing is left running and no pid file is written.
@@ -13,9 +14,12 @@ import signal
 import subprocess
 import sys
 
+from django.core.management.commands.runserver import naiveip_re
+
 from chat.redis_clients import redacted_url, redis_problem, redis_urls
 from serving.embedded_redis import DEFAULT_PORT, EmbeddedRedis, free_port, port_is_free
 from serving.processes import stop_processes
+from serving.startup import plain_http_environment, plain_http_problem, settings_problem
 
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
 
@@ -36,10 +40,24 @@ def start_embedded_redis() -> EmbeddedRedis:
 
 
 def address_to_check(addrport: str) -> tuple[str, int]:
-    """The host and port runserver will bind for addrport ("8000", "0:8000", "[::1]:8000")."""
-    host, _, port = addrport.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return ("0.0.0.0" if host == "0" else host), int(port)
+    """The host and port runserver will bind for addrport, read as runserver reads it
+    ("8000", "0:8000", "localhost:8000", "[::1]:8000"); ValueError for what it refuses."""
+    match = naiveip_re.match(addrport)
+    if match is None:
+        raise ValueError(addrport)
+    host, _, ipv6, _, port = match.groups()
+    if ipv6:
+        host = host[1:-1]
+    elif host == "0":  # runserver's shorthand for every IPv4 address
+        host = "0.0.0.0"
+    return host or "127.0.0.1", int(port)
+
+
+def chat_url(host: str, port: int) -> str:
+    """The chat's address for a browser on this machine, for a server listening on host:port."""
+    # Every address includes loopback, and a browser cannot open "every address".
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/chat/"
 
 
 def exit_status_of_server(returncode: int) -> int:
@@ -64,7 +82,11 @@ def main(argv: list[str]) -> int:
     try:
         host, port = address_to_check(args.addrport)
     except ValueError:
-        parser.error(f"{args.addrport!r} is not [host:]port")
+        parser.error(f"{args.addrport!r} is not a port, host:port or [IPv6 address]:port")
+    if problem := settings_problem() or plain_http_problem(host):
+        print(f"{problem}.", file=sys.stderr)
+        return 1
+    env.update(plain_http_environment(host))
     if not port_is_free(port, host):
         print(
             f"Port {port} on {host} is already in use: stop what holds it, or run on another"
@@ -89,7 +111,7 @@ def main(argv: list[str]) -> int:
         command = [sys.executable, "manage.py", "runserver", args.addrport]
         if args.noreload:
             command.append("--noreload")
-        print(f"Chat: http://{args.addrport}/chat/ (Ctrl-C stops the server and Redis)", flush=True)
+        print(f"Chat: {chat_url(host, port)} (Ctrl-C stops the server and Redis)", flush=True)
         # Its own process group, so that stopping it also stops the autoreloader's child.
         server = subprocess.Popen(command, env=env, start_new_session=True)
         returncode = server.wait()

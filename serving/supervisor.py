@@ -11,8 +11,10 @@ A child that dies is restarted after a pause (its clients reconnect, to any chil
 catch up from the database); children that keep dying at start are given up on, with a
 non-zero exit, instead of a port that accepts connections and never answers. It refuses
 to start on a port something already listens on (SO_REUSEPORT would let a second serve
-quietly take half the connections) or with a Redis that does not answer. SIGINT or
-SIGTERM stops every child. It neither migrates nor starts Redis.
+quietly take half the connections), with settings that do not load, with a Redis that
+does not answer, or in production mode over plain HTTP beyond loopback (serving.startup).
+With REDIS_URL unset it starts the embedded redis-server, as `dev.py run` does, and stops
+it after its children. SIGINT or SIGTERM stops every child. It does not migrate.
 
 Behind a reverse proxy, list it in CHAT_TRUSTED_PROXIES (an nginx on this host:
 CHAT_TRUSTED_PROXIES=127.0.0.1) and have it replace X-Forwarded-For with the client's
@@ -22,7 +24,6 @@ the client's address, not the proxy's (mysite.proxies). Do not pass daphne's
 """
 
 import argparse
-import ipaddress
 import os
 import resource
 import signal
@@ -32,6 +33,7 @@ import sys
 import time
 
 from serving.processes import killed_with_parent, stop_processes
+from serving.startup import is_loopback_only
 
 # A child that dies is restarted after RESTART_DELAY_SECONDS, doubled for each child in a
 # row that died within FAST_FAILURE_SECONDS of its start: that one never got going, and
@@ -97,14 +99,7 @@ def debug_bind_refusal(host: str) -> str | None:
     """
     from django.conf import settings  # here: the parent reads settings for this only
 
-    if not settings.DEBUG:
-        return None
-    try:
-        # An empty host is every address; getaddrinfo would answer it with loopback.
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
-    except socket.gaierror:
-        addresses = set()
-    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+    if not settings.DEBUG or is_loopback_only(host):
         return None
     return (
         f"refusing to listen on {host or 'every address'!r} with DEBUG on: other machines "
@@ -186,23 +181,20 @@ def start_up_problem(host: str, port: int) -> str | None:
     # instead of a traceback (its children could only die at start, one after another).
     try:
         from django.conf import settings
-        from django.core.exceptions import ImproperlyConfigured
 
         from chat.redis_clients import redis_problem
         from serving.embedded_redis import port_is_free
+        from serving.startup import plain_http_problem, settings_problem
     except ImportError as error:
         return f"{error}: run it with the virtualenv's Python (python3 dev.py serve ...)"
-    try:
-        redis_url = settings.REDIS_URLS
-    except ImproperlyConfigured as error:
-        return str(error)
-    if refusal := debug_bind_refusal(host):
-        return refusal
+    if problem := settings_problem() or debug_bind_refusal(host) or plain_http_problem(host):
+        return problem
     # A plain bind, without SO_REUSEPORT: our children's sockets would share the port
     # with another serve's (each getting half the connections), never with this probe.
     if port and not port_is_free(port, host):
         return f"{host}:{port} is already in use (another supervisor?); stop it or change --bind"
-    return redis_problem(redis_url)
+    # Unset, the embedded Redis is started after these checks.
+    return redis_problem(settings.REDIS_URLS) if os.environ.get("REDIS_URL") else None
 
 
 def main(argv: list[str]) -> int:
@@ -228,12 +220,27 @@ def main(argv: list[str]) -> int:
     if problem is not None:
         print(f"serving.supervisor: {problem}.", file=sys.stderr)
         return 1
+    from serving.startup import plain_http_environment
+
+    if plain := plain_http_environment(host):
+        os.environ.update(plain)  # the children's
+        print(
+            "Production mode over plain HTTP on loopback: no redirect to HTTPS; only this"
+            " machine reaches it (docs/operations.md).",
+            flush=True,
+        )
     try:
         sockets = listening_sockets(host, port, args.processes)
     except OSError as error:  # taken since the check above
         print(f"serving.supervisor: cannot listen on {host}:{port}: {error}.", file=sys.stderr)
         return 1
+    redis_server = None
     try:
+        if not os.environ.get("REDIS_URL"):
+            from serving.devserver import start_embedded_redis
+
+            redis_server = start_embedded_redis()
+            os.environ["REDIS_URL"] = redis_server.url
         supervise(sockets, args.processes, args.daphne_args, args.application)
     except GaveUp as error:
         print(f"serving.supervisor: {error}", file=sys.stderr)
@@ -241,6 +248,9 @@ def main(argv: list[str]) -> int:
     finally:
         for sock in sockets:
             sock.close()
+        if redis_server is not None:  # after the children: their last flush needs it
+            redis_server.stop()
+            print("Stopped the embedded Redis.", flush=True)
     return 0
 
 

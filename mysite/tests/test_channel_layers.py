@@ -186,6 +186,27 @@ async def test_pubsub_clean_channel_unsubscribes_a_channel_whose_receive_holds_a
         await layer.flush()
 
 
+async def test_pubsub_clean_channel_unsubscribes_a_channel_whose_receive_clean_up_was_cut_short(
+    redis_channel_layer,
+):
+    layer = PubSubLayer(hosts=[redis_channel_layer.url])
+    client = redis.Redis.from_url(redis_channel_layer.url)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("lobby", channel)
+        # As channels_redis's receive does when cancelled, before its unsubscribe, which a
+        # second cancellation cut short: the channel is forgotten, still subscribed.
+        del layer._get_layer().channels[channel]
+        assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+
+        await layer.clean_channel(channel)
+
+        assert await subscriptions_once_settled(client) == []
+    finally:
+        client.close()
+        await layer.flush()
+
+
 async def test_redis_layer_drops_what_reaches_a_cleaned_channel_and_keeps_no_buffer(
     redis_channel_layer,
 ):

@@ -37,3 +37,10 @@ def test_a_cancelled_clean_up_is_named_without_an_empty_detail():
     record = record_of(asyncio.CancelledError())
     assert ExpectedErrorsOnOneLine().filter(record)
     assert record.getMessage() == "Unexpected trouble CancelledError"
+
+
+def test_a_channel_clean_up_cut_short_by_a_cancellation_is_not_reported():
+    """PubSubLayer.clean_channel completes it; a stopping server logged one per socket."""
+    record = record_of(asyncio.CancelledError())
+    record.msg, record.args = "Unexpected exception while cleaning-up channel:", ()
+    assert not ExpectedErrorsOnOneLine().filter(record)

@@ -3,11 +3,15 @@
 import os
 import subprocess
 import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from conftest import ROOT
+from conftest import ROOT, suite_runs_on_postgresql
 from mysite.settings import env_bool, env_list
 
 PRODUCTION = {
@@ -86,3 +90,42 @@ CONSOLE = "django.core.mail.backends.console.EmailBackend"
 def test_password_reset_is_routed_only_where_its_mail_can_be_sent(env, expected):
     result = manage("shell", "--no-imports", "-c", MAIL_AND_RESET, **env)
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_a_django_warning_is_printed_once_in_development():
+    """Django's own console handler and the root's would print each line twice."""
+    log_a_warning = "import logging; logging.getLogger('django.request').warning('Not Found: /x')"
+    result = manage("shell", "--no-imports", "-c", log_a_warning)
+    assert result.stderr.count("Not Found: /x") == 1, result.stderr
+
+
+# More clients at once than a process's pool holds, for long enough to need them all.
+CONCURRENT_CLIENTS = 40
+REQUESTS_PER_CLIENT = 5
+
+
+def test_concurrent_requests_on_postgresql_hold_at_most_one_pool_of_connections(request):
+    """Under ASGI each request has a thread of its own; kept connections stayed with them."""
+    if not suite_runs_on_postgresql():
+        pytest.skip("a PostgreSQL matter: the suite runs on SQLite (DATABASE_URL)")
+    migrated_database = request.getfixturevalue("migrated_database")
+    server = request.getfixturevalue("start_chat_server")()
+
+    def client(_) -> list[int]:
+        statuses = []
+        for _ in range(REQUESTS_PER_CLIENT):
+            with urllib.request.urlopen(f"{server.url}/healthz", timeout=30) as response:
+                statuses.append(response.status)
+        return statuses
+
+    with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
+        statuses = [
+            status for batch in pool.map(client, range(CONCURRENT_CLIENTS)) for status in batch
+        ]
+    assert statuses == [200] * CONCURRENT_CLIENTS * REQUESTS_PER_CLIENT
+    with psycopg.connect(migrated_database) as admin:
+        backends = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert backends <= settings.DATABASE_POOL_MAX_SIZE

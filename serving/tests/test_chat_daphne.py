@@ -257,11 +257,12 @@ async def test_a_socket_is_closed_with_4000_when_its_lifetime_ends(start_chat_se
 
 def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
     """Not daphne's bare 1000 at 24 h: CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, with 4000."""
-    from daphne.management.commands.runserver import Command as RunserverCommand
+    from django.core.management import get_commands, load_command_class
 
     assert ChatDaphneServer(application=None, endpoints=["tcp:0"]).websocket_timeout == -1
     # serving.supervisor, the Dockerfile and docker-compose.yml run `python -m serving.chat_daphne`.
-    assert RunserverCommand.server_cls is ChatDaphneServer
+    assert get_commands()["runserver"] == "serving"
+    assert load_command_class("serving", "runserver").server_cls is ChatDaphneServer
 
 
 @pytest.fixture
@@ -371,6 +372,9 @@ ADDRESS_SERVER_ENV = {
     "DJANGO_SECRET_KEY": "test-only-" + "k" * 50,
     "DJANGO_ALLOWED_HOSTS": "*",
     "DJANGO_SECURE_SSL_REDIRECT": "false",
+    # Binds beyond loopback serve production mode only behind a TLS proxy (serving.startup):
+    # say there is one; these tests look at addresses, not at cookies.
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "true",
     "CHAT_IPV6_PREFIX_LENGTH": "128",
     "CHAT_LIMIT_API_PER_ADDRESS": "2/minute",
 }

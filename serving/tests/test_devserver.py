@@ -95,7 +95,7 @@ def test_run_refuses_a_redis_url_without_a_scheme(tmp_path):
     assert returncode == 1
     assert errors == (
         "REDIS_URL 'localhost:6379' does not start with redis://, rediss:// or unix:// (did you"
-        " mean redis://localhost:6379?). Fix REDIS_URL, or unset it for the embedded Redis.\n"
+        " mean redis://localhost:6379?).\n"
     )
 
 
@@ -141,6 +141,7 @@ def test_run_serves_the_chat_and_ctrl_c_stops_server_and_redis(tmp_path):
     assert processes_mentioning(f"127.0.0.1:{port}") == []
     assert not os.path.exists(f"/proc/{redis_pid}")
     assert "Traceback" not in log
+    assert log.count("Watching for file changes") == 1  # not once plain and once as a log line
     # Redis outlived the server: the server's last presence flush found it (it runs in a
     # session of its own, so the terminal's Ctrl-C does not reach it first).
     assert "not recorded" not in log
@@ -162,3 +163,25 @@ def test_embedded_redis_moves_off_a_taken_6379_and_says_so(capsys):
             occupant.close()
     assert server.port != DEFAULT_PORT
     assert f"Port {DEFAULT_PORT} is taken" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("addrport", "url"),
+    [
+        ("8607", "http://127.0.0.1:8607/chat/"),
+        ("127.0.0.2:8607", "http://127.0.0.2:8607/chat/"),
+        ("localhost:8607", "http://localhost:8607/chat/"),
+        ("0:8607", "http://127.0.0.1:8607/chat/"),
+        ("0.0.0.0:8607", "http://127.0.0.1:8607/chat/"),
+        ("[::1]:8607", "http://[::1]:8607/chat/"),
+        ("[::]:8607", "http://[::1]:8607/chat/"),
+    ],
+)
+def test_run_reads_its_address_as_runserver_does_and_prints_a_url_that_opens(addrport, url):
+    assert devserver.chat_url(*devserver.address_to_check(addrport)) == url
+
+
+@pytest.mark.parametrize("addrport", ["http://127.0.0.1:8000", "127.0.0.1:", "::1:8000", "80x"])
+def test_run_refuses_an_address_runserver_would_refuse(addrport):
+    with pytest.raises(ValueError):
+        devserver.address_to_check(addrport)
