@@ -1,5 +1,6 @@
 """Fixtures shared by every test package: a real Redis, and real server processes."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -73,6 +74,37 @@ def redis_channel_layer(redis_server, limits_count_from_zero, settings):
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
+
+
+# The ways a Redis that is up refuses every write (chat.outages), each made for real.
+WRITE_REFUSALS = ("maxmemory", "read-only replica", "too few replicas")
+
+
+@contextlib.contextmanager
+def redis_refusing_writes(url: str, refusal: str) -> Iterator[None]:
+    """Make the Redis at url refuse every write as `refusal` says; undo it afterwards.
+
+    maxmemory: 1 byte with noeviction (OOM). read-only replica: a replica of a master
+    that never answers, so it stays read-only (READONLY). too few replicas:
+    min-replicas-to-write 1 with none (NOREPLICAS). Reads and PUBLISH still work.
+    """
+    client = redis.Redis.from_url(url)
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    if refusal == "maxmemory":
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+    elif refusal == "read-only replica":
+        client.replicaof("127.0.0.1", free_port())
+    else:
+        client.config_set("min-replicas-to-write", 1)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
+        client.config_set("maxmemory-policy", policy)
+        client.config_set("min-replicas-to-write", 0)
+        client.replicaof("NO", "ONE")
+        client.close()
 
 
 def server_environment(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:

@@ -46,9 +46,18 @@ CLOSE_SERVICE_UNAVAILABLE = 4503
 # deactivation, a new guest name, an expired session): reconnect at once, as the session
 # now is. 401 echoes HTTP's "who are you?".
 CLOSE_IDENTITY_CHANGED = 4401
-# RFC 6455's "internal error": a consumer failed in a way no input explains (a bug). Its
-# socket left the room first; the client reconnects and catches up with ?after=.
-CLOSE_INTERNAL_ERROR = 1011
+# A consumer failed in a way no input explains (a bug). Its socket left the room first;
+# the client reconnects with backoff and catches up with ?after=. Not RFC 6455's 1011:
+# autobahn (under daphne) sends only 1000 and 3000-4999, and drops any other code unsent
+# (test_every_close_code_is_one_autobahn_sends). 500 echoes HTTP's.
+CLOSE_INTERNAL_ERROR = 4500
+# Close code for every open socket when its server process stops (SIGTERM, a deploy):
+# reconnect with backoff (to another process, or this one restarted) and catch up.
+# RFC 6455's 1001 "going away" is another that autobahn will not send.
+CLOSE_SERVER_RESTARTING = 4001
+# RFC 6455's "message too big", for a frame over daphne's --websocket-max-message-size
+# (1 MiB): sent by autobahn itself (serving.chat_daphne), never by the application.
+CLOSE_MESSAGE_TOO_BIG = 1009
 
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Message ids are PositiveBigIntegerField: PostgreSQL's bigint, at most 2**63 - 1. A larger

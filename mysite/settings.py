@@ -83,6 +83,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into our 429 response.
     "axes.middleware.AxesMiddleware",
+    # A request that meets an outage (Redis refusing writes too) gets 503, not 500.
+    "chat.outages.OutageMiddleware",
 ]
 
 # django-axes first: it refuses a locked-out login before any password is checked.

@@ -31,6 +31,7 @@ from chat.tests.conftest import (
     session_cookie_for,
     until_listening,
 )
+from conftest import WRITE_REFUSALS, redis_refusing_writes
 from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
 
@@ -546,7 +547,7 @@ async def test_a_consumer_whose_handler_fails_leaves_its_room(join, monkeypatch,
     await survivor.send_json_to({"message": "trigger"})  # a room event for chat_message
     await victim.send_json_to({"message": "boom"})  # a frame for receive
     # Closed as an internal error, logged once with the traceback a bug deserves.
-    assert await close_code(victim) == 1011
+    assert await close_code(victim) == protocol.CLOSE_INTERNAL_ERROR
     await wait_for_presence_count(survivor, 1)
     fresh = await join("crash")
     assert await presence_count("crash") == 2
@@ -562,7 +563,7 @@ async def test_a_consumer_that_fails_while_connecting_leaves_no_ghost(join, monk
     fail_for_the_victim(monkeypatch, "_send_backlog")  # after group_add and accept
     victim = communicator("crash", query="victim=1")
     await victim.connect()
-    assert await close_code(victim) == 1011
+    assert await close_code(victim) == protocol.CLOSE_INTERNAL_ERROR
     await wait_for_presence_count(survivor, 1)
     await join("crash")
     assert await presence_count("crash") == 2
@@ -882,3 +883,52 @@ async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
 def test_every_consumer_test_here_checks_the_side_of_each_call():
     # chat.sides: a handler on the wrong side raises, and so fails the test that made it.
     assert sides.CHECKING
+
+
+# --- A socket connect refuses gets no room traffic -----------------------------------------
+
+
+@pytest.mark.parametrize("refusal", ["socket limit", "another sign-in"])
+async def test_a_socket_connect_refuses_leaves_its_groups_and_handles_no_room_event(
+    join, settings, caplog, refusal
+):
+    # Sockets join their room's group before connect runs; these are refused after that.
+    query = "as=someone-else"
+    if refusal == "socket limit":
+        settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "1/minute"  # the witness has the one
+        query = ""
+    witness = await join("refusals")
+    refused = communicator("refusals", query=query)
+    try:
+        connected, _ = await refused.connect()  # refused before accept: the close is read
+        while connected and (await refused.receive_output(timeout=5))["type"] != "websocket.close":
+            pass
+        async with asyncio.timeout(5):  # the group is left as connect returns
+            while group_size(rooms.group_name("refusals")) != 1:
+                await asyncio.sleep(0.01)
+        await witness.send_json_to({"message": "after the refusal"})
+        await assert_receives_message(witness, "after the refusal")
+        await witness.send_json_to({"typing": True})
+        assert await refused.receive_nothing(timeout=0.3)
+    finally:
+        await refused.disconnect()
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    assert "failed" not in caplog.text
+
+
+# --- A Redis refusing writes is an outage ---------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal", WRITE_REFUSALS)
+async def test_a_redis_refusing_writes_closes_the_sender_with_4503_and_it_chats_once_well(
+    join, redis_channel_layer, caplog, refusal
+):
+    # The per-person limit's script is the sender's first write: Redis refuses it.
+    sender = await join("lobby")
+    with redis_refusing_writes(redis_channel_layer.url, refusal):
+        await sender.send_json_to({"message": "while Redis refuses", "client_id": "kept"})
+        assert await close_code(sender) == protocol.CLOSE_SERVICE_UNAVAILABLE
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    again = await join("lobby")
+    await again.send_json_to({"message": "while Redis refuses", "client_id": "kept"})
+    await assert_receives_message(again, "while Redis refuses")

@@ -17,6 +17,7 @@ from django.urls import reverse
 
 from chat import identity, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
+from conftest import WRITE_REFUSALS, redis_refusing_writes
 from serving.embedded_redis import free_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
@@ -851,3 +852,16 @@ def test_signing_up_with_a_taken_username_is_answered_with_the_form_not_a_500(
     )
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
+
+
+@pytest.mark.parametrize("refusal", WRITE_REFUSALS)
+@pytest.mark.parametrize("path", ["/chat/lobby/", "/chat/lobby/messages/"])
+def test_a_redis_refusing_writes_gets_a_clear_503_not_a_500(
+    client, redis_channel_layer, refusal, path
+):
+    with redis_refusing_writes(redis_channel_layer.url, refusal):
+        response = client.get(path, HTTP_ACCEPT="text/html" if path == "/chat/lobby/" else "*/*")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert b"having trouble" in response.content
+    assert client.get(path).status_code == 200  # and served again once it takes writes

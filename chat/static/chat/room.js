@@ -96,6 +96,9 @@
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
         4503: 'The chat server is having trouble.',
+        4500: 'The chat server ran into an error.',
+        4001: 'The chat server is restarting.',
+        1009: 'The server refused a message too large to read.',
     };
 
     const roomName = JSON.parse(document.getElementById('room-name').textContent);

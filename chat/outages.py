@@ -1,0 +1,68 @@
+"""What counts as an outage of Redis or the database, and the 503 that answers one over HTTP.
+
+An outage is not only a Redis that cannot be reached: a Redis that answers but refuses
+every write (at maxmemory with noeviction, a read-only replica, too few replicas) stops
+the chat as surely, and is answered the same way: sockets close with 4503 and reconnect
+with backoff, HTTP answers 503, /healthz says so (docs/faults.md).
+"""
+
+import logging
+import re
+
+import redis
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from .redis_clients import OUTAGE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+# What an unreachable Redis or database raises.
+UNREACHABLE_ERRORS = (*OUTAGE_ERRORS, DatabaseError)
+# Redis errors that refuse a write while Redis is up: redis-py gives two of them a class,
+# the others only their reply's first word. MISCONF: a failed background save with
+# stop-writes-on-bgsave-error; MASTERDOWN: a replica cut off from its master. Redis 6.2
+# wraps a refusal met inside a script (the per-person limits' EVALSHA) as
+# "Error running script (...): @user_script:1: -OOM command not allowed ...".
+WRITE_REFUSED_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+WRITE_REFUSED_REPLY = re.compile(r"(?:^|: -)(?:OOM|READONLY|NOREPLICAS|MISCONF|MASTERDOWN) ")
+# How long an HTTP client should wait before asking again (Retry-After).
+RETRY_AFTER_SECONDS = 5
+
+
+def refuses_writes(error: BaseException) -> bool:
+    """Whether error is Redis refusing a write while it is otherwise up (OOM, READONLY...)."""
+    if isinstance(error, WRITE_REFUSED_CLASSES):
+        return True
+    return isinstance(error, redis.exceptions.ResponseError) and bool(
+        WRITE_REFUSED_REPLY.search(str(error))
+    )
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether error means Redis or the database cannot serve the chat now (not a bug)."""
+    return isinstance(error, UNREACHABLE_ERRORS) or refuses_writes(error)
+
+
+class OutageMiddleware:
+    """Answer a request that met an outage with a clear 503 and Retry-After, not a 500."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A 503 for an outage (JSON for the API, text for pages); anything else as before."""
+        if not is_outage(exception):
+            return None
+        logger.warning("answered 503 to %s %s: %r", request.method, request.path, exception)
+        detail = "The chat server is having trouble. Try again in a few seconds."
+        if "text/html" in request.headers.get("Accept", ""):  # a browser loading a page
+            response = HttpResponse(detail, status=503, content_type="text/plain; charset=utf-8")
+        else:
+            error = {"code": "service_unavailable", "detail": detail}
+            response = JsonResponse({"error": error}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
