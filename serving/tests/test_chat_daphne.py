@@ -22,11 +22,19 @@ import websockets
 from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
-from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
+from chat.protocol import (
+    CLOSE_FLOODING,
+    CLOSE_LIFETIME_ENDED,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_SERVER_RESTARTING,
+    CLOSE_TOO_SLOW,
+)
 from conftest import ROOT
 from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
+# Daphne's --websocket-max-message-size, which no entry point of ours changes.
+MAX_MESSAGE_BYTES = 1024 * 1024
 SEEDED_MESSAGES = 1500
 # 1,500 frames of about 4 KB: some 6 MB, more than the kernel's socket buffers on both
 # ends (about 3 MB on loopback) plus the limit, so the server must hold the rest itself.
@@ -358,3 +366,30 @@ def test_the_server_starts_before_django_is_set_up():
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+async def test_sigterm_closes_every_socket_with_4001_before_the_server_exits(start_chat_server):
+    server = start_chat_server()
+    room = f"restart-{uuid.uuid4().hex[:8]}"
+    clients = [await connect(server, room) for _ in range(3)]
+    server.process.terminate()
+    for client in clients:
+        await asyncio.wait_for(client.wait_closed(), SHUTDOWN_DRAIN_SECONDS)
+        assert (client.close_code, client.close_reason) == (
+            CLOSE_SERVER_RESTARTING,
+            "server restarting: reconnect",
+        )
+    assert await asyncio.to_thread(server.process.wait, SHUTDOWN_DRAIN_SECONDS) == 0
+
+
+async def test_a_message_over_the_size_limit_is_closed_with_1009_and_a_log_line(
+    start_chat_server, capfd
+):
+    server = start_chat_server()
+    client = await connect(server, f"big-{uuid.uuid4().hex[:8]}")
+    await client.send(json.dumps({"message": "x" * MAX_MESSAGE_BYTES}))
+    await asyncio.wait_for(client.wait_closed(), 10)
+    assert client.close_code == CLOSE_MESSAGE_TOO_BIG
+    assert re.search(
+        r"closing a WebSocket that sent a message over \d+ bytes", capfd.readouterr().err
+    )
