@@ -113,6 +113,16 @@ TEMPLATES = [
 WSGI_APPLICATION = "mysite.wsgi.application"
 ASGI_APPLICATION = "mysite.asgi.application"
 
+# Bounds on every database wait (docs/faults.md). The sync consumers of a process share one
+# thread: a store waiting for one room's lock holds every room of the process, so past
+# the lock bound it fails, the frame is refused with store_failed, and the page sends it
+# again with its client_id. SQLite's busy timeout; PostgreSQL's lock_timeout.
+DATABASE_LOCK_TIMEOUT_SECONDS = float(os.environ.get("DATABASE_LOCK_TIMEOUT_SECONDS", "1"))
+# PostgreSQL's statement_timeout: no query runs longer (0 turns it off, as for a migration
+# known to run long).
+DATABASE_STATEMENT_TIMEOUT_SECONDS = float(
+    os.environ.get("DATABASE_STATEMENT_TIMEOUT_SECONDS", "5")
+)
 DATABASES = {
     "default": dj_database_url.config(
         env="DATABASE_URL",
@@ -126,11 +136,16 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # Several server processes share one SQLite file: readers never block the writer
-        # (WAL), writers queue instead of failing with "database is locked".
+        # (WAL), writers queue (up to the lock bound) instead of failing at once.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": DATABASE_LOCK_TIMEOUT_SECONDS,
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # in milliseconds
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c lock_timeout={DATABASE_LOCK_TIMEOUT_SECONDS * 1000:.0f}"
+        f" -c statement_timeout={DATABASE_STATEMENT_TIMEOUT_SECONDS * 1000:.0f}"
+    )
 
 # REDIS_URL may list several Redis servers, comma-separated: the channel layer shards its
 # channels and groups over all of them, while presence and /healthz use the first.

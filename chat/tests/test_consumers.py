@@ -1,14 +1,22 @@
 """ChatConsumer through mysite.asgi.application, on the Redis channel layer of a real Redis."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import quote
 
+import dj_database_url
+import psycopg
 import pytest
 import redis
+import websockets
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -36,6 +44,10 @@ from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer", "transactional_db")
+# What a busy 2-core machine may add to a bound: a round trip, a batch, a log line.
+SLACK_SECONDS = 1.5
+# The server's DATABASE_LOCK_TIMEOUT_SECONDS in the lock test.
+LOCK_BOUND_SECONDS = 1.0
 
 
 async def assert_receives_error(socket, code: str):
@@ -932,3 +944,68 @@ async def test_a_redis_refusing_writes_closes_the_sender_with_4503_and_it_chats_
     again = await join("lobby")
     await again.send_json_to({"message": "while Redis refuses", "client_id": "kept"})
     await assert_receives_message(again, "while Redis refuses")
+
+
+# --- A database lock holds the process for the lock bound at most ---------------------------
+
+
+@contextlib.contextmanager
+def room_locked_outside(database_url: str, room: str) -> Iterator[None]:
+    """Hold a lock that stores in `room` wait for, from another connection, until the end.
+
+    SQLite: the database's write lock (BEGIN IMMEDIATE), which every room's stores wait
+    for. PostgreSQL: the room's row (SELECT ... FOR UPDATE), which only its stores wait for.
+    """
+    config = dj_database_url.parse(database_url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        holder = sqlite3.connect(config["NAME"], isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(database_url)
+        holder.execute("SELECT 1 FROM chat_room WHERE name = %s FOR UPDATE", [room])
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+async def answer_within(client, seconds: float) -> dict:
+    """The next frame that is not a presence update, within `seconds`."""
+    async with asyncio.timeout(seconds):
+        while "presence" in (frame := json.loads(await client.recv())):
+            pass
+    return frame
+
+
+async def test_a_locked_room_holds_its_sender_and_other_rooms_for_the_lock_bound_at_most(
+    start_chat_server, migrated_database
+):
+    server = start_chat_server(DATABASE_LOCK_TIMEOUT_SECONDS=str(LOCK_BOUND_SECONDS))
+    base = server.url.replace("http", "ws", 1)
+    locked, free = f"locked-{uuid.uuid4().hex[:8]}", f"free-{uuid.uuid4().hex[:8]}"
+    sender = await websockets.connect(f"{base}/ws/chat/{locked}/", origin=server.url)
+    other = await websockets.connect(f"{base}/ws/chat/{free}/", origin=server.url)
+    try:
+        await sender.send(json.dumps({"message": "makes the room"}))
+        assert (await answer_within(sender, 5))["message"] == "makes the room"
+        bound = LOCK_BOUND_SECONDS
+        with room_locked_outside(migrated_database, locked):
+            started = time.monotonic()
+            await sender.send(json.dumps({"message": "held", "client_id": "held-1"}))
+            await other.send(json.dumps({"message": "elsewhere", "client_id": "else-1"}))
+            refused = await answer_within(sender, bound + SLACK_SECONDS)
+            assert refused["error"]["code"] == "store_failed"
+            assert refused["error"]["client_id"] == "held-1"
+            # Behind the sender's wait on the one sync thread, then its own store: stored
+            # on PostgreSQL (another row), refused on SQLite (the same lock).
+            answer = await answer_within(other, bound + SLACK_SECONDS)
+            assert time.monotonic() - started < 2 * bound + SLACK_SECONDS
+            assert answer.get("message") == "elsewhere" or answer["error"]["code"] == (
+                "store_failed"
+            )
+        await sender.send(json.dumps({"message": "held", "client_id": "held-1"}))
+        assert (await answer_within(sender, 5))["message"] == "held"  # the page's retry
+    finally:
+        await sender.close()
+        await other.close()
