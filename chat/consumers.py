@@ -338,6 +338,9 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.TypingSignal):
             self._typing()
             return
+        if isinstance(frame, protocol.Ping):
+            self.send(text_data=protocol.pong_frame())
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             room_may_be_new = not self.room_exists

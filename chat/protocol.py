@@ -3,7 +3,8 @@
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
 An object with "catch_up" and no "message" asks for the next page of a catch-up;
-`{"typing": true}` (and no "message") says its sender is typing, and is never stored.
+`{"typing": true}` (and no "message") says its sender is typing, and is never stored;
+`{"ping": true}` (and no "message") asks for `{"pong": true}`, the page's heartbeat.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
 `{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
@@ -98,9 +99,14 @@ class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
 
 
+@dataclass(frozen=True)
+class Ping:
+    """A valid inbound heartbeat: answered with a pong, so the page knows the link is alive."""
+
+
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | CatchUpRequest | TypingSignal:
+) -> ChatFrame | CatchUpRequest | TypingSignal | Ping:
     """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
@@ -126,6 +132,10 @@ def parse_chat_frame(
             if payload["typing"] is not True:
                 raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
             return TypingSignal()
+        if "ping" in payload:
+            if payload["ping"] is not True:
+                raise FrameRefused("invalid_ping", 'Ask for a pong with {"ping": true}.')
+            return Ping()
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     message = payload["message"]
     if not isinstance(message, str):
@@ -270,6 +280,11 @@ def identity_changed_event(reason: str) -> dict[str, Any]:
 def catch_up_frame(more: bool, next_after: int) -> str:
     """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
     return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
+
+
+def pong_frame() -> str:
+    """Build the frame that answers a ping: the connection is alive both ways."""
+    return json.dumps({"pong": True})
 
 
 def typing_event(author: "Author", sender_channel: str) -> dict[str, Any]:

@@ -320,6 +320,17 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = float(os.environ.get("CHAT_SLOW_CLIENT_GRACE_SE
 # (From the environment too, so that a test can lift it and see the backlog bound pongs.)
 CHAT_PING_BURST = int(os.environ.get("CHAT_PING_BURST", "10"))
 CHAT_PING_PER_SECOND = float(os.environ.get("CHAT_PING_PER_SECOND", "1"))
+# The heartbeat that finds a dead peer on a connection that looks alive (a cut network,
+# a sleeping laptop): each side hears from the other at least every CHAT_HEARTBEAT_SECONDS,
+# and takes the connection for dead if an answer takes longer than
+# CHAT_HEARTBEAT_TIMEOUT_SECONDS. The page sends {"ping": true} after that long without a
+# frame and reconnects if nothing comes back; the server pings an idle socket (daphne's
+# --ping-interval and --ping-timeout, which these replace) and drops one that does not
+# pong. So each side notices within 20 + 10 s (the server checks every 2 s more); idle
+# proxies commonly cut at 60 s, and a ping costs a few bytes. (From the environment too,
+# so that a test can shorten them.)
+CHAT_HEARTBEAT_SECONDS = float(os.environ.get("CHAT_HEARTBEAT_SECONDS", "20"))
+CHAT_HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("CHAT_HEARTBEAT_TIMEOUT_SECONDS", "10"))
 # The longest a WebSocket stays open: then serving.chat_daphne closes it with 4000 and the page
 # reconnects at once, catching up with ?after=, so nothing is lost. A week: the socket's
 # name and session are read again at least that often (a socket opened before its session

@@ -29,6 +29,10 @@ Every frame counts, not only the application's messages: pongs and close frames 
 bytes held for the client too, and each connection answers at most CHAT_PING_BURST pings
 at once, then CHAT_PING_PER_SECOND; a client pinging faster is closed with 4429.
 
+An idle socket is pinged every CHAT_HEARTBEAT_SECONDS and dropped if its pong does not come
+within CHAT_HEARTBEAT_TIMEOUT_SECONDS (a half-open connection: the network between went
+away); these replace daphne's --ping-interval and --ping-timeout.
+
 A socket lives at most CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, then is closed with 4000 (the
 page reconnects at once and catches up); daphne's own limit, a bare 1000 at 24 h that no
 entry point set, is off, and its --websocket_timeout is ignored.
@@ -383,6 +387,9 @@ class ChatDaphneServer(Server):
             )
 
     def run(self):
+        """Serve, with the heartbeat's settings (read once Django's settings can be)."""
+        self.ping_interval = settings.CHAT_HEARTBEAT_SECONDS
+        self.ping_timeout = settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS
         super().run()
         if not self.drained:
             # Its thread waits for an event loop that has stopped, and the interpreter

@@ -1009,3 +1009,10 @@ async def test_a_locked_room_holds_its_sender_and_other_rooms_for_the_lock_bound
     finally:
         await sender.close()
         await other.close()
+
+
+async def test_a_ping_is_answered_with_a_pong_and_nothing_else(join):
+    socket, bystander = await join("lobby"), await join("lobby")
+    await socket.send_json_to({"ping": True})
+    assert await next_frame(socket) == {"pong": True}
+    await assert_no_chat(bystander)

@@ -330,3 +330,18 @@ def test_the_room_page_says_something_for_every_close_code():
     plain_closes = re.search(r"const PLAIN_CLOSES = \{(.*?)\};", ROOM_JS.read_text(), re.S)
     handled = {int(code) for code in re.findall(r"^\s*(\d{4}):", plain_closes[1], re.M)}
     assert set(CLOSE_CODES.values()) <= handled
+
+
+def test_a_ping_is_its_own_frame_kind():
+    assert parse('{"ping": true}') == protocol.Ping()
+
+
+@pytest.mark.parametrize("value", ["1", "false", '"yes"', "null"])
+def test_a_malformed_ping_is_refused_and_not_as_missing_message(value):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"ping": {value}}}')
+    assert refused.value.code == "invalid_ping"
+
+
+def test_a_pong_frame_is_exactly_pong_true():
+    assert json.loads(protocol.pong_frame()) == {"pong": True}

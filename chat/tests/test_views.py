@@ -65,13 +65,16 @@ def test_room_page_has_log_box_and_button(client):
     assert '<script id="room-name" type="application/json">"lobby"</script>' in html
 
 
-def test_room_page_hands_its_script_the_servers_message_limits(client, settings):
+def test_room_page_hands_its_script_the_servers_message_limits_and_heartbeat(client, settings):
     settings.CHAT_MESSAGE_MAX_CHARS = 123
+    settings.CHAT_HEARTBEAT_SECONDS = 7.0
     html = client.get("/chat/lobby/").content.decode()
     limits = html.split('<script id="chat-limits" type="application/json">')[1].split("<")[0]
     assert json.loads(limits) == {
         "message_max_chars": 123,
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
+        "heartbeat_seconds": 7.0,
+        "heartbeat_timeout_seconds": settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS,
     }
 
 

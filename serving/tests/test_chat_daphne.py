@@ -393,3 +393,33 @@ async def test_a_message_over_the_size_limit_is_closed_with_1009_and_a_log_line(
     assert re.search(
         r"closing a WebSocket that sent a message over \d+ bytes", capfd.readouterr().err
     )
+
+
+# The heartbeat of the half-open test: a ping after 1 s idle, and 1 s for its pong.
+SHORT_HEARTBEAT = {"CHAT_HEARTBEAT_SECONDS": "1", "CHAT_HEARTBEAT_TIMEOUT_SECONDS": "1"}
+# Daphne looks at its sockets every 2 s; the rest is a busy machine's slack.
+HEARTBEAT_BOUND_SECONDS = 1 + 1 + 2 + 2
+
+
+async def test_a_socket_whose_network_is_cut_is_dropped_within_the_heartbeat_bound(
+    start_chat_server, tcp_relay
+):
+    server = start_chat_server(**SHORT_HEARTBEAT)
+    relay = tcp_relay(server.port)
+    room = f"cut-{uuid.uuid4().hex[:8]}"
+    watcher = await connect(server, room)
+    relayed = f"http://127.0.0.1:{relay.port}"
+    cut_off = await websockets.connect(
+        f"ws://127.0.0.1:{relay.port}/ws/chat/{room}/", origin=relayed, ping_interval=None
+    )
+    try:
+        while await presence_count(watcher) != 2:
+            pass
+        relay.cut()  # the client hears nothing more, and the server nothing from it
+        started = time.monotonic()
+        while await presence_count(watcher, HEARTBEAT_BOUND_SECONDS) != 1:
+            pass
+        assert time.monotonic() - started < HEARTBEAT_BOUND_SECONDS
+    finally:
+        await watcher.close()
+        cut_off.transport.abort()

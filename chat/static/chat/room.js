@@ -29,6 +29,11 @@
 // last id shown (?after=), a page at a time. A message over the server's limits
 // (json_script "chat-limits") is never sent: it stays in the input, with the reason.
 //
+// Heartbeat: after limits.heartbeat_seconds without a frame from the server, the page sends
+// {"ping": true}; if nothing at all arrives limits.heartbeat_timeout_seconds later, the
+// connection is taken for dead (a cut network looks "Connected" for minutes otherwise):
+// the page says "Connection lost" and reconnects, catching up.
+//
 // Sign-in: the page was rendered for one sign-in (json_script "chat-reader", its sign_in
 // tag) and every socket names it (?as=); a socket whose session now speaks as someone else
 // (a logout, a login, a new name, in another tab or while this one was offline) is closed
@@ -90,7 +95,10 @@
         store_failed: 'The server could not save this message just now. Trying again…',
         frame_too_large: 'This message is too large to send.',
     };
+    // Not a close code: the page's own verdict on a socket its heartbeat found dead.
+    const CONNECTION_LOST = 'lost';
     const PLAIN_CLOSES = {
+        [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
@@ -130,6 +138,7 @@
     let failedAttempts = 0;
     let healthyTimer = null;
     let reconnectTimer = null;
+    let heartbeatTimer = null;  // the next ping; once sent, the verdict on its answer
     let countdownTimer = null;
     let pageHidden = false;     // left for the back/forward cache: stay disconnected
     let connections = 0;
@@ -475,6 +484,8 @@
             } else {
                 catchingUp = false;
             }
+        } else if (data.pong) {
+            // the heartbeat's answer: the frame itself was the news
         } else if (data.presence) {
             showPresence(data.presence);
             dispatch('chat:presence', data);
@@ -600,6 +611,21 @@
         clearTimeout(reconnectTimer);
         clearInterval(countdownTimer);
         clearTimeout(healthyTimer);
+        clearTimeout(heartbeatTimer);
+    }
+
+    // Any frame from the server shows the connection alive: ping again after a quiet spell.
+    function awaitHeartbeat(thisSocket) {
+        clearTimeout(heartbeatTimer);
+        heartbeatTimer = setTimeout(function () {
+            thisSocket.send(JSON.stringify({ping: true}));
+            heartbeatTimer = setTimeout(function () {
+                // Nothing came back: forget this socket (its close may never come) and go on.
+                socket = null;
+                thisSocket.close();
+                onClose({code: CONNECTION_LOST});
+            }, limits.heartbeat_timeout_seconds * 1000);
+        }, limits.heartbeat_seconds * 1000);
     }
 
     function connect() {
@@ -624,12 +650,19 @@
         thisSocket.onopen = function () {
             healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
             showStatus('Connected', 'ok');
+            awaitHeartbeat(thisSocket);
             dispatch('chat:connection', {state: 'open'});
             for (const clientId of pending.keys()) {
                 sendPending(clientId);
             }
         };
-        thisSocket.onmessage = (e) => onMessage(JSON.parse(e.data));
+        thisSocket.onmessage = function (e) {
+            if (thisSocket !== socket) {
+                return;  // a socket the heartbeat gave up on, heard from too late
+            }
+            awaitHeartbeat(thisSocket);
+            onMessage(JSON.parse(e.data));
+        };
         thisSocket.onclose = function (e) {
             if (thisSocket === socket) {
                 onClose(e);
