@@ -3,7 +3,9 @@
 An outage is not only a Redis that cannot be reached: a Redis that answers but refuses
 every write (at maxmemory with noeviction, a read-only replica, too few replicas) stops
 the chat as surely, and is answered the same way: sockets close with 4503 and reconnect
-with backoff, HTTP answers 503, /healthz says so (docs/faults.md).
+with backoff, HTTP answers 503, /healthz says so.
+
+Explained in docs/faults.md, 'Services and processes'.
 """
 
 import logging
