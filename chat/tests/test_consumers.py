@@ -1016,3 +1016,21 @@ async def test_a_ping_is_answered_with_a_pong_and_nothing_else(join):
     await socket.send_json_to({"ping": True})
     assert await next_frame(socket) == {"pong": True}
     await assert_no_chat(bystander)
+
+
+async def test_a_redis_refusing_writes_closes_a_real_servers_socket_with_4503(
+    start_chat_server, redis_server
+):
+    # Through daphne and autobahn, which sent no close at all for the 1011 used before.
+    server = start_chat_server()
+    base = server.url.replace("http", "ws", 1)
+    sender = await websockets.connect(
+        f"{base}/ws/chat/oom-{uuid.uuid4().hex[:8]}/", origin=server.url
+    )
+    try:
+        with redis_refusing_writes(redis_server.url, "maxmemory"):
+            await sender.send(json.dumps({"message": "while Redis refuses"}))
+            await asyncio.wait_for(sender.wait_closed(), 10)
+        assert sender.close_code == protocol.CLOSE_SERVICE_UNAVAILABLE
+    finally:
+        await sender.close()
