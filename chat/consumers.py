@@ -31,6 +31,7 @@ from . import (
     rooms,
     services,
     sides,
+    stalls,
     upkeep,
 )
 from .delivery import RoomDelivery
@@ -493,17 +494,22 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _store(self, frame: protocol.ChatFrame):
+        refusal = protocol.FrameRefused(
+            "store_failed",
+            "The message could not be saved, so it was not sent. Try again.",
+            frame.client_id,
+        )
+        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
+            raise refusal
         try:
             return services.store_message(
                 self.room_name, self.author, frame.message, frame.client_id
             )
         except DatabaseError as error:
             logger.error("message not stored in room %r: %r", self.room_name, error)
-            raise protocol.FrameRefused(
-                "store_failed",
-                "The message could not be saved, so it was not sent. Try again.",
-                frame.client_id,
-            ) from None
+            if stalls.is_lock_timeout(error):
+                stalls.timed_out(self.room_name)
+            raise refusal from None
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):
