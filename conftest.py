@@ -1,8 +1,11 @@
 """Fixtures shared by every test package: a real Redis, and real server processes."""
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -73,6 +76,99 @@ def redis_channel_layer(redis_server, limits_count_from_zero, settings):
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
+
+
+# The ways a Redis that is up refuses every write (chat.outages), each made for real.
+WRITE_REFUSALS = ("maxmemory", "read-only replica", "too few replicas")
+
+
+@contextlib.contextmanager
+def redis_refusing_writes(url: str, refusal: str) -> Iterator[None]:
+    """Make the Redis at url refuse every write as `refusal` says; undo it afterwards.
+
+    maxmemory: 1 byte with noeviction (OOM). read-only replica: a replica of a master
+    that never answers, so it stays read-only (READONLY). too few replicas:
+    min-replicas-to-write 1 with none (NOREPLICAS). Reads and PUBLISH still work.
+    """
+    client = redis.Redis.from_url(url)
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    if refusal == "maxmemory":
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+    elif refusal == "read-only replica":
+        client.replicaof("127.0.0.1", free_port())
+    else:
+        client.config_set("min-replicas-to-write", 1)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
+        client.config_set("maxmemory-policy", policy)
+        client.config_set("min-replicas-to-write", 0)
+        client.replicaof("NO", "ONE")
+        client.close()
+
+
+class TcpRelay:
+    """Forwards TCP connections from its own port to a server's, until cut.
+
+    cut() stops forwarding every connection open at that moment, in both directions,
+    and leaves both ends open: a network gone between client and server, which neither
+    end is told of (a half-open connection). Connections opened later flow again.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[tuple[socket.socket, socket.socket, threading.Event]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return  # closed
+            cut = threading.Event()
+            self.connections.append((client, upstream, cut))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink, cut), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, cut: threading.Event):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not cut.is_set():  # once cut, what arrives goes nowhere
+                    sink.sendall(data)
+            if not cut.is_set():  # one end closed: tell the other, unless the line is cut
+                sink.shutdown(socket.SHUT_WR)
+
+    def cut(self):
+        """Stop forwarding every connection open now; both of their ends stay open."""
+        for _, _, cut in self.connections:
+            cut.set()
+
+    def close(self):
+        self.listener.close()
+        for client, upstream, _ in self.connections:
+            client.close()
+            upstream.close()
+
+
+@pytest.fixture
+def tcp_relay():
+    """Start TcpRelays to a port (`tcp_relay(port)`); every one is closed afterwards."""
+    relays = []
+
+    def _start(target_port: int) -> TcpRelay:
+        relay = TcpRelay(target_port)
+        relays.append(relay)
+        return relay
+
+    yield _start
+    for relay in relays:
+        relay.close()
 
 
 def server_environment(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:

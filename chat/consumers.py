@@ -23,14 +23,15 @@ from django.utils import timezone
 from . import (
     identity,
     limits,
+    outages,
     pipeline,
     presence,
     protocol,
-    redis_clients,
     revocation,
     rooms,
     services,
     sides,
+    stalls,
     upkeep,
 )
 from .delivery import RoomDelivery
@@ -38,8 +39,6 @@ from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
-# What an unreachable Redis or database raises; the socket closes instead of crashing.
-OUTAGE_ERRORS = (*redis_clients.OUTAGE_ERRORS, DatabaseError)
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
 LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
@@ -71,9 +70,10 @@ class ChatConsumer(WebsocketConsumer):
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
 
-        An outage of Redis or the database closes the socket with 4503, any other failure
-        with 1011 (logged once, with its traceback: it is a bug); a cancellation (the
-        server stopping) goes on after the cleanup.
+        An outage of Redis or the database (chat.outages: a Redis refusing writes too)
+        closes the socket with 4503, any other failure with 4500 (logged once, with its
+        traceback: it is a bug); a cancellation (the server stopping) goes on after the
+        cleanup.
         """
         # The loop, and the queue that every frame of this socket leaves through, in order.
         self.loop = asyncio.get_running_loop()
@@ -81,13 +81,14 @@ class ChatConsumer(WebsocketConsumer):
         self.frames = pipeline.FrameQueue(send)
         try:
             return await super().__call__(scope, receive, send)
-        except OUTAGE_ERRORS as error:
-            # One line, not a traceback per socket: the page reconnects and catches up.
-            logger.warning("closing socket, service unavailable: %r", error)
-            await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
-        except Exception:
-            logger.exception("closing socket in room %r: its consumer failed", self.room_name)
-            await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
+        except Exception as error:
+            if outages.is_outage(error):
+                # One line, not a traceback per socket: the page reconnects and catches up.
+                logger.warning("closing socket, service unavailable: %r", error)
+                await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
+            else:
+                logger.exception("closing socket in room %r: its consumer failed", self.room_name)
+                await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
         finally:
             if self.room_group_name is not None and not self.left_room:
                 # Here on the loop, not through the sync thread, which a stopping server
@@ -120,10 +121,14 @@ class ChatConsumer(WebsocketConsumer):
         stopping it would wait for it for ever. Re-raise it once the handler is done.
         """
         if message["type"] in LOOP_EVENTS:
-            getattr(self, get_handler_name(message))(message)
+            if self.room_events_wanted():
+                getattr(self, get_handler_name(message))(message)
         elif message["type"] == "websocket.connect":
             await self._join_groups()
             await super().dispatch(message)
+            if self.delivery is None:  # connect refused the socket: it wants no room events
+                await self._discard_from_groups()
+                self.joined_groups = ()
         elif message["type"] in BATCHED_EVENTS:
             await pipeline.call_batched(getattr(self, get_handler_name(message)), message)
         else:
@@ -131,6 +136,15 @@ class ChatConsumer(WebsocketConsumer):
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
+
+    @sides.on_loop
+    def room_events_wanted(self) -> bool:
+        """Whether room events reach this socket: connect accepted it, and it is not closing.
+
+        The socket joins its groups before connect runs (see _join_groups), so events may
+        arrive for a socket that connect then refuses, or that is closing meanwhile.
+        """
+        return self.delivery is not None and not self.closing
 
     @sides.on_sync_thread
     def send(self, text_data=None, bytes_data=None, close=False):
@@ -253,7 +267,9 @@ class ChatConsumer(WebsocketConsumer):
         discard = self.channel_layer.group_discard
         try:
             await asyncio.gather(*(discard(g, self.channel_name) for g in self.joined_groups))
-        except OUTAGE_ERRORS as error:
+        except Exception as error:
+            if not outages.is_outage(error):
+                raise
             # Redis forgets the member on its own: group_expiry, or the restart itself.
             logger.warning("group_discard failed, Redis unreachable: %r", error)
 
@@ -329,6 +345,9 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.TypingSignal):
             self._typing()
             return
+        if isinstance(frame, protocol.Ping):
+            self.send(text_data=protocol.pong_frame())
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             room_may_be_new = not self.room_exists
@@ -388,7 +407,9 @@ class ChatConsumer(WebsocketConsumer):
         """
         try:
             await self.channel_layer.group_send(self.room_group_name, event)
-        except OUTAGE_ERRORS as error:
+        except Exception as error:
+            if not outages.is_outage(error):
+                raise
             logger.warning("closing socket, broadcast failed: %r", error)
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
 
@@ -445,12 +466,13 @@ class ChatConsumer(WebsocketConsumer):
     async def _read_then(self, reading, on_done):
         try:
             on_done(await reading)
-        except OUTAGE_ERRORS as error:
-            logger.warning("closing socket, catch-up read failed: %r", error)
-            self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
-        except Exception:
-            logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
-            self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
+        except Exception as error:
+            if outages.is_outage(error):
+                logger.warning("closing socket, catch-up read failed: %r", error)
+                self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
+            else:
+                logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
+                self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
     @sides.on_sync_thread
     def _events_after(self, after: int, limit: int) -> list[dict]:
@@ -481,17 +503,22 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _store(self, frame: protocol.ChatFrame):
+        refusal = protocol.FrameRefused(
+            "store_failed",
+            "The message could not be saved, so it was not sent. Try again.",
+            frame.client_id,
+        )
+        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
+            raise refusal
         try:
             return services.store_message(
                 self.room_name, self.author, frame.message, frame.client_id
             )
         except DatabaseError as error:
             logger.error("message not stored in room %r: %r", self.room_name, error)
-            raise protocol.FrameRefused(
-                "store_failed",
-                "The message could not be saved, so it was not sent. Try again.",
-                frame.client_id,
-            ) from None
+            if stalls.is_lock_timeout(error):
+                stalls.timed_out(self.room_name)
+            raise refusal from None
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):

@@ -3,7 +3,8 @@
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
 An object with "catch_up" and no "message" asks for the next page of a catch-up;
-`{"typing": true}` (and no "message") says its sender is typing, and is never stored.
+`{"typing": true}` (and no "message") says its sender is typing, and is never stored;
+`{"ping": true}` (and no "message") asks for `{"pong": true}`, the page's heartbeat.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
 `{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
@@ -50,9 +51,18 @@ CLOSE_SERVICE_UNAVAILABLE = 4503
 # deactivation, a new guest name, an expired session): reconnect at once, as the session
 # now is. 401 echoes HTTP's "who are you?".
 CLOSE_IDENTITY_CHANGED = 4401
-# RFC 6455's "internal error": a consumer failed in a way no input explains (a bug). Its
-# socket left the room first; the client reconnects and catches up with ?after=.
-CLOSE_INTERNAL_ERROR = 1011
+# A consumer failed in a way no input explains (a bug). Its socket left the room first;
+# the client reconnects with backoff and catches up with ?after=. Not RFC 6455's 1011:
+# autobahn (under daphne) sends only 1000 and 3000-4999, and drops any other code unsent
+# (test_every_close_code_is_one_autobahn_sends). 500 echoes HTTP's.
+CLOSE_INTERNAL_ERROR = 4500
+# Close code for every open socket when its server process stops (SIGTERM, a deploy):
+# reconnect with backoff (to another process, or this one restarted) and catch up.
+# RFC 6455's 1001 "going away" is another that autobahn will not send.
+CLOSE_SERVER_RESTARTING = 4001
+# RFC 6455's "message too big", for a frame over daphne's --websocket-max-message-size
+# (1 MiB): sent by autobahn itself (serving.chat_daphne), never by the application.
+CLOSE_MESSAGE_TOO_BIG = 1009
 
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Message ids are PositiveBigIntegerField: PostgreSQL's bigint, at most 2**63 - 1. A larger
@@ -93,9 +103,14 @@ class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
 
 
+@dataclass(frozen=True)
+class Ping:
+    """A valid inbound heartbeat: answered with a pong, so the page knows the link is alive."""
+
+
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | CatchUpRequest | TypingSignal:
+) -> ChatFrame | CatchUpRequest | TypingSignal | Ping:
     """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
@@ -121,6 +136,10 @@ def parse_chat_frame(
             if payload["typing"] is not True:
                 raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
             return TypingSignal()
+        if "ping" in payload:
+            if payload["ping"] is not True:
+                raise FrameRefused("invalid_ping", 'Ask for a pong with {"ping": true}.')
+            return Ping()
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     message = payload["message"]
     if not isinstance(message, str):
@@ -265,6 +284,11 @@ def identity_changed_event(reason: str) -> dict[str, Any]:
 def catch_up_frame(more: bool, next_after: int) -> str:
     """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
     return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
+
+
+def pong_frame() -> str:
+    """Build the frame that answers a ping: the connection is alive both ways."""
+    return json.dumps({"pong": True})
 
 
 def typing_event(author: "Author", sender_channel: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Explained in docs/operations.md, 'Several Redis servers'.
 """
 
 import functools
+import re
 from typing import Any
 
 import redis
@@ -18,6 +19,14 @@ from redis.retry import Retry
 # channels_redis alike: an outage, answered (a 4503 close, a check skipped) and logged on
 # one line, never a bug's traceback.
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Redis errors that refuse a write while Redis is up: redis-py gives two of them a class,
+# the others only their reply's first word. MISCONF: a failed background save with
+# stop-writes-on-bgsave-error; MASTERDOWN: a replica cut off from its master. Redis 6.2
+# wraps a refusal met inside a script (the per-person limits' EVALSHA) as
+# "Error running script (...): @user_script:1: -OOM command not allowed ...".
+WRITE_REFUSED_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+WRITE_REFUSED_REPLY = re.compile(r"(?:^|: -)(?:OOM|READONLY|NOREPLICAS|MISCONF|MASTERDOWN) ")
 
 # What redis-py's from_url (and so channels_redis) accepts. Anything else fails only at the
 # first connection, on every connection, long after start-up: refuse it where it is read.
@@ -134,3 +143,12 @@ def redis_problem(redis_url: str | list[str]) -> str | None:
         except Exception as error:  # whatever stops a PING stops the chat: report it
             return f"Redis at {redacted_url(url)} does not answer ({describe_error(error)})"
     return None
+
+
+def refuses_writes(error: BaseException) -> bool:
+    """Whether error is Redis refusing a write while it is otherwise up (OOM, READONLY...)."""
+    if isinstance(error, WRITE_REFUSED_CLASSES):
+        return True
+    return isinstance(error, redis.exceptions.ResponseError) and bool(
+        WRITE_REFUSED_REPLY.search(str(error))
+    )

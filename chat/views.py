@@ -63,6 +63,9 @@ def room(request, room_name):
     message_limits = {
         "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
+        # And its heartbeat (mysite.settings): how long without a frame before it pings.
+        "heartbeat_seconds": settings.CHAT_HEARTBEAT_SECONDS,
+        "heartbeat_timeout_seconds": settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS,
     }
     context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
     # author_for has loaded the session: a cookie naming no stored session has no key now.

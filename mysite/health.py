@@ -9,9 +9,15 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
-from chat.redis_clients import describe_error, ping_redis
+from chat.redis_clients import PING_TIMEOUT_SECONDS, describe_error, redis_client
 
 logger = logging.getLogger(__name__)
+
+# The key the probe writes: one SET, which a Redis refusing writes (at maxmemory, a
+# read-only replica: chat.outages) refuses, where a PING would still answer.
+PROBE_KEY = "chat:healthz"
+# Long enough to outlive the probe, short enough never to pile up.
+PROBE_KEY_TTL_MILLISECONDS = 10_000
 
 
 def ping_database() -> None:
@@ -20,6 +26,13 @@ def ping_database() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()
+
+
+def write_to_redis(url: str) -> None:
+    """Write one short-lived key to the Redis at url; raises when it is gone or refuses."""
+    redis_client(url, PING_TIMEOUT_SECONDS).set(
+        PROBE_KEY, os.getpid(), px=PROBE_KEY_TTL_MILLISECONDS
+    )
 
 
 def _status(name: str, check: Callable[..., object], *args: str) -> str:
@@ -37,10 +50,10 @@ def _status(name: str, check: Callable[..., object], *args: str) -> str:
 
 @require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and Redis both answer, else 503; each with "ok" or the error."""
+    """200 when the database answers and Redis takes a write, else 503; each "ok" or the error."""
     report = {
         "database": _status("database", ping_database),
-        "redis": _status("redis", ping_redis, settings.REDIS_URL),
+        "redis": _status("redis", write_to_redis, settings.REDIS_URL),
     }
     healthy = all(status == "ok" for status in report.values())
     return JsonResponse({**report, "pid": os.getpid()}, status=200 if healthy else 503)

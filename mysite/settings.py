@@ -92,6 +92,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into our 429 response.
     "axes.middleware.AxesMiddleware",
+    # A request that meets an outage (Redis refusing writes too) gets 503, not 500.
+    "chat.outages.OutageMiddleware",
 ]
 
 # django-axes first: it refuses a locked-out login before any password is checked.
@@ -120,6 +122,14 @@ TEMPLATES = [
 WSGI_APPLICATION = "mysite.wsgi.application"
 ASGI_APPLICATION = "mysite.asgi.application"
 
+# Bounds on every database wait (docs/faults.md). The sync consumers of a process share one
+# thread: a store waiting for one room's lock holds every room of the process, so past
+# the lock bound it fails, the frame is refused with store_failed, and the page sends it
+# again with its client_id. SQLite's busy timeout; PostgreSQL's lock_timeout.
+DATABASE_LOCK_TIMEOUT_SECONDS = env_float("DATABASE_LOCK_TIMEOUT_SECONDS", 1.0)
+# PostgreSQL's statement_timeout: no query runs longer (0 turns it off, as for a migration
+# known to run long).
+DATABASE_STATEMENT_TIMEOUT_SECONDS = env_float("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5.0)
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 # PostgreSQL connections per server process (Django's pool, below): the sync thread and
 # the HTTP requests running at once share them. 10 x a few processes stays well under
@@ -151,10 +161,10 @@ if DATABASES["default"]["ENGINE"] not in DATABASE_ENGINES:
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         # Several server processes share one SQLite file: readers never block the writer
-        # (WAL), writers queue instead of failing with "database is locked".
+        # (WAL), writers queue (up to the lock bound) instead of failing at once.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": DATABASE_LOCK_TIMEOUT_SECONDS,
     }
 else:
     # Under ASGI every HTTP request runs in a thread of its own, and a kept connection
@@ -167,6 +177,11 @@ else:
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", DATABASE_POOL_MAX_SIZE, minimum=1),
         "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
     }
+    # Bounds on waits, in milliseconds (DATABASE_LOCK_TIMEOUT_SECONDS, above).
+    DATABASES["default"]["OPTIONS"]["options"] = (
+        f"-c lock_timeout={DATABASE_LOCK_TIMEOUT_SECONDS * 1000:.0f}"
+        f" -c statement_timeout={DATABASE_STATEMENT_TIMEOUT_SECONDS * 1000:.0f}"
+    )
 
 # REDIS_URL may list several Redis servers, comma-separated: the channel layer shards its
 # channels and groups over all of them, while presence and /healthz use the first.
@@ -342,6 +357,17 @@ CHAT_SLOW_CLIENT_GRACE_SECONDS = env_float("CHAT_SLOW_CLIENT_GRACE_SECONDS", 10.
 # (From the environment too, so that a test can lift it and see the backlog bound pongs.)
 CHAT_PING_BURST = env_int("CHAT_PING_BURST", 10)
 CHAT_PING_PER_SECOND = env_float("CHAT_PING_PER_SECOND", 1.0)
+# The heartbeat that finds a dead peer on a connection that looks alive (a cut network,
+# a sleeping laptop): each side hears from the other at least every CHAT_HEARTBEAT_SECONDS,
+# and takes the connection for dead if an answer takes longer than
+# CHAT_HEARTBEAT_TIMEOUT_SECONDS. The page sends {"ping": true} after that long without a
+# frame and reconnects if nothing comes back; the server pings an idle socket (daphne's
+# --ping-interval and --ping-timeout, which these replace) and drops one that does not
+# pong. So each side notices within 20 + 10 s (the server checks every 2 s more); idle
+# proxies commonly cut at 60 s, and a ping costs a few bytes. (From the environment too,
+# so that a test can shorten them.)
+CHAT_HEARTBEAT_SECONDS = env_float("CHAT_HEARTBEAT_SECONDS", 20.0)
+CHAT_HEARTBEAT_TIMEOUT_SECONDS = env_float("CHAT_HEARTBEAT_TIMEOUT_SECONDS", 10.0)
 # The longest a WebSocket stays open: then serving.chat_daphne closes it with 4000 and the page
 # reconnects at once, catching up with ?after=, so nothing is lost. A week: the socket's
 # name and session are read again at least that often (a socket opened before its session

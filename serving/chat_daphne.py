@@ -16,12 +16,22 @@ It also stops cleanly on SIGTERM: daphne cancels the applications and stops its 
 loop, but a sync handler in flight at that moment waits in async_to_sync for that loop,
 for ever, and the interpreter waits for its thread at exit. Here the loop keeps turning
 until every application and the handler in flight are done; after SHUTDOWN_DRAIN_SECONDS
-the process leaves without them. (asgiref may also swallow the cancellation of an
-application whose handler was in flight; chat.consumers re-raises it.)
+the process leaves without them. Before that, every open socket is closed with 4001
+(server restarting: the page reconnects and catches up), and the clients have up to
+SHUTDOWN_CLOSE_WAIT_SECONDS to answer, where daphne alone cut them with no close frame
+(1006 at the client). (asgiref may also swallow the cancellation of an application whose
+handler was in flight; chat.consumers re-raises it.)
+
+A message over daphne's --websocket-max-message-size (1 MiB) is answered with 1009
+(message too big) and a log line, where autobahn alone drops the connection unsaid.
 
 Every frame counts, not only the application's messages: pongs and close frames are
 bytes held for the client too, and each connection answers at most CHAT_PING_BURST pings
 at once, then CHAT_PING_PER_SECOND; a client pinging faster is closed with 4429.
+
+An idle socket is pinged every CHAT_HEARTBEAT_SECONDS and dropped if its pong does not come
+within CHAT_HEARTBEAT_TIMEOUT_SECONDS (a half-open connection: the network between went
+away); these replace daphne's --ping-interval and --ping-timeout.
 
 A socket lives at most CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS, then is closed with 4000 (the
 page reconnects at once and catches up); daphne's own limit, a bare 1000 at 24 h that no
@@ -51,12 +61,20 @@ from django.conf import settings
 from twisted.internet import defer, endpoints, reactor
 from twisted.web import http
 
-from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
+from chat.protocol import (
+    CLOSE_FLOODING,
+    CLOSE_LIFETIME_ENDED,
+    CLOSE_SERVER_RESTARTING,
+    CLOSE_TOO_SLOW,
+)
 from chat.ratelimit import TokenBucket
 
 logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
+# How long a stopping server waits for its clients to answer its close frames: a client
+# on a live connection answers in a round trip; a dead one must not hold the shutdown.
+SHUTDOWN_CLOSE_WAIT_SECONDS = 1.0
 
 # The endpoint daphne's --fd makes (daphne.endpoints): adopted here instead (ChatDaphneServer).
 FD_ENDPOINT = re.compile(r"fd:fileno=(\d+)")
@@ -142,6 +160,16 @@ class BacklogBoundedProtocol(WebSocketProtocol):
             self.sendClose(code=CLOSE_FLOODING, reason="flooding: too many pings")
             return
         super().onPing(payload)
+
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        """Close with 1009 and say so, where autobahn would drop the connection without a word."""
+        logger.warning(
+            "closing a WebSocket that sent a message over %d bytes on %s",
+            max_msg_size,
+            self.request.path,
+        )
+        self.failByDrop = False  # autobahn's own failure path then sends the close frame
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
     def check_timeouts(self):
         """Daphne's periodic check, closing a socket with 4000 at the end of its lifetime."""
@@ -329,7 +357,23 @@ class ChatDaphneServer(Server):
         """Before the reactor stops: cancel every application, then let their handlers finish."""
         return defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_applications()))
 
+    async def _close_websockets(self):
+        """Close every open socket with CLOSE_SERVER_RESTARTING; wait a little for the answers."""
+        closing = [
+            protocol
+            for protocol in self.connections
+            if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN
+        ]
+        for protocol in closing:
+            protocol.sendClose(code=CLOSE_SERVER_RESTARTING, reason="server restarting: reconnect")
+        logger.info("Closed %i WebSockets: server restarting", len(closing))
+        if closing:
+            loop = asyncio.get_running_loop()
+            closed = [protocol.is_closed.asFuture(loop) for protocol in closing]
+            await asyncio.wait(closed, timeout=SHUTDOWN_CLOSE_WAIT_SECONDS)
+
     async def _stop_applications(self):
+        await self._close_websockets()
         # As daphne's own, which raises KeyError (and so stops nothing) when a connection's
         # application finished before the connection closed.
         pending = {
@@ -367,6 +411,9 @@ class ChatDaphneServer(Server):
             )
 
     def run(self):
+        """Serve, with the heartbeat's settings (read once Django's settings can be)."""
+        self.ping_interval = settings.CHAT_HEARTBEAT_SECONDS
+        self.ping_timeout = settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS
         # Daphne's fd: endpoint adopts every socket as IPv4 (its plugin's default domain,
         # which an endpoint string cannot change), so Twisted reads an IPv6 peer's address
         # as an IPv4 one: garbage, a new "client" for every connection. Adopt each with its

@@ -1629,3 +1629,13 @@ def test_on_a_phone_the_sidebar_folds_behind_its_button(browser, chat_server):
     finally:
         browser.set_window_size(size["width"], size["height"])
     _wait(browser, lambda: rooms_list.is_displayed() and not toggle.is_displayed())
+
+
+def test_a_page_whose_network_is_cut_says_so_and_reconnects(browser, start_chat_server, tcp_relay):
+    # The page pings after 1 s without a frame and waits 1 s for an answer.
+    server = start_chat_server(CHAT_HEARTBEAT_SECONDS="1", CHAT_HEARTBEAT_TIMEOUT_SECONDS="1")
+    relay = tcp_relay(server.port)
+    _enter_chat_room(browser, f"http://127.0.0.1:{relay.port}", "cut-line")
+    relay.cut()  # the socket stays open at both ends; nothing crosses any more
+    _wait(browser, lambda: _status(browser).startswith("Connection lost."), "cut never noticed")
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")

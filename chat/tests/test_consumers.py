@@ -1,14 +1,22 @@
 """ChatConsumer through mysite.asgi.application, on the Redis channel layer of a real Redis."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from urllib.parse import quote
 
+import dj_database_url
+import psycopg
 import pytest
 import redis
+import websockets
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -19,6 +27,7 @@ from django.db import DatabaseError, OperationalError
 from chat import presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message
+from chat.stalls import COOL_OFF_FACTOR
 from chat.tests.conftest import (
     ALLOWED_HOST,
     ALLOWED_ORIGIN,
@@ -31,10 +40,17 @@ from chat.tests.conftest import (
     session_cookie_for,
     until_listening,
 )
+from conftest import WRITE_REFUSALS, redis_refusing_writes
 from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer", "transactional_db")
+# What a busy 2-core machine may add to a bound: a round trip, a batch, a log line.
+SLACK_SECONDS = 1.5
+# The server's DATABASE_LOCK_TIMEOUT_SECONDS in the lock test.
+LOCK_BOUND_SECONDS = 1.0
+# How often the room page sends a refused message again (room.js, RATE_LIMITED_RETRY_MS).
+RETRY_SECONDS = 1.0
 
 
 async def assert_receives_error(socket, code: str):
@@ -546,7 +562,7 @@ async def test_a_consumer_whose_handler_fails_leaves_its_room(join, monkeypatch,
     await survivor.send_json_to({"message": "trigger"})  # a room event for chat_message
     await victim.send_json_to({"message": "boom"})  # a frame for receive
     # Closed as an internal error, logged once with the traceback a bug deserves.
-    assert await close_code(victim) == 1011
+    assert await close_code(victim) == protocol.CLOSE_INTERNAL_ERROR
     await wait_for_presence_count(survivor, 1)
     fresh = await join("crash")
     assert await presence_count("crash") == 2
@@ -562,7 +578,7 @@ async def test_a_consumer_that_fails_while_connecting_leaves_no_ghost(join, monk
     fail_for_the_victim(monkeypatch, "_send_backlog")  # after group_add and accept
     victim = communicator("crash", query="victim=1")
     await victim.connect()
-    assert await close_code(victim) == 1011
+    assert await close_code(victim) == protocol.CLOSE_INTERNAL_ERROR
     await wait_for_presence_count(survivor, 1)
     await join("crash")
     assert await presence_count("crash") == 2
@@ -883,3 +899,153 @@ async def test_a_burst_of_sockets_coming_and_going_at_once_is_served_whole(
 def test_every_consumer_test_here_checks_the_side_of_each_call():
     # chat.sides: a handler on the wrong side raises, and so fails the test that made it.
     assert sides.CHECKING
+
+
+# --- A socket connect refuses gets no room traffic -----------------------------------------
+
+
+@pytest.mark.parametrize("refusal", ["socket limit", "another sign-in"])
+async def test_a_socket_connect_refuses_leaves_its_groups_and_handles_no_room_event(
+    join, settings, caplog, refusal
+):
+    # Sockets join their room's group before connect runs; these are refused after that.
+    query = "as=someone-else"
+    if refusal == "socket limit":
+        settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "1/minute"  # the witness has the one
+        query = ""
+    witness = await join("refusals")
+    refused = communicator("refusals", query=query)
+    try:
+        connected, _ = await refused.connect()  # refused before accept: the close is read
+        while connected and (await refused.receive_output(timeout=5))["type"] != "websocket.close":
+            pass
+        async with asyncio.timeout(5):  # the group is left as connect returns
+            while group_size(rooms.group_name("refusals")) != 1:
+                await asyncio.sleep(0.01)
+        await witness.send_json_to({"message": "after the refusal"})
+        await assert_receives_message(witness, "after the refusal")
+        await witness.send_json_to({"typing": True})
+        assert await refused.receive_nothing(timeout=0.3)
+    finally:
+        await refused.disconnect()
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    assert "failed" not in caplog.text
+
+
+# --- A Redis refusing writes is an outage ---------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal", WRITE_REFUSALS)
+async def test_a_redis_refusing_writes_closes_the_sender_with_4503_and_it_chats_once_well(
+    join, redis_channel_layer, caplog, refusal
+):
+    # The per-person limit's script is the sender's first write: Redis refuses it.
+    sender = await join("lobby")
+    with redis_refusing_writes(redis_channel_layer.url, refusal):
+        await sender.send_json_to({"message": "while Redis refuses", "client_id": "kept"})
+        assert await close_code(sender) == protocol.CLOSE_SERVICE_UNAVAILABLE
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    again = await join("lobby")
+    await again.send_json_to({"message": "while Redis refuses", "client_id": "kept"})
+    await assert_receives_message(again, "while Redis refuses")
+
+
+# --- A database lock holds the process for the lock bound at most ---------------------------
+
+
+@contextlib.contextmanager
+def room_locked_outside(database_url: str, room: str) -> Iterator[None]:
+    """Hold a lock that stores in `room` wait for, from another connection, until the end.
+
+    SQLite: the database's write lock (BEGIN IMMEDIATE), which every room's stores wait
+    for. PostgreSQL: the room's row (SELECT ... FOR UPDATE), which only its stores wait for.
+    """
+    config = dj_database_url.parse(database_url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        holder = sqlite3.connect(config["NAME"], isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(database_url)
+        holder.execute("SELECT 1 FROM chat_room WHERE name = %s FOR UPDATE", [room])
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+async def answer_within(client, seconds: float) -> dict:
+    """The next frame that is not a presence update, within `seconds`."""
+    async with asyncio.timeout(seconds):
+        while "presence" in (frame := json.loads(await client.recv())):
+            pass
+    return frame
+
+
+async def test_a_locked_room_holds_its_sender_and_other_rooms_for_the_lock_bound_at_most(
+    start_chat_server, migrated_database
+):
+    server = start_chat_server(DATABASE_LOCK_TIMEOUT_SECONDS=str(LOCK_BOUND_SECONDS))
+    base = server.url.replace("http", "ws", 1)
+    locked, free = f"locked-{uuid.uuid4().hex[:8]}", f"free-{uuid.uuid4().hex[:8]}"
+    sender = await websockets.connect(f"{base}/ws/chat/{locked}/", origin=server.url)
+    other = await websockets.connect(f"{base}/ws/chat/{free}/", origin=server.url)
+    try:
+        await sender.send(json.dumps({"message": "makes the room"}))
+        assert (await answer_within(sender, 5))["message"] == "makes the room"
+        bound = LOCK_BOUND_SECONDS
+        with room_locked_outside(migrated_database, locked):
+            started = time.monotonic()
+            await sender.send(json.dumps({"message": "held", "client_id": "held-1"}))
+            await other.send(json.dumps({"message": "elsewhere", "client_id": "else-1"}))
+            refused = await answer_within(sender, bound + SLACK_SECONDS)
+            assert refused["error"]["code"] == "store_failed"
+            assert refused["error"]["client_id"] == "held-1"
+            # The page's retry, a second later: refused at once, holding nobody up again.
+            await sender.send(json.dumps({"message": "held", "client_id": "held-1"}))
+            retried_at = time.monotonic()
+            assert (await answer_within(sender, bound))["error"]["code"] == "store_failed"
+            assert time.monotonic() - retried_at < bound / 2
+            # Behind the sender's wait on the one sync thread, then its own store: stored
+            # on PostgreSQL (another row), refused on SQLite (the same lock).
+            answer = await answer_within(other, bound + SLACK_SECONDS)
+            assert time.monotonic() - started < 2 * bound + SLACK_SECONDS
+            assert answer.get("message") == "elsewhere" or answer["error"]["code"] == (
+                "store_failed"
+            )
+        # The page retries every second: stored once the room's cool-off is over.
+        async with asyncio.timeout(COOL_OFF_FACTOR * bound + SLACK_SECONDS):
+            while True:
+                await sender.send(json.dumps({"message": "held", "client_id": "held-1"}))
+                if "error" not in (answer := await answer_within(sender, 5)):
+                    break
+                await asyncio.sleep(RETRY_SECONDS)
+        assert answer["message"] == "held"
+    finally:
+        await sender.close()
+        await other.close()
+
+
+async def test_a_ping_is_answered_with_a_pong_and_nothing_else(join):
+    socket, bystander = await join("lobby"), await join("lobby")
+    await socket.send_json_to({"ping": True})
+    assert await next_frame(socket) == {"pong": True}
+    await assert_no_chat(bystander)
+
+
+async def test_a_redis_refusing_writes_closes_a_real_servers_socket_with_4503(
+    start_chat_server, redis_server
+):
+    # Through daphne and autobahn, which sent no close at all for the 1011 used before.
+    server = start_chat_server()
+    base = server.url.replace("http", "ws", 1)
+    sender = await websockets.connect(
+        f"{base}/ws/chat/oom-{uuid.uuid4().hex[:8]}/", origin=server.url
+    )
+    try:
+        with redis_refusing_writes(redis_server.url, "maxmemory"):
+            await sender.send(json.dumps({"message": "while Redis refuses"}))
+            await asyncio.wait_for(sender.wait_closed(), 10)
+        assert sender.close_code == protocol.CLOSE_SERVICE_UNAVAILABLE
+    finally:
+        await sender.close()

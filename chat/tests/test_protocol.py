@@ -1,9 +1,12 @@
 """Parsing inbound frames and the shape of every outbound frame."""
 
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -304,3 +307,41 @@ def test_typing_event_and_frame_shapes():
         "sender_channel": "specific.abc!123",
     }
     assert json.loads(protocol.typing_frame(event)) == {"typing": {"user": "Zoë", "guest": True}}
+
+
+# --- Close codes -------------------------------------------------------------------------
+
+CLOSE_CODES = {name: value for name, value in vars(protocol).items() if name.startswith("CLOSE_")}
+# Sent by autobahn itself, on its own failure path (serving.chat_daphne), not by sendClose.
+SENT_BY_AUTOBAHN = {protocol.CLOSE_MESSAGE_TOO_BIG}
+ROOM_JS = Path(protocol.__file__).parent / "static" / "chat" / "room.js"
+
+
+@pytest.mark.parametrize("name", sorted(set(CLOSE_CODES) - {"CLOSE_MESSAGE_TOO_BIG"}))
+def test_every_close_code_the_application_sends_is_one_autobahn_sends(name):
+    # Daphne hands an application's close to autobahn's sendClose, which raises for any
+    # code but 1000 and 3000-4999: the close never leaves, and the socket stays open, deaf.
+    closing = WebSocketServerProtocol()
+    closing.state = WebSocketServerProtocol.STATE_CLOSED  # the rule is checked first
+    closing.sendClose(code=CLOSE_CODES[name], reason="reconnect")
+
+
+def test_the_room_page_says_something_for_every_close_code():
+    plain_closes = re.search(r"const PLAIN_CLOSES = \{(.*?)\};", ROOM_JS.read_text(), re.S)
+    handled = {int(code) for code in re.findall(r"^\s*(\d{4}):", plain_closes[1], re.M)}
+    assert set(CLOSE_CODES.values()) <= handled
+
+
+def test_a_ping_is_its_own_frame_kind():
+    assert parse('{"ping": true}') == protocol.Ping()
+
+
+@pytest.mark.parametrize("value", ["1", "false", '"yes"', "null"])
+def test_a_malformed_ping_is_refused_and_not_as_missing_message(value):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"ping": {value}}}')
+    assert refused.value.code == "invalid_ping"
+
+
+def test_a_pong_frame_is_exactly_pong_true():
+    assert json.loads(protocol.pong_frame()) == {"pong": True}

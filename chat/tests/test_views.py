@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from chat import identity, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
+from conftest import WRITE_REFUSALS, redis_refusing_writes
 from serving.embedded_redis import free_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
@@ -66,13 +67,16 @@ def test_room_page_has_log_box_and_button(client):
     assert '<script id="room-name" type="application/json">"lobby"</script>' in html
 
 
-def test_room_page_hands_its_script_the_servers_message_limits(client, settings):
+def test_room_page_hands_its_script_the_servers_message_limits_and_heartbeat(client, settings):
     settings.CHAT_MESSAGE_MAX_CHARS = 123
+    settings.CHAT_HEARTBEAT_SECONDS = 7.0
     html = client.get("/chat/lobby/").content.decode()
     limits = html.split('<script id="chat-limits" type="application/json">')[1].split("<")[0]
     assert json.loads(limits) == {
         "message_max_chars": 123,
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
+        "heartbeat_seconds": 7.0,
+        "heartbeat_timeout_seconds": settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS,
     }
 
 
@@ -921,3 +925,16 @@ def test_signing_up_with_a_taken_username_is_answered_with_the_form_not_a_500(
     )
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
+
+
+@pytest.mark.parametrize("refusal", WRITE_REFUSALS)
+@pytest.mark.parametrize("path", ["/chat/lobby/", "/chat/lobby/messages/"])
+def test_a_redis_refusing_writes_gets_a_clear_503_not_a_500(
+    client, redis_channel_layer, refusal, path
+):
+    with redis_refusing_writes(redis_channel_layer.url, refusal):
+        response = client.get(path, HTTP_ACCEPT="text/html" if path == "/chat/lobby/" else "*/*")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert b"having trouble" in response.content
+    assert client.get(path).status_code == 200  # and served again once it takes writes

@@ -6,6 +6,7 @@ import pytest
 from django.db import OperationalError
 from django.urls import reverse
 
+from conftest import WRITE_REFUSALS, redis_refusing_writes
 from mysite import health
 from serving.embedded_redis import free_port
 
@@ -70,3 +71,16 @@ def test_healthz_is_not_redirected_to_https_when_everything_else_is(
 @pytest.mark.django_db
 def test_healthz_answers_head_probes(client, redis_channel_layer):
     assert client.head("/healthz").status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("refusal", WRITE_REFUSALS)
+def test_healthz_answers_503_naming_redis_when_redis_refuses_writes(
+    client, redis_channel_layer, refusal
+):
+    # A PING still answers; the chat cannot store a limit, a presence or a group.
+    with redis_refusing_writes(redis_channel_layer.url, refusal):
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["redis"].startswith("error: ")
+    assert client.get("/healthz").status_code == 200  # and well again once it takes writes

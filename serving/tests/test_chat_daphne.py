@@ -22,13 +22,21 @@ import websockets
 from django.conf import settings
 
 from benchmarks.ping_flood import LIFTED, PingingClient
-from chat.protocol import CLOSE_FLOODING, CLOSE_LIFETIME_ENDED, CLOSE_TOO_SLOW
+from chat.protocol import (
+    CLOSE_FLOODING,
+    CLOSE_LIFETIME_ENDED,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_SERVER_RESTARTING,
+    CLOSE_TOO_SLOW,
+)
 from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
 from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
 from serving.embedded_redis import free_port
 from serving.processes import stop_processes, wait_for_http
 
 BACKLOG_LIMIT_BYTES = 256 * 1024
+# Daphne's --websocket-max-message-size, which no entry point of ours changes.
+MAX_MESSAGE_BYTES = 1024 * 1024
 SEEDED_MESSAGES = 1500
 # 1,500 frames of about 4 KB: some 6 MB, more than the kernel's socket buffers on both
 # ends (about 3 MB on loopback) plus the limit, so the server must hold the rest itself.
@@ -495,3 +503,60 @@ def namespace_client():
 def test_a_non_loopback_ipv6_bind_sees_the_clients_own_address(serve_on, namespace_client):
     url, log = serve_on(f"[{NAMESPACE_NETWORK}::1]", f"[{NAMESPACE_NETWORK}::1]")
     assert_seen_as(url, log, f"{NAMESPACE_NETWORK}::2", namespace_client)
+
+
+async def test_sigterm_closes_every_socket_with_4001_before_the_server_exits(start_chat_server):
+    server = start_chat_server()
+    room = f"restart-{uuid.uuid4().hex[:8]}"
+    clients = [await connect(server, room) for _ in range(3)]
+    server.process.terminate()
+    for client in clients:
+        await asyncio.wait_for(client.wait_closed(), SHUTDOWN_DRAIN_SECONDS)
+        assert (client.close_code, client.close_reason) == (
+            CLOSE_SERVER_RESTARTING,
+            "server restarting: reconnect",
+        )
+    assert await asyncio.to_thread(server.process.wait, SHUTDOWN_DRAIN_SECONDS) == 0
+
+
+async def test_a_message_over_the_size_limit_is_closed_with_1009_and_a_log_line(
+    start_chat_server, capfd
+):
+    server = start_chat_server()
+    client = await connect(server, f"big-{uuid.uuid4().hex[:8]}")
+    await client.send(json.dumps({"message": "x" * MAX_MESSAGE_BYTES}))
+    await asyncio.wait_for(client.wait_closed(), 10)
+    assert client.close_code == CLOSE_MESSAGE_TOO_BIG
+    assert re.search(
+        r"closing a WebSocket that sent a message over \d+ bytes", capfd.readouterr().err
+    )
+
+
+# The heartbeat of the half-open test: a ping after 1 s idle, and 1 s for its pong.
+SHORT_HEARTBEAT = {"CHAT_HEARTBEAT_SECONDS": "1", "CHAT_HEARTBEAT_TIMEOUT_SECONDS": "1"}
+# Daphne looks at its sockets every 2 s; the rest is a busy machine's slack.
+HEARTBEAT_BOUND_SECONDS = 1 + 1 + 2 + 2
+
+
+async def test_a_socket_whose_network_is_cut_is_dropped_within_the_heartbeat_bound(
+    start_chat_server, tcp_relay
+):
+    server = start_chat_server(**SHORT_HEARTBEAT)
+    relay = tcp_relay(server.port)
+    room = f"cut-{uuid.uuid4().hex[:8]}"
+    watcher = await connect(server, room)
+    relayed = f"http://127.0.0.1:{relay.port}"
+    cut_off = await websockets.connect(
+        f"ws://127.0.0.1:{relay.port}/ws/chat/{room}/", origin=relayed, ping_interval=None
+    )
+    try:
+        while await presence_count(watcher) != 2:
+            pass
+        relay.cut()  # the client hears nothing more, and the server nothing from it
+        started = time.monotonic()
+        while await presence_count(watcher, HEARTBEAT_BOUND_SECONDS) != 1:
+            pass
+        assert time.monotonic() - started < HEARTBEAT_BOUND_SECONDS
+    finally:
+        await watcher.close()
+        cut_off.transport.abort()

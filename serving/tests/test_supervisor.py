@@ -13,6 +13,7 @@ import psutil
 import pytest
 import websockets
 
+from chat.protocol import CLOSE_SERVER_RESTARTING
 from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
 from serving.embedded_redis import free_port
 from serving.processes import stop_processes, wait_for_http
@@ -144,6 +145,17 @@ def test_sigterm_stops_every_process(served):
     assert process.wait(20) == 0
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+async def test_sigterm_closes_every_socket_of_every_process_with_4001(served):
+    url, process = served
+    ws_url = url.replace("http", "ws", 1) + "/ws/chat/restarting/"
+    clients = [await websockets.connect(ws_url, origin=url) for _ in range(6)]
+    process.send_signal(signal.SIGTERM)
+    for client in clients:
+        await asyncio.wait_for(client.wait_closed(), 20)
+        assert client.close_code == CLOSE_SERVER_RESTARTING
+    assert await asyncio.to_thread(process.wait, 20) == 0
 
 
 STORM_SOCKETS = 1000

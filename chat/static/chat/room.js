@@ -29,6 +29,11 @@
 // last id shown (?after=), a page at a time. A message over the server's limits
 // (json_script "chat-limits") is never sent: it stays in the input, with the reason.
 //
+// Heartbeat: after limits.heartbeat_seconds without a frame from the server, the page sends
+// {"ping": true}; if nothing at all arrives limits.heartbeat_timeout_seconds later, the
+// connection is taken for dead (a cut network looks "Connected" for minutes otherwise):
+// the page says "Connection lost" and reconnects, catching up.
+//
 // Sign-in: the page was rendered for one sign-in (json_script "chat-reader", its sign_in
 // tag) and every socket names it (?as=); a socket whose session now speaks as someone else
 // (a logout, a login, a new name, in another tab or while this one was offline) is closed
@@ -90,13 +95,19 @@
         store_failed: 'The server could not save this message just now. Trying again…',
         frame_too_large: 'This message is too large to send.',
     };
+    // Not a close code: the page's own verdict on a socket its heartbeat found dead.
+    const CONNECTION_LOST = 'lost';
     const PLAIN_CLOSES = {
+        [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
         4430: 'Too many chat tabs or connections are open: close one.',
         4503: 'The chat server is having trouble.',
+        4500: 'The chat server ran into an error.',
+        4001: 'The chat server is restarting.',
+        1009: 'The server refused a message too large to read.',
     };
 
     const roomName = JSON.parse(document.getElementById('room-name').textContent);
@@ -128,6 +139,7 @@
     let failedAttempts = 0;
     let healthyTimer = null;
     let reconnectTimer = null;
+    let heartbeatTimer = null;  // the next ping; once sent, the verdict on its answer
     let countdownTimer = null;
     let pageHidden = false;     // left for the back/forward cache: stay disconnected
     let connections = 0;
@@ -473,6 +485,8 @@
             } else {
                 catchingUp = false;
             }
+        } else if (data.pong) {
+            // the heartbeat's answer: the frame itself was the news
         } else if (data.presence) {
             showPresence(data.presence);
             dispatch('chat:presence', data);
@@ -598,6 +612,21 @@
         clearTimeout(reconnectTimer);
         clearInterval(countdownTimer);
         clearTimeout(healthyTimer);
+        clearTimeout(heartbeatTimer);
+    }
+
+    // Any frame from the server shows the connection alive: ping again after a quiet spell.
+    function awaitHeartbeat(thisSocket) {
+        clearTimeout(heartbeatTimer);
+        heartbeatTimer = setTimeout(function () {
+            thisSocket.send(JSON.stringify({ping: true}));
+            heartbeatTimer = setTimeout(function () {
+                // Nothing came back: forget this socket (its close may never come) and go on.
+                socket = null;
+                thisSocket.close();
+                onClose({code: CONNECTION_LOST});
+            }, limits.heartbeat_timeout_seconds * 1000);
+        }, limits.heartbeat_seconds * 1000);
     }
 
     function connect() {
@@ -622,12 +651,19 @@
         thisSocket.onopen = function () {
             healthyTimer = setTimeout(() => { failedAttempts = 0; }, HEALTHY_AFTER_MS);
             showStatus('Connected', 'ok');
+            awaitHeartbeat(thisSocket);
             dispatch('chat:connection', {state: 'open'});
             for (const clientId of pending.keys()) {
                 sendPending(clientId);
             }
         };
-        thisSocket.onmessage = (e) => onMessage(JSON.parse(e.data));
+        thisSocket.onmessage = function (e) {
+            if (thisSocket !== socket) {
+                return;  // a socket the heartbeat gave up on, heard from too late
+            }
+            awaitHeartbeat(thisSocket);
+            onMessage(JSON.parse(e.data));
+        };
         thisSocket.onclose = function (e) {
             if (thisSocket === socket) {
                 onClose(e);
