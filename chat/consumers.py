@@ -323,6 +323,11 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.TypingSignal):
             self._typing()
             return
+        if not revocation.speaks_as_now(self.author, self.scope.get("session")):
+            # Logged out, banned, renamed... and the event that closes us is still on its
+            # way, or will never come (a change made without signals): store nothing.
+            self._close_for_identity("the session no longer speaks as this socket")
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             room_may_be_new = not self.room_exists
