@@ -481,6 +481,13 @@ class ChatConsumer(WebsocketConsumer):
             return services.store_message(
                 self.room_name, self.author, frame.message, frame.client_id
             )
+        except services.LookalikeRoom as refusal:
+            raise protocol.FrameRefused(
+                "lookalike_room",
+                f'This room\'s name looks too much like the room "{refusal.existing}": '
+                "talk there, or choose another name.",
+                frame.client_id,
+            ) from None
         except DatabaseError as error:
             logger.error("message not stored in room %r: %r", self.room_name, error)
             raise protocol.FrameRefused(

@@ -14,6 +14,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.template.loader import render_to_string
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from chat import identity, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
@@ -661,6 +662,27 @@ def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(
     assert f'<time datetime="{last_at}">' in html
     # The tutorial's room chooser is still there.
     assert 'id="room-name-input"' in html and 'id="room-name-submit"' in html
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l\u043ebby", "lobby."])
+def test_the_page_of_a_new_room_that_looks_like_an_existing_one_sends_you_there(client, lookalike):
+    _chat("lobby", "hello")
+    response = client.get(reverse("chat:room", kwargs={"room_name": lookalike}))
+    assert (response.status_code, response["Location"]) == (302, "/chat/lobby/")
+    assert client.get("/chat/lobby/").status_code == 200
+
+
+def test_a_lookalike_room_from_before_the_rule_keeps_its_page_and_is_not_listed(
+    client, redis_channel_layer
+):
+    _chat("lobby", "the first")
+    # From before the rule: the migration left it its messages and no key.
+    Room.objects.create(name="l\u043ebby", key=None, last_seq=1, last_message_at=timezone.now())
+    assert client.get(reverse("chat:room", kwargs={"room_name": "l\u043ebby"})).status_code == 200
+    html = client.get("/chat/").content.decode()
+    assert re.findall(r'<li class="room-entry" data-room="([^"]+)">', html) == ["lobby"]
+    listed = client.get("/api/rooms/", {"room": "l\u043ebby"}).json()["rooms"]
+    assert [room["name"] for room in listed] == ["lobby"]
 
 
 def test_a_room_is_dated_by_its_newest_message(db):
