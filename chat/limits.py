@@ -53,6 +53,12 @@ ROOMS = Limit("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "new rooms from your address")
 GUEST_SESSIONS = Limit("CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "new guests from your address")
 SIGNUPS = Limit("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "new accounts from your address")
 API = Limit("CHAT_LIMIT_API_PER_ADDRESS", "requests for messages from your address")
+PASSWORD_RESETS = Limit(
+    "CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS", "password reset requests from your address"
+)
+PASSWORD_RESET_MAILS = Limit(
+    "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "password reset mails to one account"
+)
 
 
 def client_address(connection: HttpRequest | dict) -> str:

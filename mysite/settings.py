@@ -384,6 +384,16 @@ CHAT_LIMIT_SIGNUPS_PER_ADDRESS = os.environ.get("CHAT_LIMIT_SIGNUPS_PER_ADDRESS"
 # script paging through a room gets a page a second (60 x 500 messages a minute), not
 # 200 pages in 4.8 s.
 CHAT_LIMIT_API_PER_ADDRESS = os.environ.get("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
+# Password reset requests per address (a 429, whether the address asked about has an
+# account or not): someone who lost a password asks a few times, not 100 in 22 s.
+CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS = os.environ.get(
+    "CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS", "10/hour"
+)
+# Reset mails per account, from any address (more are not sent, and the answer does not
+# say so): one link is enough, three cover a slow mailbox; nobody's inbox gets a flood.
+CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT = os.environ.get(
+    "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "3/hour"
+)
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis

@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import identity, presence, rooms, services
+from chat import identity, password_reset, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
 from serving.embedded_redis import free_port
 
@@ -576,6 +576,7 @@ def test_password_reset_mails_a_link_that_sets_a_new_password(
     assert client.get(reverse("password_reset")).status_code == 200
     response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
     assert response.status_code == 302 and response["Location"] == reverse("password_reset_done")
+    password_reset.wait_for_sent_mails()  # sent after the response (chat.password_reset)
     [message] = mailoutbox
     assert message.to == ["alice@example.com"]
 
@@ -593,6 +594,7 @@ def test_password_reset_mails_a_link_that_sets_a_new_password(
 def test_password_reset_for_an_unknown_address_says_the_same_and_mails_nothing(client, mailoutbox):
     response = client.post(reverse("password_reset"), {"email": "nobody@example.com"})
     assert response["Location"] == reverse("password_reset_done")
+    password_reset.wait_for_sent_mails()
     assert mailoutbox == []
 
 
@@ -604,6 +606,7 @@ def test_password_reset_with_the_mail_server_down_answers_and_logs_one_error(
     django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
     response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
     assert response.status_code == 302
+    password_reset.wait_for_sent_mails()
     [error] = [record for record in caplog.records if record.levelname == "ERROR"]
     assert "password reset email" in error.getMessage().lower()
 
