@@ -732,6 +732,32 @@ def test_http_links_are_clickable_and_safe_and_other_schemes_are_text(browser, c
     assert link.get_attribute("target") == "_blank"
 
 
+def test_a_links_text_reads_in_the_order_of_where_it_points_and_each_text_is_isolated(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "bidi")
+    # Balanced, so the server takes it: the override turns "gpj.exe" into "exe.jpg" on screen.
+    text = "get https://example.com/\u202egpj.exe\u202c now"
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", text
+    )
+    shown = "get https://example.com/gpj.exe now"
+    _wait(browser, lambda: _rich_texts(browser) == [shown], "message not shown")
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#messages .text a")
+    assert link.get_attribute("href").endswith("gpj.exe%E2%80%AC")
+    assert link.get_attribute("dir") == "ltr"
+    for part in [".text", ".author"]:
+        (element,) = browser.find_elements(By.CSS_SELECTOR, f"#messages .message {part}")
+        assert element.get_attribute("dir") == "auto", part
+
+    # Unclosed, it is refused: it would turn around whatever follows the message.
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", "\u202eexe.jpg"
+    )
+    error = browser.find_element(By.ID, "chat-error")
+    _wait(browser, lambda: error.get_attribute("data-code") == "unbalanced_bidi", "not refused")
+
+
 def test_shift_enter_is_a_new_line_and_enter_sends(browser, chat_server):
     _enter_chat_room(browser, chat_server, "multiline")
     chain = ActionChains(browser).send_keys("line one")
