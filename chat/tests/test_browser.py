@@ -2,6 +2,7 @@
 
 import datetime
 import functools
+import http.cookiejar
 import http.server
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -1618,6 +1620,49 @@ def test_a_mention_of_the_reader_is_highlighted_and_notified_when_hidden(browser
     assert browser.execute_script("return window.notified") == [
         ["bob mentioned you in mentions", f"@{me} are you there?"]
     ]
+
+
+def _guest_session_cookie(base_url: str, name: str) -> str:
+    """The Cookie header of a new guest session that chose `name`, as a browser gets one."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(base_url + "/chat/").read()
+    token = next(cookie.value for cookie in jar if cookie.name == "csrftoken")
+    form = urllib.parse.urlencode({"display_name": name, "csrfmiddlewaretoken": token})
+    opener.open(urllib.request.Request(base_url + "/accounts/name/", form.encode())).read()
+    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+
+
+def test_a_guest_is_marked_as_a_guest_wherever_others_see_its_name(browser, chat_server):
+    _choose_name(browser, chat_server, "Reader")
+    _enter_chat_room(browser, chat_server, "guest-marked")
+    browser.execute_script(
+        """
+        window.notified = [];
+        window.Notification = class {
+            static permission = 'granted';
+            constructor(title, options) { window.notified.push(title); }
+        };
+        Object.defineProperty(document, 'hidden', {get: () => true, configurable: true});
+        """
+    )
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/guest-marked/"
+    cookie = _guest_session_cookie(chat_server, "Security Team")
+    with websockets.sync.client.connect(
+        ws_url, origin=chat_server, additional_headers={"Cookie": cookie}
+    ) as guest:
+        _wait(browser, lambda: "Security Team (guest)" in _presence_items(browser), "presence")
+        guest.send(json.dumps({"typing": True}))
+        _wait(browser, lambda: _typing_line(browser) == "Security Team (guest) is typing…")
+        guest.send(json.dumps({"message": "@Reader reset your password here"}))
+        line = "Security Team (guest): @Reader reset your password here"
+        _wait(browser, lambda: line in _log_lines(browser), "transcript")
+        (header,) = browser.find_elements(By.CSS_SELECTOR, "#messages .message .meta")
+        author, tag = header.find_elements(By.CSS_SELECTOR, ".author, .tag")
+        assert (author.text, tag.text) == ("Security Team", "(guest)")
+        assert browser.execute_script("return window.notified") == [
+            "Security Team (guest) mentioned you in guest-marked"
+        ]
 
 
 def test_notification_permission_is_asked_on_the_click_of_a_button(browser, chat_server):
