@@ -7,6 +7,8 @@ form only queues the mail, and a thread of the process renders and sends it afte
 response, so both answers are the same page in the same time. Requests count per
 client address (a 429, alike for every address asked about); mails count per account
 where they are sent, out of the request, so a limit reached shows in no answer.
+
+Explained in docs/security.md, 'Password reset'.
 """
 
 import logging
