@@ -1497,6 +1497,22 @@ document.dispatchEvent(new Event('visibilitychange'));
 """
 
 
+def test_a_recent_room_whose_name_the_rule_now_refuses_is_forgotten_not_failing_the_list(
+    browser, chat_server
+):
+    browser.get(chat_server + "/chat/")
+    # Visited before the room-name rule refused blank names (U+3164, a Hangul filler).
+    browser.execute_script(
+        "localStorage.setItem('chat:recent-rooms', JSON.stringify(['\u3164', 'lobby']))"
+    )
+    _enter_chat_room(browser, chat_server, "after-the-rule")
+    _post_message(browser, "hello")
+    listed = "#rooms-sidebar-list li[data-room='after-the-rule']"
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, listed), "list never loaded")
+    kept = browser.execute_script("return JSON.parse(localStorage.getItem('chat:recent-rooms'))")
+    assert kept == ["after-the-rule"]
+
+
 def test_a_hidden_tab_asks_nothing_and_on_coming_back_an_unchanged_list_is_a_304(
     browser, chat_server
 ):
