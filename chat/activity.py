@@ -15,16 +15,19 @@ from .models import ReadPosition, Room
 
 def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
     """The `limit` rooms with the newest messages, with the rooms in `also` and those the
-    user has read, newest activity first; rooms without messages are left out.
+    user has read, newest activity first; rooms without messages are left out, and so are
+    rooms without a look-alike key (Room.key: from before the rule, they look like
+    another room or break the room-name rule).
     """
     names = set(also)
     if user is not None and user.is_authenticated:
         names |= set(
             ReadPosition.objects.filter(user=user).values_list("room_name", flat=True)[:limit]
         )
-    active = Room.objects.filter(last_message_at__isnull=False).order_by("-last_message_at")
+    keyed = Room.objects.filter(key__isnull=False)
+    active = keyed.filter(last_message_at__isnull=False).order_by("-last_message_at")
     chosen = {room.name: room for room in active[:limit]}
-    chosen |= {room.name: room for room in Room.objects.filter(name__in=names - chosen.keys())}
+    chosen |= {room.name: room for room in keyed.filter(name__in=names - chosen.keys())}
     return sorted(
         chosen.values(),
         key=lambda room: (room.last_message_at is not None, room.last_message_at, room.name),

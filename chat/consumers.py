@@ -348,6 +348,11 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.Ping):
             self.send(text_data=protocol.pong_frame())
             return
+        if not revocation.speaks_as_now(self.author, self.scope.get("session")):
+            # Logged out, banned, renamed... and the event that closes us is still on its
+            # way, or will never come (a change made without signals): store nothing.
+            self._close_for_identity("the session no longer speaks as this socket")
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             room_may_be_new = not self.room_exists
@@ -514,6 +519,13 @@ class ChatConsumer(WebsocketConsumer):
             return services.store_message(
                 self.room_name, self.author, frame.message, frame.client_id
             )
+        except services.LookalikeRoom as lookalike:
+            raise protocol.FrameRefused(
+                "lookalike_room",
+                f'This room\'s name looks too much like the room "{lookalike.existing}": '
+                "talk there, or choose another name.",
+                frame.client_id,
+            ) from None
         except DatabaseError as error:
             logger.error("message not stored in room %r: %r", self.room_name, error)
             if stalls.is_lock_timeout(error):

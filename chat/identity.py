@@ -98,14 +98,24 @@ def clean_guest_name(raw: str) -> str:
     return name
 
 
-def refuse_hidden_characters(name: str) -> None:
-    """Raise InvalidDisplayName for invisible or blank characters and stacked marks."""
+def hidden_characters(name: str) -> str | None:
+    """Why a name would hide or overdraw text, as "Names may not ...", or None.
+
+    The one rule for every name people see: usernames, guest names and room names.
+    """
     if INVISIBLE.search(name):
-        raise InvalidDisplayName("Names may not contain control or invisible characters.")
+        return "may not contain control or invisible characters."
     # Decomposed, so that a mark NFC folded into its letter counts too.
     most = settings.CHAT_NAME_MAX_STACKED_MARKS
     if _stacked_marks(most).search(unicodedata.normalize("NFD", name)):
-        raise InvalidDisplayName(f"Names may not stack more than {most} marks on one letter.")
+        return f"may not stack more than {most} marks on one letter."
+    return None
+
+
+def refuse_hidden_characters(name: str) -> None:
+    """Raise InvalidDisplayName for invisible or blank characters and stacked marks."""
+    if (problem := hidden_characters(name)) is not None:
+        raise InvalidDisplayName(f"Names {problem}")
 
 
 def refuse_lookalike(name: str) -> None:

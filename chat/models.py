@@ -16,6 +16,10 @@ class Room(models.Model):
     last_seq = models.PositiveBigIntegerField(default=0)
     # When its newest message was stored (services._next_seq): the index lists rooms by it.
     last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Its name's look-alike key (lookalikes.name_key): one room per key, so no new room
+    # looks like an existing one, in one indexed query. NULL for rooms from before the
+    # rule that look like an older one or break the room-name rule: kept, never listed.
+    key = models.TextField(null=True, blank=True, unique=True, editable=False)
 
     def __str__(self):
         return self.name

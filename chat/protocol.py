@@ -70,6 +70,13 @@ CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_SEQ = 2**63 - 1
 # Control characters a message may carry: tab and the two line ends (the page shows them).
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
+# Explicit bidirectional formatting (Unicode's UAX #9): embeddings and overrides (LRE, RLE,
+# LRO, RLO) are closed by PDF, isolates (LRI, RLI, FSI) by PDI, and a paragraph end
+# (category B) closes everything. The marks (LRM, RLM, ALM) open nothing: always allowed.
+_BIDI_EMBEDDINGS = frozenset("\u202a\u202b\u202d\u202e")
+_BIDI_ISOLATES = frozenset("\u2066\u2067\u2068")
+_BIDI_CLOSES = {"\u202c": _BIDI_EMBEDDINGS, "\u2069": _BIDI_ISOLATES}
+_PARAGRAPH_ENDS = frozenset("\n\r\x1c\x1d\x1e\x85\u2029")
 
 
 class FrameRefused(Exception):
@@ -158,7 +165,39 @@ def parse_chat_frame(
             f"The message holds {describe_character(unstorable)}, which cannot be sent as text.",
             client_id,
         )
+    unbalanced = unbalanced_bidi(message)
+    if unbalanced is not None:
+        raise FrameRefused(
+            "unbalanced_bidi",
+            f"The message holds a text direction control, {describe_character(unbalanced)},"
+            " that is not closed within its line or closes nothing: text after it would"
+            " read in another order than it was written.",
+            client_id,
+        )
     return ChatFrame(message, client_id)
+
+
+def unbalanced_bidi(text: str) -> str | None:
+    """The first direction control of text that is not closed in its line, or closes
+    nothing opened there; None when every one is paired, properly nested.
+
+    An unclosed right-to-left override (U+202E) turns what follows it around: in a
+    name, a link, or whatever a client shows after the message. Balanced, it stays
+    inside the message, which the page shows isolated (dir=auto); and a right-to-left
+    text that uses them legitimately opens and closes them.
+    """
+    opened: list[str] = []
+    for char in text:
+        if char in _PARAGRAPH_ENDS:
+            if opened:
+                return opened[-1]
+        elif char in _BIDI_EMBEDDINGS or char in _BIDI_ISOLATES:
+            opened.append(char)
+        elif char in _BIDI_CLOSES:
+            if not opened or opened[-1] not in _BIDI_CLOSES[char]:
+                return char
+            opened.pop()
+    return opened[-1] if opened else None
 
 
 def unstorable_character(text: str) -> str | None:

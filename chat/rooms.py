@@ -1,9 +1,11 @@
 """The room-name rule and the one mapping from a room to its channel-layer group.
 
 The HTTP route, the WebSocket route and the index page all decide validity here.
-Room names are case-sensitive (`Lobby` and `lobby` are two rooms, as two URLs are two
-pages) and compared after Unicode NFC normalization, so that `café` typed with a
-composed or a decomposed `é` is one room.
+Room names are compared after Unicode NFC normalization, so that `café` typed with a
+composed or a decomposed `é` is one room. They obey the rule of every other name
+(identity.hidden_characters: nothing invisible or blank, no towers of marks), and a new
+room may not look like an existing one (`Lobby`, `lоbby` with a Cyrillic o, `lobby.`: the
+look-alike key of chat.lookalikes, stored as Room.key; services.store_message refuses it).
 
 Explained in docs/protocol.md, 'Room names'.
 """
@@ -11,6 +13,8 @@ Explained in docs/protocol.md, 'Room names'.
 import hashlib
 import re
 import unicodedata
+
+from . import identity
 
 ROOM_NAME_MAX_CHARS = 100
 ROOM_NAME_PUNCTUATION = "-_."
@@ -69,6 +73,8 @@ def normalize_room_name(name: str) -> str:
             raise InvalidRoomName(
                 f"Room names may contain letters, digits, '-', '_' and '.', not {describe(char)}."
             )
+    if (problem := identity.hidden_characters(name)) is not None:
+        raise InvalidRoomName(f"Room names {problem}")
     if set(name) == {"."}:
         raise InvalidRoomName("A room name needs at least one letter, digit, '-' or '_'.")
     return name

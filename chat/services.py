@@ -8,10 +8,20 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .identity import Author
+from .lookalikes import name_key
 from .models import Message, Room
+
+
+class LookalikeRoom(Exception):
+    """A new room whose name looks like an existing room's (`existing`): not created."""
+
+    def __init__(self, existing: str):
+        super().__init__(f"looks like the room {existing!r}")
+        self.existing = existing
 
 
 def store_message(
@@ -23,6 +33,8 @@ def store_message(
     created=False, so a retried send is stored once; another author's client_id is no
     concern of theirs, so nobody can squat ids. The unique constraint decides, not a
     prior read, so two processes racing with the same client_id still store it once.
+    A message that would create a room looking like an existing one (Room.key) raises
+    LookalikeRoom; that unique constraint decides too.
     """
     created = timezone.now()
     try:
@@ -38,13 +50,17 @@ def store_message(
                 created=created,
             )
     except IntegrityError:
-        # Rolled back, seq included. A known client_id is a retry; anything else re-raises.
+        # Rolled back, seq included. A known client_id is a retry, a look-alike key taken
+        # a LookalikeRoom; anything else re-raises.
         existing = Message.objects.filter(
             room_id=room_name, author_key=author.key, client_id=client_id
         ).first()
-        if not client_id or existing is None:
-            raise
-        return existing, False
+        if client_id and existing is not None:
+            return existing, False
+        if (holder := lookalike_room(room_name)) is not None:
+            raise LookalikeRoom(holder) from None
+        raise
+
     return message, True
 
 
@@ -56,14 +72,34 @@ def _next_seq(room_name: str, created: datetime) -> int:
     """
     table = connection.ops.quote_name(Room._meta.db_table)
     with connection.cursor() as cursor:
+        # A new room takes its look-alike key, which the unique key refuses if another
+        # room has it; an existing room is updated whatever its key.
         cursor.execute(
-            f"INSERT INTO {table} (name, last_seq, last_message_at) VALUES (%s, 1, %s) "
+            f"INSERT INTO {table} (name, key, last_seq, last_message_at) VALUES (%s, %s, 1, %s) "
             f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1, "
             "last_message_at = EXCLUDED.last_message_at "
             "RETURNING last_seq",
-            [room_name, connection.ops.adapt_datetimefield_value(created)],
+            [room_name, room_key(room_name), connection.ops.adapt_datetimefield_value(created)],
         )
         return cursor.fetchone()[0]
+
+
+# Room names a process uses over and over: the key of each is worked out once.
+ROOM_KEYS_CACHED = 4096
+
+
+@functools.lru_cache(maxsize=ROOM_KEYS_CACHED)
+def room_key(room_name: str) -> str:
+    """The look-alike key a room of this name holds (Room.key)."""
+    return name_key(room_name)
+
+
+def lookalike_room(room_name: str) -> str | None:
+    """The existing room a new room of this name would look like; None if it exists already
+    or looks like none (one indexed query)."""
+    names = Room.objects.filter(Q(name=room_name) | Q(key=room_key(room_name)))
+    found = list(names.values_list("name", flat=True)[:2])
+    return None if room_name in found or not found else found[0]
 
 
 def recent_messages(room_name: str, limit: int) -> list[Message]:

@@ -58,7 +58,13 @@ def set_display_name(request):
 
 
 def room(request, room_name):
-    """Show one room's page; the route already refused invalid names with a 404."""
+    """Show one room's page; the route already refused invalid names with a 404.
+
+    A room that does not exist but looks like one that does (`Lobby`, `lоbby` for
+    `lobby`: services.lookalike_room) is that room: the page redirects there.
+    """
+    if (existing := services.lookalike_room(room_name)) is not None:
+        return redirect("chat:room", room_name=existing)
     # The page checks a message against the server's own limits before sending it.
     message_limits = {
         "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,

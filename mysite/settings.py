@@ -467,6 +467,16 @@ CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = env_rate("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", 
 # POST /api/rooms/<room>/read/ per account: a page reports once a second at most while its
 # room is busy; 133 reports a second from one account each took SQLite's write lock.
 CHAT_LIMIT_READ_REPORTS_PER_PERSON = env_rate("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute")
+# Password reset requests per address (a 429, whether the address asked about has an
+# account or not): someone who lost a password asks a few times, not 100 in 22 s.
+CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS = env_rate(
+    "CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS", "10/hour"
+)
+# Reset mails per account, from any address (more are not sent, and the answer does not
+# say so): one link is enough, three cover a slow mailbox; nobody's inbox gets a flood.
+CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT = env_rate(
+    "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "3/hour"
+)
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis

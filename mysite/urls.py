@@ -7,12 +7,17 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from chat import views as chat_views
+from chat.password_reset import PasswordResetView
 from mysite import health
 
-# Django's account pages; password reset only where settings can mail its link.
+# Django's account pages; password reset only where settings can mail its link, and
+# with the mail sent out of the request and limited (chat.password_reset).
 account_urlpatterns = [
     pattern
-    for pattern in auth_urls.urlpatterns
+    for pattern in [
+        path("password_reset/", PasswordResetView.as_view(), name="password_reset"),
+        *(pattern for pattern in auth_urls.urlpatterns if pattern.name != "password_reset"),
+    ]
     if settings.PASSWORD_RESET_BY_EMAIL or not pattern.name.startswith("password_reset")
 ]
 

@@ -2,6 +2,7 @@
 
 import datetime
 import functools
+import http.cookiejar
 import http.server
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -730,6 +732,32 @@ def test_http_links_are_clickable_and_safe_and_other_schemes_are_text(browser, c
     assert link.text == "https://example.com/a?b=1"
     assert link.get_attribute("rel") == "noopener noreferrer"
     assert link.get_attribute("target") == "_blank"
+
+
+def test_a_links_text_reads_in_the_order_of_where_it_points_and_each_text_is_isolated(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "bidi")
+    # Balanced, so the server takes it: the override turns "gpj.exe" into "exe.jpg" on screen.
+    text = "get https://example.com/\u202egpj.exe\u202c now"
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", text
+    )
+    shown = "get https://example.com/gpj.exe now"
+    _wait(browser, lambda: _rich_texts(browser) == [shown], "message not shown")
+    (link,) = browser.find_elements(By.CSS_SELECTOR, "#messages .text a")
+    assert link.get_attribute("href").endswith("gpj.exe%E2%80%AC")
+    assert link.get_attribute("dir") == "ltr"
+    for part in [".text", ".author"]:
+        (element,) = browser.find_elements(By.CSS_SELECTOR, f"#messages .message {part}")
+        assert element.get_attribute("dir") == "auto", part
+
+    # Unclosed, it is refused: it would turn around whatever follows the message.
+    browser.execute_script(
+        "chatClient.socket().send(JSON.stringify({message: arguments[0]}))", "\u202eexe.jpg"
+    )
+    error = browser.find_element(By.ID, "chat-error")
+    _wait(browser, lambda: error.get_attribute("data-code") == "unbalanced_bidi", "not refused")
 
 
 def test_shift_enter_is_a_new_line_and_enter_sends(browser, chat_server):
@@ -1469,6 +1497,22 @@ document.dispatchEvent(new Event('visibilitychange'));
 """
 
 
+def test_a_recent_room_whose_name_the_rule_now_refuses_is_forgotten_not_failing_the_list(
+    browser, chat_server
+):
+    browser.get(chat_server + "/chat/")
+    # Visited before the room-name rule refused blank names (U+3164, a Hangul filler).
+    browser.execute_script(
+        "localStorage.setItem('chat:recent-rooms', JSON.stringify(['\u3164', 'lobby']))"
+    )
+    _enter_chat_room(browser, chat_server, "after-the-rule")
+    _post_message(browser, "hello")
+    listed = "#rooms-sidebar-list li[data-room='after-the-rule']"
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, listed), "list never loaded")
+    kept = browser.execute_script("return JSON.parse(localStorage.getItem('chat:recent-rooms'))")
+    assert kept == ["after-the-rule"]
+
+
 def test_a_hidden_tab_asks_nothing_and_on_coming_back_an_unchanged_list_is_a_304(
     browser, chat_server
 ):
@@ -1592,6 +1636,49 @@ def test_a_mention_of_the_reader_is_highlighted_and_notified_when_hidden(browser
     assert browser.execute_script("return window.notified") == [
         ["bob mentioned you in mentions", f"@{me} are you there?"]
     ]
+
+
+def _guest_session_cookie(base_url: str, name: str) -> str:
+    """The Cookie header of a new guest session that chose `name`, as a browser gets one."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(base_url + "/chat/").read()
+    token = next(cookie.value for cookie in jar if cookie.name == "csrftoken")
+    form = urllib.parse.urlencode({"display_name": name, "csrfmiddlewaretoken": token})
+    opener.open(urllib.request.Request(base_url + "/accounts/name/", form.encode())).read()
+    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+
+
+def test_a_guest_is_marked_as_a_guest_wherever_others_see_its_name(browser, chat_server):
+    _choose_name(browser, chat_server, "Reader")
+    _enter_chat_room(browser, chat_server, "guest-marked")
+    browser.execute_script(
+        """
+        window.notified = [];
+        window.Notification = class {
+            static permission = 'granted';
+            constructor(title, options) { window.notified.push(title); }
+        };
+        Object.defineProperty(document, 'hidden', {get: () => true, configurable: true});
+        """
+    )
+    ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/guest-marked/"
+    cookie = _guest_session_cookie(chat_server, "Security Team")
+    with websockets.sync.client.connect(
+        ws_url, origin=chat_server, additional_headers={"Cookie": cookie}
+    ) as guest:
+        _wait(browser, lambda: "Security Team (guest)" in _presence_items(browser), "presence")
+        guest.send(json.dumps({"typing": True}))
+        _wait(browser, lambda: _typing_line(browser) == "Security Team (guest) is typing…")
+        guest.send(json.dumps({"message": "@Reader reset your password here"}))
+        line = "Security Team (guest): @Reader reset your password here"
+        _wait(browser, lambda: line in _log_lines(browser), "transcript")
+        (header,) = browser.find_elements(By.CSS_SELECTOR, "#messages .message .meta")
+        author, tag = header.find_elements(By.CSS_SELECTOR, ".author, .tag")
+        assert (author.text, tag.text) == ("Security Team", "(guest)")
+        assert browser.execute_script("return window.notified") == [
+            "Security Team (guest) mentioned you in guest-marked"
+        ]
 
 
 def test_notification_permission_is_asked_on_the_click_of_a_button(browser, chat_server):

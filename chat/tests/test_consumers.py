@@ -26,7 +26,7 @@ from django.db import DatabaseError, OperationalError
 
 from chat import presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
-from chat.models import Message
+from chat.models import Message, Room
 from chat.stalls import COOL_OFF_FACTOR
 from chat.tests.conftest import (
     ALLOWED_HOST,
@@ -138,11 +138,29 @@ async def test_composed_and_decomposed_spellings_are_one_room(join):
     await assert_receives_message(composed, "same room")
 
 
-async def test_case_matters_lobby_and_Lobby_are_two_rooms(join):
-    lower, upper = await join("lobby"), await join("Lobby")
-    await upper.send_json_to({"message": "upper"})
-    await assert_receives_message(upper, "upper")
-    await assert_no_chat(lower)
+@pytest.mark.parametrize("lookalike", ["Lobby", "LOBBY", "l\u043ebby", "lobby.", "_lobby", "l0bby"])
+async def test_a_new_room_that_looks_like_an_existing_one_is_refused_naming_it(join, lookalike):
+    original = await join("lobby")
+    await original.send_json_to({"message": "the first lobby"})
+    await assert_receives_message(original, "the first lobby")
+
+    impostor = await join(lookalike)
+    await impostor.send_json_to({"message": "look at me", "client_id": "c1"})
+
+    error = (await next_frame(impostor))["error"]
+    assert (error["code"], error["client_id"]) == ("lookalike_room", "c1")
+    assert '"lobby"' in error["detail"]
+    await assert_no_chat(original)
+    assert await database_sync_to_async(services.last_seq)(lookalike) == 0
+
+
+async def test_a_lookalike_room_from_before_the_rule_keeps_its_messages_coming(join):
+    await database_sync_to_async(Room.objects.create)(name="lobby", key="lobby", last_seq=1)
+    # From before the migration that keyed rooms: it kept its messages, and no key.
+    await database_sync_to_async(Room.objects.create)(name="Lobby", key=None, last_seq=1)
+    old = await join("Lobby")
+    await old.send_json_to({"message": "still here"})
+    assert (await assert_receives_message(old, "still here"))["id"] == 2
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,10 @@ def test_any_object_with_a_message_string_is_judged_on_the_message_alone(extra, 
             "frame_too_large",
             "invalid_client_id",
             "invalid_character",
+            "unbalanced_bidi",
         }
+        if refusal.code == "unbalanced_bidi":
+            assert protocol.unbalanced_bidi(message.strip()) is not None
         if refusal.code == "invalid_character":
             assert protocol.unstorable_character(message) is not None
 
@@ -345,3 +348,64 @@ def test_a_malformed_ping_is_refused_and_not_as_missing_message(value):
 
 def test_a_pong_frame_is_exactly_pong_true():
     assert json.loads(protocol.pong_frame()) == {"pong": True}
+
+
+WIDE = {"max_chars": 1000, "max_frame_chars": 10000}
+RLO, LRO, RLE, PDF, RLI, FSI, PDI = (
+    "\u202e",
+    "\u202d",
+    "\u202b",
+    "\u202c",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "culprit"),
+    [
+        (f"see https://x.example/{RLO}gpj.exe", RLO),  # the link that reads .../exe.jpg
+        (f"{RLI}שלום", RLI),
+        (f"a{PDF}b", PDF),  # closes nothing
+        (f"a{PDI}b", PDI),
+        (f"{RLO}one line\nthe next{PDF}", RLO),  # a line end closes it, not the next line
+        (f"{RLI}{RLO}crossed{PDI}{PDF}", PDI),  # closes the isolate inside the override
+    ],
+)
+def test_a_message_with_an_unclosed_or_stray_direction_control_is_refused(text, culprit):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        protocol.parse_chat_frame(json.dumps({"message": text, "client_id": "c"}), None, **WIDE)
+    assert (refused.value.code, refused.value.client_id) == ("unbalanced_bidi", "c")
+    assert f"U+{ord(culprit):04X}" in refused.value.detail
+    assert protocol.unbalanced_bidi(text) == culprit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "שלום \u200fעולם\u200e ok",  # marks open nothing
+        "\u061cمرحبا",
+        f"file {RLO}gpj.exe{PDF} (reversed on purpose)",
+        f"{FSI}user{PDI}: {RLE}{RLI}nested{PDI}{PDF}",
+        f"{LRO}a{PDF}\n{RLI}b{PDI}",
+    ],
+)
+def test_right_to_left_text_with_marks_or_closed_controls_passes(text):
+    assert protocol.parse_chat_frame(json.dumps({"message": text}), None, **WIDE).message == text
+
+
+@settings(max_examples=THOUSANDS)
+@given(st.text(alphabet=st.sampled_from(f"ab\n{RLO}{LRO}{RLE}{PDF}{RLI}{FSI}{PDI}\u200f")))
+def test_an_accepted_message_leaves_no_direction_open_at_any_line_end(text):
+    try:
+        message = protocol.parse_chat_frame(json.dumps({"message": text}), None, **WIDE).message
+    except protocol.FrameRefused:
+        return
+    for line in message.split("\n"):
+        depth = 0
+        for char in line:
+            depth += char in {RLO, LRO, RLE, RLI, FSI}
+            depth -= char in {PDF, PDI}
+            assert depth >= 0
+        assert depth == 0

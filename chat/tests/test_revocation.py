@@ -19,6 +19,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.test import Client
 
 from chat import identity, protocol, revocation, services
+from chat.models import Message
 from chat.tests.conftest import (
     assert_receives_message,
     communicator,
@@ -70,6 +71,56 @@ async def test_logging_out_closes_the_sessions_sockets_and_they_reconnect_as_a_g
     await again.send_json_to({"message": "who am I"})
     frame = await assert_receives_message(again, "who am I")
     assert (frame["user"], frame["guest"]) == (identity.GUEST_DEFAULT_NAME, True)
+
+
+async def test_a_frame_handled_before_the_logout_event_arrives_is_refused_not_stored(
+    join, alice, monkeypatch
+):
+    # The logout is recorded (its session deleted) and its event not delivered yet: the
+    # order a frame sent right after the logout response meets when both wake one loop.
+    monkeypatch.setattr(revocation, "close_sockets_of", lambda group, reason: None)
+    key = await new_session(**logged_in_session_values(alice))
+    socket = await join_as(join, key)
+    client = Client()
+    client.cookies[settings.SESSION_COOKIE_NAME] = key
+    await database_sync_to_async(client.post)("/accounts/logout/")
+
+    await socket.send_json_to({"message": "sent after the logout", "client_id": "late"})
+
+    assert await close_code_within(socket) == protocol.CLOSE_IDENTITY_CHANGED
+    assert not await database_sync_to_async(Message.objects.exists)()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"is_active": False}, {"password": "!"}, {"username": "mallory"}],
+    ids=["banned", "password-replaced", "renamed"],
+)
+async def test_an_account_changed_without_signals_stores_nothing_more_from_its_sockets(
+    join, alice, change
+):
+    socket = await join_as(join, await new_session(**logged_in_session_values(alice)))
+    await socket.send_json_to({"message": "before"})
+    await assert_receives_message(socket, "before")
+
+    # QuerySet.update sends no signal, so no event closes the socket.
+    await database_sync_to_async(User.objects.filter(pk=alice.pk).update)(**change)
+    await socket.send_json_to({"message": "after"})
+
+    assert await close_code_within(socket) == protocol.CLOSE_IDENTITY_CHANGED
+    texts = await database_sync_to_async(list)(Message.objects.values_list("text", flat=True))
+    assert texts == ["before"]
+
+
+def test_a_session_speaks_as_its_author_until_it_is_gone(alice):
+    session = SessionStore()
+    session.update(logged_in_session_values(alice))
+    session.create()
+    author = identity.author_for(alice, session)
+    assert revocation.speaks_as_now(author, session)
+    assert revocation.speaks_as_now(author, None)  # no session: nothing to revoke
+    session.delete()
+    assert not revocation.speaks_as_now(author, SessionStore(session_key=session.session_key))
 
 
 @pytest.mark.parametrize(

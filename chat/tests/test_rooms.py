@@ -7,7 +7,7 @@ from channels.layers import BaseChannelLayer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat import rooms
+from chat import identity, rooms
 
 LAYER = BaseChannelLayer()
 
@@ -50,6 +50,12 @@ def test_valid_names_are_accepted(name):
         ("zero\u200bwidth", "not U+200B (ZERO WIDTH SPACE)."),
         ("..", "at least one letter"),
         (".", "at least one letter"),
+        ("\u3164", "invisible"),  # Hangul filler: a letter (Lo) that draws nothing
+        ("\u115f\u1160", "invisible"),
+        ("lobby\ufe0f", "invisible"),  # a variation selector (Mn)
+        ("lo\u034fbby", "invisible"),  # combining grapheme joiner (Mn)
+        ("e\u0301\u0302\u0303", "stack more than 2 marks"),
+        ("z" + "\u0336" * 40, "stack more than 2 marks"),  # a tower over the page
     ],
 )
 def test_invalid_names_are_refused_with_a_reason(name, reason):
@@ -127,6 +133,20 @@ def test_any_string_is_accepted_or_refused_and_never_crashes(name):
     else:
         assert rooms.normalize_room_name(canonical) == canonical
         assert_valid_group(rooms.group_name(name))
+
+
+@settings(max_examples=THOUSANDS)
+@given(
+    st.text(
+        alphabet=st.characters(categories=["Ll", "Lo", "Mn", "Me", "Cf"], include_characters="-_."),
+        max_size=30,
+    )
+)
+def test_an_accepted_room_name_passes_the_rule_of_every_other_name(name):
+    # One rule for names people see (identity.hidden_characters): what a guest name or a
+    # username may not hide or overdraw, a room name may not either.
+    if accepted(name):
+        assert identity.hidden_characters(rooms.normalize_room_name(name)) is None
 
 
 room_names = st.text(

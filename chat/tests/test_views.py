@@ -16,8 +16,9 @@ from django.template.loader import render_to_string
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from chat import identity, presence, rooms, services
+from chat import identity, password_reset, presence, rooms, services
 from chat.models import Message, ReadPosition, Room
 from conftest import WRITE_REFUSALS, redis_refusing_writes
 from serving.embedded_redis import free_port
@@ -581,6 +582,7 @@ def test_password_reset_mails_a_link_that_sets_a_new_password(
     assert client.get(reverse("password_reset")).status_code == 200
     response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
     assert response.status_code == 302 and response["Location"] == reverse("password_reset_done")
+    password_reset.wait_for_sent_mails()  # sent after the response (chat.password_reset)
     [message] = mailoutbox
     assert message.to == ["alice@example.com"]
 
@@ -598,6 +600,7 @@ def test_password_reset_mails_a_link_that_sets_a_new_password(
 def test_password_reset_for_an_unknown_address_says_the_same_and_mails_nothing(client, mailoutbox):
     response = client.post(reverse("password_reset"), {"email": "nobody@example.com"})
     assert response["Location"] == reverse("password_reset_done")
+    password_reset.wait_for_sent_mails()
     assert mailoutbox == []
 
 
@@ -609,6 +612,7 @@ def test_password_reset_with_the_mail_server_down_answers_and_logs_one_error(
     django_user_model.objects.create_user("alice", "alice@example.com", "old-Secret-42")
     response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
     assert response.status_code == 302
+    password_reset.wait_for_sent_mails()
     [error] = [record for record in caplog.records if record.levelname == "ERROR"]
     assert "password reset email" in error.getMessage().lower()
 
@@ -667,6 +671,27 @@ def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(
     assert f'<time datetime="{last_at}">' in html
     # The tutorial's room chooser is still there.
     assert 'id="room-name-input"' in html and 'id="room-name-submit"' in html
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l\u043ebby", "lobby."])
+def test_the_page_of_a_new_room_that_looks_like_an_existing_one_sends_you_there(client, lookalike):
+    _chat("lobby", "hello")
+    response = client.get(reverse("chat:room", kwargs={"room_name": lookalike}))
+    assert (response.status_code, response["Location"]) == (302, "/chat/lobby/")
+    assert client.get("/chat/lobby/").status_code == 200
+
+
+def test_a_lookalike_room_from_before_the_rule_keeps_its_page_and_is_not_listed(
+    client, redis_channel_layer
+):
+    _chat("lobby", "the first")
+    # From before the rule: the migration left it its messages and no key.
+    Room.objects.create(name="l\u043ebby", key=None, last_seq=1, last_message_at=timezone.now())
+    assert client.get(reverse("chat:room", kwargs={"room_name": "l\u043ebby"})).status_code == 200
+    html = client.get("/chat/").content.decode()
+    assert re.findall(r'<li class="room-entry" data-room="([^"]+)">', html) == ["lobby"]
+    listed = client.get("/api/rooms/", {"room": "l\u043ebby"}).json()["rooms"]
+    assert [room["name"] for room in listed] == ["lobby"]
 
 
 def test_a_room_is_dated_by_its_newest_message(db):

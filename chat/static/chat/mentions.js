@@ -31,8 +31,10 @@
         if (!('Notification' in window) || Notification.permission !== 'granted') {
             return;
         }
-        // The text goes in as text: notifications render no HTML.
-        new Notification(data.user + ' mentioned you in ' + roomName, {body: data.message});
+        // The text goes in as text: notifications render no HTML. A guest is marked, as
+        // everywhere else a name is shown: "Security Team (guest)" is nobody's account.
+        const who = data.user + (data.guest ? ' (guest)' : '');
+        new Notification(who + ' mentioned you in ' + roomName, {body: data.message});
     }
 
     document.addEventListener('chat:message', (event) => {

@@ -14,7 +14,8 @@
 //                              returns false (and sends nothing) while it is not open.
 //
 // The rich view (#messages, role="log") holds one element per message: data-id, the author
-// in .author, the text in .text (textContent only, never HTML; links built as nodes), a
+// in .author, the text in .text (textContent only, never HTML; links built as nodes; both
+// dir="auto", so each is isolated from the text around it), a
 // <time datetime> in the reader's local time (dates.js, as on every page); .mine for the
 // reader's own, .guest for guests. A message that follows its author's .continued shows
 // neither name nor time, but keeps both for screen readers, and shows the time on hover
@@ -88,6 +89,9 @@
     // http(s) links only; trailing punctuation belongs to the sentence, not the link.
     const LINK = /\bhttps?:\/\/[^\s<>"'`]+/gi;
     const LINK_TRAILER = /[.,;:!?)\]}]+$/;
+    // Direction controls (UAX #9): a link's text shows none, so that it reads in the order
+    // of where it points (".../gpj.exe" never reads ".../exe.jpg").
+    const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
     // What the server's error codes mean, in words; codes stay in data-code attributes.
     const PLAIN_ERRORS = {
         invalid_character: 'This message holds a character that cannot be sent ' +
@@ -215,7 +219,8 @@
             parent.append(text.slice(done, match.index));
             const anchor = document.createElement('a');
             anchor.href = url.href;
-            anchor.textContent = link;
+            anchor.textContent = link.replace(BIDI_CONTROLS, '');
+            anchor.dir = 'ltr';
             anchor.rel = 'noopener noreferrer';
             anchor.target = '_blank';
             parent.append(anchor);
@@ -229,6 +234,7 @@
         header.className = 'meta';
         const author = document.createElement('span');
         author.className = 'author';
+        author.dir = 'auto';  // isolated: a right-to-left name does not reorder its tag
         author.textContent = name;
         header.append(author);
         if (guest) {
@@ -260,6 +266,7 @@
         }
         const text = document.createElement('div');
         text.className = 'text';
+        text.dir = 'auto';  // isolated: its direction controls reach nothing around it
         fillText(text, String(data.message));
         element.append(header, text);
         return element;
@@ -433,6 +440,7 @@
         element.classList.toggle('guest', Boolean(reader.guest));
         const body = document.createElement('div');
         body.className = 'text';
+        body.dir = 'auto';
         fillText(body, text);
         const delivery = document.createElement('div');
         delivery.className = 'delivery';

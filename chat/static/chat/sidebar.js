@@ -171,6 +171,14 @@
                 if (response.status === 304) {
                     return null;  // the list is as it was
                 }
+                if (response.status === 400 && recentRooms().some((name) => name !== roomName)) {
+                    // A recent room the server no longer accepts (a name from before the
+                    // room-name rule grew) would fail every round: keep only this room,
+                    // which the server has just served, and ask again.
+                    window.localStorage.setItem(RECENT_ROOMS_KEY, JSON.stringify([roomName]));
+                    refresh();
+                    return null;
+                }
                 if (!response.ok) {
                     return Promise.reject(response.status);
                 }
