@@ -10,8 +10,9 @@ from typing import NamedTuple
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from . import permissions
 from .identity import Author
-from .models import Message, Room
+from .models import Membership, Message, Room
 
 
 def store_message(
@@ -27,9 +28,12 @@ def store_message(
     created = timezone.now()
     try:
         with transaction.atomic():
+            seq = _next_seq(room_name, created)
+            if seq == 1:  # the room's first message: it may make members (its owner)
+                _add_founding_members(room_name, author)
             message = Message.objects.create(
                 room_id=room_name,
-                seq=_next_seq(room_name, created),
+                seq=seq,
                 author_id=author.user_id,
                 display_name=author.name,
                 author_key=author.key,
@@ -64,6 +68,17 @@ def _next_seq(room_name: str, created: datetime) -> int:
             [room_name, connection.ops.adapt_datetimefield_value(created)],
         )
         return cursor.fetchone()[0]
+
+
+def _add_founding_members(room_name: str, author: Author) -> None:
+    # ignore_conflicts: a private room's first message finds its owner there already.
+    Membership.objects.bulk_create(
+        [
+            Membership(room_id=room_name, user_id=user_id, role=role)
+            for user_id, role in permissions.founding_members(author, room_name)
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def recent_messages(room_name: str, limit: int) -> list[Message]:
@@ -140,3 +155,8 @@ def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message
 def last_seq(room_name: str) -> int:
     """The seq of the room's newest message, 0 for a room with none."""
     return Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+
+
+def room_title(room_name: str) -> str:
+    """A private room's title ("" for a room that has none)."""
+    return Room.objects.filter(name=room_name).values_list("title", flat=True).first() or ""

@@ -7,13 +7,24 @@ import hashlib
 
 from django.conf import settings
 from django.contrib.auth import login
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
 from django.views.decorators.http import require_GET, require_POST
 
-from . import activity, identity, limits, protocol, revocation, rooms, services
+from . import (
+    activity,
+    identity,
+    limits,
+    memberships,
+    permissions,
+    protocol,
+    revocation,
+    rooms,
+    services,
+)
 from .forms import SignupForm
 
 
@@ -58,7 +69,16 @@ def set_display_name(request):
 
 
 def room(request, room_name):
-    """Show one room's page; the route already refused invalid names with a 404."""
+    """Show one room's page; the route already refused invalid addresses with a 404.
+
+    A private room the reader may not read is the same 404 as a room that does not exist.
+    """
+    reader = identity.author_for(request.user, request.session)
+    if permissions.must_log_in(reader, room_name):
+        return redirect_to_login(request.get_full_path())
+    room_key = permissions.room_for(reader, room_name)
+    if room_key is None:
+        return not_a_room(request, room_name)
     # The page checks a message against the server's own limits before sending it.
     message_limits = {
         "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
@@ -83,7 +103,21 @@ def room(request, room_name):
         "sign_in": identity.sign_in_of(author),
     }
     context["csrf_cookie_name"] = settings.CSRF_COOKIE_NAME
+    context["room"] = _room_panel(author, room_name, room_key)
     return render(request, "chat/room.html", context)
+
+
+def _room_panel(author, address: str, room_key: str) -> dict:
+    """What the page shows of a room besides its messages: its title, kind and members."""
+    room_kind = rooms.kind(room_key)
+    panel = {"kind": room_kind, "title": address, "private": room_kind == rooms.PRIVATE}
+    if room_kind == rooms.PRIVATE:
+        panel["title"] = services.room_title(room_key)
+        panel["members"] = memberships.members(room_key)
+        panel["may_invite"] = permissions.may_invite(author, room_key)
+        panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
+        panel["may_leave"] = permissions.may_leave(author, room_key)
+    return panel
 
 
 def favicon(request):
@@ -110,6 +144,10 @@ def room_messages(request, room_name):
     """
     if refused := limits.http_refusal(limits.API, request):
         return refused
+    address = room_name
+    room_name = permissions.room_for(identity.author_for(request.user, request.session), address)
+    if room_name is None:
+        return _room_not_found()
     try:
         after = protocol.parse_seq(request.GET.get("after", "0"))
         limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
@@ -127,7 +165,7 @@ def room_messages(request, room_name):
         page = page[-limit:] if has_more else page
         return JsonResponse(
             {
-                "room": room_name,
+                "room": address,
                 "messages": [protocol.message_fields(message) for message in page],
                 "next_before": page[0].seq if has_more else None,
             }
@@ -137,7 +175,7 @@ def room_messages(request, room_name):
     page = page[:limit]
     return JsonResponse(
         {
-            "room": room_name,
+            "room": address,
             "messages": [protocol.message_fields(message) for message in page],
             "next_after": page[-1].seq if has_more else None,
         }
@@ -162,9 +200,11 @@ def room_list(request):
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
         return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
     try:
-        named = [rooms.normalize_room_name(name) for name in named]
+        named = [rooms.normalize_address(name) for name in named]
     except rooms.InvalidRoomName as refusal:
         return _json_error(400, "invalid_room_name", str(refusal))
+    # A page names its direct conversations by address (@bob); the list has them anyway.
+    named = [name for name in named if rooms.kind(name) != rooms.DIRECT]
     # ?online=0: the sidebar, which shows no presence. The ETag is the body's: the list is
     # a few index lookups whatever the number of rooms (activity.recent_rooms), where a
     # version of every room (a sum over them all) took 31 ms at 300,000 rooms, 304 or not.
@@ -204,14 +244,22 @@ def mark_read(request, room_name):
         )
     if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
         return refused
+    room_key = permissions.room_for(identity.author_for(request.user, None), room_name)
+    if room_key is None:
+        return _room_not_found()
     try:
         up_to = protocol.parse_seq(request.POST.get("up_to", ""))
     except ValueError as refusal:
         return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
-    position = activity.mark_read(request.user, room_name, up_to)
+    position = activity.mark_read(request.user, room_key, up_to)
     if position is None:
         return _json_error(404, "no_such_room", "This room has no messages: nothing to read.")
     return JsonResponse({"room": room_name, "read_up_to": position})
+
+
+def _room_not_found() -> JsonResponse:
+    # One answer for a room that does not exist and a private room the reader may not read.
+    return _json_error(404, "no_such_room", "There is no such room.")
 
 
 def _json_error(status: int, code: str, detail: str) -> JsonResponse:
