@@ -52,7 +52,9 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
     listed = []
     for room in room_list:
         address = room.name
-        if room.name in partners:
+        if rooms.kind(room.name) == rooms.DIRECT:
+            if room.name not in partners:
+                continue  # the other user was deleted: no address leads there any more
             address = rooms.DIRECT_MARK + partners[room.name]
         summary = {
             "name": address,  # what the reader's URLs name it by

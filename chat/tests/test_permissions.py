@@ -278,3 +278,11 @@ async def test_a_member_who_is_removed_is_refused_when_posting(join, people):
         pass
     assert output["code"] == 4403
     assert await database_sync_to_async(services.messages_after)(key, 0) == []
+
+
+def test_a_direct_conversation_with_a_deleted_user_is_no_longer_listed(people, redis_channel_layer):
+    alice, bob, _, _ = people
+    services.store_message(rooms.direct_key(alice.pk, bob.pk), _author(alice), "hi bob", None)
+    bob.delete()
+    listed = _client(alice).get("/api/rooms/").json()["rooms"]
+    assert not [room for room in listed if room["name"].startswith("@")]
