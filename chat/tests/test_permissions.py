@@ -286,3 +286,24 @@ def test_a_direct_conversation_with_a_deleted_user_is_no_longer_listed(people, r
     bob.delete()
     listed = _client(alice).get("/api/rooms/").json()["rooms"]
     assert not [room for room in listed if room["name"].startswith("@")]
+
+
+def test_direct_messages_have_unread_counts_in_the_sidebar_like_any_room(
+    people, redis_channel_layer
+):
+    alice, bob, _, _ = people
+    key = rooms.direct_key(alice.pk, bob.pk)
+    for text in ("hi bob", "are you there?"):
+        services.store_message(key, _author(alice), text, None)
+    reader = _client(bob)
+
+    def dm():
+        listed = reader.get("/api/rooms/", {"online": "0"}).json()["rooms"]
+        return next(room for room in listed if room["name"] == "@alice")
+
+    assert (dm()["last_id"], dm()["read_up_to"]) == (2, None)
+    assert reader.post("/api/rooms/@alice/read/", {"up_to": "1"}).json() == {
+        "room": "@alice",
+        "read_up_to": 1,
+    }
+    assert (dm()["last_id"], dm()["read_up_to"]) == (2, 1)
