@@ -46,10 +46,10 @@ def remove(request, room_name):
 def set_role(request, room_name):
     """The owner makes a member a moderator (role=moderator), or a member again."""
     role = request.POST.get("role", "")
-    if role not in (Membership.Role.MODERATOR, Membership.Role.MEMBER):
-        role = Membership.Role.MODERATOR
 
     def change(author, room_key, username):
+        if role not in (Membership.Role.MODERATOR, Membership.Role.MEMBER):
+            raise memberships.MembershipRefused("invalid_role", "Choose moderator or member.")
         memberships.set_role(author, room_key, username, Membership.Role(role))
 
     return _change(request, room_name, change, f"{{}} is now a {role}.")

@@ -113,10 +113,12 @@ def _room_panel(author, address: str, room_key: str) -> dict:
     panel = {"kind": room_kind, "title": address, "private": room_kind == rooms.PRIVATE}
     if room_kind == rooms.PRIVATE:
         panel["title"] = services.room_title(room_key)
-        panel["members"] = memberships.members(room_key)
         panel["may_invite"] = permissions.may_invite(author, room_key)
-        panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
         panel["may_leave"] = permissions.may_leave(author, room_key)
+    if room_kind != rooms.DIRECT and not author.is_guest:
+        panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
+    if panel["private"] or panel.get("may_appoint"):  # a public room's: its owner's eyes only
+        panel["members"] = memberships.members(room_key)
     return panel
 
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, permissions, protocol
+from chat import memberships, permissions, protocol, services
 from chat.identity import Author
 from chat.models import Membership, Room
 from chat.tests.conftest import logged_in_session_values, new_session
@@ -215,3 +215,21 @@ def test_removing_a_member_on_one_process_closes_their_socket_on_another(start_c
         member.post_form(first.url, f"/rooms/{room}/leave/", {}, f"/chat/{room}/")
     assert _close_code(socket) == protocol.CLOSE_NOT_A_MEMBER
     socket.shutdown()
+
+
+def test_a_public_rooms_owner_appoints_moderators_from_its_page(owner_and_guest_list):
+    alice, bob, carol = owner_and_guest_list
+    services.store_message("garden", _author(alice), "my room", None)
+    owner, other = Client(), Client()
+    owner.force_login(alice)
+    other.force_login(carol)
+    assert 'id="appoint-form"' in owner.get("/chat/garden/").content.decode()
+    assert 'id="room-members"' not in other.get("/chat/garden/").content.decode()
+    owner.post("/rooms/garden/role/", {"username": "bob", "role": "moderator"})
+    assert permissions.role_of(_author(bob), "garden") == Role.MODERATOR
+    other.post("/rooms/garden/role/", {"username": "bob", "role": "member"})  # not the owner
+    assert permissions.role_of(_author(bob), "garden") == Role.MODERATOR
+    owner.post("/rooms/garden/role/", {"username": "bob", "role": "owner"})  # no such choice
+    assert permissions.role_of(_author(bob), "garden") == Role.MODERATOR
+    owner.post("/rooms/garden/role/", {"username": "bob", "role": "member"})
+    assert permissions.role_of(_author(bob), "garden") is None
