@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db.models import F
 
 from . import permissions, presence, rooms
 from .identity import Author
@@ -27,7 +28,9 @@ def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
         names |= set(
             ReadPosition.objects.filter(user=user).values_list("room_name", flat=True)[:limit]
         )
-        mine = Membership.objects.filter(user=user).order_by("-room__last_message_at")
+        # nulls_last: PostgreSQL sorts NULL first in descending order, SQLite last.
+        newest = F("room__last_message_at").desc(nulls_last=True)
+        mine = Membership.objects.filter(user=user).order_by(newest)
         names |= set(mine.values_list("room_id", flat=True)[:limit])
     active = permissions.listed_to_everyone(Room.objects.filter(last_message_at__isnull=False))
     chosen = {room.name: room for room in active.order_by("-last_message_at")[:limit]}

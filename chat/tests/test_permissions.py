@@ -307,3 +307,15 @@ def test_direct_messages_have_unread_counts_in_the_sidebar_like_any_room(
         "read_up_to": 1,
     }
     assert (dm()["last_id"], dm()["read_up_to"]) == (2, 1)
+
+
+def test_a_members_rooms_with_messages_are_listed_before_empty_ones(
+    people, redis_channel_layer, settings
+):
+    alice, bob, _, key = people
+    settings.CHAT_ROOM_LIST_SIZE = 3
+    for n in range(3):
+        memberships.create_private_room(_author(bob), f"empty {n}")
+    services.store_message(key, _author(alice), "the busy one", None)
+    listed = _client(bob).get("/api/rooms/", {"online": "0"}).json()["rooms"]
+    assert key in [room["name"] for room in listed]
