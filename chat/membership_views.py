@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from . import identity, memberships, permissions
 from .models import Membership
-from .views import not_a_room
+from .views import room_not_found_page
 
 
 @require_POST
@@ -61,7 +61,7 @@ def leave(request, room_name):
     author = identity.author_for(request.user, request.session)
     room_key = permissions.room_for(author, room_name)
     if room_key is None:
-        return not_a_room(request, room_name)
+        return room_not_found_page(request)
     try:
         memberships.leave(author, room_key)
     except memberships.MembershipRefused as refusal:
@@ -75,7 +75,7 @@ def _change(request, room_name, change, done: str):
     author = identity.author_for(request.user, request.session)
     room_key = permissions.room_for(author, room_name)
     if room_key is None:
-        return not_a_room(request, room_name)
+        return room_not_found_page(request)
     username = request.POST.get("username", "").strip()
     try:
         change(author, room_key, username)

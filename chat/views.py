@@ -78,7 +78,7 @@ def room(request, room_name):
         return redirect_to_login(request.get_full_path())
     room_key = permissions.room_for(reader, room_name)
     if room_key is None:
-        return not_a_room(request, room_name)
+        return room_not_found_page(request)
     # The page checks a message against the server's own limits before sending it.
     message_limits = {
         "message_max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
@@ -134,6 +134,12 @@ def not_a_room(request, path):
         rooms.normalize_room_name(path.split("/", 1)[0])
     except rooms.InvalidRoomName as refusal:
         return render(request, "404.html", {"error": str(refusal)}, status=404)
+    return render(request, "404.html", status=404)
+
+
+def room_not_found_page(request):
+    """The 404 page for a room address that is valid but leads nowhere for this reader: one
+    answer for a private room they may not read and for one that does not exist."""
     return render(request, "404.html", status=404)
 
 

@@ -175,6 +175,8 @@ def test_every_http_way_in_answers_a_stranger_as_for_a_missing_room(people):
     guest = _client()
     assert _answers(guest, key)[:2] == _answers(guest, missing)[:2]
     assert all(b"secret plans" not in body for _, body in _answers(stranger, key))
+    page = _answers(stranger, key)[0][1].decode()
+    assert "Not found" in page and "tilde" not in page  # a valid address, not a bad name
 
 
 def test_members_read_a_private_room_over_http(people):
