@@ -99,6 +99,23 @@ def listed_rooms(author: Author, room_keys: list[str]) -> list[str]:
     ]
 
 
+def readers(pairs: set[tuple[Author, str]]) -> set[tuple[Author, str]]:
+    """Those (author, room key) pairs whose author may read the room (may_read), in one
+    query at most: the upkeep's check that open sockets are still their rooms' members."""
+    private = {(author, key) for author, key in pairs if rooms.kind(key) == rooms.PRIVATE}
+    members = set()
+    if users := {author.user_id for author, _ in private if not author.is_guest}:
+        rows = Membership.objects.filter(
+            room_id__in={key for _, key in private}, user_id__in=users
+        ).values_list("room_id", "user_id")
+        members = set(rows)
+    return {
+        (author, key)
+        for author, key in pairs
+        if ((key, author.user_id) in members if (author, key) in private else may_read(author, key))
+    }
+
+
 def listed_to_everyone(queryset):
     """The rooms of a Room queryset listed to everyone, guests too: the public ones."""
     return queryset.exclude(name__startswith=rooms.PRIVATE_MARK).exclude(

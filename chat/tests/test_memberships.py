@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, permissions, protocol, services
+from chat import memberships, permissions, protocol, services, upkeep
 from chat.identity import Author
 from chat.models import Membership, Room
 from chat.tests.conftest import logged_in_session_values, new_session
@@ -233,3 +233,20 @@ def test_a_public_rooms_owner_appoints_moderators_from_its_page(owner_and_guest_
     assert permissions.role_of(_author(bob), "garden") == Role.MODERATOR
     owner.post("/rooms/garden/role/", {"username": "bob", "role": "member"})
     assert permissions.role_of(_author(bob), "garden") is None
+
+
+async def test_a_removal_whose_event_was_lost_closes_the_socket_within_an_upkeep_round(
+    join, owner_and_guest_list
+):
+    alice, bob, _ = owner_and_guest_list
+    key = await database_sync_to_async(memberships.create_private_room)(_author(alice), "Plans")
+    await database_sync_to_async(memberships.invite)(_author(alice), key, "bob")
+    bobs = await _socket_of(join, bob, key)
+    alices = await _socket_of(join, alice, key)
+    bobs_lobby = await _socket_of(join, bob, "lobby")
+    # Removed behind the sockets' back: no event reaches them (as when Redis lost it).
+    await database_sync_to_async(Membership.objects.filter(room_id=key, user=bob).delete)()
+    await upkeep.run_round()
+    assert await close_code_within(bobs) == protocol.CLOSE_NOT_A_MEMBER
+    assert await close_code_within(alices, 0.3) is None
+    assert await close_code_within(bobs_lobby, 0.3) is None
