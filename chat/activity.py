@@ -9,25 +9,35 @@ Explained in docs/protocol.md, 'Rooms: `GET /api/rooms/`'.
 from collections.abc import Iterable
 from typing import Any
 
-from . import presence, rooms
-from .models import ReadPosition, Room
+from django.contrib.auth import get_user_model
+from django.db.models import F
+
+from . import permissions, presence, rooms
+from .identity import Author
+from .models import Membership, ReadPosition, Room
 
 
 def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
-    """The `limit` rooms with the newest messages, with the rooms in `also` and those the
-    user has read, newest activity first; rooms without messages are left out, and so are
-    rooms without a look-alike key (Room.key: from before the rule, they look like
-    another room or break the room-name rule).
+    """The `limit` public rooms with the newest messages, with the rooms in `also`, those the
+    user has read and those they are a member of, newest activity first; public rooms
+    without messages are left out, and every room the user may not see
+    (chat.permissions.listed_rooms), and rooms without a look-alike key (Room.key: from
+    before the rule, they look like another room or break the room-name rule).
     """
     names = set(also)
     if user is not None and user.is_authenticated:
         names |= set(
             ReadPosition.objects.filter(user=user).values_list("room_name", flat=True)[:limit]
         )
+        # nulls_last: PostgreSQL sorts NULL first in descending order, SQLite last.
+        newest = F("room__last_message_at").desc(nulls_last=True)
+        mine = Membership.objects.filter(user=user).order_by(newest)
+        names |= set(mine.values_list("room_id", flat=True)[:limit])
     keyed = Room.objects.filter(key__isnull=False)
-    active = keyed.filter(last_message_at__isnull=False).order_by("-last_message_at")
-    chosen = {room.name: room for room in active[:limit]}
-    chosen |= {room.name: room for room in keyed.filter(name__in=names - chosen.keys())}
+    active = permissions.listed_to_everyone(keyed.filter(last_message_at__isnull=False))
+    chosen = {room.name: room for room in active.order_by("-last_message_at")[:limit]}
+    others = permissions.listed_rooms(_reader(user), sorted(names - chosen.keys()))
+    chosen |= {room.name: room for room in keyed.filter(name__in=others)}
     return sorted(
         chosen.values(),
         key=lambda room: (room.last_message_at is not None, room.last_message_at, room.name),
@@ -43,10 +53,17 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
     groups = {room.name: rooms.group_name(room.name) for room in room_list}
     present = presence.snapshots(list(groups.values())) if online else {}
     read = read_positions(user, [room.name for room in room_list])
+    partners = _direct_partners(user, [room.name for room in room_list])
     listed = []
     for room in room_list:
+        address = room.name
+        if rooms.kind(room.name) == rooms.DIRECT:
+            if room.name not in partners:
+                continue  # the other user was deleted: no address leads there any more
+            address = rooms.DIRECT_MARK + partners[room.name]
         summary = {
-            "name": room.name,
+            "name": address,  # what the reader's URLs name it by
+            "title": room.title or address,
             "last_id": room.last_seq,
             "last_at": room.last_message_at.isoformat() if room.last_message_at else None,
             "read_up_to": read.get(room.name),
@@ -55,6 +72,26 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
             summary["online"] = present[groups[room.name]]["count"]  # people, not sockets
         listed.append(summary)
     return listed
+
+
+def _reader(user) -> Author:
+    if user is not None and user.is_authenticated:
+        return Author(name=user.get_username(), user_id=user.pk)
+    return Author(name="")
+
+
+def _direct_partners(user, room_keys: list[str]) -> dict[str, str]:
+    """For the user's direct conversations among room_keys: the other user's username."""
+    if user is None or not user.is_authenticated:
+        return {}
+    others = {
+        key: next(uid for uid in rooms.direct_members(key) if uid != user.pk)
+        for key in room_keys
+        if rooms.kind(key) == rooms.DIRECT
+    }
+    users = get_user_model().objects.filter(pk__in=others.values())
+    names = {pk: name for pk, name in users.values_list("pk", get_user_model().USERNAME_FIELD)}
+    return {key: names[uid] for key, uid in others.items() if uid in names}
 
 
 def read_positions(user, room_names: list[str]) -> dict[str, int]:

@@ -1,12 +1,19 @@
 from django.contrib import admin
 
-from .models import Message, Room
+from .models import Membership, Message, Room
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    raw_id_fields = ["user"]
+    extra = 0
 
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "last_seq"]
-    search_fields = ["name"]
+    list_display = ["name", "title", "last_seq"]
+    search_fields = ["name", "title"]
+    inlines = [MembershipInline]
 
 
 @admin.register(Message)

@@ -24,6 +24,7 @@ from . import (
     identity,
     limits,
     outages,
+    permissions,
     pipeline,
     presence,
     protocol,
@@ -124,7 +125,9 @@ class ChatConsumer(WebsocketConsumer):
             if self.room_events_wanted():
                 getattr(self, get_handler_name(message))(message)
         elif message["type"] == "websocket.connect":
-            await self._join_groups()
+            self.room_name = await self._room_for_socket()
+            if self.room_name is not None:  # or connect refuses it, having joined nothing
+                await self._join_groups()
             await super().dispatch(message)
             if self.delivery is None:  # connect refused the socket: it wants no room events
                 await self._discard_from_groups()
@@ -177,7 +180,10 @@ class ChatConsumer(WebsocketConsumer):
     @sides.on_sync_thread
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
-        self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
+        if self.room_name is None:
+            # A private room it may not read: refused as one that does not exist is.
+            self.close()
+            return
         self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
         expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
         if expected is not None and expected != identity.sign_in_of(self.author):
@@ -245,6 +251,19 @@ class ChatConsumer(WebsocketConsumer):
             self.delivery.stop()
         upkeep.socket_left(self)
 
+    async def _room_for_socket(self) -> str | None:
+        """On the loop, before connect: the key of the room the socket's address names, if
+        its author may read it (chat.permissions.room_for); a public room needs no hop."""
+        address = self.scope["url_route"]["kwargs"]["room_name"]
+        if (room_key := permissions.open_to_all(address)) is not None:
+            return room_key
+        return await pipeline.call_batched(self._room_for_author, address)
+
+    @sides.on_sync_thread
+    def _room_for_author(self, address: str) -> str | None:
+        author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
+        return permissions.room_for(author, address)
+
     async def _join_groups(self):
         """On the loop, before connect: the room's group, and the groups that close the
         socket when who it speaks as changes (chat.revocation).
@@ -253,10 +272,9 @@ class ChatConsumer(WebsocketConsumer):
         so that the sync thread waits for no Redis. The user is the one AuthMiddleware
         loaded, the session key the cookie's: neither needs the database.
         """
-        room_name = self.scope["url_route"]["kwargs"]["room_name"]
         user, session = self.scope.get("user"), self.scope.get("session")
         self.joined_groups = (
-            rooms.group_name(room_name),
+            rooms.group_name(self.room_name),
             *revocation.identity_groups(user, session),
         )
         # Side by side; the layer bounds how many are in flight (mysite.channel_layers).
@@ -277,6 +295,14 @@ class ChatConsumer(WebsocketConsumer):
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""
         self._close_for_identity(event["reason"])
+
+    @sides.on_sync_thread
+    def chat_membership_ended(self, event):
+        """A user left the room or was removed: if it is this socket's, close it (4403)."""
+        if event["user_id"] == self.author.user_id and not self.closing:
+            logger.info("closing socket in room %r: %s", self.room_name, event["reason"])
+            self.closing = True  # and store nothing more from it meanwhile
+            self.close(code=protocol.CLOSE_NOT_A_MEMBER, reason=event["reason"])
 
     @sides.on_sync_thread
     def _close_for_identity(self, reason: str):
@@ -352,6 +378,11 @@ class ChatConsumer(WebsocketConsumer):
             # Logged out, banned, renamed... and the event that closes us is still on its
             # way, or will never come (a change made without signals): store nothing.
             self._close_for_identity("the session no longer speaks as this socket")
+            return
+        if not permissions.may_post(self.author, self.room_name):
+            # Removed while the closing event was on its way (or lost with Redis).
+            self.closing = True
+            self.close(code=protocol.CLOSE_NOT_A_MEMBER)
             return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.

@@ -10,9 +10,16 @@ from django.utils import timezone
 
 
 class Room(models.Model):
-    """A room that has had at least one message; `last_seq` numbers its messages."""
+    """A room that has had at least one message, or a private room made by its owner.
+
+    `name` is the room's key (chat.rooms): a public name, `~<id>` or `@<id>-<id>`;
+    `last_seq` numbers its messages.
+    """
 
     name = models.CharField(max_length=100, primary_key=True)
+    # A private room's title, chosen by its owner; "" for the others. A database default
+    # too: services._next_seq creates rooms in raw SQL.
+    title = models.CharField(max_length=100, blank=True, default="", db_default="")
     last_seq = models.PositiveBigIntegerField(default=0)
     # When its newest message was stored (services._next_seq): the index lists rooms by it.
     last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -93,3 +100,31 @@ class ReadPosition(models.Model):
 
     def __str__(self):
         return f"{self.user_id} read {self.room_name} up to {self.last_read_id}"
+
+
+class Membership(models.Model):
+    """A user's place in a room, with a role: who may do what is chat.permissions's to say."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MODERATOR = "moderator"
+        MEMBER = "member"
+
+    # No index of its own: the (room, user) unique constraint below leads with room.
+    room = models.ForeignKey(
+        Room, on_delete=models.CASCADE, related_name="memberships", db_index=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_memberships"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["room", "created"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "user"], name="membership_room_user_unique")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} is {self.role} of {self.room_id}"

@@ -51,6 +51,9 @@ CLOSE_SERVICE_UNAVAILABLE = 4503
 # deactivation, a new guest name, an expired session): reconnect at once, as the session
 # now is. 401 echoes HTTP's "who are you?".
 CLOSE_IDENTITY_CHANGED = 4401
+# Close code for a socket whose author is no longer a member of its private room (removed
+# by its owner, or left from another tab): do not reconnect. 403 echoes HTTP's forbidden.
+CLOSE_NOT_A_MEMBER = 4403
 # A consumer failed in a way no input explains (a bug). Its socket left the room first;
 # the client reconnects with backoff and catches up with ?after=. Not RFC 6455's 1011:
 # autobahn (under daphne) sends only 1000 and 3000-4999, and drops any other code unsent
@@ -318,6 +321,11 @@ def message_frame(event: dict[str, Any], *, history: bool = False) -> str:
 def identity_changed_event(reason: str) -> dict[str, Any]:
     """Build the channel-layer event that closes the sockets of a changed session or user."""
     return {"type": "chat.identity_changed", "reason": reason}
+
+
+def membership_ended_event(user_id: int, reason: str) -> dict[str, Any]:
+    """Build the room event that closes one user's sockets in the room (chat.memberships)."""
+    return {"type": "chat.membership_ended", "user_id": user_id, "reason": reason}
 
 
 def catch_up_frame(more: bool, next_after: int) -> str:

@@ -178,14 +178,17 @@ def _compiled_sql(vendor: str, model, which: str) -> str:
 
 def close_sockets_of(group: str, reason: str):
     """Once the current transaction commits, close every socket in group, on every process."""
+    send_on_commit(group, protocol.identity_changed_event(reason))
+
+
+def send_on_commit(group: str, event: dict):
+    """Once the current transaction commits, send a closing event to group, on every process."""
 
     def send():
         try:
-            async_to_sync(get_channel_layer().group_send)(
-                group, protocol.identity_changed_event(reason)
-            )
+            async_to_sync(get_channel_layer().group_send)(group, event)
         except Exception as error:  # the change itself stands; the sockets go at reconnect
-            logger.warning("could not close the sockets of %s (%s): %r", group, reason, error)
+            logger.warning("could not close the sockets of %s (%s): %r", group, event, error)
 
     transaction.on_commit(send)
 

@@ -11,9 +11,10 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from . import permissions, rooms
 from .identity import Author
 from .lookalikes import name_key
-from .models import Message, Room
+from .models import Membership, Message, Room
 
 
 class LookalikeRoom(Exception):
@@ -39,9 +40,12 @@ def store_message(
     created = timezone.now()
     try:
         with transaction.atomic():
+            seq = _next_seq(room_name, created)
+            if seq == 1:  # the room's first message: it may make members (its owner)
+                _add_founding_members(room_name, author)
             message = Message.objects.create(
                 room_id=room_name,
-                seq=_next_seq(room_name, created),
+                seq=seq,
                 author_id=author.user_id,
                 display_name=author.name,
                 author_key=author.key,
@@ -90,8 +94,9 @@ ROOM_KEYS_CACHED = 4096
 
 @functools.lru_cache(maxsize=ROOM_KEYS_CACHED)
 def room_key(room_name: str) -> str:
-    """The look-alike key a room of this name holds (Room.key)."""
-    return name_key(room_name)
+    """The look-alike key a room of this name holds (Room.key): a private room's or a
+    direct message's is its own key, which no public name's can be (chat.rooms)."""
+    return room_name if rooms.kind(room_name) != rooms.PUBLIC else name_key(room_name)
 
 
 def lookalike_room(room_name: str) -> str | None:
@@ -100,6 +105,17 @@ def lookalike_room(room_name: str) -> str | None:
     names = Room.objects.filter(Q(name=room_name) | Q(key=room_key(room_name)))
     found = list(names.values_list("name", flat=True)[:2])
     return None if room_name in found or not found else found[0]
+
+
+def _add_founding_members(room_name: str, author: Author) -> None:
+    # ignore_conflicts: a private room's first message finds its owner there already.
+    Membership.objects.bulk_create(
+        [
+            Membership(room_id=room_name, user_id=user_id, role=role)
+            for user_id, role in permissions.founding_members(author, room_name)
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def recent_messages(room_name: str, limit: int) -> list[Message]:
@@ -176,3 +192,8 @@ def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message
 def last_seq(room_name: str) -> int:
     """The seq of the room's newest message, 0 for a room with none."""
     return Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+
+
+def room_title(room_name: str) -> str:
+    """A private room's title ("" for a room that has none)."""
+    return Room.objects.filter(name=room_name).values_list("title", flat=True).first() or ""

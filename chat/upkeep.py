@@ -36,8 +36,9 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from . import limits, loops, pipeline, presence, sides
+from . import limits, loops, permissions, pipeline, presence, protocol, rooms, sides
 from .delivery import RoomDelivery
+from .identity import Author
 from .models import Room
 from .redis_clients import PRESENCE_TIMEOUT_SECONDS, asyncio_redis_client
 
@@ -54,6 +55,9 @@ class LocalSocket(Protocol):
     presence_member: str
     open_slots: tuple[str, ...]
     delivery: RoomDelivery
+    author: Author
+
+    def close_from_loop(self, code: int): ...
 
 
 @sides.on_loop
@@ -92,6 +96,11 @@ def _of_running_loop() -> "_Upkeep":
     if state.upkeep is None:
         state.upkeep = _Upkeep()
     return state.upkeep
+
+
+@sides.on_sync_thread
+def _readers(pairs: set[tuple[Author, str]]) -> set[tuple[Author, str]]:
+    return permissions.readers(pairs)
 
 
 @sides.on_sync_thread
@@ -252,7 +261,27 @@ class _Upkeep:
             resynced += await self._resync_lagging()
         except Exception as error:
             logger.warning("upkeep: lagging sockets not checked: %r", error)
+        try:
+            await self._close_former_members()
+        except Exception as error:
+            logger.warning("upkeep: private rooms' members not checked: %r", error)
         return resynced
+
+    async def _close_former_members(self):
+        """Close (4403) each socket whose author may no longer read its room.
+
+        A removal closes its member's sockets through the room's group at once; this
+        catches the event that Redis lost, within a round. Public rooms need no query.
+        """
+        sockets = [s for s in self.sockets.values() if rooms.kind(s.room_name) != rooms.PUBLIC]
+        if not sockets:
+            return
+        pairs = {(socket.author, socket.room_name) for socket in sockets}
+        readers = await pipeline.call_batched(_readers, pairs)
+        for socket in sockets:
+            if (socket.author, socket.room_name) not in readers:
+                logger.info("closing socket in room %r: no longer a member", socket.room_name)
+                socket.close_from_loop(protocol.CLOSE_NOT_A_MEMBER)
 
     async def _keep_membership(self) -> int:
         """After a Redis restart, rejoin and catch every socket up; at half expiry, rejoin."""

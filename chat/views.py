@@ -7,13 +7,24 @@ import hashlib
 
 from django.conf import settings
 from django.contrib.auth import login
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
 from django.views.decorators.http import require_GET, require_POST
 
-from . import activity, identity, limits, protocol, revocation, rooms, services
+from . import (
+    activity,
+    identity,
+    limits,
+    memberships,
+    permissions,
+    protocol,
+    revocation,
+    rooms,
+    services,
+)
 from .forms import SignupForm
 
 
@@ -58,12 +69,19 @@ def set_display_name(request):
 
 
 def room(request, room_name):
-    """Show one room's page; the route already refused invalid names with a 404.
+    """Show one room's page; the route already refused invalid addresses with a 404.
 
-    A room that does not exist but looks like one that does (`Lobby`, `lоbby` for
+    A private room the reader may not read is the same 404 as a room that does not exist.
+    A public room that does not exist but looks like one that does (`Lobby`, `lоbby` for
     `lobby`: services.lookalike_room) is that room: the page redirects there.
     """
-    if (existing := services.lookalike_room(room_name)) is not None:
+    reader = identity.author_for(request.user, request.session)
+    if permissions.must_log_in(reader, room_name):
+        return redirect_to_login(request.get_full_path())
+    room_key = permissions.room_for(reader, room_name)
+    if room_key is None:
+        return room_not_found_page(request)
+    if (existing := services.lookalike_room(room_key)) is not None:
         return redirect("chat:room", room_name=existing)
     # The page checks a message against the server's own limits before sending it.
     message_limits = {
@@ -92,7 +110,23 @@ def room(request, room_name):
         "sign_in": identity.sign_in_of(author),
     }
     context["csrf_cookie_name"] = settings.CSRF_COOKIE_NAME
+    context["room"] = _room_panel(author, room_name, room_key)
     return render(request, "chat/room.html", context)
+
+
+def _room_panel(author, address: str, room_key: str) -> dict:
+    """What the page shows of a room besides its messages: its title, kind and members."""
+    room_kind = rooms.kind(room_key)
+    panel = {"kind": room_kind, "title": address, "private": room_kind == rooms.PRIVATE}
+    if room_kind == rooms.PRIVATE:
+        panel["title"] = services.room_title(room_key)
+        panel["may_invite"] = permissions.may_invite(author, room_key)
+        panel["may_leave"] = permissions.may_leave(author, room_key)
+    if room_kind != rooms.DIRECT and not author.is_guest:
+        panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
+    if panel["private"] or panel.get("may_appoint"):  # a public room's: its owner's eyes only
+        panel["members"] = memberships.members(room_key)
+    return panel
 
 
 def favicon(request):
@@ -110,6 +144,12 @@ def not_a_room(request, path):
     return render(request, "404.html", status=404)
 
 
+def room_not_found_page(request):
+    """The 404 page for a room address that is valid but leads nowhere for this reader: one
+    answer for a private room they may not read and for one that does not exist."""
+    return render(request, "404.html", status=404)
+
+
 @require_GET
 def room_messages(request, room_name):
     """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page.
@@ -119,6 +159,10 @@ def room_messages(request, room_name):
     """
     if refused := limits.http_refusal(limits.API, request):
         return refused
+    address = room_name
+    room_name = permissions.room_for(identity.author_for(request.user, request.session), address)
+    if room_name is None:
+        return _room_not_found()
     try:
         after = protocol.parse_seq(request.GET.get("after", "0"))
         limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
@@ -136,7 +180,7 @@ def room_messages(request, room_name):
         page = page[-limit:] if has_more else page
         return JsonResponse(
             {
-                "room": room_name,
+                "room": address,
                 "messages": [protocol.message_fields(message) for message in page],
                 "next_before": page[0].seq if has_more else None,
             }
@@ -146,7 +190,7 @@ def room_messages(request, room_name):
     page = page[:limit]
     return JsonResponse(
         {
-            "room": room_name,
+            "room": address,
             "messages": [protocol.message_fields(message) for message in page],
             "next_after": page[-1].seq if has_more else None,
         }
@@ -171,9 +215,11 @@ def room_list(request):
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
         return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
     try:
-        named = [rooms.normalize_room_name(name) for name in named]
+        named = [rooms.normalize_address(name) for name in named]
     except rooms.InvalidRoomName as refusal:
         return _json_error(400, "invalid_room_name", str(refusal))
+    # A page names its direct conversations by address (@bob); the list has them anyway.
+    named = [name for name in named if rooms.kind(name) != rooms.DIRECT]
     # ?online=0: the sidebar, which shows no presence. The ETag is the body's: the list is
     # a few index lookups whatever the number of rooms (activity.recent_rooms), where a
     # version of every room (a sum over them all) took 31 ms at 300,000 rooms, 304 or not.
@@ -213,14 +259,22 @@ def mark_read(request, room_name):
         )
     if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
         return refused
+    room_key = permissions.room_for(identity.author_for(request.user, None), room_name)
+    if room_key is None:
+        return _room_not_found()
     try:
         up_to = protocol.parse_seq(request.POST.get("up_to", ""))
     except ValueError as refusal:
         return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
-    position = activity.mark_read(request.user, room_name, up_to)
+    position = activity.mark_read(request.user, room_key, up_to)
     if position is None:
         return _json_error(404, "no_such_room", "This room has no messages: nothing to read.")
     return JsonResponse({"room": room_name, "read_up_to": position})
+
+
+def _room_not_found() -> JsonResponse:
+    # One answer for a room that does not exist and a private room the reader may not read.
+    return _json_error(404, "no_such_room", "There is no such room.")
 
 
 def _json_error(status: int, code: str, detail: str) -> JsonResponse:

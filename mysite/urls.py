@@ -6,6 +6,7 @@ from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from chat import membership_views
 from chat import views as chat_views
 from chat.password_reset import PasswordResetView
 from mysite import health
@@ -31,6 +32,12 @@ urlpatterns = [
     # Outside chat/, where every name is a room's.
     path("api/rooms/", chat_views.room_list, name="room_list"),
     path("api/rooms/<room:room_name>/read/", chat_views.mark_read, name="mark_read"),
+    # Changing who is in a room: outside chat/, where every name is a room's.
+    path("rooms/new/", membership_views.create_private_room, name="create_private_room"),
+    path("rooms/<room:room_name>/invite/", membership_views.invite, name="invite"),
+    path("rooms/<room:room_name>/remove/", membership_views.remove, name="remove_member"),
+    path("rooms/<room:room_name>/role/", membership_views.set_role, name="set_role"),
+    path("rooms/<room:room_name>/leave/", membership_views.leave, name="leave_room"),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),

@@ -710,6 +710,7 @@ def test_room_list_gives_each_rooms_last_id_last_time_and_people_online(
     newest = Message.objects.get(room_id="new", seq=3)
     assert listed[0] == {
         "name": "new",
+        "title": "new",
         "last_id": 3,
         "last_at": newest.created.isoformat(),
         "online": 2,
@@ -760,13 +761,14 @@ def test_the_sidebars_room_list_is_a_304_until_a_message_or_a_read_changes_it(
     first = sidebar()
     assert first.status_code == 200 and first["Cache-Control"] == "private, no-cache"
     assert first.json()["rooms"] == [
-        {"name": "lobby", "last_id": 2, "last_at": first.json()["rooms"][0]["last_at"],
-         "read_up_to": None}
+        {"name": "lobby", "title": "lobby", "last_id": 2,
+         "last_at": first.json()["rooms"][0]["last_at"], "read_up_to": None}
     ]  # fmt: skip
     etag = first["ETag"]
 
     monkeypatch.setattr(presence, "snapshots", None)  # the sidebar's list reads no presence
-    with django_assert_max_num_queries(6):  # the session, its user, and the list's 4 lookups
+    # The session, its user, and the list's 5 lookups (the member's rooms among them).
+    with django_assert_max_num_queries(7):
         unchanged = sidebar(HTTP_IF_NONE_MATCH=etag)
     assert (unchanged.status_code, unchanged["ETag"], unchanged.content) == (304, etag, b"")
     monkeypatch.undo()

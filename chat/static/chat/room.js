@@ -54,6 +54,9 @@
     const RECONNECT_AT_ONCE = new Set([4000]);
     // The socket's sign-in is not the page's (docs/protocol.md, close codes): reload as the new one.
     const SIGN_IN_CHANGED = 4401;
+    // The reader is no longer a member of this private room (docs/protocol.md, close codes):
+    // removed by its owner, or left in another tab. The page stays closed.
+    const NOT_A_MEMBER = 4403;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -104,6 +107,7 @@
     const PLAIN_CLOSES = {
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
+        4403: 'You are no longer a member of this room.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -229,13 +233,27 @@
         parent.append(text.slice(done));
     }
 
+    // A user's name, as a link to the reader's direct messages with them (docs/protocol.md,
+    // private rooms and direct messages); a guest's name, or the reader's own, as text.
+    function personName(name, guest) {
+        if (guest || reader.guest || name === reader.name) {
+            return document.createTextNode(name);
+        }
+        const link = document.createElement('a');
+        link.className = 'dm-link';
+        link.href = '/chat/' + encodeURIComponent('@' + name) + '/';
+        link.title = 'Direct messages with ' + name;
+        link.textContent = name;
+        return link;
+    }
+
     function authorHeader(name, guest) {
         const header = document.createElement('div');
         header.className = 'meta';
         const author = document.createElement('span');
         author.className = 'author';
         author.dir = 'auto';  // isolated: a right-to-left name does not reorder its tag
-        author.textContent = name;
+        author.append(personName(name, guest));
         header.append(author);
         if (guest) {
             const tag = document.createElement('span');
@@ -554,7 +572,7 @@
             item.classList.toggle('guest', guest);
             const name = document.createElement('span');
             name.className = 'name';
-            name.textContent = guest ? label.slice(0, -' (guest)'.length) : label;
+            name.append(personName(guest ? label.slice(0, -' (guest)'.length) : label, guest));
             item.append(name);
             if (guest) {
                 const tag = document.createElement('span');
@@ -685,6 +703,10 @@
         dispatch('chat:connection', {state: 'closed'});
         if (e.code === SIGN_IN_CHANGED) {
             onSignInChanged();
+            return;
+        }
+        if (e.code === NOT_A_MEMBER) {
+            showStatus(PLAIN_CLOSES[NOT_A_MEMBER], 'error', e.code);
             return;
         }
         if (pageHidden) {

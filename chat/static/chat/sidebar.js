@@ -138,7 +138,7 @@
             item.dataset.room = room.name;
             const link = document.createElement('a');
             link.href = '/chat/' + encodeURIComponent(room.name) + '/';
-            link.textContent = room.name;  // text, never HTML
+            link.textContent = room.title || room.name;  // text, never HTML
             if (room.name === roomName) {
                 link.setAttribute('aria-current', 'page');
             }

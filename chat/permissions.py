@@ -1,0 +1,154 @@
+"""Who may do what in a room: every rule, as plain functions of (author, room key).
+
+The room page, the messages endpoint, the room list, read positions, the socket's
+handshake and its posting, the index and the sidebar all ask here; no rule lives
+anywhere else. Anyone, guests included, may read and post in a public room. A private
+room is its members' only, and a direct conversation its two users'. To a stranger an
+existing private room answers exactly as one that does not exist (room_for returns None
+for both). A new rule ("may delete this message", "may mute") is one function over
+role_of.
+
+Explained in docs/security.md, 'Private rooms and direct messages'.
+"""
+
+from django.contrib.auth import get_user_model
+
+from . import rooms
+from .identity import Author
+from .models import Membership
+
+Role = Membership.Role
+# Who may appoint and remove moderators, invite and remove members.
+_MANAGERS = frozenset({Role.OWNER})
+# Who may leave: an owner stays (a private room without one could never be managed).
+_LEAVERS = frozenset({Role.MODERATOR, Role.MEMBER})
+
+
+def role_of(author: Author, room_key: str) -> Role | None:
+    """The author's role in the room (one query), None for a guest or a non-member."""
+    if author.is_guest:
+        return None
+    role = (
+        Membership.objects.filter(room_id=room_key, user_id=author.user_id)
+        .values_list("role", flat=True)
+        .first()
+    )
+    return None if role is None else Role(role)
+
+
+def open_to_all(address: str) -> str | None:
+    """The key of a room anyone may read, known without the database; None if who asks matters."""
+    return address if rooms.kind(address) == rooms.PUBLIC else None
+
+
+def must_log_in(author: Author, address: str) -> bool:
+    """A guest asking for direct messages is sent to log in: guests have none."""
+    return author.is_guest and rooms.kind(address) == rooms.DIRECT
+
+
+def room_for(author: Author, address: str) -> str | None:
+    """The key of the room an address names for the author, if they may read it; else None.
+
+    A stranger to an existing private room gets None, as for a room that does not exist:
+    every way in answers both alike. `@<username>` is the author's conversation with that
+    (active) user, never with themselves.
+    """
+    if (public := open_to_all(address)) is not None:
+        return public
+    if author.is_guest:
+        return None
+    if rooms.kind(address) == rooms.PRIVATE:
+        return address if may_read(author, address) else None
+    users = get_user_model().objects.filter(
+        **{get_user_model().USERNAME_FIELD: address[1:], "is_active": True}
+    )
+    other = users.values_list("pk", flat=True).first()
+    if other is None or other == author.user_id:
+        return None
+    return rooms.direct_key(author.user_id, other)
+
+
+def may_read(author: Author, room_key: str) -> bool:
+    """Connect to the room, read its history and see it listed."""
+    room_kind = rooms.kind(room_key)
+    if room_kind == rooms.PUBLIC:
+        return True
+    if author.is_guest:
+        return False
+    if room_kind == rooms.DIRECT:
+        return author.user_id in rooms.direct_members(room_key)
+    return role_of(author, room_key) is not None
+
+
+def may_post(author: Author, room_key: str) -> bool:
+    """Post a message: whoever may read the room."""
+    return may_read(author, room_key)
+
+
+def listed_rooms(author: Author, room_keys: list[str]) -> list[str]:
+    """Those of room_keys the author may see listed (may_read), in one query at most."""
+    private = [key for key in room_keys if rooms.kind(key) == rooms.PRIVATE]
+    mine = set()
+    if private and not author.is_guest:
+        memberships = Membership.objects.filter(user_id=author.user_id, room_id__in=private)
+        mine = set(memberships.values_list("room_id", flat=True))
+    return [
+        key
+        for key in room_keys
+        if key in mine or (rooms.kind(key) != rooms.PRIVATE and may_read(author, key))
+    ]
+
+
+def readers(pairs: set[tuple[Author, str]]) -> set[tuple[Author, str]]:
+    """Those (author, room key) pairs whose author may read the room (may_read), in one
+    query at most: the upkeep's check that open sockets are still their rooms' members."""
+    private = {(author, key) for author, key in pairs if rooms.kind(key) == rooms.PRIVATE}
+    members = set()
+    if users := {author.user_id for author, _ in private if not author.is_guest}:
+        rows = Membership.objects.filter(
+            room_id__in={key for _, key in private}, user_id__in=users
+        ).values_list("room_id", "user_id")
+        members = set(rows)
+    return {
+        (author, key)
+        for author, key in pairs
+        if ((key, author.user_id) in members if (author, key) in private else may_read(author, key))
+    }
+
+
+def listed_to_everyone(queryset):
+    """The rooms of a Room queryset listed to everyone, guests too: the public ones."""
+    return queryset.exclude(name__startswith=rooms.PRIVATE_MARK).exclude(
+        name__startswith=rooms.DIRECT_MARK
+    )
+
+
+def may_invite(author: Author, room_key: str) -> bool:
+    """Add a member to a private room: its owner."""
+    return rooms.kind(room_key) == rooms.PRIVATE and role_of(author, room_key) in _MANAGERS
+
+
+def may_remove_member(author: Author, room_key: str, member_role: Role) -> bool:
+    """Remove a member (or moderator) from a private room: its owner; never the owner."""
+    return may_invite(author, room_key) and member_role != Role.OWNER
+
+
+def may_appoint_moderators(author: Author, room_key: str) -> bool:
+    """Appoint and remove a room's moderators: its owner (a direct conversation has none)."""
+    return rooms.kind(room_key) != rooms.DIRECT and role_of(author, room_key) in _MANAGERS
+
+
+def may_leave(author: Author, room_key: str) -> bool:
+    """Leave a private room: a member or moderator (not its owner, nor a direct conversation)."""
+    return rooms.kind(room_key) == rooms.PRIVATE and role_of(author, room_key) in _LEAVERS
+
+
+def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
+    """Who a room's first message makes members: a public room's logged-in author its owner,
+    a direct conversation's two users; a guest's room has none (ownerless, as ever)."""
+    room_kind = rooms.kind(room_key)
+    if room_kind == rooms.DIRECT:
+        return [(user_id, Role.MEMBER) for user_id in rooms.direct_members(room_key)]
+    if room_kind == rooms.PUBLIC and not author.is_guest:
+        return [(author.user_id, Role.OWNER)]
+    return []

@@ -1,0 +1,133 @@
+"""Private rooms and direct messages in real headless Chromium: made, shared, left, and a
+conversation opened from a person's name, on a phone and a desktop screen."""
+
+import json
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from chat import protocol
+from chat.tests import test_browser
+from chat.tests.test_browser import (
+    DESKTOP,
+    PHONE,
+    _navigate_by,
+    _post_message,
+    _rich_texts,
+    _sidebar_lists,
+    _sign_up,
+    _status,
+    _wait,
+)
+from chat.tests.test_memberships import _follow, _open, _signed_up
+
+pytestmark = pytest.mark.browser
+# test_browser's fixtures: one headless Chromium per module, cleared after each test.
+driver = test_browser.driver
+browser = test_browser.browser
+
+PASSWORD = "private-Rooms-42"
+
+
+class _Server:
+    """chat_server's URL in the shape test_memberships' helpers take."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+
+@pytest.fixture(params=[PHONE, DESKTOP], ids=["phone", "desktop"])
+def screen(request, browser):
+    """The browser at 390x844 (a phone) or 1280x800."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", request.param)
+    yield request.param
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _fits(driver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def _connected(driver):
+    _wait(driver, lambda: _status(driver) == "Connected", "socket never opened")
+
+
+def _receive_until(socket, text: str):
+    while json.loads(socket.recv()).get("message") != text:
+        pass
+
+
+def test_a_private_room_is_made_and_shared_from_its_page(browser, chat_server, screen):
+    width = screen["width"]
+    guest_list = _signed_up(_Server(chat_server), f"invitee{width}")
+    _sign_up(browser, chat_server, f"owner{width}", PASSWORD)
+    browser.get(chat_server + "/chat/")
+    browser.find_element(By.ID, "private-room-title").send_keys("Weekend plans")
+    _navigate_by(browser, browser.find_element(By.ID, "private-room-submit").click)
+    _connected(browser)
+    room = browser.current_url.split("/")[-2]
+    assert room.startswith("~")
+    assert browser.find_element(By.ID, "room-title").text == "Weekend plans"
+    assert _fits(browser)
+
+    browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
+    browser.find_element(By.ID, "invite-username").send_keys(f"invitee{width}")
+    _navigate_by(browser, browser.find_element(By.ID, "invite-submit").click)
+    _connected(browser)
+    assert f"invitee{width} is now a member." in browser.find_element(By.ID, "room-notices").text
+    browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
+    listed = browser.find_elements(By.CSS_SELECTOR, "#member-list .member .name")
+    assert [item.text for item in listed] == [f"owner{width}", f"invitee{width}"]
+    assert _fits(browser)
+
+    socket = _open(_Server(chat_server), guest_list, room)
+    socket.send(json.dumps({"message": "count me in"}))
+    _wait(browser, lambda: _rich_texts(browser) == ["count me in"], "the member's post")
+    _wait(browser, lambda: _sidebar_lists(browser, room), "the room is not in the sidebar")
+    socket.close()
+
+
+def test_a_removed_members_page_says_so_and_stays_closed(browser, chat_server):
+    owner = _signed_up(_Server(chat_server), "remover")
+    _sign_up(browser, chat_server, "removed", PASSWORD)
+    room = _create_and_invite(owner, chat_server, "removed")
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    owner.post_form(chat_server, f"/rooms/{room}/remove/", {"username": "removed"}, "/chat/")
+    status = browser.find_element(By.ID, "connection-status")
+    _wait(browser, lambda: status.text == "You are no longer a member of this room.")
+    assert status.get_attribute("data-code") == str(protocol.CLOSE_NOT_A_MEMBER)
+    browser.refresh()
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Not found"
+
+
+def _create_and_invite(owner, base_url: str, username: str) -> str:
+    room = _follow(owner, base_url, "/rooms/new/", {"title": "Plans"}, "/chat/").split("/")[2]
+    owner.post_form(base_url, f"/rooms/{room}/invite/", {"username": username}, "/chat/")
+    return room
+
+
+def test_a_direct_conversation_opens_from_a_name_in_the_presence_list(browser, chat_server, screen):
+    width = screen["width"]
+    bob_name, alice_name, lobby = f"bob{width}", f"alice{width}", f"meet-{width}"
+    bob = _signed_up(_Server(chat_server), bob_name)
+    bobs_lobby = _open(_Server(chat_server), bob, lobby)
+    _sign_up(browser, chat_server, alice_name, PASSWORD)
+    browser.get(chat_server + f"/chat/{lobby}/")
+    _connected(browser)
+    link = f'#presence a.dm-link[href="/chat/%40{bob_name}/"]'
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, link), "no link to bob")
+    assert _fits(browser)
+    _navigate_by(browser, browser.find_element(By.CSS_SELECTOR, link).click)
+    _connected(browser)
+    assert browser.find_element(By.ID, "room-title").text == f"@{bob_name}"
+    _post_message(browser, "hi bob")
+    _wait(browser, lambda: _rich_texts(browser) == ["hi bob"])
+    bobs_dm = _open(_Server(chat_server), bob, f"@{alice_name}")  # the same room, from bob's side
+    _receive_until(bobs_dm, "hi bob")
+    bobs_dm.send(json.dumps({"message": "hi alice"}))
+    _wait(browser, lambda: _rich_texts(browser) == ["hi bob", "hi alice"])
+    _wait(browser, lambda: _sidebar_lists(browser, f"@{bob_name}"), "no DM in the sidebar")
+    assert _fits(browser)
+    bobs_lobby.close()
+    bobs_dm.close()
