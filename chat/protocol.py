@@ -2,13 +2,15 @@
 
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
-An object with "catch_up" and no "message" asks for the next page of a catch-up;
 `{"typing": true}` (and no "message") says its sender is typing, and is never stored.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
-`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
-a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`; someone else typing
-is `{"typing": {"user": ..., "guest": ...}}`.
+`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; someone else
+typing is `{"typing": {"user": ..., "guest": ...}}`. The end of a reconnect's recovery
+(?after=), or a gap too long to fill on the socket, is
+`{"catch_up": {"recovered": ..., "after": A, "until": S}}`: recovered false means the
+messages (A, S] were not sent, and the client fetches them from GET
+/chat/<room>/messages/?after=A.
 
 Explained in docs/protocol.md.
 """
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .models import Message
 
 # Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
-# alike, each listed in docs/protocol.md. 4000-4999 is the range RFC 6455 leaves to applications;
+# alike, each listed in README.md. 4000-4999 is the range RFC 6455 leaves to applications;
 # past the 4, most echo the HTTP status that means the same.
 #
 # Close code for a client that keeps sending after being rate limited, or pings faster
@@ -82,21 +84,14 @@ class ChatFrame:
 
 
 @dataclass(frozen=True)
-class CatchUpRequest:
-    """A valid inbound request for the next catch-up page: the messages after `after`."""
-
-    after: int
-
-
-@dataclass(frozen=True)
 class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
 
 
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | CatchUpRequest | TypingSignal:
-    """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
+) -> ChatFrame | TypingSignal:
+    """Return the frame's trimmed message and client id (or its typing signal); or refuse."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
     if len(text_data) > max_frame_chars:
@@ -115,8 +110,12 @@ def parse_chat_frame(
             "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
         )
     if "message" not in payload:
-        if "catch_up" in payload:
-            return parse_catch_up(payload["catch_up"])
+        if "catch_up" in payload:  # the paged catch-up of old: history is read over HTTP
+            raise FrameRefused(
+                "catch_up_over_http",
+                "The socket sends no pages of history: "
+                "fetch them from GET /chat/<room>/messages/?after=<id>.",
+            )
         if "typing" in payload:
             if payload["typing"] is not True:
                 raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
@@ -190,17 +189,6 @@ def parse_seq(raw: str) -> int:
     return seq
 
 
-def parse_catch_up(value: Any) -> CatchUpRequest:
-    """The request in a frame's "catch_up" value, `{"after": <id>}`; or raise FrameRefused."""
-    after = value.get("after") if isinstance(value, dict) else None
-    # bool is an int in Python, not in JSON: true is not an id.
-    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-        raise FrameRefused(
-            "invalid_catch_up", 'Ask for the next page with {"catch_up": {"after": <id>}}.'
-        )
-    return CatchUpRequest(after)
-
-
 def parse_after(query_string: bytes) -> int | None:
     """The `after` seq a reconnecting socket asks to catch up from; None when there is none.
 
@@ -262,9 +250,13 @@ def identity_changed_event(reason: str) -> dict[str, Any]:
     return {"type": "chat.identity_changed", "reason": reason}
 
 
-def catch_up_frame(more: bool, next_after: int) -> str:
-    """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
-    return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
+def catch_up_frame(recovered: bool, after: int, until: int) -> str:
+    """Build the frame that says whether the socket sent the messages (after, until].
+
+    Not recovered: they were too many for the socket, and the client fetches them from the
+    messages endpoint; the socket goes on with the messages after `until`.
+    """
+    return json.dumps({"catch_up": {"recovered": recovered, "after": after, "until": until}})
 
 
 def typing_event(author: "Author", sender_channel: str) -> dict[str, Any]:
