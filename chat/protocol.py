@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .models import Message
 
 # Every WebSocket close code we send, the consumer's and the server's (serving.chat_daphne)
-# alike, each listed in README.md. 4000-4999 is the range RFC 6455 leaves to applications;
+# alike, each listed in docs/protocol.md. 4000-4999 is the range RFC 6455 leaves to applications;
 # past the 4, most echo the HTTP status that means the same.
 #
 # Close code for a client that keeps sending after being rate limited, or pings faster
