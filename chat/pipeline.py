@@ -213,6 +213,8 @@ def bulk_call(function: Callable[..., Any], *args):
     sockets' thread and the loop, in slices of 5 ms. Here the bulk work (a page of history,
     read and encoded) runs where the sockets' handlers run, one page at a time and paced
     (run_in_turn), joining their batches (call_batched); the request's thread only waits.
+    Never call it on the sockets' thread itself (a view run without Django's ASGIHandler,
+    as django.test.AsyncClient does): it would wait for itself.
     """
     return async_to_sync(run_in_turn)(call_batched, function, *args)
 
