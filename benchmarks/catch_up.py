@@ -1,26 +1,31 @@
 """How much big catch-ups in one room delay the messages of another room.
 
 Starts the stack (embedded Redis, a fresh SQLite database, `serving.supervisor`) from a checkout
-(this one, or `--root` another, to compare old code with new), stores --messages messages
+(this one, or `--root` another speaking the same protocol; code from before the bounded
+recovery is measured with its own copy of this file), stores --messages messages
 of --text-chars characters in the room "big" (the report's 11,604 of about 4 KB: 46.7 MB),
 then measures the echo latency of one client in the room "probe", which sends a message
 every PROBE_INTERVAL_SECONDS and times each until its own echo:
 
 - alone, for --baseline-seconds;
 - while --catch-ups clients (in a process of their own, so that their reading does not
-  slow the probe's loop) join "big" with ?after=0 and read all of it, asking for each next
-  page when the server says there is more; until every one has every message or
-  --timeout passes.
+  slow the probe's loop) join "big" with ?after=0 and read all of it as the page does:
+  the socket recovers at most CHAT_RECOVERY_LIMIT messages and says the rest was not
+  recovered ({"catch_up": {"recovered": false, "after": A, "until": S}}), and the
+  client reads (A, S] from GET /chat/big/messages/?after=, --page messages a page (the
+  page asks for the endpoint's default, 100), one request after another; until every one
+  has every message or --timeout passes. The benchmark stack lifts the endpoint's
+  per-address limit (benchmarks.stack), as every reader comes from one address.
 
 With --control, a third phase (or the second, with --control-first) is the control: the
-same readers read the same frames (encoded from the same stored messages by the same
+same readers read the same bodies (encoded from the same stored messages by the same
 chat.protocol functions, in the same pages), but from a plain `websockets` server in a
-process of its own, not from the chat server; it hands out one page at a time, evenly
-spaced so that all pages take as long as the real catch-ups did in the same run (or
---control-seconds). The probe still talks to the chat server, which then has nothing to
-do but the probe: what the probe loses during the control is the machine's doing (the
-readers' and the sender's CPU on shared cores); what it loses beyond that during the real
-catch-ups is the chat server's.
+process of its own, not from the chat server: its socket says the same marker and its
+HTTP answers the same pages, one page at a time, evenly spaced so that all pages take as
+long as the real catch-ups did in the same run (or --control-seconds). The probe still
+talks to the chat server, which then has nothing to do but the probe: what the probe
+loses during the control is the machine's doing (the readers' and the sender's CPU on
+shared cores); what it loses beyond that during the real catch-ups is the chat server's.
 
 Prints p50, p99 and max of each phase in milliseconds, the CPU seconds each party used in
 each phase, then one JSON line. Run from the project root:
@@ -30,6 +35,7 @@ each phase, then one JSON line. Run from the project root:
 
 import argparse
 import asyncio
+import http.client
 import json
 import multiprocessing
 import os
@@ -91,43 +97,74 @@ async def probe(ws_url: str, origin: str, stop: asyncio.Event) -> list[tuple[flo
     return samples
 
 
-async def catch_up_fully(ws_url: str, origin: str | None, messages: int) -> int:
+def last_id_in(raw: str) -> int:
+    """The id of the last message in a frame or page, without json.loads (the readers' CPU
+    is the probe's: parsing 4 KB frames would take it). In JSON text only a key has an
+    unescaped quote before `id":`."""
+    tail = raw[raw.rindex('"id": ') + len('"id": ') :]
+    return int(tail[: min(tail.index(","), tail.index("}"))])
+
+
+async def read_over_http(connection: http.client.HTTPConnection, after: int, until: int, page: int):
+    """Read (after, until] from the messages endpoint, page after page, as the page does."""
+    while after < until:
+
+        def get(after=after) -> str:
+            path = f"/chat/{BIG_ROOM}/messages/?after={after}&limit={page}"
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read().decode()
+            if response.status != 200:
+                raise RuntimeError(f"messages endpoint answered {response.status}: {body[:200]}")
+            return body
+
+        body = await asyncio.to_thread(get)
+        if '"id": ' not in body:
+            return
+        after = last_id_in(body)
+
+
+async def catch_up_fully(ws_url: str, origin: str | None, messages: int, page: int) -> int:
     """Read the big room from the start until every message came, as the page does.
 
-    It asks for each next page, and reconnects with ?after= if the server closes it for
-    reading too slowly (4408). Returns how many messages it has.
+    What the socket leaves out is read over HTTP; a close for reading too slowly (4408)
+    is followed by a reconnect with ?after=. Returns how many messages it has.
     """
+    server = urlsplit(ws_url)
+    connection = http.client.HTTPConnection(server.hostname, server.port)
     last_id = 0
-    while last_id < messages:
-        url = f"{ws_url}/ws/chat/{BIG_ROOM}/?after={last_id}"
-        try:
-            async with websockets.connect(url, origin=origin, max_size=MAX_FRAME_BYTES) as ws:
-                while last_id < messages:
-                    raw = await ws.recv()
-                    if raw.startswith('{"message"'):
-                        # Not json.loads: parsing 4 KB frames would take the probe's CPU.
-                        # In JSON text only a key has an unescaped quote before `id":`.
-                        tail = raw[raw.rindex('"id": ') + len('"id": ') :]
-                        last_id = max(last_id, int(tail[: tail.index(",")]))
-                    elif raw.startswith('{"catch_up"'):
-                        page_end = json.loads(raw)["catch_up"]
-                        if page_end["more"]:
-                            after = page_end["next_after"]
-                            await ws.send(json.dumps({"catch_up": {"after": after}}))
-        except websockets.ConnectionClosed:
-            continue
+    try:
+        while last_id < messages:
+            url = f"{ws_url}/ws/chat/{BIG_ROOM}/?after={last_id}"
+            try:
+                async with websockets.connect(url, origin=origin, max_size=MAX_FRAME_BYTES) as ws:
+                    while last_id < messages:
+                        raw = await ws.recv()
+                        if raw.startswith('{"message"'):
+                            last_id = max(last_id, last_id_in(raw))
+                        elif raw.startswith('{"catch_up"'):
+                            marker = json.loads(raw)["catch_up"]
+                            if not marker["recovered"]:
+                                until = marker["until"]
+                                await read_over_http(connection, marker["after"], until, page)
+                                last_id = max(last_id, marker["until"])
+            except websockets.ConnectionClosed:
+                continue
+    finally:
+        connection.close()
     return last_id
 
 
 def run_catch_ups(
-    ws_url: str, origin: str | None, count: int, messages: int, timeout: float, results
+    ws_url: str, origin: str | None, count: int, messages: int, page: int, timeout: float, results
 ):
     """In a process of its own: `count` catch-ups at once; puts (seconds, got, CPU s) in results."""
 
     async def all_of_them():
         started = time.perf_counter()
         tasks = [
-            asyncio.create_task(catch_up_fully(ws_url, origin, messages)) for _ in range(count)
+            asyncio.create_task(catch_up_fully(ws_url, origin, messages, page))
+            for _ in range(count)
         ]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
@@ -139,8 +176,8 @@ def run_catch_ups(
     results.put((seconds, received, time.process_time()))
 
 
-def stored_frames(env: dict[str, str]) -> list[str]:
-    """The big room's messages as the chat server sends them in a catch-up, oldest first."""
+def stored_pages(env: dict[str, str], page_size: int) -> list[str]:
+    """The big room's messages as the messages endpoint answers them, `page_size` a page."""
     os.environ.update(env)
     import django
 
@@ -148,19 +185,30 @@ def stored_frames(env: dict[str, str]) -> list[str]:
     from chat import protocol, services
 
     messages = services.messages_after(BIG_ROOM, 0)
-    return [protocol.message_frame(protocol.chat_message_event(m)) for m in messages]
+    return [
+        json.dumps(
+            {
+                "room": BIG_ROOM,
+                "messages": [protocol.message_fields(m) for m in messages[at : at + page_size]],
+                "next_after": at + page_size if at + page_size < len(messages) else None,
+            }
+        )
+        for at in range(0, len(messages), page_size)
+    ]
 
 
 def serve_control(env: dict[str, str], port: int, page_size: int, interval: float, ready):
-    """In a process of its own: serve the big room's catch-up, in pages, paced, until killed.
+    """In a process of its own: serve the big room's catch-up, paced, until killed.
 
-    Not the chat server: pre-encoded frames, no database, no Django on the sending path;
-    one page at a time for all sockets, at most one every `interval` seconds (the chat
-    server too serves pages one at a time). No compression, as daphne negotiates none.
+    Not the chat server: the socket sends the marker at once, and the HTTP pages are
+    pre-encoded, no database, no Django on the sending path; one page at a time for all
+    readers, at most one every `interval` seconds. No compression, as daphne negotiates
+    none.
     """
     from chat import protocol
 
-    frames = stored_frames(env)
+    pages = stored_pages(env, page_size)
+    newest = sum(body.count('"id": ') for body in pages)
 
     async def serve():
         loop = asyncio.get_running_loop()
@@ -174,26 +222,27 @@ def serve_control(env: dict[str, str], port: int, page_size: int, interval: floa
                 granted = time.perf_counter()
                 turn.set_result(None)
 
+        async def page(connection, request):
+            if "/messages/" not in request.path:
+                return None  # the socket's handshake
+            turn = loop.create_future()
+            turns.put_nowait(turn)
+            await turn
+            after = int(parse_qs(urlsplit(request.path).query)["after"][0])
+            response = connection.respond(200, pages[after // page_size])
+            response.headers["Content-Type"] = "application/json"
+            return response
+
         async def catch_up(ws):
             after = int(parse_qs(urlsplit(ws.request.path).query).get("after", ["0"])[0])
-            while True:
-                turn = loop.create_future()
-                turns.put_nowait(turn)
-                await turn
-                page = frames[after : after + page_size]
-                for frame in page:
-                    await ws.send(frame)
-                after += len(page)
-                more = after < len(frames)
-                await ws.send(protocol.catch_up_frame(more, after))
-                if not more:
-                    break
-                request = json.loads(await ws.recv())
-                after = min(after, request["catch_up"]["after"])
+            if after < newest:
+                await ws.send(protocol.catch_up_frame(False, after, newest))
             await ws.wait_closed()
 
         pacing = asyncio.create_task(lane())
-        async with websockets.serve(catch_up, "127.0.0.1", port, compression=None):
+        async with websockets.serve(
+            catch_up, "127.0.0.1", port, compression=None, process_request=page
+        ):
             ready.set()
             await asyncio.Future()
         pacing.cancel()
@@ -227,7 +276,7 @@ async def read_big_room(ws_url: str, origin: str | None, args) -> tuple[float, l
     results = multiprocessing.Queue()
     readers = multiprocessing.Process(
         target=run_catch_ups,
-        args=(ws_url, origin, args.catch_ups, args.messages, args.timeout, results),
+        args=(ws_url, origin, args.catch_ups, args.messages, args.page, args.timeout, results),
     )
     readers.start()
     seconds, received, cpu = await asyncio.to_thread(results.get)
@@ -251,7 +300,7 @@ async def real_phase(stack: Stack, args) -> dict:
 
 async def control_phase(stack: Stack, args, seconds: float) -> dict:
     """The readers catch up from the control server, its pages spread over `seconds`."""
-    pages = args.catch_ups * (args.messages // args.page + 1)
+    pages = args.catch_ups * -(-args.messages // args.page)
     port = free_port()
     ready = multiprocessing.Event()
     control = multiprocessing.Process(
@@ -280,9 +329,7 @@ async def control_phase(stack: Stack, args, seconds: float) -> dict:
 
 async def measure(args) -> dict:
     root = Path(args.root).resolve()
-    stack = start_stack(
-        args.processes, args.layer, {"CHAT_CATCH_UP_PAGE": str(args.page)}, root=root
-    )
+    stack = start_stack(args.processes, args.layer, root=root)
     try:
         seed(stack, root, args.messages, args.text_chars)
         stop = asyncio.Event()
@@ -327,7 +374,7 @@ def main():
     parser.add_argument("--processes", type=int, default=1, help="one: the rooms share it")
     parser.add_argument("--layer", default="pubsub", choices=["pubsub", "redis"])
     parser.add_argument(
-        "--page", type=int, default=50, help="CHAT_CATCH_UP_PAGE, for the server and control"
+        "--page", type=int, default=100, help="messages per HTTP page, real and control"
     )
     parser.add_argument(
         "--control", action="store_true", help="also read the same frames from a plain server"

@@ -15,6 +15,7 @@ import json
 import random
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import websockets
@@ -55,9 +56,11 @@ class SoakClient:
                     async for raw in ws:
                         frame = json.loads(raw)
                         self._receive(frame)
-                        if frame.get("catch_up", {}).get("more"):  # the server waits for this
-                            after = frame["catch_up"]["next_after"]
-                            await ws.send(json.dumps({"catch_up": {"after": after}}))
+                        marker = frame.get("catch_up", {})
+                        if marker.get("recovered") is False:
+                            # Left out by the socket: read over HTTP, while the socket's
+                            # later frames wait unread, as the page holds them.
+                            await self._read_over_http(marker["after"], marker["until"])
             except (TimeoutError, OSError, websockets.WebSocketException):
                 pass
             self.ws = None
@@ -67,6 +70,14 @@ class SoakClient:
             ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2**failures)
             failures += 1
             await asyncio.sleep(ceiling / 2 + random.random() * ceiling / 2)
+
+    async def _read_over_http(self, after: int, until: int):
+        async for page in pages(self.stack, self.room, after):
+            for message in page:
+                if message["id"] <= until:
+                    self._receive(message)
+            if not page or page[-1]["id"] >= until:
+                return
 
     def _receive(self, frame: dict):
         if "message" not in frame:
@@ -94,16 +105,20 @@ class SoakClient:
                     pass  # sent again after the reconnect
 
 
-async def stored_ids(stack: Stack, room: str) -> set[int]:
-    """Every message id the room stored, through the HTTP endpoint."""
-    import urllib.request
-
-    ids, after = set(), 0
+async def pages(stack: Stack, room: str, after: int):
+    """The room's messages after `after`, page by page, from the HTTP endpoint."""
     while after is not None:
         url = f"{stack.url}/chat/{room}/messages/?after={after}&limit={API_PAGE}"
         page = await asyncio.to_thread(lambda u=url: json.load(urllib.request.urlopen(u)))
-        ids.update(message["id"] for message in page["messages"])
+        yield page["messages"]
         after = page["next_after"]
+
+
+async def stored_ids(stack: Stack, room: str) -> set[int]:
+    """Every message id the room stored, through the HTTP endpoint."""
+    ids = set()
+    async for page in pages(stack, room, 0):
+        ids.update(message["id"] for message in page)
     return ids
 
 

@@ -209,7 +209,7 @@ class ChatConsumer(WebsocketConsumer):
             self.loop.call_later,
             reorder_wait=settings.CHAT_REORDER_WAIT_SECONDS,
             max_held=settings.CHAT_REORDER_MAX_HELD,
-            page_size=settings.CHAT_CATCH_UP_PAGE,
+            recovery_limit=settings.CHAT_RECOVERY_LIMIT,
         )
         self._arm_session_timer()
         self.accept()
@@ -361,11 +361,7 @@ class ChatConsumer(WebsocketConsumer):
             self.rate_limit.allow()  # garbage spends a token too, so any flood ends in a close
             self._refuse(refusal)
             return
-        if isinstance(frame, protocol.CatchUpRequest):
-            # Whether the server announced the page is the loop's to know (chat.delivery).
-            pipeline.hand_to_loop(self.loop, self._page_requested, frame.after)
-            return
-        # Every other frame spends a token, so any flood ends in a close.
+        # Every frame spends a token, so any flood ends in a close.
         if not self._spend_token(getattr(frame, "client_id", None)):
             return
         if isinstance(frame, protocol.TypingSignal):
@@ -466,42 +462,18 @@ class ChatConsumer(WebsocketConsumer):
             self.send_from_loop(protocol.typing_frame(event))
 
     @sides.on_loop
-    def _page_requested(self, after: int):
-        """A page the server announced is free; any other costs a token."""
-        if self.delivery.take_announced_page():
-            self.delivery.page_requested(after)
-        else:
-            pipeline.start_logged_task(pipeline.call_batched(self._charge_page_request, after))
-
-    @sides.on_sync_thread
-    def _charge_page_request(self, after: int):
-        if self._spend_token():
-            pipeline.hand_to_loop(self.loop, self.delivery.page_requested, after)
-
-    @sides.on_loop
-    def _read_after(self, after: int, limit: int, in_turn: bool, on_done):
+    def _read_after(self, after: int, limit: int, on_done):
         """Read the room's messages after `after` on the sync thread, then on_done.
 
-        Pages take their turn (chat.pipeline.run_in_turn): ten sockets catching up at once
-        would hold the process up; a gap fill joins the next batch. If the read fails, the
-        socket closes as its handler would have (4503 in an outage) and the page catches up.
+        The read joins the next batch (chat.pipeline.call_batched). If it fails, the socket
+        closes as its handler would have (4503 in an outage) and the page catches up.
         """
-        if in_turn:
-            pipeline.start_logged_task(pipeline.run_in_turn(self._read_page, after, limit, on_done))
-        else:
-            reading = pipeline.call_batched(self._events_after, after, limit)
-            pipeline.start_logged_task(self._read_then(reading, on_done))
-
-    async def _read_page(self, after: int, limit: int, on_done):
-        """A page in its turn: read, handed to on_done, and its frames sent."""
-        if self.delivery.stopped:
-            return  # the socket left while its page waited: nothing to read for
-        await self._read_then(pipeline.call_batched(self._events_after, after, limit), on_done)
-        await self.frames.flushed()
+        reading = pipeline.call_batched(self._events_after, after, limit)
+        pipeline.start_logged_task(self._read_then(reading, on_done))
 
     async def _read_then(self, reading, on_done):
         try:
-            on_done(await reading)
+            on_done(*await reading)
         except Exception as error:
             if outages.is_outage(error):
                 logger.warning("closing socket, catch-up read failed: %r", error)
@@ -511,31 +483,51 @@ class ChatConsumer(WebsocketConsumer):
                 self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
     @sides.on_sync_thread
-    def _events_after(self, after: int, limit: int) -> list[dict]:
-        """The room's events after `after`, at most `limit`."""
-        return [
-            protocol.chat_message_event(message)
-            for message in services.stored_messages_after(self.room_name, after, limit)
-        ]
+    def _events_after(self, after: int, limit: int) -> tuple[list[dict], int]:
+        """The room's events after `after`, at most `limit`; its newest id.
+
+        The messages endpoint reads through the same services.messages_after.
+        """
+        messages = services.messages_after(self.room_name, after, limit)
+        events = [protocol.chat_message_event(message) for message in messages]
+        return events, services.last_seq(self.room_name)
 
     @sides.on_sync_thread
     def _send_backlog(self, after: int | None):
-        """Send the history (or, with ?after=, have the delivery page from there); start it."""
+        """Send the history, or with ?after= recover what was missed (a bounded amount)."""
         if after is not None:
-            # An `after` beyond the room's newest counts from the newest.
-            newest = services.last_seq(self.room_name)
-            last = min(after, newest)
-            # The first page too waits its turn (ten sockets joining at once with a page
-            # each would hold the process up); later messages wait for it.
-            pipeline.hand_to_loop(self.loop, self.delivery.start, last, True)
+            last = self._recover(after)
         else:
             backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
             for message in backlog:
                 event = protocol.chat_message_event(message)
                 self.send(text_data=protocol.message_frame(event, history=True))
-            last = newest = backlog[-1].seq if backlog else services.last_seq(self.room_name)
-            pipeline.hand_to_loop(self.loop, self.delivery.start, last)
-        self.room_exists = newest > 0
+            last = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+        pipeline.hand_to_loop(self.loop, self.delivery.start, last)
+        self.room_exists = last > 0
+
+    @sides.on_sync_thread
+    def _recover(self, after: int) -> int:
+        """Send the messages after `after`, at most CHAT_RECOVERY_LIMIT, then a catch_up
+        frame: recovered, or (more were missed) for the client to fetch over HTTP. Returns
+        the id the socket goes on after.
+
+        The messages endpoint reads through the same services.messages_after.
+        """
+        limit = settings.CHAT_RECOVERY_LIMIT
+        missed = services.messages_after(self.room_name, after, limit + 1)
+        # Read after the messages: it is at least the newest of them. An `after` beyond the
+        # room's newest counts from the newest.
+        newest = services.last_seq(self.room_name)
+        after = min(after, newest)
+        if len(missed) > limit:
+            self.send(text_data=protocol.catch_up_frame(False, after, newest))
+            return newest
+        for message in missed:
+            self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
+        until = missed[-1].seq if missed else after
+        self.send(text_data=protocol.catch_up_frame(True, after, until))
+        return until
 
     @sides.on_sync_thread
     def _store(self, frame: protocol.ChatFrame):

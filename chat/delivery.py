@@ -2,19 +2,19 @@
 unless a message is missing.
 
 A RoomDelivery belongs to one socket and is used on the event loop only: every method
-runs there, so its state (the last id sent, the held messages, the gap timer, the
-catch-up paging) has one owner and needs no lock. It does no I/O of its own: it is given
-a `send` for frames, a `read` that fetches stored messages (the consumer runs it on the
-sync thread and calls back on the loop), and a `call_later` for the gap timer. Tests
-drive it with fakes of all three (chat/tests/test_delivery.py).
+runs there, so its state (the last id sent, the held messages, the gap timer) has one
+owner and needs no lock. It does no I/O of its own: it is given a `send` for frames, a
+`read` that fetches stored messages (the consumer runs it on the sync thread and calls
+back on the loop), and a `call_later` for the gap timer. Tests drive it with fakes of all
+three (chat/tests/test_delivery.py).
 
 A message next in line is sent at once. One that overtook a missing one is held; the
 missing one usually arrives within CHAT_REORDER_WAIT_SECONDS, and if not (the layer
 dropped it) one read fills the gap. While a read is on its way, everything that arrives
 is held, and the gap timer starts no second read: the reply is applied first, then the
-held messages. A catch-up longer than CHAT_CATCH_UP_PAGE goes in pages the client asks
-for; live messages meanwhile are left to those pages (they are stored before they are
-broadcast).
+held messages. Recovery is bounded: a gap of more than CHAT_RECOVERY_LIMIT messages is not
+sent; a catch_up frame (recovered: false) tells the client to fetch it from the messages
+endpoint, and delivery goes on after it (docs/protocol.md).
 
 Explained in docs/architecture.md, 'The delivery path'.
 """
@@ -36,8 +36,9 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
-# A read: (after, limit, in_turn, on_done); on_done(events) is called on the loop later.
-Read = Callable[[int, int, bool, Callable[[list[dict]], None]], None]
+# A read: (after, limit, on_done); later, on the loop, on_done(events, newest): at most
+# `limit` events after `after`, and the room's newest id, read after them.
+Read = Callable[[int, int, Callable[[list[dict], int], None]], None]
 
 
 class FrameCache:
@@ -68,13 +69,12 @@ frames = FrameCache()
 
 
 class RoomDelivery:
-    """Deliver one socket's room messages in order, each once; fill gaps and page catch-ups."""
+    """Deliver one socket's room messages in order, each once; fill gaps up to a bound."""
 
     # One per socket: slots instead of a __dict__ keep an idle socket's cost down.
     __slots__ = (
-        "_send", "_read", "_call_later", "reorder_wait", "max_held", "page_size", "_frames",
-        "last", "started", "stopped", "held", "timer", "reading", "resync_wanted",
-        "page_asked", "catching_up", "page_announced",
+        "_send", "_read", "_call_later", "reorder_wait", "max_held", "recovery_limit",
+        "_frames", "last", "started", "stopped", "held", "timer", "reading", "resync_wanted",
     )  # fmt: skip
 
     def __init__(
@@ -85,7 +85,7 @@ class RoomDelivery:
         *,
         reorder_wait: float,
         max_held: int,
-        page_size: int,
+        recovery_limit: int,
         frame_cache: FrameCache = frames,
     ):
         self._send = send
@@ -93,9 +93,9 @@ class RoomDelivery:
         self._call_later = call_later
         self.reorder_wait = reorder_wait
         self.max_held = max_held
-        self.page_size = page_size
+        self.recovery_limit = recovery_limit
         self._frames = frame_cache
-        self.last = 0  # the id of the last message sent to the socket
+        self.last = 0  # the id of the last message sent to the socket (or left to the client)
         self.started = False
         self.stopped = False
         # Messages that arrived ahead of a missing one, by id.
@@ -103,22 +103,14 @@ class RoomDelivery:
         self.timer: TimerHandle | None = None
         self.reading = False  # a read is on its way; its reply is applied before anything
         self.resync_wanted = False  # asked for while a read was on its way
-        self.page_asked: int | None = None  # a page request that waits for the read
-        # A page said "more": later messages wait for the client to ask for them...
-        self.catching_up = False
-        self.page_announced = False  # ...and the client has not asked for the next one yet
 
     # --- What the socket's consumer tells it --------------------------------------------
 
     @sides.on_loop
-    def start(self, last: int, catch_up: bool = False):
-        """The socket was sent everything up to `last`; with catch_up, page on from there."""
+    def start(self, last: int):
+        """The socket was sent (or told to fetch) everything up to `last`: go on from there."""
         self.last, self.started = last, True
-        if catch_up:
-            self.catching_up = True
-            self._start_read(self.page_size + 1, in_turn=True, answer=True)
-        else:
-            self._deliver_held()
+        self._deliver_held()
 
     @sides.on_loop
     def message(self, event: dict[str, Any]):
@@ -129,8 +121,6 @@ class RoomDelivery:
         if self.reading or not self.started:
             self.held[seq] = event  # applied after the read's reply, or at the start
             return
-        if self.catching_up:
-            return  # the client's next page request reads it
         if seq == self.last + 1:
             self._deliver(event)
             self._deliver_held()
@@ -146,36 +136,12 @@ class RoomDelivery:
     @sides.on_loop
     def resync(self):
         """Send what was stored since the last message sent (after Redis restarted, or a lag)."""
-        if self.stopped or self.catching_up or not self.started:
-            return  # the client's next page request, or the start, reads it
+        if self.stopped or not self.started:
+            return  # the start reads it
         if self.reading:
             self.resync_wanted = True
             return
-        self._start_read(self.page_size + 1, in_turn=False)
-
-    @sides.on_loop
-    def take_announced_page(self) -> bool:
-        """Whether a page request now is one the server announced (it costs no token)."""
-        announced, self.page_announced = self.page_announced, False
-        return announced
-
-    @sides.on_loop
-    def page_requested(self, after: int):
-        """The client asks for what follows `after`: send a page, then whether there is more."""
-        if self.stopped:
-            return
-        if after > self.last:
-            refusal = protocol.FrameRefused(
-                "invalid_catch_up",
-                f'"after" is past the last message sent here ({self.last}): '
-                'ask with the "next_after" you were given.',
-            )
-            self._send(protocol.error_frame(refusal))
-            return
-        if self.reading:
-            self.page_asked = after
-            return
-        self._start_read(self.page_size + 1, in_turn=True, answer=True)
+        self._start_read(self.recovery_limit + 1)
 
     @sides.on_loop
     def stop(self):
@@ -190,53 +156,46 @@ class RoomDelivery:
     def _gap_timer_fired(self):
         """A held message waited long enough: the layer dropped what it waits for."""
         self.timer = None
-        if self.held and not self.reading and not self.catching_up and not self.stopped:
+        if self.held and not self.reading and not self.stopped:
             self._fill_gap()
 
     @sides.on_loop
     def _fill_gap(self):
-        """Read what is missing before the held messages (at most a page, and one more)."""
+        """Read up to the newest held message (at most the bound, and one more)."""
         self._cancel_timer()
-        limit = min(max(self.held) - self.last, self.page_size + 1)
-        self._start_read(limit, in_turn=False)
+        self._start_read(min(max(self.held) - self.last, self.recovery_limit + 1))
 
     @sides.on_loop
-    def _start_read(self, limit: int, *, in_turn: bool, answer: bool = False):
+    def _start_read(self, limit: int):
         self.reading = True
-        self._read(self.last, limit, in_turn, lambda page: self._read_done(page, answer))
+        self._read(self.last, limit, self._read_done)
 
     @sides.on_loop
-    def _read_done(self, page: list[dict], answer: bool):
-        """Apply a read's reply: send its messages, then the held ones; or announce a page."""
+    def _read_done(self, page: list[dict], newest: int):
+        """Apply a read's reply: send its messages, or leave them to the client; then the held."""
         self.reading = False
         if self.stopped:
             return
-        for event in page[: self.page_size]:
-            if event["id"] > self.last:
-                self._deliver(event)
-        more = len(page) > self.page_size
-        self.catching_up = self.page_announced = more
-        if more:
-            self.held.clear()  # all later than the page: the next pages read them
-            self._cancel_timer()
-            self.resync_wanted = False
-            self._send(protocol.catch_up_frame(True, self.last))
+        missed = sum(event["id"] not in self.held for event in page)
+        if missed > self.recovery_limit:
+            # More than the socket recovers: the client reads (last, newest] over HTTP. All
+            # of them are stored (ids commit in order), and later ones come here.
+            self._send(protocol.catch_up_frame(False, self.last, newest))
+            self.last = newest
         else:
-            self._deliver_held()
-            if answer:
-                self._send(protocol.catch_up_frame(False, self.last))
+            for event in page:
+                if event["id"] > self.last:
+                    self._deliver(event)
+        self._deliver_held()
         self._after_read()
 
     @sides.on_loop
     def _after_read(self):
-        """What waited for the read: a page request, a resync, a gap still open."""
-        if self.page_asked is not None:
-            after, self.page_asked = self.page_asked, None
-            self.page_requested(after)
-        elif self.resync_wanted:
+        """What waited for the read: a resync, a gap still open."""
+        if self.resync_wanted:
             self.resync_wanted = False
             self.resync()
-        elif self.held and not self.catching_up:
+        elif self.held:
             if len(self.held) >= self.max_held:
                 self._fill_gap()
             elif self.timer is None:

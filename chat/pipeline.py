@@ -6,7 +6,8 @@ hand_to_loop queues a call on the loop, in call order, and returns at once; a so
 frames go out in order through its FrameQueue. The other way, many sockets' frames (and
 their gap fills) arrive at once, and a hop to the thread per call cost more than the
 calls: call_batched runs them in one hop. Bulk work that must not hold everyone else up
-(catch-up pages) waits its turn: run_in_turn runs such jobs one at a time, paced.
+(the messages endpoint's pages of history) waits its turn: bulk_call runs such jobs on
+that thread, one at a time, paced (run_in_turn).
 
 Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
@@ -19,17 +20,20 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
 from . import loops, sides
 
 logger = logging.getLogger(__name__)
 
-# How long one socket's frames may hold the loop before it serves the others. A page of
-# 50 large catch-up messages takes about 1.5 ms to send; a live message waits 0.5 ms at most.
+# How long one socket's frames may hold the loop before it serves the others. A join's
+# history or a recovery of 50 large messages takes about 1.5 ms to send; a live message
+# waits 0.5 ms at most.
 SEND_SLICE_SECONDS = 0.0005
-# A bulk job (a catch-up page: read, sent and written out) is followed by a pause this
-# many times as long as it took, so bulk work gets at most 1 / (1 + factor) of the process.
+# A bulk job (a page of history for the messages endpoint: read and encoded) is followed by
+# a pause this many times as long as it took, so bulk work gets at most 1 / (1 + factor) of
+# the process (benchmarks/catch_up.py).
 BULK_PAUSE_FACTOR = 1.0
 
 
@@ -61,8 +65,8 @@ class FrameQueue:
 
     Frames queued from the loop and from the sync thread (through hand_to_loop) share it,
     so they leave in the order they were queued, without a task per frame. A long queue (a
-    catch-up page) is sent in slices of SEND_SLICE_SECONDS, letting the loop serve other
-    sockets between them.
+    join's history, a recovery) is sent in slices of SEND_SLICE_SECONDS, letting the loop
+    serve other sockets between them.
     """
 
     __slots__ = ("_send", "_waiting", "_broken", "_task")
@@ -85,11 +89,6 @@ class FrameQueue:
             self._task = start_logged_task(self._drain(self._waiting))
         else:
             self._waiting.append(message)
-
-    async def flushed(self):
-        """Return once everything queued so far has been sent (or failed)."""
-        if self._task is not None:
-            await asyncio.wait([self._task])
 
     async def _drain(self, waiting: collections.deque[dict]):
         try:
@@ -157,9 +156,9 @@ class _LoopBatches:
 class _Lane:
     """One loop's bulk jobs: one at a time, each followed by a pause as long as it took.
 
-    Ten sockets' catch-up pages at once would hold every other socket of the process up
-    for all ten; in the lane, a live message waits for a slice of one page at most, and
-    the pauses leave the process at least half its time for everything else.
+    Ten readers' pages of history at once would hold every other socket of the process up
+    for all ten; in the lane, a live message waits for one page at most, and the pauses
+    leave the process at least half its time for everything else.
     """
 
     def __init__(self):
@@ -198,13 +197,26 @@ async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
     """`await job(*args)` when its turn comes, after the bulk jobs before it.
 
     Returns its result (or raises its failure). The job's time counts from its start to
-    its end, so a job that reads on the sync thread and then writes frames should await
-    its frames (FrameQueue.flushed) before it returns.
+    its end.
     """
     state = loops.of_loop()
     if state.lane is None:
         state.lane = _Lane()
     return await state.lane.run(job, args)
+
+
+def bulk_call(function: Callable[..., Any], *args):
+    """From a request's thread: function(*args) on the sockets' sync thread, in its turn.
+
+    Django runs each HTTP request in a thread of its own (asgiref's ThreadSensitiveContext):
+    ten readers paging through a room at once would be ten threads taking the GIL from the
+    sockets' thread and the loop, in slices of 5 ms. Here the bulk work (a page of history,
+    read and encoded) runs where the sockets' handlers run, one page at a time and paced
+    (run_in_turn), joining their batches (call_batched); the request's thread only waits.
+    Never call it on the sockets' thread itself (a view run without Django's ASGIHandler,
+    as django.test.AsyncClient does): it would wait for itself.
+    """
+    return async_to_sync(run_in_turn)(call_batched, function, *args)
 
 
 async def call_batched(function, *args):

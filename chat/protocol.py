@@ -2,14 +2,16 @@
 
 Inbound, a valid frame is a text frame holding a JSON object with a "message" string and,
 optionally, a "client_id" that makes a retried send idempotent; other keys are ignored.
-An object with "catch_up" and no "message" asks for the next page of a catch-up;
 `{"typing": true}` (and no "message") says its sender is typing, and is never stored;
 `{"ping": true}` (and no "message") asks for `{"pong": true}`, the page's heartbeat.
 Outbound frames stay tutorial-compatible: every chat message carries "message", beside
 "id" (its seq in the room), "user", "guest", "ts" and "client_id". A refusal is
-`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; the end of
-a catch-up page is `{"catch_up": {"more": ..., "next_after": ...}}`; someone else typing
-is `{"typing": {"user": ..., "guest": ...}}`.
+`{"error": {"code": ..., "detail": ...}}`; presence is `{"presence": {...}}`; someone else
+typing is `{"typing": {"user": ..., "guest": ...}}`. The end of a reconnect's recovery
+(?after=), or a gap too long to fill on the socket, is
+`{"catch_up": {"recovered": ..., "after": A, "until": S}}`: recovered false means the
+messages (A, S] were not sent, and the client fetches them from GET
+/chat/<room>/messages/?after=A.
 
 Explained in docs/protocol.md.
 """
@@ -102,13 +104,6 @@ class ChatFrame:
 
 
 @dataclass(frozen=True)
-class CatchUpRequest:
-    """A valid inbound request for the next catch-up page: the messages after `after`."""
-
-    after: int
-
-
-@dataclass(frozen=True)
 class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
 
@@ -120,8 +115,8 @@ class Ping:
 
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | CatchUpRequest | TypingSignal | Ping:
-    """Return the frame's trimmed message and client id (or its catch-up request); or refuse."""
+) -> ChatFrame | TypingSignal | Ping:
+    """Return the frame's trimmed message and client id (or its typing signal or ping)."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
     if len(text_data) > max_frame_chars:
@@ -140,8 +135,12 @@ def parse_chat_frame(
             "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
         )
     if "message" not in payload:
-        if "catch_up" in payload:
-            return parse_catch_up(payload["catch_up"])
+        if "catch_up" in payload:  # the paged catch-up of old: history is read over HTTP
+            raise FrameRefused(
+                "catch_up_over_http",
+                "The socket sends no pages of history: "
+                "fetch them from GET /chat/<room>/messages/?after=<id>.",
+            )
         if "typing" in payload:
             if payload["typing"] is not True:
                 raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
@@ -251,17 +250,6 @@ def parse_seq(raw: str) -> int:
     return seq
 
 
-def parse_catch_up(value: Any) -> CatchUpRequest:
-    """The request in a frame's "catch_up" value, `{"after": <id>}`; or raise FrameRefused."""
-    after = value.get("after") if isinstance(value, dict) else None
-    # bool is an int in Python, not in JSON: true is not an id.
-    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-        raise FrameRefused(
-            "invalid_catch_up", 'Ask for the next page with {"catch_up": {"after": <id>}}.'
-        )
-    return CatchUpRequest(after)
-
-
 def parse_after(query_string: bytes) -> int | None:
     """The `after` seq a reconnecting socket asks to catch up from; None when there is none.
 
@@ -328,9 +316,13 @@ def membership_ended_event(user_id: int, reason: str) -> dict[str, Any]:
     return {"type": "chat.membership_ended", "user_id": user_id, "reason": reason}
 
 
-def catch_up_frame(more: bool, next_after: int) -> str:
-    """Build the frame that ends a catch-up page: is there more, and from where to ask for it."""
-    return json.dumps({"catch_up": {"more": more, "next_after": next_after}})
+def catch_up_frame(recovered: bool, after: int, until: int) -> str:
+    """Build the frame that says whether the socket sent the messages (after, until].
+
+    Not recovered: they were too many for the socket, and the client fetches them from the
+    messages endpoint; the socket goes on with the messages after `until`.
+    """
+    return json.dumps({"catch_up": {"recovered": recovered, "after": after, "until": until}})
 
 
 def pong_frame() -> str:

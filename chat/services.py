@@ -124,16 +124,6 @@ def recent_messages(room_name: str, limit: int) -> list[Message]:
     return list(reversed(newest))
 
 
-def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> list[Message]:
-    """The room's messages with seq > after_seq, oldest first, at most `limit`."""
-    query = _messages_after_query(room_name, after_seq)
-    return list(query if limit is None else query[:limit])
-
-
-def _messages_after_query(room_name: str, after_seq: int):
-    return Message.objects.filter(room_id=room_name, seq__gt=after_seq).order_by("seq")
-
-
 class StoredMessage(NamedTuple):
     """What a frame shows of a stored Message (protocol.message_fields), without the model."""
 
@@ -145,16 +135,16 @@ class StoredMessage(NamedTuple):
     client_id: str
 
 
-def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[StoredMessage]:
-    """messages_after for catch-up pages and gap fills: the same rows, three times as fast.
+def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> list[StoredMessage]:
+    """The room's messages with seq > after_seq, oldest first, at most `limit`.
 
-    The sync thread that reads a page is the one every other socket of the process waits
-    for: compiling the query (0.5 ms) and building models and converters for 50 large
-    messages took 1.5 ms a page; this takes 0.5 (benchmarks.catch_up, docs/architecture.md). The ORM
-    still writes the SQL, once per database vendor and limit.
+    The one read of what follows an id: the messages endpoint's pages, and a socket's
+    recovery and gap fills (chat.consumers), alike. Without models: compiling the query
+    (0.5 ms) and building models and converters for 50 large messages took 1.5 ms; this
+    takes 0.5. The ORM still writes the SQL, once per database vendor and limit.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_stored_messages_after_sql(connection.vendor, limit), [room_name, after_seq])
+        cursor.execute(_messages_after_sql(connection.vendor, limit), [room_name, after_seq])
         rows = cursor.fetchall()
     # USE_TZ: a database without time zones (SQLite) returns naive datetimes in UTC.
     return [
@@ -170,16 +160,16 @@ def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[St
     ]
 
 
-# Limits run from 1 to CHAT_CATCH_UP_PAGE + 1 (a page and one more; a gap fill may ask for
-# less): a handful of statements per process.
+# Limits run from 1 to the messages endpoint's CHAT_API_PAGE_MAX + 1 (a page and one more;
+# a socket asks for CHAT_RECOVERY_LIMIT + 1 or less): a few hundred statements at most.
 @functools.cache
-def _stored_messages_after_sql(vendor: str, limit: int) -> str:
-    """The SQL of messages_after(room, after, limit) for StoredMessage's columns; takes
-    [room, after]."""
-    query = _messages_after_query("", 0).values_list(*StoredMessage._fields)[:limit]
-    sql, params = query.query.sql_with_params()
-    if tuple(params) != ("", 0):  # the parameters stored_messages_after passes, in order
-        raise RuntimeError(f"unexpected parameters in the catch-up query: {params!r}")
+def _messages_after_sql(vendor: str, limit: int | None) -> str:
+    """The SQL of messages_after, for StoredMessage's columns; takes [room, after]."""
+    query = Message.objects.filter(room_id="", seq__gt=0).order_by("seq")
+    query = query.values_list(*StoredMessage._fields)
+    sql, params = (query if limit is None else query[:limit]).query.sql_with_params()
+    if tuple(params) != ("", 0):  # the parameters messages_after passes, in order
+        raise RuntimeError(f"unexpected parameters in the messages_after query: {params!r}")
     return sql
 
 

@@ -4,11 +4,12 @@ Explained in docs/protocol.md, 'HTTP endpoints'.
 """
 
 import hashlib
+import json
 
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpResponseBadRequest, JsonResponse
+from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
@@ -20,6 +21,7 @@ from . import (
     limits,
     memberships,
     permissions,
+    pipeline,
     protocol,
     revocation,
     rooms,
@@ -172,29 +174,28 @@ def room_messages(request, room_name):
         return HttpResponseBadRequest("after, before and limit must be whole numbers")
     if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
         return HttpResponseBadRequest(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if before is not None and "after" in request.GET:
+        return HttpResponseBadRequest("give after or before, not both")
+    # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
+    body = pipeline.bulk_call(_messages_page, address, room_name, after, before, limit)
+    return HttpResponse(body, content_type="application/json")
+
+
+def _messages_page(address: str, room_name: str, after: int, before: int | None, limit: int) -> str:
+    """The messages endpoint's answer for the room at `address` (its key `room_name`),
+    encoded: a page after `after`, or before `before`."""
     if before is not None:
-        if "after" in request.GET:
-            return HttpResponseBadRequest("give after or before, not both")
         page = services.messages_before(room_name, before, limit + 1)
         has_more = len(page) > limit
         page = page[-limit:] if has_more else page
-        return JsonResponse(
-            {
-                "room": address,
-                "messages": [protocol.message_fields(message) for message in page],
-                "next_before": page[0].seq if has_more else None,
-            }
-        )
-    page = services.messages_after(room_name, after, limit + 1)
-    has_more = len(page) > limit
-    page = page[:limit]
-    return JsonResponse(
-        {
-            "room": address,
-            "messages": [protocol.message_fields(message) for message in page],
-            "next_after": page[-1].seq if has_more else None,
-        }
-    )
+        cursor = {"next_before": page[0].seq if has_more else None}
+    else:
+        page = services.messages_after(room_name, after, limit + 1)
+        has_more = len(page) > limit
+        page = page[:limit]
+        cursor = {"next_after": page[-1].seq if has_more else None}
+    messages = [protocol.message_fields(message) for message in page]
+    return json.dumps({"room": address, "messages": messages, **cursor})
 
 
 def _active_rooms(request) -> list[dict]:

@@ -401,14 +401,14 @@ CHAT_REORDER_MAX_HELD = 100
 CHAT_NAME_MAX_STACKED_MARKS = 2
 
 
-# A socket catching up (?after=, a gap, a resync) is sent at most this many stored messages
-# at a time, then asks for the next page; pages of all sockets take turns (one at a time,
-# each followed by a pause as long as it took: chat.pipeline.run_in_turn). A page of 50 of
-# the largest messages (200 KB) is read in 0.5 ms and sent in slices of 0.5 ms, which is
-# what another room's message may wait (benchmarks/catch_up.py); larger pages mean longer
-# reads to wait for, for fewer round trips per catch-up.
+# The most stored messages a socket sends to recover (a reconnect's ?after=, a gap fill, a
+# resync after Redis restarted): one screenful, as the join history (CHAT_HISTORY_LIMIT),
+# so a recovery costs the process no more than a join. A client further behind is told so
+# ({"catch_up": {"recovered": false, ...}}) and reads the rest from GET
+# /chat/<room>/messages/, page by page as it asks, under that endpoint's per-address
+# limit: one read path for bulk history, one limit on it.
 # (From the environment too, so that tests and benchmarks can change it.)
-CHAT_CATCH_UP_PAGE = env_int("CHAT_CATCH_UP_PAGE", 50, minimum=1)
+CHAT_RECOVERY_LIMIT = env_int("CHAT_RECOVERY_LIMIT", 50, minimum=1)
 # Page size of GET /chat/<room>/messages/: default, and the most one request may ask for.
 CHAT_API_PAGE_SIZE = 100
 CHAT_API_PAGE_MAX = 500
@@ -456,9 +456,10 @@ CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS = env_rate("CHAT_LIMIT_GUEST_SESSIONS_PER_
 # Accounts created per address: a person signs up once; 10 an hour covers a family or a
 # class signing up together, not 30 accounts in 6 s.
 CHAT_LIMIT_SIGNUPS_PER_ADDRESS = env_rate("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "10/hour")
-# GET /chat/<room>/messages/ per address: the page itself never calls it; a reader's
-# script paging through a room gets a page a second (60 x 500 messages a minute), not
-# 200 pages in 4.8 s.
+# GET /chat/<room>/messages/ per address: a page scrolling up or back from a long absence
+# (recovered: false) reads at most 60 pages a minute (6,000 messages at the default page
+# size); a script paging through a room gets 60 x 500 messages a minute,
+# not 200 pages in 4.8 s.
 CHAT_LIMIT_API_PER_ADDRESS = env_rate("CHAT_LIMIT_API_PER_ADDRESS", "60/minute")
 # GET /api/rooms/ per address: a tab's sidebar asks every 5 s (12 a minute), and an office
 # behind one address has many tabs open; 16 clients asking as fast as they could tripled

@@ -488,16 +488,65 @@ def _store_behind_the_sockets_back(server, room_name, texts):
     subprocess.run(manage, cwd=ROOT, env=server.env, check=True)
 
 
-def test_the_page_catches_up_page_by_page_after_a_reconnect(browser, start_chat_server):
-    server = start_chat_server(CHAT_CATCH_UP_PAGE="5")
-    _enter_chat_room(browser, server.url, "paging")
+# The page's reads of the messages endpoint wait until the test opens them (openFetch), and
+# are recorded; the frames of the socket open now or next are recorded too.
+HOLD_FETCHES_AND_RECORD_FRAMES = """
+window.fetched = []; window.framesSeen = []; window.heldFetches = [];
+const realFetch = window.fetch;
+const recordedFetch = (url, ...rest) => {
+    window.fetched.push(String(url));
+    return realFetch(url, ...rest);
+};
+window.fetch = (...args) => new Promise((resolve) => {
+    window.heldFetches.push(() => resolve(recordedFetch(...args)));
+});
+window.openFetch = () => {
+    window.fetch = recordedFetch;
+    window.heldFetches.forEach((go) => go());
+};
+window.RealWebSocket = window.RealWebSocket || window.WebSocket;
+window.WebSocket = class extends window.RealWebSocket {
+    constructor(...args) {
+        super(...args);
+        this.addEventListener('message', (e) => window.framesSeen.push(JSON.parse(e.data)));
+    }
+};
+"""
+
+
+def _messages_seen(driver) -> list[dict]:
+    """The chat messages the page's socket received (HOLD_FETCHES_AND_RECORD_FRAMES)."""
+    return [frame for frame in driver.execute_script("return window.framesSeen") if "id" in frame]
+
+
+# More than the messages endpoint's default page (CHAT_API_PAGE_SIZE, 100): read in pages.
+MISSED_BEYOND_THE_BOUND = 230
+
+
+def test_a_page_away_for_more_than_the_bound_reads_them_over_http_once_in_order(
+    browser, start_chat_server
+):
+    server = start_chat_server(CHAT_RECOVERY_LIMIT="5")
+    _enter_chat_room(browser, server.url, "away")
     _post_message(browser, "before")
-    _wait(browser, lambda: any(line.endswith("before") for line in _log_lines(browser)))
-    missed = [f"missed {number}" for number in range(1, 24)]
-    _store_behind_the_sockets_back(server, "paging", missed)
-    browser.execute_script("chatClient.socket().close()")  # reconnects with ?after=1
-    expected = ["before", *missed]  # once each, in order
-    _wait(browser, lambda: _log_texts(browser) == expected, "not every page arrived")
+    _wait(browser, lambda: _log_texts(browser) == ["before"])
+    missed = [f"missed {number}" for number in range(1, MISSED_BEYOND_THE_BOUND + 1)]
+    _store_behind_the_sockets_back(server, "away", missed)
+    browser.execute_script(HOLD_FETCHES_AND_RECORD_FRAMES + "chatClient.socket().close()")
+    # Back with ?after=1: the socket sends none of them, and says where to read them.
+    marker = {"catch_up": {"recovered": False, "after": 1, "until": len(missed) + 1}}
+    _wait(browser, lambda: marker in browser.execute_script("return window.framesSeen"))
+    _wait(browser, lambda: browser.execute_script("return window.heldFetches.length") == 1)
+    # A live message arrives while the gap is read: it waits behind the gap.
+    _post_message(browser, "sent while the gap is read")
+    _wait(browser, lambda: len(_messages_seen(browser)) == 1, "the live message never came")
+    assert _log_texts(browser) == ["before"]
+    browser.execute_script("window.openFetch()")
+    expected = ["before", *missed, "sent while the gap is read"]  # once each, in order
+    _wait(browser, lambda: _log_texts(browser) == expected, "not every message arrived")
+    assert _pending(browser) == []
+    reads = [url for url in browser.execute_script("return window.fetched") if "after=" in url]
+    assert [url.rpartition("after=")[2] for url in reads] == ["1", "101", "201"]
 
 
 # ---- The rich view (#messages): its contract, for tests and for people who restyle it ----

@@ -19,7 +19,7 @@ import redis
 import websockets
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
+from channels.testing import HttpCommunicator, WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
@@ -403,7 +403,7 @@ async def test_reconnect_catches_up_exactly_the_missed_messages_in_order(join):
     await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
     socket = await join("lobby", query="after=3")
     assert [frame.get("id") for frame in socket.backlog] == [4, 5, 6, 7, None]
-    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 7}}
+    assert socket.backlog[-1] == {"catch_up": {"recovered": True, "after": 3, "until": 7}}
     assert not any("history" in frame for frame in socket.backlog)
     await socket.send_json_to({"message": "m8"})
     assert (await assert_receives_message(socket, "m8"))["id"] == 8
@@ -441,7 +441,7 @@ async def test_a_message_that_overtook_another_waits_for_it_without_a_query(join
         for text in ("1st", "2nd")
     ]
     queries = []
-    monkeypatch.setattr(services, "stored_messages_after", lambda *args: queries.append(args) or [])
+    monkeypatch.setattr(services, "messages_after", lambda *args: queries.append(args) or [])
     layer, group = get_channel_layer(), rooms.group_name("lobby")
     # Two senders' broadcasts crossed on the way: the second arrives first.
     for message in (second, first):
@@ -461,7 +461,7 @@ async def test_a_gap_fill_that_cannot_reach_the_database_closes_the_socket_with_
     def database_gone(*args):
         raise OperationalError("the database is gone")
 
-    monkeypatch.setattr(services, "stored_messages_after", database_gone)
+    monkeypatch.setattr(services, "messages_after", database_gone)
     await socket.send_json_to({"message": "next"})
     assert await close_code(socket) == protocol.CLOSE_SERVICE_UNAVAILABLE
 
@@ -720,131 +720,120 @@ async def test_sockets_that_leave_busy_rooms_leave_nothing_in_the_layer(join):
     assert not any(residue.values()), residue
 
 
-# --- Catch-up in pages -----------------------------------------------------------------
+# --- Recovery, bounded: the rest is read over HTTP --------------------------------------
 
 
-async def read_page(socket) -> tuple[list[int], dict]:
-    """The ids of one catch-up page, and the catch_up frame that ends it."""
-    ids = []
-    while "catch_up" not in (frame := await next_frame(socket)):
-        ids.append(frame["id"])
-    assert set(frame) == {"catch_up"} and set(frame["catch_up"]) == {"more", "next_after"}
-    return ids, frame["catch_up"]
+def recovery_marker(recovered: bool, after: int, until: int) -> dict:
+    return {"catch_up": {"recovered": recovered, "after": after, "until": until}}
 
 
-async def ask_for_page(socket, after: int) -> tuple[list[int], dict]:
-    await socket.send_json_to({"catch_up": {"after": after}})
-    return await read_page(socket)
-
-
-async def test_catch_up_sends_one_page_then_where_the_next_starts(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 3
-    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
-    socket = await join("lobby", query="after=0")
-    assert [frame.get("id") for frame in socket.backlog] == [1, 2, 3, None]
-    assert socket.backlog[-1] == {"catch_up": {"more": True, "next_after": 3}}
-    assert await ask_for_page(socket, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
-    assert await ask_for_page(socket, 6) == ([7], {"more": False, "next_after": 7})
-    await socket.send_json_to({"message": "m8"})
-    assert (await assert_receives_message(socket, "m8"))["id"] == 8
-
-
-async def test_a_catch_up_that_fits_one_page_ends_with_no_more(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 3
+async def test_a_reconnect_missing_the_bound_or_fewer_recovers_them_on_the_socket(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
     await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
     socket = await join("lobby", query="after=0")
     assert [frame.get("id") for frame in socket.backlog] == [1, 2, 3, None]
-    assert socket.backlog[-1] == {"catch_up": {"more": False, "next_after": 3}}
+    assert socket.backlog[-1] == recovery_marker(True, 0, 3)
+
+
+async def test_a_reconnect_missing_more_than_the_bound_is_told_to_fetch_them_over_http(
+    join, settings
+):
+    settings.CHAT_RECOVERY_LIMIT = 3
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 9)))
+    socket = await join("lobby", query="after=2")
+    assert socket.backlog == [recovery_marker(False, 2, 8)]  # not one of them on the socket
+    await socket.send_json_to({"message": "m9"})
+    assert (await assert_receives_message(socket, "m9"))["id"] == 9
+    await assert_no_chat(socket)
+
+
+async def test_what_the_marker_leaves_out_the_messages_endpoint_gives_exactly(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 9)))
+    marker = (await join("lobby", query="after=2")).backlog[-1]["catch_up"]
+    fetched, after = [], marker["after"]
+    while after is not None:
+        # Through the ASGI application, as a server runs it: each request in its own thread.
+        path = f"/chat/lobby/messages/?after={after}&limit=2"
+        request = HttpCommunicator(application, "GET", path, headers=[(b"host", ALLOWED_HOST)])
+        page = json.loads((await request.get_response(timeout=5))["body"])
+        fetched += [message["id"] for message in page["messages"]]
+        after = page["next_after"]
+    assert fetched == list(range(marker["after"] + 1, marker["until"] + 1))
 
 
 async def test_an_after_beyond_the_room_counts_from_its_newest_message(join):
     await database_sync_to_async(store)("lobby", "m1", "m2")
     socket = await join("lobby", query="after=99")
-    assert socket.backlog == [{"catch_up": {"more": False, "next_after": 2}}]
+    assert socket.backlog == [recovery_marker(True, 2, 2)]
     await socket.send_json_to({"message": "m3"})
     assert (await assert_receives_message(socket, "m3"))["id"] == 3
 
 
-async def test_live_messages_wait_for_the_catch_up_and_arrive_once_in_order(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 3
+async def test_live_messages_after_an_unrecovered_reconnect_arrive_once_in_order(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
     await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
     behind, live = await join("lobby", query="after=0"), await join("lobby")
-    await live.send_json_to({"message": "live 8"})
-    await assert_receives_message(live, "live 8")
-    await assert_no_chat(behind)  # 8 would overtake 4-7
-    assert await ask_for_page(behind, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
-    await live.send_json_to({"message": "live 9"})
-    assert await ask_for_page(behind, 6) == ([7, 8, 9], {"more": False, "next_after": 9})
-    await live.send_json_to({"message": "live 10"})
-    assert (await assert_receives_message(behind, "live 10"))["id"] == 10
+    assert behind.backlog == [recovery_marker(False, 0, 7)]
+    for number in (8, 9):
+        await live.send_json_to({"message": f"live {number}"})
+        assert (await assert_receives_message(behind, f"live {number}"))["id"] == number
     await assert_no_chat(behind)
 
 
-async def test_a_gap_fill_is_bounded_to_a_page_and_the_rest_is_paged(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 3
+async def test_a_gap_fill_within_the_bound_stays_on_the_socket(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
     socket = await join("lobby")
-    # Stored but never broadcast: the next message reveals a gap of 7.
-    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
-    await socket.send_json_to({"message": "m8"})
-    assert await read_page(socket) == ([1, 2, 3], {"more": True, "next_after": 3})
-    assert await ask_for_page(socket, 3) == ([4, 5, 6], {"more": True, "next_after": 6})
-    assert await ask_for_page(socket, 6) == ([7, 8], {"more": False, "next_after": 8})
+    # Stored but never broadcast: the next message reveals a gap of 3.
+    await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
+    await socket.send_json_to({"message": "m4"})
+    assert [(await next_frame(socket))["id"] for _ in range(4)] == [1, 2, 3, 4]
     await assert_no_chat(socket)
 
 
-async def test_a_resync_is_bounded_to_a_page_and_the_rest_is_paged(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 3
-    socket = await join("resync-pages")
+async def test_a_gap_fill_beyond_the_bound_is_left_to_the_client_with_a_marker(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
+    socket = await join("lobby")
+    # Stored but never broadcast: the next message reveals a gap of 7.
+    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 8)))
+    await socket.send_json_to({"message": "m8", "client_id": "c-8"})
+    # Its own message too is in the range: the client reads it, client_id and all, over HTTP.
+    assert await next_frame(socket) == recovery_marker(False, 0, 8)
+    await socket.send_json_to({"message": "m9"})
+    assert (await assert_receives_message(socket, "m9"))["id"] == 9
+    await assert_no_chat(socket)
+
+
+async def test_a_resync_beyond_the_bound_is_left_to_the_client_with_a_marker(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 3
+    socket = await join("resync-bound")
     await upkeep.run_round()
-    await database_sync_to_async(store)("resync-pages", *(f"m{n}" for n in range(1, 6)))
+    await database_sync_to_async(store)("resync-bound", *(f"m{n}" for n in range(1, 6)))
     await upkeep.run_round()
     assert await upkeep.run_round() == 1
-    assert await read_page(socket) == ([1, 2, 3], {"more": True, "next_after": 3})
-    assert await ask_for_page(socket, 3) == ([4, 5], {"more": False, "next_after": 5})
+    assert await next_frame(socket) == recovery_marker(False, 0, 5)
+    await assert_no_chat(socket)
 
 
-async def test_page_requests_spend_no_rate_limit_tokens(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 1
-    settings.CHAT_RATE_BURST = 1
-    settings.CHAT_RATE_PER_SECOND = 0.001
-    settings.CHAT_FLOOD_CLOSE_AFTER = 2
-    await database_sync_to_async(store)("lobby", *(f"m{number}" for number in range(1, 7)))
-    socket = await join("lobby", query="after=0")
-    for after in range(1, 5):
-        assert await ask_for_page(socket, after) == (
-            [after + 1],
-            {"more": True, "next_after": after + 1},
-        )
-    assert await ask_for_page(socket, 5) == ([6], {"more": False, "next_after": 6})
-    await socket.send_json_to({"message": "the one token"})
-    await assert_receives_message(socket, "the one token")
-
-
-async def test_an_unannounced_page_request_is_answered_with_no_more(join):
-    await database_sync_to_async(store)("lobby", "m1")
-    socket = await join("lobby")
-    assert await ask_for_page(socket, 1) == ([], {"more": False, "next_after": 1})
-    assert await ask_for_page(socket, 0) == ([], {"more": False, "next_after": 1})
-
-
-@pytest.mark.parametrize(
-    "catch_up", [{"after": -1}, {"after": "3"}, {"after": True}, {"after": 1.5}, {}, 3, None]
-)
-async def test_a_malformed_page_request_is_refused_and_not_as_missing_message(join, catch_up):
+@pytest.mark.parametrize("catch_up", [{"after": 1}, {"after": -1}, {}, 3, None])
+async def test_a_catch_up_page_request_is_refused_with_where_history_is_read(join, catch_up):
     socket = await join("lobby")
     await socket.send_json_to({"catch_up": catch_up})
-    await assert_receives_error(socket, "invalid_catch_up")
+    await assert_receives_error(socket, "catch_up_over_http")
     await socket.send_json_to({"message": "still here", "catch_up": catch_up})
     await assert_receives_message(socket, "still here")
 
 
-async def test_a_page_request_past_what_was_sent_is_refused(join, settings):
-    settings.CHAT_CATCH_UP_PAGE = 1
-    await database_sync_to_async(store)("lobby", "m1", "m2", "m3")
-    socket = await join("lobby", query="after=0")
-    await socket.send_json_to({"catch_up": {"after": 2}})
-    await assert_receives_error(socket, "invalid_catch_up")
-    assert await ask_for_page(socket, 1) == ([2], {"more": True, "next_after": 2})
+async def test_page_requests_spend_rate_limit_tokens_and_a_flood_of_them_is_closed(join, settings):
+    settings.CHAT_RATE_BURST = 1
+    settings.CHAT_RATE_PER_SECOND = 0.001
+    settings.CHAT_FLOOD_CLOSE_AFTER = 2
+    socket = await join("lobby")
+    for _ in range(3):
+        await socket.send_json_to({"catch_up": {"after": 0}})
+    codes = [(await next_frame(socket))["error"]["code"] for _ in range(3)]
+    assert codes == ["catch_up_over_http"] * 3
+    assert await close_code(socket) == protocol.CLOSE_FLOODING
 
 
 async def test_typing_reaches_the_others_in_the_room_but_not_the_typer(join):

@@ -9,7 +9,7 @@ from chat.delivery import FrameCache, RoomDelivery
 
 REORDER_WAIT = 0.25
 MAX_HELD = 3
-PAGE = 4
+BOUND = 4  # the most a socket recovers (CHAT_RECOVERY_LIMIT)
 
 
 def event(seq: int) -> dict:
@@ -53,7 +53,7 @@ class FakeStore:
 
     def __init__(self, stored: int = 0):
         self.stored = stored
-        self.reads: list[tuple[int, int, bool, object]] = []
+        self.reads: list[tuple[int, int, object]] = []
         self.most_at_once = 0
 
     def store(self, count: int = 1) -> list[dict]:
@@ -62,20 +62,21 @@ class FakeStore:
         self.stored += count
         return [event(seq) for seq in range(first, self.stored + 1)]
 
-    def read(self, after: int, limit: int, in_turn: bool, on_done):
-        self.reads.append((after, limit, in_turn, on_done))
+    def read(self, after: int, limit: int, on_done):
+        self.reads.append((after, limit, on_done))
         self.most_at_once = max(self.most_at_once, len(self.reads))
 
     def answer(self, index: int = 0):
-        """The read's query runs now, on what is stored now; its reply comes back."""
-        after, limit, _, on_done = self.reads.pop(index)
-        on_done([event(seq) for seq in range(after + 1, min(after + limit, self.stored) + 1)])
+        """The read's queries run now, on what is stored now; their reply comes back."""
+        after, limit, on_done = self.reads.pop(index)
+        page = [event(seq) for seq in range(after + 1, min(after + limit, self.stored) + 1)]
+        on_done(page, self.stored)
 
 
 class Socket:
     """A RoomDelivery with its fakes, and what it sent."""
 
-    def __init__(self, stored: int = 0, last: int | None = None, catch_up: bool = False):
+    def __init__(self, stored: int = 0):
         self.timers = ManualTimers()
         self.store = FakeStore(stored)
         self.frames: list[dict] = []
@@ -85,10 +86,10 @@ class Socket:
             self.timers.call_later,
             reorder_wait=REORDER_WAIT,
             max_held=MAX_HELD,
-            page_size=PAGE,
+            recovery_limit=BOUND,
             frame_cache=FrameCache(),
         )
-        self.delivery.start(stored if last is None else last, catch_up)
+        self.delivery.start(stored)
 
     @property
     def ids(self) -> list[int]:
@@ -189,52 +190,54 @@ async def test_a_gap_still_open_after_a_fill_waits_again_then_fills_again():
     assert socket.ids == [1, 2, 3, 4]
 
 
-async def test_a_long_gap_is_paged_and_live_messages_are_left_to_the_pages():
+async def test_a_gap_longer_than_the_bound_is_left_to_the_client_and_delivery_goes_on_after_it():
     socket = Socket()
-    *_, last = socket.store.store(PAGE + 3)  # all but the last dropped
+    *_, last = socket.store.store(BOUND + 3)  # all but the last dropped
+    socket.delivery.message(last)
+    socket.timers.fire()
+    assert [(after, limit) for after, limit, _ in socket.store.reads] == [(0, BOUND + 1)]
+    socket.store.answer()
+    # Not one of them on the socket: the client reads 1..BOUND + 3 over HTTP.
+    assert socket.take() == [{"catch_up": {"recovered": False, "after": 0, "until": BOUND + 3}}]
+    (live,) = socket.store.store()
+    socket.delivery.message(live)
+    assert socket.take() == [{"message": f"m{BOUND + 4}", "id": BOUND + 4}]
+    assert socket.store.reads == [] and socket.timers.pending == 0
+
+
+async def test_a_gap_of_the_bound_is_filled_on_the_socket():
+    socket = Socket()
+    *_, last = socket.store.store(BOUND + 1)  # the bound dropped, then one more
     socket.delivery.message(last)
     socket.timers.fire()
     socket.store.answer()
-    assert socket.take()[-1] == {"catch_up": {"more": True, "next_after": PAGE}}
-    assert socket.delivery.take_announced_page()
+    assert socket.take() == [{"message": f"m{n}", "id": n} for n in range(1, BOUND + 2)]
+
+
+async def test_a_resync_further_behind_than_the_bound_leaves_the_newest_it_read_to_the_client():
+    socket = Socket(stored=2)
+    socket.store.store(BOUND * 3)  # Redis restarted: none of them was broadcast
+    socket.delivery.resync()
+    socket.store.store()  # stored while the read was on its way: its newest counts it
+    socket.store.answer()
+    until = BOUND * 3 + 3
+    assert socket.take() == [{"catch_up": {"recovered": False, "after": 2, "until": until}}]
+    assert socket.delivery.last == until
+
+
+async def test_messages_held_during_a_read_past_the_bound_are_left_to_the_client_with_the_rest():
+    socket = Socket()
+    *_, seventh = socket.store.store(BOUND + 3)  # 1..6 dropped
+    socket.delivery.message(seventh)
+    socket.timers.fire()  # a read of 1..5 is on its way
+    *_, ninth = socket.store.store(2)  # 8 dropped too
+    socket.delivery.message(ninth)
+    socket.store.answer()  # 5 missed, past the bound; the room's newest is 9 by now
+    assert socket.take() == [{"catch_up": {"recovered": False, "after": 0, "until": BOUND + 5}}]
+    assert socket.delivery.held == {} and socket.timers.pending == 0
     (live,) = socket.store.store()
-    socket.delivery.message(live)  # the next page reads it
-    socket.delivery.page_requested(PAGE)
-    assert socket.store.reads[0][2] is True  # a page waits its turn
-    socket.store.answer()
-    frames = socket.take()
-    assert [frame["id"] for frame in frames[:-1]] == list(range(PAGE + 1, PAGE + 5))
-    assert frames[-1] == {"catch_up": {"more": False, "next_after": PAGE + 4}}
-    assert not socket.delivery.take_announced_page()
-
-
-async def test_a_catch_up_from_after_pages_and_answers_a_page_request_past_what_was_sent():
-    socket = Socket(stored=PAGE * 2, last=0, catch_up=True)
-    socket.delivery.message(event(PAGE * 2 + 1))  # arrives before the first page: held
-    socket.store.store()
-    socket.store.answer()
-    assert socket.ids == list(range(1, PAGE + 1))
-    socket.take()
-    socket.delivery.page_requested(PAGE + 1)
-    assert socket.take() == [
-        {
-            "error": {
-                "code": "invalid_catch_up",
-                "detail": f'"after" is past the last message sent here ({PAGE}): '
-                'ask with the "next_after" you were given.',
-            }
-        }
-    ]
-    socket.delivery.page_requested(PAGE)
-    socket.store.answer()
-    assert socket.ids == list(range(PAGE + 1, PAGE * 2 + 1))
-    assert socket.take()[-1] == {"catch_up": {"more": True, "next_after": PAGE * 2}}
-    socket.delivery.page_requested(PAGE * 2)
-    socket.store.answer()
-    assert socket.take() == [
-        {"message": f"m{PAGE * 2 + 1}", "id": PAGE * 2 + 1},
-        {"catch_up": {"more": False, "next_after": PAGE * 2 + 1}},
-    ]
+    socket.delivery.message(live)
+    assert socket.take() == [{"message": f"m{BOUND + 6}", "id": BOUND + 6}]
 
 
 async def test_a_resync_while_a_read_is_on_its_way_runs_after_it():
@@ -284,21 +287,23 @@ async def test_any_interleaving_of_drops_reorders_timers_and_replies_sends_every
             socket.timers.fire()
         elif step < 0.9 and socket.store.reads:
             socket.store.answer()
-        elif socket.delivery.take_announced_page():
-            socket.delivery.page_requested(socket.delivery.last)
         assert socket.store.most_at_once <= 1
     for message in on_the_way:
         socket.delivery.message(message)
-    while socket.store.reads or socket.timers.pending or socket.delivery.page_announced:
+    while socket.store.reads or socket.timers.pending:
         socket.timers.fire()
         if socket.store.reads:
             socket.store.answer()
-        if socket.delivery.take_announced_page():
-            socket.delivery.page_requested(socket.delivery.last)
     socket.delivery.resync()  # the upkeep's round, for a dropped last message
-    while socket.store.reads or socket.delivery.take_announced_page():
-        if socket.store.reads:
-            socket.store.answer()
+    while socket.store.reads:
+        socket.store.answer()
+    # Every id once, in order: sent, or in a range left to the client, which comes in turn.
+    shown = 0
+    for frame in socket.frames:
+        if "catch_up" in frame:
+            assert frame["catch_up"]["after"] == shown and not frame["catch_up"]["recovered"]
+            shown = frame["catch_up"]["until"]
         else:
-            socket.delivery.page_requested(socket.delivery.last)
-    assert socket.ids == list(range(1, socket.store.stored + 1))
+            assert frame["id"] == shown + 1
+            shown += 1
+    assert shown == socket.store.stored

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from chat import pipeline
@@ -76,39 +77,23 @@ async def test_a_frame_queue_sends_in_order_and_after_a_failed_send_sends_nothin
 async def test_a_long_frame_queue_lets_the_loop_serve_others_between_slices():
     sent, others_ran_after = [], []
 
+    all_sent = asyncio.Event()
+
     async def send(message: dict):
         time.sleep(0.0002)  # writing a large frame: the loop is held while it lasts
         sent.append(message["n"])
+        if len(sent) == 50:
+            all_sent.set()
 
     frames = pipeline.FrameQueue(send)
     for number in range(50):
         frames.put({"n": number})
-    # Another socket's frame, ready on the loop just after the page was queued.
+    # Another socket's frame, ready on the loop just after the backlog was queued.
     asyncio.get_running_loop().call_soon(lambda: others_ran_after.append(len(sent)))
-    await asyncio.wait_for(frames.flushed(), 5)
+    await asyncio.wait_for(all_sent.wait(), 5)
     assert sent == list(range(50))
     # It ran after one slice (SEND_SLICE_SECONDS: 0.5 ms, a few of these frames), not after 50.
     assert others_ran_after and others_ran_after[0] < 50
-
-
-async def test_flushed_waits_for_every_frame_queued_and_not_for_a_failed_one():
-    sent = []
-
-    async def send(message: dict):
-        await asyncio.sleep(0.001)
-        if message["n"] == "broken":
-            raise ConnectionError("socket gone")
-        sent.append(message["n"])
-
-    frames = pipeline.FrameQueue(send)
-    await frames.flushed()  # nothing queued: at once
-    for number in range(3):
-        frames.put({"n": number})
-    await asyncio.wait_for(frames.flushed(), 5)
-    assert sent == [0, 1, 2]
-    frames.put({"n": "broken"})
-    await asyncio.wait_for(frames.flushed(), 5)  # returns, and does not raise
-    assert sent == [0, 1, 2]
 
 
 async def test_calls_made_together_run_in_one_hop_in_order_on_the_sync_thread(monkeypatch):
@@ -263,3 +248,25 @@ async def test_a_failed_job_in_turn_raises_in_its_caller_and_the_next_one_runs()
     results = await asyncio.wait_for(asyncio.gather(failed, next_one, return_exceptions=True), 5)
     assert repr(results[0]) == "ValueError('broken page')"
     assert results[1] == "next"
+
+
+async def test_a_bulk_call_from_a_requests_thread_runs_on_the_sockets_thread_in_turn():
+    sockets_thread = await pipeline.call_batched(threading.current_thread)
+    ran = []
+
+    def page(number: int) -> int:
+        ran.append((number, threading.current_thread()))
+        return number
+
+    async def held_turn():
+        ran.append(("held", threading.current_thread()))
+
+    # A request's thread, as Django's ASGI handler runs a view in (asgiref's SyncToAsync).
+    request = sync_to_async(pipeline.bulk_call, thread_sensitive=False)
+    first = asyncio.ensure_future(pipeline.run_in_turn(held_turn))
+    results = await asyncio.wait_for(asyncio.gather(request(page, 1), request(page, 2)), 5)
+    await first
+    assert results == [1, 2]
+    assert ran[0][0] == "held"  # each in its turn, after the job before it
+    assert sorted(number for number, _ in ran[1:]) == [1, 2]
+    assert all(thread is sockets_thread for number, thread in ran if number != "held")

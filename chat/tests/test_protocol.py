@@ -84,26 +84,24 @@ def stored_message(**fields) -> Message:
     return Message(**{**defaults, **fields})
 
 
-def test_catch_up_request_without_a_message_is_a_page_request():
-    assert parse('{"catch_up": {"after": 42}}') == protocol.CatchUpRequest(42)
+@pytest.mark.parametrize("catch_up", ['{"after": 42}', '{"after": -1}', "{}", "3", "null"])
+def test_a_catch_up_page_request_is_refused_with_where_history_is_read(catch_up):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"catch_up": {catch_up}}}')
+    assert refused.value.code == "catch_up_over_http"
+    assert "/messages/?after=" in refused.value.detail
 
 
 def test_a_frame_with_a_message_is_a_message_even_beside_catch_up():
     assert parse('{"message": "hi", "catch_up": {"after": 1}}') == protocol.ChatFrame("hi")
 
 
-@pytest.mark.parametrize(
-    "catch_up", ['{"after": -1}', '{"after": "3"}', '{"after": true}', '{"after": 1.5}', "{}", "3"]
-)
-def test_malformed_catch_up_request_is_refused_as_invalid_catch_up(catch_up):
-    with pytest.raises(protocol.FrameRefused) as refused:
-        parse(f'{{"catch_up": {catch_up}}}')
-    assert refused.value.code == "invalid_catch_up"
-
-
 def test_catch_up_frame_shape():
-    assert json.loads(protocol.catch_up_frame(True, 200)) == {
-        "catch_up": {"more": True, "next_after": 200}
+    assert json.loads(protocol.catch_up_frame(False, 3, 200)) == {
+        "catch_up": {"recovered": False, "after": 3, "until": 200}
+    }
+    assert json.loads(protocol.catch_up_frame(True, 3, 7)) == {
+        "catch_up": {"recovered": True, "after": 3, "until": 7}
     }
 
 
@@ -237,8 +235,7 @@ def test_any_frame_is_accepted_or_refused_and_never_crashes(frame):
     except protocol.FrameRefused as refusal:
         assert refusal.code and refusal.detail
     else:
-        if isinstance(message, protocol.CatchUpRequest):
-            assert message.after >= 0
+        if isinstance(message, protocol.TypingSignal):
             return
         text = message.message
         assert text == text.strip() and 0 < len(text) <= LIMITS["max_chars"]

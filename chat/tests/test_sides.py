@@ -17,7 +17,7 @@ def test_a_loop_method_called_from_the_sync_thread_raises():
     consumer = ChatConsumer()
     with pytest.raises(sides.WrongSide, match="ChatConsumer.send_from_loop runs on the event loop"):
         consumer.send_from_loop("{}")
-    delivery = RoomDelivery(print, print, print, reorder_wait=1, max_held=1, page_size=1)
+    delivery = RoomDelivery(print, print, print, reorder_wait=1, max_held=1, recovery_limit=1)
     with pytest.raises(sides.WrongSide, match="RoomDelivery.message"):
         delivery.message({"id": 1})
 

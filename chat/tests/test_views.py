@@ -422,6 +422,17 @@ def test_messages_last_page_has_no_next_after(client):
     assert body["next_after"] is None
 
 
+def test_messages_pages_read_through_the_query_a_socket_recovers_with(client, monkeypatch):
+    """One read path: what a socket leaves to the client (recovered: false) comes from the
+    same services.messages_after as the socket's own recovery and gap fills."""
+    _store_messages("lobby", 5)
+    reads, read = [], services.messages_after
+    monkeypatch.setattr(services, "messages_after", lambda *args: reads.append(args) or read(*args))
+    body = client.get("/chat/lobby/messages/", {"after": 1, "limit": 3}).json()
+    assert [message["id"] for message in body["messages"]] == [2, 3, 4]
+    assert reads == [("lobby", 1, 4)]  # a page, and one more to know whether there is more
+
+
 def test_messages_default_to_the_whole_room_from_the_first(client):
     _store_messages("lobby", 3)
     body = client.get("/chat/lobby/messages/").json()

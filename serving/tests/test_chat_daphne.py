@@ -41,11 +41,12 @@ SEEDED_MESSAGES = 1500
 # 1,500 frames of about 4 KB: some 6 MB, more than the kernel's socket buffers on both
 # ends (about 3 MB on loopback) plus the limit, so the server must hold the rest itself.
 SEEDED_TEXT = "x" * 4000
-# The whole room in one catch-up page: what is under test is the server's bound on unread
-# bytes. (Paging bounds them too, but only for catch-ups; a busy room's live messages not.)
+# The whole room recovered on the socket: what is under test is the server's bound on unread
+# bytes. (The recovery bound bounds them too, but only for recoveries; a busy room's live
+# messages not.)
 SERVER_ENV = {
     "CHAT_SEND_BACKLOG_LIMIT_BYTES": str(BACKLOG_LIMIT_BYTES),
-    "CHAT_CATCH_UP_PAGE": str(SEEDED_MESSAGES),
+    "CHAT_RECOVERY_LIMIT": str(SEEDED_MESSAGES),
 }
 
 

@@ -40,7 +40,7 @@ BAD_VALUES = [
     ("CHAT_SEND_BACKLOG_LIMIT_BYTES", "1MB", {}),
     ("CHAT_PING_BURST", "-1", {}),
     ("CHAT_HTTP_MAX_BODY_BYTES", "2.5MB", {}),
-    ("CHAT_CATCH_UP_PAGE", "0", {}),
+    ("CHAT_RECOVERY_LIMIT", "0", {}),
     ("CHAT_LOGIN_FAILURE_LIMIT", "ten", {}),
     ("CHAT_LOGIN_COOLOFF_SECONDS", "15m", {}),
     ("CHAT_PRESENCE_TTL_SECONDS", "30s", {}),

@@ -27,8 +27,12 @@
 // "sending…") until the server echoes it, so a send lost with a connection is retried after
 // the reconnect and stored once. Reconnects back off (0.5 s doubling to 15 s, jittered,
 // starting over only after a connection stayed up 5 s) and ask for everything after the
-// last id shown (?after=), a page at a time. A message over the server's limits
-// (json_script "chat-limits") is never sent: it stays in the input, with the reason.
+// last id shown (?after=). The socket recovers a bounded number; when more were missed it
+// says so ({"catch_up": {"recovered": false, "after": A, "until": S}}, docs/protocol.md),
+// and the page reads (A, S] from the messages endpoint, page by page, holding the live
+// messages that arrive meanwhile until the gap before them is filled: every message once,
+// in order. A message over the server's limits (json_script "chat-limits") is never sent:
+// it stays in the input, with the reason.
 //
 // Heartbeat: after limits.heartbeat_seconds without a frame from the server, the page sends
 // {"ping": true}; if nothing at all arrives limits.heartbeat_timeout_seconds later, the
@@ -144,6 +148,8 @@
     let olderDone = false;      // no older messages are left to load
     let loadingOlder = false;
     let catchingUp = false;     // messages before the last catch_up frame are not live
+    let filling = false;        // a gap the socket left out is being read over HTTP...
+    let heldFrames = [];        // ...and the socket's messages and markers wait for it
     let failedAttempts = 0;
     let healthyTimer = null;
     let reconnectTimer = null;
@@ -505,11 +511,13 @@
     function onMessage(data) {
         if (data.error) {
             onError(data.error);
+        } else if (filling && (data.catch_up || data.message !== undefined)) {
+            heldFrames.push(data);  // after the gap being filled
         } else if (data.catch_up) {
-            if (data.catch_up.more) {  // the server waits for this before the next page
-                socket.send(JSON.stringify({'catch_up': {'after': data.catch_up.next_after}}));
-            } else {
+            if (data.catch_up.recovered) {
                 catchingUp = false;
+            } else {
+                fillGap(data.catch_up.after, data.catch_up.until);
             }
         } else if (data.pong) {
             // the heartbeat's answer: the frame itself was the news
@@ -632,6 +640,57 @@
         }
     }
 
+    // ---- a gap the socket left out -------------------------------------------------------
+
+    // Read (after, until] from the messages endpoint, page by page, then what the socket
+    // sent meanwhile. A new socket ends it: that one recovers from the last id shown.
+    async function fillGap(after, until) {
+        const connection = connections;
+        filling = true;
+        catchingUp = true;
+        let cursor = Math.max(after, lastId === null ? 0 : lastId);
+        let failures = 0;
+        while (cursor < until) {
+            let page = null;
+            let wait = 0;
+            try {
+                const response = await fetch(olderUrl + '?after=' + cursor);
+                if (response.ok) {
+                    page = await response.json();
+                } else {  // a 429 says when to come back; anything else backs off
+                    wait = Number(response.headers.get('Retry-After')) * 1000;
+                }
+            } catch (error) {
+                // offline for a moment: back off, then try again
+            }
+            if (connection !== connections) {
+                return;
+            }
+            if (page === null) {
+                const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failures);
+                failures += 1;
+                await new Promise((resolve) => setTimeout(resolve, Math.max(wait || 0, backoff)));
+                if (connection !== connections) {
+                    return;
+                }
+                continue;
+            }
+            failures = 0;
+            for (const data of page.messages.filter((message) => message.id <= until)) {
+                onChatMessage(data);
+            }
+            if (page.next_after === null || page.messages.length === 0) {
+                break;
+            }
+            cursor = page.messages[page.messages.length - 1].id;
+        }
+        filling = false;
+        catchingUp = false;
+        while (!filling && heldFrames.length > 0) {
+            onMessage(heldFrames.shift());  // a marker among them starts the next fill
+        }
+    }
+
     // ---- the connection ------------------------------------------------------------------
 
     function stopTimers() {
@@ -663,6 +722,8 @@
         }
         const url = baseUrl + '?' + query;
         catchingUp = lastId !== null;
+        filling = false;  // this socket recovers from lastId itself: what was held comes again
+        heldFrames = [];
         connections += 1;
         let thisSocket;
         try {
