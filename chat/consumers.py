@@ -23,6 +23,7 @@ from django.utils import timezone
 from . import (
     identity,
     limits,
+    metrics,
     pipeline,
     presence,
     protocol,
@@ -82,11 +83,20 @@ class ChatConsumer(WebsocketConsumer):
         try:
             return await super().__call__(scope, receive, send)
         except OUTAGE_ERRORS as error:
+            metrics.outage(error)
             # One line, not a traceback per socket: the page reconnects and catches up.
-            logger.warning("closing socket, service unavailable: %r", error)
+            logger.warning(
+                "closing socket, service unavailable: %r",
+                error,
+                extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+            )
             await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
         except Exception:
-            logger.exception("closing socket in room %r: its consumer failed", self.room_name)
+            logger.exception(
+                "closing socket in room %r: its consumer failed",
+                self.room_name,
+                extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
+            )
             await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
         finally:
             if self.room_group_name is not None and not self.left_room:
@@ -180,6 +190,7 @@ class ChatConsumer(WebsocketConsumer):
             self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
             return
         self.room_group_name = rooms.group_name(self.room_name)
+        metrics.SOCKETS_OPEN.inc()  # and dec() in _left_on_loop, once
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
         # Built here, started on the loop once the backlog is queued: from then on only
         # the loop touches it.
@@ -226,6 +237,7 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_loop
     def _left_on_loop(self):
+        metrics.SOCKETS_OPEN.dec()
         self._disarm_session_timer()  # or the timer would keep this consumer for weeks
         if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
             self.delivery.stop()
@@ -266,7 +278,12 @@ class ChatConsumer(WebsocketConsumer):
     def _close_for_identity(self, reason: str):
         if self.closing:
             return
-        logger.info("closing socket in room %r: %s", self.room_name, reason)
+        logger.info(
+            "closing socket in room %r: %s",
+            self.room_name,
+            reason,
+            extra=self._log_extra(protocol.CLOSE_IDENTITY_CHANGED),
+        )
         self.closing = True  # and store nothing more from it meanwhile
         self.close(code=protocol.CLOSE_IDENTITY_CHANGED, reason=reason)
 
@@ -387,9 +404,15 @@ class ChatConsumer(WebsocketConsumer):
         this send, so the sender learns of it here.)
         """
         try:
-            await self.channel_layer.group_send(self.room_group_name, event)
+            with metrics.BROADCAST_SECONDS.time():
+                await self.channel_layer.group_send(self.room_group_name, event)
         except OUTAGE_ERRORS as error:
-            logger.warning("closing socket, broadcast failed: %r", error)
+            metrics.outage(error)
+            logger.warning(
+                "closing socket, broadcast failed: %r",
+                error,
+                extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+            )
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
 
     @sides.on_loop
@@ -439,6 +462,7 @@ class ChatConsumer(WebsocketConsumer):
         """A page in its turn: read, handed to on_done, and its frames sent."""
         if self.delivery.stopped:
             return  # the socket left while its page waited: nothing to read for
+        metrics.CATCH_UP_READS.inc()
         await self._read_then(pipeline.call_batched(self._events_after, after, limit), on_done)
         await self.frames.flushed()
 
@@ -446,10 +470,19 @@ class ChatConsumer(WebsocketConsumer):
         try:
             on_done(await reading)
         except OUTAGE_ERRORS as error:
-            logger.warning("closing socket, catch-up read failed: %r", error)
+            metrics.outage(error)
+            logger.warning(
+                "closing socket, catch-up read failed: %r",
+                error,
+                extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+            )
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
         except Exception:
-            logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
+            logger.exception(
+                "closing socket in room %r: its catch-up failed",
+                self.room_name,
+                extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
+            )
             self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
     @sides.on_sync_thread
@@ -486,7 +519,13 @@ class ChatConsumer(WebsocketConsumer):
                 self.room_name, self.author, frame.message, frame.client_id
             )
         except DatabaseError as error:
-            logger.error("message not stored in room %r: %r", self.room_name, error)
+            metrics.outage(error)
+            logger.error(
+                "message not stored in room %r: %r",
+                self.room_name,
+                error,
+                extra=self._log_extra("store_failed"),
+            )
             raise protocol.FrameRefused(
                 "store_failed",
                 "The message could not be saved, so it was not sent. Try again.",
@@ -495,14 +534,24 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):
+        metrics.FRAMES_REFUSED.labels(refusal.code).inc()
         logger.info(
             "refused frame in room %r from %s: %s",
             self.room_name,
             limits.client_address(self.scope),
             refusal.code,
+            extra=self._log_extra(refusal.code),
         )
         self.send(text_data=protocol.error_frame(refusal))
         if self.rate_limit.refusals_in_a_row >= settings.CHAT_FLOOD_CLOSE_AFTER:
-            logger.warning("closing flooding socket in room %r", self.room_name)
+            logger.warning(
+                "closing flooding socket in room %r",
+                self.room_name,
+                extra=self._log_extra(protocol.CLOSE_FLOODING),
+            )
             self.closing = True
             self.close(code=protocol.CLOSE_FLOODING)
+
+    def _log_extra(self, code: int | str) -> dict:
+        """The fields of a log line about this socket (DJANGO_LOG_FORMAT=json shows them)."""
+        return {"room": self.room_name, "code": code, "client": limits.client_address(self.scope)}

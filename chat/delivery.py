@@ -23,7 +23,7 @@ import collections
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import protocol, sides
+from . import metrics, protocol, sides
 
 # Frames encoded per process, not per socket: a room message reaches every socket of the
 # room in this process, all within a moment. Enough for a burst across many rooms.
@@ -170,6 +170,7 @@ class RoomDelivery:
                 f'"after" is past the last message sent here ({self.last}): '
                 'ask with the "next_after" you were given.',
             )
+            metrics.FRAMES_REFUSED.labels(refusal.code).inc()
             self._send(protocol.error_frame(refusal))
             return
         if self.reading:
@@ -196,6 +197,7 @@ class RoomDelivery:
     @sides.on_loop
     def _fill_gap(self):
         """Read what is missing before the held messages (at most a page, and one more)."""
+        metrics.GAPS_FILLED.inc()
         self._cancel_timer()
         limit = min(max(self.held) - self.last, self.page_size + 1)
         self._start_read(limit, in_turn=False)
@@ -245,6 +247,7 @@ class RoomDelivery:
     @sides.on_loop
     def _deliver(self, event: dict[str, Any]):
         self._send(self._frames.frame(event))
+        metrics.DELIVERIES.inc()
         self.last = event["id"]
 
     @sides.on_loop

@@ -10,10 +10,12 @@ from typing import NamedTuple
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from . import metrics
 from .identity import Author
 from .models import Message, Room
 
 
+@metrics.STORE_SECONDS.time()
 def store_message(
     room_name: str, author: Author, text: str, client_id: str | None
 ) -> tuple[Message, bool]:
@@ -45,6 +47,7 @@ def store_message(
         if not client_id or existing is None:
             raise
         return existing, False
+    metrics.MESSAGES_STORED.inc()
     return message, True
 
 
