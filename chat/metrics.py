@@ -105,7 +105,7 @@ OUTAGES = Counter(
 
 # Label values known in advance exist from the start, at 0: a dashboard's rate() of them
 # reads 0 instead of "no data" until the first one happens.
-for reason in ("origin", "too_many_sockets"):
+for reason in ("origin", "path", "too_many_sockets"):
     HANDSHAKES_REFUSED.labels(reason)
 for service in ("redis", "database"):
     OUTAGES.labels(service)

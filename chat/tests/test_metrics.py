@@ -15,11 +15,14 @@ import uuid
 import psutil
 import pytest
 import websockets
-from prometheus_client import CollectorRegistry, Counter
+from channels.testing import WebsocketCommunicator
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat import metrics
+from chat.tests.conftest import ALLOWED_HOST, ALLOWED_ORIGIN
 from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
+from mysite.asgi import application
 from serving.embedded_redis import free_port
 from serving.processes import stop_processes, wait_for_http
 
@@ -230,3 +233,15 @@ def test_the_loop_counter_writes_its_count_out_from_the_loop_within_the_flush_pe
     asyncio.run(count_three())
     counter.inc()  # no loop runs: written out at once
     assert written() == 4
+
+
+async def test_a_handshake_to_a_path_no_route_takes_is_refused_and_counted(redis_channel_layer):
+    def refused() -> float:
+        return REGISTRY.get_sample_value("chat_handshakes_refused_total", {"reason": "path"})
+
+    before = refused()
+    headers = [(b"host", ALLOWED_HOST), (b"origin", ALLOWED_ORIGIN)]
+    socket = WebsocketCommunicator(application, "/ws/nowhere/", headers=headers)
+    connected, _ = await socket.connect()
+    assert not connected
+    assert refused() == before + 1
