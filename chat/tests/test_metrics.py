@@ -81,9 +81,9 @@ async def chat_frames(socket, count: int) -> list[dict]:
     return frames
 
 
-async def run_load(url: str, room: str) -> None:
-    """SOCKETS sockets in one room, MESSAGES messages from the first, one bad frame, a
-    refused handshake; every socket closed at the end."""
+async def run_load(url: str, room: str, when_open) -> None:
+    """SOCKETS sockets in one room (when_open() called once all are open), MESSAGES
+    messages from the first, one bad frame, a refused handshake; every socket closed."""
     ws_url = url.replace("http://", "ws://")
     sockets = await asyncio.gather(
         *(
@@ -92,6 +92,7 @@ async def run_load(url: str, room: str) -> None:
         )
     )
     try:
+        when_open()
         for number in range(MESSAGES):
             await sockets[0].send(json.dumps({"message": f"hello {number}"}))
         received = await asyncio.gather(*(chat_frames(socket, MESSAGES) for socket in sockets))
@@ -130,10 +131,8 @@ def two_processes_after_load(redis_server, migrated_database):
         room = f"metrics-{uuid.uuid4().hex[:8]}"
         held = {}
 
-        async def load_and_count_holders():
-            task = asyncio.create_task(run_load(url, room))
-            # While the sockets are open: which child holds how many.
-            await asyncio.to_thread(until, lambda: scrape(url).get("chat_sockets_open"))
+        def count_holders():
+            """Which child holds how many of the sockets."""
             for child in psutil.Process(process.pid).children():
                 held[child.pid] = sum(
                     1
@@ -141,9 +140,8 @@ def two_processes_after_load(redis_server, migrated_database):
                     if connection.status == psutil.CONN_ESTABLISHED
                     and connection.laddr.port == port
                 )
-            await task
 
-        asyncio.run(load_and_count_holders())
+        asyncio.run(run_load(url, room, count_holders))
         # Deliveries are written out up to a second late (chat.metrics.LoopCounter).
         until(lambda: scrape(url).get("chat_deliveries_total") == MESSAGES * SOCKETS)
         yield url, held, scrape(url)
