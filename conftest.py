@@ -187,8 +187,9 @@ def server_environment(redis_url: str, database_url: str, **extra: str) -> dict[
 class ChatServer:
     """A real daphne process serving mysite.asgi on a loopback port, killable and restartable."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None):
+    def __init__(self, env: dict[str, str], port: int | None = None, output=None):
         self.env = env
+        self.output = output  # a file for its stdout and stderr; None: the test run's
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -203,7 +204,10 @@ class ChatServer:
             str(self.port),
             "mysite.asgi:application",
         ]
-        self.process = subprocess.Popen([sys.executable, *daphne], cwd=ROOT, env=self.env)
+        output = self.output
+        self.process = subprocess.Popen(
+            [sys.executable, *daphne], cwd=ROOT, env=self.env, stdout=output, stderr=output
+        )
         wait_for_http(f"{self.url}/chat/", self.process, SERVER_READY_TIMEOUT_SECONDS)
         return self
 
@@ -298,9 +302,9 @@ def start_chat_server(redis_server, limits_count_from_zero, migrated_database):
     """Start extra server processes on the same Redis and database; all stopped afterwards."""
     servers = []
 
-    def _start(port: int | None = None, **extra_env: str) -> ChatServer:
+    def _start(port: int | None = None, output=None, **extra_env: str) -> ChatServer:
         env = server_environment(redis_server.url, migrated_database, **extra_env)
-        server = ChatServer(env, port).start()
+        server = ChatServer(env, port, output).start()
         servers.append(server)
         return server
 

@@ -23,6 +23,7 @@ from django.utils import timezone
 from . import (
     identity,
     limits,
+    metrics,
     outages,
     permissions,
     pipeline,
@@ -84,11 +85,20 @@ class ChatConsumer(WebsocketConsumer):
             return await super().__call__(scope, receive, send)
         except Exception as error:
             if outages.is_outage(error):
+                metrics.outage(error)
                 # One line, not a traceback per socket: the page reconnects and catches up.
-                logger.warning("closing socket, service unavailable: %r", error)
+                logger.warning(
+                    "closing socket, service unavailable: %r",
+                    error,
+                    extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+                )
                 await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
             else:
-                logger.exception("closing socket in room %r: its consumer failed", self.room_name)
+                logger.exception(
+                    "closing socket in room %r: its consumer failed",
+                    self.room_name,
+                    extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
+                )
                 await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
         finally:
             if self.room_group_name is not None and not self.left_room:
@@ -200,6 +210,7 @@ class ChatConsumer(WebsocketConsumer):
             self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
             return
         self.room_group_name = rooms.group_name(self.room_name)
+        metrics.SOCKETS_OPEN.inc()  # and dec() in _left_on_loop, once
         self.rate_limit = TokenBucket(settings.CHAT_RATE_BURST, settings.CHAT_RATE_PER_SECOND)
         # Built here, started on the loop once the backlog is queued: from then on only
         # the loop touches it.
@@ -246,6 +257,7 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_loop
     def _left_on_loop(self):
+        metrics.SOCKETS_OPEN.dec()
         self._disarm_session_timer()  # or the timer would keep this consumer for weeks
         if self.delivery is not None:  # nothing more is sent to this socket, gaps or not
             self.delivery.stop()
@@ -308,7 +320,12 @@ class ChatConsumer(WebsocketConsumer):
     def _close_for_identity(self, reason: str):
         if self.closing:
             return
-        logger.info("closing socket in room %r: %s", self.room_name, reason)
+        logger.info(
+            "closing socket in room %r: %s",
+            self.room_name,
+            reason,
+            extra=self._log_extra(protocol.CLOSE_IDENTITY_CHANGED),
+        )
         self.closing = True  # and store nothing more from it meanwhile
         self.close(code=protocol.CLOSE_IDENTITY_CHANGED, reason=reason)
 
@@ -438,11 +455,17 @@ class ChatConsumer(WebsocketConsumer):
         this send, so the sender learns of it here.)
         """
         try:
-            await self.channel_layer.group_send(self.room_group_name, event)
+            with metrics.BROADCAST_SECONDS.time():
+                await self.channel_layer.group_send(self.room_group_name, event)
         except Exception as error:
             if not outages.is_outage(error):
                 raise
-            logger.warning("closing socket, broadcast failed: %r", error)
+            metrics.outage(error)
+            logger.warning(
+                "closing socket, broadcast failed: %r",
+                error,
+                extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+            )
             self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
 
     @sides.on_loop
@@ -476,10 +499,19 @@ class ChatConsumer(WebsocketConsumer):
             on_done(*await reading)
         except Exception as error:
             if outages.is_outage(error):
-                logger.warning("closing socket, catch-up read failed: %r", error)
+                metrics.outage(error)
+                logger.warning(
+                    "closing socket, catch-up read failed: %r",
+                    error,
+                    extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
+                )
                 self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
             else:
-                logger.exception("closing socket in room %r: its catch-up failed", self.room_name)
+                logger.exception(
+                    "closing socket in room %r: its catch-up failed",
+                    self.room_name,
+                    extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
+                )
                 self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
 
     @sides.on_sync_thread
@@ -515,6 +547,7 @@ class ChatConsumer(WebsocketConsumer):
         The messages endpoint reads through the same services.messages_after.
         """
         limit = settings.CHAT_RECOVERY_LIMIT
+        metrics.CATCH_UP_READS.inc()
         missed = services.messages_after(self.room_name, after, limit + 1)
         # Read after the messages: it is at least the newest of them. An `after` beyond the
         # room's newest counts from the newest.
@@ -550,21 +583,37 @@ class ChatConsumer(WebsocketConsumer):
                 frame.client_id,
             ) from None
         except DatabaseError as error:
-            logger.error("message not stored in room %r: %r", self.room_name, error)
+            metrics.outage(error)
+            logger.error(
+                "message not stored in room %r: %r",
+                self.room_name,
+                error,
+                extra=self._log_extra("store_failed"),
+            )
             if stalls.is_lock_timeout(error):
                 stalls.timed_out(self.room_name)
             raise refusal from None
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):
+        metrics.FRAMES_REFUSED.labels(refusal.code).inc()
         logger.info(
             "refused frame in room %r from %s: %s",
             self.room_name,
             limits.client_address(self.scope),
             refusal.code,
+            extra=self._log_extra(refusal.code),
         )
         self.send(text_data=protocol.error_frame(refusal))
         if self.rate_limit.refusals_in_a_row >= settings.CHAT_FLOOD_CLOSE_AFTER:
-            logger.warning("closing flooding socket in room %r", self.room_name)
+            logger.warning(
+                "closing flooding socket in room %r",
+                self.room_name,
+                extra=self._log_extra(protocol.CLOSE_FLOODING),
+            )
             self.closing = True
             self.close(code=protocol.CLOSE_FLOODING)
+
+    def _log_extra(self, code: int | str) -> dict:
+        """The fields of a log line about this socket (DJANGO_LOG_FORMAT=json shows them)."""
+        return {"room": self.room_name, "code": code, "client": limits.client_address(self.scope)}

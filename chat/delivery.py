@@ -23,7 +23,7 @@ import collections
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import protocol, sides
+from . import metrics, protocol, sides
 
 # Frames encoded per process, not per socket: a room message reaches every socket of the
 # room in this process, all within a moment. Enough for a burst across many rooms.
@@ -162,6 +162,7 @@ class RoomDelivery:
     @sides.on_loop
     def _fill_gap(self):
         """Read up to the newest held message (at most the bound, and one more)."""
+        metrics.GAPS_FILLED.inc()
         self._cancel_timer()
         self._start_read(min(max(self.held) - self.last, self.recovery_limit + 1))
 
@@ -204,6 +205,7 @@ class RoomDelivery:
     @sides.on_loop
     def _deliver(self, event: dict[str, Any]):
         self._send(self._frames.frame(event))
+        metrics.DELIVERIES.inc()
         self.last = event["id"]
 
     @sides.on_loop

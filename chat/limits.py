@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from . import protocol
+from . import metrics, protocol
 from .identity import Author
 from .models import Room
 from .redis_clients import LIMITS_TIMEOUT_SECONDS, OUTAGE_ERRORS, redis_client
@@ -138,10 +138,16 @@ def refuse_socket(scope: dict) -> bool:
     wait = retry_after(SOCKETS, address)
     if wait is None:
         return False
+    metrics.HANDSHAKES_REFUSED.labels("too_many_sockets").inc()
     client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
     if client.set(f"{KEY_PREFIX}:refusing:{address}", 1, ex=wait, nx=True):
         detail = describe(SOCKETS, wait)
-        logger.warning("refused socket from %s: %s (no more lines till then)", address, detail)
+        logger.warning(
+            "refused socket from %s: %s (no more lines till then)",
+            address,
+            detail,
+            extra={"client": address},
+        )
     return True
 
 
@@ -162,6 +168,7 @@ class HandshakeLimitMiddleware:
             try:
                 refused = await asyncio.to_thread(refuse_socket, scope)
             except OUTAGE_ERRORS as error:
+                metrics.outage(error)
                 logger.warning("refused socket, Redis unreachable: %r", error)
                 refused = True  # the consumer could not join its room either
             if refused:
@@ -248,7 +255,9 @@ def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]
     )
     if full:
         cap, counts = list(caps.values())[full - 1]
-        logger.warning("refused socket from %s: %d %s already", network, cap, counts)
+        logger.warning(
+            "refused socket from %s: %d %s already", network, cap, counts, extra={"client": network}
+        )
         raise TooManySockets(f"Too many {counts}: at most {cap}. Close one, then reconnect.")
     return tuple(caps)
 

@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import permissions, rooms
+from . import metrics, permissions, rooms
 from .identity import Author
 from .lookalikes import name_key
 from .models import Membership, Message, Room
@@ -25,6 +25,7 @@ class LookalikeRoom(Exception):
         self.existing = existing
 
 
+@metrics.STORE_SECONDS.time()
 def store_message(
     room_name: str, author: Author, text: str, client_id: str | None
 ) -> tuple[Message, bool]:
@@ -64,7 +65,7 @@ def store_message(
         if (holder := lookalike_room(room_name)) is not None:
             raise LookalikeRoom(holder) from None
         raise
-
+    metrics.MESSAGES_STORED.inc()
     return message, True
 
 

@@ -26,6 +26,8 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 from django.http.request import is_same_domain
 
+from chat import metrics
+
 logger = logging.getLogger("mysite.origins")
 
 
@@ -96,7 +98,12 @@ class StrictOriginValidator:
         if reason is None:
             return await self.application(scope, receive, send)
         client = scope.get("client") or ["unknown"]
+        metrics.HANDSHAKES_REFUSED.labels("origin").inc()
         logger.warning(
-            "WebSocket handshake from %s to %s refused: %s", client[0], scope.get("path"), reason
+            "WebSocket handshake from %s to %s refused: %s",
+            client[0],
+            scope.get("path"),
+            reason,
+            extra={"client": client[0]},
         )
         return await WebsocketDenier()(scope, receive, send)

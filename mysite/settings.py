@@ -241,7 +241,7 @@ PASSWORD_RESET_BY_EMAIL = bool(EMAIL_HOST) or DEBUG
 # trusts its X-Forwarded-Proto header.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 # Load balancers probe the health check over plain HTTP, from inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
@@ -253,6 +253,12 @@ if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
 # names the client (mysite.proxies); from any other peer, neither it nor the header above
 # is believed. Empty: no proxy is trusted, and the TCP peer is the client.
 CHAT_TRUSTED_PROXIES = trusted_networks(env_list("CHAT_TRUSTED_PROXIES", []))
+# Who may read /metrics (mysite.metrics) besides loopback: the Prometheus servers'
+# addresses or networks, comma-separated; or whoever sends "Authorization: Bearer <token>".
+# Anyone else gets a 404. Behind a proxy on this host, list it in CHAT_TRUSTED_PROXIES, or
+# every client would come from loopback.
+CHAT_METRICS_ALLOWED_NETWORKS = trusted_networks(env_list("CHAT_METRICS_ALLOWED_NETWORKS", []))
+CHAT_METRICS_TOKEN = os.environ.get("CHAT_METRICS_TOKEN", "")
 
 # Content-Security-Policy (django-csp): scripts and styles only from this site's own files,
 # never inline, so markup that slips into a page runs nothing. 'self' covers the page's
@@ -296,12 +302,28 @@ PERMISSIONS_POLICY = {
     )
 }
 
+# DJANGO_LOG_FORMAT=json: each line one JSON object (python-json-logger) with time, level,
+# logger and message, and the room, close or error code and client address where the log
+# call passes them (extra=), for a log collector to index; "plain" for people.
+LOG_FORMATS = {
+    "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    "json": {
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+    },
+}
+LOG_FORMAT = os.environ.get("DJANGO_LOG_FORMAT", "plain")
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured(
+        f"DJANGO_LOG_FORMAT={LOG_FORMAT!r} is not one of {sorted(LOG_FORMATS)}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {"line": LOG_FORMATS[LOG_FORMAT]},
     "filters": {"one_line": {"()": "mysite.log_filters.ExpectedErrorsOnOneLine"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
     # One handler, on the root: every logger (daphne's, Django's, ours) prints once.
     "root": {"handlers": ["console"], "level": env_log_level("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {

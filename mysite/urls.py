@@ -9,7 +9,7 @@ from django.views.generic import RedirectView
 from chat import membership_views
 from chat import views as chat_views
 from chat.password_reset import PasswordResetView
-from mysite import health
+from mysite import health, metrics
 
 # Django's account pages; password reset only where settings can mail its link, and
 # with the mail sent out of the request and limited (chat.password_reset).
@@ -41,6 +41,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),  # as /healthz; for Prometheus
     # Browsers ask for /favicon.ico whatever the page links to; the icon is a static file.
     path("favicon.ico", chat_views.favicon, name="favicon"),
 ]

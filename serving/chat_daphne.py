@@ -53,6 +53,7 @@ import re
 import socket
 
 from asgiref.sync import SyncToAsync
+from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
@@ -61,6 +62,7 @@ from django.conf import settings
 from twisted.internet import defer, endpoints, reactor
 from twisted.web import http
 
+from chat import metrics
 from chat.protocol import (
     CLOSE_FLOODING,
     CLOSE_LIFETIME_ENDED,
@@ -70,6 +72,7 @@ from chat.protocol import (
 from chat.ratelimit import TokenBucket
 
 logger = logging.getLogger("serving.chat_daphne")  # not "__main__" when run with -m
+access_logger = logging.getLogger("daphne.access")
 
 SHUTDOWN_DRAIN_SECONDS = 5.0
 # How long a stopping server waits for its clients to answer its close frames: a client
@@ -83,6 +86,8 @@ FD_ENDPOINT = re.compile(r"fd:fileno=(\d+)")
 # connection is cut: closing a socket with unread bytes in it resets the connection, and
 # the client may lose the answer with it.
 REFUSAL_LINGER_SECONDS = 2.0
+# RFC 6455's code for a close frame that carried none (autobahn reports it as None).
+NO_STATUS_CODE = 1005
 
 
 def unsent_bytes(transport) -> int:
@@ -99,6 +104,7 @@ class BacklogBoundedProtocol(WebSocketProtocol):
     """Daphne's WebSocket protocol, closing a client whose unread backlog passes the limit."""
 
     too_slow = False
+    opened = False  # the handshake succeeded: its end counts in chat_sockets_closed
     closing = False  # a close frame has been sent
     ping_bucket = None
 
@@ -114,11 +120,18 @@ class BacklogBoundedProtocol(WebSocketProtocol):
 
     def onOpen(self):
         super().onOpen()
+        self.opened = True
         # Autobahn keeps the raw handshake and its parsed headers; nothing reads them once
         # the socket is open (the application has its scope, daphne only request.path).
         self.http_request_data = self.http_response_data = self.http_status_line = None
         self.http_headers = self.http_request_params = self.request.headers = None
         self.http_request_uri = self.http_request_path = self.http_request_host = None
+
+    def onClose(self, wasClean, code, reason):
+        """The connection ended: count an opened socket's end by its close code."""
+        if self.opened:
+            metrics.SOCKETS_CLOSED.labels(str(code or NO_STATUS_CODE)).inc()
+        super().onClose(wasClean, code, reason)
 
     def sendMessage(self, payload, *args, **kwargs):
         """Send a message, unless the socket is closing: its client catches up on reconnecting."""
@@ -180,6 +193,7 @@ class BacklogBoundedProtocol(WebSocketProtocol):
 
     def close_too_slow(self, backlog: int):
         self.too_slow = True
+        metrics.SLOW_CLIENTS_CUT.inc()
         logger.warning(
             "closing a WebSocket that does not read (%d bytes unsent) on %s",
             backlog,
@@ -313,12 +327,25 @@ def socket_family(fd: int) -> socket.AddressFamily:
         probe.detach()
 
 
+class LoggedAccessLog(AccessLogGenerator):
+    """Daphne's access log, through logging ("daphne.access"), so that it takes the log's
+    format: with DJANGO_LOG_FORMAT=json, each entry is a JSON object with the client."""
+
+    def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
+        """Log one entry: the client, the request, its status and length."""
+        access_logger.info(
+            '%s "%s" %s %s', host, request, status or "-", length or "-", extra={"client": host}
+        )
+
+
 class ChatDaphneServer(Server):
     """Daphne's server with bounded WebSockets and HTTP requests, and a shutdown that waits."""
 
     drained = True  # whether the last shutdown saw every application and handler finish
 
     def __init__(self, *args, **kwargs):
+        if isinstance(kwargs.get("action_logger"), AccessLogGenerator):
+            kwargs["action_logger"] = LoggedAccessLog(None)  # the access log daphne would write
         super().__init__(*args, **kwargs)
         # Off: BacklogBoundedProtocol closes at CHAT_WEBSOCKET_MAX_LIFETIME_SECONDS instead,
         # with a close code that says why.
@@ -402,6 +429,7 @@ class ChatDaphneServer(Server):
             await asyncio.wait_for(upkeep.stop(), max(deadline - loop.time(), 1.0))
         except Exception as error:
             logger.warning("presence not recorded at shutdown: %r", error)
+        metrics.flush()  # the deliveries counted since the last flush
         if not self.drained:
             logger.warning(
                 "%d applications (and the sync thread: %s) still busy %.0f s into shutdown",

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from serving.metrics_files import fresh_metrics_directory, process_exited
 from serving.processes import killed_with_parent, stop_processes
 from serving.startup import is_loopback_only
 
@@ -151,6 +152,7 @@ def supervise(
             for index, child in enumerate(children):
                 if child.poll() is None:
                     continue
+                process_exited(child.pid)
                 lived = time.monotonic() - started[index]
                 fast_failures = fast_failures + 1 if lived < FAST_FAILURE_SECONDS else 0
                 if fast_failures >= GIVE_UP_AFTER_FAST_FAILURES:
@@ -241,7 +243,8 @@ def main(argv: list[str]) -> int:
 
             redis_server = start_embedded_redis()
             os.environ["REDIS_URL"] = redis_server.url
-        supervise(sockets, args.processes, args.daphne_args, args.application)
+        with fresh_metrics_directory():
+            supervise(sockets, args.processes, args.daphne_args, args.application)
     except GaveUp as error:
         print(f"serving.supervisor: {error}", file=sys.stderr)
         return 1
