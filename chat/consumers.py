@@ -84,22 +84,7 @@ class ChatConsumer(WebsocketConsumer):
         try:
             return await super().__call__(scope, receive, send)
         except Exception as error:
-            if outages.is_outage(error):
-                metrics.outage(error)
-                # One line, not a traceback per socket: the page reconnects and catches up.
-                logger.warning(
-                    "closing socket, service unavailable: %r",
-                    error,
-                    extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
-                )
-                await self._close_now(protocol.CLOSE_SERVICE_UNAVAILABLE)
-            else:
-                logger.exception(
-                    "closing socket in room %r: its consumer failed",
-                    self.room_name,
-                    extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
-                )
-                await self._close_now(protocol.CLOSE_INTERNAL_ERROR)
+            await self._close_now(self._failed(error, "service unavailable", "its consumer failed"))
         finally:
             if self.room_group_name is not None and not self.left_room:
                 # Here on the loop, not through the sync thread, which a stopping server
@@ -460,13 +445,7 @@ class ChatConsumer(WebsocketConsumer):
         except Exception as error:
             if not outages.is_outage(error):
                 raise
-            metrics.outage(error)
-            logger.warning(
-                "closing socket, broadcast failed: %r",
-                error,
-                extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
-            )
-            self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
+            self.close_from_loop(self._failed(error, "broadcast failed", "its broadcast failed"))
 
     @sides.on_loop
     def chat_message(self, event):
@@ -498,21 +477,7 @@ class ChatConsumer(WebsocketConsumer):
         try:
             on_done(*await reading)
         except Exception as error:
-            if outages.is_outage(error):
-                metrics.outage(error)
-                logger.warning(
-                    "closing socket, catch-up read failed: %r",
-                    error,
-                    extra=self._log_extra(protocol.CLOSE_SERVICE_UNAVAILABLE),
-                )
-                self.close_from_loop(protocol.CLOSE_SERVICE_UNAVAILABLE)
-            else:
-                logger.exception(
-                    "closing socket in room %r: its catch-up failed",
-                    self.room_name,
-                    extra=self._log_extra(protocol.CLOSE_INTERNAL_ERROR),
-                )
-                self.close_from_loop(protocol.CLOSE_INTERNAL_ERROR)
+            self.close_from_loop(self._failed(error, "catch-up read failed", "its catch-up failed"))
 
     @sides.on_sync_thread
     def _events_after(self, after: int, limit: int) -> tuple[list[dict], int]:
@@ -613,6 +578,25 @@ class ChatConsumer(WebsocketConsumer):
             )
             self.closing = True
             self.close(code=protocol.CLOSE_FLOODING)
+
+    @sides.on_loop
+    def _failed(self, error: Exception, outage: str, failure: str) -> int:
+        """Log a failure the socket must close for, once; return the code it closes with.
+
+        An outage (chat.outages) is one line, not a traceback per socket, and 4503: the page
+        reconnects and catches up. Anything else is a bug: its traceback, and 4500. Call it
+        from the `except` block that caught `error`.
+        """
+        if outages.is_outage(error):
+            metrics.outage(error)
+            code = protocol.CLOSE_SERVICE_UNAVAILABLE
+            logger.warning("closing socket, %s: %r", outage, error, extra=self._log_extra(code))
+            return code
+        code = protocol.CLOSE_INTERNAL_ERROR
+        logger.exception(
+            "closing socket in room %r: %s", self.room_name, failure, extra=self._log_extra(code)
+        )
+        return code
 
     def _log_extra(self, code: int | str) -> dict:
         """The fields of a log line about this socket (DJANGO_LOG_FORMAT=json shows them)."""
