@@ -39,6 +39,8 @@ class Message(models.Model):
     # Whose client_id it is (identity.Author.key): ids are unique per author, so nobody can
     # claim another's. A guest's is a hash of its session key; never sent on the wire.
     author_key = models.CharField(max_length=40, blank=True, default="", editable=False)
+    # Posted by a program as a named bot (chat.posting): shown as a bot, never as a guest.
+    bot = models.BooleanField(default=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

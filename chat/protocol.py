@@ -122,7 +122,17 @@ def parse_chat_frame(
                 raise FrameRefused("invalid_typing", 'Say you are typing with {"typing": true}.')
             return TypingSignal()
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
-    message = payload["message"]
+    return chat_frame(payload["message"], client_id, max_chars=max_chars)
+
+
+def chat_frame(message: Any, client_id: str | None, *, max_chars: int) -> ChatFrame:
+    """The message rule, for a socket's frame and a program's post alike: trimmed, or refused."""
+    if client_id is not None and not (
+        isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id)
+    ):
+        raise FrameRefused(
+            "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
+        )
     if not isinstance(message, str):
         raise FrameRefused("message_not_string", '"message" must be a string.', client_id)
     message = message.strip()
@@ -243,7 +253,9 @@ def message_fields(message: "Message") -> dict[str, Any]:
         "message": message.text,
         "id": message.seq,
         "user": message.display_name,
-        "guest": message.author_id is None,
+        # A bot (chat.posting) is neither a user nor a guest, and is shown as a bot.
+        "guest": message.author_id is None and not message.bot,
+        "bot": message.bot,
         "ts": message.created.isoformat(),
         "client_id": message.client_id or None,
     }

@@ -33,6 +33,7 @@ def store_message(
                 author_id=author.user_id,
                 display_name=author.name,
                 author_key=author.key,
+                bot=author.is_bot,
                 text=text,
                 client_id=client_id or "",
                 created=created,
@@ -91,6 +92,7 @@ class StoredMessage(NamedTuple):
     author_id: int | None
     created: datetime
     client_id: str
+    bot: bool
 
 
 def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[StoredMessage]:
@@ -113,8 +115,9 @@ def stored_messages_after(room_name: str, after_seq: int, limit: int) -> list[St
             author_id,
             created if created.tzinfo else created.replace(tzinfo=UTC),
             client_id,
+            bool(bot),
         )
-        for text, seq, name, author_id, created, client_id in rows
+        for text, seq, name, author_id, created, client_id, bot in rows
     ]
 
 
