@@ -1,6 +1,7 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from .models import Message, Room
+from . import tokens
+from .models import ApiToken, Message, Room
 
 
 @admin.register(Room)
@@ -23,3 +24,22 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="text")
     def short_text(self, message):
         return message.text[:80]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Admins list and revoke (delete) tokens, and make one for a user, shown once."""
+
+    list_display = ["prefix", "name", "user", "created", "last_used"]
+    search_fields = ["prefix", "name", "user__username"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["prefix", "created", "last_used"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        """Make the token (chat.tokens) and show it once, in the admin's message."""
+        token, raw = tokens.create_token(obj.user, obj.name)
+        obj.pk, obj.prefix, obj.created = token.pk, token.prefix, token.created
+        messages.warning(request, f"The new token, shown once: copy it now. {raw}")

@@ -4,12 +4,15 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from . import protocol
 from .identity import Author
 from .models import Message, Room
 
@@ -143,3 +146,42 @@ def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message
 def last_seq(room_name: str) -> int:
     """The seq of the room's newest message, 0 for a room with none."""
     return Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+
+
+class InvalidPage(ValueError):
+    """A page query read_page refuses; its message says why, for the client."""
+
+
+def read_page(room_name: str, query: Mapping[str, str]) -> dict[str, Any]:
+    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>.
+
+    After: the messages with id > after, oldest first, and `next_after` (None on the last
+    page). Before: the newest `limit` before that id, oldest first, and `next_before`. The
+    one read of history over HTTP: the room's messages endpoint and the API share it.
+    """
+    try:
+        after = protocol.parse_seq(query.get("after", "0"))
+        limit = protocol.parse_seq(query.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
+        before = query.get("before")
+        before = None if before is None else protocol.parse_seq(before)
+    except ValueError:
+        raise InvalidPage("after, before and limit must be whole numbers") from None
+    if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
+        raise InvalidPage(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if before is not None:
+        if "after" in query:
+            raise InvalidPage("give after or before, not both")
+        page = messages_before(room_name, before, limit + 1)
+        has_more = len(page) > limit
+        page = page[-limit:] if has_more else page
+        fields = [protocol.message_fields(message) for message in page]
+        return {
+            "room": room_name,
+            "messages": fields,
+            "next_before": page[0].seq if has_more else None,
+        }
+    page = messages_after(room_name, after, limit + 1)
+    has_more = len(page) > limit
+    page = page[:limit]
+    fields = [protocol.message_fields(message) for message in page]
+    return {"room": room_name, "messages": fields, "next_after": page[-1].seq if has_more else None}

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from chat import views as chat_views
+from chat.api import api as chat_api
 from mysite import health
 
 # Django's account pages; password reset only where settings can mail its link.
@@ -26,6 +27,9 @@ urlpatterns = [
     # Outside chat/, where every name is a room's.
     path("api/rooms/", chat_views.room_list, name="room_list"),
     path("api/rooms/<room:room_name>/read/", chat_views.mark_read, name="mark_read"),
+    # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
+    path("api/v1/", chat_api.urls),
+    path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),
