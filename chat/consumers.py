@@ -31,6 +31,7 @@ from . import (
     rooms,
     services,
     sides,
+    tokens,
     upkeep,
 )
 from .delivery import RoomDelivery
@@ -169,7 +170,7 @@ class ChatConsumer(WebsocketConsumer):
         if expected is not None and expected != identity.sign_in_of(self.author):
             # The page was loaded under another sign-in (a logout or login while it was
             # offline): what it holds to send was typed as someone else. Store nothing.
-            self.accept()
+            self.accept(tokens.accepted_subprotocol(self.scope))
             self._close_for_identity("the page's sign-in is not the socket's")
             return
         try:
@@ -192,7 +193,7 @@ class ChatConsumer(WebsocketConsumer):
             page_size=settings.CHAT_CATCH_UP_PAGE,
         )
         self._arm_session_timer()
-        self.accept()
+        self.accept(tokens.accepted_subprotocol(self.scope))
         try:
             after = protocol.parse_after(self.scope.get("query_string", b""))
         except protocol.FrameRefused as refusal:
@@ -243,7 +244,7 @@ class ChatConsumer(WebsocketConsumer):
         user, session = self.scope.get("user"), self.scope.get("session")
         self.joined_groups = (
             rooms.group_name(room_name),
-            *revocation.identity_groups(user, session),
+            *revocation.identity_groups(user, session, self.scope.get("api_token")),
         )
         # Side by side; the layer bounds how many are in flight (mysite.channel_layers).
         add = self.channel_layer.group_add

@@ -25,6 +25,10 @@ SECRET_BYTES = 32
 TOKEN_PATTERN = re.compile(r"chat_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 # A token's last use is written at most this often: not one write per request.
 LAST_USED_EVERY = timedelta(minutes=1)
+# A socket's token as a subprotocol (browsers cannot set headers), and the subprotocol the
+# server accepts when the client offers it beside (else it echoes the token's).
+SUBPROTOCOL_PREFIX = "chat.token."
+SUBPROTOCOL = "chat"
 # Tokens per user: one per program is a handful; a page reloaded in a loop is not.
 MAX_TOKENS_PER_USER = 20
 NAME_MAX_CHARS = 100
@@ -69,3 +73,26 @@ def token_for(raw: str) -> ApiToken | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used=now)
         token.last_used = now
     return token
+
+
+def presented_token(scope: dict) -> str | None:
+    """The API token a WebSocket handshake presents: `Authorization: Bearer <token>`, or a
+    subprotocol `chat.token.<token>`; None when it presents none (a browser's)."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return credentials.strip()
+    for subprotocol in scope.get("subprotocols", []):
+        if subprotocol.startswith(SUBPROTOCOL_PREFIX):
+            return subprotocol.removeprefix(SUBPROTOCOL_PREFIX)
+    return None
+
+
+def accepted_subprotocol(scope: dict) -> str | None:
+    """The subprotocol to accept a handshake with: "chat" if offered, else the token's one
+    (a client that offers subprotocols fails when none is accepted), else None."""
+    offered = scope.get("subprotocols", [])
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    return next((p for p in offered if p.startswith(SUBPROTOCOL_PREFIX)), None)

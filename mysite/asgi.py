@@ -8,12 +8,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 # Initialise Django (apps, models) before importing anything that uses them.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.limits import HandshakeLimitMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from mysite.origins import StrictOriginValidator  # noqa: E402
+from mysite.origins import StrictOriginValidator, auth_stack  # noqa: E402
 from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
 
 # Around both protocols: behind a trusted proxy, scope["client"] is the real client's.
@@ -24,8 +23,9 @@ application = TrustedProxyMiddleware(
             # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
             # only, so another port or scheme on this host could chat as the logged-in user.
             # The new-socket limit before the session is loaded: a refusal costs no query.
+            # A program's API token stands in for the Origin and the cookie (mysite.origins).
             "websocket": StrictOriginValidator(
-                HandshakeLimitMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                HandshakeLimitMiddleware(auth_stack(URLRouter(websocket_urlpatterns)))
             ),
         }
     )

@@ -15,16 +15,27 @@ POST:
 
 Anything else is refused before the application sees it (HTTP 403, no close frame), with
 one warning line giving the client's address and the reason.
+
+A program that is not a browser sends an API token instead (chat.tokens): in an
+`Authorization: Bearer <token>` header, or, where headers cannot be set, as a subprotocol
+`chat.token.<token>`. A valid token makes the socket its user's, with no Origin check (no
+browser sends either, so no page can make a visitor's browser send it); an invalid one is
+refused, never taken for a guest. Cookies are dropped from a token's handshake: it speaks
+as the token only.
 """
 
 import logging
 from urllib.parse import urlsplit
 
+from channels.auth import AuthMiddleware, CookieMiddleware, SessionMiddleware
+from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 from django.http.request import is_same_domain
+
+from chat import tokens
 
 logger = logging.getLogger("mysite.origins")
 
@@ -83,20 +94,47 @@ def _is_trusted(origin: str) -> bool:
 
 
 class StrictOriginValidator:
-    """ASGI middleware: passes a WebSocket on only when refusal_reason() finds none."""
+    """ASGI middleware: passes a WebSocket on only when refusal_reason() finds none, or when
+    it presents a valid API token (then as the token's user, without cookies)."""
 
     def __init__(self, application):
         self.application = application
 
     async def __call__(self, scope, receive, send):
-        """Refuse the handshake (403) unless its Host and Origin are this site's."""
+        """Refuse the handshake (403) unless its token is valid, or its Host and Origin are
+        this site's."""
         if scope["type"] != "websocket":
             raise ValueError("StrictOriginValidator only guards WebSocket connections")
-        reason = refusal_reason(scope)
-        if reason is None:
-            return await self.application(scope, receive, send)
+        raw = tokens.presented_token(scope)
+        if raw is not None:
+            token = await database_sync_to_async(tokens.token_for)(raw)
+            if token is not None:
+                headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+                scope = {**scope, "headers": headers, "api_token": token}
+                return await self.application(scope, receive, send)
+            reason = "an invalid, revoked or deactivated API token"
+        else:
+            reason = refusal_reason(scope)
+            if reason is None:
+                return await self.application(scope, receive, send)
         client = scope.get("client") or ["unknown"]
         logger.warning(
             "WebSocket handshake from %s to %s refused: %s", client[0], scope.get("path"), reason
         )
         return await WebsocketDenier()(scope, receive, send)
+
+
+class TokenOrSessionAuthMiddleware(AuthMiddleware):
+    """channels' AuthMiddleware, whose user is the API token's when the handshake had one."""
+
+    async def resolve_scope(self, scope):
+        """The token's user (StrictOriginValidator checked it), else the session's."""
+        token = scope.get("api_token")
+        if token is None:
+            return await super().resolve_scope(scope)
+        scope["user"]._wrapped = token.user
+
+
+def auth_stack(inner):
+    """channels' AuthMiddlewareStack, with TokenOrSessionAuthMiddleware for its auth."""
+    return CookieMiddleware(SessionMiddleware(TokenOrSessionAuthMiddleware(inner)))

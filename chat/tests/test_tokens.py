@@ -1,15 +1,25 @@
 """API tokens (chat.tokens): stored as a hash, found by prefix, made and revoked on a page
 and in the admin."""
 
+import asyncio
 import hashlib
+import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
+import websocket
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import tokens
+from chat import protocol, tokens
 from chat.models import ApiToken
+from chat.tests.conftest import ALLOWED_HOST, ALLOWED_ORIGIN, next_frame, session_cookie_for
+from conftest import ROOT
+from mysite.asgi import application
 
 pytestmark = pytest.mark.django_db
 
@@ -128,3 +138,168 @@ def test_an_admin_makes_a_token_for_a_user_shown_once_and_revokes_it(alice):
     assert token.prefix in listing and raw not in listing
     client.post(f"/admin/chat/apitoken/{token.pk}/delete/", {"post": "yes"})
     assert tokens.token_for(raw) is None
+
+
+# --- Sockets opened with a token -----------------------------------------------------------
+
+
+def _token_socket(headers=(), subprotocols=None, origin: bytes | None = None):
+    """A socket in lobby from a program: Host, no Origin unless given, no cookie."""
+    all_headers = [(b"host", ALLOWED_HOST), *headers]
+    if origin is not None:
+        all_headers.append((b"origin", origin))
+    return WebsocketCommunicator(
+        application, "/ws/chat/lobby/", headers=all_headers, subprotocols=subprotocols
+    )
+
+
+def _bearer(raw: str):
+    return [(b"authorization", f"Bearer {raw}".encode())]
+
+
+@pytest.fixture
+async def token_sockets(redis_channel_layer, transactional_db):
+    """Open token sockets; every one is disconnected afterwards."""
+    opened = []
+
+    async def _open(**kwargs) -> tuple[WebsocketCommunicator, bool, int | str | None]:
+        socket = _token_socket(**kwargs)
+        connected, detail = await socket.connect()
+        opened.append(socket)
+        return socket, connected, detail
+
+    yield _open
+    await asyncio.gather(*(socket.disconnect() for socket in opened))
+
+
+async def _says(socket, text: str) -> dict:
+    await socket.send_json_to({"message": text})
+    while (frame := await next_frame(socket)).get("message") != text:
+        pass
+    return frame
+
+
+def test_a_handshake_presents_a_bearer_header_or_a_token_subprotocol():
+    assert tokens.presented_token({"headers": [(b"authorization", b"Bearer abc")]}) == "abc"
+    assert tokens.presented_token({"headers": [(b"authorization", b"Basic abc")]}) is None
+    assert tokens.presented_token({"subprotocols": ["chat", "chat.token.abc"]}) == "abc"
+    assert tokens.presented_token({"headers": [(b"cookie", b"sessionid=x")]}) is None
+    assert tokens.accepted_subprotocol({"subprotocols": ["chat.token.abc", "chat"]}) == "chat"
+    assert tokens.accepted_subprotocol({"subprotocols": ["chat.token.abc"]}) == "chat.token.abc"
+    assert tokens.accepted_subprotocol({}) is None
+
+
+async def test_a_bearer_token_socket_is_its_user_and_needs_no_origin(token_sockets, alice):
+    _, raw = await database_sync_to_async(tokens.create_token)(alice, "bot")
+    socket, connected, _ = await token_sockets(headers=_bearer(raw))
+    assert connected
+    frame = await _says(socket, "hi from a program")
+    assert (frame["user"], frame["guest"], frame["bot"]) == ("alice", False, False)
+
+
+async def test_a_token_subprotocol_socket_is_accepted_with_the_chat_subprotocol(
+    token_sockets, alice
+):
+    _, raw = await database_sync_to_async(tokens.create_token)(alice, "bot")
+    socket, connected, subprotocol = await token_sockets(subprotocols=["chat", f"chat.token.{raw}"])
+    assert (connected, subprotocol) == (True, "chat")
+    assert (await _says(socket, "via subprotocol"))["user"] == "alice"
+    _, connected, subprotocol = await token_sockets(subprotocols=[f"chat.token.{raw}"])
+    assert (connected, subprotocol) == (True, f"chat.token.{raw}")
+
+
+async def test_an_invalid_token_is_refused_never_taken_for_a_guest(token_sockets, alice):
+    token, raw = await database_sync_to_async(tokens.create_token)(alice, "bot")
+    wrong = raw[:-1] + ("A" if raw[-1] != "A" else "B")
+    for kwargs in (
+        {"headers": _bearer(wrong)},
+        {"headers": _bearer("nonsense")},
+        {"subprotocols": [f"chat.token.{wrong}"]},
+        # A valid Origin does not rescue a bad token: it is refused, not a guest.
+        {"headers": _bearer(wrong), "origin": ALLOWED_ORIGIN},
+    ):
+        _, connected, _ = await token_sockets(**kwargs)
+        assert not connected
+    await database_sync_to_async(token.delete)()
+    _, connected, _ = await token_sockets(headers=_bearer(raw))
+    assert not connected
+
+
+async def test_a_token_socket_speaks_as_the_token_whatever_cookie_it_sends(token_sockets, alice):
+    bob = await database_sync_to_async(User.objects.create_user)("bob", password="x")
+    cookie = await session_cookie_for(
+        _auth_user_id=str(bob.pk),
+        _auth_user_backend="django.contrib.auth.backends.ModelBackend",
+        _auth_user_hash=bob.get_session_auth_hash(),
+    )
+    _, raw = await database_sync_to_async(tokens.create_token)(alice, "bot")
+    socket, connected, _ = await token_sockets(headers=[*_bearer(raw), cookie])
+    assert connected
+    assert (await _says(socket, "who am I"))["user"] == "alice"
+
+
+@pytest.mark.parametrize("change", ["revoke", "deactivate"])
+async def test_revoking_a_token_or_deactivating_its_user_closes_its_sockets(
+    token_sockets, alice, change
+):
+    token, raw = await database_sync_to_async(tokens.create_token)(alice, "bot")
+    socket, connected, _ = await token_sockets(headers=_bearer(raw))
+    assert connected
+    await _says(socket, "before")
+
+    def revoke():
+        if change == "revoke":
+            token.delete()
+        else:
+            alice.is_active = False
+            alice.save()
+
+    await database_sync_to_async(revoke)()
+    while (message := await socket.receive_output(timeout=5))["type"] != "websocket.close":
+        pass
+    assert message["code"] == protocol.CLOSE_IDENTITY_CHANGED
+
+
+def test_revoking_a_token_closes_its_sockets_on_every_process(start_chat_server):
+    first, second = start_chat_server(), start_chat_server()
+    make_token = (
+        "from django.contrib.auth.models import User; from chat import tokens; "
+        "user, _ = User.objects.get_or_create(username='revokee'); "
+        "print(tokens.create_token(user, 'revoked on both')[1])"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", make_token]
+    output = subprocess.run(manage, cwd=ROOT, env=first.env, check=True, capture_output=True)
+    raw = output.stdout.decode().split()[-1]
+    sockets = [
+        websocket.create_connection(
+            server.url.replace("http://", "ws://") + "/ws/chat/revoked/",
+            header=[f"Authorization: Bearer {raw}"],
+            timeout=10,
+        )
+        for server in (first, second)
+    ]
+    sockets[0].send(json.dumps({"message": "as a token"}))
+    for socket in sockets:
+        while (frame := json.loads(socket.recv())).get("message") != "as a token":
+            pass
+        assert frame["user"] == "revokee"
+    prefix = raw.split("_")[1]
+    revoke = f"from chat.models import ApiToken; ApiToken.objects.get(prefix='{prefix}').delete()"
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", revoke],
+        cwd=ROOT,
+        env=first.env,
+        check=True,
+        capture_output=True,
+    )
+    for socket in sockets:
+        while (frame := socket.recv_frame()).opcode != websocket.ABNF.OPCODE_CLOSE:
+            pass
+        assert int.from_bytes(frame.data[:2], "big") == protocol.CLOSE_IDENTITY_CHANGED
+        socket.shutdown()
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(
+            second.url.replace("http://", "ws://") + "/ws/chat/revoked/",
+            header=[f"Authorization: Bearer {raw}"],
+            timeout=10,
+        )
