@@ -20,9 +20,6 @@ from .redis_clients import OUTAGE_ERRORS
 
 logger = logging.getLogger(__name__)
 
-# Refusals of a post that a client should wait out, not fix.
-_WAIT_CODES = frozenset({"rate_limited", "too_many_rooms"})
-
 
 class ApiRefusal(Exception):
     """An API call refused: its status, a stable code, and a detail for people."""
@@ -157,8 +154,8 @@ def post_message(request, room: str, body: MessageIn):
             address=limits.client_address(request),
         )
     except posting.PostRefused as refusal:
-        status = 429 if refusal.code in _WAIT_CODES else 400
-        raise ApiRefusal(status, refusal.code, refusal.detail) from None
+        status = 429 if refusal.retry_after is not None else 400
+        raise ApiRefusal(status, refusal.code, refusal.detail, refusal.retry_after) from None
     except (*OUTAGE_ERRORS, DatabaseError) as error:
         logger.error("API post to room %r failed: %r", room, error)
         detail = "The message could not be saved. Try again with the same client_id."

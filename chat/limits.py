@@ -188,9 +188,9 @@ def check_post(
     address network, or whoever posts from code) made too many rooms and this one has none."""
     if room_may_be_new and not Room.objects.filter(name=room_name).exists():
         if (wait := retry_after(ROOMS, creator)) is not None:
-            raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), client_id)
+            raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), client_id, wait)
     if (wait := retry_after(MESSAGES, person)) is not None:
-        raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), client_id)
+        raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), client_id, wait)
 
 
 class TooManySockets(Exception):

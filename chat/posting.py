@@ -37,10 +37,11 @@ BROADCAST_WAIT_SECONDS = 35.0
 class PostRefused(Exception):
     """A post the rules refuse; `code` is the socket's error code, `detail` is for people."""
 
-    def __init__(self, code: str, detail: str):
+    def __init__(self, code: str, detail: str, retry_after: int | None = None):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after  # a limit's: the seconds until it lets one through
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _store(room, text, as_user, as_bot, client_id, address) -> Posted:
         frame = protocol.chat_frame(text, client_id, max_chars=settings.CHAT_MESSAGE_MAX_CHARS)
         limits.check_post(author.key, address or author.key, room_name, True, frame.client_id)
     except protocol.FrameRefused as refusal:
-        raise PostRefused(refusal.code, refusal.detail) from None
+        raise PostRefused(refusal.code, refusal.detail, refusal.retry_after) from None
     message, created = services.store_message(room_name, author, frame.message, frame.client_id)
     return Posted(message, created)
 

@@ -65,12 +65,16 @@ _ALLOWED_CONTROLS = frozenset("\t\n\r")
 class FrameRefused(Exception):
     """An inbound frame we will not act on; `code` is stable, `detail` is for people."""
 
-    def __init__(self, code: str, detail: str, client_id: str | None = None):
+    def __init__(
+        self, code: str, detail: str, client_id: str | None = None, retry_after: int | None = None
+    ):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         # Echoed in the error event, so a client knows which of its sends was refused.
         self.client_id = client_id
+        # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After).
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
