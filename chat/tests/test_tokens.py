@@ -89,6 +89,13 @@ def test_the_tokens_page_needs_a_login():
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
 
+def test_a_logged_in_users_pages_link_to_their_tokens(alice):
+    client = Client()
+    assert "/accounts/tokens/" not in client.get("/chat/").content.decode()
+    client.force_login(alice)
+    assert 'href="/accounts/tokens/"' in client.get("/chat/").content.decode()
+
+
 def test_a_token_made_on_the_page_is_shown_once_then_listed_by_prefix(alice):
     client = Client()
     client.force_login(alice)
