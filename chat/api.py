@@ -151,7 +151,7 @@ def post_message(request, room: str, body: MessageIn):
             body.message,
             as_user=request.auth.user,
             client_id=body.client_id,
-            address=limits.client_address(request),
+            address=limits.client_network(request),
         )
     except posting.PostRefused as refusal:
         status = 429 if refusal.retry_after is not None else 400

@@ -70,8 +70,8 @@ def post_message(
     """Store text in room as a user or a named bot; broadcast it once committed.
 
     Inside a transaction (a signal handler, an atomic view) the broadcast waits for the
-    commit, and a rollback sends nothing. `address` is the client's, when a request is
-    behind the post: new rooms count against it (chat.limits), else against the author.
+    commit, and a rollback sends nothing. `address` is the client's (limits.client_network),
+    when a request is behind the post: new rooms count against it, else against the author.
     Raises PostRefused; an unreachable Redis or database raises as it does.
     """
     posted = _store(room, text, as_user, as_bot, client_id, address)
