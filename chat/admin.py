@@ -1,4 +1,6 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from . import tokens
 from .models import ApiToken, Message, Room
@@ -26,9 +28,29 @@ class MessageAdmin(admin.ModelAdmin):
         return message.text[:80]
 
 
+class ApiTokenForm(forms.ModelForm):
+    """A new token's user and name, refused as the user's page refuses them (chat.tokens)."""
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+    def clean(self):
+        """Refuse a name or a user's token count that create_token would refuse."""
+        data = super().clean()
+        if data.get("user") is not None:
+            try:
+                tokens.refuse_new_token(data["user"], data.get("name", ""))
+            except tokens.InvalidToken as refusal:
+                raise ValidationError(str(refusal)) from None
+        return data
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     """Admins list and revoke (delete) tokens, and make one for a user, shown once."""
+
+    form = ApiTokenForm
 
     list_display = ["prefix", "name", "user", "created", "last_used"]
     search_fields = ["prefix", "name", "user__username"]

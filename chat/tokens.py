@@ -43,12 +43,17 @@ def digest_of(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def create_token(user, name: str) -> tuple[ApiToken, str]:
-    """Make a token for user; returns its row and the token itself, which is never stored."""
+def refuse_new_token(user, name: str) -> None:
+    """Raise InvalidToken when user may not make a token of this name."""
     if not name or len(name) > NAME_MAX_CHARS:
         raise InvalidToken(f"Name the token (at most {NAME_MAX_CHARS} characters).")
     if ApiToken.objects.filter(user=user).count() >= MAX_TOKENS_PER_USER:
         raise InvalidToken(f"At most {MAX_TOKENS_PER_USER} tokens: revoke one first.")
+
+
+def create_token(user, name: str) -> tuple[ApiToken, str]:
+    """Make a token for user; returns its row and the token itself, which is never stored."""
+    refuse_new_token(user, name)
     while True:
         prefix = secrets.token_hex(PREFIX_BYTES)
         if not ApiToken.objects.filter(prefix=prefix).exists():

@@ -310,3 +310,13 @@ def test_revoking_a_token_closes_its_sockets_on_every_process(start_chat_server)
             header=[f"Authorization: Bearer {raw}"],
             timeout=10,
         )
+
+
+def test_the_admin_refuses_a_token_past_a_users_limit_with_its_reason(alice):
+    for number in range(tokens.MAX_TOKENS_PER_USER):
+        tokens.create_token(alice, f"t{number}")
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    response = client.post("/admin/chat/apitoken/add/", {"user": alice.pk, "name": "one more"})
+    assert response.status_code == 200 and "revoke one first" in response.content.decode()
+    assert ApiToken.objects.filter(user=alice).count() == tokens.MAX_TOKENS_PER_USER
