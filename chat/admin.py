@@ -1,6 +1,9 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
-from .models import Membership, Message, Room
+from . import tokens
+from .models import ApiToken, Membership, Message, Room
 
 
 class MembershipInline(admin.TabularInline):
@@ -30,3 +33,42 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="text")
     def short_text(self, message):
         return message.text[:80]
+
+
+class ApiTokenForm(forms.ModelForm):
+    """A new token's user and name, refused as the user's page refuses them (chat.tokens)."""
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+    def clean(self):
+        """Refuse a name or a user's token count that create_token would refuse."""
+        data = super().clean()
+        if data.get("user") is not None:
+            try:
+                tokens.refuse_new_token(data["user"], data.get("name", ""))
+            except tokens.InvalidToken as refusal:
+                raise ValidationError(str(refusal)) from None
+        return data
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Admins list and revoke (delete) tokens, and make one for a user, shown once."""
+
+    form = ApiTokenForm
+
+    list_display = ["prefix", "name", "user", "created", "last_used"]
+    search_fields = ["prefix", "name", "user__username"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["prefix", "created", "last_used"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        """Make the token (chat.tokens) and show it once, in the admin's message."""
+        token, raw = tokens.create_token(obj.user, obj.name)
+        obj.pk, obj.prefix, obj.created = token.pk, token.prefix, token.created
+        messages.warning(request, f"The new token, shown once: copy it now. {raw}")

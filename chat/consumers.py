@@ -34,6 +34,7 @@ from . import (
     services,
     sides,
     stalls,
+    tokens,
     upkeep,
 )
 from .delivery import RoomDelivery
@@ -184,7 +185,7 @@ class ChatConsumer(WebsocketConsumer):
         if expected is not None and expected != identity.sign_in_of(self.author):
             # The page was loaded under another sign-in (a logout or login while it was
             # offline): what it holds to send was typed as someone else. Store nothing.
-            self.accept()
+            self.accept(tokens.accepted_subprotocol(self.scope))
             self._close_for_identity("the page's sign-in is not the socket's")
             return
         try:
@@ -208,7 +209,7 @@ class ChatConsumer(WebsocketConsumer):
             recovery_limit=settings.CHAT_RECOVERY_LIMIT,
         )
         self._arm_session_timer()
-        self.accept()
+        self.accept(tokens.accepted_subprotocol(self.scope))
         try:
             after = protocol.parse_after(self.scope.get("query_string", b""))
         except protocol.FrameRefused as refusal:
@@ -272,7 +273,7 @@ class ChatConsumer(WebsocketConsumer):
         user, session = self.scope.get("user"), self.scope.get("session")
         self.joined_groups = (
             rooms.group_name(self.room_name),
-            *revocation.identity_groups(user, session),
+            *revocation.identity_groups(user, session, self.scope.get("api_token")),
         )
         # Side by side; the layer bounds how many are in flight (mysite.channel_layers).
         add = self.channel_layer.group_add
@@ -372,7 +373,12 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.Ping):
             self.send(text_data=protocol.pong_frame())
             return
-        if not revocation.speaks_as_now(self.author, self.scope.get("session")):
+        token = self.scope.get("api_token")
+        if not (
+            tokens.still_valid(token)
+            if token is not None
+            else revocation.speaks_as_now(self.author, self.scope.get("session"))
+        ):
             # Logged out, banned, renamed... and the event that closes us is still on its
             # way, or will never come (a change made without signals): store nothing.
             self._close_for_identity("the session no longer speaks as this socket")

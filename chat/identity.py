@@ -32,20 +32,24 @@ class Author:
     """Who sends: a logged-in user (with `user_id`) or a guest with a display name.
 
     `guest_key` tells one guest from another (author_for derives it from the
-    session); it scopes the guest's client ids and is never sent to anyone.
+    session); it scopes the guest's client ids and is never sent to anyone. A bot
+    (bot_author: a program posting through chat.posting) is neither user nor guest.
     """
 
     name: str
     user_id: int | None = None
     guest_key: str = ""
+    is_bot: bool = False
 
     @property
     def is_guest(self) -> bool:
-        return self.user_id is None
+        return self.user_id is None and not self.is_bot
 
     @property
     def key(self) -> str:
-        """Whose client ids these are: "u:<user id>" for a user, "g:<guest key>" for a guest."""
+        """Whose client ids these are: "u:<user id>", "g:<guest key>" or "b:<bot name>"."""
+        if self.is_bot:
+            return f"b:{self.name}"
         return f"g:{self.guest_key}" if self.is_guest else f"u:{self.user_id}"
 
 
@@ -134,6 +138,11 @@ def keep_username_key(sender, instance, update_fields=None, **kwargs) -> None:
     UsernameKey.objects.update_or_create(
         user_id=instance.pk, defaults={"key": name_key(instance.get_username())}
     )
+
+
+def bot_author(name: str) -> Author:
+    """A named bot's Author: a guest name's rules, and never a look-alike of a username."""
+    return Author(name=clean_guest_name(name), is_bot=True)
 
 
 def author_for(user, session) -> Author:

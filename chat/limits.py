@@ -65,6 +65,7 @@ PASSWORD_RESETS = Limit(
 PASSWORD_RESET_MAILS = Limit(
     "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "password reset mails to one account"
 )
+API_TOKEN = Limit("CHAT_LIMIT_API_PER_TOKEN", "requests with this API token")
 
 
 def client_address(connection: HttpRequest | dict) -> str:
@@ -190,12 +191,19 @@ def check_message(
     (the socket has seen no message in its room) spares the query for every other one.
     """
     address = client_network(scope)
+    check_post(_person(scope, author), address, room_name, room_may_be_new, frame.client_id)
+
+
+def check_post(
+    person: str, creator: str, room_name: str, room_may_be_new: bool, client_id: str | None
+) -> None:
+    """Raise FrameRefused when `person` sent too many messages lately, or `creator` (an
+    address network, or whoever posts from code) made too many rooms and this one has none."""
     if room_may_be_new and not Room.objects.filter(name=room_name).exists():
-        if (wait := retry_after(ROOMS, address)) is not None:
-            raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), frame.client_id)
-    person = _person(scope, author)
+        if (wait := retry_after(ROOMS, creator)) is not None:
+            raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), client_id, wait)
     if (wait := retry_after(MESSAGES, person)) is not None:
-        raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), frame.client_id)
+        raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), client_id, wait)
 
 
 class TooManySockets(Exception):

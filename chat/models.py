@@ -50,6 +50,8 @@ class Message(models.Model):
     # Whose client_id it is (identity.Author.key): ids are unique per author, so nobody can
     # claim another's. A guest's is a hash of its session key; never sent on the wire.
     author_key = models.CharField(max_length=40, blank=True, default="", editable=False)
+    # Posted by a program as a named bot (chat.posting): shown as a bot, never as a guest.
+    bot = models.BooleanField(default=False)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -128,3 +130,21 @@ class Membership(models.Model):
 
     def __str__(self):
         return f"{self.user_id} is {self.role} of {self.room_id}"
+
+
+class ApiToken(models.Model):
+    """A user's API token for programs (chat.tokens): only its prefix and a hash are stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, help_text="What the token is for.")
+    # Public: shown in lists, and how a presented token finds its row (one indexed lookup).
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    # SHA-256 of the whole token, hex: a leaked database holds no usable token.
+    digest = models.CharField(max_length=64, editable=False)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    last_used = models.DateTimeField(null=True, blank=True, editable=False)
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.name})"

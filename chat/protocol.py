@@ -87,12 +87,16 @@ _PARAGRAPH_ENDS = frozenset("\n\r\x1c\x1d\x1e\x85\u2029")
 class FrameRefused(Exception):
     """An inbound frame we will not act on; `code` is stable, `detail` is for people."""
 
-    def __init__(self, code: str, detail: str, client_id: str | None = None):
+    def __init__(
+        self, code: str, detail: str, client_id: str | None = None, retry_after: int | None = None
+    ):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         # Echoed in the error event, so a client knows which of its sends was refused.
         self.client_id = client_id
+        # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After).
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,17 @@ def parse_chat_frame(
                 raise FrameRefused("invalid_ping", 'Ask for a pong with {"ping": true}.')
             return Ping()
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
-    message = payload["message"]
+    return chat_frame(payload["message"], client_id, max_chars=max_chars)
+
+
+def chat_frame(message: Any, client_id: str | None, *, max_chars: int) -> ChatFrame:
+    """The message rule, for a socket's frame and a program's post alike: trimmed, or refused."""
+    if client_id is not None and not (
+        isinstance(client_id, str) and CLIENT_ID_PATTERN.fullmatch(client_id)
+    ):
+        raise FrameRefused(
+            "invalid_client_id", '"client_id" must be 1-64 letters, digits, "-" or "_".'
+        )
     if not isinstance(message, str):
         raise FrameRefused("message_not_string", '"message" must be a string.', client_id)
     message = message.strip()
@@ -292,7 +306,9 @@ def message_fields(message: "Message") -> dict[str, Any]:
         "message": message.text,
         "id": message.seq,
         "user": message.display_name,
-        "guest": message.author_id is None,
+        # A bot (chat.posting) is neither a user nor a guest, and is shown as a bot.
+        "guest": message.author_id is None and not message.bot,
+        "bot": message.bot,
         "ts": message.created.isoformat(),
         "client_id": message.client_id or None,
     }

@@ -3,8 +3,9 @@
 Channels reads a socket's user and session once, at the handshake (channels#1324), so
 without this a socket keeps speaking as a user who has since logged out. Each socket
 also joins a channel-layer group for its session and, when logged in, one for its user.
-When that identity changes anywhere (logout, a login in the session, a password change,
-deactivation or deletion of the user, a guest's new display name), every process's sockets
+A socket opened with an API token also joins one for the token. When that identity changes
+anywhere (logout, a login in the session, a password change, deactivation or deletion of
+the user, a guest's new display name, a revoked token), every process's sockets
 of that session or user receive `chat.identity_changed` and close with
 CLOSE_IDENTITY_CHANGED (4401); the page reloads as whoever the session now is. A session that
 expires closes its sockets the same way, from a timer in the socket's process.
@@ -44,6 +45,7 @@ from django.utils.crypto import constant_time_compare
 
 from . import identity, protocol
 from .identity import Author
+from .models import ApiToken
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,14 @@ def user_group(user_id: int) -> str:
     return f"chat.user.{user_id}"
 
 
-def identity_groups(user, session) -> list[str]:
-    """The groups a socket of this handshake's user and session joins."""
-    groups = []
+def token_group(prefix: str) -> str:
+    """The group of the sockets opened with one API token (chat.tokens), by its public prefix."""
+    return f"chat.token.{prefix}"
+
+
+def identity_groups(user, session, api_token=None) -> list[str]:
+    """The groups a socket of this handshake's user, session and API token joins."""
+    groups = [token_group(api_token.prefix)] if api_token is not None else []
     if session is not None and session.session_key:
         groups.append(session_group(session.session_key))
     if user is not None and user.is_authenticated:
@@ -230,3 +237,8 @@ def _user_changed(sender, instance, created, **kwargs):
 @receiver(post_delete, sender=get_user_model(), dispatch_uid="chat.revocation.user_deleted")
 def _user_deleted(sender, instance, **kwargs):
     close_sockets_of(user_group(instance.pk), "account deleted")
+
+
+@receiver(post_delete, sender=ApiToken, dispatch_uid="chat.revocation.token_revoked")
+def _token_revoked(sender, instance, **kwargs):
+    close_sockets_of(token_group(instance.prefix), "API token revoked")

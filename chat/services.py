@@ -4,14 +4,16 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import metrics, permissions, rooms
+from . import metrics, permissions, protocol, rooms
 from .identity import Author
 from .lookalikes import name_key
 from .models import Membership, Message, Room
@@ -50,6 +52,7 @@ def store_message(
                 author_id=author.user_id,
                 display_name=author.name,
                 author_key=author.key,
+                bot=author.is_bot,
                 text=text,
                 client_id=client_id or "",
                 created=created,
@@ -134,6 +137,7 @@ class StoredMessage(NamedTuple):
     author_id: int | None
     created: datetime
     client_id: str
+    bot: bool
 
 
 def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> list[StoredMessage]:
@@ -156,8 +160,9 @@ def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> 
             author_id,
             created if created.tzinfo else created.replace(tzinfo=UTC),
             client_id,
+            bool(bot),
         )
-        for text, seq, name, author_id, created, client_id in rows
+        for text, seq, name, author_id, created, client_id, bot in rows
     ]
 
 
@@ -188,3 +193,44 @@ def last_seq(room_name: str) -> int:
 def room_title(room_name: str) -> str:
     """A private room's title ("" for a room that has none)."""
     return Room.objects.filter(name=room_name).values_list("title", flat=True).first() or ""
+
+
+class InvalidPage(ValueError):
+    """A page query read_page refuses; its message says why, for the client."""
+
+
+def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
+    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>.
+
+    After: the messages with id > after, oldest first, and `next_after` (None on the last
+    page). Before: the newest `limit` before that id, oldest first, and `next_before`. The
+    one read of history over HTTP: the room's messages endpoint and the API share it.
+    "room" is the address the reader asked for (a direct conversation's is `@<username>`).
+    """
+    shown = address or room_name
+    try:
+        after = protocol.parse_seq(query.get("after", "0"))
+        limit = protocol.parse_seq(query.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
+        before = query.get("before")
+        before = None if before is None else protocol.parse_seq(before)
+    except ValueError:
+        raise InvalidPage("after, before and limit must be whole numbers") from None
+    if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
+        raise InvalidPage(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if before is not None:
+        if "after" in query:
+            raise InvalidPage("give after or before, not both")
+        page = messages_before(room_name, before, limit + 1)
+        has_more = len(page) > limit
+        page = page[-limit:] if has_more else page
+        fields = [protocol.message_fields(message) for message in page]
+        return {
+            "room": shown,
+            "messages": fields,
+            "next_before": page[0].seq if has_more else None,
+        }
+    page = messages_after(room_name, after, limit + 1)
+    has_more = len(page) > limit
+    page = page[:limit]
+    fields = [protocol.message_fields(message) for message in page]
+    return {"room": shown, "messages": fields, "next_after": page[-1].seq if has_more else None}

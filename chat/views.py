@@ -8,11 +8,13 @@ import json
 
 from django.conf import settings
 from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import (
@@ -26,8 +28,10 @@ from . import (
     revocation,
     rooms,
     services,
+    tokens,
 )
 from .forms import SignupForm
+from .models import ApiToken
 
 
 def index(request):
@@ -166,36 +170,16 @@ def room_messages(request, room_name):
     if room_name is None:
         return _room_not_found()
     try:
-        after = protocol.parse_seq(request.GET.get("after", "0"))
-        limit = protocol.parse_seq(request.GET.get("limit", str(settings.CHAT_API_PAGE_SIZE)))
-        before = request.GET.get("before")
-        before = None if before is None else protocol.parse_seq(before)
-    except ValueError:
-        return HttpResponseBadRequest("after, before and limit must be whole numbers")
-    if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
-        return HttpResponseBadRequest(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
-    if before is not None and "after" in request.GET:
-        return HttpResponseBadRequest("give after or before, not both")
-    # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
-    body = pipeline.bulk_call(_messages_page, address, room_name, after, before, limit)
+        # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
+        body = pipeline.bulk_call(_encoded_page, address, room_name, request.GET)
+    except services.InvalidPage as refusal:
+        return HttpResponseBadRequest(str(refusal))
     return HttpResponse(body, content_type="application/json")
 
 
-def _messages_page(address: str, room_name: str, after: int, before: int | None, limit: int) -> str:
-    """The messages endpoint's answer for the room at `address` (its key `room_name`),
-    encoded: a page after `after`, or before `before`."""
-    if before is not None:
-        page = services.messages_before(room_name, before, limit + 1)
-        has_more = len(page) > limit
-        page = page[-limit:] if has_more else page
-        cursor = {"next_before": page[0].seq if has_more else None}
-    else:
-        page = services.messages_after(room_name, after, limit + 1)
-        has_more = len(page) > limit
-        page = page[:limit]
-        cursor = {"next_after": page[-1].seq if has_more else None}
-    messages = [protocol.message_fields(message) for message in page]
-    return json.dumps({"room": address, "messages": messages, **cursor})
+def _encoded_page(address: str, room_name: str, query) -> str:
+    """The messages endpoint's answer for the room at `address` (its key `room_name`)."""
+    return json.dumps(services.read_page(room_name, query, address))
 
 
 def _active_rooms(request) -> list[dict]:
@@ -297,3 +281,22 @@ def signup(request):
 def _with_identity(request, context: dict) -> dict:
     author = identity.author_for(request.user, request.session)
     return {**context, "author": author}
+
+
+@never_cache  # a new token is on the page once: never from a cache
+@login_required
+def api_tokens(request):
+    """A user's API tokens: POST name= makes one, shown once; POST revoke=<prefix> revokes one."""
+    context = {"new_token": None, "error": None}
+    status = 200
+    if request.method == "POST":
+        if "revoke" in request.POST:
+            ApiToken.objects.filter(user=request.user, prefix=request.POST["revoke"]).delete()
+            return redirect("api_tokens")
+        name = request.POST.get("name", "").strip()
+        try:
+            context["new_token"] = tokens.create_token(request.user, name)[1]
+        except tokens.InvalidToken as refusal:
+            context["error"], status = str(refusal), 400
+    context["tokens"] = ApiToken.objects.filter(user=request.user).order_by("-created")
+    return render(request, "chat/tokens.html", context, status=status)

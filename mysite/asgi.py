@@ -13,7 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.limits import HandshakeLimitMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from mysite.origins import StrictOriginValidator  # noqa: E402
+from mysite.origins import StrictOriginValidator, TokenUserMiddleware  # noqa: E402
 from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
 
 # Around both protocols: behind a trusted proxy, scope["client"] is the real client's.
@@ -24,8 +24,11 @@ application = TrustedProxyMiddleware(
             # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
             # only, so another port or scheme on this host could chat as the logged-in user.
             # The new-socket limit before the session is loaded: a refusal costs no query.
+            # A program's API token stands in for the Origin and the cookie (mysite.origins).
             "websocket": StrictOriginValidator(
-                HandshakeLimitMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                HandshakeLimitMiddleware(
+                    AuthMiddlewareStack(TokenUserMiddleware(URLRouter(websocket_urlpatterns)))
+                )
             ),
         }
     )

@@ -15,18 +15,27 @@ POST:
 
 Anything else is refused before the application sees it (HTTP 403, no close frame), with
 one warning line giving the client's address and the reason.
+
+A program that is not a browser sends an API token instead (chat.tokens): in an
+`Authorization: Bearer <token>` header, or, where headers cannot be set, as a subprotocol
+`chat.token.<token>`. A valid token makes the socket its user's, with no Origin check (no
+browser sends either, so no page can make a visitor's browser send it); an invalid one is
+refused, never taken for a guest. Cookies are dropped from a token's handshake: it speaks
+as the token only.
 """
 
 import logging
 from urllib.parse import urlsplit
 
+from channels.db import database_sync_to_async
+from channels.middleware import BaseMiddleware
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest
 from django.http.request import is_same_domain
 
-from chat import metrics
+from chat import metrics, tokens
 
 logger = logging.getLogger("mysite.origins")
 
@@ -85,18 +94,29 @@ def _is_trusted(origin: str) -> bool:
 
 
 class StrictOriginValidator:
-    """ASGI middleware: passes a WebSocket on only when refusal_reason() finds none."""
+    """ASGI middleware: passes a WebSocket on only when refusal_reason() finds none, or when
+    it presents a valid API token (then as the token's user, without cookies)."""
 
     def __init__(self, application):
         self.application = application
 
     async def __call__(self, scope, receive, send):
-        """Refuse the handshake (403) unless its Host and Origin are this site's."""
+        """Refuse the handshake (403) unless its token is valid, or its Host and Origin are
+        this site's."""
         if scope["type"] != "websocket":
             raise ValueError("StrictOriginValidator only guards WebSocket connections")
-        reason = refusal_reason(scope)
-        if reason is None:
-            return await self.application(scope, receive, send)
+        raw = tokens.presented_token(scope)
+        if raw is not None:
+            token = await database_sync_to_async(tokens.token_for)(raw)
+            if token is not None:
+                headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+                scope = {**scope, "headers": headers, "api_token": token}
+                return await self.application(scope, receive, send)
+            reason = "an invalid, revoked or deactivated API token"
+        else:
+            reason = refusal_reason(scope)
+            if reason is None:
+                return await self.application(scope, receive, send)
         client = scope.get("client") or ["unknown"]
         metrics.HANDSHAKES_REFUSED.labels("origin").inc()
         logger.warning(
@@ -107,3 +127,17 @@ class StrictOriginValidator:
             extra={"client": client[0]},
         )
         return await WebsocketDenier()(scope, receive, send)
+
+
+class TokenUserMiddleware(BaseMiddleware):
+    """Inside AuthMiddlewareStack: a handshake with an API token speaks as the token's user.
+
+    StrictOriginValidator checked the token and dropped the handshake's cookies, so the
+    stack found no session and an anonymous user; the token's user replaces it.
+    """
+
+    async def __call__(self, scope, receive, send):
+        token = scope.get("api_token")
+        if token is not None:
+            scope = {**scope, "user": token.user}
+        return await super().__call__(scope, receive, send)

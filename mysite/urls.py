@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 
 from chat import membership_views
 from chat import views as chat_views
+from chat.api import api as chat_api
 from chat.password_reset import PasswordResetView
 from mysite import health, metrics
 
@@ -38,6 +39,9 @@ urlpatterns = [
     path("rooms/<room:room_name>/remove/", membership_views.remove, name="remove_member"),
     path("rooms/<room:room_name>/role/", membership_views.set_role, name="set_role"),
     path("rooms/<room:room_name>/leave/", membership_views.leave, name="leave_room"),
+    # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
+    path("api/v1/", chat_api.urls),
+    path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.
     path("healthz", health.healthz, name="healthz"),

@@ -456,6 +456,17 @@ def test_a_connection_that_drops_as_soon_as_it_opens_backs_off(browser, chat_ser
 LINE_SEPARATORS = ["\n", "\r\n", "\r", "\u2028", "\u2029"]
 
 
+def test_a_bots_post_is_marked_as_a_bot_never_as_a_guest(browser, start_chat_server):
+    server = start_chat_server()
+    _enter_chat_room(browser, server.url, "bots")
+    manage = [sys.executable, "manage.py", "chat_post", "bots", "deployed", "--as", "ci"]
+    subprocess.run(manage, cwd=ROOT, env=server.env, check=True, stdout=subprocess.DEVNULL)
+    _wait(browser, lambda: "ci (bot): deployed" in _log_lines(browser), "bot not marked")
+    message = browser.find_element(By.CSS_SELECTOR, '.message[data-author="bot:ci"]')
+    assert message.find_element(By.CSS_SELECTOR, ".tag").text == "(bot)"
+    assert "guest" not in message.get_attribute("class").split()
+
+
 def test_line_breaks_in_a_message_cannot_forge_lines_in_the_log(browser, chat_server):
     _enter_chat_room(browser, chat_server, "forged")
     for separator in LINE_SEPARATORS:

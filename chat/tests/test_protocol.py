@@ -112,6 +112,7 @@ def test_chat_message_event_has_the_handler_type_and_every_field():
         "id": 7,
         "user": "alice",
         "guest": False,
+        "bot": False,
         "ts": "2026-11-27T12:00:00+00:00",
         "client_id": "c1",
     }
@@ -124,9 +125,17 @@ def test_message_frame_is_tutorial_compatible_with_fields_beside_message():
         "id": 7,
         "user": "alice",
         "guest": True,
+        "bot": False,
         "ts": "2026-11-27T12:00:00+00:00",
         "client_id": None,
     }
+
+
+def test_a_bots_message_is_shown_as_a_bot_never_as_a_guest():
+    frame = json.loads(
+        protocol.message_frame(protocol.chat_message_event(stored_message(bot=True)))
+    )
+    assert (frame["user"], frame["guest"], frame["bot"]) == ("alice", False, True)
 
 
 def test_history_frames_are_marked():

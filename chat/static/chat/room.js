@@ -193,7 +193,7 @@
         if (data.client_id && sentIds.get(data.client_id) === data.id) {
             return true;
         }
-        return !reader.guest && data.guest === false && data.user === reader.name;
+        return !reader.guest && data.guest === false && !data.bot && data.user === reader.name;
     }
 
     // ---- building message elements -------------------------------------------------------
@@ -208,7 +208,8 @@
     }
 
     function transcriptLine(data) {
-        const who = data.user === undefined ? '' : data.user + (data.guest ? ' (guest)' : '') + ': ';
+        const tag = authorTag(data);
+        const who = data.user === undefined ? '' : data.user + (tag ? ' ' + tag : '') + ': ';
         return oneLine(who + data.message) + '\n';
     }
 
@@ -253,18 +254,23 @@
         return link;
     }
 
-    function authorHeader(name, guest) {
+    // Guests and bots (programs posting, docs/programs.md) are marked: neither passes as a user.
+    function authorTag(data) {
+        return data.bot ? '(bot)' : data.guest ? '(guest)' : null;
+    }
+
+    function authorHeader(name, tagText) {
         const header = document.createElement('div');
         header.className = 'meta';
         const author = document.createElement('span');
         author.className = 'author';
         author.dir = 'auto';  // isolated: a right-to-left name does not reorder its tag
-        author.append(personName(name, guest));
+        author.append(personName(name, tagText !== null));  // a guest or a bot: no DM
         header.append(author);
-        if (guest) {
+        if (tagText) {
             const tag = document.createElement('span');
             tag.className = 'tag';
-            tag.textContent = '(guest)';
+            tag.textContent = tagText;
             header.append(' ', tag);
         }
         return header;
@@ -274,10 +280,10 @@
         const element = document.createElement('div');
         element.className = 'message';
         element.dataset.id = data.id;
-        element.dataset.author = (data.guest ? 'guest:' : 'user:') + data.user;
+        element.dataset.author = (data.bot ? 'bot:' : data.guest ? 'guest:' : 'user:') + data.user;
         element.classList.toggle('guest', Boolean(data.guest));
         element.classList.toggle('mine', isMine(data));
-        const header = authorHeader(data.user, data.guest);
+        const header = authorHeader(data.user, authorTag(data));
         const when = new Date(data.ts);
         if (!Number.isNaN(when.getTime())) {
             const time = document.createElement('time');
@@ -469,7 +475,7 @@
         const delivery = document.createElement('div');
         delivery.className = 'delivery';
         delivery.textContent = 'sending…';
-        element.append(authorHeader(reader.name, reader.guest), body, delivery);
+        element.append(authorHeader(reader.name, authorTag(reader)), body, delivery);
         return element;
     }
 

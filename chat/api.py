@@ -1,0 +1,215 @@
+"""The HTTP API for programs, under /api/v1/, on django-ninja: post a message, read a room's
+messages, list rooms; each call with a user's API token (chat.tokens) as a bearer token,
+limited per token. Its OpenAPI description is at /api/v1/openapi.json.
+
+Explained in docs/programs.md, 'The HTTP API'.
+"""
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import HttpBearer
+
+from . import activity, identity, limits, outages, permissions, posting, rooms, services, tokens
+from .models import ApiToken
+from .redis_clients import OUTAGE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+
+class ApiRefusal(Exception):
+    """An API call refused: its status, a stable code, and a detail for people."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None):
+        super().__init__(f"{code}: {detail}")
+        self.status, self.code, self.detail, self.retry_after = status, code, detail, retry_after
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer <token>`: an active user's token, within its limit."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        """The stored token (request.auth), or None (401); over its limit, a 429."""
+        found = tokens.token_for(token)
+        if found is None:
+            return None
+        try:
+            wait = limits.retry_after(limits.API_TOKEN, found.prefix)
+        except OUTAGE_ERRORS as error:  # as for the other HTTP limits: let it through
+            logger.warning("%s not checked, Redis unreachable: %r", limits.API_TOKEN.setting, error)
+            wait = None
+        if wait is not None:
+            raise ApiRefusal(429, "rate_limited", limits.describe(limits.API_TOKEN, wait), wait)
+        return found
+
+
+api = NinjaAPI(
+    title="Chat API",
+    version="1",
+    description="For programs: post and read messages, list rooms. See docs/programs.md.",
+    urls_namespace="api-v1",
+    auth=TokenAuth(),
+    # No Swagger page: it loads its scripts from a CDN, which the CSP refuses.
+    docs_url=None,
+)
+
+
+class Error(Schema):
+    code: str
+    detail: str
+
+
+class ErrorOut(Schema):
+    error: Error
+
+
+class MessageOut(Schema):
+    message: str
+    id: int
+    user: str
+    guest: bool
+    bot: bool
+    ts: str
+    client_id: str | None
+
+
+class MessageIn(Schema):
+    message: str
+    client_id: str | None = None
+
+
+class PageOut(Schema):
+    room: str
+    messages: list[MessageOut]
+    # One of the two, as the query asked: the next page's after= (or before=), or null.
+    next_after: int | None = None
+    next_before: int | None = None
+
+
+class RoomOut(Schema):
+    name: str
+    last_id: int
+    last_at: str | None
+    online: int | None = None
+    read_up_to: int | None
+
+
+class RoomsOut(Schema):
+    rooms: list[RoomOut]
+
+
+def _refused(request, refusal: ApiRefusal) -> HttpResponse:
+    error = {"error": {"code": refusal.code, "detail": refusal.detail}}
+    response = api.create_response(request, error, status=refusal.status)
+    if refusal.retry_after is not None:
+        response["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
+api.add_exception_handler(ApiRefusal, _refused)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request, exc) -> HttpResponse:
+    detail = "Send an API token: Authorization: Bearer <token> (made at /accounts/tokens/)."
+    response = _refused(request, ApiRefusal(401, "invalid_token", detail))
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request, exc) -> HttpResponse:
+    fields = ", ".join(".".join(map(str, error["loc"])) for error in exc.errors)
+    return _refused(request, ApiRefusal(422, "invalid_request", f"Invalid fields: {fields}."))
+
+
+ERRORS = {401: ErrorOut, 429: ErrorOut}
+
+
+# What a program is told of a room it may not read, and of one that does not exist alike.
+NO_SUCH_ROOM = (404, "no_such_room", "There is no such room.")
+# How the API answers a refused post: the codes that are not a plain 400.
+POST_REFUSAL_STATUS = {"no_such_room": 404}
+
+
+def _room(name: str, user) -> str:
+    """The key of the room at address `name`, if the token's user may read it (chat.permissions)."""
+    try:
+        address = rooms.normalize_address(name)
+    except rooms.InvalidRoomName as refusal:
+        raise ApiRefusal(400, "invalid_room_name", str(refusal)) from None
+    room_key = permissions.room_for(identity.author_for(user, None), address)
+    if room_key is None:
+        raise ApiRefusal(*NO_SUCH_ROOM)
+    return room_key
+
+
+@api.post(
+    "/rooms/{room}/messages",
+    response={
+        201: MessageOut,
+        200: MessageOut,
+        400: ErrorOut,
+        404: ErrorOut,
+        422: ErrorOut,
+        503: ErrorOut,
+    }
+    | ERRORS,
+    summary="Post a message",
+)
+def post_message(request, room: str, body: MessageIn):
+    """Post as the token's user; a client_id already used answers 200 with that message."""
+    try:
+        posted = posting.post_message(
+            room,
+            body.message,
+            as_user=request.auth.user,
+            client_id=body.client_id,
+            address=limits.client_network(request),
+        )
+    except posting.PostRefused as refusal:
+        status = 429 if refusal.retry_after is not None else 400
+        status = POST_REFUSAL_STATUS.get(refusal.code, status)
+        raise ApiRefusal(status, refusal.code, refusal.detail, refusal.retry_after) from None
+    except Exception as error:
+        if not outages.is_outage(error):
+            raise
+        logger.error("API post to room %r failed: %r", room, error)
+        detail = "The message could not be saved. Try again with the same client_id."
+        raise ApiRefusal(503, "unavailable", detail) from None
+    return Status(201 if posted.created else 200, posted.fields)
+
+
+@api.get(
+    "/rooms/{room}/messages",
+    response={200: PageOut, 400: ErrorOut, 404: ErrorOut} | ERRORS,
+    summary="Read a room's messages",
+)
+def read_messages(
+    request,
+    room: str,
+    after: str | None = None,
+    before: str | None = None,
+    limit: str | None = None,
+):
+    """?after=<id> (oldest first) or ?before=<id> (back), ?limit=<n>: as /chat/<room>/messages/."""
+    query = {
+        name: value
+        for name, value in (("after", after), ("before", before), ("limit", limit))
+        if value is not None
+    }
+    try:
+        return JsonResponse(services.read_page(_room(room, request.auth.user), query, room))
+    except services.InvalidPage as refusal:
+        raise ApiRefusal(400, "invalid_page", str(refusal)) from None
+
+
+@api.get("/rooms", response={200: RoomsOut} | ERRORS, summary="List rooms")
+def list_rooms(request):
+    """The rooms with the newest messages and those the user has read, with who is online."""
+    user = request.auth.user
+    room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, user=user)
+    return {"rooms": activity.summaries(room_list, user)}

@@ -1,0 +1,261 @@
+"""The HTTP API for programs (chat.api): tokens, posts through chat.posting, the shared page
+query, limits per token, and its OpenAPI description."""
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+import websocket
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
+from django.test import Client
+
+from chat import memberships, services, tokens
+from chat.identity import Author
+from chat.tests.conftest import next_frame
+from conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("redis_channel_layer")
+# What any way in answers a stranger to a private room, and anyone for a missing one.
+NO_SUCH_ROOM = {"error": {"code": "no_such_room", "detail": "There is no such room."}}
+
+OPERATIONS = {
+    ("post", "/api/v1/rooms/{room}/messages"),
+    ("get", "/api/v1/rooms/{room}/messages"),
+    ("get", "/api/v1/rooms"),
+}
+
+
+@pytest.fixture
+def alice(transactional_db):
+    return User.objects.create_user("alice", password="x")
+
+
+@pytest.fixture
+def api(alice):
+    """A client that sends alice's token."""
+    _, raw = tokens.create_token(alice, "tests")
+    client = Client(headers={"Authorization": f"Bearer {raw}"})
+    client.raw_token = raw
+    return client
+
+
+def post(client, room: str, body) -> tuple[int, dict]:
+    response = client.post(
+        f"/api/v1/rooms/{room}/messages", json.dumps(body), content_type="application/json"
+    )
+    return response.status_code, response.json()
+
+
+def test_the_openapi_description_lists_the_three_operations_their_auth_and_errors():
+    schema = Client().get("/api/v1/openapi.json").json()
+    operations = {
+        (method, path): operation
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert set(operations) == OPERATIONS
+    assert schema["components"]["securitySchemes"]["TokenAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    for operation in operations.values():
+        assert operation["security"] == [{"TokenAuth": []}]
+        assert {"401", "429"} <= set(operation["responses"])
+    posting = operations[("post", "/api/v1/rooms/{room}/messages")]
+    assert {"200", "201", "400", "422", "503"} <= set(posting["responses"])
+    assert "400" in operations[("get", "/api/v1/rooms/{room}/messages")]["responses"]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        "Bearer nonsense",
+        "Basic YWxpY2U6eA==",
+        "Bearer chat_000000000000_" + "x" * 43,
+    ],
+)
+def test_a_call_without_a_valid_token_is_refused_with_401(alice, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for response in (
+        Client(headers=headers).get("/api/v1/rooms"),
+        Client(headers=headers).post(
+            "/api/v1/rooms/lobby/messages", '{"message": "hi"}', content_type="application/json"
+        ),
+    ):
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_token"
+        assert response["WWW-Authenticate"] == "Bearer"
+    assert not services.messages_after("lobby", 0)
+
+
+def test_a_revoked_token_or_an_inactive_user_is_refused(api, alice):
+    assert api.get("/api/v1/rooms").status_code == 200
+    alice.is_active = False
+    alice.save()
+    assert api.get("/api/v1/rooms").status_code == 401
+    alice.is_active = True
+    alice.save()
+    alice.api_tokens.all().delete()
+    assert api.get("/api/v1/rooms").status_code == 401
+
+
+def test_a_post_is_the_token_users_message_and_a_retry_is_stored_once(api):
+    status, first = post(api, "lobby", {"message": " hi ", "client_id": "job-1"})
+    assert status == 201
+    assert (first["message"], first["id"], first["user"], first["guest"], first["bot"]) == (
+        "hi",
+        1,
+        "alice",
+        False,
+        False,
+    )
+    status, again = post(api, "lobby", {"message": "hi", "client_id": "job-1"})
+    assert (status, again) == (200, first)
+    assert len(services.messages_after("lobby", 0)) == 1
+
+
+@pytest.mark.parametrize(
+    ("room", "body", "status", "code"),
+    [
+        ("lobby", {"message": "   "}, 400, "empty_message"),
+        ("lobby", {"message": "x" * 5000}, 400, "message_too_long"),
+        ("lobby", {"message": "hi", "client_id": "a b"}, 400, "invalid_client_id"),
+        ("lobby", {"message": 42}, 422, "invalid_request"),
+        ("lobby", {}, 422, "invalid_request"),
+        ("a%20b", {"message": "hi"}, 400, "invalid_room_name"),
+    ],
+)
+def test_a_post_the_rules_refuse_gets_its_code_and_stores_nothing(api, room, body, status, code):
+    got_status, got = post(api, room, body)
+    assert (got_status, got["error"]["code"]) == (status, code)
+    assert not services.messages_after("lobby", 0)
+
+
+def test_posts_count_as_the_users_messages(api, settings):
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "1/minute"
+    assert post(api, "lobby", {"message": "one"})[0] == 201
+    response = api.post(
+        "/api/v1/rooms/lobby/messages", '{"message": "two"}', content_type="application/json"
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (429, "rate_limited")
+    assert int(response["Retry-After"]) >= 1
+
+
+def test_calls_past_the_limit_per_token_get_429_with_retry_after(api, alice, settings):
+    settings.CHAT_LIMIT_API_PER_TOKEN = "2/minute"
+    assert [api.get("/api/v1/rooms").status_code for _ in range(2)] == [200, 200]
+    refused = api.get("/api/v1/rooms")
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
+    _, other = tokens.create_token(alice, "another program")
+    assert (
+        Client(headers={"Authorization": f"Bearer {other}"}).get("/api/v1/rooms").status_code == 200
+    )
+
+
+def test_reading_messages_shares_the_messages_endpoints_query_and_pages(api):
+    for number in range(5):
+        services.store_message("lobby", Author(name="Zoë"), f"m{number}", None)
+    for query in ("", "?after=2&limit=2", "?before=5&limit=2", "?limit=1"):
+        mine = api.get(f"/api/v1/rooms/lobby/messages{query}")
+        public = Client().get(f"/chat/lobby/messages/{query}")
+        assert mine.status_code == 200
+        assert mine.json() == public.json()
+    for query in ("?after=x", "?limit=0", "?after=1&before=3", "?after=%2B1"):
+        refused = api.get(f"/api/v1/rooms/lobby/messages{query}")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_page")
+
+
+def test_listing_rooms_shows_the_rooms_with_messages(api):
+    services.store_message("lobby", Author(name="Zoë"), "hi", None)
+    (room,) = api.get("/api/v1/rooms").json()["rooms"]
+    assert (room["name"], room["last_id"]) == ("lobby", 1)
+
+
+async def test_a_post_over_http_reaches_open_sockets_in_order_with_theirs(join, api):
+    socket = await join("lobby")
+    await socket.send_json_to({"message": "from the socket"})
+    assert (await next_frame(socket))["id"] == 1
+    status, _ = await database_sync_to_async(post)(api, "lobby", {"message": "from the API"})
+    assert status == 201
+    frame = await next_frame(socket)
+    assert (frame["id"], frame["message"], frame["user"]) == (2, "from the API", "alice")
+
+
+def test_api_posts_reach_sockets_on_two_processes_once_and_in_order(start_chat_server):
+    first, second = start_chat_server(), start_chat_server()
+    make_token = (
+        "from django.contrib.auth.models import User; from chat import tokens; "
+        "user, _ = User.objects.get_or_create(username='apiposter'); "
+        "print(tokens.create_token(user, 'two processes')[1])"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", make_token]
+    raw = subprocess.run(
+        manage, cwd=ROOT, env=first.env, check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
+    sockets = [
+        websocket.create_connection(
+            server.url.replace("http://", "ws://") + "/ws/chat/apiposts/",
+            origin=server.url,
+            timeout=10,
+        )
+        for server in (first, second)
+    ]
+    seen = [[], []]
+
+    def read_until(count: int):
+        for socket, frames in zip(sockets, seen, strict=True):
+            while len(frames) < count:
+                frame = json.loads(socket.recv())
+                if "id" in frame:
+                    frames.append((frame["id"], frame["message"]))
+
+    def api_post(text: str) -> int:
+        request = urllib.request.Request(
+            f"{first.url}/api/v1/rooms/apiposts/messages",
+            data=json.dumps({"message": text, "client_id": "api-2"}).encode(),
+            headers={"Authorization": f"Bearer {raw}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+
+    sockets[1].send(json.dumps({"message": "socket 1"}))
+    read_until(1)
+    assert api_post("api 2") == 201
+    assert api_post("api 2") == 200  # a retry: stored and broadcast once
+    read_until(2)
+    sockets[0].send(json.dumps({"message": "socket 3"}))
+    read_until(3)
+    for frames in seen:
+        assert frames == [(1, "socket 1"), (2, "api 2"), (3, "socket 3")]
+    for socket in sockets:
+        socket.close()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{second.url}/api/v1/rooms", timeout=10)
+    assert refused.value.code == 401
+
+
+def test_a_private_room_answers_a_stranger_as_a_room_that_does_not_exist(api):
+    owner = User.objects.create_user("owner", password="x")
+    private = memberships.create_private_room(Author(name="owner", user_id=owner.pk), "plans")
+    missing = "~" + "A" * 22  # a private address nobody made
+    for address in (private, missing):
+        assert post(api, address, {"message": "hi"}) == (404, NO_SUCH_ROOM)
+        read = api.get(f"/api/v1/rooms/{address}/messages")
+        assert (read.status_code, read.json()) == (404, NO_SUCH_ROOM)
+    assert not services.messages_after(private, 0)
+
+
+def test_a_member_posts_to_and_reads_a_private_room_through_the_api(api, alice):
+    private = memberships.create_private_room(Author(name="alice", user_id=alice.pk), "plans")
+    status, _ = post(api, private, {"message": "members only"})
+    assert status == 201
+    read = api.get(f"/api/v1/rooms/{private}/messages").json()
+    assert read["room"] == private
+    assert [message["message"] for message in read["messages"]] == ["members only"]
