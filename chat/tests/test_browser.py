@@ -1710,7 +1710,8 @@ def _guest_session_cookie(base_url: str, name: str) -> str:
 
 
 def test_a_guest_is_marked_as_a_guest_wherever_others_see_its_name(browser, chat_server):
-    _choose_name(browser, chat_server, "Reader")
+    # A name no test signs up with: a guest name that looks like a username is refused.
+    _choose_name(browser, chat_server, "Wren")
     _enter_chat_room(browser, chat_server, "guest-marked")
     browser.execute_script(
         """
@@ -1730,8 +1731,8 @@ def test_a_guest_is_marked_as_a_guest_wherever_others_see_its_name(browser, chat
         _wait(browser, lambda: "Security Team (guest)" in _presence_items(browser), "presence")
         guest.send(json.dumps({"typing": True}))
         _wait(browser, lambda: _typing_line(browser) == "Security Team (guest) is typing…")
-        guest.send(json.dumps({"message": "@Reader reset your password here"}))
-        line = "Security Team (guest): @Reader reset your password here"
+        guest.send(json.dumps({"message": "@Wren reset your password here"}))
+        line = "Security Team (guest): @Wren reset your password here"
         _wait(browser, lambda: line in _log_lines(browser), "transcript")
         (header,) = browser.find_elements(By.CSS_SELECTOR, "#messages .message .meta")
         author, tag = header.find_elements(By.CSS_SELECTOR, ".author, .tag")
