@@ -191,7 +191,8 @@ class ChatConsumer(WebsocketConsumer):
         try:
             self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
         except limits.TooManySockets as refusal:
-            self.accept()  # so that the close code and its reason reach the page
+            # Accepted, so that the close code and its reason reach the page or program.
+            self.accept(tokens.accepted_subprotocol(self.scope))
             self.closing = True
             self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
             return
