@@ -9,7 +9,8 @@ proxy that appends leaves in the client's hands).
 TrustedProxyMiddleware, around the whole application (HTTP and WebSocket alike), replaces
 `scope["client"]` only when the peer is one of CHAT_TRUSTED_PROXIES: with the right-most
 address in `X-Forwarded-For` that is not itself a trusted proxy (what the nearest untrusted
-hop told the first trusted one). From any other peer, the forwarding headers are dropped:
+hop told the first trusted one; an address it cannot read makes the client unknown, not
+the proxy). From any other peer, the forwarding headers are dropped:
 neither the address nor Django's SECURE_PROXY_SSL_HEADER (the scheme) is believed from a
 client that reached the server directly. With no trusted proxy configured, the scope is
 left alone.
@@ -38,9 +39,22 @@ def trusted_networks(entries: Iterable[str]) -> list[Network]:
     return networks
 
 
+# Who a client is when a trusted proxy names it unreadably: IPv4's "unspecified" address
+# (as chat.limits calls a client with no address), never the proxy itself, which may be
+# loopback and so trusted with /metrics; all such clients share its limits.
+UNREADABLE_CLIENT = "0.0.0.0"
+
+
 def _address(text: str) -> Address | None:
+    """An address as proxies write it: `a.b.c.d`, `a.b.c.d:port`, an IPv6 address, or
+    `[v6]` with or without `:port`; None for anything else."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # IPv4 with its port (an IPv6 address has two or more)
+        text = text.partition(":")[0]
     try:
-        address = ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     # A dual-stack socket names IPv4 peers ::ffff:a.b.c.d: the same client.
@@ -89,7 +103,9 @@ class TrustedProxyMiddleware:
         if _is_trusted(_address(peer[0]) if peer else None, networks):
             # Repeated headers are one list, in order (RFC 9110 5.3), as Django joins them.
             values = [value.decode("latin1") for name, value in headers if name == FORWARDED_FOR]
-            client = forwarded_client(",".join(values), networks) if values else None
-            return scope if client is None else {**scope, "client": [client, 0]}
+            if not values:  # the proxy's own request (a health check): it is the client
+                return scope
+            client = forwarded_client(",".join(values), networks) or UNREADABLE_CLIENT
+            return {**scope, "client": [client, 0]}
         forwarding = {FORWARDED_FOR, _ssl_header()}
         return {**scope, "headers": [pair for pair in headers if pair[0] not in forwarding]}

@@ -11,7 +11,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_started
 
 from mysite.asgi import application
-from mysite.proxies import TrustedProxyMiddleware, forwarded_client, trusted_networks
+from mysite.proxies import (
+    UNREADABLE_CLIENT,
+    TrustedProxyMiddleware,
+    forwarded_client,
+    trusted_networks,
+)
 
 PROXY = "10.0.0.1"
 CLIENT = "203.0.113.7"
@@ -91,11 +96,33 @@ async def test_repeated_forwarded_for_headers_are_read_as_one_list(settings):
     assert (await seen_by_application(incoming))["client"] == ["1.2.3.4", 0]
 
 
-@pytest.mark.parametrize("forwarded", [b"", b"not-an-address", b"1.2.3.4:5678", b"1.2.3.4, junk"])
-async def test_an_unreadable_forwarded_address_leaves_the_proxy_as_the_client(settings, forwarded):
+@pytest.mark.parametrize("forwarded", [b"", b"not-an-address", b"1.2.3.4, junk", b"[::1"])
+async def test_an_unreadable_forwarded_address_makes_the_client_unknown_never_the_proxy(
+    settings, forwarded
+):
+    trust(settings, "127.0.0.1")  # a proxy on this host: as the client, loopback's rights
+    incoming = scope(peer="127.0.0.1", x_forwarded_for=forwarded)
+    assert (await seen_by_application(incoming))["client"] == [UNREADABLE_CLIENT, 0]
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "client"),
+    [
+        (b"1.2.3.4:5678", "1.2.3.4"),
+        (b"[2001:db8::5]:443", "2001:db8::5"),
+        (b"[2001:db8::5]", "2001:db8::5"),
+        (b"2001:db8::5", "2001:db8::5"),
+    ],
+)
+async def test_a_forwarded_address_with_a_port_or_brackets_is_read(settings, forwarded, client):
     trust(settings, PROXY)
     incoming = scope(x_forwarded_for=forwarded)
-    assert (await seen_by_application(incoming))["client"] == [PROXY, 54321]
+    assert (await seen_by_application(incoming))["client"] == [client, 0]
+
+
+async def test_a_trusted_proxys_own_request_without_forwarded_for_is_its_own(settings):
+    trust(settings, PROXY)
+    assert (await seen_by_application(scope()))["client"] == [PROXY, 54321]
 
 
 async def test_a_proxy_on_a_dual_stack_socket_is_recognised_by_its_ipv4_address(settings):
