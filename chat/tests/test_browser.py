@@ -1603,6 +1603,34 @@ def _log_in(driver, base_url, username, password):
     _navigate_by(driver, driver.find_element(By.ID, "login-submit").click)
 
 
+# Records every fetch a page makes, from before its own scripts run.
+FETCH_SPY = """
+window.fetchedUrls = [];
+const realFetch = window.fetch;
+window.fetch = (url, options) => {
+    window.fetchedUrls.push(String(url));
+    return realFetch(url, options);
+};
+"""
+
+
+def test_a_logged_in_reader_of_a_room_with_no_messages_reports_no_read_position(
+    browser, chat_server
+):
+    # The server has no position to keep there (404 no_such_room, a console error).
+    _sign_up(browser, chat_server, "empty-room-reader", "reads-Nothing-42")
+    spy = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": FETCH_SPY})
+    try:
+        _enter_chat_room(browser, chat_server, "nothing-said-yet")
+        _wait(browser, lambda: _status(browser) == "Connected", "not connected")
+        browser.execute_script("window.dispatchEvent(new Event('pagehide'))")  # sends one due
+        fetched = browser.execute_script("return window.fetchedUrls")
+        assert [url for url in fetched if url.endswith("/read/")] == []
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", spy)
+        browser.delete_all_cookies()  # the next tests are guests again
+
+
 def _start_a_new_browser_session(driver, base_url):
     """As on another device: no cookies, nothing in localStorage."""
     driver.get(base_url + "/chat/")

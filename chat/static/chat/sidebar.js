@@ -87,7 +87,8 @@
             if (window.localStorage.getItem(key) === null || upTo > storedNumber(key)) {
                 window.localStorage.setItem(readKey(roomName), String(upTo));
             }
-        } else if (upTo > reported) {
+        } else if (upTo > reported && upTo > 0) {
+            // Nothing to have read in a room with no messages (the server answers 404).
             reported = upTo;
             clearTimeout(reportTimer);
             reportTimer = setTimeout(reportRead, READ_REPORT_DELAY_MS);
