@@ -10,7 +10,7 @@ import logging
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Schema, Status
-from ninja.errors import AuthenticationError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from . import activity, identity, limits, outages, permissions, posting, rooms, services, tokens
@@ -120,10 +120,24 @@ def _unauthorized(request, exc) -> HttpResponse:
     return response
 
 
+# Where ninja says a refused field was (the body, the query...): not part of its name.
+LOCATIONS = frozenset({"body", "query", "path"})
+
+
 @api.exception_handler(ValidationError)
 def _invalid(request, exc) -> HttpResponse:
-    fields = ", ".join(".".join(map(str, error["loc"])) for error in exc.errors)
+    # A field's place, as the program wrote it: "message", not ninja's "body.body.message".
+    fields = ", ".join(
+        ".".join(str(part) for part in error["loc"] if part not in LOCATIONS)
+        for error in exc.errors
+    )
     return _refused(request, ApiRefusal(422, "invalid_request", f"Invalid fields: {fields}."))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc) -> HttpResponse:
+    """ninja's own refusals (a body that is not JSON: 400) in the API's one error shape."""
+    return _refused(request, ApiRefusal(exc.status_code, "invalid_request", str(exc) + "."))
 
 
 ERRORS = {401: ErrorOut, 429: ErrorOut}

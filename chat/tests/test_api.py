@@ -259,3 +259,18 @@ def test_a_member_posts_to_and_reads_a_private_room_through_the_api(api, alice):
     read = api.get(f"/api/v1/rooms/{private}/messages").json()
     assert read["room"] == private
     assert [message["message"] for message in read["messages"]] == ["members only"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ('{"message":', 400, "Cannot parse request body."),
+        ('{"message": ["a list"]}', 422, "Invalid fields: message."),
+    ],
+)
+def test_a_body_the_api_cannot_take_is_refused_in_its_one_error_shape(api, body, status, detail):
+    response = api.post("/api/v1/rooms/lobby/messages", body, content_type="application/json")
+    assert (response.status_code, response.json()) == (
+        status,
+        {"error": {"code": "invalid_request", "detail": detail}},
+    )
