@@ -1,10 +1,12 @@
 """Fixtures and helpers for the chat tests: sockets opened on the real ASGI application."""
 
 import asyncio
+import json
 import time
 from urllib.parse import quote
 
 import pytest
+import websocket
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -156,3 +158,32 @@ async def until_listening(channels: list[str], layer=None, timeout: float = 5):
         for channel in channels:
             while not any(client.pubsub_numsub(channel)[0][1] for client in clients):
                 await asyncio.sleep(0.01)  # polling Redis's count, not guessing a delay
+
+
+class SocketsOnProcesses:
+    """One plain (websocket-client) socket in `room` on each server process given, and
+    the chat messages each has read, as (id, text): to check that messages from anywhere
+    reach every process exactly once and in order."""
+
+    def __init__(self, servers, room: str):
+        self.sockets = [
+            websocket.create_connection(
+                server.url.replace("http://", "ws://") + f"/ws/chat/{room}/",
+                origin=server.url,
+                timeout=10,
+            )
+            for server in servers
+        ]
+        self.seen: list[list[tuple[int, str]]] = [[] for _ in self.sockets]
+
+    def read_until(self, count: int):
+        """Read every socket's frames until each has `count` chat messages."""
+        for socket, frames in zip(self.sockets, self.seen, strict=True):
+            while len(frames) < count:
+                frame = json.loads(socket.recv())
+                if "id" in frame:
+                    frames.append((frame["id"], frame["message"]))
+
+    def close(self):
+        for socket in self.sockets:
+            socket.close()

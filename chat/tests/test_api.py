@@ -8,14 +8,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-import websocket
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.test import Client
 
 from chat import memberships, services, tokens
 from chat.identity import Author
-from chat.tests.conftest import next_frame
+from chat.tests.conftest import SocketsOnProcesses, next_frame
 from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer")
@@ -199,22 +198,7 @@ def test_api_posts_reach_sockets_on_two_processes_once_and_in_order(start_chat_s
     raw = subprocess.run(
         manage, cwd=ROOT, env=first.env, check=True, capture_output=True, text=True
     ).stdout.split()[-1]
-    sockets = [
-        websocket.create_connection(
-            server.url.replace("http://", "ws://") + "/ws/chat/apiposts/",
-            origin=server.url,
-            timeout=10,
-        )
-        for server in (first, second)
-    ]
-    seen = [[], []]
-
-    def read_until(count: int):
-        for socket, frames in zip(sockets, seen, strict=True):
-            while len(frames) < count:
-                frame = json.loads(socket.recv())
-                if "id" in frame:
-                    frames.append((frame["id"], frame["message"]))
+    processes = SocketsOnProcesses((first, second), "apiposts")
 
     def api_post(text: str) -> int:
         request = urllib.request.Request(
@@ -225,17 +209,16 @@ def test_api_posts_reach_sockets_on_two_processes_once_and_in_order(start_chat_s
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
 
-    sockets[1].send(json.dumps({"message": "socket 1"}))
-    read_until(1)
+    processes.sockets[1].send(json.dumps({"message": "socket 1"}))
+    processes.read_until(1)
     assert api_post("api 2") == 201
     assert api_post("api 2") == 200  # a retry: stored and broadcast once
-    read_until(2)
-    sockets[0].send(json.dumps({"message": "socket 3"}))
-    read_until(3)
-    for frames in seen:
+    processes.read_until(2)
+    processes.sockets[0].send(json.dumps({"message": "socket 3"}))
+    processes.read_until(3)
+    for frames in processes.seen:
         assert frames == [(1, "socket 1"), (2, "api 2"), (3, "socket 3")]
-    for socket in sockets:
-        socket.close()
+    processes.close()
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{second.url}/api/v1/rooms", timeout=10)
     assert refused.value.code == 401

@@ -7,7 +7,6 @@ import threading
 
 import pytest
 import redis
-import websocket
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
@@ -15,7 +14,7 @@ from django.db import connection, transaction
 
 from chat import posting
 from chat.models import Message
-from chat.tests.conftest import next_frame
+from chat.tests.conftest import SocketsOnProcesses, next_frame
 from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer")
@@ -190,31 +189,15 @@ async def test_the_chat_post_command_posts_as_a_bot_or_a_user(join):
 
 def test_posts_from_a_command_reach_sockets_on_two_processes_once_in_order(start_chat_server):
     first, second = start_chat_server(), start_chat_server()
-    sockets = [
-        websocket.create_connection(
-            server.url.replace("http://", "ws://") + "/ws/chat/posts/",
-            origin=server.url,
-            timeout=10,
-        )
-        for server in (first, second)
-    ]
-    seen = [[], []]
+    processes = SocketsOnProcesses((first, second), "posts")
 
-    def read_until(count: int):
-        for socket, frames in zip(sockets, seen, strict=True):
-            while len(frames) < count:
-                frame = json.loads(socket.recv())
-                if "id" in frame:
-                    frames.append((frame["id"], frame["message"]))
-
-    sockets[0].send(json.dumps({"message": "socket 1"}))
-    read_until(1)
+    processes.sockets[0].send(json.dumps({"message": "socket 1"}))
+    processes.read_until(1)
     manage = [sys.executable, "manage.py", "chat_post", "posts", "command 2", "--as", "cron"]
     subprocess.run(manage, cwd=ROOT, env=first.env, check=True, stdout=subprocess.DEVNULL)
-    read_until(2)
-    sockets[1].send(json.dumps({"message": "socket 3"}))
-    read_until(3)
-    for frames in seen:
+    processes.read_until(2)
+    processes.sockets[1].send(json.dumps({"message": "socket 3"}))
+    processes.read_until(3)
+    for frames in processes.seen:
         assert frames == [(1, "socket 1"), (2, "command 2"), (3, "socket 3")]
-    for socket in sockets:
-        socket.close()
+    processes.close()
