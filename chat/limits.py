@@ -92,7 +92,8 @@ def client_network(connection: HttpRequest | dict) -> str:
 
     One IPv6 host is given a whole /64 (CHAT_IPV6_PREFIX_LENGTH) and picks any address
     in it, so counting IPv6 addresses one by one would multiply every limit by 2**64.
-    Written as an address or a network ("2001:db8:1:2::/64"): django-axes stores it too.
+    Written as an address or a network ("2001:db8:1:2::/64"); django-axes stores it as one
+    address (client_network_address).
     """
     address = client_address(connection)
     try:
@@ -103,6 +104,12 @@ def client_network(connection: HttpRequest | dict) -> str:
     if parsed.version == 4 or prefix == parsed.max_prefixlen:
         return address
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def client_network_address(request: HttpRequest) -> str:
+    """client_network as one address (an IPv6 network's first), for django-axes, which
+    stores it in an address field: PostgreSQL's inet refuses "2001:db8:1:2::/64"."""
+    return client_network(request).partition("/")[0]
 
 
 def retry_after(limit: Limit, who: str) -> int | None:

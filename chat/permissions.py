@@ -145,10 +145,11 @@ def may_leave(author: Author, room_key: str) -> bool:
 
 def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
     """Who a room's first message makes members: a public room's logged-in author its owner,
-    a direct conversation's two users; a guest's room has none (ownerless, as ever)."""
+    a direct conversation's two users; a guest's or a bot's room has none (ownerless, as
+    ever: neither is a user who could own it)."""
     room_kind = rooms.kind(room_key)
     if room_kind == rooms.DIRECT:
         return [(user_id, Role.MEMBER) for user_id in rooms.direct_members(room_key)]
-    if room_kind == rooms.PUBLIC and not author.is_guest:
+    if room_kind == rooms.PUBLIC and author.user_id is not None:
         return [(author.user_id, Role.OWNER)]
     return []

@@ -16,11 +16,12 @@ import asyncio
 import collections
 import contextvars
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
 
 from . import loops, sides
@@ -214,9 +215,24 @@ def bulk_call(function: Callable[..., Any], *args):
     read and encoded) runs where the sockets' handlers run, one page at a time and paced
     (run_in_turn), joining their batches (call_batched); the request's thread only waits.
     Never call it on the sockets' thread itself (a view run without Django's ASGIHandler,
-    as django.test.AsyncClient does): it would wait for itself.
+    as django.test.AsyncClient does): it would wait for itself. Outside a server's request
+    thread (the test client, a management command) there are no sockets to spare, and
+    async_to_sync would start a loop of its own whose database_sync_to_async closes this
+    thread's connection (in a test's transaction, too): the call runs here.
     """
+    if not _in_a_servers_request_thread():
+        return function(*args)
     return async_to_sync(run_in_turn)(call_batched, function, *args)
+
+
+def _in_a_servers_request_thread() -> bool:
+    """Whether this thread was started by sync_to_async from a running server's loop, where
+    async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return (
+        loop is not None
+        and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
+    )
 
 
 async def call_batched(function, *args):

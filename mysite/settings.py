@@ -518,7 +518,7 @@ AXES_COOLOFF_TIME = timedelta(seconds=env_int("CHAT_LOGIN_COOLOFF_SECONDS", 900)
 # Failures are forgotten AXES_COOLOFF_TIME after the last one instead.
 AXES_RESET_ON_SUCCESS = False
 # Per address as every other limit counts: an IPv6 client's whole network (chat.limits).
-AXES_CLIENT_IP_CALLABLE = "chat.limits.client_network"
+AXES_CLIENT_IP_CALLABLE = "chat.limits.client_network_address"
 AXES_LOCKOUT_CALLABLE = "chat.limits.login_lockout_response"
 # Failures are what it needs; a row per successful login would only grow.
 AXES_DISABLE_ACCESS_LOG = True

@@ -1812,6 +1812,22 @@ def test_a_page_whose_network_is_cut_says_so_and_reconnects(browser, start_chat_
     server = start_chat_server(CHAT_HEARTBEAT_SECONDS="1", CHAT_HEARTBEAT_TIMEOUT_SECONDS="1")
     relay = tcp_relay(server.port)
     _enter_chat_room(browser, f"http://127.0.0.1:{relay.port}", "cut-line")
+    # Every status the page shows, however briefly: it may reconnect before a poll sees it.
+    browser.execute_script(
+        """
+        const status = document.getElementById('connection-status');
+        window.statuses = [];
+        new MutationObserver(() => window.statuses.push(status.textContent)).observe(
+            status, {childList: true, characterData: true, subtree: true});
+        """
+    )
     relay.cut()  # the socket stays open at both ends; nothing crosses any more
-    _wait(browser, lambda: _status(browser).startswith("Connection lost."), "cut never noticed")
+    _wait(
+        browser,
+        lambda: any(
+            s.startswith("Connection lost.")
+            for s in browser.execute_script("return window.statuses")
+        ),
+        "cut never noticed",
+    )
     _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
