@@ -104,12 +104,19 @@ CONCURRENT_CLIENTS = 40
 REQUESTS_PER_CLIENT = 5
 
 
+# The application_name of the pool test's server: its connections, among the session's.
+POOL_TEST_NAME = "chat-pool-test"
+
+
 def test_concurrent_requests_on_postgresql_hold_at_most_one_pool_of_connections(request):
     """Under ASGI each request has a thread of its own; kept connections stayed with them."""
     if not suite_runs_on_postgresql():
         pytest.skip("a PostgreSQL matter: the suite runs on SQLite (DATABASE_URL)")
     migrated_database = request.getfixturevalue("migrated_database")
-    server = request.getfixturevalue("start_chat_server")()
+    # Its own name on its connections: other servers of the session share the database.
+    server = request.getfixturevalue("start_chat_server")(
+        DATABASE_URL=f"{migrated_database}?application_name={POOL_TEST_NAME}"
+    )
 
     def client(_) -> list[int]:
         statuses = []
@@ -125,7 +132,8 @@ def test_concurrent_requests_on_postgresql_hold_at_most_one_pool_of_connections(
     assert statuses == [200] * CONCURRENT_CLIENTS * REQUESTS_PER_CLIENT
     with psycopg.connect(migrated_database) as admin:
         backends = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            [POOL_TEST_NAME],
         ).fetchone()[0]
+    assert backends > 0  # the name reached the server's connections
     assert backends <= settings.DATABASE_POOL_MAX_SIZE
