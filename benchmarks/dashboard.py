@@ -192,10 +192,7 @@ async def run(args) -> tuple[list[Scrape], str]:
         load = Load(stack, args.rooms, args.clients)
         await asyncio.sleep(QUIET_SECONDS)
         await load.connect()
-        receivers = [
-            asyncio.create_task(load.receive_forever(room, index, ws))
-            for room, index, ws in load.sockets
-        ]
+        receivers = load.start_receiving()
         for rate in args.rates:
             await load.run_step(rate, args.step_seconds)
         await faults(load, stack.url)

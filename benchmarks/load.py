@@ -101,6 +101,13 @@ class Load:
             ping_interval=None,
         )
 
+    def start_receiving(self) -> list[asyncio.Task]:
+        """A task per open socket recording what arrives (receive_forever); cancel them to stop."""
+        return [
+            asyncio.create_task(self.receive_forever(room, index, ws))
+            for room, index, ws in self.sockets
+        ]
+
     async def receive_forever(self, room: int, socket_no: int, ws):
         """Record each chat message that arrives at one socket."""
         last_id = 0
@@ -276,10 +283,7 @@ async def run_load(args, application: str = APPLICATION) -> list[dict]:
     try:
         load = Load(stack, args.rooms, args.clients)
         await load.connect()
-        receivers = [
-            asyncio.create_task(load.receive_forever(room, index, ws))
-            for room, index, ws in load.sockets
-        ]
+        receivers = load.start_receiving()
         for rate in args.rates:
             await load.run_step(rate, args.step_seconds)
         await load.drain(args.drain_seconds)
