@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from urllib.parse import quote
 
@@ -15,6 +17,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 
 from chat.redis_clients import PING_TIMEOUT_SECONDS, redis_client
+from conftest import ROOT
 from mysite.asgi import application
 
 # The handshake a browser on http://127.0.0.1/ sends: its Origin is the Host it names.
@@ -187,3 +190,16 @@ class SocketsOnProcesses:
     def close(self):
         for socket in self.sockets:
             socket.close()
+
+
+def token_made_on(server, username: str, name: str) -> str:
+    """An API token of `username` (made if need be), made in the server's own database by
+    its manage.py: the raw token, as the user would be shown it once."""
+    make_token = (
+        "from django.contrib.auth.models import User; from chat import tokens; "
+        f"user, _ = User.objects.get_or_create(username={username!r}); "
+        f"print(tokens.create_token(user, {name!r})[1])"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", make_token]
+    output = subprocess.run(manage, cwd=ROOT, env=server.env, check=True, capture_output=True)
+    return output.stdout.decode().split()[-1]

@@ -2,8 +2,6 @@
 query, limits per token, and its OpenAPI description."""
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -14,8 +12,7 @@ from django.test import Client
 
 from chat import memberships, services, tokens
 from chat.identity import Author
-from chat.tests.conftest import SocketsOnProcesses, next_frame
-from conftest import ROOT
+from chat.tests.conftest import SocketsOnProcesses, next_frame, token_made_on
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer")
 # What any way in answers a stranger to a private room, and anyone for a missing one.
@@ -189,15 +186,7 @@ async def test_a_post_over_http_reaches_open_sockets_in_order_with_theirs(join, 
 
 def test_api_posts_reach_sockets_on_two_processes_once_and_in_order(start_chat_server):
     first, second = start_chat_server(), start_chat_server()
-    make_token = (
-        "from django.contrib.auth.models import User; from chat import tokens; "
-        "user, _ = User.objects.get_or_create(username='apiposter'); "
-        "print(tokens.create_token(user, 'two processes')[1])"
-    )
-    manage = [sys.executable, "manage.py", "shell", "-c", make_token]
-    raw = subprocess.run(
-        manage, cwd=ROOT, env=first.env, check=True, capture_output=True, text=True
-    ).stdout.split()[-1]
+    raw = token_made_on(first, "apiposter", "two processes")
     processes = SocketsOnProcesses((first, second), "apiposts")
 
     def api_post(text: str) -> int:

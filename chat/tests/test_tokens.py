@@ -17,7 +17,13 @@ from django.test import Client
 
 from chat import protocol, tokens
 from chat.models import ApiToken, Message
-from chat.tests.conftest import ALLOWED_HOST, ALLOWED_ORIGIN, next_frame, session_cookie_for
+from chat.tests.conftest import (
+    ALLOWED_HOST,
+    ALLOWED_ORIGIN,
+    next_frame,
+    session_cookie_for,
+    token_made_on,
+)
 from conftest import ROOT
 from mysite.asgi import application
 
@@ -287,14 +293,7 @@ async def test_a_token_socket_whose_user_is_deactivated_without_signals_stores_n
 
 def test_revoking_a_token_closes_its_sockets_on_every_process(start_chat_server):
     first, second = start_chat_server(), start_chat_server()
-    make_token = (
-        "from django.contrib.auth.models import User; from chat import tokens; "
-        "user, _ = User.objects.get_or_create(username='revokee'); "
-        "print(tokens.create_token(user, 'revoked on both')[1])"
-    )
-    manage = [sys.executable, "manage.py", "shell", "-c", make_token]
-    output = subprocess.run(manage, cwd=ROOT, env=first.env, check=True, capture_output=True)
-    raw = output.stdout.decode().split()[-1]
+    raw = token_made_on(first, "revokee", "revoked on both")
     sockets = [
         websocket.create_connection(
             server.url.replace("http://", "ws://") + "/ws/chat/revoked/",
