@@ -79,8 +79,19 @@ def client_address(connection: HttpRequest | dict) -> str:
     else:
         client = connection.get("client")
         address = client[0] if client else None
+    return _canonical_address(address or UNKNOWN_ADDRESS)
+
+
+# Client addresses a process meets over and over (each socket's, at each message): each
+# is parsed once. ipaddress takes some 10 µs an address, on the sync thread every socket
+# shares.
+ADDRESSES_CACHED = 4096
+
+
+@functools.lru_cache(maxsize=ADDRESSES_CACHED)
+def _canonical_address(address: str) -> str:
     try:
-        parsed = ipaddress.ip_address(address or UNKNOWN_ADDRESS)
+        parsed = ipaddress.ip_address(address)
     except ValueError:
         return address  # not an address (a test's name for a client): as it is
     # A dual-stack socket names IPv4 peers ::ffff:a.b.c.d: the same client as a.b.c.d.
@@ -95,12 +106,15 @@ def client_network(connection: HttpRequest | dict) -> str:
     Written as an address or a network ("2001:db8:1:2::/64"); django-axes stores it as one
     address (client_network_address).
     """
-    address = client_address(connection)
+    return _network_of(client_address(connection), settings.CHAT_IPV6_PREFIX_LENGTH)
+
+
+@functools.lru_cache(maxsize=ADDRESSES_CACHED)
+def _network_of(address: str, prefix: int) -> str:
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
         return address
-    prefix = settings.CHAT_IPV6_PREFIX_LENGTH
     if parsed.version == 4 or prefix == parsed.max_prefixlen:
         return address
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
