@@ -83,8 +83,8 @@ def client_address(connection: HttpRequest | dict) -> str:
 
 
 # Client addresses a process meets over and over (each socket's, at each message): each
-# is parsed once. ipaddress takes some 10 µs an address, on the sync thread every socket
-# shares.
+# is parsed once. ipaddress takes 3 µs (IPv4) to 25 µs (IPv6) an address, on the sync thread
+# every socket shares.
 ADDRESSES_CACHED = 4096
 
 
