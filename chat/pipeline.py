@@ -6,8 +6,8 @@ hand_to_loop queues a call on the loop, in call order, and returns at once; a so
 frames go out in order through its FrameQueue. The other way, many sockets' frames (and
 their gap fills) arrive at once, and a hop to the thread per call cost more than the
 calls: call_batched runs them in one hop. Bulk work that must not hold everyone else up
-(the messages endpoint's pages of history) waits its turn: bulk_call runs such jobs on
-that thread, one at a time, paced (run_in_turn).
+(the messages endpoint's pages of history, chat.paced) waits its turn: run_in_turn runs
+such jobs one at a time, paced.
 
 Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
@@ -16,12 +16,10 @@ import asyncio
 import collections
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
 
 from . import loops, sides
@@ -204,35 +202,6 @@ async def run_in_turn(job: Callable[..., Coroutine[Any, Any, Any]], *args):
     if state.lane is None:
         state.lane = _Lane()
     return await state.lane.run(job, args)
-
-
-def bulk_call(function: Callable[..., Any], *args):
-    """From a request's thread: function(*args) on the sockets' sync thread, in its turn.
-
-    Django runs each HTTP request in a thread of its own (asgiref's ThreadSensitiveContext):
-    ten readers paging through a room at once would be ten threads taking the GIL from the
-    sockets' thread and the loop, in slices of 5 ms. Here the bulk work (a page of history,
-    read and encoded) runs where the sockets' handlers run, one page at a time and paced
-    (run_in_turn), joining their batches (call_batched); the request's thread only waits.
-    Never call it on the sockets' thread itself (a view run without Django's ASGIHandler,
-    as django.test.AsyncClient does): it would wait for itself. Outside a server's request
-    thread (the test client, a management command) there are no sockets to spare, and
-    async_to_sync would start a loop of its own whose database_sync_to_async closes this
-    thread's connection (in a test's transaction, too): the call runs here.
-    """
-    if not _in_a_servers_request_thread():
-        return function(*args)
-    return async_to_sync(run_in_turn)(call_batched, function, *args)
-
-
-def _in_a_servers_request_thread() -> bool:
-    """Whether this thread was started by sync_to_async from a running server's loop, where
-    async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
-    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-    return (
-        loop is not None
-        and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
-    )
 
 
 async def call_batched(function, *args):

@@ -22,8 +22,8 @@ from . import (
     identity,
     limits,
     memberships,
+    paced,
     permissions,
-    pipeline,
     protocol,
     revocation,
     rooms,
@@ -156,6 +156,7 @@ def room_not_found_page(request):
     return render(request, "404.html", status=404)
 
 
+@paced.paced  # served whole on the sockets' thread, in turn with other pages
 @require_GET
 def room_messages(request, room_name):
     """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page.
@@ -170,16 +171,10 @@ def room_messages(request, room_name):
     if room_name is None:
         return _room_not_found()
     try:
-        # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
-        body = pipeline.bulk_call(_encoded_page, address, room_name, request.GET)
+        page = services.read_page(room_name, request.GET, address)
     except services.InvalidPage as refusal:
         return HttpResponseBadRequest(str(refusal))
-    return HttpResponse(body, content_type="application/json")
-
-
-def _encoded_page(address: str, room_name: str, query) -> str:
-    """The messages endpoint's answer for the room at `address` (its key `room_name`)."""
-    return json.dumps(services.read_page(room_name, query, address))
+    return HttpResponse(json.dumps(page), content_type="application/json")
 
 
 def _active_rooms(request) -> list[dict]:

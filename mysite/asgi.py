@@ -12,6 +12,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat.limits import HandshakeLimitMiddleware  # noqa: E402
+from chat.paced import PacedViews  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from mysite.origins import StrictOriginValidator, TokenUserMiddleware  # noqa: E402
 from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
@@ -20,7 +21,8 @@ from mysite.proxies import TrustedProxyMiddleware  # noqa: E402
 application = TrustedProxyMiddleware(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            # Bulk reads (@paced views) in turn on the sockets' thread, not a thread each.
+            "http": PacedViews(django_asgi_app),
             # Not channels' AllowedHostsOriginValidator: it compares the Origin's host name
             # only, so another port or scheme on this host could chat as the logged-in user.
             # The new-socket limit before the session is loaded: a refusal costs no query.

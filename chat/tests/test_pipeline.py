@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from chat import pipeline
@@ -248,25 +247,3 @@ async def test_a_failed_job_in_turn_raises_in_its_caller_and_the_next_one_runs()
     results = await asyncio.wait_for(asyncio.gather(failed, next_one, return_exceptions=True), 5)
     assert repr(results[0]) == "ValueError('broken page')"
     assert results[1] == "next"
-
-
-async def test_a_bulk_call_from_a_requests_thread_runs_on_the_sockets_thread_in_turn():
-    sockets_thread = await pipeline.call_batched(threading.current_thread)
-    ran = []
-
-    def page(number: int) -> int:
-        ran.append((number, threading.current_thread()))
-        return number
-
-    async def held_turn():
-        ran.append(("held", threading.current_thread()))
-
-    # A request's thread, as Django's ASGI handler runs a view in (asgiref's SyncToAsync).
-    request = sync_to_async(pipeline.bulk_call, thread_sensitive=False)
-    first = asyncio.ensure_future(pipeline.run_in_turn(held_turn))
-    results = await asyncio.wait_for(asyncio.gather(request(page, 1), request(page, 2)), 5)
-    await first
-    assert results == [1, 2]
-    assert ran[0][0] == "held"  # each in its turn, after the job before it
-    assert sorted(number for number, _ in ran[1:]) == [1, 2]
-    assert all(thread is sockets_thread for number, thread in ran if number != "held")

@@ -1,0 +1,90 @@
+"""Views of bulk work (pages of history), served whole on the sockets' thread, paced.
+
+Django's ASGI handler runs each request in a thread of its own (asgiref's
+ThreadSensitiveContext makes one per request), its signals, middleware and view there,
+with a hop back to the loop for each part. Ten readers paging through a room at once
+were ten such threads, taking the interpreter from the sockets' thread and the loop with
+no pacing at all: another room's messages waited for them (benchmarks/catch_up.py). A
+view marked @paced is served by PacedViews instead: the request is read on the loop,
+handled whole (Django's signals, the same middleware, the view) by a synchronous
+handler on the sockets' thread as one bulk job (pipeline.run_in_turn), and its answer
+sent from the loop. Every other request goes to Django's handler.
+
+Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import IO, TypeVar
+
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import HttpResponseBase
+from django.urls import Resolver404, get_resolver, set_script_prefix
+
+from . import pipeline, sides
+
+View = TypeVar("View", bound=Callable)
+
+
+def paced(view: View) -> View:
+    """Mark a view as bulk work: PacedViews serves it on the sockets' thread, in turn."""
+    view.paced = True
+    return view
+
+
+def is_paced(scope: dict) -> bool:
+    """Whether an HTTP request's path leads to a @paced view."""
+    path = scope["path"]
+    root_path = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return getattr(match.func, "paced", False)
+
+
+class PacedViews:
+    """ASGI: Django's application, with the requests for @paced views served in turn."""
+
+    def __init__(self, django_app: ASGIHandler):
+        self.django_app = django_app
+        # The same middleware as Django's handler, in their synchronous form.
+        self.handler = BaseHandler()
+        self.handler.load_middleware(is_async=False)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not is_paced(scope):
+            return await self.django_app(scope, receive, send)
+        try:
+            body = await self.django_app.read_body(receive)
+        except RequestAborted:
+            return
+        turn = asyncio.ensure_future(
+            pipeline.run_in_turn(pipeline.call_batched, self.respond, scope, body)
+        )
+        gone = asyncio.ensure_future(self.django_app.listen_for_disconnect(receive))
+        await asyncio.wait([turn, gone], return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        turn.cancel()  # the client left: a request whose turn has not come is dropped
+        await asyncio.gather(turn, gone, return_exceptions=True)
+        if not turn.cancelled():
+            await self.django_app.send_response(turn.result(), send)
+
+    @sides.on_sync_thread
+    def respond(self, scope: dict, body: IO[bytes]) -> HttpResponseBase:
+        """Handle one request whole, as Django's WSGI handler does: its response, closed."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        try:
+            request, response = self.django_app.create_request(scope, body)
+            if request is not None:
+                response = self.handler.get_response(request)
+        finally:
+            body.close()
+        response.close()  # request_finished, here on the thread whose connections it closes
+        return response

@@ -1,0 +1,93 @@
+"""Tests for chat/paced.py: bulk views served whole on the sockets' thread, in turn."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from channels.testing import ApplicationCommunicator, HttpCommunicator
+
+from chat import limits, loops, paced, pipeline, services
+from chat.tests.conftest import ALLOWED_HOST
+from mysite.asgi import application
+
+pytestmark = pytest.mark.usefixtures("limits_count_from_zero", "transactional_db")
+
+MESSAGES_PATH = "/chat/lobby/messages/"
+
+
+@pytest.fixture
+async def held_lane():
+    """A bulk job holding the lane until `release` is set; the lane is free afterwards."""
+    release = asyncio.Event()
+    holding = asyncio.ensure_future(pipeline.run_in_turn(release.wait))
+    yield release
+    release.set()
+    await asyncio.wait_for(holding, 5)
+
+
+async def until_waiting_in_lane(count: int, timeout: float = 5):
+    """Wait until `count` bulk jobs wait for their turn behind the one running."""
+    async with asyncio.timeout(timeout):
+        while len(loops.of_loop().lane.waiting) < count:
+            await asyncio.sleep(0.001)
+
+
+def recording(monkeypatch, module, name: str, seen: list):
+    """Wrap module.name so that each call notes (name, its thread) in `seen`."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        seen.append((name, threading.current_thread()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_only_the_paths_of_paced_views_are_paced():
+    assert paced.is_paced({"path": MESSAGES_PATH})
+    assert paced.is_paced({"path": "/prefix" + MESSAGES_PATH, "root_path": "/prefix"})
+    assert not paced.is_paced({"path": "/chat/lobby/"})
+    assert not paced.is_paced({"path": "/no/such/page/"})
+
+
+async def test_a_messages_request_is_handled_whole_on_the_sockets_thread_in_its_turn(
+    monkeypatch, held_lane
+):
+    sockets_thread = await pipeline.call_batched(threading.current_thread)
+    seen = []
+    # The per-address limit (a request's middleware-side work) and the page's read.
+    recording(monkeypatch, limits, "http_refusal", seen)
+    recording(monkeypatch, services, "read_page", seen)
+    request = HttpCommunicator(application, "GET", MESSAGES_PATH, headers=[(b"host", ALLOWED_HOST)])
+    answer = asyncio.ensure_future(request.get_response(timeout=5))
+    await until_waiting_in_lane(1)
+    assert seen == []  # nothing of it runs before its turn
+    held_lane.set()
+    response = await answer
+    assert response["status"] == 200
+    assert json.loads(response["body"]) == {"room": "lobby", "messages": [], "next_after": None}
+    assert seen == [("http_refusal", sockets_thread), ("read_page", sockets_thread)]
+    # Through the same middleware as every other request.
+    assert (b"X-Content-Type-Options", b"nosniff") in response["headers"]
+
+
+async def test_a_request_whose_client_left_before_its_turn_is_never_handled(monkeypatch, held_lane):
+    seen = []
+    recording(monkeypatch, limits, "http_refusal", seen)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": MESSAGES_PATH,
+        "query_string": b"",
+        "headers": [(b"host", ALLOWED_HOST)],
+    }
+    request = ApplicationCommunicator(application, scope)
+    await request.send_input({"type": "http.request", "body": b""})
+    await until_waiting_in_lane(1)
+    await request.send_input({"type": "http.disconnect"})
+    await request.wait(timeout=5)  # the application returns without waiting for its turn
+    held_lane.set()
+    await pipeline.run_in_turn(asyncio.sleep, 0)  # every job queued before this one is done
+    assert seen == []
+    assert await request.receive_nothing()
