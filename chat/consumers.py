@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import (
+    deactivation,
     identity,
     limits,
     metrics,
@@ -176,6 +177,13 @@ class ChatConsumer(WebsocketConsumer):
     @sides.on_sync_thread
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
+        if deactivation.deactivated_user(self.scope.get("user"), self.scope.get("session")):
+            # A browser signed in as a deactivated account: accepted, so that the page
+            # reads the close code and explains it instead of reconnecting as a guest.
+            self.accept(tokens.accepted_subprotocol(self.scope))
+            self.closing = True
+            self.close(code=protocol.CLOSE_ACCOUNT_DEACTIVATED, reason=deactivation.DETAIL)
+            return
         if self.room_name is None:
             # A private room it may not read: refused as one that does not exist is.
             self.close()
@@ -294,6 +302,14 @@ class ChatConsumer(WebsocketConsumer):
     def chat_identity_changed(self, event):
         """This socket's session or user changed: close, so the page reconnects as it now is."""
         self._close_for_identity(event["reason"])
+
+    @sides.on_sync_thread
+    def chat_account_deactivated(self, event):
+        """This socket's user was deactivated (chat.deactivation): close with 4412."""
+        if not self.closing:
+            logger.info("closing socket in room %r: account deactivated", self.room_name)
+            self.closing = True  # and store nothing more from it meanwhile
+            self.close(code=protocol.CLOSE_ACCOUNT_DEACTIVATED, reason=deactivation.DETAIL)
 
     @sides.on_sync_thread
     def chat_membership_ended(self, event):

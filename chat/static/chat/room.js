@@ -61,6 +61,9 @@
     // The reader is no longer a member of this private room (docs/protocol.md, close codes):
     // removed by its owner, or left in another tab. The page stays closed.
     const NOT_A_MEMBER = 4403;
+    // The account this browser was signed in as was deactivated (docs/protocol.md, close
+    // codes): the page stays closed, and never reconnects as a guest.
+    const ACCOUNT_DEACTIVATED = 4412;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -112,6 +115,7 @@
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4403: 'You are no longer a member of this room.',
+        4412: 'This account has been deactivated.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -772,8 +776,8 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER) {
-            showStatus(PLAIN_CLOSES[NOT_A_MEMBER], 'error', e.code);
+        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED) {
+            showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
             return;
         }
         if (pageHidden) {
