@@ -30,6 +30,7 @@ from . import (
     pipeline,
     presence,
     protocol,
+    retention,
     revocation,
     rooms,
     services,
@@ -514,14 +515,23 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _send_backlog(self, after: int | None):
-        """Send the history, or with ?after= recover what was missed (a bounded amount)."""
+        """Send the history, or with ?after= recover what was missed (a bounded amount).
+
+        Either says with a `gone` frame when ids it would cover were deleted by retention
+        (chat.retention): the client then waits for none of them.
+        """
+        gone = retention.gone_until(self.room_name)
         if after is not None:
+            if gone > after:  # before the messages recovered, which start after it
+                self.send(text_data=protocol.gone_frame(gone))
             last = self._recover(after)
         else:
             backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
             for message in backlog:
                 event = protocol.chat_message_event(message)
                 self.send(text_data=protocol.message_frame(event, history=True))
+            if gone:  # after the history, whose first message it may be the end of
+                self.send(text_data=protocol.gone_frame(gone))
             last = backlog[-1].seq if backlog else services.last_seq(self.room_name)
         pipeline.hand_to_loop(self.loop, self.delivery.start, last)
         self.room_exists = last > 0

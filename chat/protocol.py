@@ -350,6 +350,12 @@ def catch_up_frame(recovered: bool, after: int, until: int) -> str:
     return json.dumps({"catch_up": {"recovered": recovered, "after": after, "until": until}})
 
 
+def gone_frame(until: int) -> str:
+    """Build the frame that says the room's messages with ids up to `until` were deleted by
+    retention (chat.retention): the client waits for none of them and asks for none."""
+    return json.dumps({"gone": {"until": until}})
+
+
 def pong_frame() -> str:
     """Build the frame that answers a ping: the connection is alive both ways."""
     return json.dumps({"pong": True})
