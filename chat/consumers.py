@@ -182,8 +182,7 @@ class ChatConsumer(WebsocketConsumer):
             # A browser signed in as a deactivated account: accepted, so that the page
             # reads the close code and explains it instead of reconnecting as a guest.
             self.accept(tokens.accepted_subprotocol(self.scope))
-            self.closing = True
-            self.close(code=protocol.CLOSE_ACCOUNT_DEACTIVATED, reason=deactivation.DETAIL)
+            self._close_deactivated()
             return
         if self.room_name is None:
             # A private room it may not read: refused as one that does not exist is.
@@ -307,6 +306,10 @@ class ChatConsumer(WebsocketConsumer):
     @sides.on_sync_thread
     def chat_account_deactivated(self, event):
         """This socket's user was deactivated (chat.deactivation): close with 4412."""
+        self._close_deactivated()
+
+    @sides.on_sync_thread
+    def _close_deactivated(self):
         if not self.closing:
             logger.info("closing socket in room %r: account deactivated", self.room_name)
             self.closing = True  # and store nothing more from it meanwhile
@@ -399,7 +402,11 @@ class ChatConsumer(WebsocketConsumer):
         ):
             # Logged out, banned, renamed... and the event that closes us is still on its
             # way, or will never come (a change made without signals): store nothing.
-            self._close_for_identity("the session no longer speaks as this socket")
+            session = None if token is not None else self.scope.get("session")
+            if deactivation.deactivated_user(None, session) is not None:
+                self._close_deactivated()  # the handshake's session named a user now inactive
+            else:
+                self._close_for_identity("the session no longer speaks as this socket")
             return
         if not permissions.may_post(self.author, self.room_name):
             # Removed while the closing event was on its way (or lost with Redis).

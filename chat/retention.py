@@ -111,7 +111,9 @@ def purge_room(
 def purge(*, dry_run: bool = False, batch: int = BATCH_SIZE, now: datetime | None = None):
     """Apply every room's retention period; yields a Purge per room that has one."""
     now = now or timezone.now()
-    rooms = Room.objects.values_list("name", "retention_days").order_by("name")
+    # A room with no message above gone_until has nothing to delete: no query for it.
+    rooms = Room.objects.filter(gone_until__lt=F("last_seq"))
+    rooms = rooms.values_list("name", "retention_days").order_by("name")
     if settings.CHAT_RETENTION_DAYS == 0:
         rooms = rooms.filter(retention_days__gt=0)
     else:

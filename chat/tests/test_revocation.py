@@ -92,12 +92,16 @@ async def test_a_frame_handled_before_the_logout_event_arrives_is_refused_not_st
 
 
 @pytest.mark.parametrize(
-    "change",
-    [{"is_active": False}, {"password": "!"}, {"username": "mallory"}],
-    ids=["banned", "password-replaced", "renamed"],
+    ("change", "code"),
+    [
+        ({"is_active": False}, protocol.CLOSE_ACCOUNT_DEACTIVATED),
+        ({"password": "!"}, protocol.CLOSE_IDENTITY_CHANGED),
+        ({"username": "mallory"}, protocol.CLOSE_IDENTITY_CHANGED),
+    ],
+    ids=["deactivated", "password-replaced", "renamed"],
 )
 async def test_an_account_changed_without_signals_stores_nothing_more_from_its_sockets(
-    join, alice, change
+    join, alice, change, code
 ):
     socket = await join_as(join, await new_session(**logged_in_session_values(alice)))
     await socket.send_json_to({"message": "before"})
@@ -107,7 +111,7 @@ async def test_an_account_changed_without_signals_stores_nothing_more_from_its_s
     await database_sync_to_async(User.objects.filter(pk=alice.pk).update)(**change)
     await socket.send_json_to({"message": "after"})
 
-    assert await close_code_within(socket) == protocol.CLOSE_IDENTITY_CHANGED
+    assert await close_code_within(socket) == code
     texts = await database_sync_to_async(list)(Message.objects.values_list("text", flat=True))
     assert texts == ["before"]
 
