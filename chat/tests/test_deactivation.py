@@ -36,6 +36,7 @@ WAYS_IN = [
     ("post", "/api/rooms/lobby/read/", True),
     ("post", "/accounts/name/", False),
     ("get", "/accounts/signup/", False),
+    ("post", "/rooms/new/", False),
 ]
 
 
