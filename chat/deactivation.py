@@ -18,6 +18,7 @@ from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -47,7 +48,7 @@ def deactivated_user(user, session) -> int | None:
     model = get_user_model()
     try:
         pk = model._meta.pk.to_python(user_id)
-    except Exception:  # not an id of this user model: nothing to refuse for
+    except ValidationError:  # not an id of this user model: nothing to refuse for
         return None
     inactive = model._default_manager.filter(pk=pk, is_active=False).exists()
     return pk if inactive else None

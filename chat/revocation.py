@@ -242,7 +242,9 @@ def _user_changed(sender, instance, created, **kwargs):
 def account_deactivated(user_id) -> None:
     """Once the current transaction commits: sign the user out everywhere (chat.deactivation)
     and close their sockets on every process with 4412."""
-    transaction.on_commit(lambda: deactivation.sign_out_everywhere(user_id))
+    # Robust: the deactivation stands if the scan fails (logged); each session is then
+    # refused and marked at its next request or handshake instead.
+    transaction.on_commit(lambda: deactivation.sign_out_everywhere(user_id), robust=True)
     send_on_commit(user_group(user_id), protocol.account_deactivated_event())
 
 
