@@ -14,8 +14,9 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "title", "last_seq"]
+    list_display = ["name", "title", "last_seq", "retention_days", "gone_until"]
     search_fields = ["name", "title"]
+    readonly_fields = ["gone_until"]
     inlines = [MembershipInline]
 
 

@@ -87,6 +87,8 @@ class PageOut(Schema):
     # One of the two, as the query asked: the next page's after= (or before=), or null.
     next_after: int | None = None
     next_before: int | None = None
+    # The ids up to it were deleted by retention (docs/protocol.md), 0 for none.
+    gone_until: int = 0
 
 
 class RoomOut(Schema):

@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import (
+    deactivation,
     identity,
     limits,
     metrics,
@@ -29,6 +30,7 @@ from . import (
     pipeline,
     presence,
     protocol,
+    retention,
     revocation,
     rooms,
     services,
@@ -176,6 +178,12 @@ class ChatConsumer(WebsocketConsumer):
     @sides.on_sync_thread
     def connect(self):
         """Join the room's group, accept, then send the backlog and who is here."""
+        if deactivation.deactivated_user(self.scope.get("user"), self.scope.get("session")):
+            # A browser signed in as a deactivated account: accepted, so that the page
+            # reads the close code and explains it instead of reconnecting as a guest.
+            self.accept(tokens.accepted_subprotocol(self.scope))
+            self._close_deactivated()
+            return
         if self.room_name is None:
             # A private room it may not read: refused as one that does not exist is.
             self.close()
@@ -296,6 +304,18 @@ class ChatConsumer(WebsocketConsumer):
         self._close_for_identity(event["reason"])
 
     @sides.on_sync_thread
+    def chat_account_deactivated(self, event):
+        """This socket's user was deactivated (chat.deactivation): close with 4412."""
+        self._close_deactivated()
+
+    @sides.on_sync_thread
+    def _close_deactivated(self):
+        if not self.closing:
+            logger.info("closing socket in room %r: account deactivated", self.room_name)
+            self.closing = True  # and store nothing more from it meanwhile
+            self.close(code=protocol.CLOSE_ACCOUNT_DEACTIVATED, reason=deactivation.DETAIL)
+
+    @sides.on_sync_thread
     def chat_membership_ended(self, event):
         """A user left the room or was removed: if it is this socket's, close it (4403)."""
         if event["user_id"] == self.author.user_id and not self.closing:
@@ -382,7 +402,11 @@ class ChatConsumer(WebsocketConsumer):
         ):
             # Logged out, banned, renamed... and the event that closes us is still on its
             # way, or will never come (a change made without signals): store nothing.
-            self._close_for_identity("the session no longer speaks as this socket")
+            session = None if token is not None else self.scope.get("session")
+            if deactivation.deactivated_user(None, session) is not None:
+                self._close_deactivated()  # the handshake's session named a user now inactive
+            else:
+                self._close_for_identity("the session no longer speaks as this socket")
             return
         if not permissions.may_post(self.author, self.room_name):
             # Removed while the closing event was on its way (or lost with Redis).
@@ -498,14 +522,23 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _send_backlog(self, after: int | None):
-        """Send the history, or with ?after= recover what was missed (a bounded amount)."""
+        """Send the history, or with ?after= recover what was missed (a bounded amount).
+
+        Either says with a `gone` frame when ids it would cover were deleted by retention
+        (chat.retention): the client then waits for none of them.
+        """
+        gone = retention.gone_until(self.room_name)
         if after is not None:
+            if gone > after:  # before the messages recovered, which start after it
+                self.send(text_data=protocol.gone_frame(gone))
             last = self._recover(after)
         else:
             backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
             for message in backlog:
                 event = protocol.chat_message_event(message)
                 self.send(text_data=protocol.message_frame(event, history=True))
+            if gone:  # after the history, whose first message it may be the end of
+                self.send(text_data=protocol.gone_frame(gone))
             last = backlog[-1].seq if backlog else services.last_seq(self.room_name)
         pipeline.hand_to_loop(self.loop, self.delivery.start, last)
         self.room_exists = last > 0

@@ -11,7 +11,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from . import identity, memberships, permissions
+from . import identity, memberships, permissions, retention
 from .models import Membership
 from .views import room_not_found_page
 
@@ -69,6 +69,27 @@ def leave(request, room_name):
         return redirect("chat:room", room_name=room_name)
     messages.info(request, "You left the room.")
     return redirect("chat:index")
+
+
+@require_POST
+def set_retention(request, room_name):
+    """The owner sets how many days the room keeps its messages (days=, "" for the default)."""
+    author = identity.author_for(request.user, request.session)
+    room_key = permissions.room_for(author, room_name)
+    if room_key is None:
+        return room_not_found_page(request)
+    if not permissions.may_set_retention(author, room_key):
+        messages.error(request, "Only the room's owner sets how long it keeps messages.")
+        return redirect("chat:room", room_name=room_name)
+    try:
+        days = retention.set_room_days(room_key, request.POST.get("days", ""))
+    except retention.InvalidPeriod as refusal:
+        messages.error(request, str(refusal))
+        return redirect("chat:room", room_name=room_name)
+    days = retention.days_for(days)
+    kept = f"for {days} days" if days else "for ever"
+    messages.info(request, f"Messages here are now kept {kept}.")
+    return redirect("chat:room", room_name=room_name)
 
 
 def _change(request, room_name, change, done: str):

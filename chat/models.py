@@ -27,6 +27,15 @@ class Room(models.Model):
     # looks like an existing one, in one indexed query. NULL for rooms from before the
     # rule that look like an older one or break the room-name rule: kept, never listed.
     key = models.TextField(null=True, blank=True, unique=True, editable=False)
+    # Days its messages are kept (chat.retention); empty: CHAT_RETENTION_DAYS; 0: for ever.
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Days messages are kept. Empty: CHAT_RETENTION_DAYS; 0: for ever.",
+    )
+    # Every message with an id up to this was deleted by retention (0: none); ids never
+    # move. A database default too: services._next_seq creates rooms in raw SQL.
+    gone_until = models.PositiveBigIntegerField(default=0, db_default=0, editable=False)
 
     def __str__(self):
         return self.name

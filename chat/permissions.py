@@ -138,6 +138,12 @@ def may_appoint_moderators(author: Author, room_key: str) -> bool:
     return rooms.kind(room_key) != rooms.DIRECT and role_of(author, room_key) in _MANAGERS
 
 
+def may_set_retention(author: Author, room_key: str) -> bool:
+    """Set how long the room keeps its messages (chat.retention): its owner (a direct
+    conversation has none)."""
+    return rooms.kind(room_key) != rooms.DIRECT and role_of(author, room_key) in _MANAGERS
+
+
 def may_leave(author: Author, room_key: str) -> bool:
     """Leave a private room: a member or moderator (not its owner, nor a direct conversation)."""
     return rooms.kind(room_key) == rooms.PRIVATE and role_of(author, room_key) in _LEAVERS

@@ -50,9 +50,13 @@ CLOSE_LIFETIME_ENDED = 4000
 # client should reconnect with backoff and catch up with ?after=.
 CLOSE_SERVICE_UNAVAILABLE = 4503
 # Close code for a socket whose session or user changed (logout, password change,
-# deactivation, a new guest name, an expired session): reconnect at once, as the session
+# deletion, a new guest name, an expired session): reconnect at once, as the session
 # now is. 401 echoes HTTP's "who are you?".
 CLOSE_IDENTITY_CHANGED = 4401
+# Close code for every socket of an account that was deactivated, and for a handshake from
+# a browser session that was signed in as it (chat.deactivation): do not reconnect; the
+# page says "This account has been deactivated." 412 echoes HTTP's "precondition failed".
+CLOSE_ACCOUNT_DEACTIVATED = 4412
 # Close code for a socket whose author is no longer a member of its private room (removed
 # by its owner, or left from another tab): do not reconnect. 403 echoes HTTP's forbidden.
 CLOSE_NOT_A_MEMBER = 4403
@@ -327,6 +331,11 @@ def identity_changed_event(reason: str) -> dict[str, Any]:
     return {"type": "chat.identity_changed", "reason": reason}
 
 
+def account_deactivated_event() -> dict[str, Any]:
+    """Build the channel-layer event that closes a deactivated user's sockets with 4412."""
+    return {"type": "chat.account_deactivated"}
+
+
 def membership_ended_event(user_id: int, reason: str) -> dict[str, Any]:
     """Build the room event that closes one user's sockets in the room (chat.memberships)."""
     return {"type": "chat.membership_ended", "user_id": user_id, "reason": reason}
@@ -339,6 +348,12 @@ def catch_up_frame(recovered: bool, after: int, until: int) -> str:
     messages endpoint; the socket goes on with the messages after `until`.
     """
     return json.dumps({"catch_up": {"recovered": recovered, "after": after, "until": until}})
+
+
+def gone_frame(until: int) -> str:
+    """Build the frame that says the room's messages with ids up to `until` were deleted by
+    retention (chat.retention): the client waits for none of them and asks for none."""
+    return json.dumps({"gone": {"until": until}})
 
 
 def pong_frame() -> str:

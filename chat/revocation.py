@@ -4,11 +4,12 @@ Channels reads a socket's user and session once, at the handshake (channels#1324
 without this a socket keeps speaking as a user who has since logged out. Each socket
 also joins a channel-layer group for its session and, when logged in, one for its user.
 A socket opened with an API token also joins one for the token. When that identity changes
-anywhere (logout, a login in the session, a password change, deactivation or deletion of
-the user, a guest's new display name, a revoked token), every process's sockets
-of that session or user receive `chat.identity_changed` and close with
-CLOSE_IDENTITY_CHANGED (4401); the page reloads as whoever the session now is. A session that
-expires closes its sockets the same way, from a timer in the socket's process.
+anywhere (logout, a login in the session, a password change, deletion of the user, a
+guest's new display name, a revoked token), every process's sockets of that session or
+user receive `chat.identity_changed` and close with CLOSE_IDENTITY_CHANGED (4401); the
+page reloads as whoever the session now is. A deactivation closes them with 4412
+instead, and signs the user out (chat.deactivation). A session that expires closes its
+sockets the same way, from a timer in the socket's process.
 
 The event can come late: a frame sent just after the logout may be handled first, and a
 change that sends no signal (`User.objects.filter(...).update(is_active=False)`) sends no
@@ -43,7 +44,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from . import identity, protocol
+from . import deactivation, identity, protocol
 from .identity import Author
 from .models import ApiToken
 
@@ -230,8 +231,21 @@ def _remember_identity(sender, instance, update_fields=None, **kwargs):
 def _user_changed(sender, instance, created, **kwargs):
     before = getattr(instance, "_identity_before_save", None)
     after = tuple(getattr(instance, field) for field in _IDENTITY_FIELDS)
-    if not created and before is not None and before != after:
+    if created or before is None or before == after:
+        return
+    if before[_IDENTITY_FIELDS.index("is_active")] and not instance.is_active:
+        account_deactivated(instance.pk)
+    else:
         close_sockets_of(user_group(instance.pk), "account changed")
+
+
+def account_deactivated(user_id) -> None:
+    """Once the current transaction commits: sign the user out everywhere (chat.deactivation)
+    and close their sockets on every process with 4412."""
+    # Robust: the deactivation stands if the scan fails (logged); each session is then
+    # refused and marked at its next request or handshake instead.
+    transaction.on_commit(lambda: deactivation.sign_out_everywhere(user_id), robust=True)
+    send_on_commit(user_group(user_id), protocol.account_deactivated_event())
 
 
 @receiver(post_delete, sender=get_user_model(), dispatch_uid="chat.revocation.user_deleted")

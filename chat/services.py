@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import metrics, permissions, protocol, rooms
+from . import metrics, permissions, protocol, retention, rooms
 from .identity import Author
 from .lookalikes import name_key
 from .models import Membership, Message, Room
@@ -206,6 +206,7 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
     page). Before: the newest `limit` before that id, oldest first, and `next_before`. The
     one read of history over HTTP: the room's messages endpoint and the API share it.
     "room" is the address the reader asked for (a direct conversation's is `@<username>`).
+    "gone_until": the ids up to it were deleted by retention (chat.retention), 0 for none.
     """
     shown = address or room_name
     try:
@@ -228,9 +229,15 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
             "room": shown,
             "messages": fields,
             "next_before": page[0].seq if has_more else None,
+            "gone_until": retention.gone_until(room_name),
         }
     page = messages_after(room_name, after, limit + 1)
     has_more = len(page) > limit
     page = page[:limit]
     fields = [protocol.message_fields(message) for message in page]
-    return {"room": shown, "messages": fields, "next_after": page[-1].seq if has_more else None}
+    return {
+        "room": shown,
+        "messages": fields,
+        "next_after": page[-1].seq if has_more else None,
+        "gone_until": retention.gone_until(room_name),
+    }

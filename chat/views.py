@@ -25,13 +25,14 @@ from . import (
     paced,
     permissions,
     protocol,
+    retention,
     revocation,
     rooms,
     services,
     tokens,
 )
 from .forms import SignupForm
-from .models import ApiToken
+from .models import ApiToken, Room
 
 
 def index(request):
@@ -96,6 +97,8 @@ def room(request, room_name):
         # And its heartbeat (mysite.settings): how long without a frame before it pings.
         "heartbeat_seconds": settings.CHAT_HEARTBEAT_SECONDS,
         "heartbeat_timeout_seconds": settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS,
+        # And how long the room keeps messages, for the line where its history ends.
+        "retention_days": retention.room_days(room_key),
     }
     context = _with_identity(request, {"room_name": room_name, "chat_limits": message_limits})
     # author_for has loaded the session: a cookie naming no stored session has no key now.
@@ -130,6 +133,8 @@ def _room_panel(author, address: str, room_key: str) -> dict:
         panel["may_leave"] = permissions.may_leave(author, room_key)
     if room_kind != rooms.DIRECT and not author.is_guest:
         panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
+        if permissions.may_set_retention(author, room_key):
+            panel["retention_days"] = Room.objects.get(name=room_key).retention_days
     if panel["private"] or panel.get("may_appoint"):  # a public room's: its owner's eyes only
         panel["members"] = memberships.members(room_key)
     return panel

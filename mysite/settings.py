@@ -88,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After it: refuses a deactivated account's browser at the chat's views (403).
+    "chat.deactivation.DeactivatedSessionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into our 429 response.
@@ -355,6 +357,9 @@ CHAT_RATE_PER_SECOND = 10.0
 CHAT_FLOOD_CLOSE_AFTER = 50
 # Messages a socket receives on joining: a screenful of context, cheap to send.
 CHAT_HISTORY_LIMIT = 50
+# Days a room's messages are kept before `manage.py chat_retention` deletes them, unless the
+# room sets its own (Room.retention_days). 0 (the default): kept for ever, as before.
+CHAT_RETENTION_DAYS = env_int("CHAT_RETENTION_DAYS", 0, minimum=0)
 # Presence entries live this long unless their process refreshes them, so a killed
 # process leaves ghosts for at most TTL + REFRESH seconds.
 # (From the environment too, so that tests can kill a process and see its ghosts go fast.)

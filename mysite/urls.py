@@ -39,6 +39,7 @@ urlpatterns = [
     path("rooms/<room:room_name>/remove/", membership_views.remove, name="remove_member"),
     path("rooms/<room:room_name>/role/", membership_views.set_role, name="set_role"),
     path("rooms/<room:room_name>/leave/", membership_views.leave, name="leave_room"),
+    path("rooms/<room:room_name>/retention/", membership_views.set_retention, name="retention"),
     # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
     path("api/v1/", chat_api.urls),
     path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),

@@ -168,11 +168,12 @@ class SocketsOnProcesses:
     the chat messages each has read, as (id, text): to check that messages from anywhere
     reach every process exactly once and in order."""
 
-    def __init__(self, servers, room: str):
+    def __init__(self, servers, room: str, cookie: str | None = None):
         self.sockets = [
             websocket.create_connection(
                 server.url.replace("http://", "ws://") + f"/ws/chat/{room}/",
                 origin=server.url,
+                cookie=cookie,
                 timeout=10,
             )
             for server in servers

@@ -3,6 +3,7 @@
 import pytest
 
 from chat import services
+from chat.models import Room
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
 
@@ -41,3 +42,19 @@ def test_message_list_does_not_list_every_room(staff_client):
     html = staff_client.get("/admin/chat/message/", {"q": "needle"}).content.decode()
     assert "needle in the lobby" in html
     assert "quiet-" not in html  # no filter naming every room
+
+
+def test_a_rooms_retention_is_set_in_the_admin_and_what_is_gone_is_shown(staff_client):
+    page = staff_client.get("/admin/chat/room/lobby/change/").content.decode()
+    assert 'name="retention_days"' in page and 'name="gone_until"' not in page
+    form = {"name": "lobby", "title": "", "last_seq": "1", "retention_days": "7"}
+    form.update({f"memberships-{field}": value for field, value in _empty_inline().items()})
+    response = staff_client.post("/admin/chat/room/lobby/change/", form)
+    assert response.status_code == 302
+    assert Room.objects.get(name="lobby").retention_days == 7
+    listed = staff_client.get("/admin/chat/room/").content.decode()
+    assert "column-retention_days" in listed and "column-gone_until" in listed
+
+
+def _empty_inline() -> dict:
+    return {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0", "MAX_NUM_FORMS": "1000"}

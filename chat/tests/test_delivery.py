@@ -307,3 +307,19 @@ async def test_any_interleaving_of_drops_reorders_timers_and_replies_sends_every
             assert frame["id"] == shown + 1
             shown += 1
     assert shown == socket.store.stored
+
+
+async def test_ids_gone_to_retention_are_filled_by_the_read_and_never_waited_on():
+    socket = Socket(stored=2)
+    socket.store.store(4)  # 3-6, which retention deletes before any reaches the socket
+    (seventh,) = socket.store.store()
+    socket.delivery.message(seventh)
+    socket.timers.fire()
+    ((after, limit, on_done),) = socket.store.reads
+    socket.store.reads.clear()
+    on_done([seventh], 7)  # the read finds 7 alone: 3-6 are gone
+    assert socket.ids == [7]
+    assert socket.timers.pending == 0 and socket.store.reads == []
+    (eighth,) = socket.store.store()
+    socket.delivery.message(eighth)
+    assert socket.ids == [7, 8]

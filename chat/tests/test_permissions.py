@@ -1,6 +1,7 @@
 """Who may do what in a room (chat.permissions), and every way in asking it: the room page,
 the messages endpoint, read positions, the room list, the index, the socket and the admin."""
 
+import json
 import re
 
 import pytest
@@ -9,9 +10,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, permissions, rooms, services
+from chat import memberships, permissions, rooms, services, tokens
 from chat.identity import Author
-from chat.models import Membership
+from chat.models import Membership, Message
 from chat.tests.conftest import communicator, logged_in_session_values, new_session
 
 Role = Membership.Role
@@ -234,6 +235,44 @@ def test_the_sidebar_list_changes_when_a_membership_does(people, redis_channel_l
     again = sidebar.get("/api/rooms/", {"online": "0"}, HTTP_IF_NONE_MATCH=first["ETag"])
     assert again.status_code == 200
     assert key in [room["name"] for room in again.json()["rooms"]]
+
+
+def test_the_api_answers_a_strangers_token_as_for_a_missing_room(people, redis_channel_layer):
+    alice, bob, carol, key = people
+    services.store_message(key, _author(alice), "secret plans", None)
+    missing = rooms.new_private_key()
+    raw = {user.pk: tokens.create_token(user, "permissions")[1] for user in (alice, bob, carol)}
+
+    def answers(user, address):
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {raw[user.pk]}"}
+        client = Client()
+        read = client.get(f"/api/v1/rooms/{address}/messages", **headers)
+        body = json.dumps({"message": "let me in"})
+        post = client.post(
+            f"/api/v1/rooms/{address}/messages", body, content_type="application/json", **headers
+        )
+        return [(response.status_code, response.content) for response in (read, post)]
+
+    assert answers(carol, key) == answers(carol, missing)
+    assert [status for status, _ in answers(carol, key)] == [404, 404]
+    assert answers(alice, "@carol")[0][0] == 200
+    assert all(b"secret plans" not in body for _, body in answers(carol, key))
+    assert [m["message"] for m in json.loads(answers(bob, key)[0][1])["messages"]] == [
+        "secret plans"
+    ]
+    assert not Message.objects.filter(text="let me in", room_id=missing).exists()
+
+
+@pytest.mark.parametrize("path", ["/admin/chat/room/", "/admin/chat/message/"])
+def test_the_admin_shows_no_room_or_message_to_anyone_but_staff(people, path):
+    alice, bob, carol, key = people
+    services.store_message(key, _author(alice), "secret plans", None)
+    for user in (None, bob, carol):
+        response = _client(user).get(path)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    carol.is_staff = True  # staff, but granted no permission on the chat's models
+    carol.save()
+    assert _client(carol).get(path).status_code == 403
 
 
 def test_the_admin_is_no_way_into_a_private_room_for_a_member(people):

@@ -270,7 +270,11 @@ async def test_revoking_a_token_or_deactivating_its_user_closes_its_sockets(
     await database_sync_to_async(revoke)()
     while (message := await socket.receive_output(timeout=5))["type"] != "websocket.close":
         pass
-    assert message["code"] == protocol.CLOSE_IDENTITY_CHANGED
+    expected = {
+        "revoke": protocol.CLOSE_IDENTITY_CHANGED,
+        "deactivate": protocol.CLOSE_ACCOUNT_DEACTIVATED,
+    }
+    assert message["code"] == expected[change]
 
 
 async def test_a_token_socket_whose_user_is_deactivated_without_signals_stores_nothing_more(

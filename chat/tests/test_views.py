@@ -78,6 +78,7 @@ def test_room_page_hands_its_script_the_servers_message_limits_and_heartbeat(cli
         "frame_max_chars": settings.CHAT_FRAME_MAX_CHARS,
         "heartbeat_seconds": 7.0,
         "heartbeat_timeout_seconds": settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS,
+        "retention_days": settings.CHAT_RETENTION_DAYS,
     }
 
 
@@ -405,7 +406,7 @@ def _store_messages(room: str, count: int) -> None:
 def test_messages_of_an_empty_room_are_an_empty_page(client):
     response = client.get("/chat/lobby/messages/")
     assert response.status_code == 200
-    assert response.json() == {"room": "lobby", "messages": [], "next_after": None}
+    assert response.json() == {"room": "lobby", "messages": [], "next_after": None, "gone_until": 0}
 
 
 def test_messages_page_after_an_id_gives_the_next_ids_and_where_to_continue(client):

@@ -61,6 +61,9 @@
     // The reader is no longer a member of this private room (docs/protocol.md, close codes):
     // removed by its owner, or left in another tab. The page stays closed.
     const NOT_A_MEMBER = 4403;
+    // The account this browser was signed in as was deactivated (docs/protocol.md, close
+    // codes): the page stays closed, and never reconnects as a guest.
+    const ACCOUNT_DEACTIVATED = 4412;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -112,6 +115,7 @@
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4403: 'You are no longer a member of this room.',
+        4412: 'This account has been deactivated.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -147,6 +151,7 @@
     let oldestId = null;        // id of the oldest message shown
     let olderDone = false;      // no older messages are left to load
     let loadingOlder = false;
+    let goneUntil = 0;          // ids up to this were deleted by retention: none is awaited
     let catchingUp = false;     // messages before the last catch_up frame are not live
     let filling = false;        // a gap the socket left out is being read over HTTP...
     let heldFrames = [];        // ...and the socket's messages and markers wait for it
@@ -525,6 +530,8 @@
             } else {
                 fillGap(data.catch_up.after, data.catch_up.until);
             }
+        } else if (data.gone) {
+            onGone(data.gone.until, !catchingUp);
         } else if (data.pong) {
             // the heartbeat's answer: the frame itself was the news
         } else if (data.presence) {
@@ -604,8 +611,31 @@
 
     // ---- older history -------------------------------------------------------------------
 
+    // Where the room's history ends for retention (docs/protocol.md, `gone`): a line at the
+    // top once the oldest message shown is the first one kept, and no older page asked for.
+    function onGone(until, atHistory) {
+        goneUntil = Math.max(goneUntil, until);
+        if (atHistory && (oldestId === null || oldestId <= goneUntil + 1)) {
+            showHistoryGone();
+        }
+    }
+
+    function showHistoryGone() {
+        olderDone = true;
+        if (document.getElementById('history-gone') !== null) {
+            return;
+        }
+        const line = document.createElement('p');
+        line.id = 'history-gone';
+        line.className = 'history-gone';
+        line.textContent = limits.retention_days > 0
+            ? 'Older messages were deleted after ' + limits.retention_days + ' days.'
+            : 'Older messages were deleted.';
+        messagesBox.prepend(line);
+    }
+
     async function loadOlder() {
-        if (loadingOlder || olderDone || oldestId === null || oldestId <= 1) {
+        if (loadingOlder || olderDone || oldestId === null || oldestId <= Math.max(goneUntil + 1, 1)) {
             return;
         }
         loadingOlder = true;
@@ -615,9 +645,13 @@
                 return;  // a 429 or an outage: the next scroll up tries again
             }
             const page = await response.json();
+            goneUntil = Math.max(goneUntil, page.gone_until || 0);
             const older = page.messages.filter((data) => data.id < oldestId);
             if (older.length === 0) {
                 olderDone = true;
+                if (goneUntil > 0) {
+                    showHistoryGone();
+                }
                 return;
             }
             const top = messagesBox.firstElementChild;
@@ -638,6 +672,9 @@
             }
             oldestId = older[0].id;
             olderDone = page.next_before === null;
+            if (olderDone && goneUntil > 0) {
+                showHistoryGone();
+            }
             older.forEach((data, index) => dispatch('chat:message', {data: data, element: elements[index], history: true}));
         } catch (error) {
             // offline: the next scroll up tries again
@@ -772,8 +809,8 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER) {
-            showStatus(PLAIN_CLOSES[NOT_A_MEMBER], 'error', e.code);
+        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED) {
+            showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
             return;
         }
         if (pageHidden) {
