@@ -61,6 +61,11 @@
     // The reader is no longer a member of this private room (docs/protocol.md, close codes):
     // removed by its owner, or left in another tab. The page stays closed.
     const NOT_A_MEMBER = 4403;
+    // A moderator kicked the reader out (docs/protocol.md, close codes): the page offers to
+    // rejoin, and does not reconnect by itself.
+    const KICKED = 4410;
+    // A moderator banned the reader from this room: the page stays closed.
+    const BANNED = 4411;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -112,6 +117,8 @@
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4403: 'You are no longer a member of this room.',
+        4410: 'A moderator removed you from this room.',
+        4411: 'You are banned from this room.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -772,8 +779,21 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER) {
-            showStatus(PLAIN_CLOSES[NOT_A_MEMBER], 'error', e.code);
+        if (e.code === NOT_A_MEMBER || e.code === BANNED) {
+            showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
+            return;
+        }
+        if (e.code === KICKED) {
+            showStatus(PLAIN_CLOSES[KICKED], 'error', e.code);
+            const rejoin = document.createElement('button');
+            rejoin.type = 'button';
+            rejoin.id = 'rejoin';
+            rejoin.textContent = 'Rejoin';
+            rejoin.addEventListener('click', function () {
+                showStatus('Connecting…', 'status');
+                connect();
+            });
+            statusLine.append(' ', rejoin);
             return;
         }
         if (pageHidden) {
