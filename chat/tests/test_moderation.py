@@ -323,3 +323,19 @@ def test_a_mute_on_one_process_refuses_the_next_message_on_another(start_chat_se
                 break
     assert refused is not None and refused["code"] == "muted"
     socket.close()
+
+
+def test_a_moderator_appointed_on_one_process_acts_at_once_from_another(start_chat_server):
+    first, second = start_chat_server(), start_chat_server()
+    owner, target, socket, _ = _owner_and_target(first, first, "mod-role", False)
+    moderator = _signed_up(second, "appointed")
+    appoint = {"username": "appointed", "role": "moderator"}
+    owner.post_form(first.url, "/rooms/mod-role/role/", appoint, "/chat/mod-role/")
+    socket.settimeout(5)
+    kick = {"username": "target-mod-role"}
+    moderator.post_form(second.url, "/rooms/mod-role/kick/", kick, "/chat/mod-role/")
+    assert _close_code(socket) == protocol.CLOSE_KICKED
+    socket.shutdown()
+    owner.post_form(second.url, "/rooms/mod-role/role/", {**appoint, "role": "member"}, "/chat/")
+    page = moderator.post_form(first.url, "/rooms/mod-role/kick/", kick, "/chat/mod-role/")
+    assert "You may not moderate target-mod-role here." in page.decode()
