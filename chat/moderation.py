@@ -91,8 +91,10 @@ def target_of_message(room_key: str, message_id: str) -> Target:
     if message is None:
         raise ModerationRefused("no_such_message", "There is no such message.")
     user_id, author_key, name, bot = message
-    if bot or not (user_id or author_key.startswith("g:")):
+    if bot:
         raise ModerationRefused("not_allowed", "Bots are not moderated here.")
+    if user_id is None and not author_key.startswith("g:"):
+        raise ModerationRefused("unknown_user", "That message's account no longer exists.")
     if user_id is not None:
         return _user_target(user_id)
     guest_key = author_key.removeprefix("g:")

@@ -339,3 +339,19 @@ def test_a_moderator_appointed_on_one_process_acts_at_once_from_another(start_ch
     owner.post_form(second.url, "/rooms/mod-role/role/", {**appoint, "role": "member"}, "/chat/")
     page = moderator.post_form(first.url, "/rooms/mod-role/kick/", kick, "/chat/mod-role/")
     assert "You may not moderate target-mod-role here." in page.decode()
+
+
+def test_a_target_by_message_must_be_a_person_with_a_message_there(garden):
+    alice, carol = garden
+    bot_message, _ = services.store_message("garden", Author("Feeds", is_bot=True), "news", None)
+    gone, _ = services.store_message("garden", _author(carol), "bye", None)
+    carol.delete()
+    for message_id, code in (
+        (str(bot_message.seq), "not_allowed"),
+        (str(gone.seq), "unknown_user"),
+        ("999", "no_such_message"),
+        ("1e3", "no_such_message"),
+    ):
+        with pytest.raises(moderation.ModerationRefused) as refused:
+            moderation.target_of_message("garden", message_id)
+        assert refused.value.code == code

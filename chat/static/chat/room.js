@@ -791,6 +791,7 @@
             rejoin.textContent = 'Rejoin';
             rejoin.addEventListener('click', function () {
                 showStatus('Connecting…', 'status');
+                messageInput.focus();  // the button goes with the status it sat in
                 connect();
             });
             statusLine.append(' ', rejoin);
