@@ -13,7 +13,7 @@ from chat import protocol
 from chat.tests import test_browser, test_browser_memberships
 from chat.tests.test_browser import _navigate_by, _post_message, _rich_texts, _sign_up, _wait
 from chat.tests.test_browser_memberships import PASSWORD, _connected, _fits, _Server
-from chat.tests.test_memberships import _open, _signed_up
+from chat.tests.test_memberships import _close_code, _open, _signed_up
 from chat.tests.test_revocation import Browser
 from conftest import ROOT
 
@@ -118,3 +118,29 @@ def test_a_moderator_mutes_a_guest_from_the_menu_on_their_message(browser, chat_
     _navigate_by(browser, listed.find_element(By.CSS_SELECTOR, "button.lift").click)
     assert "The mute is lifted." in browser.find_element(By.ID, "room-notices").text
     guest_socket.close()
+
+
+def test_a_moderator_kicks_a_person_from_the_presence_list(browser, chat_server, screen):
+    width = screen["width"]
+    room, name = f"presence-kick-{width}", f"noisy{width}"
+    _sign_up(browser, chat_server, f"keeper{width}", PASSWORD)
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    _post_message(browser, "house rules apply")  # its first message: the reader owns it
+    _wait(browser, lambda: _rich_texts(browser) == ["house rules apply"])
+    browser.refresh()
+    _connected(browser)
+    person = _signed_up(_Server(chat_server), name)
+    socket = _open(_Server(chat_server), person, room)
+    socket.settimeout(5)
+    menu = "#presence li .moderation-menu > summary"
+    _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, menu), "no menu on the person")
+    (summary,) = browser.find_elements(By.CSS_SELECTOR, menu)
+    assert summary.get_attribute("aria-label") == f"Actions for {name}"
+    summary.click()
+    assert _fits(browser)
+    kick = browser.find_element(By.CSS_SELECTOR, "#presence form.kick button")
+    _navigate_by(browser, kick.click)
+    assert _close_code(socket) == protocol.CLOSE_KICKED
+    assert f"{name} was removed from the room." in browser.find_element(By.ID, "room-notices").text
+    socket.shutdown()
