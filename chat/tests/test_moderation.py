@@ -158,6 +158,22 @@ async def test_a_banned_guest_stays_out_by_session_and_by_address(redis_channel_
         assert await close_code_within(user_there) is None
 
 
+async def test_a_ban_whose_event_was_lost_closes_the_socket_at_its_next_post(
+    redis_channel_layer, garden
+):
+    alice, carol = garden
+    async with _sockets() as open_socket:
+        socket = await open_socket("garden", await new_session(**logged_in_session_values(carol)))
+        await Sanction.objects.acreate(
+            room_id="garden", kind=Sanction.Kind.BAN, user_id=carol.pk, label="carol"
+        )
+        sanctions.forget("garden")  # what the cache's own period does, unasked
+        refused = await _post(socket, "still here", "lost1")
+        assert refused["error"]["code"] == "banned"
+        assert await close_code_within(socket) == protocol.CLOSE_BANNED
+    assert not await Message.objects.filter(text="still here").aexists()
+
+
 async def test_a_kicked_socket_closes_and_may_rejoin(redis_channel_layer, garden):
     alice, carol = garden
     session_key = await new_session(**logged_in_session_values(carol))
