@@ -40,6 +40,14 @@ def redis_server():
 
 
 @pytest.fixture(autouse=True)
+def sanctions_read_afresh():
+    """Each test starts with no room's mutes and bans cached (chat.sanctions)."""
+    from chat import sanctions
+
+    sanctions.clear_for_testing()
+
+
+@pytest.fixture(autouse=True)
 def upkeep_rounds_run_by_hand(settings):
     """In-process tests run upkeep rounds themselves (chat.upkeep.run_round); none on a timer.
 

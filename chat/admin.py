@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from . import tokens
-from .models import ApiToken, Membership, Message, Room
+from .models import ApiToken, Membership, Message, ModerationAction, Report, Room, Sanction
 
 
 class MembershipInline(admin.TabularInline):
@@ -73,3 +73,65 @@ class ApiTokenAdmin(admin.ModelAdmin):
         token, raw = tokens.create_token(obj.user, obj.name)
         obj.pk, obj.prefix, obj.created = token.pk, token.prefix, token.created
         messages.warning(request, f"The new token, shown once: copy it now. {raw}")
+
+
+@admin.register(ModerationAction)
+class ModerationActionAdmin(admin.ModelAdmin):
+    """The moderation log: read-only, as it was done (chat.moderation)."""
+
+    list_display = ["created", "room_name", "action", "moderator_name", "target", "until", "reason"]
+    list_filter = ["action", "room_name", "created"]
+    search_fields = ["room_name", "moderator_name", "target", "reason"]
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Sanction)
+class SanctionAdmin(admin.ModelAdmin):
+    """Mutes and bans in force: lifted from the room page, where the room's sockets hear of it."""
+
+    list_display = ["room", "kind", "label", "until", "created"]
+    list_filter = ["kind"]
+    search_fields = ["room__name", "label"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Report)
+class ReportAdmin(admin.ModelAdmin):
+    """The queue of reported messages: unresolved first; staff mark them resolved."""
+
+    list_display = ["created", "room", "reported_text", "reporter_name", "reason", "resolved"]
+    list_filter = ["resolved", "created"]
+    search_fields = ["message__text", "message__room__name", "reporter_name", "reason"]
+    raw_id_fields = ["message", "reporter"]
+    actions = ["mark_resolved"]
+
+    @admin.display(description="room")
+    def room(self, report):
+        return report.message.room_id
+
+    @admin.display(description="message")
+    def reported_text(self, report):
+        return f"{report.message.display_name}: {report.message.text[:80]}"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("message")
+
+    @admin.action(description="Mark the selected reports resolved")
+    def mark_resolved(self, request, queryset):
+        """Resolve the selected reports."""
+        done = queryset.update(resolved=True)
+        self.message_user(request, f"{done} reports resolved.", messages.SUCCESS)

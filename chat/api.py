@@ -148,7 +148,7 @@ ERRORS = {401: ErrorOut, 429: ErrorOut}
 # What a program is told of a room it may not read, and of one that does not exist alike.
 NO_SUCH_ROOM = (404, "no_such_room", "There is no such room.")
 # How the API answers a refused post: the codes that are not a plain 400.
-POST_REFUSAL_STATUS = {"no_such_room": 404}
+POST_REFUSAL_STATUS = {"no_such_room": 404, "banned": 403, "muted": 403}
 
 
 def _room(name: str, user) -> str:
@@ -157,9 +157,13 @@ def _room(name: str, user) -> str:
         address = rooms.normalize_address(name)
     except rooms.InvalidRoomName as refusal:
         raise ApiRefusal(400, "invalid_room_name", str(refusal)) from None
-    room_key = permissions.room_for(identity.author_for(user, None), address)
+    author = identity.author_for(user, None)
+    room_key = permissions.room_for(author, address)
     if room_key is None:
         raise ApiRefusal(*NO_SUCH_ROOM)
+    refusal = permissions.sanction_refusal(author, room_key, "")
+    if refusal is not None and refusal.code == "banned":
+        raise ApiRefusal(403, refusal.code, refusal.detail)
     return room_key
 
 
@@ -169,6 +173,7 @@ def _room(name: str, user) -> str:
         201: MessageOut,
         200: MessageOut,
         400: ErrorOut,
+        403: ErrorOut,
         404: ErrorOut,
         422: ErrorOut,
         503: ErrorOut,
@@ -201,7 +206,7 @@ def post_message(request, room: str, body: MessageIn):
 
 @api.get(
     "/rooms/{room}/messages",
-    response={200: PageOut, 400: ErrorOut, 404: ErrorOut} | ERRORS,
+    response={200: PageOut, 400: ErrorOut, 403: ErrorOut, 404: ErrorOut} | ERRORS,
     summary="Read a room's messages",
 )
 def read_messages(

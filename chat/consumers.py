@@ -25,6 +25,7 @@ from . import (
     identity,
     limits,
     metrics,
+    moderation,
     outages,
     permissions,
     pipeline,
@@ -33,6 +34,7 @@ from . import (
     retention,
     revocation,
     rooms,
+    sanctions,
     services,
     sides,
     stalls,
@@ -47,6 +49,13 @@ logger = logging.getLogger(__name__)
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
 LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
+# A moderator's actions that close their target's sockets (chat.moderation), and the
+# reason each close gives.
+MODERATION_CLOSES = {"kick": protocol.CLOSE_KICKED, "ban": protocol.CLOSE_BANNED}
+MODERATION_REASONS = {
+    protocol.CLOSE_KICKED: "a moderator removed you from this room",
+    protocol.CLOSE_BANNED: "a moderator banned you from this room",
+}
 # Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
 # Connecting and disconnecting run on their own.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
@@ -71,6 +80,10 @@ class ChatConsumer(WebsocketConsumer):
     open_slots: tuple[str, ...] = ()
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
+    # Who its address counts as (limits.client_network): a guest's ban holds it.
+    network = ""
+    # A guest's address is kept for bans (chat.moderation) once its socket has posted.
+    address_kept = False
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
@@ -195,6 +208,14 @@ class ChatConsumer(WebsocketConsumer):
             # offline): what it holds to send was typed as someone else. Store nothing.
             self.accept(tokens.accepted_subprotocol(self.scope))
             self._close_for_identity("the page's sign-in is not the socket's")
+            return
+        self.network = limits.client_network(self.scope)
+        refusal = permissions.sanction_refusal(self.author, self.room_name, self.network)
+        if refusal is not None and refusal.code == "banned":
+            # Accepted, so that the close code and its reason reach the page or program.
+            self.accept(tokens.accepted_subprotocol(self.scope))
+            self.closing = True
+            self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
             return
         try:
             self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
@@ -324,6 +345,36 @@ class ChatConsumer(WebsocketConsumer):
             self.close(code=protocol.CLOSE_NOT_A_MEMBER, reason=event["reason"])
 
     @sides.on_sync_thread
+    def chat_moderated(self, event):
+        """A moderator acted in the room: forget its sanctions; close if kicked or banned."""
+        sanctions.forget(self.room_name)
+        code = MODERATION_CLOSES.get(event["action"])
+        if code is None or self.closing or not self._is_target(event):
+            return
+        logger.info(
+            "closing socket in room %r: %s",
+            self.room_name,
+            event["action"],
+            extra=self._log_extra(code),
+        )
+        self.closing = True  # and store nothing more from it meanwhile
+        self.close(code=code, reason=MODERATION_REASONS[code])
+
+    @sides.on_sync_thread
+    def _is_target(self, event) -> bool:
+        """Whether a moderator's action names this socket: its account, or (a guest) its
+        session or, for a ban, its address."""
+        if self.author.user_id is not None:
+            return event["user_id"] == self.author.user_id
+        if self.author.is_bot:
+            return False
+        if event["guest_key"] and event["guest_key"] == self.author.guest_key:
+            return True
+        return (
+            event["action"] == "ban" and bool(event["network"]) and event["network"] == self.network
+        )
+
+    @sides.on_sync_thread
     def _close_for_identity(self, reason: str):
         if self.closing:
             return
@@ -413,6 +464,15 @@ class ChatConsumer(WebsocketConsumer):
             self.closing = True
             self.close(code=protocol.CLOSE_NOT_A_MEMBER)
             return
+        refusal = permissions.sanction_refusal(
+            self.author, self.room_name, self.network, frame.client_id
+        )
+        if refusal is not None:
+            self._refuse(refusal)
+            if refusal.code == "banned":  # banned while the closing event was on its way
+                self.closing = True
+                self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
+            return
         try:
             # Shared with the sender's other sockets and processes: one Redis round trip.
             room_may_be_new = not self.room_exists
@@ -422,6 +482,9 @@ class ChatConsumer(WebsocketConsumer):
             self._refuse(refusal)
             return
         self.room_exists = True
+        if self.author.is_guest and not self.address_kept:
+            self.address_kept = True
+            moderation.remember_address(self.author, self.network)
         event = protocol.chat_message_event(message)
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each

@@ -59,6 +59,7 @@ SIGNUPS = Limit("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "new accounts from your addres
 API = Limit("CHAT_LIMIT_API_PER_ADDRESS", "requests for messages from your address")
 ROOM_LIST = Limit("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "room list requests from your address")
 READ_REPORTS = Limit("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "read positions from you")
+MESSAGE_REPORTS = Limit("CHAT_LIMIT_MESSAGE_REPORTS_PER_PERSON", "reports of messages from you")
 PASSWORD_RESETS = Limit(
     "CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS", "password reset requests from your address"
 )

@@ -157,3 +157,80 @@ class ApiToken(models.Model):
 
     def __str__(self):
         return f"{self.prefix}… ({self.name})"
+
+
+class Sanction(models.Model):
+    """A mute or a ban in force in a room (chat.moderation): lifting one deletes its row.
+
+    It names its target by account, or (a guest) by session and address: `guest_key` is
+    identity.Author.guest_key, `network` the guest's limits.client_network.
+    """
+
+    class Kind(models.TextChoices):
+        MUTE = "mute"
+        BAN = "ban"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="sanctions")
+    kind = models.CharField(max_length=4, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    guest_key = models.CharField(max_length=40, blank=True, default="")
+    network = models.CharField(max_length=50, blank=True, default="")
+    # Who it is, for people (a username, or a guest's name): lists and the log show it.
+    label = models.CharField(max_length=150)
+    until = models.DateTimeField(null=True, blank=True)  # None: until lifted
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"{self.kind} of {self.label} in {self.room_id}"
+
+
+class ModerationAction(models.Model):
+    """One moderator's action, kept as it was done (the admin shows them read-only)."""
+
+    class Action(models.TextChoices):
+        MUTE = "mute"
+        UNMUTE = "unmute"
+        KICK = "kick"
+        BAN = "ban"
+        UNBAN = "unban"
+
+    room_name = models.CharField(max_length=100, db_index=True)
+    action = models.CharField(max_length=6, choices=Action.choices)
+    moderator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    moderator_name = models.CharField(max_length=150)
+    target = models.CharField(max_length=150)
+    target_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    until = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.moderator_name} {self.action} {self.target} in {self.room_name}"
+
+
+class Report(models.Model):
+    """A reader's report of a message, queued for staff in the admin."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reporter_name = models.CharField(max_length=150)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    resolved = models.BooleanField(default=False, db_index=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["resolved", "-created"]
+
+    def __str__(self):
+        return f"report of {self.message} by {self.reporter_name}"

@@ -13,13 +13,15 @@ Explained in docs/security.md, 'Private rooms and direct messages'.
 
 from django.contrib.auth import get_user_model
 
-from . import rooms
+from . import protocol, rooms, sanctions
 from .identity import Author
 from .models import Membership
 
 Role = Membership.Role
 # Who may appoint and remove moderators, invite and remove members.
 _MANAGERS = frozenset({Role.OWNER})
+# Who moderates a room (mute, kick, ban), besides site staff.
+_MODERATORS = frozenset({Role.OWNER, Role.MODERATOR})
 # Who may leave: an owner stays (a private room without one could never be managed).
 _LEAVERS = frozenset({Role.MODERATOR, Role.MEMBER})
 
@@ -159,3 +161,66 @@ def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
     if room_kind == rooms.PUBLIC and author.user_id is not None:
         return [(author.user_id, Role.OWNER)]
     return []
+
+
+# ---- Moderation: mute, kick, ban (chat.moderation, chat.sanctions) ----
+
+
+def is_staff(author: Author) -> bool:
+    """Site staff (is_staff): they moderate every room but direct conversations."""
+    if author.user_id is None:
+        return False
+    staff = get_user_model().objects.filter(pk=author.user_id, is_active=True, is_staff=True)
+    return staff.exists()
+
+
+def may_moderate_room(author: Author, room_key: str) -> bool:
+    """Mute, kick and ban in the room: its owner and moderators, and site staff.
+
+    A direct conversation has no moderators: either of its two may leave it, or block.
+    """
+    if author.user_id is None or rooms.kind(room_key) == rooms.DIRECT:
+        return False
+    return role_of(author, room_key) in _MODERATORS or is_staff(author)
+
+
+def may_moderate(author: Author, room_key: str, target: Author) -> bool:
+    """Mute, kick or ban `target` in the room.
+
+    Nobody acts on the room's owner, on staff, on a bot or on themselves; moderators do
+    not act on each other, the owner and staff do.
+    """
+    if not may_moderate_room(author, room_key) or target.is_bot:
+        return False
+    if target.user_id is None:
+        return True
+    if target.user_id == author.user_id or is_staff(target):
+        return False
+    target_role = role_of(target, room_key)
+    if target_role == Role.OWNER:
+        return False
+    if target_role == Role.MODERATOR:
+        return role_of(author, room_key) == Role.OWNER or is_staff(author)
+    return True
+
+
+def sanction_refusal(
+    author: Author, room_key: str, network: str, client_id: str | None = None
+) -> protocol.FrameRefused | None:
+    """Why the author may not post in the room now (code "banned" or "muted", saying until
+    when), or None: one cached lookup (chat.sanctions), asked before every post."""
+    sanction = sanctions.in_force(author, room_key, network)
+    if sanction is None:
+        return None
+    until = (
+        "until a moderator lifts it"
+        if sanction.until is None
+        else (f"until {sanction.until.isoformat(timespec='seconds')}")
+    )
+    if sanction.kind == sanctions.Kind.BAN:
+        return protocol.FrameRefused(
+            "banned", f"You are banned from this room, {until}.", client_id
+        )
+    return protocol.FrameRefused(
+        "muted", f"A moderator muted you in this room, {until}.", client_id
+    )

@@ -111,6 +111,8 @@ def _store(room, text, as_user, as_bot, client_id, address) -> Posted:
     room_name = permissions.room_for(author, room_address)
     if room_name is None or not permissions.may_post(author, room_name):
         raise PostRefused("no_such_room", "There is no such room.")
+    if refusal := permissions.sanction_refusal(author, room_name, address or ""):
+        raise PostRefused(refusal.code, refusal.detail)
     try:
         frame = protocol.chat_frame(text, client_id, max_chars=settings.CHAT_MESSAGE_MAX_CHARS)
         limits.check_post(author.key, address or author.key, room_name, True, frame.client_id)

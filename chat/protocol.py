@@ -60,6 +60,13 @@ CLOSE_ACCOUNT_DEACTIVATED = 4412
 # Close code for a socket whose author is no longer a member of its private room (removed
 # by its owner, or left from another tab): do not reconnect. 403 echoes HTTP's forbidden.
 CLOSE_NOT_A_MEMBER = 4403
+# Close code for a socket a moderator kicked out of its room (chat.moderation): the page
+# says so and offers to rejoin, but does not reconnect by itself. 410 echoes HTTP's "gone".
+CLOSE_KICKED = 4410
+# Close code for a socket a moderator banned from its room, and, right after the handshake,
+# for every socket of a banned account, guest session or guest address there: do not
+# reconnect. 4410's neighbour: gone, and not coming back.
+CLOSE_BANNED = 4411
 # A consumer failed in a way no input explains (a bug). Its socket left the room first;
 # the client reconnects with backoff and catches up with ?after=. Not RFC 6455's 1011:
 # autobahn (under daphne) sends only 1000 and 3000-4999, and drops any other code unsent
@@ -339,6 +346,18 @@ def account_deactivated_event() -> dict[str, Any]:
 def membership_ended_event(user_id: int, reason: str) -> dict[str, Any]:
     """Build the room event that closes one user's sockets in the room (chat.memberships)."""
     return {"type": "chat.membership_ended", "user_id": user_id, "reason": reason}
+
+
+def moderated_event(action: str, user_id: int | None, guest_key: str, network: str) -> dict:
+    """Build the room event of a moderator's action (chat.moderation): every process forgets
+    the room's sanctions, and a kick or a ban closes its target's sockets there."""
+    return {
+        "type": "chat.moderated",
+        "action": action,
+        "user_id": user_id,
+        "guest_key": guest_key,
+        "network": network,
+    }
 
 
 def catch_up_frame(recovered: bool, after: int, until: int) -> str:

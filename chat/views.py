@@ -22,6 +22,7 @@ from . import (
     identity,
     limits,
     memberships,
+    moderation,
     paced,
     permissions,
     protocol,
@@ -120,6 +121,12 @@ def room(request, room_name):
     }
     context["csrf_cookie_name"] = settings.CSRF_COOKIE_NAME
     context["room"] = _room_panel(author, room_name, room_key)
+    # What the page's menus offer (chat/static/chat/moderation.js): the server decides anyway.
+    context["chat_moderation"] = {
+        "moderator": context["room"]["may_moderate"],
+        "may_report": True,
+        "me": author.name,
+    }
     return render(request, "chat/room.html", context)
 
 
@@ -135,6 +142,9 @@ def _room_panel(author, address: str, room_key: str) -> dict:
         panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
         if permissions.may_set_retention(author, room_key):
             panel["retention_days"] = Room.objects.get(name=room_key).retention_days
+    panel["may_moderate"] = permissions.may_moderate_room(author, room_key)
+    if panel["may_moderate"]:
+        panel["sanctions"] = moderation.in_force(room_key)
     if panel["private"] or panel.get("may_appoint"):  # a public room's: its owner's eyes only
         panel["members"] = memberships.members(room_key)
     return panel
@@ -172,9 +182,13 @@ def room_messages(request, room_name):
     if refused := limits.http_refusal(limits.API, request):
         return refused
     address = room_name
-    room_name = permissions.room_for(identity.author_for(request.user, request.session), address)
+    reader = identity.author_for(request.user, request.session)
+    room_name = permissions.room_for(reader, address)
     if room_name is None:
         return _room_not_found()
+    refusal = permissions.sanction_refusal(reader, room_name, limits.client_network(request))
+    if refusal is not None and refusal.code == "banned":
+        return _json_error(403, "banned", refusal.detail)
     try:
         page = services.read_page(room_name, request.GET, address)
     except services.InvalidPage as refusal:

@@ -495,6 +495,9 @@ CHAT_LIMIT_ROOM_LIST_PER_ADDRESS = env_rate("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", 
 # POST /api/rooms/<room>/read/ per account: a page reports once a second at most while its
 # room is busy; 133 reports a second from one account each took SQLite's write lock.
 CHAT_LIMIT_READ_REPORTS_PER_PERSON = env_rate("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "120/minute")
+# Reports of messages (chat.moderation) per account, or per address for guests: enough
+# for someone reporting a flood by hand, too few to bury the admin's queue.
+CHAT_LIMIT_MESSAGE_REPORTS_PER_PERSON = env_rate("CHAT_LIMIT_MESSAGE_REPORTS_PER_PERSON", "10/hour")
 # Password reset requests per address (a 429, whether the address asked about has an
 # account or not): someone who lost a password asks a few times, not 100 in 22 s.
 CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS = env_rate(

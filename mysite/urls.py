@@ -6,7 +6,7 @@ from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from chat import membership_views
+from chat import membership_views, moderation_views
 from chat import views as chat_views
 from chat.api import api as chat_api
 from chat.password_reset import PasswordResetView
@@ -40,6 +40,13 @@ urlpatterns = [
     path("rooms/<room:room_name>/role/", membership_views.set_role, name="set_role"),
     path("rooms/<room:room_name>/leave/", membership_views.leave, name="leave_room"),
     path("rooms/<room:room_name>/retention/", membership_views.set_retention, name="retention"),
+    # Moderators' actions and readers' reports (chat.moderation_views), beside them.
+    path("rooms/<room:room_name>/mute/", moderation_views.mute, name="mute"),
+    path("rooms/<room:room_name>/unmute/", moderation_views.unmute, name="unmute"),
+    path("rooms/<room:room_name>/kick/", moderation_views.kick, name="kick"),
+    path("rooms/<room:room_name>/ban/", moderation_views.ban, name="ban"),
+    path("rooms/<room:room_name>/unban/", moderation_views.unban, name="unban"),
+    path("rooms/<room:room_name>/report/", moderation_views.report, name="report_message"),
     # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
     path("api/v1/", chat_api.urls),
     path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),

@@ -1,9 +1,10 @@
-"""Messages in the Django admin: listed, searchable, filterable."""
+"""The Django admin: messages listed, searchable, filterable; the moderation log and the
+reports queue."""
 
 import pytest
 
 from chat import services
-from chat.models import Room
+from chat.models import Message, ModerationAction, Report, Room
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
 
@@ -58,3 +59,33 @@ def test_a_rooms_retention_is_set_in_the_admin_and_what_is_gone_is_shown(staff_c
 
 def _empty_inline() -> dict:
     return {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0", "MAX_NUM_FORMS": "1000"}
+
+
+def test_the_moderation_log_is_read_only_and_filters_by_room_and_action(staff_client):
+    for room, action in (("lobby", "ban"), ("kitchen", "mute"), ("lobby", "kick")):
+        ModerationAction.objects.create(
+            room_name=room, action=action, moderator_name="admin", target=f"{action}-{room}"
+        )
+    html = staff_client.get("/admin/chat/moderationaction/", {"room_name": "lobby"}).content
+    assert b"ban-lobby" in html and b"kick-lobby" in html and b"mute-kitchen" not in html
+    html = staff_client.get("/admin/chat/moderationaction/", {"action__exact": "kick"}).content
+    assert b"kick-lobby" in html and b"ban-lobby" not in html
+    entry = ModerationAction.objects.get(action="ban")
+    assert staff_client.get("/admin/chat/moderationaction/add/").status_code == 403
+    change = staff_client.post(
+        f"/admin/chat/moderationaction/{entry.pk}/change/", {"target": "someone else"}
+    )
+    assert change.status_code == 403
+    assert staff_client.get(f"/admin/chat/moderationaction/{entry.pk}/delete/").status_code == 403
+
+
+def test_reports_are_queued_and_resolved_from_the_admin(staff_client):
+    message = Message.objects.get(text="needle in the lobby")
+    report = Report.objects.create(message=message, reporter_name="bob", reason="rude")
+    html = staff_client.get("/admin/chat/report/", {"resolved__exact": "0"}).content.decode()
+    assert "alice: needle in the lobby" in html and "rude" in html
+    staff_client.post(
+        "/admin/chat/report/", {"action": "mark_resolved", "_selected_action": [report.pk]}
+    )
+    report.refresh_from_db()
+    assert report.resolved

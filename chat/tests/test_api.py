@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, services, tokens
+from chat import memberships, moderation, services, tokens
 from chat.identity import Author
 from chat.tests.conftest import SocketsOnProcesses, next_frame, token_made_on
 
@@ -246,3 +246,18 @@ def test_a_body_the_api_cannot_take_is_refused_in_its_one_error_shape(api, body,
         status,
         {"error": {"code": "invalid_request", "detail": detail}},
     )
+
+
+def test_a_banned_or_muted_user_is_refused_with_403_and_the_ban_keeps_them_from_reading(api, alice):
+    owner = User.objects.create_user("olive")
+    services.store_message("garden", Author("olive", user_id=owner.pk), "my room", None)
+    target = moderation.target_of_username("alice")
+    moderation.mute(Author("olive", user_id=owner.pk), "garden", target, "1h")
+    status, body = post(api, "garden", {"message": "hi"})
+    assert (status, body["error"]["code"]) == (403, "muted")
+    assert api.get("/api/v1/rooms/garden/messages").status_code == 200
+    moderation.ban(Author("olive", user_id=owner.pk), "garden", target, "")
+    status, body = post(api, "garden", {"message": "hi"})
+    assert (status, body["error"]["code"]) == (403, "banned")
+    read = api.get("/api/v1/rooms/garden/messages")
+    assert (read.status_code, read.json()["error"]["code"]) == (403, "banned")

@@ -360,3 +360,51 @@ def test_a_members_rooms_with_messages_are_listed_before_empty_ones(
     services.store_message(key, _author(alice), "the busy one", None)
     listed = _client(bob).get("/api/rooms/", {"online": "0"}).json()["rooms"]
     assert key in [room["name"] for room in listed]
+
+
+# --- Moderation (chat.moderation) -----------------------------------------------------
+
+
+@pytest.fixture
+def public_room_people(transactional_db):
+    """alice owns the public room "garden", bob and dave moderate it, carol and erin are
+    members of the public, sam is site staff."""
+    alice, bob, carol, dave, erin = (
+        User.objects.create_user(name) for name in ("alice", "bob", "carol", "dave", "erin")
+    )
+    sam = User.objects.create_user("sam", is_staff=True)
+    services.store_message("garden", _author(alice), "my room", None)
+    for moderator in ("bob", "dave"):
+        memberships.set_role(_author(alice), "garden", moderator, Role.MODERATOR)
+    return {user.username: _author(user) for user in (alice, bob, carol, dave, erin, sam)}
+
+
+def test_the_owner_moderators_and_staff_moderate_people_and_guests(public_room_people):
+    people = public_room_people
+    for moderator in ("alice", "bob", "sam"):
+        assert permissions.may_moderate_room(people[moderator], "garden")
+        assert permissions.may_moderate(people[moderator], "garden", people["carol"])
+        assert permissions.may_moderate(people[moderator], "garden", GUEST)
+    for nobody in (people["carol"], GUEST):
+        assert not permissions.may_moderate_room(nobody, "garden")
+        assert not permissions.may_moderate(nobody, "garden", people["erin"])
+
+
+def test_nobody_moderates_the_owner_or_staff_and_moderators_not_each_other(public_room_people):
+    people = public_room_people
+    for moderator in ("bob", "sam", "alice"):
+        assert not permissions.may_moderate(people[moderator], "garden", people["alice"])
+        assert not permissions.may_moderate(people[moderator], "garden", people["sam"])
+        assert not permissions.may_moderate(people[moderator], "garden", people[moderator])
+    assert not permissions.may_moderate(people["bob"], "garden", people["dave"])
+    assert permissions.may_moderate(people["alice"], "garden", people["dave"])
+    assert permissions.may_moderate(people["sam"], "garden", people["dave"])
+    assert not permissions.may_moderate(people["alice"], "garden", Author("bot", is_bot=True))
+
+
+def test_staff_moderate_every_room_but_direct_conversations(public_room_people):
+    people = public_room_people
+    assert permissions.may_moderate(people["sam"], "lobby", people["carol"])
+    direct = rooms.direct_key(people["carol"].user_id, people["erin"].user_id)
+    assert not permissions.may_moderate(people["sam"], direct, people["carol"])
+    assert not permissions.may_moderate(people["carol"], direct, people["erin"])

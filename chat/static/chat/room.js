@@ -64,6 +64,11 @@
     // The account this browser was signed in as was deactivated (docs/protocol.md, close
     // codes): the page stays closed, and never reconnects as a guest.
     const ACCOUNT_DEACTIVATED = 4412;
+    // A moderator kicked the reader out (docs/protocol.md, close codes): the page offers to
+    // rejoin, and does not reconnect by itself.
+    const KICKED = 4410;
+    // A moderator banned the reader from this room: the page stays closed.
+    const BANNED = 4411;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -116,6 +121,8 @@
         4401: 'Your sign-in changed. Reloading the page…',
         4403: 'You are no longer a member of this room.',
         4412: 'This account has been deactivated.',
+        4410: 'A moderator removed you from this room.',
+        4411: 'You are banned from this room.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -809,8 +816,22 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED) {
+        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED || e.code === BANNED) {
             showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
+            return;
+        }
+        if (e.code === KICKED) {
+            showStatus(PLAIN_CLOSES[KICKED], 'error', e.code);
+            const rejoin = document.createElement('button');
+            rejoin.type = 'button';
+            rejoin.id = 'rejoin';
+            rejoin.textContent = 'Rejoin';
+            rejoin.addEventListener('click', function () {
+                showStatus('Connecting…', 'status');
+                messageInput.focus();  // the button goes with the status it sat in
+                connect();
+            });
+            statusLine.append(' ', rejoin);
             return;
         }
         if (pageHidden) {
