@@ -4,7 +4,7 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -27,49 +27,84 @@ class LookalikeRoom(Exception):
         self.existing = existing
 
 
-@metrics.STORE_SECONDS.time()
+class Draft(NamedTuple):
+    """A message to store: its room, author, text, and the client's id for it (or None)."""
+
+    room_name: str
+    author: Author
+    text: str
+    client_id: str | None
+
+
 def store_message(
     room_name: str, author: Author, text: str, client_id: str | None
 ) -> tuple[Message, bool]:
     """Store a message as its room's next seq; returns (message, created).
 
-    A client_id this author already used in this room returns that message with
-    created=False, so a retried send is stored once; another author's client_id is no
-    concern of theirs, so nobody can squat ids. The unique constraint decides, not a
-    prior read, so two processes racing with the same client_id still store it once.
-    A message that would create a room looking like an existing one (Room.key) raises
-    LookalikeRoom; that unique constraint decides too.
+    A batch of one (store_messages): its failure is raised.
+    """
+    (outcome,) = store_messages([Draft(room_name, author, text, client_id)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+@metrics.STORE_SECONDS.time()
+def store_messages(drafts: Sequence[Draft]) -> list[tuple[Message, bool] | Exception]:
+    """Store drafts in one transaction, in order, each as its room's next seq (group commit).
+
+    Each outcome is (message, created), or the exception that draft alone met. A client_id
+    this author already used in this room returns that message with created=False, so a
+    retried send is stored once; another author's client_id is no concern of theirs, so
+    nobody can squat ids. The unique constraint decides, not a prior read, so two
+    processes racing with the same client_id still store it once. A message that would
+    create a room looking like an existing one (Room.key) gets a LookalikeRoom; that
+    unique constraint decides too. Each draft has a savepoint of its own, so one refused
+    draft takes back only its own seq. A failure of the transaction itself (a lock waited
+    out, the database gone) is raised: nothing of the batch is stored.
     """
     created = timezone.now()
-    try:
-        with transaction.atomic():
-            seq = _next_seq(room_name, created)
-            if seq == 1:  # the room's first message: it may make members (its owner)
-                _add_founding_members(room_name, author)
-            message = Message.objects.create(
-                room_id=room_name,
-                seq=seq,
-                author_id=author.user_id,
-                display_name=author.name,
-                author_key=author.key,
-                bot=author.is_bot,
-                text=text,
-                client_id=client_id or "",
-                created=created,
-            )
-    except IntegrityError:
-        # Rolled back, seq included. A known client_id is a retry, a look-alike key taken
-        # a LookalikeRoom; anything else re-raises.
+    outcomes: list[tuple[Message, bool] | Exception] = []
+    with transaction.atomic():
+        for draft in drafts:
+            try:
+                with transaction.atomic():
+                    outcomes.append((_insert(draft, created), True))
+            except IntegrityError as error:
+                outcomes.append(_known_or_refused(draft, error))
+    metrics.MESSAGES_STORED.inc(sum(isinstance(o, tuple) and o[1] for o in outcomes))
+    return outcomes
+
+
+def _insert(draft: Draft, created: datetime) -> Message:
+    seq = _next_seq(draft.room_name, created)
+    if seq == 1:  # the room's first message: it may make members (its owner)
+        _add_founding_members(draft.room_name, draft.author)
+    return Message.objects.create(
+        room_id=draft.room_name,
+        seq=seq,
+        author_id=draft.author.user_id,
+        display_name=draft.author.name,
+        author_key=draft.author.key,
+        bot=draft.author.is_bot,
+        text=draft.text,
+        client_id=draft.client_id or "",
+        created=created,
+    )
+
+
+def _known_or_refused(draft: Draft, error: IntegrityError) -> tuple[Message, bool] | Exception:
+    """After a draft's savepoint rolled back (its seq too): a known client_id is a retry,
+    a look-alike key taken a LookalikeRoom; anything else is the error itself."""
+    if draft.client_id:
         existing = Message.objects.filter(
-            room_id=room_name, author_key=author.key, client_id=client_id
+            room_id=draft.room_name, author_key=draft.author.key, client_id=draft.client_id
         ).first()
-        if client_id and existing is not None:
+        if existing is not None:
             return existing, False
-        if (holder := lookalike_room(room_name)) is not None:
-            raise LookalikeRoom(holder) from None
-        raise
-    metrics.MESSAGES_STORED.inc()
-    return message, True
+    if (holder := lookalike_room(draft.room_name)) is not None:
+        return LookalikeRoom(holder)
+    return error
 
 
 def _next_seq(room_name: str, created: datetime) -> int:

@@ -348,7 +348,7 @@ async def test_store_failure_answers_sender_and_nobody_receives_it(join, monkeyp
     def broken_store(*args, **kwargs):
         raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(services, "store_message", broken_store)
+    monkeypatch.setattr(services, "store_messages", broken_store)
     await sender.send_json_to({"message": "lost?", "client_id": "c-9"})
     frame = await next_frame(sender)
     assert frame == {
