@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_
 ALICE = Author(name="Alice", guest_key="alice")
 BOB = Author(name="Bob", guest_key="bob")
 CAROL = Author(name="Carol", guest_key="carol")
-# Two processes, each storing this many batches of BATCH_SIZE into one room.
+# Two processes, each storing this many batches of BATCH_SIZE messages to each of two rooms.
 BATCHES_PER_PROCESS = 40
 BATCH_SIZE = 5
 
@@ -74,6 +74,25 @@ def test_one_failing_draft_takes_back_only_its_own_seq():
         ("first", 1, True),
         ("first", 1, False),
         ("second", 2, True),
+    ]
+
+
+def test_a_batch_takes_its_rooms_locks_in_name_order_and_answers_in_its_own(monkeypatch):
+    locked = []
+    next_seq = services._next_seq
+    monkeypatch.setattr(
+        services, "_next_seq", lambda room, created: locked.append(room) or next_seq(room, created)
+    )
+    outcomes = services.store_messages(
+        [services.Draft(room, ALICE, f"to {room} {n}", None) for n, room in enumerate("cabac")]
+    )
+    assert locked == ["a", "a", "b", "c", "c"]
+    assert [(m.text, m.seq) for m, _ in outcomes] == [
+        ("to c 0", 1),
+        ("to a 1", 1),
+        ("to b 2", 1),
+        ("to a 3", 2),
+        ("to c 4", 2),
     ]
 
 
@@ -133,12 +152,13 @@ import django, sys
 django.setup()
 from chat import services
 from chat.identity import Author
-room, name, batches, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rooms, name, batches, size = sys.argv[1].split(), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 author = Author(name=name, guest_key=name)
 for batch in range(batches):
-    services.store_messages(
-        [services.Draft(room, author, f"{name} {batch * size + n}", None) for n in range(size)]
-    )
+    services.store_messages([
+        services.Draft(room, author, f"{name} {batch * size + n}", None)
+        for n in range(size) for room in rooms
+    ])
 """
 _READING_PROCESS = """
 import django, json, sys
@@ -149,8 +169,10 @@ print(json.dumps(list(rows)))
 """
 
 
-def test_two_processes_storing_batches_into_one_room_stay_gapless(redis_server, migrated_database):
-    room = f"race-{uuid.uuid4().hex[:8]}"
+def test_two_processes_storing_batches_into_two_rooms_stay_gapless_and_never_deadlock(
+    redis_server, migrated_database
+):
+    rooms = [f"race-{uuid.uuid4().hex[:8]}-{side}" for side in "ab"]
     env = server_environment(redis_server.url, migrated_database)
     processes = [
         subprocess.Popen(
@@ -158,7 +180,7 @@ def test_two_processes_storing_batches_into_one_room_stay_gapless(redis_server, 
                 sys.executable,
                 "-c",
                 _STORING_PROCESS,
-                room,
+                " ".join(order),
                 name,
                 str(BATCHES_PER_PROCESS),
                 str(BATCH_SIZE),
@@ -166,17 +188,18 @@ def test_two_processes_storing_batches_into_one_room_stay_gapless(redis_server, 
             cwd=ROOT,
             env=env,
         )  # fmt: skip
-        for name in ("left", "right")
+        # Each batch goes room by room in the opposite order of the other process's.
+        for name, order in (("left", rooms), ("right", rooms[::-1]))
     ]
     assert [process.wait(timeout=120) for process in processes] == [0, 0]
-    total = 2 * BATCHES_PER_PROCESS * BATCH_SIZE
-    rows = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _READING_PROCESS, room],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
-        ).stdout
-    )  # fmt: skip
-    assert [seq for seq, _ in rows] == list(range(1, total + 1))
-    for name in ("left", "right"):  # each process's messages in the order it stored them
-        mine = [int(text.split()[1]) for _, text in rows if text.startswith(name)]
-        assert mine == list(range(BATCHES_PER_PROCESS * BATCH_SIZE))
+    for room in rooms:
+        rows = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _READING_PROCESS, room],
+                cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+            ).stdout
+        )  # fmt: skip
+        assert [seq for seq, _ in rows] == list(range(1, 2 * BATCHES_PER_PROCESS * BATCH_SIZE + 1))
+        for name in ("left", "right"):  # each process's messages in the order it stored them
+            mine = [int(text.split()[1]) for _, text in rows if text.startswith(name)]
+            assert mine == list(range(BATCHES_PER_PROCESS * BATCH_SIZE))
