@@ -4,6 +4,7 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -59,33 +60,66 @@ def store_messages(drafts: Sequence[Draft]) -> list[tuple[Message, bool] | Excep
     nobody can squat ids. The unique constraint decides, not a prior read, so two
     processes racing with the same client_id still store it once. A message that would
     create a room looking like an existing one (Room.key) gets a LookalikeRoom; that
-    unique constraint decides too. Each draft has a savepoint of its own, so one refused
-    draft takes back only its own seq. A failure of the transaction itself (a lock waited
+    unique constraint decides too. A failure of the transaction itself (a lock waited
     out, the database gone) is raised: nothing of the batch is stored.
 
-    The rooms are stored in name order, each room's drafts in theirs: every process's
-    batches take their rooms' row locks in one order, so no two wait for each other
-    (a deadlock on PostgreSQL, waited out to the lock bound and refused).
+    The batch is one statement per room (its counter bumped by its messages) and one
+    insert of every row: on SQLite the write lock, which every process shares, is held
+    for a few statements, not four a message. When a constraint refuses that insert, the
+    batch is rolled back and stored again draft by draft, each in a savepoint of its own,
+    so one refused draft takes back only its own seq. The rooms are stored in name order,
+    each room's drafts in theirs: every process's batches take their rooms' row locks in
+    one order, so no two wait for each other (a deadlock on PostgreSQL, waited out to the
+    lock bound and refused).
     """
     created = timezone.now()
-    outcomes: list[tuple[Message, bool] | Exception | None] = [None] * len(drafts)
-    with transaction.atomic():
-        for index in sorted(range(len(drafts)), key=lambda index: drafts[index].room_name):
-            draft = drafts[index]
-            try:
-                with transaction.atomic():
-                    outcomes[index] = (_insert(draft, created), True)
-            except IntegrityError as error:
-                outcomes[index] = _known_or_refused(draft, error)
+    order = sorted(range(len(drafts)), key=lambda index: drafts[index].room_name)
+    try:
+        with transaction.atomic():
+            outcomes = _store_together(drafts, order, created)
+    except IntegrityError:
+        with transaction.atomic():
+            outcomes = _store_one_by_one(drafts, order, created)
     metrics.MESSAGES_STORED.inc(sum(isinstance(o, tuple) and o[1] for o in outcomes))
     return outcomes
 
 
-def _insert(draft: Draft, created: datetime) -> Message:
-    seq = _next_seq(draft.room_name, created)
-    if seq == 1:  # the room's first message: it may make members (its owner)
-        _add_founding_members(draft.room_name, draft.author)
-    return Message.objects.create(
+def _store_together(
+    drafts: Sequence[Draft], order: list[int], created: datetime
+) -> list[tuple[Message, bool] | Exception]:
+    messages: list[Message | None] = [None] * len(drafts)
+    for room_name, indexes in itertools.groupby(order, key=lambda index: drafts[index].room_name):
+        indexes = list(indexes)
+        first = _next_seq(room_name, created, len(indexes)) - len(indexes) + 1
+        if first == 1:  # the room's first message: it may make members (its owner)
+            _add_founding_members(room_name, drafts[indexes[0]].author)
+        for seq, index in enumerate(indexes, start=first):
+            messages[index] = _message(drafts[index], seq, created)
+    Message.objects.bulk_create([messages[index] for index in order])
+    return [(message, True) for message in messages]
+
+
+def _store_one_by_one(
+    drafts: Sequence[Draft], order: list[int], created: datetime
+) -> list[tuple[Message, bool] | Exception]:
+    outcomes: list[tuple[Message, bool] | Exception | None] = [None] * len(drafts)
+    for index in order:
+        draft = drafts[index]
+        try:
+            with transaction.atomic():
+                seq = _next_seq(draft.room_name, created)
+                if seq == 1:
+                    _add_founding_members(draft.room_name, draft.author)
+                message = _message(draft, seq, created)
+                message.save(force_insert=True)
+                outcomes[index] = (message, True)
+        except IntegrityError as error:
+            outcomes[index] = _known_or_refused(draft, error)
+    return outcomes
+
+
+def _message(draft: Draft, seq: int, created: datetime) -> Message:
+    return Message(
         room_id=draft.room_name,
         seq=seq,
         author_id=draft.author.user_id,
@@ -112,8 +146,9 @@ def _known_or_refused(draft: Draft, error: IntegrityError) -> tuple[Message, boo
     return error
 
 
-def _next_seq(room_name: str, created: datetime) -> int:
-    """Create or bump the room's counter, and date its activity; call inside a transaction.
+def _next_seq(room_name: str, created: datetime, count: int = 1) -> int:
+    """Create or bump the room's counter by count, and date its activity; returns its new
+    value (the last of the count seqs taken). Call inside a transaction.
 
     The row lock it takes serializes a room's writers until commit, so seqs are gapless
     and commit in order (SQLite locks the whole database, PostgreSQL the row).
@@ -123,11 +158,16 @@ def _next_seq(room_name: str, created: datetime) -> int:
         # A new room takes its look-alike key, which the unique key refuses if another
         # room has it; an existing room is updated whatever its key.
         cursor.execute(
-            f"INSERT INTO {table} (name, key, last_seq, last_message_at) VALUES (%s, %s, 1, %s) "
-            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1, "
+            f"INSERT INTO {table} (name, key, last_seq, last_message_at) VALUES (%s, %s, %s, %s) "
+            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq, "
             "last_message_at = EXCLUDED.last_message_at "
             "RETURNING last_seq",
-            [room_name, room_key(room_name), connection.ops.adapt_datetimefield_value(created)],
+            [
+                room_name,
+                room_key(room_name),
+                count,
+                connection.ops.adapt_datetimefield_value(created),
+            ],
         )
         return cursor.fetchone()[0]
 

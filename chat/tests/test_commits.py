@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 import redis
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from chat import commits, limits, protocol, services
 from chat.identity import Author
@@ -80,13 +82,16 @@ def test_one_failing_draft_takes_back_only_its_own_seq():
 def test_a_batch_takes_its_rooms_locks_in_name_order_and_answers_in_its_own(monkeypatch):
     locked = []
     next_seq = services._next_seq
-    monkeypatch.setattr(
-        services, "_next_seq", lambda room, created: locked.append(room) or next_seq(room, created)
-    )
+
+    def locking(room, created, count=1):
+        locked.append((room, count))
+        return next_seq(room, created, count)
+
+    monkeypatch.setattr(services, "_next_seq", locking)
     outcomes = services.store_messages(
         [services.Draft(room, ALICE, f"to {room} {n}", None) for n, room in enumerate("cabac")]
     )
-    assert locked == ["a", "a", "b", "c", "c"]
+    assert locked == [("a", 2), ("b", 1), ("c", 2)]
     assert [(m.text, m.seq) for m, _ in outcomes] == [
         ("to c 0", 1),
         ("to a 1", 1),
@@ -94,6 +99,18 @@ def test_a_batch_takes_its_rooms_locks_in_name_order_and_answers_in_its_own(monk
         ("to a 3", 2),
         ("to c 4", 2),
     ]
+
+
+def test_a_batch_is_one_statement_per_room_and_one_insert_of_its_rows():
+    services.store_message("a", ALICE, "a room with a message", None)
+    drafts = [services.Draft(room, BOB, f"to {room}", None) for room in "abababab"]
+    with CaptureQueriesContext(connection) as queries:
+        services.store_messages(drafts)
+    writes = [
+        q["sql"].split()[0] for q in queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))
+    ]
+    assert writes == ["INSERT", "INSERT", "INSERT"]  # room a, room b, the eight rows
+    assert _seqs("a") == [1, 2, 3, 4, 5] and _seqs("b") == [1, 2, 3, 4]
 
 
 def test_a_failure_of_the_whole_commit_is_every_posts_outcome_and_stores_nothing(monkeypatch):
