@@ -73,7 +73,7 @@ class Stack:
         self.redis.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.postgres_database is not None:
-            _drop_postgres_database(self.postgres_database)
+            drop_postgres_database(self.postgres_database)
 
 
 def _postgres_admin() -> psycopg.Connection:
@@ -81,7 +81,7 @@ def _postgres_admin() -> psycopg.Connection:
     return psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True)
 
 
-def _create_postgres_database() -> tuple[str, str]:
+def create_postgres_database() -> tuple[str, str]:
     """A new, empty database on the benchmark's PostgreSQL server: (its name, its URL)."""
     name = f"chat_bench_{uuid.uuid4().hex[:12]}"
     with _postgres_admin() as admin:
@@ -90,7 +90,8 @@ def _create_postgres_database() -> tuple[str, str]:
     return name, url.rsplit("/", 1)[0] + "/" + name
 
 
-def _drop_postgres_database(name: str):
+def drop_postgres_database(name: str):
+    """Drop a database create_postgres_database made, whoever is still connected."""
     with _postgres_admin() as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -130,7 +131,7 @@ def start_stack(
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
     postgres_database, database_url = None, f"sqlite:///{workdir}/bench.sqlite3"
     if database == "postgres":
-        postgres_database, database_url = _create_postgres_database()
+        postgres_database, database_url = create_postgres_database()
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="mysite.settings",
