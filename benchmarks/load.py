@@ -6,9 +6,10 @@
     python3 dev.py bench --soak 600 --rates 1              # faults midway; see soak.py
     python3 dev.py bench --rates 10 --drain-seconds 120    # overload: is anything lost?
 
-It starts the whole stack itself (embedded Redis, a fresh SQLite database, `serving.supervisor`
-with N daphne processes), connects rooms x clients sockets, and runs one step per
-per-client send rate. Every client sends at its rate; every message must reach every
+It starts the whole stack itself (embedded Redis, a fresh SQLite database or with
+`--database postgres` a fresh PostgreSQL one, `serving.supervisor` with N daphne
+processes), connects rooms x clients sockets, and runs one step per per-client send rate.
+Every client sends at its rate; every message must reach every
 socket in its room (the sender included). A delivery is one message arriving at one
 socket, so offered deliveries/s = rooms x clients x clients x rate.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import websockets
 
 from benchmarks.soak import run_soak
-from benchmarks.stack import Stack, start_stack
+from benchmarks.stack import DATABASES, DEFAULT_POSTGRES_URL, Stack, start_stack
 from mysite.channel_layers import DEFAULT_LAYER, LAYER_BACKENDS
 from serving.supervisor import raise_open_file_limit
 
@@ -279,7 +280,7 @@ def plot(rows: list[dict], path: Path, title: str):
 
 
 async def run_load(args, application: str = APPLICATION) -> list[dict]:
-    stack = start_stack(args.processes, args.layer, application=application)
+    stack = start_stack(args.processes, args.layer, application=application, database=args.database)
     try:
         load = Load(stack, args.rooms, args.clients)
         await load.connect()
@@ -340,6 +341,13 @@ def parse_args(argv: list[str]):
     )
     parser.add_argument("--processes", type=int, default=2, help="daphne processes")
     parser.add_argument("--layer", choices=sorted(LAYER_BACKENDS), default=DEFAULT_LAYER)
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="a fresh SQLite file, or a fresh database on BENCH_POSTGRES_URL's PostgreSQL "
+        f"(default {DEFAULT_POSTGRES_URL})",
+    )
     parser.add_argument("--idle", type=int, default=0, help="idle mode: this many sockets")
     parser.add_argument(
         "--soak", type=float, default=0, help="soak mode: seconds, at the first --rates rate"
@@ -388,10 +396,15 @@ def main(argv: list[str]) -> int:
                       f"ratio {ratio:.2f}")  # fmt: skip
         return 0
     title = f"{args.rooms} rooms x {args.clients} clients, {args.processes} processes, {args.layer}"
-    print(f"{title} layer, {args.step_seconds:g} s steps")
+    print(f"{title} layer, {args.database}, {args.step_seconds:g} s steps")
     rows = asyncio.run(run_load(args))
     print_table(rows)
-    setup = {"rooms": args.rooms, "clients": args.clients, "processes": args.processes}
+    setup = {
+        "rooms": args.rooms,
+        "clients": args.clients,
+        "processes": args.processes,
+        "database": args.database,
+    }
     for row in rows:
         print(json.dumps({"bench": "load", **setup, "layer": args.layer, **row}))
     if args.reference:

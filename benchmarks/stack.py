@@ -1,4 +1,8 @@
-"""The whole server stack for a benchmark: embedded Redis, a fresh database, N processes."""
+"""The whole server stack for a benchmark: embedded Redis, a fresh database, N processes.
+
+The database is a fresh SQLite file, or with `database="postgres"` a fresh database on the
+PostgreSQL server of BENCH_POSTGRES_URL (made, then dropped when the stack stops).
+"""
 
 import os
 import shutil
@@ -6,10 +10,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import psycopg
+from psycopg import sql
 
 from serving.embedded_redis import EmbeddedRedis, free_port
 from serving.processes import wait_for_http
@@ -17,6 +24,10 @@ from serving.processes import wait_for_http
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 30.0
 BENCH_SECRET_KEY = "benchmark-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+# The PostgreSQL server (and a role that may create databases) for --database postgres:
+# Debian's, as .ci/run and the test suite's PostgreSQL leg use it.
+DEFAULT_POSTGRES_URL = "postgres://chat:chat@127.0.0.1:5432/chat"
+DATABASES = ("sqlite", "postgres")
 
 
 @dataclass
@@ -28,6 +39,7 @@ class Stack:
     redis: EmbeddedRedis
     workdir: str
     env: dict[str, str] = field(repr=False)
+    postgres_database: str | None = None  # made for this stack, dropped with it
 
     @property
     def ws_url(self) -> str:
@@ -60,6 +72,30 @@ class Stack:
                 self.server.wait()
         self.redis.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.postgres_database is not None:
+            drop_postgres_database(self.postgres_database)
+
+
+def _postgres_admin() -> psycopg.Connection:
+    url = os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    return psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True)
+
+
+def create_postgres_database() -> tuple[str, str]:
+    """A new, empty database on the benchmark's PostgreSQL server: (its name, its URL)."""
+    name = f"chat_bench_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    return name, url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(name: str):
+    """Drop a database create_postgres_database made, whoever is still connected."""
+    with _postgres_admin() as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 # Every simulated client comes from one address without a session: lift the limits per
@@ -84,14 +120,18 @@ def start_stack(
     extra_env: dict[str, str] | None = None,
     root: Path = ROOT,
     application: str = "mysite.asgi:application",
+    database: str = "sqlite",
 ) -> Stack:
-    """Start Redis, migrate a temporary SQLite database, and serve on a free port.
+    """Start Redis, migrate a fresh database (`database`: one of DATABASES), serve on a free port.
 
     `root` is the checkout whose server runs: another one compares old code with new;
     `application` another ASGI application (benchmarks.reference, the tutorial's).
     """
     redis_server = EmbeddedRedis().start()
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
+    postgres_database, database_url = None, f"sqlite:///{workdir}/bench.sqlite3"
+    if database == "postgres":
+        postgres_database, database_url = create_postgres_database()
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="mysite.settings",
@@ -100,7 +140,7 @@ def start_stack(
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DJANGO_SECURE_SSL_REDIRECT="false",
         REDIS_URL=redis_server.url,
-        DATABASE_URL=f"sqlite:///{workdir}/bench.sqlite3",
+        DATABASE_URL=database_url,
         CHAT_CHANNEL_LAYER=layer,
         CHAT_LOG_LEVEL="WARNING",
         DJANGO_LOG_LEVEL="WARNING",
@@ -116,7 +156,7 @@ def start_stack(
          "--", "--verbosity", "0"],
         cwd=root, env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env)
+    stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env, postgres_database)
     try:
         # Every child must be up, not only the first to answer.
         wait_for_http(

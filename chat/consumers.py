@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import (
+    commits,
     deactivation,
     identity,
     limits,
@@ -473,11 +474,24 @@ class ChatConsumer(WebsocketConsumer):
                 self.closing = True
                 self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
             return
+        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
+            self._refuse(self._not_stored(frame))
+            return
+        # Checked and stored with the batch's other messages once its frames all ran
+        # (chat.commits): one Redis round trip, one transaction.
+        check = limits.message_check(
+            self.scope, self.author, self.room_name, not self.room_exists, frame.client_id
+        )
+        draft = services.Draft(self.room_name, self.author, frame.message, frame.client_id)
+        post = commits.Post(draft, check)
+        commits.submit(self.loop, post)
+        pipeline.after_batch(self.loop, self._posted, post, frame)
+
+    @sides.on_sync_thread
+    def _posted(self, post: commits.Post, frame: protocol.ChatFrame):
+        """Once its batch is committed: broadcast the message, or acknowledge, or refuse it."""
         try:
-            # Shared with the sender's other sockets and processes: one Redis round trip.
-            room_may_be_new = not self.room_exists
-            limits.check_message(self.scope, self.author, self.room_name, room_may_be_new, frame)
-            message, created = self._store(frame)
+            message, created = self._stored(post, frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
             return
@@ -630,19 +644,19 @@ class ChatConsumer(WebsocketConsumer):
         self.send(text_data=protocol.catch_up_frame(True, after, until))
         return until
 
-    @sides.on_sync_thread
-    def _store(self, frame: protocol.ChatFrame):
-        refusal = protocol.FrameRefused(
+    @staticmethod
+    def _not_stored(frame: protocol.ChatFrame) -> protocol.FrameRefused:
+        return protocol.FrameRefused(
             "store_failed",
             "The message could not be saved, so it was not sent. Try again.",
             frame.client_id,
         )
-        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
-            raise refusal
+
+    @sides.on_sync_thread
+    def _stored(self, post: commits.Post, frame: protocol.ChatFrame):
+        """The post's (message, created); raises FrameRefused for what refused it."""
         try:
-            return services.store_message(
-                self.room_name, self.author, frame.message, frame.client_id
-            )
+            return commits.outcome(self.loop, post)
         except services.LookalikeRoom as lookalike:
             raise protocol.FrameRefused(
                 "lookalike_room",
@@ -660,7 +674,7 @@ class ChatConsumer(WebsocketConsumer):
             )
             if stalls.is_lock_timeout(error):
                 stalls.timed_out(self.room_name)
-            raise refusal from None
+            raise self._not_stored(frame) from None
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):

@@ -14,7 +14,9 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import limits
 import redis
@@ -201,19 +203,29 @@ class HandshakeLimitMiddleware:
         return await self.application(scope, receive, send)
 
 
-def check_message(
-    scope: dict, author: Author, room_name: str, room_may_be_new: bool, frame: protocol.ChatFrame
-) -> None:
-    """Raise FrameRefused when this frame's message would pass a per-person or per-address limit.
+class PostCheck(NamedTuple):
+    """What the limits need to know of one message: whose budgets it counts against, where."""
+
+    person: str  # whose messages (an account, or a guest's address network)
+    creator: str  # who would make the room, were it new (an address network, or a program)
+    room_name: str
+    room_may_be_new: bool  # its sender has seen no message in the room
+    client_id: str | None
+
+
+def message_check(
+    scope: dict, author: Author, room_name: str, room_may_be_new: bool, client_id: str | None
+) -> PostCheck:
+    """What check_posts needs of a socket's message.
 
     A logged-in user's messages count per account; a guest's per address network
     (client_network), whatever session it has: sessions cost nothing to make, and each
-    would bring a budget of its own. A message to a room that has none
-    yet would create it, which counts as a new room for the address; `room_may_be_new`
-    (the socket has seen no message in its room) spares the query for every other one.
+    would bring a budget of its own. A message to a room that has none yet would create
+    it, which counts as a new room for the address; `room_may_be_new` (the socket has seen
+    no message in its room) spares the query for every other one.
     """
-    address = client_network(scope)
-    check_post(_person(scope, author), address, room_name, room_may_be_new, frame.client_id)
+    return PostCheck(_person(scope, author), client_network(scope), room_name, room_may_be_new,
+                     client_id)  # fmt: skip
 
 
 def check_post(
@@ -221,11 +233,79 @@ def check_post(
 ) -> None:
     """Raise FrameRefused when `person` sent too many messages lately, or `creator` (an
     address network, or whoever posts from code) made too many rooms and this one has none."""
-    if room_may_be_new and not Room.objects.filter(name=room_name).exists():
-        if (wait := retry_after(ROOMS, creator)) is not None:
-            raise protocol.FrameRefused("too_many_rooms", describe(ROOMS, wait), client_id, wait)
-    if (wait := retry_after(MESSAGES, person)) is not None:
-        raise protocol.FrameRefused("rate_limited", describe(MESSAGES, wait), client_id, wait)
+    (refusal,) = check_posts([PostCheck(person, creator, room_name, room_may_be_new, client_id)])
+    if refusal is not None:
+        raise refusal
+
+
+def check_posts(checks: Sequence[PostCheck]) -> list[protocol.FrameRefused | None]:
+    """check_post for many messages at once: what each is refused with, or None.
+
+    Counted in order, as one check_post after another would count them, the messages limit
+    of all of them in one round trip to Redis (and one more when some are over it). A room
+    new to several of them counts once against its creator.
+    """
+    refusals: list[protocol.FrameRefused | None] = [None] * len(checks)
+    new_room_waits: dict[tuple[str, str], int | None] = {}
+    for index, check in enumerate(checks):
+        if not check.room_may_be_new:
+            continue
+        key = (check.room_name, check.creator)
+        if key not in new_room_waits:
+            exists = Room.objects.filter(name=check.room_name).exists()
+            new_room_waits[key] = None if exists else retry_after(ROOMS, check.creator)
+        if (wait := new_room_waits[key]) is not None:
+            refusals[index] = protocol.FrameRefused(
+                "too_many_rooms", describe(ROOMS, wait), check.client_id, wait
+            )
+    counted = [index for index, refusal in enumerate(refusals) if refusal is None]
+    waits = retries_after(MESSAGES, [checks[index].person for index in counted])
+    for index, wait in zip(counted, waits, strict=True):
+        if wait is not None:
+            refusals[index] = protocol.FrameRefused(
+                "rate_limited", describe(MESSAGES, wait), checks[index].client_id, wait
+            )
+    return refusals
+
+
+def retries_after(limit: Limit, whos: Sequence[str]) -> list[int | None]:
+    """retry_after for several hits at once, counted in order: one round trip.
+
+    The limits library's own moving-window script, one call per hit, pipelined (Redis runs
+    them one after another, as separate hits would run); a second round trip reads the
+    windows of those over the limit.
+    """
+    if not whos:
+        return []
+    rate = limit.rate
+    limiter = _limiter(settings.REDIS_URL)
+    storage = limiter.storage
+    script = storage.lua_acquire_moving_window
+    keys = [storage.prefixed_key(rate.key_for(limit.setting, who)) for who in whos]
+    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
+
+    def hit_all() -> list:
+        # evalsha itself, not the Script: a pipeline asks Redis first whether its scripts
+        # exist, one more round trip each time.
+        pipe = client.pipeline(transaction=False)
+        now = time.time()
+        for key in keys:
+            pipe.evalsha(script.sha, 1, key, now, rate.amount, rate.get_expiry(), 1)
+        return pipe.execute()
+
+    try:
+        acquired = hit_all()
+    except redis.exceptions.NoScriptError:  # Redis restarted since: no hit has run
+        script.sha = client.script_load(script.script)
+        acquired = hit_all()
+    waits: list[int | None] = []
+    for ok, who in zip(acquired, whos, strict=True):
+        if ok:
+            waits.append(None)
+        else:
+            reset, _ = limiter.get_window_stats(rate, limit.setting, who)
+            waits.append(max(1, math.ceil(reset - time.time())))
+    return waits
 
 
 class TooManySockets(Exception):

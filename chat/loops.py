@@ -2,9 +2,9 @@
 of_loop, as channels_redis's pubsub layer keeps one layer per loop (`_get_layer`).
 
 A process has one loop in production; tests make one per test. Every part of a loop's
-state (its channel-layer slots, its batch of calls for the sync thread and that batch's
-outbox, its lane of bulk jobs, its upkeep) lives here, made by its owner on first use,
-and goes with the loop.
+state (its channel-layer slots, its batch of calls for the sync thread, that batch's
+outbox and the messages it stores, its lane of bulk jobs, its upkeep) lives here, made by
+its owner on first use, and goes with the loop.
 
 Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
@@ -17,13 +17,25 @@ from typing import Any
 class LoopState:
     """What the modules that serve one loop share about it; None until its owner makes it."""
 
-    __slots__ = ("layer_slots", "batches", "outbox", "lane", "upkeep", "__weakref__")
+    __slots__ = (
+        "layer_slots",
+        "batches",
+        "outbox",
+        "after_batch",
+        "posts",
+        "lane",
+        "upkeep",
+        "__weakref__",
+    )
 
     def __init__(self):
         self.layer_slots: asyncio.Semaphore | None = None  # mysite.channel_layers
         self.batches: Any = None  # chat.pipeline: calls for the sync thread
         # chat.pipeline: while the loop's batch runs, what its calls hand to the loop.
         self.outbox: list | None = None
+        # chat.pipeline: while the loop's batch runs, what its calls asked to run at its end.
+        self.after_batch: list | None = None
+        self.posts: list = []  # chat.commits: messages waiting for their batch's commit
         self.lane: Any = None  # chat.pipeline: bulk jobs, one at a time
         self.upkeep: Any = None  # chat.upkeep
 

@@ -88,7 +88,7 @@ SOCKETS_CLOSED = Counter(
     ["code"],
 )
 STORE_SECONDS = Histogram(
-    "chat_store_seconds", "Time to store one message", buckets=LATENCY_BUCKETS
+    "chat_store_seconds", "Time to store one batch of messages", buckets=LATENCY_BUCKETS
 )
 BROADCAST_SECONDS = Histogram(
     "chat_broadcast_seconds",

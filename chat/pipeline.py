@@ -51,6 +51,22 @@ def hand_to_loop(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], 
         loop.call_soon_threadsafe(_call_logged, function, args)
 
 
+@sides.on_sync_thread
+def after_batch(loop: asyncio.AbstractEventLoop, function: Callable[..., Any], *args):
+    """Call function(*args) here once every call of the loop's running batch has run.
+
+    It runs as part of the call that asked: what it raises is that call's failure. Calls
+    can so gather their work and do it together (chat.commits stores a batch's messages
+    in one transaction). Outside a batch, or from a call that runs at a batch's end, the
+    call runs at once.
+    """
+    deferred = loops.of_loop(loop).after_batch
+    if deferred is None:
+        function(*args)
+    else:
+        deferred.append((function, args))
+
+
 @sides.on_loop
 def start_logged_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
     """Run the coroutine as a task whose failure is logged, on one line."""
@@ -232,7 +248,8 @@ def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
 
 @sides.on_sync_thread
 def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
-    """Every call in order, each one's (result, failure) kept for its caller.
+    """Every call in order, each one's (result, failure) kept for its caller; then what
+    they asked to run at the batch's end (after_batch), each as part of its call.
 
     What they hand to the loop goes in one hand-off, not one each: each hand-off wakes
     the loop.
@@ -240,14 +257,25 @@ def _call_each(loop: asyncio.AbstractEventLoop, calls: list) -> list:
     outcomes: list[tuple[Any, BaseException | None]] = []
     state = loops.of_loop(loop)
     state.outbox = outbox = []
+    state.after_batch = deferred = []
+    askers: list[int] = []  # for each deferred call, the index of the call that asked
     try:
         for function, args, _ in calls:
+            asked_before = len(deferred)
             try:
                 outcomes.append((function(*args), None))
             except Exception as error:
                 outcomes.append((None, error))
+            askers.extend([len(outcomes) - 1] * (len(deferred) - asked_before))
+        state.after_batch = None
+        for asker, (function, args) in zip(askers, deferred, strict=True):
+            try:
+                function(*args)
+            except Exception as error:
+                if outcomes[asker][1] is None:  # the call's own failure comes first
+                    outcomes[asker] = (None, error)
     finally:
-        state.outbox = None
+        state.outbox = state.after_batch = None
         if outbox:
             loop.call_soon_threadsafe(_call_each_logged, outbox)
     return outcomes

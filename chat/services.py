@@ -4,7 +4,8 @@ Explained in docs/architecture.md, 'The delivery path'.
 """
 
 import functools
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -27,53 +28,127 @@ class LookalikeRoom(Exception):
         self.existing = existing
 
 
-@metrics.STORE_SECONDS.time()
+class Draft(NamedTuple):
+    """A message to store: its room, author, text, and the client's id for it (or None)."""
+
+    room_name: str
+    author: Author
+    text: str
+    client_id: str | None
+
+
 def store_message(
     room_name: str, author: Author, text: str, client_id: str | None
 ) -> tuple[Message, bool]:
     """Store a message as its room's next seq; returns (message, created).
 
-    A client_id this author already used in this room returns that message with
-    created=False, so a retried send is stored once; another author's client_id is no
-    concern of theirs, so nobody can squat ids. The unique constraint decides, not a
-    prior read, so two processes racing with the same client_id still store it once.
-    A message that would create a room looking like an existing one (Room.key) raises
-    LookalikeRoom; that unique constraint decides too.
+    A batch of one (store_messages): its failure is raised.
+    """
+    (outcome,) = store_messages([Draft(room_name, author, text, client_id)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+@metrics.STORE_SECONDS.time()
+def store_messages(drafts: Sequence[Draft]) -> list[tuple[Message, bool] | Exception]:
+    """Store drafts in one transaction, in order, each as its room's next seq (group commit).
+
+    Each outcome is (message, created), or the exception that draft alone met. A client_id
+    this author already used in this room returns that message with created=False, so a
+    retried send is stored once; another author's client_id is no concern of theirs, so
+    nobody can squat ids. The unique constraint decides, not a prior read, so two
+    processes racing with the same client_id still store it once. A message that would
+    create a room looking like an existing one (Room.key) gets a LookalikeRoom; that
+    unique constraint decides too. A failure of the transaction itself (a lock waited
+    out, the database gone) is raised: nothing of the batch is stored.
+
+    The batch is one statement per room (its counter bumped by its messages) and one
+    insert of every row: on SQLite the write lock, which every process shares, is held
+    for a few statements, not four a message. When a constraint refuses that insert, the
+    batch is rolled back and stored again draft by draft, each in a savepoint of its own,
+    so one refused draft takes back only its own seq. The rooms are stored in name order,
+    each room's drafts in theirs: every process's batches take their rooms' row locks in
+    one order, so no two wait for each other (a deadlock on PostgreSQL, waited out to the
+    lock bound and refused).
     """
     created = timezone.now()
+    order = sorted(range(len(drafts)), key=lambda index: drafts[index].room_name)
     try:
         with transaction.atomic():
-            seq = _next_seq(room_name, created)
-            if seq == 1:  # the room's first message: it may make members (its owner)
-                _add_founding_members(room_name, author)
-            message = Message.objects.create(
-                room_id=room_name,
-                seq=seq,
-                author_id=author.user_id,
-                display_name=author.name,
-                author_key=author.key,
-                bot=author.is_bot,
-                text=text,
-                client_id=client_id or "",
-                created=created,
-            )
+            outcomes = _store_together(drafts, order, created)
     except IntegrityError:
-        # Rolled back, seq included. A known client_id is a retry, a look-alike key taken
-        # a LookalikeRoom; anything else re-raises.
+        with transaction.atomic():
+            outcomes = _store_one_by_one(drafts, order, created)
+    metrics.MESSAGES_STORED.inc(sum(isinstance(o, tuple) and o[1] for o in outcomes))
+    return outcomes
+
+
+def _store_together(
+    drafts: Sequence[Draft], order: list[int], created: datetime
+) -> list[tuple[Message, bool] | Exception]:
+    messages: list[Message | None] = [None] * len(drafts)
+    for room_name, indexes in itertools.groupby(order, key=lambda index: drafts[index].room_name):
+        indexes = list(indexes)
+        first = _next_seq(room_name, created, len(indexes)) - len(indexes) + 1
+        if first == 1:  # the room's first message: it may make members (its owner)
+            _add_founding_members(room_name, drafts[indexes[0]].author)
+        for seq, index in enumerate(indexes, start=first):
+            messages[index] = _message(drafts[index], seq, created)
+    Message.objects.bulk_create([messages[index] for index in order])
+    return [(message, True) for message in messages]
+
+
+def _store_one_by_one(
+    drafts: Sequence[Draft], order: list[int], created: datetime
+) -> list[tuple[Message, bool] | Exception]:
+    outcomes: list[tuple[Message, bool] | Exception | None] = [None] * len(drafts)
+    for index in order:
+        draft = drafts[index]
+        try:
+            with transaction.atomic():
+                seq = _next_seq(draft.room_name, created)
+                if seq == 1:
+                    _add_founding_members(draft.room_name, draft.author)
+                message = _message(draft, seq, created)
+                message.save(force_insert=True)
+                outcomes[index] = (message, True)
+        except IntegrityError as error:
+            outcomes[index] = _known_or_refused(draft, error)
+    return outcomes
+
+
+def _message(draft: Draft, seq: int, created: datetime) -> Message:
+    return Message(
+        room_id=draft.room_name,
+        seq=seq,
+        author_id=draft.author.user_id,
+        display_name=draft.author.name,
+        author_key=draft.author.key,
+        bot=draft.author.is_bot,
+        text=draft.text,
+        client_id=draft.client_id or "",
+        created=created,
+    )
+
+
+def _known_or_refused(draft: Draft, error: IntegrityError) -> tuple[Message, bool] | Exception:
+    """After a draft's savepoint rolled back (its seq too): a known client_id is a retry,
+    a look-alike key taken a LookalikeRoom; anything else is the error itself."""
+    if draft.client_id:
         existing = Message.objects.filter(
-            room_id=room_name, author_key=author.key, client_id=client_id
+            room_id=draft.room_name, author_key=draft.author.key, client_id=draft.client_id
         ).first()
-        if client_id and existing is not None:
+        if existing is not None:
             return existing, False
-        if (holder := lookalike_room(room_name)) is not None:
-            raise LookalikeRoom(holder) from None
-        raise
-    metrics.MESSAGES_STORED.inc()
-    return message, True
+    if (holder := lookalike_room(draft.room_name)) is not None:
+        return LookalikeRoom(holder)
+    return error
 
 
-def _next_seq(room_name: str, created: datetime) -> int:
-    """Create or bump the room's counter, and date its activity; call inside a transaction.
+def _next_seq(room_name: str, created: datetime, count: int = 1) -> int:
+    """Create or bump the room's counter by count, and date its activity; returns its new
+    value (the last of the count seqs taken). Call inside a transaction.
 
     The row lock it takes serializes a room's writers until commit, so seqs are gapless
     and commit in order (SQLite locks the whole database, PostgreSQL the row).
@@ -83,11 +158,16 @@ def _next_seq(room_name: str, created: datetime) -> int:
         # A new room takes its look-alike key, which the unique key refuses if another
         # room has it; an existing room is updated whatever its key.
         cursor.execute(
-            f"INSERT INTO {table} (name, key, last_seq, last_message_at) VALUES (%s, %s, 1, %s) "
-            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + 1, "
+            f"INSERT INTO {table} (name, key, last_seq, last_message_at) VALUES (%s, %s, %s, %s) "
+            f"ON CONFLICT (name) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq, "
             "last_message_at = EXCLUDED.last_message_at "
             "RETURNING last_seq",
-            [room_name, room_key(room_name), connection.ops.adapt_datetimefield_value(created)],
+            [
+                room_name,
+                room_key(room_name),
+                count,
+                connection.ops.adapt_datetimefield_value(created),
+            ],
         )
         return cursor.fetchone()[0]
 
@@ -186,8 +266,25 @@ def messages_before(room_name: str, before_seq: int, limit: int) -> list[Message
 
 
 def last_seq(room_name: str) -> int:
-    """The seq of the room's newest message, 0 for a room with none."""
-    return Room.objects.filter(name=room_name).values_list("last_seq", flat=True).first() or 0
+    """The seq of the room's newest message, 0 for a room with none.
+
+    Read with every gap fill and recovery on the sockets' thread: with SQL compiled once
+    (through the ORM a call took 20 times as long, building its query: 1.6 ms, not 0.05).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_last_seq_sql(connection.vendor), [room_name])
+        row = cursor.fetchone()
+    return row[0] if row else 0
+
+
+@functools.cache
+def _last_seq_sql(vendor: str) -> str:
+    """The SQL of last_seq; takes [room]."""
+    query = Room.objects.filter(name="").values_list("last_seq")[:1]
+    sql, params = query.query.sql_with_params()
+    if tuple(params) != ("",):
+        raise RuntimeError(f"unexpected parameters in the last_seq query: {params!r}")
+    return sql
 
 
 def room_title(room_name: str) -> str:

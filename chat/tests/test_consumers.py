@@ -24,7 +24,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
 
-from chat import presence, protocol, rooms, services, sides, upkeep
+from chat import commits, presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message, Room
 from chat.stalls import COOL_OFF_FACTOR
@@ -152,6 +152,39 @@ async def test_a_new_room_that_looks_like_an_existing_one_is_refused_naming_it(j
     assert '"lobby"' in error["detail"]
     await assert_no_chat(original)
     assert await database_sync_to_async(services.last_seq)(lookalike) == 0
+
+
+async def test_frames_arriving_together_are_stored_together_and_each_gets_its_answer(
+    join, monkeypatch
+):
+    first, second, retrier = await join("lobby"), await join("lobby"), await join("lobby")
+    impostor = await join("l0bby")
+    await retrier.send_json_to({"message": "sent once", "client_id": "r1"})
+    await assert_receives_message(first, "sent once")
+    await assert_receives_message(retrier, "sent once")
+    batches = []
+    commit = commits.commit
+    monkeypatch.setattr(
+        commits, "commit", lambda posts: batches.append(len(posts)) or commit(posts)
+    )
+
+    await first.send_json_to({"message": "one"})
+    await impostor.send_json_to({"message": "look at me", "client_id": "i1"})
+    await retrier.send_json_to({"message": "sent once", "client_id": "r1"})
+    await second.send_json_to({"message": "two"})
+
+    one, two = (
+        await assert_receives_message(first, "one"),
+        await assert_receives_message(first, "two"),
+    )
+    assert batches == [4]
+    assert (one["id"], two["id"]) == (2, 3)
+    assert (await next_frame(impostor))["error"]["code"] == "lookalike_room"
+    acknowledged = [
+        frame for frame in await frames_within(retrier) if frame.get("client_id") == "r1"
+    ]
+    assert [frame["id"] for frame in acknowledged] == [1]
+    assert await database_sync_to_async(services.last_seq)("lobby") == 3
 
 
 async def test_a_lookalike_room_from_before_the_rule_keeps_its_messages_coming(join):
@@ -348,7 +381,7 @@ async def test_store_failure_answers_sender_and_nobody_receives_it(join, monkeyp
     def broken_store(*args, **kwargs):
         raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(services, "store_message", broken_store)
+    monkeypatch.setattr(services, "store_messages", broken_store)
     await sender.send_json_to({"message": "lost?", "client_id": "c-9"})
     frame = await next_frame(sender)
     assert frame == {

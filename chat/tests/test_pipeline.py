@@ -133,6 +133,34 @@ async def test_a_failing_call_raises_in_its_caller_only():
     assert repr(results[1]) == "ValueError('bad 2')"
 
 
+async def test_work_asked_for_after_the_batch_runs_once_every_call_ran_in_order():
+    loop, ran = asyncio.get_running_loop(), []
+
+    def call(number):
+        ran.append(("call", number))
+        pipeline.after_batch(loop, ran.append, ("after", number))
+
+    await asyncio.gather(*(pipeline.call_batched(call, n) for n in range(3)))
+    assert ran == [("call", 0), ("call", 1), ("call", 2), ("after", 0), ("after", 1), ("after", 2)]
+
+
+async def test_a_failure_after_the_batch_raises_in_the_call_that_asked_only():
+    loop = asyncio.get_running_loop()
+
+    def fail_later(number):
+        raise ValueError(f"bad {number}")
+
+    def call(number):
+        if number == 1:
+            pipeline.after_batch(loop, fail_later, number)
+        return number
+
+    results = await asyncio.gather(
+        *(pipeline.call_batched(call, n) for n in range(3)), return_exceptions=True
+    )
+    assert [str(result) for result in results] == ["0", "bad 1", "2"]
+
+
 async def test_a_cancelled_caller_leaves_the_others_of_its_batch_alone():
     ran = []
     first = asyncio.ensure_future(pipeline.call_batched(ran.append, 1))

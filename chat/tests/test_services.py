@@ -4,6 +4,7 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models.sql.compiler import SQLCompiler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,6 +172,19 @@ def test_last_seq_is_the_newest_messages_seq():
     _store("lobby", 4)
     _store("kitchen", 1)
     assert services.last_seq("lobby") == 4
+
+
+def test_last_seq_compiles_no_query_once_it_read_a_room(monkeypatch):
+    services.last_seq("lobby")
+    compiled = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(
+        SQLCompiler, "as_sql", lambda *a, **k: compiled.append(1) or as_sql(*a, **k)
+    )
+    _store("lobby", 2)
+    compiled.clear()
+    assert [services.last_seq("lobby"), services.last_seq("hall")] == [2, 0]
+    assert compiled == []
 
 
 def test_author_is_a_guest_exactly_when_it_has_no_user_id():
