@@ -20,7 +20,7 @@ import limits
 import redis
 import redis.asyncio
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
@@ -341,8 +341,11 @@ def _person(scope: dict, author: Author) -> str:
     return f"a:{client_network(scope)}" if author.is_guest else author.key
 
 
-def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> HttpResponse | None:
-    """Count a request against a limit, per address or per `who`: None within it, else a 429.
+def http_refusal(
+    limit: Limit, request: HttpRequest, who: str | None = None, as_json: bool = False
+) -> HttpResponse | None:
+    """Count a request against a limit, per address or per `who`: None within it, else a 429,
+    in plain text or, `as_json`, as an endpoint's `rate_limited` error.
 
     While Redis is unreachable the request goes through (logged): the pages and the
     messages endpoint do not otherwise need Redis.
@@ -357,7 +360,7 @@ def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> 
         return None
     detail = describe(limit, wait)
     logger.warning("refused %s %s from %s: %s", request.method, request.path, address, detail)
-    return _too_many_requests(detail, wait)
+    return _too_many_requests(detail, wait, as_json)
 
 
 def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
@@ -373,8 +376,12 @@ def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
     return _too_many_requests(detail, wait)
 
 
-def _too_many_requests(detail: str, wait: int) -> HttpResponse:
-    response = HttpResponse(detail + "\n", status=429, content_type="text/plain; charset=utf-8")
+def _too_many_requests(detail: str, wait: int, as_json: bool = False) -> HttpResponse:
+    if as_json:
+        error = {"error": {"code": "rate_limited", "detail": detail}}
+        response = JsonResponse(error, status=429)
+    else:
+        response = HttpResponse(detail + "\n", status=429, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = str(wait)
     # Logged already, with the address and the reason: not again by django.request.
     response._has_been_logged = True

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
+from django.views import csrf
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -32,6 +33,9 @@ from . import (
 )
 from .forms import SignupForm
 from .models import ApiToken
+
+# The views that answer JSON, and so answer their refusals (CSRF's too) in JSON.
+JSON_ENDPOINTS = frozenset({"chat:room_messages", "room_list", "mark_read"})
 
 
 def index(request):
@@ -150,6 +154,26 @@ def not_a_room(request, path):
     return render(request, "404.html", status=404)
 
 
+def not_a_room_endpoint(request, path):
+    """An endpoint's 404 for an address that names no valid room, in JSON as the endpoint's
+    other answers, saying what the name breaks."""
+    try:
+        rooms.normalize_address(path.split("/", 1)[0])
+    except rooms.InvalidRoomName as refusal:
+        return _json_error(404, "invalid_room_name", str(refusal))
+    return _room_not_found()
+
+
+def csrf_failure(request, reason: str = ""):
+    """Django's CSRF refusal (CSRF_FAILURE_VIEW): a JSON 403 from an endpoint that speaks
+    JSON, Django's page from any other."""
+    match = request.resolver_match
+    if match is None or match.view_name not in JSON_ENDPOINTS:
+        return csrf.csrf_failure(request, reason)
+    detail = f"CSRF check failed ({reason}): send the csrftoken cookie's value in X-CSRFToken."
+    return _json_error(403, "csrf_failed", detail)
+
+
 def room_not_found_page(request):
     """The 404 page for a room address that is valid but leads nowhere for this reader: one
     answer for a private room they may not read and for one that does not exist."""
@@ -163,7 +187,7 @@ def room_messages(request, room_name):
     With ?before=<id> instead, the newest `limit` messages before that id (older history,
     for a page scrolled up), still oldest first, and `next_before` to go on further back.
     """
-    if refused := limits.http_refusal(limits.API, request):
+    if refused := limits.http_refusal(limits.API, request, as_json=True):
         return refused
     address = room_name
     room_name = permissions.room_for(identity.author_for(request.user, request.session), address)
@@ -173,7 +197,7 @@ def room_messages(request, room_name):
         # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
         body = pipeline.bulk_call(_encoded_page, address, room_name, request.GET)
     except services.InvalidPage as refusal:
-        return HttpResponseBadRequest(str(refusal))
+        return _json_error(400, "invalid_page", str(refusal))
     return HttpResponse(body, content_type="application/json")
 
 
@@ -194,7 +218,7 @@ def room_list(request):
     Each with its last message's id and time, the people online and, for a logged-in
     user, their read position: the page counts unread as last_id - read position.
     """
-    if refused := limits.http_refusal(limits.ROOM_LIST, request):
+    if refused := limits.http_refusal(limits.ROOM_LIST, request, as_json=True):
         return refused
     named = request.GET.getlist("room")
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
@@ -242,7 +266,8 @@ def mark_read(request, room_name):
         return _json_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
         )
-    if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
+    who = f"u:{request.user.pk}"
+    if refused := limits.http_refusal(limits.READ_REPORTS, request, who, as_json=True):
         return refused
     room_key = permissions.room_for(identity.author_for(request.user, None), room_name)
     if room_key is None:

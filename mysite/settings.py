@@ -61,6 +61,8 @@ elif not DEBUG and (
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# The read-position endpoint speaks JSON, its CSRF refusal too (chat.views.JSON_ENDPOINTS).
+CSRF_FAILURE_VIEW = "chat.views.csrf_failure"
 
 INSTALLED_APPS = [
     # First: its `manage.py runserver` (daphne's, which serves WebSockets too) checks Redis.

@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 from django.template.loader import render_to_string
@@ -104,12 +105,17 @@ def test_invalid_room_url_in_production_gets_the_chat_404_page(client, settings)
     assert "<b>bold" not in html
 
 
-@pytest.mark.parametrize("path", ["/chat/two%20words/", "/chat/two%20words/messages/"])
-def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings, path):
+def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings):
     settings.DEBUG = True
-    response = client.get(path)
+    response = client.get("/chat/two%20words/")
     assert response.status_code == 404
     assert "Choose a room" in response.content.decode()
+
+
+def test_invalid_room_messages_url_in_debug_gets_the_endpoints_json_404(client, settings):
+    settings.DEBUG = True
+    response = client.get("/chat/two%20words/messages/")
+    assert (response.status_code, response["Content-Type"]) == (404, "application/json")
 
 
 @pytest.mark.parametrize(
@@ -976,3 +982,99 @@ def test_a_redis_refusing_writes_gets_a_clear_503_not_a_500(
     assert response["Retry-After"]
     assert b"having trouble" in response.content
     assert client.get(path).status_code == 200  # and served again once it takes writes
+
+
+# --- Every refusal of an endpoint, in the endpoint's own content type ---------------------
+
+
+def _twice(path: str, setting: str):
+    """The second GET of path, where `setting` allows one a minute."""
+
+    def ask(client, settings):
+        setattr(settings, setting, "1/minute")
+        client.get(path)
+        return client.get(path)
+
+    return ask
+
+
+def _read_report(path: str = "/api/rooms/lobby/read/", data=None, csrf: bool = False):
+    """A logged-in user's read report, with CSRF checks when `csrf`."""
+
+    def report(client, settings):
+        client = Client(enforce_csrf_checks=csrf)
+        client.force_login(get_user_model().objects.get_or_create(username="ann")[0])
+        return client.post(path, {"up_to": "1"} if data is None else data)
+
+    return report
+
+
+def _read_reports_past_the_limit(client, settings):
+    settings.CHAT_LIMIT_READ_REPORTS_PER_PERSON = "1/minute"
+    _read_report()(client, settings)
+    return _read_report()(client, settings)
+
+
+JSON_REFUSALS = {
+    "bad-after": (lambda c, s: c.get("/chat/lobby/messages/?after=x"), 400, "invalid_page"),
+    "after-and-before": (
+        lambda c, s: c.get("/chat/lobby/messages/?after=1&before=2"),
+        400,
+        "invalid_page",
+    ),
+    "messages-of-an-invalid-name": (
+        lambda c, s: c.get("/chat/a%20b/messages/"),
+        404,
+        "invalid_room_name",
+    ),
+    "messages-of-a-bad-private-address": (
+        lambda c, s: c.get("/chat/~x/messages/"),
+        404,
+        "invalid_room_name",
+    ),
+    "messages-of-an-unknown-private-room": (
+        lambda c, s: c.get("/chat/~" + "A" * 22 + "/messages/"),
+        404,
+        "no_such_room",
+    ),
+    "messages-past-the-limit": (
+        _twice("/chat/lobby/messages/", "CHAT_LIMIT_API_PER_ADDRESS"),
+        429,
+        "rate_limited",
+    ),
+    "room-list-invalid-name": (
+        lambda c, s: c.get("/api/rooms/?room=a%20b"),
+        400,
+        "invalid_room_name",
+    ),
+    "room-list-past-the-limit": (
+        _twice("/api/rooms/", "CHAT_LIMIT_ROOM_LIST_PER_ADDRESS"),
+        429,
+        "rate_limited",
+    ),
+    "read-by-a-guest": (
+        lambda c, s: c.post("/api/rooms/lobby/read/", {"up_to": "1"}),
+        403,
+        "not_logged_in",
+    ),
+    "read-without-csrf": (_read_report(csrf=True), 403, "csrf_failed"),
+    "read-bad-up-to": (_read_report(data={"up_to": "x"}), 400, "invalid_up_to"),
+    "read-room-without-messages": (_read_report("/api/rooms/empty/read/"), 404, "no_such_room"),
+    "read-invalid-name": (_read_report("/api/rooms/a%20b/read/"), 404, "invalid_room_name"),
+    "read-past-the-limit": (_read_reports_past_the_limit, 429, "rate_limited"),
+}
+
+
+@pytest.mark.parametrize(("ask", "status", "code"), JSON_REFUSALS.values(), ids=JSON_REFUSALS)
+def test_every_refusal_of_a_json_endpoint_is_json_with_its_code(
+    ask, status, code, client, settings
+):
+    _chat("lobby", "hi")
+    response = ask(client, settings)
+    assert (response.status_code, response["Content-Type"]) == (status, "application/json")
+    assert response.json()["error"]["code"] == code
+
+
+def test_a_csrf_refusal_of_a_page_is_still_djangos_page():
+    response = Client(enforce_csrf_checks=True).post("/accounts/name/", {"display_name": "Zoë"})
+    assert (response.status_code, response["Content-Type"]) == (403, "text/html; charset=utf-8")
