@@ -48,7 +48,8 @@ def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
 def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dict[str, Any]]:
     """What the index and the sidebar show of each room; presence in one Redis round trip.
 
-    Without `online`, no presence is read and the rooms have no "online" count.
+    Without `online`, no presence is read and the rooms have no "online" count; nor have
+    they when Redis does not answer (presence.snapshots).
     """
     groups = {room.name: rooms.group_name(room.name) for room in room_list}
     present = presence.snapshots(list(groups.values())) if online else {}
@@ -68,7 +69,7 @@ def summaries(room_list: list[Room], user=None, online: bool = True) -> list[dic
             "last_at": room.last_message_at.isoformat() if room.last_message_at else None,
             "read_up_to": read.get(room.name),
         }
-        if online:
+        if groups[room.name] in present:
             summary["online"] = present[groups[room.name]]["count"]  # people, not sockets
         listed.append(summary)
     return listed

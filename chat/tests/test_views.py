@@ -3,6 +3,8 @@
 import functools
 import json
 import re
+import socket
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -1078,3 +1080,49 @@ def test_every_refusal_of_a_json_endpoint_is_json_with_its_code(
 def test_a_csrf_refusal_of_a_page_is_still_djangos_page():
     response = Client(enforce_csrf_checks=True).post("/accounts/name/", {"display_name": "Zoë"})
     assert (response.status_code, response["Content-Type"]) == (403, "text/html; charset=utf-8")
+
+
+# --- The index and the room list while Redis hangs or is gone ----------------------------
+
+# What a person waits at most for the index or the sidebar, whatever Redis does.
+PAGE_BOUND_SECONDS = 1.0
+
+
+@pytest.fixture(params=["hanging", "stopped"])
+def unanswering_redis(request, settings):
+    """REDIS_URL naming a Redis that accepts connections and never answers, or none at all."""
+    if request.param == "stopped":
+        settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+        yield
+        return
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)  # accepted, never read
+    settings.REDIS_URL = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    yield
+    server.close()
+
+
+def _timed_get(client, path: str):
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+def test_the_index_answers_within_a_second_without_online_counts_when_redis_does_not(
+    client, unanswering_redis
+):
+    _chat("lobby", "hi")
+    response, took = _timed_get(client, "/chat/")
+    assert (response.status_code, took < PAGE_BOUND_SECONDS) == (200, True), took
+    entry = re.search(r'<li class="room-entry" data-room="lobby">.*?</li>', response.text, re.S)
+    assert entry is not None and "online" not in entry.group()
+
+
+@pytest.mark.parametrize("query", ["", "?online=0"])
+def test_the_room_list_answers_within_a_second_without_online_counts_when_redis_does_not(
+    client, unanswering_redis, query
+):
+    _chat("lobby", "hi")
+    response, took = _timed_get(client, "/api/rooms/" + query)
+    assert (response.status_code, took < PAGE_BOUND_SECONDS) == (200, True), took
+    [lobby] = response.json()["rooms"]
+    assert (lobby["name"], "online" in lobby) == ("lobby", False)
