@@ -13,7 +13,18 @@ from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
-from . import activity, identity, limits, outages, permissions, posting, rooms, services, tokens
+from . import (
+    activity,
+    identity,
+    limits,
+    outages,
+    permissions,
+    posting,
+    rooms,
+    services,
+    tokens,
+    views,
+)
 from .models import ApiToken
 from .redis_clients import OUTAGE_ERRORS
 
@@ -215,8 +226,11 @@ def read_messages(
         for name, value in (("after", after), ("before", before), ("limit", limit))
         if value is not None
     }
+    room_key = _room(room, request.auth.user)
+    if moved := views.to_lookalikes_room(request, room_key):
+        return moved
     try:
-        return JsonResponse(services.read_page(_room(room, request.auth.user), query, room))
+        return JsonResponse(services.read_page(room_key, query, room))
     except services.InvalidPage as refusal:
         raise ApiRefusal(400, "invalid_page", str(refusal)) from None
 

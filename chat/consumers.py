@@ -188,6 +188,14 @@ class ChatConsumer(WebsocketConsumer):
             self.accept(tokens.accepted_subprotocol(self.scope))
             self._close_for_identity("the page's sign-in is not the socket's")
             return
+        if (existing := services.lookalike_room(self.room_name)) is not None:
+            # A new public room's address (private ones have their own keys, no look-alikes);
+            # not an empty ghost of that room: told where it is, as the page redirects.
+            self.accept(tokens.accepted_subprotocol(self.scope))
+            self.closing = True
+            self.send(text_data=protocol.error_frame(protocol.lookalike_room_refusal(existing)))
+            self.close(code=protocol.CLOSE_LOOKALIKE_ROOM)
+            return
         try:
             self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
         except limits.TooManySockets as refusal:
@@ -548,12 +556,7 @@ class ChatConsumer(WebsocketConsumer):
                 self.room_name, self.author, frame.message, frame.client_id
             )
         except services.LookalikeRoom as lookalike:
-            raise protocol.FrameRefused(
-                "lookalike_room",
-                f'This room\'s name looks too much like the room "{lookalike.existing}": '
-                "talk there, or choose another name.",
-                frame.client_id,
-            ) from None
+            raise protocol.lookalike_room_refusal(lookalike.existing, frame.client_id) from None
         except DatabaseError as error:
             metrics.outage(error)
             logger.error(

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
+from django.utils.encoding import iri_to_uri
 from django.views import csrf
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
@@ -193,12 +194,34 @@ def room_messages(request, room_name):
     room_name = permissions.room_for(identity.author_for(request.user, request.session), address)
     if room_name is None:
         return _room_not_found()
+    if moved := to_lookalikes_room(request, room_name):
+        return moved
     try:
         # Read and encoded on the sockets' thread, in turn with other pages (pipeline.bulk_call).
         body = pipeline.bulk_call(_encoded_page, address, room_name, request.GET)
     except services.InvalidPage as refusal:
         return _json_error(400, "invalid_page", str(refusal))
     return HttpResponse(body, content_type="application/json")
+
+
+def to_lookalikes_room(request, room_key: str) -> HttpResponse | None:
+    """For a room that does not exist but looks like one that does (services.lookalike_room),
+    a redirect to the same URL there, as the room page's; None for any other room."""
+    if (existing := services.lookalike_room(room_key)) is None:
+        return None
+    segments = request.path.split("/")
+    # The path's segment that names the room: the address, maybe in another normal form.
+    at = next(n for n, part in enumerate(segments) if _names(part, room_key))
+    segments[at] = existing
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponseRedirect(iri_to_uri("/".join(segments)) + (f"?{query}" if query else ""))
+
+
+def _names(path_segment: str, room_key: str) -> bool:
+    try:
+        return rooms.normalize_address(path_segment) == room_key
+    except rooms.InvalidRoomName:
+        return False
 
 
 def _encoded_page(address: str, room_name: str, query) -> str:

@@ -246,3 +246,13 @@ def test_a_body_the_api_cannot_take_is_refused_in_its_one_error_shape(api, body,
         status,
         {"error": {"code": "invalid_request", "detail": detail}},
     )
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l%D0%BEbby", "Iobby"])
+def test_reading_a_lookalike_of_a_room_is_sent_to_that_rooms_messages(api, lookalike):
+    services.store_message("lobby", Author(name="Zoë"), "hi", None)
+    response = api.get(f"/api/v1/rooms/{lookalike}/messages?after=0")
+    assert (response.status_code, response["Location"]) == (
+        302,
+        "/api/v1/rooms/lobby/messages?after=0",
+    )

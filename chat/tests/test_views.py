@@ -1126,3 +1126,14 @@ def test_the_room_list_answers_within_a_second_without_online_counts_when_redis_
     assert (response.status_code, took < PAGE_BOUND_SECONDS) == (200, True), took
     [lobby] = response.json()["rooms"]
     assert (lobby["name"], "online" in lobby) == ("lobby", False)
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l%D0%BEbby", "Iobby", "lobby."])
+def test_the_messages_endpoint_of_a_lookalike_sends_you_to_the_existing_rooms(client, lookalike):
+    _chat("lobby", "hello")
+    response = client.get(f"/chat/{lookalike}/messages/?after=0&limit=5")
+    assert (response.status_code, response["Location"]) == (
+        302,
+        "/chat/lobby/messages/?after=0&limit=5",
+    )
+    assert client.get(response["Location"]).json()["messages"][0]["message"] == "hello"

@@ -61,6 +61,9 @@
     // The reader is no longer a member of this private room (docs/protocol.md, close codes):
     // removed by its owner, or left in another tab. The page stays closed.
     const NOT_A_MEMBER = 4403;
+    // A room made meanwhile has a name this room's looks like (docs/protocol.md, close codes):
+    // a reload goes there, as the page redirects. The page stays closed.
+    const LOOKALIKE_ROOM = 4308;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -112,6 +115,7 @@
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
         4403: 'You are no longer a member of this room.',
+        4308: 'This room\'s name looks like another room\'s: reload the page to go there.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -772,8 +776,8 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER) {
-            showStatus(PLAIN_CLOSES[NOT_A_MEMBER], 'error', e.code);
+        if (e.code === NOT_A_MEMBER || e.code === LOOKALIKE_ROOM) {
+            showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
             return;
         }
         if (pageHidden) {
