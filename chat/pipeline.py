@@ -220,12 +220,12 @@ def bulk_call(function: Callable[..., Any], *args):
     async_to_sync would start a loop of its own whose database_sync_to_async closes this
     thread's connection (in a test's transaction, too): the call runs here.
     """
-    if not _in_a_servers_request_thread():
+    if not in_a_servers_request_thread():
         return function(*args)
     return async_to_sync(run_in_turn)(call_batched, function, *args)
 
 
-def _in_a_servers_request_thread() -> bool:
+def in_a_servers_request_thread() -> bool:
     """Whether this thread was started by sync_to_async from a running server's loop, where
     async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
     loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
