@@ -157,7 +157,7 @@ ERRORS = {401: ErrorOut, 429: ErrorOut}
 # What a program is told of a room it may not read, and of one that does not exist alike.
 NO_SUCH_ROOM = (404, "no_such_room", "There is no such room.")
 # How the API answers a refused post: the codes that are not a plain 400.
-POST_REFUSAL_STATUS = {"no_such_room": 404}
+POST_REFUSAL_STATUS = {"no_such_room": 404, "recipient_deactivated": 403}
 
 
 def _room(name: str, user) -> str:

@@ -392,6 +392,13 @@ class ChatConsumer(WebsocketConsumer):
             # way, or will never come (a change made without signals): store nothing.
             self._close_for_identity("the session no longer speaks as this socket")
             return
+        if (gone := permissions.deactivated_partner(self.author, self.room_name)) is not None:
+            self._refuse(
+                protocol.FrameRefused(
+                    "recipient_deactivated", permissions.read_only_notice(gone), frame.client_id
+                )
+            )
+            return
         if not permissions.may_post(self.author, self.room_name):
             # Removed while the closing event was on its way (or lost with Redis).
             self.closing = True

@@ -133,6 +133,8 @@ def _room_panel(author, address: str, room_key: str) -> dict:
         panel["title"] = services.room_title(room_key)
         panel["may_invite"] = permissions.may_invite(author, room_key)
         panel["may_leave"] = permissions.may_leave(author, room_key)
+    if (gone := permissions.deactivated_partner(author, room_key)) is not None:
+        panel["read_only"] = permissions.read_only_notice(gone)
     if room_kind != rooms.DIRECT and not author.is_guest:
         panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
     if panel["private"] or panel.get("may_appoint"):  # a public room's: its owner's eyes only
