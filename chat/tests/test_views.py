@@ -21,8 +21,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import identity, password_reset, presence, rooms, services
-from chat.models import Message, ReadPosition, Room
+from chat import activity, identity, memberships, password_reset, presence, rooms, services
+from chat.identity import Author
+from chat.models import Membership, Message, ReadPosition, Room
 from conftest import WRITE_REFUSALS, redis_refusing_writes
 from serving.embedded_redis import free_port
 
@@ -1137,3 +1138,56 @@ def test_the_messages_endpoint_of_a_lookalike_sends_you_to_the_existing_rooms(cl
         "/chat/lobby/messages/?after=0&limit=5",
     )
     assert client.get(response["Location"]).json()["messages"][0]["message"] == "hello"
+
+
+# --- The sidebar's 304 ----------------------------------------------------------------------
+
+
+def _sidebar(client, etag=None):
+    headers = {} if etag is None else {"HTTP_IF_NONE_MATCH": etag}
+    return client.get("/api/rooms/", {"online": "0", "room": "lobby"}, **headers)
+
+
+def test_an_unchanged_sidebar_list_is_a_304_that_builds_no_list(client, monkeypatch):
+    _chat("lobby", "one")
+    etag = _sidebar(client)["ETag"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the list was built for a 304")
+
+    monkeypatch.setattr(activity, "recent_rooms", never)
+    assert _sidebar(client, etag).status_code == 304
+
+
+def _post_in_another_room(alice):
+    _chat("kitchen", "elsewhere")
+
+
+def _read_further(alice):
+    ReadPosition.objects.update_or_create(
+        user=alice, room_name="lobby", defaults={"last_read_id": 2}
+    )
+
+
+def _be_removed(alice):
+    Membership.objects.filter(user=alice, role=Membership.Role.MEMBER).delete()
+
+
+def _be_invited(alice, owner_name: str = "owner"):
+    owner = get_user_model().objects.create_user(owner_name)
+    key = memberships.create_private_room(Author(owner_name, user_id=owner.pk), "Plans")
+    memberships.invite(Author(owner_name, user_id=owner.pk), key, "alice")
+
+
+@pytest.mark.parametrize("change", [_post_in_another_room, _read_further, _be_removed, _be_invited])
+def test_the_sidebars_etag_changes_with_anything_its_list_is_made_of(client, change):
+    alice = get_user_model().objects.create_user("alice")
+    client.force_login(alice)
+    _chat("lobby", "one", "two")
+    _be_invited(alice, "first-owner")  # to a private room, listed to alice alone
+    ReadPosition.objects.create(user=alice, room_name="lobby", last_read_id=1)
+    first = _sidebar(client)
+    assert _sidebar(client, first["ETag"]).status_code == 304
+    change(alice)
+    again = _sidebar(client, first["ETag"])
+    assert (again.status_code, again["ETag"] != first["ETag"]) == (200, True)
