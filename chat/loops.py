@@ -10,9 +10,12 @@ Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'
 """
 
 import asyncio
+import os
 import threading
 import weakref
 from typing import Any
+
+from asgiref.sync import SyncToAsync
 
 
 class LoopState:
@@ -43,6 +46,16 @@ def of_loop(loop: asyncio.AbstractEventLoop | None = None) -> LoopState:
     if state is None:
         state = _states[loop] = LoopState()
     return state
+
+
+def in_a_servers_request_thread() -> bool:
+    """Whether this thread was started by sync_to_async from a running server's loop, where
+    async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return (
+        loop is not None
+        and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
+    )
 
 
 _outside_loop: asyncio.AbstractEventLoop | None = None

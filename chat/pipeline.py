@@ -16,12 +16,11 @@ import asyncio
 import collections
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 
 from . import loops, sides
@@ -220,19 +219,9 @@ def bulk_call(function: Callable[..., Any], *args):
     async_to_sync would start a loop of its own whose database_sync_to_async closes this
     thread's connection (in a test's transaction, too): the call runs here.
     """
-    if not in_a_servers_request_thread():
+    if not loops.in_a_servers_request_thread():
         return function(*args)
     return async_to_sync(run_in_turn)(call_batched, function, *args)
-
-
-def in_a_servers_request_thread() -> bool:
-    """Whether this thread was started by sync_to_async from a running server's loop, where
-    async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
-    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-    return (
-        loop is not None
-        and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
-    )
 
 
 async def call_batched(function, *args):

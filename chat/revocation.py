@@ -44,7 +44,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from . import identity, loops, pipeline, protocol
+from . import identity, loops, protocol
 from .identity import Author
 from .models import ApiToken
 
@@ -208,7 +208,7 @@ def send_to_group(group: str, event: dict):
     """Send event to group from the sync thread, through the layer's bounded calls, on an
     existing loop: the server's, in a request it serves; otherwise the process's one
     outside loop (chat.loops.outside_loop), never a new loop and connection per call."""
-    if pipeline.in_a_servers_request_thread():
+    if loops.in_a_servers_request_thread():
         async_to_sync(get_channel_layer().group_send)(group, event)
         return
     sending = asyncio.run_coroutine_threadsafe(
