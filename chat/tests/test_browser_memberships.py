@@ -21,7 +21,8 @@ from chat.tests.test_browser import (
 )
 from chat.tests.test_memberships import _follow, _open, _signed_up
 
-pytestmark = pytest.mark.browser
+# As test_browser's: each test's sign-ups (at most 10 an hour from one address) start from zero.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("limits_count_from_zero")]
 # test_browser's fixtures: one headless Chromium per module, cleared after each test.
 driver = test_browser.driver
 browser = test_browser.browser
