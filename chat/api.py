@@ -13,7 +13,18 @@ from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
-from . import activity, identity, limits, outages, permissions, posting, rooms, services, tokens
+from . import (
+    activity,
+    identity,
+    limits,
+    outages,
+    permissions,
+    posting,
+    rooms,
+    services,
+    tokens,
+    views,
+)
 from .models import ApiToken
 from .redis_clients import OUTAGE_ERRORS
 
@@ -148,7 +159,12 @@ ERRORS = {401: ErrorOut, 429: ErrorOut}
 # What a program is told of a room it may not read, and of one that does not exist alike.
 NO_SUCH_ROOM = (404, "no_such_room", "There is no such room.")
 # How the API answers a refused post: the codes that are not a plain 400.
-POST_REFUSAL_STATUS = {"no_such_room": 404, "banned": 403, "muted": 403}
+POST_REFUSAL_STATUS = {
+    "no_such_room": 404,
+    "banned": 403,
+    "muted": 403,
+    "recipient_deactivated": 403,
+}
 
 
 def _room(name: str, user) -> str:
@@ -222,8 +238,11 @@ def read_messages(
         for name, value in (("after", after), ("before", before), ("limit", limit))
         if value is not None
     }
+    room_key = _room(room, request.auth.user)
+    if moved := views.to_lookalikes_room(request, room_key):
+        return moved
     try:
-        return JsonResponse(services.read_page(_room(room, request.auth.user), query, room))
+        return JsonResponse(services.read_page(room_key, query, room))
     except services.InvalidPage as refusal:
         raise ApiRefusal(400, "invalid_page", str(refusal)) from None
 

@@ -218,6 +218,14 @@ class ChatConsumer(WebsocketConsumer):
             self.closing = True
             self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
             return
+        if (existing := services.lookalike_room(self.room_name)) is not None:
+            # A new public room's address (private ones have their own keys, no look-alikes);
+            # not an empty ghost of that room: told where it is, as the page redirects.
+            self.accept(tokens.accepted_subprotocol(self.scope))
+            self.closing = True
+            self.send(text_data=protocol.error_frame(protocol.lookalike_room_refusal(existing)))
+            self.close(code=protocol.CLOSE_LOOKALIKE_ROOM)
+            return
         try:
             self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
         except limits.TooManySockets as refusal:
@@ -460,6 +468,13 @@ class ChatConsumer(WebsocketConsumer):
             else:
                 self._close_for_identity("the session no longer speaks as this socket")
             return
+        if (gone := permissions.deactivated_partner(self.author, self.room_name)) is not None:
+            self._refuse(
+                protocol.FrameRefused(
+                    "recipient_deactivated", permissions.read_only_notice(gone), frame.client_id
+                )
+            )
+            return
         if not permissions.may_post(self.author, self.room_name):
             # Removed while the closing event was on its way (or lost with Redis).
             self.closing = True
@@ -658,12 +673,7 @@ class ChatConsumer(WebsocketConsumer):
         try:
             return commits.outcome(self.loop, post)
         except services.LookalikeRoom as lookalike:
-            raise protocol.FrameRefused(
-                "lookalike_room",
-                f'This room\'s name looks too much like the room "{lookalike.existing}": '
-                "talk there, or choose another name.",
-                frame.client_id,
-            ) from None
+            raise protocol.lookalike_room_refusal(lookalike.existing, frame.client_id) from None
         except DatabaseError as error:
             metrics.outage(error)
             logger.error(

@@ -22,14 +22,19 @@ import limits
 import redis
 import redis.asyncio
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from . import metrics, protocol
 from .identity import Author
 from .models import Room
-from .redis_clients import LIMITS_TIMEOUT_SECONDS, OUTAGE_ERRORS, redis_client
+from .redis_clients import (
+    LIMITS_TIMEOUT_SECONDS,
+    OUTAGE_ERRORS,
+    PAGE_TIMEOUT_SECONDS,
+    redis_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class Limit:
 
     setting: str
     counts: str
+    # How long its check waits for Redis before the request goes through unchecked.
+    timeout: float = LIMITS_TIMEOUT_SECONDS
 
     @property
     def rate(self) -> limits.RateLimitItem:
@@ -59,7 +66,10 @@ ROOMS = Limit("CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS", "new rooms from your address")
 GUEST_SESSIONS = Limit("CHAT_LIMIT_GUEST_SESSIONS_PER_ADDRESS", "new guests from your address")
 SIGNUPS = Limit("CHAT_LIMIT_SIGNUPS_PER_ADDRESS", "new accounts from your address")
 API = Limit("CHAT_LIMIT_API_PER_ADDRESS", "requests for messages from your address")
-ROOM_LIST = Limit("CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "room list requests from your address")
+# Asked by the index and the sidebar, which answer within a second whatever Redis does.
+ROOM_LIST = Limit(
+    "CHAT_LIMIT_ROOM_LIST_PER_ADDRESS", "room list requests from your address", PAGE_TIMEOUT_SECONDS
+)
 READ_REPORTS = Limit("CHAT_LIMIT_READ_REPORTS_PER_PERSON", "read positions from you")
 MESSAGE_REPORTS = Limit("CHAT_LIMIT_MESSAGE_REPORTS_PER_PERSON", "reports of messages from you")
 PASSWORD_RESETS = Limit(
@@ -135,7 +145,7 @@ def retry_after(limit: Limit, who: str) -> int | None:
     One round trip (a Lua script) within the limit; a second to read the window when over.
     """
     rate = limit.rate
-    limiter = _limiter(settings.REDIS_URL)
+    limiter = _limiter(settings.REDIS_URL, limit.timeout)
     if limiter.hit(rate, limit.setting, who):
         return None
     reset, _ = limiter.get_window_stats(rate, limit.setting, who)
@@ -422,8 +432,11 @@ def _person(scope: dict, author: Author) -> str:
     return f"a:{client_network(scope)}" if author.is_guest else author.key
 
 
-def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> HttpResponse | None:
-    """Count a request against a limit, per address or per `who`: None within it, else a 429.
+def http_refusal(
+    limit: Limit, request: HttpRequest, who: str | None = None, as_json: bool = False
+) -> HttpResponse | None:
+    """Count a request against a limit, per address or per `who`: None within it, else a 429,
+    in plain text or, `as_json`, as an endpoint's `rate_limited` error.
 
     While Redis is unreachable the request goes through (logged): the pages and the
     messages endpoint do not otherwise need Redis.
@@ -438,7 +451,7 @@ def http_refusal(limit: Limit, request: HttpRequest, who: str | None = None) -> 
         return None
     detail = describe(limit, wait)
     logger.warning("refused %s %s from %s: %s", request.method, request.path, address, detail)
-    return _too_many_requests(detail, wait)
+    return _too_many_requests(detail, wait, as_json)
 
 
 def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
@@ -454,8 +467,12 @@ def login_lockout_response(request: HttpRequest, *_) -> HttpResponse:
     return _too_many_requests(detail, wait)
 
 
-def _too_many_requests(detail: str, wait: int) -> HttpResponse:
-    response = HttpResponse(detail + "\n", status=429, content_type="text/plain; charset=utf-8")
+def _too_many_requests(detail: str, wait: int, as_json: bool = False) -> HttpResponse:
+    if as_json:
+        error = {"error": {"code": "rate_limited", "detail": detail}}
+        response = JsonResponse(error, status=429)
+    else:
+        response = HttpResponse(detail + "\n", status=429, content_type="text/plain; charset=utf-8")
     response["Retry-After"] = str(wait)
     # Logged already, with the address and the reason: not again by django.request.
     response._has_been_logged = True
@@ -468,7 +485,7 @@ def _parse(rate: str) -> limits.RateLimitItem:
 
 
 @functools.cache
-def _limiter(url: str) -> MovingWindowRateLimiter:
+def _limiter(url: str, timeout: float) -> MovingWindowRateLimiter:
     # On the process's client for this Redis (chat.redis_clients): no pool of its own.
-    pool = redis_client(url, LIMITS_TIMEOUT_SECONDS).connection_pool
+    pool = redis_client(url, timeout).connection_pool
     return MovingWindowRateLimiter(RedisStorage(url, connection_pool=pool, key_prefix=KEY_PREFIX))

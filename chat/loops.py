@@ -10,8 +10,12 @@ Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'
 """
 
 import asyncio
+import os
+import threading
 import weakref
 from typing import Any
+
+from asgiref.sync import SyncToAsync
 
 
 class LoopState:
@@ -54,3 +58,33 @@ def of_loop(loop: asyncio.AbstractEventLoop | None = None) -> LoopState:
     if state is None:
         state = _states[loop] = LoopState()
     return state
+
+
+def in_a_servers_request_thread() -> bool:
+    """Whether this thread was started by sync_to_async from a running server's loop, where
+    async_to_sync hands work back to that loop (asgiref keeps it in SyncToAsync.threadlocal)."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return (
+        loop is not None
+        and getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) == os.getpid()
+    )
+
+
+_outside_loop: asyncio.AbstractEventLoop | None = None
+_outside_loop_lock = threading.Lock()
+
+
+def outside_loop() -> asyncio.AbstractEventLoop:
+    """The process's loop for sync code that runs outside any server's (a management
+    command, a script, a WSGI request), in a daemon thread started on first use.
+
+    One for the process, for ever: async_to_sync would start a loop per call, and the
+    channel layer (one per loop, channels_redis's pubsub) a Redis connection with it.
+    """
+    global _outside_loop
+    with _outside_loop_lock:
+        if _outside_loop is None or _outside_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="chat-outside-loop", daemon=True).start()
+            _outside_loop = loop
+        return _outside_loop

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from . import protocol, rooms, sanctions
 from .identity import Author
-from .models import Membership
+from .models import Membership, Room
 
 Role = Membership.Role
 # Who may appoint and remove moderators, invite and remove members.
@@ -61,13 +61,15 @@ def room_for(author: Author, address: str) -> str | None:
         return None
     if rooms.kind(address) == rooms.PRIVATE:
         return address if may_read(author, address) else None
-    users = get_user_model().objects.filter(
-        **{get_user_model().USERNAME_FIELD: address[1:], "is_active": True}
-    )
-    other = users.values_list("pk", flat=True).first()
-    if other is None or other == author.user_id:
+    users = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: address[1:]})
+    found = users.values_list("pk", "is_active").first()
+    if found is None or found[0] == author.user_id:
         return None
-    return rooms.direct_key(author.user_id, other)
+    room_key = rooms.direct_key(author.user_id, found[0])
+    # A deactivated user's conversations stay readable (read-only: may_post); none starts.
+    if not found[1] and not Room.objects.filter(name=room_key).exists():
+        return None
+    return room_key
 
 
 def may_read(author: Author, room_key: str) -> bool:
@@ -83,8 +85,26 @@ def may_read(author: Author, room_key: str) -> bool:
 
 
 def may_post(author: Author, room_key: str) -> bool:
-    """Post a message: whoever may read the room."""
+    """Post a message: whoever may read the room; in a direct conversation, while the other
+    user's account is active (deactivated_partner)."""
+    if rooms.kind(room_key) == rooms.DIRECT and may_read(author, room_key):
+        return deactivated_partner(author, room_key) is None
     return may_read(author, room_key)
+
+
+def deactivated_partner(author: Author, room_key: str) -> str | None:
+    """The other user's username in the author's direct conversation when their account is
+    deactivated (the conversation is read-only); None otherwise."""
+    if rooms.kind(room_key) != rooms.DIRECT or author.is_guest:
+        return None
+    others = [uid for uid in rooms.direct_members(room_key) if uid != author.user_id]
+    inactive = get_user_model().objects.filter(pk__in=others, is_active=False)
+    return inactive.values_list(get_user_model().USERNAME_FIELD, flat=True).first()
+
+
+def read_only_notice(username: str) -> str:
+    """What a direct conversation with a deactivated user says, on the page and to a post."""
+    return f"{username}'s account is deactivated: this conversation is read-only."
 
 
 def listed_rooms(author: Author, room_keys: list[str]) -> list[str]:

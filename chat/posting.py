@@ -109,6 +109,8 @@ def _store(room, text, as_user, as_bot, client_id, address) -> Posted:
     # As the socket's handshake and each of its posts: a stranger to a private room is
     # told what a room that does not exist would tell.
     room_name = permissions.room_for(author, room_address)
+    if room_name is not None and (gone := permissions.deactivated_partner(author, room_name)):
+        raise PostRefused("recipient_deactivated", permissions.read_only_notice(gone))
     if room_name is None or not permissions.may_post(author, room_name):
         raise PostRefused("no_such_room", "There is no such room.")
     if refusal := permissions.sanction_refusal(author, room_name, address or ""):

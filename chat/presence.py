@@ -23,7 +23,7 @@ import redis
 import redis.asyncio
 from django.conf import settings
 
-from chat.redis_clients import PRESENCE_TIMEOUT_SECONDS, redis_client
+from chat.redis_clients import PAGE_TIMEOUT_SECONDS, redis_client
 
 from . import protocol
 
@@ -33,8 +33,8 @@ _SEPARATOR = "\x1f"  # never in a channel name; the label may contain anything e
 
 
 def _redis() -> redis.Redis:
-    """The process's client for the first Redis."""
-    return redis_client(settings.REDIS_URL, PRESENCE_TIMEOUT_SECONDS)
+    """The process's client for the first Redis, for pages: it gives up within a second."""
+    return redis_client(settings.REDIS_URL, PAGE_TIMEOUT_SECONDS)
 
 
 def _key(group: str) -> str:
@@ -96,19 +96,21 @@ def _events(groups: list[str], results: list) -> dict[str, dict]:
 
 
 def snapshot(group: str) -> dict:
-    """The room's presence event: people counted (not sockets), distinct labels sorted."""
-    return snapshots([group])[group]
+    """The room's presence event: people counted (not sockets), distinct labels sorted;
+    nobody when Redis does not answer."""
+    return snapshots([group]).get(group, protocol.presence_event(0, []))
 
 
 def snapshots(groups: list[str]) -> dict[str, dict]:
-    """Each room's presence event (see snapshot), read in one Redis round trip for them all."""
+    """Each room's presence event (see snapshot), read in one Redis round trip for them all;
+    {} when Redis does not answer within PAGE_TIMEOUT_SECONDS (logged): unknown, not empty."""
     try:
         pipe = _redis().pipeline()
         _queue_reads(pipe, groups)
         results = pipe.execute()
     except redis.RedisError as error:
         logger.warning("presence not read: %s", error)
-        results = [0, []] * len(groups)
+        return {}
     return _events(groups, results)
 
 

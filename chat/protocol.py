@@ -76,6 +76,11 @@ CLOSE_INTERNAL_ERROR = 4500
 # reconnect with backoff (to another process, or this one restarted) and catch up.
 # RFC 6455's 1001 "going away" is another that autobahn will not send.
 CLOSE_SERVER_RESTARTING = 4001
+# Close code for a socket whose address is a look-alike of an existing room's (`Lobby`,
+# `lоbby` beside `lobby`): right after the handshake and a `lookalike_room` error naming
+# that room; connect to it instead. 308 echoes HTTP's permanent redirect, which the page
+# and the messages endpoint answer for the same address.
+CLOSE_LOOKALIKE_ROOM = 4308
 # RFC 6455's "message too big", for a frame over daphne's --websocket-max-message-size
 # (1 MiB): sent by autobahn itself (serving.chat_daphne), never by the application.
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -406,6 +411,16 @@ def presence_event(count: int, names: list[str]) -> dict[str, Any]:
 def presence_frame(event: dict[str, Any]) -> str:
     """Build the outbound frame for a chat.presence event."""
     return json.dumps({"presence": {"count": event["count"], "names": event["names"]}})
+
+
+def lookalike_room_refusal(existing: str, client_id: str | None = None) -> FrameRefused:
+    """The `lookalike_room` refusal: this room's name looks like the room `existing`'s."""
+    return FrameRefused(
+        "lookalike_room",
+        f'This room\'s name looks too much like the room "{existing}": '
+        "talk there, or choose another name.",
+        client_id,
+    )
 
 
 def error_frame(refusal: FrameRefused) -> str:

@@ -36,21 +36,26 @@ REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 PING_TIMEOUT_SECONDS = 1.0
 # A limit check is one round trip to a Redis on the same network, on a request's path.
 LIMITS_TIMEOUT_SECONDS = 2.0
-# Presence reads (views) and the upkeep's writes: bigger pipelines, nobody waiting on them.
+# The upkeep's presence writes: bigger pipelines, nobody waiting on them.
 PRESENCE_TIMEOUT_SECONDS = 5.0
+# What a page reads on its way (the index's online counts, the room list's limit check):
+# a person waits for the page, which serves without them; a Redis on the same network
+# answers in a millisecond. Never retried: the index answers within a second however
+# Redis hangs.
+PAGE_TIMEOUT_SECONDS = 0.25
 # channels_redis waits for messages with BZPOPMIN and a 5 s server-side timeout, while
 # redis-py 8 aborts any read after a default socket_timeout of 5 s: the two race, and a
 # lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
 # Reads must outlast the blocking pop; staying finite still notices a dead connection.
 LAYER_TIMEOUT_SECONDS = 15
 # After Redis restarts, every pooled connection is dead and fails its next command: one
-# retry, at once, on a fresh connection heals that without a blip, and a Redis that is
-# really gone fails within two timeouts.
+# retry, at once, on a fresh connection heals that without a blip. A timeout is not
+# retried (redis-py's Retry would): a Redis that hangs fails within one timeout, not two.
 RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
 
 
 def _retry() -> Retry:
-    return Retry(NoBackoff(), 1)
+    return Retry(NoBackoff(), 1, supported_errors=tuple(RETRY_ON_ERROR))
 
 
 # Enough of an error to diagnose it, not a wall of text in a probe's log.

@@ -19,6 +19,7 @@ still speaks as it does (speaks_as_now), reading the session and the user afresh
 Explained in docs/architecture.md, 'Why each choice'.
 """
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -44,12 +45,15 @@ from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from . import deactivation, identity, protocol
+from . import deactivation, identity, loops, protocol
 from .identity import Author
 from .models import ApiToken
 
 logger = logging.getLogger(__name__)
 
+# How long a revocation outside any server waits for its send (a layer slot, then Redis):
+# a command or a script must not hang on an unreachable Redis.
+SEND_TIMEOUT_SECONDS = 10
 # What changes who a user is, for open sockets: other sessions' auth hash, or the right to log in.
 _IDENTITY_FIELDS = ("password", "is_active", "username")
 
@@ -194,11 +198,24 @@ def send_on_commit(group: str, event: dict):
 
     def send():
         try:
-            async_to_sync(get_channel_layer().group_send)(group, event)
+            send_to_group(group, event)
         except Exception as error:  # the change itself stands; the sockets go at reconnect
             logger.warning("could not close the sockets of %s (%s): %r", group, event, error)
 
     transaction.on_commit(send)
+
+
+def send_to_group(group: str, event: dict):
+    """Send event to group from the sync thread, through the layer's bounded calls, on an
+    existing loop: the server's, in a request it serves; otherwise the process's one
+    outside loop (chat.loops.outside_loop), never a new loop and connection per call."""
+    if loops.in_a_servers_request_thread():
+        async_to_sync(get_channel_layer().group_send)(group, event)
+        return
+    sending = asyncio.run_coroutine_threadsafe(
+        get_channel_layer().group_send(group, event), loops.outside_loop()
+    )
+    sending.result(timeout=SEND_TIMEOUT_SECONDS)
 
 
 @receiver(user_logged_in, dispatch_uid="chat.revocation.logged_in")

@@ -10,10 +10,12 @@ from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.cache import get_conditional_response
+from django.utils.encoding import iri_to_uri
+from django.views import csrf
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -34,6 +36,9 @@ from . import (
 )
 from .forms import SignupForm
 from .models import ApiToken, Room
+
+# The views that answer JSON, and so answer their refusals (CSRF's too) in JSON.
+JSON_ENDPOINTS = frozenset({"chat:room_messages", "room_list", "mark_read"})
 
 
 def index(request):
@@ -138,6 +143,8 @@ def _room_panel(author, address: str, room_key: str) -> dict:
         panel["title"] = services.room_title(room_key)
         panel["may_invite"] = permissions.may_invite(author, room_key)
         panel["may_leave"] = permissions.may_leave(author, room_key)
+    if (gone := permissions.deactivated_partner(author, room_key)) is not None:
+        panel["read_only"] = permissions.read_only_notice(gone)
     if room_kind != rooms.DIRECT and not author.is_guest:
         panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
         if permissions.may_set_retention(author, room_key):
@@ -165,6 +172,26 @@ def not_a_room(request, path):
     return render(request, "404.html", status=404)
 
 
+def not_a_room_endpoint(request, path):
+    """An endpoint's 404 for an address that names no valid room, in JSON as the endpoint's
+    other answers, saying what the name breaks."""
+    try:
+        rooms.normalize_address(path.split("/", 1)[0])
+    except rooms.InvalidRoomName as refusal:
+        return _json_error(404, "invalid_room_name", str(refusal))
+    return _room_not_found()
+
+
+def csrf_failure(request, reason: str = ""):
+    """Django's CSRF refusal (CSRF_FAILURE_VIEW): a JSON 403 from an endpoint that speaks
+    JSON, Django's page from any other."""
+    match = request.resolver_match
+    if match is None or match.view_name not in JSON_ENDPOINTS:
+        return csrf.csrf_failure(request, reason)
+    detail = f"CSRF check failed ({reason}): send the csrftoken cookie's value in X-CSRFToken."
+    return _json_error(403, "csrf_failed", detail)
+
+
 def room_not_found_page(request):
     """The 404 page for a room address that is valid but leads nowhere for this reader: one
     answer for a private room they may not read and for one that does not exist."""
@@ -179,21 +206,43 @@ def room_messages(request, room_name):
     With ?before=<id> instead, the newest `limit` messages before that id (older history,
     for a page scrolled up), still oldest first, and `next_before` to go on further back.
     """
-    if refused := limits.http_refusal(limits.API, request):
+    if refused := limits.http_refusal(limits.API, request, as_json=True):
         return refused
     address = room_name
     reader = identity.author_for(request.user, request.session)
     room_name = permissions.room_for(reader, address)
     if room_name is None:
         return _room_not_found()
+    if moved := to_lookalikes_room(request, room_name):
+        return moved
     refusal = permissions.sanction_refusal(reader, room_name, limits.client_network(request))
     if refusal is not None and refusal.code == "banned":
         return _json_error(403, "banned", refusal.detail)
     try:
         page = services.read_page(room_name, request.GET, address)
     except services.InvalidPage as refusal:
-        return HttpResponseBadRequest(str(refusal))
+        return _json_error(400, "invalid_page", str(refusal))
     return HttpResponse(json.dumps(page), content_type="application/json")
+
+
+def to_lookalikes_room(request, room_key: str) -> HttpResponse | None:
+    """For a room that does not exist but looks like one that does (services.lookalike_room),
+    a redirect to the same URL there, as the room page's; None for any other room."""
+    if (existing := services.lookalike_room(room_key)) is None:
+        return None
+    segments = request.path.split("/")
+    # The path's segment that names the room: the address, maybe in another normal form.
+    at = next(n for n, part in enumerate(segments) if _names(part, room_key))
+    segments[at] = existing
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponseRedirect(iri_to_uri("/".join(segments)) + (f"?{query}" if query else ""))
+
+
+def _names(path_segment: str, room_key: str) -> bool:
+    try:
+        return rooms.normalize_address(path_segment) == room_key
+    except rooms.InvalidRoomName:
+        return False
 
 
 def _active_rooms(request) -> list[dict]:
@@ -208,7 +257,7 @@ def room_list(request):
     Each with its last message's id and time, the people online and, for a logged-in
     user, their read position: the page counts unread as last_id - read position.
     """
-    if refused := limits.http_refusal(limits.ROOM_LIST, request):
+    if refused := limits.http_refusal(limits.ROOM_LIST, request, as_json=True):
         return refused
     named = request.GET.getlist("room")
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
@@ -219,15 +268,24 @@ def room_list(request):
         return _json_error(400, "invalid_room_name", str(refusal))
     # A page names its direct conversations by address (@bob); the list has them anyway.
     named = [name for name in named if rooms.kind(name) != rooms.DIRECT]
-    # ?online=0: the sidebar, which shows no presence. The ETag is the body's: the list is
-    # a few index lookups whatever the number of rooms (activity.recent_rooms), where a
-    # version of every room (a sum over them all) took 31 ms at 300,000 rooms, 304 or not.
+    # ?online=0: the sidebar, which shows no presence. Its ETag is the list's version, read
+    # before the list (so never newer than the body), and an unchanged list's 304 builds
+    # nothing (activity.list_version). With presence, which changes without a trace in the
+    # database, the ETag is the body's.
     online = request.GET.get("online") != "0"
+    if not online:
+        etag = f'"v-{activity.list_version(named, request.user)}"'
+        if (unchanged := get_conditional_response(request, etag=etag)) is not None:
+            return _private(unchanged, etag)
     room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, named, request.user)
     response = JsonResponse({"rooms": activity.summaries(room_list, request.user, online)})
-    etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
-    conditional = get_conditional_response(request, etag=etag, response=response)
-    return _private(conditional or response, etag)
+    if online:
+        etag = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
+        if (
+            unchanged := get_conditional_response(request, etag=etag, response=response)
+        ) is not None:
+            return _private(unchanged, etag)
+    return _private(response, etag)
 
 
 def _private(response, etag: str):
@@ -256,7 +314,8 @@ def mark_read(request, room_name):
         return _json_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
         )
-    if refused := limits.http_refusal(limits.READ_REPORTS, request, f"u:{request.user.pk}"):
+    who = f"u:{request.user.pk}"
+    if refused := limits.http_refusal(limits.READ_REPORTS, request, who, as_json=True):
         return refused
     room_key = permissions.room_for(identity.author_for(request.user, None), room_name)
     if room_key is None:

@@ -61,6 +61,8 @@ elif not DEBUG and (
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# The read-position endpoint speaks JSON, its CSRF refusal too (chat.views.JSON_ENDPOINTS).
+CSRF_FAILURE_VIEW = "chat.views.csrf_failure"
 
 INSTALLED_APPS = [
     # First: its `manage.py runserver` (daphne's, which serves WebSockets too) checks Redis.
@@ -85,7 +87,8 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    # CommonMiddleware, whose slash redirect keeps a POST (308) and never raises in DEBUG.
+    "mysite.slashes.SlashRedirectMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # After it: refuses a deactivated account's browser at the chat's views (403).

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from chat import membership_views, moderation_views
@@ -33,6 +33,7 @@ urlpatterns = [
     # Outside chat/, where every name is a room's.
     path("api/rooms/", chat_views.room_list, name="room_list"),
     path("api/rooms/<room:room_name>/read/", chat_views.mark_read, name="mark_read"),
+    re_path(r"^api/rooms/(?P<path>[^/]+)/read/$", chat_views.not_a_room_endpoint),
     # Changing who is in a room: outside chat/, where every name is a room's.
     path("rooms/new/", membership_views.create_private_room, name="create_private_room"),
     path("rooms/<room:room_name>/invite/", membership_views.invite, name="invite"),

@@ -7,6 +7,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("chat", "0008_lifecycle_retention"),
         ("chat", "0008_moderation"),
+        ("chat", "0008_trust_lookalike_keys"),
     ]
 
     operations = []

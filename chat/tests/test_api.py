@@ -261,3 +261,13 @@ def test_a_banned_or_muted_user_is_refused_with_403_and_the_ban_keeps_them_from_
     assert (status, body["error"]["code"]) == (403, "banned")
     read = api.get("/api/v1/rooms/garden/messages")
     assert (read.status_code, read.json()["error"]["code"]) == (403, "banned")
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l%D0%BEbby", "Iobby"])
+def test_reading_a_lookalike_of_a_room_is_sent_to_that_rooms_messages(api, lookalike):
+    services.store_message("lobby", Author(name="Zoë"), "hi", None)
+    response = api.get(f"/api/v1/rooms/{lookalike}/messages?after=0")
+    assert (response.status_code, response["Location"]) == (
+        302,
+        "/api/v1/rooms/lobby/messages?after=0",
+    )

@@ -21,7 +21,8 @@ from chat.tests.test_browser import (
 )
 from chat.tests.test_memberships import _follow, _open, _signed_up
 
-pytestmark = pytest.mark.browser
+# As test_browser's: each test's sign-ups (at most 10 an hour from one address) start from zero.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("limits_count_from_zero")]
 # test_browser's fixtures: one headless Chromium per module, cleared after each test.
 driver = test_browser.driver
 browser = test_browser.browser
@@ -131,3 +132,24 @@ def test_a_direct_conversation_opens_from_a_name_in_the_presence_list(browser, c
     assert _fits(browser)
     bobs_lobby.close()
     bobs_dm.close()
+
+
+def _recent_rooms(driver) -> list[str]:
+    return [link.text for link in driver.find_elements(By.CSS_SELECTOR, "#recent-rooms-list a")]
+
+
+def test_the_index_names_a_recent_private_room_by_title_and_drops_it_once_gone(
+    browser, chat_server
+):
+    owner = _signed_up(_Server(chat_server), "keeper")
+    _sign_up(browser, chat_server, "visitor", PASSWORD)
+    room = _create_and_invite(owner, chat_server, "visitor")
+    for visited in ("lobby", room):  # each remembered as a recent room by its page
+        browser.get(chat_server + f"/chat/{visited}/")
+        _connected(browser)
+    browser.get(chat_server + "/chat/")
+    _wait(browser, lambda: _recent_rooms(browser) == ["Plans", "lobby"], "title, not ~key")
+
+    owner.post_form(chat_server, f"/rooms/{room}/remove/", {"username": "visitor"}, "/chat/")
+    browser.get(chat_server + "/chat/")
+    _wait(browser, lambda: _recent_rooms(browser) == ["lobby"], "a room it may not open")

@@ -138,20 +138,40 @@ async def test_composed_and_decomposed_spellings_are_one_room(join):
     await assert_receives_message(composed, "same room")
 
 
-@pytest.mark.parametrize("lookalike", ["Lobby", "LOBBY", "l\u043ebby", "lobby.", "_lobby", "l0bby"])
-async def test_a_new_room_that_looks_like_an_existing_one_is_refused_naming_it(join, lookalike):
+LOOKALIKES_OF_LOBBY = ["Lobby", "LOBBY", "l\u043ebby", "lobby.", "_lobby", "l0bby", "Iobby"]
+
+
+@pytest.mark.parametrize("lookalike", LOOKALIKES_OF_LOBBY)
+async def test_a_socket_to_a_new_room_that_looks_like_an_existing_one_is_told_where_it_is(
+    join, lookalike
+):
     original = await join("lobby")
     await original.send_json_to({"message": "the first lobby"})
     await assert_receives_message(original, "the first lobby")
 
-    impostor = await join(lookalike)
+    impostor = communicator(lookalike)
+    assert (await impostor.connect())[0]
+    error = (await next_frame(impostor))["error"]
+    assert (error["code"], '"lobby"' in error["detail"]) == ("lookalike_room", True)
+    closed = await impostor.receive_output(timeout=2)
+    assert closed == {"type": "websocket.close", "code": protocol.CLOSE_LOOKALIKE_ROOM}
+    await impostor.disconnect()
+    await assert_no_chat(original)
+
+
+async def test_a_message_to_a_room_that_came_to_look_like_another_is_refused_naming_it(join):
+    impostor = await join("Lobby")  # before there was a lobby
+    original = await join("lobby")
+    await original.send_json_to({"message": "the first lobby"})
+    await assert_receives_message(original, "the first lobby")
+
     await impostor.send_json_to({"message": "look at me", "client_id": "c1"})
 
     error = (await next_frame(impostor))["error"]
     assert (error["code"], error["client_id"]) == ("lookalike_room", "c1")
     assert '"lobby"' in error["detail"]
     await assert_no_chat(original)
-    assert await database_sync_to_async(services.last_seq)(lookalike) == 0
+    assert await database_sync_to_async(services.last_seq)("Lobby") == 0
 
 
 async def test_frames_arriving_together_are_stored_together_and_each_gets_its_answer(

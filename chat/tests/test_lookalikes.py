@@ -19,7 +19,19 @@ def test_skeleton_leaves_a_prototype_as_it_is():
 
 @pytest.mark.parametrize(
     "lookalike",
-    ["\u0430lice", "al\u0456ce", "alice.", "_alice", "Alice", "ALICE", "a1ice", "ａｌｉｃｅ"],
+    [
+        "\u0430lice",
+        "al\u0456ce",
+        "alice.",
+        "_alice",
+        "Alice",
+        "ALICE",
+        "a1ice",
+        "ａｌｉｃｅ",
+        "aIice",
+        "AIICE",
+        "a|ice",
+    ],
     ids=[
         "cyrillic-a",
         "ukrainian-i",
@@ -29,6 +41,9 @@ def test_skeleton_leaves_a_prototype_as_it_is():
         "caps",
         "digit-one",
         "fullwidth",
+        "capital-i-for-l",
+        "caps-with-capital-i-for-l",
+        "bar-for-l",
     ],
 )
 def test_look_alikes_of_a_name_share_its_key(lookalike):
@@ -42,3 +57,23 @@ def test_names_that_look_different_have_different_keys(other):
 
 def test_a_name_of_punctuation_only_keeps_it_in_its_key():
     assert name_key("...") == "..."
+
+
+@pytest.mark.parametrize(
+    ("lookalike", "name"),
+    [
+        ("Iobby", "lobby"),
+        ("1obby", "lobby"),
+        ("l0bby", "lobby"),
+        ("LOBBY", "lobby"),
+        ("Mary", "rnary"),
+        ("\u0392OB", "bob"),  # Greek capital beta: its lower case is no b
+    ],
+)
+def test_a_capital_that_looks_like_another_letter_shares_that_letters_key(lookalike, name):
+    assert name_key(lookalike) == name_key(name)
+
+
+@pytest.mark.parametrize("letter", "abcdefghijklmnopqrstuvwxyz")
+def test_case_never_tells_two_latin_names_apart(letter):
+    assert name_key(f"x{letter.upper()}x") == name_key(f"x{letter}x")

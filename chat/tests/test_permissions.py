@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, permissions, rooms, services, tokens
+from chat import memberships, permissions, posting, rooms, services, tokens
 from chat.identity import Author
 from chat.models import Membership, Message
 from chat.tests.conftest import communicator, logged_in_session_values, new_session
@@ -408,3 +408,53 @@ def test_staff_moderate_every_room_but_direct_conversations(public_room_people):
     direct = rooms.direct_key(people["carol"].user_id, people["erin"].user_id)
     assert not permissions.may_moderate(people["sam"], direct, people["carol"])
     assert not permissions.may_moderate(people["carol"], direct, people["erin"])
+
+
+# --- A direct conversation with a deactivated user -------------------------------------
+
+
+def _deactivate(user):
+    user.is_active = False
+    user.save()
+
+
+def test_a_conversation_with_a_deactivated_user_stays_readable_with_a_notice(
+    people, redis_channel_layer
+):
+    alice, bob, _, _ = people
+    services.store_message(rooms.direct_key(alice.pk, bob.pk), _author(alice), "hi bob", None)
+    _deactivate(bob)
+    page = _client(alice).get("/chat/@bob/")
+    assert page.status_code == 200
+    notice = re.search(r'<p id="room-read-only"[^>]*>([^<]*)</p>', page.content.decode())
+    assert notice[1] == "bob&#x27;s account is deactivated: this conversation is read-only."
+    listed = _client(alice).get("/chat/@bob/messages/").json()["messages"]
+    assert [message["message"] for message in listed] == ["hi bob"]
+    assert not permissions.may_post(_author(alice), rooms.direct_key(alice.pk, bob.pk))
+
+
+def test_a_post_to_a_deactivated_user_through_the_api_is_refused_with_its_reason(people):
+    alice, bob, _, _ = people
+    services.store_message(rooms.direct_key(alice.pk, bob.pk), _author(alice), "hi bob", None)
+    _deactivate(bob)
+    with pytest.raises(posting.PostRefused) as refused:
+        posting.post_message("@bob", "are you there?", as_user=alice)
+    assert refused.value.code == "recipient_deactivated"
+    assert services.last_seq(rooms.direct_key(alice.pk, bob.pk)) == 1
+
+
+async def test_a_socket_posting_to_a_deactivated_user_is_refused_and_stays_open(join, people):
+    alice, bob, _, _ = people
+    key = rooms.direct_key(alice.pk, bob.pk)
+    await database_sync_to_async(services.store_message)(key, _author(alice), "hi bob", None)
+    session = await new_session(**logged_in_session_values(alice))
+    socket = await join(
+        "@bob", headers=[(b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())]
+    )
+    await database_sync_to_async(_deactivate)(bob)
+    await socket.send_json_to({"message": "are you there?", "client_id": "c1"})
+    error = (await socket.receive_json_from(timeout=2))["error"]
+    assert (error["code"], error["client_id"]) == ("recipient_deactivated", "c1")
+    await socket.send_json_to({"ping": True})
+    assert await socket.receive_json_from(timeout=2) == {"pong": True}
+    assert await database_sync_to_async(services.last_seq)(key) == 1

@@ -9,6 +9,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
+import redis
 import websocket
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -347,3 +348,24 @@ async def test_a_revocations_send_waits_for_a_layer_slot_like_any_other_call(mon
     slots.release()
     await asyncio.wait_for(revoking, 5)
     assert sent == ["chat.user.1"]
+
+
+# Revocations a command or a script makes one after another, outside any server.
+REVOCATIONS_OUTSIDE_A_SERVER = 20
+
+
+async def test_revocations_outside_a_server_share_one_loop_and_connection(join, alice):
+    socket = await join_as(join, await new_session(**logged_in_session_values(alice)))
+    stats = redis.Redis.from_url(settings.REDIS_URL)
+    before = stats.info("stats")["total_connections_received"]
+
+    def as_a_script_would():  # a plain thread: no server's loop to hand the sends to
+        for number in range(REVOCATIONS_OUTSIDE_A_SERVER):
+            revocation.close_sockets_of(revocation.user_group(10_000 + number), "revoked")
+        alice.delete()
+
+    await asyncio.to_thread(as_a_script_would)
+    assert await close_code_within(socket) == protocol.CLOSE_IDENTITY_CHANGED
+    opened = stats.info("stats")["total_connections_received"] - before
+    stats.close()
+    assert opened <= 1  # the outside loop's layer, once (a new loop per call: 21)

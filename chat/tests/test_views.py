@@ -3,6 +3,8 @@
 import functools
 import json
 import re
+import socket
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -10,6 +12,7 @@ import redis
 import redis.asyncio
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from django.db import connection
 from django.template.loader import render_to_string
@@ -18,8 +21,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import identity, password_reset, presence, rooms, services
-from chat.models import Message, ReadPosition, Room
+from chat import activity, identity, memberships, password_reset, presence, rooms, services
+from chat.identity import Author
+from chat.models import Membership, Message, ReadPosition, Room
 from conftest import WRITE_REFUSALS, redis_refusing_writes
 from serving.embedded_redis import free_port
 
@@ -105,12 +109,17 @@ def test_invalid_room_url_in_production_gets_the_chat_404_page(client, settings)
     assert "<b>bold" not in html
 
 
-@pytest.mark.parametrize("path", ["/chat/two%20words/", "/chat/two%20words/messages/"])
-def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings, path):
+def test_invalid_room_url_in_debug_gets_the_chat_404_page_too(client, settings):
     settings.DEBUG = True
-    response = client.get(path)
+    response = client.get("/chat/two%20words/")
     assert response.status_code == 404
     assert "Choose a room" in response.content.decode()
+
+
+def test_invalid_room_messages_url_in_debug_gets_the_endpoints_json_404(client, settings):
+    settings.DEBUG = True
+    response = client.get("/chat/two%20words/messages/")
+    assert (response.status_code, response["Content-Type"]) == (404, "application/json")
 
 
 @pytest.mark.parametrize(
@@ -977,3 +986,209 @@ def test_a_redis_refusing_writes_gets_a_clear_503_not_a_500(
     assert response["Retry-After"]
     assert b"having trouble" in response.content
     assert client.get(path).status_code == 200  # and served again once it takes writes
+
+
+# --- Every refusal of an endpoint, in the endpoint's own content type ---------------------
+
+
+def _twice(path: str, setting: str):
+    """The second GET of path, where `setting` allows one a minute."""
+
+    def ask(client, settings):
+        setattr(settings, setting, "1/minute")
+        client.get(path)
+        return client.get(path)
+
+    return ask
+
+
+def _read_report(path: str = "/api/rooms/lobby/read/", data=None, csrf: bool = False):
+    """A logged-in user's read report, with CSRF checks when `csrf`."""
+
+    def report(client, settings):
+        client = Client(enforce_csrf_checks=csrf)
+        client.force_login(get_user_model().objects.get_or_create(username="ann")[0])
+        return client.post(path, {"up_to": "1"} if data is None else data)
+
+    return report
+
+
+def _read_reports_past_the_limit(client, settings):
+    settings.CHAT_LIMIT_READ_REPORTS_PER_PERSON = "1/minute"
+    _read_report()(client, settings)
+    return _read_report()(client, settings)
+
+
+JSON_REFUSALS = {
+    "bad-after": (lambda c, s: c.get("/chat/lobby/messages/?after=x"), 400, "invalid_page"),
+    "after-and-before": (
+        lambda c, s: c.get("/chat/lobby/messages/?after=1&before=2"),
+        400,
+        "invalid_page",
+    ),
+    "messages-of-an-invalid-name": (
+        lambda c, s: c.get("/chat/a%20b/messages/"),
+        404,
+        "invalid_room_name",
+    ),
+    "messages-of-a-bad-private-address": (
+        lambda c, s: c.get("/chat/~x/messages/"),
+        404,
+        "invalid_room_name",
+    ),
+    "messages-of-an-unknown-private-room": (
+        lambda c, s: c.get("/chat/~" + "A" * 22 + "/messages/"),
+        404,
+        "no_such_room",
+    ),
+    "messages-past-the-limit": (
+        _twice("/chat/lobby/messages/", "CHAT_LIMIT_API_PER_ADDRESS"),
+        429,
+        "rate_limited",
+    ),
+    "room-list-invalid-name": (
+        lambda c, s: c.get("/api/rooms/?room=a%20b"),
+        400,
+        "invalid_room_name",
+    ),
+    "room-list-past-the-limit": (
+        _twice("/api/rooms/", "CHAT_LIMIT_ROOM_LIST_PER_ADDRESS"),
+        429,
+        "rate_limited",
+    ),
+    "read-by-a-guest": (
+        lambda c, s: c.post("/api/rooms/lobby/read/", {"up_to": "1"}),
+        403,
+        "not_logged_in",
+    ),
+    "read-without-csrf": (_read_report(csrf=True), 403, "csrf_failed"),
+    "read-bad-up-to": (_read_report(data={"up_to": "x"}), 400, "invalid_up_to"),
+    "read-room-without-messages": (_read_report("/api/rooms/empty/read/"), 404, "no_such_room"),
+    "read-invalid-name": (_read_report("/api/rooms/a%20b/read/"), 404, "invalid_room_name"),
+    "read-past-the-limit": (_read_reports_past_the_limit, 429, "rate_limited"),
+}
+
+
+@pytest.mark.parametrize(("ask", "status", "code"), JSON_REFUSALS.values(), ids=JSON_REFUSALS)
+def test_every_refusal_of_a_json_endpoint_is_json_with_its_code(
+    ask, status, code, client, settings
+):
+    _chat("lobby", "hi")
+    response = ask(client, settings)
+    assert (response.status_code, response["Content-Type"]) == (status, "application/json")
+    assert response.json()["error"]["code"] == code
+
+
+def test_a_csrf_refusal_of_a_page_is_still_djangos_page():
+    response = Client(enforce_csrf_checks=True).post("/accounts/name/", {"display_name": "Zoë"})
+    assert (response.status_code, response["Content-Type"]) == (403, "text/html; charset=utf-8")
+
+
+# --- The index and the room list while Redis hangs or is gone ----------------------------
+
+# What a person waits at most for the index or the sidebar, whatever Redis does.
+PAGE_BOUND_SECONDS = 1.0
+
+
+@pytest.fixture(params=["hanging", "stopped"])
+def unanswering_redis(request, settings):
+    """REDIS_URL naming a Redis that accepts connections and never answers, or none at all."""
+    if request.param == "stopped":
+        settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+        yield
+        return
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)  # accepted, never read
+    settings.REDIS_URL = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    yield
+    server.close()
+
+
+def _timed_get(client, path: str):
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+def test_the_index_answers_within_a_second_without_online_counts_when_redis_does_not(
+    client, unanswering_redis
+):
+    _chat("lobby", "hi")
+    response, took = _timed_get(client, "/chat/")
+    assert (response.status_code, took < PAGE_BOUND_SECONDS) == (200, True), took
+    entry = re.search(r'<li class="room-entry" data-room="lobby">.*?</li>', response.text, re.S)
+    assert entry is not None and "online" not in entry.group()
+
+
+@pytest.mark.parametrize("query", ["", "?online=0"])
+def test_the_room_list_answers_within_a_second_without_online_counts_when_redis_does_not(
+    client, unanswering_redis, query
+):
+    _chat("lobby", "hi")
+    response, took = _timed_get(client, "/api/rooms/" + query)
+    assert (response.status_code, took < PAGE_BOUND_SECONDS) == (200, True), took
+    [lobby] = response.json()["rooms"]
+    assert (lobby["name"], "online" in lobby) == ("lobby", False)
+
+
+@pytest.mark.parametrize("lookalike", ["Lobby", "l%D0%BEbby", "Iobby", "lobby."])
+def test_the_messages_endpoint_of_a_lookalike_sends_you_to_the_existing_rooms(client, lookalike):
+    _chat("lobby", "hello")
+    response = client.get(f"/chat/{lookalike}/messages/?after=0&limit=5")
+    assert (response.status_code, response["Location"]) == (
+        302,
+        "/chat/lobby/messages/?after=0&limit=5",
+    )
+    assert client.get(response["Location"]).json()["messages"][0]["message"] == "hello"
+
+
+# --- The sidebar's 304 ----------------------------------------------------------------------
+
+
+def _sidebar(client, etag=None):
+    headers = {} if etag is None else {"HTTP_IF_NONE_MATCH": etag}
+    return client.get("/api/rooms/", {"online": "0", "room": "lobby"}, **headers)
+
+
+def test_an_unchanged_sidebar_list_is_a_304_that_builds_no_list(client, monkeypatch):
+    _chat("lobby", "one")
+    etag = _sidebar(client)["ETag"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the list was built for a 304")
+
+    monkeypatch.setattr(activity, "recent_rooms", never)
+    assert _sidebar(client, etag).status_code == 304
+
+
+def _post_in_another_room(alice):
+    _chat("kitchen", "elsewhere")
+
+
+def _read_further(alice):
+    ReadPosition.objects.update_or_create(
+        user=alice, room_name="lobby", defaults={"last_read_id": 2}
+    )
+
+
+def _be_removed(alice):
+    Membership.objects.filter(user=alice, role=Membership.Role.MEMBER).delete()
+
+
+def _be_invited(alice, owner_name: str = "owner"):
+    owner = get_user_model().objects.create_user(owner_name)
+    key = memberships.create_private_room(Author(owner_name, user_id=owner.pk), "Plans")
+    memberships.invite(Author(owner_name, user_id=owner.pk), key, "alice")
+
+
+@pytest.mark.parametrize("change", [_post_in_another_room, _read_further, _be_removed, _be_invited])
+def test_the_sidebars_etag_changes_with_anything_its_list_is_made_of(client, change):
+    alice = get_user_model().objects.create_user("alice")
+    client.force_login(alice)
+    _chat("lobby", "one", "two")
+    _be_invited(alice, "first-owner")  # to a private room, listed to alice alone
+    ReadPosition.objects.create(user=alice, room_name="lobby", last_read_id=1)
+    first = _sidebar(client)
+    assert _sidebar(client, first["ETag"]).status_code == 304
+    change(alice)
+    again = _sidebar(client, first["ETag"])
+    assert (again.status_code, again["ETag"] != first["ETag"]) == (200, True)

@@ -18,17 +18,42 @@
         recent = [];
     }
     const names = Array.isArray(recent) ? recent.filter((name) => typeof name === 'string') : [];
-    if (names.length > 0) {
+    const roomsUrl = document.getElementById('active-rooms').dataset.roomsUrl;
+
+    // A private room's address is its key (~...): shown by the title the room list gives it,
+    // and not at all once the reader may no longer open it (left, or removed), which the
+    // list then leaves out. Public rooms and direct conversations are named by themselves.
+    function showRecent(titles) {
         const list = document.getElementById('recent-rooms-list');
         for (const name of names) {
+            const title = titles.get(name) || (name.startsWith('~') ? null : name);
+            if (title === null) {
+                continue;
+            }
             const item = document.createElement('li');
             const link = document.createElement('a');
             link.href = '/chat/' + encodeURIComponent(name) + '/';
-            link.textContent = name;  // text, never HTML
+            link.textContent = title;  // text, never HTML
             item.append(link);
             list.append(item);
         }
-        document.getElementById('recent-rooms').hidden = false;
+        document.getElementById('recent-rooms').hidden = list.children.length === 0;
+    }
+
+    async function listRecent() {
+        const query = new URLSearchParams({online: '0'});
+        names.forEach((name) => query.append('room', name));
+        try {
+            const response = await fetch(roomsUrl + '?' + query);
+            const rooms = response.ok ? (await response.json()).rooms : [];
+            showRecent(new Map(rooms.map((room) => [room.name, room.title])));
+        } catch (error) {
+            showRecent(new Map());  // offline: public rooms by name, no private one
+        }
+    }
+
+    if (names.length > 0) {
+        listRecent();
     }
 
     for (const time of document.querySelectorAll('#active-rooms time[datetime]')) {
@@ -43,7 +68,6 @@
     for (const entry of document.querySelectorAll('#active-rooms .room-entry')) {
         listed.set(entry.dataset.room, entry.querySelector('.room-online'));
     }
-    const roomsUrl = document.getElementById('active-rooms').dataset.roomsUrl;
 
     async function refreshOnline() {
         if (listed.size === 0 || document.hidden) {

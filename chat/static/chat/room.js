@@ -69,6 +69,9 @@
     const KICKED = 4410;
     // A moderator banned the reader from this room: the page stays closed.
     const BANNED = 4411;
+    // A room made meanwhile has a name this room's looks like (docs/protocol.md, close codes):
+    // a reload goes there, as the page redirects. The page stays closed.
+    const LOOKALIKE_ROOM = 4308;
     // What the page keeps across that reload, and how long it stays good for.
     const SIGN_IN_CHANGED_KEY = 'chat:sign-in-changed:';
     const SIGN_IN_KEPT_MS = 5 * 60 * 1000;
@@ -123,6 +126,7 @@
         4412: 'This account has been deactivated.',
         4410: 'A moderator removed you from this room.',
         4411: 'You are banned from this room.',
+        4308: 'This room\'s name looks like another room\'s: reload the page to go there.',
         4000: 'The connection was renewed.',
         4408: 'The connection fell behind.',
         4429: 'Disconnected for sending too fast.',
@@ -816,7 +820,7 @@
             onSignInChanged();
             return;
         }
-        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED || e.code === BANNED) {
+        if (e.code === NOT_A_MEMBER || e.code === ACCOUNT_DEACTIVATED || e.code === BANNED || e.code === LOOKALIKE_ROOM) {
             showStatus(PLAIN_CLOSES[e.code], 'error', e.code);
             return;
         }
