@@ -288,11 +288,11 @@ def retries_after(limit: Limit, whos: Sequence[str]) -> list[int | None]:
     if not whos:
         return []
     rate = limit.rate
-    limiter = _limiter(settings.REDIS_URL)
+    limiter = _limiter(settings.REDIS_URL, limit.timeout)
     storage = limiter.storage
     script = storage.lua_acquire_moving_window
     keys = [storage.prefixed_key(rate.key_for(limit.setting, who)) for who in whos]
-    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
+    client = redis_client(settings.REDIS_URL, limit.timeout)
 
     def hit_all() -> list:
         # evalsha itself, not the Script: a pipeline asks Redis first whether its scripts
