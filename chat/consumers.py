@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 # database: a new kind of room event that needs none is added here and given a handler.
 LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
 # Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
-# Connecting and disconnecting run on their own.
+# A connect is too, once it joined its groups (dispatch): sockets connect by the thousand
+# when a server restarts, and a hop each cost more than their handlers. Disconnecting
+# runs on its own.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
 
 
@@ -110,8 +112,8 @@ class ChatConsumer(WebsocketConsumer):
         Room events that need no database (LOOP_EVENTS) are handled here on the loop: a
         room message reaches every socket of the process at once, and a hop to the sync
         thread each cost more than the handlers. Everything else runs on the sync thread,
-        as channels does; under load frames arrive from many clients at once, and their
-        handlers run together, in one hop (chat.pipeline.call_batched).
+        as channels does; under load frames and connects arrive from many clients at once,
+        and their handlers run together, in one hop (chat.pipeline.call_batched).
 
         asgiref swallows a cancellation that arrives while the handler waits in
         async_to_sync: the handler finishes and the consumer would carry on, so a server
@@ -124,7 +126,7 @@ class ChatConsumer(WebsocketConsumer):
             self.room_name = await self._room_for_socket()
             if self.room_name is not None:  # or connect refuses it, having joined nothing
                 await self._join_groups()
-            await super().dispatch(message)
+            await pipeline.call_batched_whole(self.websocket_connect, message)
             if self.delivery is None:  # connect refused the socket: it wants no room events
                 await self._discard_from_groups()
                 self.joined_groups = ()
@@ -162,6 +164,18 @@ class ChatConsumer(WebsocketConsumer):
     def close_from_loop(self, code: int):
         """Close the socket once the frames queued before have gone."""
         self.frames.put({"type": "websocket.close", "code": code})
+
+    @sides.on_sync_thread
+    def accept(self, subprotocol=None, headers=None):
+        """Accept the socket, ahead of the frames queued after (see send), without waiting.
+
+        channels' accept waits for the loop to send it (async_to_sync), holding the sync
+        thread, and every socket's connect batched with this one, for a turn of the loop.
+        """
+        message = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if headers:
+            message["headers"] = list(headers)
+        pipeline.hand_to_loop(self.loop, self.frames.put, message)
 
     @sides.on_sync_thread
     def close(self, code=None, reason=None):

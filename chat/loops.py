@@ -17,7 +17,7 @@ from typing import Any
 class LoopState:
     """What the modules that serve one loop share about it; None until its owner makes it."""
 
-    __slots__ = ("layer_slots", "batches", "outbox", "lane", "upkeep", "__weakref__")
+    __slots__ = ("layer_slots", "batches", "outbox", "lane", "upkeep", "limits", "__weakref__")
 
     def __init__(self):
         self.layer_slots: asyncio.Semaphore | None = None  # mysite.channel_layers
@@ -26,6 +26,7 @@ class LoopState:
         self.outbox: list | None = None
         self.lane: Any = None  # chat.pipeline: bulk jobs, one at a time
         self.upkeep: Any = None  # chat.upkeep
+        self.limits: dict | None = None  # chat.limits: Redis URL -> client and limiter
 
 
 # Values never hold their loop, or it would never go.

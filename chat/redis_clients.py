@@ -95,9 +95,20 @@ def redis_client(url: str, timeout: float) -> redis.Redis:
     return redis.Redis.from_url(url, **_client_options(timeout))
 
 
-def asyncio_redis_client(url: str, timeout: float) -> redis.asyncio.Redis:
-    """A new asyncio client for url, as redis_client; for one event loop (its pool is)."""
-    return redis.asyncio.Redis.from_url(url, **_client_options(timeout))
+def asyncio_redis_client(
+    url: str, timeout: float, max_connections: int | None = None
+) -> redis.asyncio.Redis:
+    """A new asyncio client for url, as redis_client; for one event loop (its pool is).
+
+    With max_connections, a command waits (up to `timeout`) for a free connection when
+    that many are busy, where redis-py's pool would fail it.
+    """
+    if max_connections is None:
+        return redis.asyncio.Redis.from_url(url, **_client_options(timeout))
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **_client_options(timeout)
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def layer_host(url: str) -> dict[str, Any]:
