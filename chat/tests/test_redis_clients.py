@@ -14,7 +14,7 @@ from chat.redis_clients import (
     redis_urls,
 )
 from conftest import ROOT
-from serving.embedded_redis import free_port
+from serving.embedded_redis import EmbeddedRedis, free_port
 
 ONE = "redis://127.0.0.1:6379/0"
 TWO = "redis://127.0.0.1:6380/0"
@@ -93,3 +93,14 @@ async def test_every_client_fails_within_its_named_timeout_and_retries_once():
         assert options["socket_timeout"] == options["socket_connect_timeout"] == timeout
         assert options["retry"].get_retries() == 1
     await on_loop.aclose()
+
+
+@pytest.mark.parametrize("max_connections", [None, 2])
+async def test_an_asyncio_client_outlives_a_redis_restart_in_one_retry(max_connections):
+    with EmbeddedRedis() as server:
+        client = asyncio_redis_client(server.url, LIMITS_TIMEOUT_SECONDS, max_connections)
+        await client.set("before", 1)
+        server.stop()
+        server.start()  # same port: every pooled connection is dead
+        assert await client.set("after", 1)
+        await client.aclose()
