@@ -67,8 +67,10 @@ class ChatConsumer(WebsocketConsumer):
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
     presence_member = ""  # the socket's entry in its room's presence list (chat.presence)
-    # The caps of open sockets this socket counts against (chat.limits.take_open_slots).
+    # The caps of open sockets this socket counts against (chat.limits.take_open_slots),
+    # or why it may not open (a cap is full): taken on the loop, before connect.
     open_slots: tuple[str, ...] = ()
+    too_many_sockets: limits.TooManySockets | None = None
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
 
@@ -123,9 +125,11 @@ class ChatConsumer(WebsocketConsumer):
             if self.room_events_wanted():
                 getattr(self, get_handler_name(message))(message)
         elif message["type"] == "websocket.connect":
+            # AuthMiddleware loaded the session and the user: who speaks needs no database.
+            self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
             self.room_name = await self._room_for_socket()
             if self.room_name is not None:  # or connect refuses it, having joined nothing
-                await self._join_groups()
+                await asyncio.gather(self._join_groups(), self._take_open_slots())
             await pipeline.call_batched_whole(self.websocket_connect, message)
             if self.delivery is None:  # connect refused the socket: it wants no room events
                 await self._discard_from_groups()
@@ -194,21 +198,17 @@ class ChatConsumer(WebsocketConsumer):
             # A private room it may not read: refused as one that does not exist is.
             self.close()
             return
-        self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
-        expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
-        if expected is not None and expected != identity.sign_in_of(self.author):
+        if not self._signed_in_as_the_page_was():
             # The page was loaded under another sign-in (a logout or login while it was
             # offline): what it holds to send was typed as someone else. Store nothing.
             self.accept(tokens.accepted_subprotocol(self.scope))
             self._close_for_identity("the page's sign-in is not the socket's")
             return
-        try:
-            self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
-        except limits.TooManySockets as refusal:
+        if self.too_many_sockets is not None:
             # Accepted, so that the close code and its reason reach the page or program.
             self.accept(tokens.accepted_subprotocol(self.scope))
             self.closing = True
-            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
+            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(self.too_many_sockets))
             return
         self.room_group_name = rooms.group_name(self.room_name)
         metrics.SOCKETS_OPEN.inc()  # and dec() in _left_on_loop, once
@@ -234,6 +234,23 @@ class ChatConsumer(WebsocketConsumer):
         label = identity.presence_label(self.author)
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
         pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
+
+    def _signed_in_as_the_page_was(self) -> bool:
+        """Whether the socket speaks as the page's ?as= says it was loaded (if it says)."""
+        expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
+        return expected is None or expected == identity.sign_in_of(self.author)
+
+    async def _take_open_slots(self):
+        """On the loop, before connect: count the socket against the caps of open sockets,
+        unless connect will refuse it for its sign-in (then it never counted)."""
+        if not self._signed_in_as_the_page_was():
+            return
+        try:
+            self.open_slots = await limits.take_open_slots(
+                self.scope, self.author, self.channel_name
+            )
+        except limits.TooManySockets as refusal:
+            self.too_many_sockets = refusal
 
     @sides.on_sync_thread
     def disconnect(self, close_code):
@@ -274,8 +291,7 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _room_for_author(self, address: str) -> str | None:
-        author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
-        return permissions.room_for(author, address)
+        return permissions.room_for(self.author, address)
 
     async def _join_groups(self):
         """On the loop, before connect: the room's group, and the groups that close the

@@ -289,9 +289,10 @@ return 0
 """
 
 
-def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
-    """Count a new socket among its person's and its address's open sockets; the sets it
-    is now in (refresh_open_slots keeps it there, release_open_slots takes it out).
+async def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
+    """On the loop: count a new socket among its person's and its address's open sockets;
+    the sets it is now in (refresh_open_slots keeps it there, release_open_slots takes it
+    out). A round trip the sockets' one thread would spend waiting, connect after connect.
 
     Raises TooManySockets when either already holds its cap. A socket that nobody
     refreshes (its process was killed) stops counting after CHAT_PRESENCE_TTL_SECONDS.
@@ -308,8 +309,8 @@ def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]
         ),
     }
     now = time.time()
-    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
-    full = client.eval(
+    client, _ = _on_this_loop(settings.REDIS_URL)
+    full = await client.eval(
         _TAKE_SLOTS,
         len(caps),
         *caps,
