@@ -1,6 +1,8 @@
 """REDIS_URL's list of URLs, refused without a scheme, shown without a password; and
 whether each Redis answers, on a real one."""
 
+import asyncio
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -104,3 +106,11 @@ async def test_an_asyncio_client_outlives_a_redis_restart_in_one_retry(max_conne
         server.start()  # same port: every pooled connection is dead
         assert await client.set("after", 1)
         await client.aclose()
+
+
+async def test_a_client_with_few_connections_makes_a_burst_wait_its_turn(redis_server):
+    client = asyncio_redis_client(redis_server.url, LIMITS_TIMEOUT_SECONDS, max_connections=2)
+    # Each BLPOP holds its connection for a moment: more at once than there are connections.
+    replies = await asyncio.gather(*(client.blpop([f"empty-{n}"], 0.05) for n in range(6)))
+    assert replies == [None] * 6
+    await client.aclose()
