@@ -181,8 +181,9 @@ async def refuse_socket(scope: dict) -> bool:
     return True
 
 
-# Handshakes counted at once on one loop, each on a connection of its own: a burst of
-# thousands (a server restart's reconnects) waits its turn for one of these.
+# Redis calls of the handshake limit and the open-socket caps in flight at once on one
+# loop, each on a connection of its own: a burst of thousands of connects (a server
+# restart's reconnects) waits its turn for one of these, as the layer's calls do.
 HANDSHAKE_CONNECTIONS_PER_LOOP = 32
 
 
