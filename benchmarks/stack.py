@@ -121,11 +121,13 @@ def start_stack(
     root: Path = ROOT,
     application: str = "mysite.asgi:application",
     database: str = "sqlite",
+    stderr=None,
 ) -> Stack:
     """Start Redis, migrate a fresh database (`database`: one of DATABASES), serve on a free port.
 
     `root` is the checkout whose server runs: another one compares old code with new;
-    `application` another ASGI application (benchmarks.reference, the tutorial's).
+    `application` another ASGI application (benchmarks.reference, the tutorial's);
+    `stderr` a file for the servers' log lines (by default this process's stderr).
     """
     redis_server = EmbeddedRedis().start()
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
@@ -154,7 +156,7 @@ def start_stack(
         [sys.executable, "-m", "serving.supervisor", "--processes", str(processes),
          "--bind", f"127.0.0.1:{port}", "--application", application,
          "--", "--verbosity", "0"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL,
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
     stack = Stack(f"http://127.0.0.1:{port}", server, redis_server, workdir, env, postgres_database)
     try:

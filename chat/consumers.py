@@ -58,7 +58,9 @@ MODERATION_REASONS = {
     protocol.CLOSE_BANNED: "a moderator banned you from this room",
 }
 # Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
-# Connecting and disconnecting run on their own.
+# A connect is too, once it joined its groups (dispatch): sockets connect by the thousand
+# when a server restarts, and a hop each cost more than their handlers. Disconnecting
+# runs on its own.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
 
 
@@ -77,8 +79,10 @@ class ChatConsumer(WebsocketConsumer):
     # On the sync thread: the room had a message when the socket joined, or it sent one.
     room_exists = False
     presence_member = ""  # the socket's entry in its room's presence list (chat.presence)
-    # The caps of open sockets this socket counts against (chat.limits.take_open_slots).
+    # The caps of open sockets this socket counts against (chat.limits.take_open_slots),
+    # or why it may not open (a cap is full): taken on the loop, before connect.
     open_slots: tuple[str, ...] = ()
+    too_many_sockets: limits.TooManySockets | None = None
     # When this socket's last "typing" went to the room (time.monotonic()).
     typing_sent_at = -math.inf
     # Who its address counts as (limits.client_network): a guest's ban holds it.
@@ -126,8 +130,8 @@ class ChatConsumer(WebsocketConsumer):
         Room events that need no database (LOOP_EVENTS) are handled here on the loop: a
         room message reaches every socket of the process at once, and a hop to the sync
         thread each cost more than the handlers. Everything else runs on the sync thread,
-        as channels does; under load frames arrive from many clients at once, and their
-        handlers run together, in one hop (chat.pipeline.call_batched).
+        as channels does; under load frames and connects arrive from many clients at once,
+        and their handlers run together, in one hop (chat.pipeline.call_batched).
 
         asgiref swallows a cancellation that arrives while the handler waits in
         async_to_sync: the handler finishes and the consumer would carry on, so a server
@@ -137,10 +141,12 @@ class ChatConsumer(WebsocketConsumer):
             if self.room_events_wanted():
                 getattr(self, get_handler_name(message))(message)
         elif message["type"] == "websocket.connect":
+            # AuthMiddleware loaded the session and the user: who speaks needs no database.
+            self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
             self.room_name = await self._room_for_socket()
             if self.room_name is not None:  # or connect refuses it, having joined nothing
-                await self._join_groups()
-            await super().dispatch(message)
+                await asyncio.gather(self._join_groups(), self._take_open_slots())
+            await pipeline.call_batched_whole(self.websocket_connect, message)
             if self.delivery is None:  # connect refused the socket: it wants no room events
                 await self._discard_from_groups()
                 self.joined_groups = ()
@@ -180,6 +186,18 @@ class ChatConsumer(WebsocketConsumer):
         self.frames.put({"type": "websocket.close", "code": code})
 
     @sides.on_sync_thread
+    def accept(self, subprotocol=None, headers=None):
+        """Accept the socket, ahead of the frames queued after (see send), without waiting.
+
+        channels' accept waits for the loop to send it (async_to_sync), holding the sync
+        thread, and every socket's connect batched with this one, for a turn of the loop.
+        """
+        message = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if headers:
+            message["headers"] = list(headers)
+        pipeline.hand_to_loop(self.loop, self.frames.put, message)
+
+    @sides.on_sync_thread
     def close(self, code=None, reason=None):
         """Close the socket once the frames queued before have gone (see send)."""
         message = {"type": "websocket.close"}
@@ -202,9 +220,7 @@ class ChatConsumer(WebsocketConsumer):
             # A private room it may not read: refused as one that does not exist is.
             self.close()
             return
-        self.author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
-        expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
-        if expected is not None and expected != identity.sign_in_of(self.author):
+        if not self._signed_in_as_the_page_was():
             # The page was loaded under another sign-in (a logout or login while it was
             # offline): what it holds to send was typed as someone else. Store nothing.
             self.accept(tokens.accepted_subprotocol(self.scope))
@@ -226,13 +242,11 @@ class ChatConsumer(WebsocketConsumer):
             self.send(text_data=protocol.error_frame(protocol.lookalike_room_refusal(existing)))
             self.close(code=protocol.CLOSE_LOOKALIKE_ROOM)
             return
-        try:
-            self.open_slots = limits.take_open_slots(self.scope, self.author, self.channel_name)
-        except limits.TooManySockets as refusal:
+        if self.too_many_sockets is not None:
             # Accepted, so that the close code and its reason reach the page or program.
             self.accept(tokens.accepted_subprotocol(self.scope))
             self.closing = True
-            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(refusal))
+            self.close(code=protocol.CLOSE_TOO_MANY_SOCKETS, reason=str(self.too_many_sockets))
             return
         self.room_group_name = rooms.group_name(self.room_name)
         metrics.SOCKETS_OPEN.inc()  # and dec() in _left_on_loop, once
@@ -258,6 +272,23 @@ class ChatConsumer(WebsocketConsumer):
         label = identity.presence_label(self.author)
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
         pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
+
+    def _signed_in_as_the_page_was(self) -> bool:
+        """Whether the socket speaks as the page's ?as= says it was loaded (if it says)."""
+        expected = protocol.parse_sign_in(self.scope.get("query_string", b""))
+        return expected is None or expected == identity.sign_in_of(self.author)
+
+    async def _take_open_slots(self):
+        """On the loop, before connect: count the socket against the caps of open sockets,
+        unless connect will refuse it for its sign-in (then it never counted)."""
+        if not self._signed_in_as_the_page_was():
+            return
+        try:
+            self.open_slots = await limits.take_open_slots(
+                self.scope, self.author, self.channel_name
+            )
+        except limits.TooManySockets as refusal:
+            self.too_many_sockets = refusal
 
     @sides.on_sync_thread
     def disconnect(self, close_code):
@@ -298,8 +329,7 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def _room_for_author(self, address: str) -> str | None:
-        author = identity.author_for(self.scope.get("user"), self.scope.get("session"))
-        return permissions.room_for(author, address)
+        return permissions.room_for(self.author, address)
 
     async def _join_groups(self):
         """On the loop, before connect: the room's group, and the groups that close the

@@ -8,7 +8,6 @@ of them, and failed logins are django-axes's (see login_lockout_response).
 Explained in docs/protocol.md, 'Limits'.
 """
 
-import asyncio
 import functools
 import ipaddress
 import logging
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import limits
+import limits.aio.storage
+import limits.aio.strategies
 import redis
 import redis.asyncio
 from django.conf import settings
@@ -26,13 +27,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from . import metrics, protocol
+from . import loops, metrics, protocol, sides
 from .identity import Author
 from .models import Room
 from .redis_clients import (
     LIMITS_TIMEOUT_SECONDS,
     OUTAGE_ERRORS,
     PAGE_TIMEOUT_SECONDS,
+    asyncio_redis_client,
     redis_client,
 )
 
@@ -163,19 +165,21 @@ def describe(limit: Limit, wait: int) -> str:
     return f"Too many {limit.counts}: at most {rate.amount} per {per}. Try again in {wait} s."
 
 
-def refuse_socket(scope: dict) -> bool:
-    """True when the socket's address opened too many sockets lately.
+async def refuse_socket(scope: dict) -> bool:
+    """On the loop: True when the socket's address opened too many sockets lately.
 
     Logged once per burst: the first refusal says how long the address must wait, and
     the refusals until then (a script retrying at once) write nothing more, on any process.
     """
     address = client_network(scope)
-    wait = retry_after(SOCKETS, address)
-    if wait is None:
+    client, limiter = _on_this_loop(settings.REDIS_URL)
+    rate = SOCKETS.rate
+    if await limiter.hit(rate, SOCKETS.setting, address):
         return False
+    reset, _ = await limiter.get_window_stats(rate, SOCKETS.setting, address)
+    wait = max(1, math.ceil(reset - time.time()))
     metrics.HANDSHAKES_REFUSED.labels("too_many_sockets").inc()
-    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
-    if client.set(f"{KEY_PREFIX}:refusing:{address}", 1, ex=wait, nx=True):
+    if await client.set(f"{KEY_PREFIX}:refusing:{address}", 1, ex=wait, nx=True):
         detail = describe(SOCKETS, wait)
         logger.warning(
             "refused socket from %s: %s (no more lines till then)",
@@ -186,12 +190,42 @@ def refuse_socket(scope: dict) -> bool:
     return True
 
 
+# Redis calls of the handshake limit and the open-socket caps in flight at once on one
+# loop, each on a connection of its own: a burst of thousands of connects (a server
+# restart's reconnects) waits its turn for one of these, as the layer's calls do.
+HANDSHAKE_CONNECTIONS_PER_LOOP = 32
+
+
+@sides.on_loop
+def _on_this_loop(
+    url: str,
+) -> tuple[redis.asyncio.Redis, limits.aio.strategies.MovingWindowRateLimiter]:
+    """The running loop's client for url, and a limiter counting in the same keys as
+    retry_after's: asyncio clients serve one loop (chat.loops keeps them)."""
+    state = loops.of_loop()
+    if state.limits is None:
+        state.limits = {}
+    if url not in state.limits:
+        client = asyncio_redis_client(url, LIMITS_TIMEOUT_SECONDS, HANDSHAKE_CONNECTIONS_PER_LOOP)
+        # The storage takes its scheme from the URL and its connections from the client.
+        scheme_url = url if url.startswith(("redis://", "rediss://")) else f"redis+{url}"
+        storage = limits.aio.storage.RedisStorage(
+            f"async+{scheme_url}",
+            implementation="redispy",
+            key_prefix=KEY_PREFIX,
+            connection_pool=client.connection_pool,
+        )
+        state.limits[url] = client, limits.aio.strategies.MovingWindowRateLimiter(storage)
+    return state.limits[url]
+
+
 class HandshakeLimitMiddleware:
     """ASGI middleware: refuse a WebSocket over the new-socket limit (refuse_socket) with 403,
     before the consumer is built and before AuthMiddlewareStack loads its session.
 
-    A refused handshake costs one Redis round trip (two for the first of a burst): no
-    consumer, no group joins, no database query, no log line but the burst's first.
+    Counted on the loop: a thread hop a handshake cost more than its Redis round trip. A
+    refused handshake costs one round trip (two for the first of a burst): no consumer,
+    no group joins, no database query, no log line but the burst's first.
     """
 
     def __init__(self, application):
@@ -201,7 +235,7 @@ class HandshakeLimitMiddleware:
         """Pass the socket on, or answer its handshake with a refusal."""
         if scope["type"] == "websocket":
             try:
-                refused = await asyncio.to_thread(refuse_socket, scope)
+                refused = await refuse_socket(scope)
             except OUTAGE_ERRORS as error:
                 metrics.outage(error)
                 logger.warning("refused socket, Redis unreachable: %r", error)
@@ -343,9 +377,10 @@ return 0
 """
 
 
-def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
-    """Count a new socket among its person's and its address's open sockets; the sets it
-    is now in (refresh_open_slots keeps it there, release_open_slots takes it out).
+async def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
+    """On the loop: count a new socket among its person's and its address's open sockets;
+    the sets it is now in (refresh_open_slots keeps it there, release_open_slots takes it
+    out). A round trip the sockets' one thread would spend waiting, connect after connect.
 
     Raises TooManySockets when either already holds its cap. A socket that nobody
     refreshes (its process was killed) stops counting after CHAT_PRESENCE_TTL_SECONDS.
@@ -362,8 +397,8 @@ def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]
         ),
     }
     now = time.time()
-    client = redis_client(settings.REDIS_URL, LIMITS_TIMEOUT_SECONDS)
-    full = client.eval(
+    client, _ = _on_this_loop(settings.REDIS_URL)
+    full = await client.eval(
         _TAKE_SLOTS,
         len(caps),
         *caps,

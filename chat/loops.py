@@ -29,6 +29,7 @@ class LoopState:
         "posts",
         "lane",
         "upkeep",
+        "limits",
         "__weakref__",
     )
 
@@ -42,6 +43,7 @@ class LoopState:
         self.posts: list = []  # chat.commits: messages waiting for their batch's commit
         self.lane: Any = None  # chat.pipeline: bulk jobs, one at a time
         self.upkeep: Any = None  # chat.upkeep
+        self.limits: dict | None = None  # chat.limits: Redis URL -> client and limiter
 
 
 # Values never hold their loop, or it would never go.

@@ -232,6 +232,22 @@ async def call_batched(function, *args):
     return await state.batches.call(function, args)
 
 
+async def call_batched_whole(function, *args):
+    """call_batched, except that a cancelled caller first waits for the call to have run.
+
+    Then the cancellation is raised. What the call does (a connect joining its room) is
+    never left to happen after its caller gave up on it, as asgiref's sync_to_async, which
+    channels runs handlers in, also waits.
+    """
+    call = asyncio.ensure_future(call_batched(function, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        if not call.done():
+            await asyncio.wait([call])
+        raise
+
+
 @sides.on_loop
 def _settle(calls: list, outcomes: list[tuple[Any, BaseException | None]]):
     """Wake each caller with its call's outcome."""

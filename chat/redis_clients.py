@@ -12,6 +12,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -54,8 +55,10 @@ LAYER_TIMEOUT_SECONDS = 15
 RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
 
 
-def _retry() -> Retry:
-    return Retry(NoBackoff(), 1, supported_errors=tuple(RETRY_ON_ERROR))
+def _retry(kind: type[Retry] | type[AsyncRetry]) -> Retry | AsyncRetry:
+    # An asyncio client awaits its retry: redis-py's sync Retry would hand back the
+    # failing coroutine unretried, so a restarted Redis failed the first command.
+    return kind(NoBackoff(), 1, supported_errors=tuple(RETRY_ON_ERROR))
 
 
 # Enough of an error to diagnose it, not a wall of text in a probe's log.
@@ -97,12 +100,27 @@ def redis_urls(redis_url: str | list[str]) -> list[str]:
 def redis_client(url: str, timeout: float) -> redis.Redis:
     """The process's client for url: its own connection pool, `timeout` s to connect and
     for each command, so that an unreachable Redis fails fast instead of hanging."""
-    return redis.Redis.from_url(url, **_client_options(timeout))
+    return redis.Redis.from_url(url, **_client_options(timeout, Retry))
 
 
-def asyncio_redis_client(url: str, timeout: float) -> redis.asyncio.Redis:
-    """A new asyncio client for url, as redis_client; for one event loop (its pool is)."""
-    return redis.asyncio.Redis.from_url(url, **_client_options(timeout))
+def asyncio_redis_client(
+    url: str, timeout: float, max_connections: int | None = None
+) -> redis.asyncio.Redis:
+    """A new asyncio client for url, as redis_client; for one event loop (its pool is).
+
+    With max_connections, a command waits its turn for a free connection when that many
+    are busy, where redis-py's pool would fail it: a burst is not an outage. The wait is
+    bounded all the same, by the busy connections' own timeouts.
+    """
+    if max_connections is None:
+        return redis.asyncio.Redis.from_url(url, **_client_options(timeout, AsyncRetry))
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=None,
+        **_client_options(timeout, AsyncRetry),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def layer_host(url: str) -> dict[str, Any]:
@@ -114,11 +132,11 @@ def layer_host(url: str) -> dict[str, Any]:
     }
 
 
-def _client_options(timeout: float) -> dict[str, Any]:
+def _client_options(timeout: float, retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": _retry(),
+        "retry": _retry(retry),
         "retry_on_error": RETRY_ON_ERROR,
     }
 

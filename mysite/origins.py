@@ -28,7 +28,6 @@ import logging
 from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
-from channels.middleware import BaseMiddleware
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
@@ -129,15 +128,21 @@ class StrictOriginValidator:
         return await WebsocketDenier()(scope, receive, send)
 
 
-class TokenUserMiddleware(BaseMiddleware):
+class TokenUserMiddleware:
     """Inside AuthMiddlewareStack: a handshake with an API token speaks as the token's user.
 
     StrictOriginValidator checked the token and dropped the handshake's cookies, so the
-    stack found no session and an anonymous user; the token's user replaces it.
+    stack found no session and an anonymous user; the token's user replaces it. Not a
+    channels BaseMiddleware, which copies every scope: an open socket holds each copy
+    (and the coroutine that made it) for its whole life.
     """
 
+    def __init__(self, application):
+        self.application = application
+
     async def __call__(self, scope, receive, send):
+        """Pass the socket on, as the token's user when it has one."""
         token = scope.get("api_token")
         if token is not None:
             scope = {**scope, "user": token.user}
-        return await super().__call__(scope, receive, send)
+        return await self.application(scope, receive, send)

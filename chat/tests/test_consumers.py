@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import redis
 import websockets
+from asgiref.sync import AsyncToSync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
@@ -90,6 +91,34 @@ def group_size(group: str) -> int:
         return client.zcard(f"{layer.prefix}:group:{group}")
     finally:
         client.close()
+
+
+# Threads a connect hops to: channels' AuthMiddleware loads the session and user (one
+# hop, the product keeps AuthMiddlewareStack), and the connect itself runs batched with
+# the other sockets' (one hop); the handshake limit counts on the loop.
+HOPS_PER_CONNECT = 2
+
+
+async def test_a_connect_makes_two_hops_to_the_sync_thread_and_never_waits_for_the_loop(
+    join, monkeypatch
+):
+    loop = asyncio.get_running_loop()
+    hops, waits = [], []
+    run_in_executor, to_sync = loop.run_in_executor, AsyncToSync.__call__
+
+    def counted_hop(executor, function, *args):
+        hops.append(function)
+        return run_in_executor(executor, function, *args)
+
+    def counted_wait(self, *args, **kwargs):
+        waits.append(self.awaitable)
+        return to_sync(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_in_executor", counted_hop)
+    monkeypatch.setattr(AsyncToSync, "__call__", counted_wait)
+    await join("lobby")
+    assert len(hops) == HOPS_PER_CONNECT
+    assert waits == []  # the accept and every frame are handed to the loop
 
 
 async def test_disconnected_socket_leaves_its_group(join):

@@ -1,6 +1,8 @@
 """REDIS_URL's list of URLs, refused without a scheme, shown without a password; and
 whether each Redis answers, on a real one."""
 
+import asyncio
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -14,7 +16,7 @@ from chat.redis_clients import (
     redis_urls,
 )
 from conftest import ROOT
-from serving.embedded_redis import free_port
+from serving.embedded_redis import EmbeddedRedis, free_port
 
 ONE = "redis://127.0.0.1:6379/0"
 TWO = "redis://127.0.0.1:6380/0"
@@ -93,3 +95,22 @@ async def test_every_client_fails_within_its_named_timeout_and_retries_once():
         assert options["socket_timeout"] == options["socket_connect_timeout"] == timeout
         assert options["retry"].get_retries() == 1
     await on_loop.aclose()
+
+
+@pytest.mark.parametrize("max_connections", [None, 2])
+async def test_an_asyncio_client_outlives_a_redis_restart_in_one_retry(max_connections):
+    with EmbeddedRedis() as server:
+        client = asyncio_redis_client(server.url, LIMITS_TIMEOUT_SECONDS, max_connections)
+        await client.set("before", 1)
+        server.stop()
+        server.start()  # same port: every pooled connection is dead
+        assert await client.set("after", 1)
+        await client.aclose()
+
+
+async def test_a_client_with_few_connections_makes_a_burst_wait_its_turn(redis_server):
+    client = asyncio_redis_client(redis_server.url, LIMITS_TIMEOUT_SECONDS, max_connections=2)
+    # Each BLPOP holds its connection for a moment: more at once than there are connections.
+    replies = await asyncio.gather(*(client.blpop([f"empty-{n}"], 0.05) for n in range(6)))
+    assert replies == [None] * 6
+    await client.aclose()
