@@ -34,6 +34,7 @@ from .redis_clients import (
     LIMITS_TIMEOUT_SECONDS,
     OUTAGE_ERRORS,
     PAGE_TIMEOUT_SECONDS,
+    NoScriptError,
     asyncio_redis_client,
     redis_client,
 )
@@ -339,7 +340,7 @@ def retries_after(limit: Limit, whos: Sequence[str]) -> list[int | None]:
 
     try:
         acquired = hit_all()
-    except redis.exceptions.NoScriptError:  # Redis restarted since: no hit has run
+    except NoScriptError:  # Redis restarted since: no hit has run
         script.sha = client.script_load(script.script)
         acquired = hit_all()
     waits: list[int | None] = []

@@ -53,6 +53,8 @@ LAYER_TIMEOUT_SECONDS = 15
 # retry, at once, on a fresh connection heals that without a blip. A timeout is not
 # retried (redis-py's Retry would): a Redis that hangs fails within one timeout, not two.
 RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
+# A script Redis no longer holds (it restarted, or SCRIPT FLUSH): load it and run it again.
+NoScriptError = redis.exceptions.NoScriptError
 
 
 def _retry(kind: type[Retry] | type[AsyncRetry]) -> Retry | AsyncRetry:
