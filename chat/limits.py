@@ -201,9 +201,15 @@ class HandshakeLimitMiddleware:
 
 
 def check_message(
-    scope: dict, author: Author, room_name: str, room_may_be_new: bool, frame: protocol.ChatFrame
+    scope: dict,
+    author: Author,
+    room_name: str,
+    room_may_be_new: bool,
+    frame: protocol.ChatFrame | protocol.EditFrame | protocol.DeleteFrame,
 ) -> None:
     """Raise FrameRefused when this frame's message would pass a per-person or per-address limit.
+
+    An edit or a deletion counts as a message: it takes the same tokens.
 
     A logged-in user's messages count per account; a guest's per address network
     (client_network), whatever session it has: sessions cost nothing to make, and each
@@ -212,7 +218,8 @@ def check_message(
     (the socket has seen no message in its room) spares the query for every other one.
     """
     address = client_network(scope)
-    check_post(_person(scope, author), address, room_name, room_may_be_new, frame.client_id)
+    client_id = getattr(frame, "client_id", None)  # edits and deletions carry none
+    check_post(_person(scope, author), address, room_name, room_may_be_new, client_id)
 
 
 def check_post(

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from . import rooms
 from .identity import Author
-from .models import Membership
+from .models import Membership, Message
 
 Role = Membership.Role
 # Who may appoint and remove moderators, invite and remove members.
@@ -153,3 +153,28 @@ def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
     if room_kind == rooms.PUBLIC and author.user_id is not None:
         return [(author.user_id, Role.OWNER)]
     return []
+
+
+# --- Editing and deleting messages ---------------------------------------------------------
+
+# Who may delete anyone's message in a room (besides site staff).
+_MESSAGE_KEEPERS = frozenset({Role.OWNER, Role.MODERATOR})
+
+
+def may_edit(author: Author, message: Message) -> bool:
+    """Edit a message: its author only (a guest from the session that sent it), never a
+    deleted one."""
+    return not message.deleted and not author.is_bot and message.author_key == author.key
+
+
+def may_delete(author: Author, message: Message) -> bool:
+    """Delete a message: its author, the room's owner and moderators, and site staff."""
+    if message.deleted or author.is_bot:
+        return False
+    if message.author_key == author.key:
+        return True
+    if author.is_guest:
+        return False
+    if role_of(author, message.room_id) in _MESSAGE_KEEPERS:
+        return True
+    return get_user_model().objects.filter(pk=author.user_id, is_staff=True).exists()

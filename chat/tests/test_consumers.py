@@ -1056,3 +1056,110 @@ async def test_a_redis_refusing_writes_closes_a_real_servers_socket_with_4503(
         assert sender.close_code == protocol.CLOSE_SERVICE_UNAVAILABLE
     finally:
         await sender.close()
+
+
+# --- Edits and deletions -----------------------------------------------------------------
+
+
+async def _guest(join, name: str = "Zoë", query: str = ""):
+    """A guest's socket in the lobby with a session of its own (its author key)."""
+    return await join("lobby", query=query, headers=[await session_cookie_for(display_name=name)])
+
+
+async def _say(socket, *texts: str) -> list[int]:
+    ids = []
+    for text in texts:
+        await socket.send_json_to({"message": text})
+        ids.append((await assert_receives_message(socket, text))["id"])
+    return ids
+
+
+async def test_an_edit_reaches_every_socket_in_the_room_as_an_edit_frame(join):
+    author, other = await _guest(join), await join("lobby")
+    (seq,) = await _say(author, "helo")
+    await next_frame(other)
+    await author.send_json_to({"edit": {"id": seq, "message": " hello "}})
+    for socket in (author, other):
+        frame = await next_frame(socket)
+        assert set(frame) == {"edit"}
+        edit = frame["edit"]
+        assert (edit["id"], edit["message"], edit["change"]) == (seq, "hello", 1)
+        assert datetime.fromisoformat(edit["edited"]).tzinfo is not None
+
+
+async def test_a_deletion_reaches_every_socket_and_the_history_shows_it_deleted(join):
+    author, other = await _guest(join), await join("lobby")
+    first, second = await _say(author, "oops", "fine")
+    await author.send_json_to({"delete": {"id": first}})
+    for socket, count in ((author, 1), (other, 3)):
+        frames = [await next_frame(socket) for _ in range(count)]
+        assert frames[-1] == {"delete": {"id": first, "change": 1}}
+    late = await join("lobby")
+    history = [(f["id"], f["message"], f["deleted"], f["room_change"]) for f in late.backlog]
+    assert history == [(first, "", True, 1), (second, "fine", False, 1)]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"edit": {"id": 1, "message": "mine now"}}, "not_allowed"),
+        ({"delete": {"id": 1}}, "not_allowed"),
+        ({"edit": {"id": 9, "message": "x"}}, "no_such_message"),
+        ({"delete": {"id": "1"}}, "invalid_id"),
+        ({"edit": {"id": 1, "message": ""}}, "empty_message"),
+    ],
+)
+async def test_a_refused_edit_or_deletion_is_an_error_and_nobody_hears_of_it(join, frame, code):
+    author = await _guest(join, "alice")
+    await _say(author, "alice's")
+    stranger = await _guest(join, "alice")  # the same name is not the same session
+    await stranger.send_json_to(frame)
+    await assert_receives_error(stranger, code)
+    await assert_no_chat(author)
+    message = await database_sync_to_async(Message.objects.get)(room_id="lobby", seq=1)
+    assert (message.text, message.change) == ("alice's", 0)
+
+
+async def test_a_reconnect_with_changes_gets_the_final_state_of_what_changed_meanwhile(join):
+    author = await _guest(join)
+    first, second, third = await _say(author, "one", "two", "three")
+    # Applied: change 1. Then away, with messages up to `second`, while these happen:
+    await author.send_json_to({"edit": {"id": first, "message": "one, fixed"}})
+    await author.send_json_to({"edit": {"id": third, "message": "three, fixed"}})
+    await author.send_json_to({"delete": {"id": first}})
+    for _ in range(3):
+        await next_frame(author)
+    back = await join("lobby", query=f"after={second}&changes=1")
+    assert back.backlog == [
+        {**back.backlog[0], "id": third, "message": "three, fixed", "change": 2},
+        {"edit": {**back.backlog[1]["edit"], "id": third, "message": "three, fixed", "change": 2}},
+        {"delete": {"id": first, "change": 3}},
+        {
+            "catch_up": {
+                "recovered": True,
+                "after": second,
+                "until": third,
+                "changes": {"recovered": True, "after": 1, "until": 3},
+            }
+        },
+    ]
+
+
+async def test_a_reconnect_missing_more_changes_than_the_bound_reads_them_over_http(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 2
+    author = await _guest(join)
+    ids = await _say(author, "a", "b", "c")
+    for seq in ids:
+        await author.send_json_to({"edit": {"id": seq, "message": f"{seq} fixed"}})
+        await next_frame(author)
+    back = await join("lobby", query=f"after={ids[-1]}&changes=0")
+    assert back.backlog == [
+        {
+            "catch_up": {
+                "recovered": True,
+                "after": ids[-1],
+                "until": ids[-1],
+                "changes": {"recovered": False, "after": 0, "until": 3},
+            }
+        }
+    ]
