@@ -171,10 +171,13 @@ def may_delete(author: Author, message: Message) -> bool:
     """Delete a message: its author, the room's owner and moderators, and site staff."""
     if message.deleted or author.is_bot:
         return False
-    if message.author_key == author.key:
-        return True
-    if author.is_guest:
+    return message.author_key == author.key or may_delete_others(author, message.room_id)
+
+
+def may_delete_others(author: Author, room_key: str) -> bool:
+    """Delete anyone's message in the room: its owner and moderators, and site staff."""
+    if author.is_guest or author.is_bot:
         return False
-    if role_of(author, message.room_id) in _MESSAGE_KEEPERS:
+    if role_of(author, room_key) in _MESSAGE_KEEPERS:
         return True
     return get_user_model().objects.filter(pk=author.user_id, is_staff=True).exists()

@@ -151,6 +151,7 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
         "name": "Anonymous",
         "guest": True,
         "sign_in": identity.sign_in_of(identity.author_for(None, session)),
+        "moderates": False,
     }
     user = django_user_model.objects.create_user("alice", password="x")
     client.force_login(user)
@@ -158,6 +159,7 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
         "name": "alice",
         "guest": False,
         "sign_in": identity.sign_in_of(services.Author("alice", user_id=user.pk)),
+        "moderates": False,
     }
 
 
@@ -976,3 +978,22 @@ def test_a_redis_refusing_writes_gets_a_clear_503_not_a_500(
     assert response["Retry-After"]
     assert b"having trouble" in response.content
     assert client.get(path).status_code == 200  # and served again once it takes writes
+
+
+def test_the_page_tells_a_rooms_moderator_and_staff_they_may_delete_anyones_message(
+    client, django_user_model
+):
+    def reader(html: str) -> dict:
+        return json.loads(
+            html.split('<script id="chat-reader" type="application/json">')[1].split("<")[0]
+        )
+
+    owner = django_user_model.objects.create_user("owner", password="x")
+    services.store_message("lobby", services.Author("owner", user_id=owner.pk), "mine", None)
+    for user, moderates in (
+        (owner, True),
+        (django_user_model.objects.create_user("staff", password="x", is_staff=True), True),
+        (django_user_model.objects.create_user("member", password="x"), False),
+    ):
+        client.force_login(user)
+        assert reader(client.get("/chat/lobby/").content.decode())["moderates"] is moderates
