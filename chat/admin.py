@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from . import posting, tokens
+from . import tokens
 from .models import ApiToken, Membership, Message, MessageRevision, Room
 
 
@@ -64,6 +64,10 @@ class MessageAdmin(admin.ModelAdmin):
         self._remove(request, queryset.filter(deleted=False).order_by("room", "seq"))
 
     def _remove(self, request, messages_to_remove):
+        # Imported here: Django imports the admin while it sets up, before the tests' root
+        # conftest turns on chat.sides's checks, which posting's functions are declared with.
+        from . import posting
+
         for message in messages_to_remove:
             if message.deleted:
                 continue

@@ -227,9 +227,12 @@ class RoomDelivery:
 
     @sides.on_loop
     def resync(self):
-        """Send what was stored since the last message sent (after Redis restarted, or a lag)."""
+        """Send what was stored since the last message sent, and the changes since the last
+        change (after Redis restarted, or a lag)."""
         if self.stopped or not self.started:
             return  # the start reads it
+        if self._read_changes is not None and not self.reading_changes:
+            self._fill_change_gap()
         if self.reading:
             self.resync_wanted = True
             return

@@ -317,7 +317,18 @@ async def test_fuzzed_frames_leave_every_socket_chatting(join, settings):
 
 # --- History, identity, catch-up and presence ------------------------------------------
 
-FRAME_FIELDS = {"message", "id", "user", "guest", "bot", "ts", "client_id"}
+FRAME_FIELDS = {
+    "message",
+    "id",
+    "user",
+    "guest",
+    "bot",
+    "ts",
+    "client_id",
+    "edited",
+    "deleted",
+    "change",
+}
 
 
 def store(room: str, *texts: str, name: str = "earlier"):

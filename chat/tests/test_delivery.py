@@ -55,6 +55,10 @@ class FakeStore:
         self.stored = stored
         self.reads: list[tuple[int, int, object]] = []
         self.most_at_once = 0
+        # Edits and deletions: each message's final state, numbered as the room's changes.
+        self.last_change = 0
+        self.changed: dict[int, dict] = {}
+        self.change_reads: list[tuple[int, int, object]] = []
 
     def store(self, count: int = 1) -> list[dict]:
         """Store `count` more messages; their events, as the layer would carry them."""
@@ -66,15 +70,9 @@ class FakeStore:
         self.reads.append((after, limit, on_done))
         self.most_at_once = max(self.most_at_once, len(self.reads))
 
-    # Edits and deletions: each message's final state, numbered as the room's changes.
-    last_change = 0
-    changed: dict[int, dict]
-
     def edit(self, seq: int) -> dict:
         """Edit message seq; the change event, as the layer would carry it."""
         self.last_change += 1
-        if not hasattr(self, "changed"):
-            self.changed, self.change_reads = {}, []
         self.changed[seq] = change = {
             "type": "chat.change",
             "id": seq,
@@ -428,3 +426,12 @@ async def test_more_changes_missed_than_the_bound_are_left_to_the_client_in_a_ca
     assert edits(socket.frames) == []
     socket.delivery.change(socket.store.edit(2))
     assert edits(socket.frames) == [(2, BOUND + 4)]
+
+
+async def test_a_resync_reads_the_changes_since_the_last_one_too():
+    socket = Socket(stored=2)
+    socket.store.edit(2)  # lost with Redis, and no later change reveals it
+    socket.delivery.resync()
+    socket.store.answer()
+    socket.store.answer_changes()
+    assert edits(socket.frames) == [(2, 1)]
