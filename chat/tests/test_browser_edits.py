@@ -19,6 +19,7 @@ from chat.tests.test_browser import (
     _open_new_window,
     _post_message,
     _rich_texts,
+    _status,
     _switch_to_window,
     _wait,
 )
@@ -106,6 +107,38 @@ def assert_fits_and_shows_final_state(driver) -> bool:
     return True
 
 
+def test_a_page_away_meanwhile_shows_the_edit_and_the_deletion_once_back(
+    browser, start_chat_server
+):
+    doomed, survivor = start_chat_server(), start_chat_server()
+    _enter_chat_room(browser, doomed.url, "away")
+    _open_new_window(browser)
+    _enter_chat_room(browser, survivor.url, "away")
+    _post_message(browser, "one")
+    _post_message(browser, "two")
+    _wait(browser, lambda: _rich_texts(browser) == ["one", "two"])
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: _rich_texts(browser) == ["one", "two"])
+
+    doomed.kill()
+    _wait(browser, lambda: "Reconnecting" in _status(browser), "no reconnecting notice")
+    _switch_to_window(browser, 1)
+    _control(browser, 1, "edit-message").click()
+    browser.switch_to.active_element.send_keys(Keys.CONTROL, "a")
+    browser.switch_to.active_element.send_keys("uno", Keys.ENTER)
+    _control(browser, 2, "delete-message").click()
+    browser.switch_to.active_element.click()
+    _wait(browser, lambda: _shown(browser, 2)["deleted"] and _shown(browser, 1)["text"] == "uno")
+
+    doomed.start()
+    _switch_to_window(browser, 0)
+    _wait(browser, lambda: _status(browser) == "Connected", "never reconnected")
+    _wait(browser, lambda: _shown(browser, 2)["deleted"], "the deletion never arrived")
+    assert (_shown(browser, 1)["text"], _shown(browser, 1)["edited"]) == ("uno", "(edited)")
+    log = _chat_log_value(browser).splitlines()
+    assert [line.split(": ", 1)[1] for line in log] == ["uno (edited)", "(message deleted)"]
+
+
 def test_escape_cancels_an_edit_and_the_text_stays_as_it_was(browser, chat_server, screen):
     _enter_chat_room(browser, chat_server, f"cancel-{screen['width']}")
     _post_message(browser, "keep me")
@@ -148,3 +181,19 @@ def test_take_the_screenshot_of_the_edit_and_delete_controls(browser, chat_serve
         browser.save_screenshot(str(SCREENSHOTS / "edit-delete.png"))
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_the_keyboard_reaches_a_messages_controls_from_the_message_and_the_log_stays_one_stop(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "edit-keys")
+    _post_message(browser, "by keyboard")
+    _wait(browser, lambda: _rich_texts(browser) == ["by keyboard"])
+    for _ in range(2):  # past the transcript, to the log: no message control on the way
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "messages"
+    ActionChains(browser).send_keys(Keys.ARROW_UP, Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("class") == "edit-message"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    ActionChains(browser).send_keys(" again", Keys.ENTER).perform()
+    _wait(browser, lambda: _shown(browser, 1)["text"] == "by keyboard again")

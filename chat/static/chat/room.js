@@ -175,7 +175,9 @@
     let connections = 0;
     let signInChanged = false;  // from then on the page sends nothing
     let restoreTopId = null;    // the message to keep at the top, after a reload for 4401
-    let lastChange = null;      // the room's change number applied here; null until known
+    // The room's change number applied here: the history's room_change raises it; a room
+    // joined with no history had no changes the page could have missed.
+    let lastChange = 0;
     let fillingChanges = false; // changes the socket left out are being read over HTTP
     const changesWaiting = new Map();  // id -> the newest change of a message not shown yet
     const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
@@ -371,8 +373,21 @@
         const actions = controlsFor(element);
         if (actions !== null) {
             element.append(actions);
+            reachControls(element.contains(document.activeElement) ? element : null);
         }
     }
+
+    // The log stays one Tab stop: a message's controls join the Tab order only while the
+    // keyboard is on that message (the arrow keys move it there), and leave it after.
+    function reachControls(focused) {
+        messagesBox.querySelectorAll('.actions button').forEach(function (button) {
+            button.tabIndex = focused !== null && focused.contains(button) ? 0 : -1;
+        });
+    }
+
+    messagesBox.addEventListener('focusin', function (e) {
+        reachControls(e.target.closest('.message'));
+    });
 
     function actionButton(label, className, description, onClick) {
         const button = document.createElement('button');
@@ -380,6 +395,7 @@
         button.className = className;
         button.textContent = label;
         button.setAttribute('aria-label', description);
+        button.tabIndex = -1;  // until the keyboard is on its message (reachControls)
         button.addEventListener('click', onClick);
         return button;
     }
@@ -494,7 +510,7 @@
 
     // Apply one change ({id, change, message, edited, deleted}): once, newest wins.
     function applyChange(change) {
-        lastChange = Math.max(lastChange === null ? 0 : lastChange, change.change);
+        lastChange = Math.max(lastChange, change.change);
         const element = messagesBox.querySelector('.message[data-id="' + change.id + '"]');
         if (element === null) {
             if (lastId === null || change.id > lastId) {  // its message has not come yet
@@ -780,7 +796,7 @@
         } else if (data.catch_up) {
             const changes = data.catch_up.changes;
             if (changes) {
-                lastChange = Math.max(lastChange === null ? 0 : lastChange, changes.until);
+                lastChange = Math.max(lastChange, changes.until);
                 if (!changes.recovered) {
                     fillChanges(changes.after);
                 }
@@ -819,7 +835,7 @@
             oldestId = oldestId === null ? data.id : oldestId;
         }
         if (data.room_change !== undefined && data.room_change !== null) {
-            lastChange = Math.max(lastChange === null ? 0 : lastChange, data.room_change);
+            lastChange = Math.max(lastChange, data.room_change);
         }
         const stick = atBottom() || ownEcho;
         const element = messageElement(data);
@@ -1005,9 +1021,7 @@
         const query = new URLSearchParams({as: reader.sign_in});
         if (lastId !== null) {
             query.set('after', String(lastId));
-            if (lastChange !== null) {
-                query.set('changes', String(lastChange));
-            }
+            query.set('changes', String(lastChange));
         }
         const url = baseUrl + '?' + query;
         catchingUp = lastId !== null;
