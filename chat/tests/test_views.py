@@ -445,7 +445,18 @@ def test_messages_default_to_the_whole_room_from_the_first(client):
 def test_each_message_in_the_api_has_exactly_the_public_fields(client):
     services.store_message("lobby", services.Author(name="Zoë"), "hi", "abc-1")
     (message,) = client.get("/chat/lobby/messages/").json()["messages"]
-    assert set(message) == {"message", "id", "user", "guest", "bot", "ts", "client_id"}
+    assert set(message) == {
+        "message",
+        "id",
+        "user",
+        "guest",
+        "bot",
+        "ts",
+        "client_id",
+        "edited",
+        "deleted",
+        "change",
+    }
     assert (message["message"], message["id"], message["user"]) == ("hi", 1, "Zoë")
     assert message["guest"] is True
     assert message["client_id"] == "abc-1"
