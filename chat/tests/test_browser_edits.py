@@ -5,6 +5,7 @@ a desktop screen."""
 import os
 
 import pytest
+from axe_selenium_python import Axe
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -14,6 +15,7 @@ from chat.tests.test_browser import (
     DESKTOP,
     PHONE,
     SCREENSHOTS,
+    SERIOUS,
     _chat_log_value,
     _enter_chat_room,
     _open_new_window,
@@ -197,3 +199,18 @@ def test_the_keyboard_reaches_a_messages_controls_from_the_message_and_the_log_s
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     ActionChains(browser).send_keys(" again", Keys.ENTER).perform()
     _wait(browser, lambda: _shown(browser, 1)["text"] == "by keyboard again")
+
+
+def test_axe_finds_no_serious_violation_with_an_edit_open_and_a_deletion_asked(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "edit-axe")
+    _post_message(browser, "first")
+    _post_message(browser, "second")
+    _wait(browser, lambda: len(_rich_texts(browser)) == 2)
+    _control(browser, 1, "edit-message").click()
+    _control(browser, 2, "delete-message").click()
+    axe = Axe(browser)
+    axe.inject()
+    serious = [v for v in axe.run()["violations"] if v["impact"] in SERIOUS]
+    assert serious == [], axe.report(serious)
