@@ -1,6 +1,7 @@
-"""The HTTP API for programs, under /api/v1/, on django-ninja: post a message, read a room's
-messages, list rooms; each call with a user's API token (chat.tokens) as a bearer token,
-limited per token. Its OpenAPI description is at /api/v1/openapi.json.
+"""The HTTP API for programs, under /api/v1/, on django-ninja: post, edit and delete a
+message, read a room's messages, list rooms; each call with a user's API token
+(chat.tokens) as a bearer token, limited per token. Its OpenAPI description is at
+/api/v1/openapi.json.
 
 Explained in docs/programs.md, 'The HTTP API'.
 """
@@ -20,6 +21,7 @@ from . import (
     outages,
     permissions,
     posting,
+    protocol,
     rooms,
     services,
     tokens,
@@ -85,11 +87,18 @@ class MessageOut(Schema):
     bot: bool
     ts: str
     client_id: str | None
+    edited: str | None
+    deleted: bool
+    change: int
 
 
 class MessageIn(Schema):
     message: str
     client_id: str | None = None
+
+
+class EditIn(Schema):
+    message: str
 
 
 class PageOut(Schema):
@@ -100,6 +109,7 @@ class PageOut(Schema):
     next_before: int | None = None
     # The ids up to it were deleted by retention (docs/protocol.md), 0 for none.
     gone_until: int = 0
+    next_changes_after: int | None = None
 
 
 class RoomOut(Schema):
@@ -158,9 +168,12 @@ ERRORS = {401: ErrorOut, 429: ErrorOut}
 
 # What a program is told of a room it may not read, and of one that does not exist alike.
 NO_SUCH_ROOM = (404, "no_such_room", "There is no such room.")
-# How the API answers a refused post: the codes that are not a plain 400.
+# How the API answers a refused post, edit or deletion: the codes that are not a plain 400.
 POST_REFUSAL_STATUS = {
     "no_such_room": 404,
+    "no_such_message": 404,
+    "not_allowed": 403,
+    "message_deleted": 409,
     "banned": 403,
     "muted": 403,
     "recipient_deactivated": 403,
@@ -208,9 +221,7 @@ def post_message(request, room: str, body: MessageIn):
             address=limits.client_network(request),
         )
     except posting.PostRefused as refusal:
-        status = 429 if refusal.retry_after is not None else 400
-        status = POST_REFUSAL_STATUS.get(refusal.code, status)
-        raise ApiRefusal(status, refusal.code, refusal.detail, refusal.retry_after) from None
+        raise _post_refusal(refusal) from None
     except Exception as error:
         if not outages.is_outage(error):
             raise
@@ -218,6 +229,56 @@ def post_message(request, room: str, body: MessageIn):
         detail = "The message could not be saved. Try again with the same client_id."
         raise ApiRefusal(503, "unavailable", detail) from None
     return Status(201 if posted.created else 200, posted.fields)
+
+
+def _post_refusal(refusal: posting.PostRefused) -> ApiRefusal:
+    status = 429 if refusal.retry_after is not None else 400
+    status = POST_REFUSAL_STATUS.get(refusal.code, status)
+    return ApiRefusal(status, refusal.code, refusal.detail, refusal.retry_after)
+
+
+CHANGE_RESPONSES = {
+    200: MessageOut,
+    400: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    422: ErrorOut,
+    503: ErrorOut,
+} | ERRORS
+
+
+@api.patch(
+    "/rooms/{room}/messages/{message_id}", response=CHANGE_RESPONSES, summary="Edit a message"
+)
+def edit_message(request, room: str, message_id: int, body: EditIn):
+    """Replace the text of one of the token's user's own messages; answers its final state."""
+    return _change(request.auth.user, room, message_id, body.message)
+
+
+@api.delete(
+    "/rooms/{room}/messages/{message_id}", response=CHANGE_RESPONSES, summary="Delete a message"
+)
+def delete_message(request, room: str, message_id: int):
+    """Delete a message of the user's, or anyone's as the room's moderator, owner or staff."""
+    return _change(request.auth.user, room, message_id, None)
+
+
+def _change(user, room: str, message_id: int, text: str | None):
+    """Edit (text) or delete (None) through chat.posting, as the socket's frames do."""
+    try:
+        if text is None:
+            message = posting.delete_message(room, message_id, as_user=user)
+        else:
+            message = posting.edit_message(room, message_id, text, as_user=user)
+    except posting.PostRefused as refusal:
+        raise _post_refusal(refusal) from None
+    except Exception as error:
+        if not outages.is_outage(error):
+            raise
+        logger.error("API change in room %r failed: %r", room, error)
+        raise ApiRefusal(503, "unavailable", "The change could not be saved. Try again.") from None
+    return Status(200, protocol.message_fields(message))
 
 
 @api.get(
@@ -231,13 +292,13 @@ def read_messages(
     after: str | None = None,
     before: str | None = None,
     limit: str | None = None,
+    changes_after: str | None = None,
 ):
-    """?after=<id> (oldest first) or ?before=<id> (back), ?limit=<n>: as /chat/<room>/messages/."""
-    query = {
-        name: value
-        for name, value in (("after", after), ("before", before), ("limit", limit))
-        if value is not None
-    }
+    """?after=<id> (oldest first), ?before=<id> (back) or ?changes_after=<change>, ?limit=<n>:
+    as /chat/<room>/messages/."""
+    asked = (("after", after), ("before", before), ("limit", limit))
+    asked += (("changes_after", changes_after),)
+    query = {name: value for name, value in asked if value is not None}
     room_key = _room(room, request.auth.user)
     if moved := views.to_lookalikes_room(request, room_key):
         return moved

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
-LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
+LOOP_EVENTS = frozenset({"chat.message", "chat.change", "chat.presence", "chat.typing"})
 # A moderator's actions that close their target's sockets (chat.moderation), and the
 # reason each close gives.
 MODERATION_CLOSES = {"kick": protocol.CLOSE_KICKED, "ban": protocol.CLOSE_BANNED}
@@ -260,15 +260,22 @@ class ChatConsumer(WebsocketConsumer):
             reorder_wait=settings.CHAT_REORDER_WAIT_SECONDS,
             max_held=settings.CHAT_REORDER_MAX_HELD,
             recovery_limit=settings.CHAT_RECOVERY_LIMIT,
+            read_changes=self._read_changes_after,
         )
         self._arm_session_timer()
         self.accept(tokens.accepted_subprotocol(self.scope))
+        query_string = self.scope.get("query_string", b"")
         try:
-            after = protocol.parse_after(self.scope.get("query_string", b""))
+            after = protocol.parse_after(query_string)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
             after = None
-        self._send_backlog(after)
+        try:
+            changes = protocol.parse_changes(query_string)
+        except protocol.FrameRefused as refusal:
+            self._refuse(refusal)
+            changes = None
+        self._send_backlog(after, changes)
         label = identity.presence_label(self.author)
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
         pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
@@ -461,7 +468,8 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_sync_thread
     def receive(self, text_data=None, bytes_data=None):
-        """Validate one frame, store its message, then broadcast it; or refuse it."""
+        """Validate one frame, store its message (or edit, or deletion), then broadcast it;
+        or refuse it."""
         if self.closing:
             return
         try:
@@ -484,40 +492,16 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.Ping):
             self.send(text_data=protocol.pong_frame())
             return
-        token = self.scope.get("api_token")
-        if not (
-            tokens.still_valid(token)
-            if token is not None
-            else revocation.speaks_as_now(self.author, self.scope.get("session"))
-        ):
-            # Logged out, banned, renamed... and the event that closes us is still on its
-            # way, or will never come (a change made without signals): store nothing.
-            session = None if token is not None else self.scope.get("session")
-            if deactivation.deactivated_user(None, session) is not None:
-                self._close_deactivated()  # the handshake's session named a user now inactive
-            else:
-                self._close_for_identity("the session no longer speaks as this socket")
+        if not self._may_write(getattr(frame, "client_id", None)):
             return
-        if (gone := permissions.deactivated_partner(self.author, self.room_name)) is not None:
-            self._refuse(
-                protocol.FrameRefused(
-                    "recipient_deactivated", permissions.read_only_notice(gone), frame.client_id
-                )
-            )
-            return
-        if not permissions.may_post(self.author, self.room_name):
-            # Removed while the closing event was on its way (or lost with Redis).
-            self.closing = True
-            self.close(code=protocol.CLOSE_NOT_A_MEMBER)
-            return
-        refusal = permissions.sanction_refusal(
-            self.author, self.room_name, self.network, frame.client_id
-        )
-        if refusal is not None:
-            self._refuse(refusal)
-            if refusal.code == "banned":  # banned while the closing event was on its way
-                self.closing = True
-                self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
+        if not isinstance(frame, protocol.ChatFrame):
+            # An edit or a deletion: stored at once, on its own (chat.services.change_message);
+            # it takes the same tokens as a message.
+            try:
+                limits.check_message(self.scope, self.author, self.room_name, frame)
+                self._change(frame)
+            except protocol.FrameRefused as refusal:
+                self._refuse(refusal)
             return
         if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
             self._refuse(self._not_stored(frame))
@@ -531,6 +515,45 @@ class ChatConsumer(WebsocketConsumer):
         post = commits.Post(draft, check)
         commits.submit(self.loop, post)
         pipeline.after_batch(self.loop, self._posted, post, frame)
+
+    @sides.on_sync_thread
+    def _may_write(self, client_id: str | None) -> bool:
+        """Whether the socket's author still speaks as it and may post (or edit, or delete)
+        in its room now; if not, refuse the frame or close the socket, and say False."""
+        token = self.scope.get("api_token")
+        if not (
+            tokens.still_valid(token)
+            if token is not None
+            else revocation.speaks_as_now(self.author, self.scope.get("session"))
+        ):
+            # Logged out, banned, renamed... and the event that closes us is still on its
+            # way, or will never come (a change made without signals): store nothing.
+            session = None if token is not None else self.scope.get("session")
+            if deactivation.deactivated_user(None, session) is not None:
+                self._close_deactivated()  # the handshake's session named a user now inactive
+            else:
+                self._close_for_identity("the session no longer speaks as this socket")
+            return False
+        if (gone := permissions.deactivated_partner(self.author, self.room_name)) is not None:
+            self._refuse(
+                protocol.FrameRefused(
+                    "recipient_deactivated", permissions.read_only_notice(gone), client_id
+                )
+            )
+            return False
+        if not permissions.may_post(self.author, self.room_name):
+            # Removed while the closing event was on its way (or lost with Redis).
+            self.closing = True
+            self.close(code=protocol.CLOSE_NOT_A_MEMBER)
+            return False
+        refusal = permissions.sanction_refusal(self.author, self.room_name, self.network, client_id)
+        if refusal is not None:
+            self._refuse(refusal)
+            if refusal.code == "banned":  # banned while the closing event was on its way
+                self.closing = True
+                self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
+            return False
+        return True
 
     @sides.on_sync_thread
     def _posted(self, post: commits.Post, frame: protocol.ChatFrame):
@@ -552,6 +575,32 @@ class ChatConsumer(WebsocketConsumer):
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
             self.send(text_data=protocol.message_frame(event))
+
+    @sides.on_sync_thread
+    def _change(self, frame: protocol.EditFrame | protocol.DeleteFrame):
+        """Edit or delete a message (chat.services), then broadcast its change once committed."""
+        try:
+            if isinstance(frame, protocol.EditFrame):
+                message = services.edit_message(
+                    self.room_name, frame.id, self.author, frame.message
+                )
+            else:
+                message = services.delete_message(self.room_name, frame.id, self.author)
+        except services.ChangeRefused as refusal:
+            raise protocol.FrameRefused(refusal.code, refusal.detail) from None
+        except DatabaseError as error:
+            metrics.outage(error)
+            logger.error(
+                "change not stored in room %r: %r",
+                self.room_name,
+                error,
+                extra=self._log_extra("store_failed"),
+            )
+            raise protocol.FrameRefused(
+                "store_failed", "The change could not be saved, so it was not sent. Try again."
+            ) from None
+        event = protocol.chat_change_event(message)
+        pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 
     @sides.on_sync_thread
     def _spend_token(self, client_id: str | None = None) -> bool:
@@ -606,6 +655,11 @@ class ChatConsumer(WebsocketConsumer):
         self.delivery.message(event)
 
     @sides.on_loop
+    def chat_change(self, event):
+        """Deliver one edit or deletion in change order, after its message (chat.delivery)."""
+        self.delivery.change(event)
+
+    @sides.on_loop
     def chat_presence(self, event):
         """Tell this socket who is in the room."""
         self.send_from_loop(protocol.presence_frame(event))
@@ -632,6 +686,20 @@ class ChatConsumer(WebsocketConsumer):
         except Exception as error:
             self.close_from_loop(self._failed(error, "catch-up read failed", "its catch-up failed"))
 
+    @sides.on_loop
+    def _read_changes_after(self, after_change: int, limit: int, on_done):
+        """Read the room's changes after `after_change` on the sync thread, then on_done."""
+        reading = pipeline.call_batched(self._change_events_after, after_change, limit)
+        pipeline.start_logged_task(self._read_then(reading, on_done))
+
+    @sides.on_sync_thread
+    def _change_events_after(self, after_change: int, limit: int) -> tuple[list[dict], int]:
+        """The room's change events after `after_change` (final states), at most `limit`;
+        its newest change number, read first (a later change comes live)."""
+        newest = services.last_change(self.room_name)
+        changed = services.changes_after(self.room_name, after_change, limit)
+        return [protocol.chat_change_event(message) for message in changed], newest
+
     @sides.on_sync_thread
     def _events_after(self, after: int, limit: int) -> tuple[list[dict], int]:
         """The room's events after `after`, at most `limit`; its newest id.
@@ -643,35 +711,44 @@ class ChatConsumer(WebsocketConsumer):
         return events, services.last_seq(self.room_name)
 
     @sides.on_sync_thread
-    def _send_backlog(self, after: int | None):
+    def _send_backlog(self, after: int | None, changes: int | None):
         """Send the history, or with ?after= recover what was missed (a bounded amount).
 
         Either says with a `gone` frame when ids it would cover were deleted by retention
-        (chat.retention): the client then waits for none of them.
+        (chat.retention): the client then waits for none of them. The room's change number
+        is read first: a change after it comes live, and what
+        the reads below show includes every change up to it.
         """
+        room_change = services.last_change(self.room_name)
         gone = retention.gone_until(self.room_name)
+        waiting = []
         if after is not None:
             if gone > after:  # before the messages recovered, which start after it
                 self.send(text_data=protocol.gone_frame(gone))
-            last = self._recover(after)
+            last, waiting = self._recover(after, changes, room_change)
         else:
             backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
             for message in backlog:
                 event = protocol.chat_message_event(message)
-                self.send(text_data=protocol.message_frame(event, history=True))
+                frame = protocol.message_frame(event, history=True, room_change=room_change)
+                self.send(text_data=frame)
             if gone:  # after the history, whose first message it may be the end of
                 self.send(text_data=protocol.gone_frame(gone))
             last = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+        pipeline.hand_to_loop(self.loop, self.delivery.start_changes, room_change, waiting)
         pipeline.hand_to_loop(self.loop, self.delivery.start, last)
         self.room_exists = last > 0
 
     @sides.on_sync_thread
-    def _recover(self, after: int) -> int:
+    def _recover(self, after: int, changes: int | None, room_change: int) -> tuple[int, list[dict]]:
         """Send the messages after `after`, at most CHAT_RECOVERY_LIMIT, then a catch_up
         frame: recovered, or (more were missed) for the client to fetch over HTTP. Returns
-        the id the socket goes on after.
+        the id the socket goes on after, and the change events waiting for later messages.
 
-        The messages endpoint reads through the same services.messages_after.
+        With `changes` (?changes=), the final state of the messages changed after it (up
+        to room_change, at most CHAT_RECOVERY_LIMIT) follows the messages, and the frame
+        says whether they were sent. The messages endpoint reads through the same
+        services.messages_after and services.changes_after.
         """
         limit = settings.CHAT_RECOVERY_LIMIT
         metrics.CATCH_UP_READS.inc()
@@ -680,14 +757,23 @@ class ChatConsumer(WebsocketConsumer):
         # room's newest counts from the newest.
         newest = services.last_seq(self.room_name)
         after = min(after, newest)
-        if len(missed) > limit:
-            self.send(text_data=protocol.catch_up_frame(False, after, newest))
-            return newest
-        for message in missed:
-            self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
-        until = missed[-1].seq if missed else after
-        self.send(text_data=protocol.catch_up_frame(True, after, until))
-        return until
+        recovered = len(missed) <= limit
+        if recovered:
+            for message in missed:
+                self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
+        until = (missed[-1].seq if missed else after) if recovered else newest
+        changes_state, waiting = None, []
+        if changes is not None:
+            changed = services.changes_after(self.room_name, changes, limit + 1)
+            changes_state = (len(changed) <= limit, changes, max(changes, room_change))
+            for message in changed if changes_state[0] else ():
+                event = protocol.chat_change_event(message)
+                if message.seq <= until:
+                    self.send(text_data=protocol.change_frame(event))
+                else:  # stored after the read of messages: sent once its message is
+                    waiting.append(event)
+        self.send(text_data=protocol.catch_up_frame(recovered, after, until, changes_state))
+        return until, waiting
 
     @staticmethod
     def _not_stored(frame: protocol.ChatFrame) -> protocol.FrameRefused:

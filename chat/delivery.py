@@ -39,6 +39,10 @@ class TimerHandle(Protocol):
 # A read: (after, limit, on_done); later, on the loop, on_done(events, newest): at most
 # `limit` events after `after`, and the room's newest id, read after them.
 Read = Callable[[int, int, Callable[[list[dict], int], None]], None]
+# A read of changes: (after_change, limit, on_done); later, on the loop, on_done(events,
+# newest_change): the chat.change events of the messages changed after `after_change` (their
+# final state, in change order, at most `limit`), and the room's newest change number.
+ReadChanges = Callable[[int, int, Callable[[list[dict], int], None]], None]
 
 
 class FrameCache:
@@ -69,12 +73,18 @@ frames = FrameCache()
 
 
 class RoomDelivery:
-    """Deliver one socket's room messages in order, each once; fill gaps up to a bound."""
+    """Deliver one socket's room messages in order, each once; fill gaps up to a bound.
+
+    Edits and deletions (chat.change events) are numbered apart from messages, and
+    delivered the same way: in change order, each once, never before the message they
+    change; a gap in change numbers is filled by one read of the changes after the last.
+    """
 
     # One per socket: slots instead of a __dict__ keep an idle socket's cost down.
     __slots__ = (
         "_send", "_read", "_call_later", "reorder_wait", "max_held", "recovery_limit",
         "_frames", "last", "started", "stopped", "held", "timer", "reading", "resync_wanted",
+        "_read_changes", "last_change", "held_changes", "waiting_changes", "reading_changes",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +97,7 @@ class RoomDelivery:
         max_held: int,
         recovery_limit: int,
         frame_cache: FrameCache = frames,
+        read_changes: ReadChanges | None = None,
     ):
         self._send = send
         self._read = read
@@ -103,6 +114,86 @@ class RoomDelivery:
         self.timer: TimerHandle | None = None
         self.reading = False  # a read is on its way; its reply is applied before anything
         self.resync_wanted = False  # asked for while a read was on its way
+        self._read_changes = read_changes
+        # Every change numbered up to last_change was sent, or waits for its message.
+        self.last_change = 0
+        # Changes that arrived ahead of a missing one, by change number.
+        self.held_changes: dict[int, dict] = {}
+        # Changes in line whose message is not sent yet (its id is past `last`).
+        self.waiting_changes: list[dict] = []
+        self.reading_changes = False
+
+    # --- Changes: edits and deletions --------------------------------------------------------
+
+    @sides.on_loop
+    def start_changes(self, last_change: int, waiting: list[dict] = ()):
+        """The socket was sent (or told to fetch) every change up to `last_change`, but
+        `waiting`: changes of messages it has not been sent yet, sent after them."""
+        self.last_change = last_change
+        self.waiting_changes.extend(waiting)
+        self._deliver_changes()
+
+    @sides.on_loop
+    def change(self, event: dict[str, Any]):
+        """A chat.change event from the room: send it, hold it, or drop a duplicate."""
+        if self.stopped or event["change"] <= self.last_change:
+            return
+        self.held_changes[event["change"]] = event
+        if self.reading_changes or not self.started:
+            return
+        self._deliver_changes()
+        self._arm_timer_for_changes()
+
+    @sides.on_loop
+    def _arm_timer_for_changes(self):
+        """A change out of line, or one whose message has not come: wait, then read; and
+        once nothing waits, let the timer go."""
+        if self.held_changes or self.waiting_changes:
+            if self.timer is None:
+                self.timer = self._call_later(self.reorder_wait, self._gap_timer_fired)
+        elif not self.held:
+            self._cancel_timer()
+
+    @sides.on_loop
+    def _deliver_changes(self):
+        """Send the changes next in line whose message was sent; hold the others."""
+        while (event := self.held_changes.pop(self.last_change + 1, None)) is not None:
+            self.last_change = event["change"]
+            self.waiting_changes.append(event)
+        for number in [number for number in self.held_changes if number <= self.last_change]:
+            del self.held_changes[number]
+        still_waiting = []
+        for event in self.waiting_changes:
+            if event["id"] <= self.last:
+                self._send(protocol.change_frame(event))
+            else:
+                still_waiting.append(event)
+        self.waiting_changes = still_waiting
+
+    @sides.on_loop
+    def _fill_change_gap(self):
+        """Read the changes after the last one in line (at most the bound, and one more)."""
+        metrics.GAPS_FILLED.inc()
+        self.reading_changes = True
+        self._read_changes(self.last_change, self.recovery_limit + 1, self._changes_read)
+
+    @sides.on_loop
+    def _changes_read(self, page: list[dict], newest_change: int):
+        """Apply a read of changes: send them (or leave them to the client), then the held."""
+        self.reading_changes = False
+        if self.stopped:
+            return
+        if len(page) > self.recovery_limit:
+            self._send(
+                protocol.catch_up_frame(
+                    True, self.last, self.last, (False, self.last_change, newest_change)
+                )
+            )
+        else:
+            self.waiting_changes.extend(page)
+        self.last_change = max(self.last_change, newest_change)
+        self._deliver_changes()
+        self._arm_timer_for_changes()
 
     # --- What the socket's consumer tells it --------------------------------------------
 
@@ -111,6 +202,7 @@ class RoomDelivery:
         """The socket was sent (or told to fetch) everything up to `last`: go on from there."""
         self.last, self.started = last, True
         self._deliver_held()
+        self._arm_timer_for_changes()
 
     @sides.on_loop
     def message(self, event: dict[str, Any]):
@@ -135,9 +227,12 @@ class RoomDelivery:
 
     @sides.on_loop
     def resync(self):
-        """Send what was stored since the last message sent (after Redis restarted, or a lag)."""
+        """Send what was stored since the last message sent, and the changes since the last
+        change (after Redis restarted, or a lag)."""
         if self.stopped or not self.started:
             return  # the start reads it
+        if self._read_changes is not None and not self.reading_changes:
+            self._fill_change_gap()
         if self.reading:
             self.resync_wanted = True
             return
@@ -148,6 +243,8 @@ class RoomDelivery:
         """The socket left: send nothing more, and let the timer go."""
         self.stopped = True
         self.held.clear()
+        self.held_changes.clear()
+        self.waiting_changes.clear()
         self._cancel_timer()
 
     # --- Inside ----------------------------------------------------------------------------
@@ -156,15 +253,21 @@ class RoomDelivery:
     def _gap_timer_fired(self):
         """A held message waited long enough: the layer dropped what it waits for."""
         self.timer = None
-        if self.held and not self.reading and not self.stopped:
-            self._fill_gap()
+        if self.stopped:
+            return
+        if (self.held or self.waiting_changes) and not self.reading:
+            self._fill_gap()  # a change's message not come is a gap in messages too
+        if self.held_changes and not self.reading_changes and self._read_changes is not None:
+            self._fill_change_gap()
 
     @sides.on_loop
     def _fill_gap(self):
-        """Read up to the newest held message (at most the bound, and one more)."""
+        """Read up to the newest held message, or message a change waits for (at most the
+        bound, and one more)."""
         metrics.GAPS_FILLED.inc()
         self._cancel_timer()
-        self._start_read(min(max(self.held) - self.last, self.recovery_limit + 1))
+        newest = max([*self.held, *(event["id"] for event in self.waiting_changes)])
+        self._start_read(min(newest - self.last, self.recovery_limit + 1))
 
     @sides.on_loop
     def _start_read(self, limit: int):
@@ -201,6 +304,8 @@ class RoomDelivery:
                 self._fill_gap()
             elif self.timer is None:
                 self.timer = self._call_later(self.reorder_wait, self._gap_timer_fired)
+        else:
+            self._arm_timer_for_changes()
 
     @sides.on_loop
     def _deliver(self, event: dict[str, Any]):
@@ -215,7 +320,8 @@ class RoomDelivery:
             self._deliver(self.held.pop(self.last + 1))
         for seq in [seq for seq in self.held if seq <= self.last]:
             del self.held[seq]
-        if not self.held:
+        self._deliver_changes()
+        if not self.held and not self.held_changes and not self.waiting_changes:
             self._cancel_timer()
 
     @sides.on_loop

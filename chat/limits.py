@@ -263,6 +263,8 @@ def message_check(
 ) -> PostCheck:
     """What check_posts needs of a socket's message.
 
+    An edit or a deletion counts as a message: it takes the same tokens.
+
     A logged-in user's messages count per account; a guest's per address network
     (client_network), whatever session it has: sessions cost nothing to make, and each
     would bring a budget of its own. A message to a room that has none yet would create
@@ -271,6 +273,17 @@ def message_check(
     """
     return PostCheck(_person(scope, author), client_network(scope), room_name, room_may_be_new,
                      client_id)  # fmt: skip
+
+
+def check_message(
+    scope: dict,
+    author: Author,
+    room_name: str,
+    frame: protocol.EditFrame | protocol.DeleteFrame,
+) -> None:
+    """Raise FrameRefused when an edit or a deletion would pass the per-person limit: it
+    counts as a message, and takes the same tokens (never a new room's)."""
+    check_post(_person(scope, author), client_network(scope), room_name, False, None)
 
 
 def check_post(

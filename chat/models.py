@@ -36,6 +36,10 @@ class Room(models.Model):
     # Every message with an id up to this was deleted by retention (0: none); ids never
     # move. A database default too: services._next_seq creates rooms in raw SQL.
     gone_until = models.PositiveBigIntegerField(default=0, db_default=0, editable=False)
+    # Numbers the room's changes (edits and deletions, services.change_message) 1, 2, 3,
+    # ... apart from its messages, so message ids stay gap-free. A database default too:
+    # services._next_seq creates rooms in raw SQL.
+    last_change = models.PositiveBigIntegerField(default=0, db_default=0)
 
     def __str__(self):
         return self.name
@@ -62,9 +66,19 @@ class Message(models.Model):
     # Posted by a program as a named bot (chat.posting): shown as a bot, never as a guest.
     bot = models.BooleanField(default=False)
     created = models.DateTimeField(default=timezone.now)
+    # When it was last edited; None if never. Sent as "edited".
+    edited = models.DateTimeField(null=True, blank=True)
+    # Deleted: its text is blanked here (the revisions keep it) and sent as "".
+    deleted = models.BooleanField(default=False)
+    # The room change number (Room.last_change) of its latest edit or deletion; 0 if none.
+    change = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["room", "seq"]
+        indexes = [
+            # "The room's changes after C" (a reconnect's catch-up) is a range scan.
+            models.Index(fields=["room", "change"], name="message_room_change"),
+        ]
         constraints = [
             # Also the index that makes history and catch-up range scans on (room, seq).
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq_unique"),
@@ -77,6 +91,37 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.room_id}#{self.seq} {self.display_name}: {self.text[:50]}"
+
+
+class MessageRevision(models.Model):
+    """One version of a message's text: its original, each edit, its deletion; who and when.
+
+    Kept for moderators and the admin: a deleted message's text lives on here only.
+    """
+
+    class Kind(models.TextChoices):
+        ORIGINAL = "original"
+        EDIT = "edit"
+        DELETE = "delete"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="revisions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # The text of this version (a deletion's: the text it removed).
+    text = models.TextField()
+    # Who made it: a user, or nobody for a guest or a bot (by_name says who).
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    by_name = models.CharField(max_length=150)
+    # The room change number it took (0 for the original).
+    change = models.PositiveBigIntegerField(default=0)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["message", "created", "id"]
+
+    def __str__(self):
+        return f"{self.kind} of {self.message_id} by {self.by_name}"
 
 
 class UsernameKey(models.Model):

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from . import protocol, rooms, sanctions
 from .identity import Author
-from .models import Membership, Room
+from .models import Membership, Message, Room
 
 Role = Membership.Role
 # Who may appoint and remove moderators, invite and remove members.
@@ -244,3 +244,31 @@ def sanction_refusal(
     return protocol.FrameRefused(
         "muted", f"A moderator muted you in this room, {until}.", client_id
     )
+
+
+# --- Editing and deleting messages ---------------------------------------------------------
+
+# Who may delete anyone's message in a room (besides site staff).
+_MESSAGE_KEEPERS = frozenset({Role.OWNER, Role.MODERATOR})
+
+
+def may_edit(author: Author, message: Message) -> bool:
+    """Edit a message: its author only (a guest from the session that sent it), never a
+    deleted one."""
+    return not message.deleted and not author.is_bot and message.author_key == author.key
+
+
+def may_delete(author: Author, message: Message) -> bool:
+    """Delete a message: its author, the room's owner and moderators, and site staff."""
+    if message.deleted or author.is_bot:
+        return False
+    return message.author_key == author.key or may_delete_others(author, message.room_id)
+
+
+def may_delete_others(author: Author, room_key: str) -> bool:
+    """Delete anyone's message in the room: its owner and moderators, and site staff."""
+    if author.is_guest or author.is_bot:
+        return False
+    if role_of(author, room_key) in _MESSAGE_KEEPERS:
+        return True
+    return is_staff(author)

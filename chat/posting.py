@@ -8,6 +8,10 @@ idempotent client_id), then, once committed, the same event (protocol.chat_messa
 through the channel layer to the room's group; a dropped broadcast is filled by each
 socket's delivery from the database.
 
+Edits and deletions go the same way (edit_message, delete_message; remove_message for
+the admin): chat.services, then the change event (protocol.chat_change_event) once
+committed.
+
 Explained in docs/programs.md, 'Posting from Python'.
 """
 
@@ -130,6 +134,72 @@ def _store(room, text, as_user, as_bot, client_id, address) -> Posted:
     return Posted(message, created)
 
 
+@sides.on_sync_thread
+def edit_message(room: str, seq: int, text: str, *, as_user) -> Message:
+    """Edit message `seq` of room as its author; broadcast the edit once committed.
+
+    The socket's rules: the room's address as post_message reads it, the message rule
+    for the text, the per-person limit, permissions.may_edit. Raises PostRefused.
+    """
+    author = _author(as_user, None)
+    room_name = _room_for(author, room)
+    try:
+        frame = protocol.chat_frame(text, None, max_chars=settings.CHAT_MESSAGE_MAX_CHARS)
+    except protocol.FrameRefused as refusal:
+        raise PostRefused(refusal.code, refusal.detail) from None
+    return _change(room_name, seq, author, frame.message)
+
+
+@sides.on_sync_thread
+def delete_message(room: str, seq: int, *, as_user) -> Message:
+    """Delete message `seq` of room as its author, a room moderator or staff; broadcast the
+    deletion once committed. Raises PostRefused."""
+    author = _author(as_user, None)
+    return _change(_room_for(author, room), seq, author, None)
+
+
+@sides.on_sync_thread
+def remove_message(message: Message, staff_user) -> Message:
+    """Delete a stored message as site staff (the admin), in whatever room; broadcast the
+    deletion once committed. Raises PostRefused."""
+    return _change(message.room_id, message.seq, _author(staff_user, None), None, limited=False)
+
+
+def _room_for(author: identity.Author, room: str) -> str:
+    """The key of the room at address `room` the author may post in, or PostRefused."""
+    try:
+        room_address = rooms.normalize_address(room)
+    except rooms.InvalidRoomName as refusal:
+        raise PostRefused("invalid_room_name", str(refusal)) from None
+    room_name = permissions.room_for(author, room_address)
+    if room_name is None or not permissions.may_post(author, room_name):
+        raise PostRefused("no_such_room", "There is no such room.")
+    return room_name
+
+
+def _change(
+    room_name: str, seq: int, author: identity.Author, text: str | None, *, limited: bool = True
+) -> Message:
+    """Edit (text) or delete (None) through chat.services, then broadcast once committed.
+
+    A change takes a message's token of the per-person limit (chat.limits), unless it is
+    the admin's: a bulk deletion of spam is one click.
+    """
+    try:
+        if limited:
+            limits.check_post(author.key, author.key, room_name, False, None)
+        if text is None:
+            message = services.delete_message(room_name, seq, author)
+        else:
+            message = services.edit_message(room_name, seq, author, text)
+    except (protocol.FrameRefused, services.ChangeRefused) as refusal:
+        retry_after = getattr(refusal, "retry_after", None)
+        raise PostRefused(refusal.code, refusal.detail, retry_after) from None
+    group, event = rooms.group_name(room_name), protocol.chat_change_event(message)
+    transaction.on_commit(lambda: _broadcast_from_sync(group, event))
+    return message
+
+
 def _author(user, bot_name: str | None) -> identity.Author:
     if (user is None) == (bot_name is None):
         raise TypeError("post as exactly one of as_user= and as_bot=")
@@ -148,7 +218,7 @@ async def _broadcast(group: str, event: dict):
     try:
         await get_channel_layer().group_send(group, event)
     except OUTAGE_ERRORS as error:
-        logger.warning("posted message %s not broadcast: %r", event["id"], error)
+        logger.warning("posted %s %s not broadcast: %r", event["type"], event["id"], error)
 
 
 def _broadcast_from_sync(group: str, event: dict):
@@ -164,7 +234,7 @@ def _broadcast_from_sync(group: str, event: dict):
         future.result(timeout=BROADCAST_WAIT_SECONDS)
     except TimeoutError:
         future.cancel()
-        logger.warning("posted message %s not broadcast: timed out", event["id"])
+        logger.warning("posted %s %s not broadcast: timed out", event["type"], event["id"])
 
 
 _loop_lock = threading.Lock()

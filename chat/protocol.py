@@ -124,6 +124,21 @@ class ChatFrame:
 
 
 @dataclass(frozen=True)
+class EditFrame:
+    """A valid inbound edit: message `id`'s new text, trimmed."""
+
+    id: int
+    message: str
+
+
+@dataclass(frozen=True)
+class DeleteFrame:
+    """A valid inbound deletion of message `id`."""
+
+    id: int
+
+
+@dataclass(frozen=True)
 class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""
 
@@ -135,7 +150,7 @@ class Ping:
 
 def parse_chat_frame(
     text_data: str | None, bytes_data: bytes | None, *, max_chars: int, max_frame_chars: int
-) -> ChatFrame | TypingSignal | Ping:
+) -> ChatFrame | EditFrame | DeleteFrame | TypingSignal | Ping:
     """Return the frame's trimmed message and client id (or its typing signal or ping)."""
     if text_data is None:
         raise FrameRefused("binary_frame", "Send text frames holding JSON, not binary frames.")
@@ -169,8 +184,25 @@ def parse_chat_frame(
             if payload["ping"] is not True:
                 raise FrameRefused("invalid_ping", 'Ask for a pong with {"ping": true}.')
             return Ping()
+        if "edit" in payload:
+            edit = payload["edit"]
+            seq = _target_id(edit, '{"edit": {"id": 42, "message": "new text"}}')
+            if "message" not in edit:
+                raise FrameRefused("missing_message", 'An edit needs a "message" key.')
+            return EditFrame(seq, chat_frame(edit["message"], None, max_chars=max_chars).message)
+        if "delete" in payload:
+            return DeleteFrame(_target_id(payload["delete"], '{"delete": {"id": 42}}'))
         raise FrameRefused("missing_message", 'The object needs a "message" key.', client_id)
     return chat_frame(payload["message"], client_id, max_chars=max_chars)
+
+
+def _target_id(value: Any, example: str) -> int:
+    """The message id an edit or delete frame names, or FrameRefused("invalid_id")."""
+    seq = value.get("id") if isinstance(value, dict) else None
+    # bool is an int in Python: true is not message 1.
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        raise FrameRefused("invalid_id", f"Name the message by its id, as in {example}.")
+    return seq
 
 
 def chat_frame(message: Any, client_id: str | None, *, max_chars: int) -> ChatFrame:
@@ -299,6 +331,24 @@ def parse_after(query_string: bytes) -> int | None:
         ) from None
 
 
+def parse_changes(query_string: bytes) -> int | None:
+    """The room change number a reconnecting socket has applied (`changes=`), if given.
+
+    Raises FrameRefused("invalid_changes") when it is there but not a whole number.
+    """
+    value = query_value(query_string, "changes")
+    if value is None:
+        return None
+    try:
+        return parse_seq(value)
+    except ValueError:
+        raise FrameRefused(
+            "invalid_changes",
+            f"changes= must be a change number, a whole number from 0 to {MAX_SEQ}; "
+            "sent no changes: read them from GET /chat/<room>/messages/?changes_after=0.",
+        ) from None
+
+
 def parse_sign_in(query_string: bytes) -> str | None:
     """The sign-in tag (identity.sign_in_of) the page expects its socket to speak as, if any."""
     return query_value(query_string, "as")
@@ -327,14 +377,46 @@ def message_fields(message: "Message") -> dict[str, Any]:
         "bot": message.bot,
         "ts": message.created.isoformat(),
         "client_id": message.client_id or None,
+        # Its final state: when last edited, whether deleted (its text is then ""), and the
+        # room change number of its latest change (0 for none; docs/protocol.md, 'Edits').
+        "edited": None if message.edited is None else message.edited.isoformat(),
+        "deleted": message.deleted,
+        "change": message.change,
     }
 
 
-def message_frame(event: dict[str, Any], *, history: bool = False) -> str:
-    """Build the outbound frame for a chat.message event; history marks the join backlog."""
+def chat_change_event(message: "Message") -> dict[str, Any]:
+    """Build the channel-layer event that tells a room of a message's edit or deletion."""
+    return {
+        "type": "chat.change",
+        "id": message.seq,
+        "change": message.change,
+        "message": message.text,
+        "edited": None if message.edited is None else message.edited.isoformat(),
+        "deleted": message.deleted,
+    }
+
+
+def change_frame(event: dict[str, Any]) -> str:
+    """Build the outbound frame for a chat.change event: an edit, or a deletion.
+
+    No top-level "message" key: tutorial clients, which know only that key, ignore it.
+    """
+    if event["deleted"]:
+        return json.dumps({"delete": {"id": event["id"], "change": event["change"]}})
+    edit = {key: event[key] for key in ("id", "message", "edited", "change")}
+    return json.dumps({"edit": edit})
+
+
+def message_frame(
+    event: dict[str, Any], *, history: bool = False, room_change: int | None = None
+) -> str:
+    """Build the outbound frame for a chat.message event; history marks the join backlog,
+    which carries the room's newest change number (room_change) too."""
     fields = {key: value for key, value in event.items() if key != "type"}
     if history:
         fields["history"] = True
+        fields["room_change"] = room_change
     return json.dumps(fields)
 
 
@@ -365,13 +447,24 @@ def moderated_event(action: str, user_id: int | None, guest_key: str, network: s
     }
 
 
-def catch_up_frame(recovered: bool, after: int, until: int) -> str:
+def catch_up_frame(
+    recovered: bool, after: int, until: int, changes: tuple[bool, int, int] | None = None
+) -> str:
     """Build the frame that says whether the socket sent the messages (after, until].
 
     Not recovered: they were too many for the socket, and the client fetches them from the
-    messages endpoint; the socket goes on with the messages after `until`.
+    messages endpoint; the socket goes on with the messages after `until`. `changes`, when
+    given, is the same for the room's change numbers: (recovered, after, until).
     """
-    return json.dumps({"catch_up": {"recovered": recovered, "after": after, "until": until}})
+    catch_up: dict[str, Any] = {"recovered": recovered, "after": after, "until": until}
+    if changes is not None:
+        changes_recovered, changes_after, changes_until = changes
+        catch_up["changes"] = {
+            "recovered": changes_recovered,
+            "after": changes_after,
+            "until": changes_until,
+        }
+    return json.dumps({"catch_up": catch_up})
 
 
 def gone_frame(until: int) -> str:

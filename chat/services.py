@@ -17,7 +17,7 @@ from django.utils import timezone
 from . import metrics, permissions, protocol, retention, rooms
 from .identity import Author
 from .lookalikes import name_key
-from .models import Membership, Message, Room
+from .models import Membership, Message, MessageRevision, Room
 
 
 class LookalikeRoom(Exception):
@@ -202,6 +202,105 @@ def _add_founding_members(room_name: str, author: Author) -> None:
     )
 
 
+class ChangeRefused(Exception):
+    """An edit or deletion the rules refuse; `code` is the socket's error code."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@metrics.STORE_SECONDS.time()
+def edit_message(room_name: str, seq: int, author: Author, text: str) -> Message:
+    """Replace a message's text as its author (permissions.may_edit); returns it, changed."""
+    return _change_message(room_name, seq, author, text)
+
+
+def delete_message(room_name: str, seq: int, author: Author) -> Message:
+    """Delete a message as its author, a room moderator or staff (permissions.may_delete)."""
+    return _change_message(room_name, seq, author, None)
+
+
+def _change_message(room_name: str, seq: int, author: Author, text: str | None) -> Message:
+    """Edit (text) or delete (None) a message, as the room's next change number.
+
+    The change number and the row change commit together; the room row's lock (taken
+    first, as store_message takes it) serializes a room's writers, so change numbers
+    commit in order. The first change records the original text as a revision.
+    """
+    deleting = text is None
+    now = timezone.now()
+    with transaction.atomic():
+        change = _next_change(room_name)
+        message = Message.objects.filter(room_id=room_name, seq=seq).first()
+        if change is None or message is None:
+            raise ChangeRefused("no_such_message", f"There is no message {seq} in this room.")
+        if message.deleted:
+            raise ChangeRefused("message_deleted", f"Message {seq} was deleted.")
+        allowed = permissions.may_delete if deleting else permissions.may_edit
+        if not allowed(author, message):
+            verb = "delete" if deleting else "edit"
+            raise ChangeRefused("not_allowed", f"You may not {verb} message {seq}.")
+        revisions = []
+        if not message.revisions.exists():
+            revisions.append(
+                MessageRevision(
+                    message=message,
+                    kind=MessageRevision.Kind.ORIGINAL,
+                    text=message.text,
+                    by_id=message.author_id,
+                    by_name=message.display_name,
+                    created=message.created,
+                )
+            )
+        revisions.append(
+            MessageRevision(
+                message=message,
+                kind=MessageRevision.Kind.DELETE if deleting else MessageRevision.Kind.EDIT,
+                text=message.text if deleting else text,
+                by_id=author.user_id,
+                by_name=author.name,
+                change=change,
+                created=now,
+            )
+        )
+        MessageRevision.objects.bulk_create(revisions)
+        if deleting:
+            message.text, message.deleted = "", True
+        else:
+            message.text, message.edited = text, now
+        message.change = change
+        message.save(update_fields=["text", "deleted", "edited", "change"])
+    return message
+
+
+def _next_change(room_name: str) -> int | None:
+    """Take the room's next change number (locking its row); None for a room with none."""
+    table = connection.ops.quote_name(Room._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_change = last_change + 1 WHERE name = %s "
+            "RETURNING last_change",
+            [room_name],
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def changes_after(room_name: str, after_change: int, limit: int | None = None) -> list[Message]:
+    """The final state of the room's messages changed after `after_change`, in change order,
+    at most `limit` (an index range scan on (room, change))."""
+    query = Message.objects.filter(room_id=room_name, change__gt=after_change).order_by("change")
+    return list(query if limit is None else query[:limit])
+
+
+def last_change(room_name: str) -> int:
+    """The room's newest change number, 0 for a room with none."""
+    rows = Room.objects.filter(name=room_name).values_list("last_change", flat=True)
+    return rows.first() or 0
+
+
 def recent_messages(room_name: str, limit: int) -> list[Message]:
     """The room's newest `limit` messages, oldest first."""
     newest = Message.objects.filter(room_id=room_name).order_by("-seq")[:limit]
@@ -218,6 +317,14 @@ class StoredMessage(NamedTuple):
     created: datetime
     client_id: str
     bot: bool
+    edited: datetime | None
+    deleted: bool
+    change: int
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # USE_TZ: a database without time zones (SQLite) returns naive datetimes in UTC.
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> list[StoredMessage]:
@@ -231,18 +338,20 @@ def messages_after(room_name: str, after_seq: int, limit: int | None = None) -> 
     with connection.cursor() as cursor:
         cursor.execute(_messages_after_sql(connection.vendor, limit), [room_name, after_seq])
         rows = cursor.fetchall()
-    # USE_TZ: a database without time zones (SQLite) returns naive datetimes in UTC.
     return [
         StoredMessage(
             text,
             seq,
             name,
             author_id,
-            created if created.tzinfo else created.replace(tzinfo=UTC),
+            _aware(created),
             client_id,
             bool(bot),
+            _aware(edited),
+            bool(deleted),
+            change,
         )
-        for text, seq, name, author_id, created, client_id, bot in rows
+        for text, seq, name, author_id, created, client_id, bot, edited, deleted, change in rows
     ]
 
 
@@ -297,11 +406,14 @@ class InvalidPage(ValueError):
 
 
 def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
-    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>.
+    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>,
+    or ?changes_after=<change number>.
 
     After: the messages with id > after, oldest first, and `next_after` (None on the last
-    page). Before: the newest `limit` before that id, oldest first, and `next_before`. The
-    one read of history over HTTP: the room's messages endpoint and the API share it.
+    page). Before: the newest `limit` before that id, oldest first, and `next_before`.
+    Changes after: the final state of the messages changed after that change number, in
+    change order, and `next_changes_after`. The one read of history over HTTP: the
+    room's messages endpoint and the API share it.
     "room" is the address the reader asked for (a direct conversation's is `@<username>`).
     "gone_until": the ids up to it were deleted by retention (chat.retention), 0 for none.
     """
@@ -315,6 +427,8 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
         raise InvalidPage("after, before and limit must be whole numbers") from None
     if not 1 <= limit <= settings.CHAT_API_PAGE_MAX:
         raise InvalidPage(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
+    if "changes_after" in query:
+        return _changes_page(room_name, query, limit, shown)
     if before is not None:
         if "after" in query:
             raise InvalidPage("give after or before, not both")
@@ -337,4 +451,22 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
         "messages": fields,
         "next_after": page[-1].seq if has_more else None,
         "gone_until": retention.gone_until(room_name),
+    }
+
+
+def _changes_page(room_name: str, query: Mapping[str, str], limit: int, shown: str) -> dict:
+    """read_page's ?changes_after=: the messages changed after it, final state, change order."""
+    if "after" in query or "before" in query:
+        raise InvalidPage("give changes_after alone, without after or before")
+    try:
+        after_change = protocol.parse_seq(query["changes_after"])
+    except ValueError:
+        raise InvalidPage("changes_after must be a whole number") from None
+    page = changes_after(room_name, after_change, limit + 1)
+    has_more = len(page) > limit
+    page = page[:limit]
+    return {
+        "room": shown,
+        "messages": [protocol.message_fields(message) for message in page],
+        "next_changes_after": page[-1].change if has_more else None,
     }

@@ -123,6 +123,8 @@ def room(request, room_name):
         "name": author.name,
         "guest": author.is_guest,
         "sign_in": identity.sign_in_of(author),
+        # Shows a Delete control on everyone's messages; the server decides (may_delete).
+        "moderates": permissions.may_delete_others(author, room_key),
     }
     context["csrf_cookie_name"] = settings.CSRF_COOKIE_NAME
     context["room"] = _room_panel(author, room_name, room_key)

@@ -8,6 +8,7 @@ class Migration(migrations.Migration):
         ("chat", "0008_lifecycle_retention"),
         ("chat", "0008_moderation"),
         ("chat", "0008_trust_lookalike_keys"),
+        ("chat", "0008_edits_revisions"),
     ]
 
     operations = []

@@ -3,7 +3,7 @@ reports queue."""
 
 import pytest
 
-from chat import services
+from chat import posting, services
 from chat.models import Message, ModerationAction, Report, Room
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("limits_count_from_zero")]
@@ -89,3 +89,65 @@ def test_reports_are_queued_and_resolved_from_the_admin(staff_client):
     )
     report.refresh_from_db()
     assert report.resolved
+
+
+# --- Deleting messages: a soft delete that reaches open pages ----------------------------
+
+
+def _lobby_message(text: str):
+    return services.Message.objects.get(room_id="lobby", text=text)
+
+
+def test_deleting_a_message_in_the_admin_keeps_its_row_and_blanks_its_text(staff_client):
+    needle = _lobby_message("needle in the lobby")
+    response = staff_client.post(f"/admin/chat/message/{needle.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    needle.refresh_from_db()
+    assert (needle.seq, needle.text, needle.deleted, needle.change) == (1, "", True, 1)
+    assert list(needle.revisions.values_list("kind", "text", "by_name")) == [
+        ("original", "needle in the lobby", "alice"),
+        ("delete", "needle in the lobby", "admin"),
+    ]
+
+
+def test_the_bulk_delete_action_deletes_each_message_softly(staff_client):
+    ids = list(services.Message.objects.values_list("pk", flat=True))
+    response = staff_client.post(
+        "/admin/chat/message/",
+        {"action": "delete_selected", "_selected_action": ids, "post": "yes"},
+    )
+    assert response.status_code == 302
+    rows = services.Message.objects.values_list("room_id", "text", "deleted", "change")
+    assert sorted(rows) == [("kitchen", "", True, 1), ("lobby", "", True, 1)]
+
+
+def test_a_messages_page_shows_its_revisions_read_only(staff_client):
+    needle = _lobby_message("needle in the lobby")
+    services.edit_message("lobby", 1, services.Author(name="alice"), "needle, sharpened")
+    html = staff_client.get(f"/admin/chat/message/{needle.pk}/change/").content.decode()
+    assert "needle in the lobby" in html and "needle, sharpened" in html
+    assert 'name="revisions-0-text"' not in html  # shown, not a field to edit
+    assert 'name="text"' not in html
+
+
+@pytest.mark.django_db(transaction=True)  # the broadcast waits for the commit
+@pytest.mark.usefixtures("redis_channel_layer")
+async def test_an_admin_deletion_reaches_an_open_socket_in_the_room(join, django_user_model):
+    from channels.db import database_sync_to_async
+    from django.test import Client
+
+    from chat.tests.conftest import next_frame
+
+    @database_sync_to_async
+    def delete_in_the_admin() -> int:
+        admin = django_user_model.objects.create_superuser("root", password="pw-123456")
+        message = posting.post_message("lobby", "spam", as_bot="spammer").message
+        client = Client()
+        client.force_login(admin)
+        client.post(f"/admin/chat/message/{message.pk}/delete/", {"post": "yes"})
+        return message.seq
+
+    socket = await join("lobby")
+    seq = await delete_in_the_admin()
+    assert (await next_frame(socket))["message"] == "spam"
+    assert await next_frame(socket, timeout=5) == {"delete": {"id": seq, "change": 1}}

@@ -22,6 +22,8 @@ OPERATIONS = {
     ("post", "/api/v1/rooms/{room}/messages"),
     ("get", "/api/v1/rooms/{room}/messages"),
     ("get", "/api/v1/rooms"),
+    ("patch", "/api/v1/rooms/{room}/messages/{message_id}"),
+    ("delete", "/api/v1/rooms/{room}/messages/{message_id}"),
 }
 
 
@@ -271,3 +273,65 @@ def test_reading_a_lookalike_of_a_room_is_sent_to_that_rooms_messages(api, looka
         302,
         "/api/v1/rooms/lobby/messages?after=0",
     )
+
+
+# --- Editing and deleting ----------------------------------------------------------------
+
+
+def _change(client, method: str, room: str, seq: int, body=None) -> tuple[int, dict]:
+    call = getattr(client, method)
+    path = f"/api/v1/rooms/{room}/messages/{seq}"
+    response = call(path, json.dumps(body), content_type="application/json") if body else call(path)
+    return response.status_code, response.json()
+
+
+def test_a_program_edits_and_deletes_its_users_messages_through_the_same_service(api):
+    post(api, "lobby", {"message": "helo"})
+    post(api, "lobby", {"message": "oops"})
+    status, edited = _change(api, "patch", "lobby", 1, {"message": " hello "})
+    assert status == 200
+    assert (edited["id"], edited["message"], edited["change"], edited["deleted"]) == (
+        1,
+        "hello",
+        1,
+        False,
+    )
+    assert edited["edited"] is not None
+    status, deleted = _change(api, "delete", "lobby", 2)
+    assert (status, deleted["message"], deleted["deleted"], deleted["change"]) == (200, "", True, 2)
+    page = api.get("/api/v1/rooms/lobby/messages", {"changes_after": "1"}).json()
+    assert [(m["id"], m["change"]) for m in page["messages"]] == [(2, 2)]
+
+
+def test_a_program_may_not_change_another_users_message(api):
+    services.store_message("lobby", Author("bob"), "bob's", None)
+    assert _change(api, "patch", "lobby", 1, {"message": "mine"})[0] == 403
+    status, refused = _change(api, "delete", "lobby", 1)
+    assert (status, refused["error"]["code"]) == (403, "not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("method", "room", "seq", "body", "status", "code"),
+    [
+        ("patch", "lobby", 9, {"message": "x"}, 404, "no_such_message"),
+        ("delete", "nowhere", 1, None, 404, "no_such_message"),
+        ("delete", "~" + "A" * 22, 1, None, 404, "no_such_room"),
+        ("patch", "lobby", 1, {"message": "  "}, 400, "empty_message"),
+        ("patch", "lobby", 1, {"text": "x"}, 422, "invalid_request"),
+    ],
+)
+def test_a_bad_edit_or_deletion_is_refused_with_its_code(
+    api, method, room, seq, body, status, code
+):
+    post(api, "lobby", {"message": "hi"})
+    assert (lambda s, r: (s, r["error"]["code"]))(*_change(api, method, room, seq, body)) == (
+        status,
+        code,
+    )
+
+
+def test_deleting_a_deleted_message_is_a_conflict(api):
+    post(api, "lobby", {"message": "hi"})
+    _change(api, "delete", "lobby", 1)
+    status, refused = _change(api, "delete", "lobby", 1)
+    assert (status, refused["error"]["code"]) == (409, "message_deleted")

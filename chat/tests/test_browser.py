@@ -545,7 +545,14 @@ def test_a_page_away_for_more_than_the_bound_reads_them_over_http_once_in_order(
     _store_behind_the_sockets_back(server, "away", missed)
     browser.execute_script(HOLD_FETCHES_AND_RECORD_FRAMES + "chatClient.socket().close()")
     # Back with ?after=1: the socket sends none of them, and says where to read them.
-    marker = {"catch_up": {"recovered": False, "after": 1, "until": len(missed) + 1}}
+    marker = {
+        "catch_up": {
+            "recovered": False,
+            "after": 1,
+            "until": len(missed) + 1,
+            "changes": {"recovered": True, "after": 0, "until": 0},
+        }
+    }
     _wait(browser, lambda: marker in browser.execute_script("return window.framesSeen"))
     _wait(browser, lambda: browser.execute_script("return window.heldFetches.length") == 1)
     # A live message arrives while the gap is read: it waits behind the gap.

@@ -6,6 +6,8 @@ import json
 import logging
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 import dj_database_url
+import hypothesis
 import psycopg
 import pytest
 import redis
@@ -24,6 +27,7 @@ from channels.testing import HttpCommunicator, WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
+from hypothesis import strategies as st
 
 from chat import commits, presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
@@ -32,6 +36,7 @@ from chat.stalls import COOL_OFF_FACTOR
 from chat.tests.conftest import (
     ALLOWED_HOST,
     ALLOWED_ORIGIN,
+    SocketsOnProcesses,
     assert_no_chat,
     assert_receives_message,
     communicator,
@@ -41,7 +46,7 @@ from chat.tests.conftest import (
     session_cookie_for,
     until_listening,
 )
-from conftest import WRITE_REFUSALS, redis_refusing_writes
+from conftest import ROOT, WRITE_REFUSALS, redis_refusing_writes
 from mysite.asgi import application
 from mysite.channel_layers import redis_channel_layers
 
@@ -394,7 +399,18 @@ async def test_fuzzed_frames_leave_every_socket_chatting(join, settings):
 
 # --- History, identity, catch-up and presence ------------------------------------------
 
-FRAME_FIELDS = {"message", "id", "user", "guest", "bot", "ts", "client_id"}
+FRAME_FIELDS = {
+    "message",
+    "id",
+    "user",
+    "guest",
+    "bot",
+    "ts",
+    "client_id",
+    "edited",
+    "deleted",
+    "change",
+}
 
 
 def store(room: str, *texts: str, name: str = "earlier"):
@@ -1138,3 +1154,326 @@ async def test_a_redis_refusing_writes_closes_a_real_servers_socket_with_4503(
         assert sender.close_code == protocol.CLOSE_SERVICE_UNAVAILABLE
     finally:
         await sender.close()
+
+
+# --- Edits and deletions -----------------------------------------------------------------
+
+
+async def _guest(join, name: str = "Zoë", query: str = ""):
+    """A guest's socket in the lobby with a session of its own (its author key)."""
+    return await join("lobby", query=query, headers=[await session_cookie_for(display_name=name)])
+
+
+async def _say(socket, *texts: str) -> list[int]:
+    ids = []
+    for text in texts:
+        await socket.send_json_to({"message": text})
+        ids.append((await assert_receives_message(socket, text))["id"])
+    return ids
+
+
+async def test_an_edit_reaches_every_socket_in_the_room_as_an_edit_frame(join):
+    author, other = await _guest(join), await join("lobby")
+    (seq,) = await _say(author, "helo")
+    await next_frame(other)
+    await author.send_json_to({"edit": {"id": seq, "message": " hello "}})
+    for socket in (author, other):
+        frame = await next_frame(socket)
+        assert set(frame) == {"edit"}
+        edit = frame["edit"]
+        assert (edit["id"], edit["message"], edit["change"]) == (seq, "hello", 1)
+        assert datetime.fromisoformat(edit["edited"]).tzinfo is not None
+
+
+async def test_a_deletion_reaches_every_socket_and_the_history_shows_it_deleted(join):
+    author, other = await _guest(join), await join("lobby")
+    first, second = await _say(author, "oops", "fine")
+    await author.send_json_to({"delete": {"id": first}})
+    for socket, count in ((author, 1), (other, 3)):
+        frames = [await next_frame(socket) for _ in range(count)]
+        assert frames[-1] == {"delete": {"id": first, "change": 1}}
+    late = await join("lobby")
+    history = [(f["id"], f["message"], f["deleted"], f["room_change"]) for f in late.backlog]
+    assert history == [(first, "", True, 1), (second, "fine", False, 1)]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"edit": {"id": 1, "message": "mine now"}}, "not_allowed"),
+        ({"delete": {"id": 1}}, "not_allowed"),
+        ({"edit": {"id": 9, "message": "x"}}, "no_such_message"),
+        ({"delete": {"id": "1"}}, "invalid_id"),
+        ({"edit": {"id": 1, "message": ""}}, "empty_message"),
+    ],
+)
+async def test_a_refused_edit_or_deletion_is_an_error_and_nobody_hears_of_it(join, frame, code):
+    author = await _guest(join, "alice")
+    await _say(author, "alice's")
+    stranger = await _guest(join, "alice")  # the same name is not the same session
+    await stranger.send_json_to(frame)
+    await assert_receives_error(stranger, code)
+    await assert_no_chat(author)
+    message = await database_sync_to_async(Message.objects.get)(room_id="lobby", seq=1)
+    assert (message.text, message.change) == ("alice's", 0)
+
+
+async def test_a_reconnect_with_changes_gets_the_final_state_of_what_changed_meanwhile(join):
+    author = await _guest(join)
+    first, second, third = await _say(author, "one", "two", "three")
+    # Applied: change 1. Then away, with messages up to `second`, while these happen:
+    await author.send_json_to({"edit": {"id": first, "message": "one, fixed"}})
+    await author.send_json_to({"edit": {"id": third, "message": "three, fixed"}})
+    await author.send_json_to({"delete": {"id": first}})
+    for _ in range(3):
+        await next_frame(author)
+    back = await join("lobby", query=f"after={second}&changes=1")
+    assert back.backlog == [
+        {**back.backlog[0], "id": third, "message": "three, fixed", "change": 2},
+        {"edit": {**back.backlog[1]["edit"], "id": third, "message": "three, fixed", "change": 2}},
+        {"delete": {"id": first, "change": 3}},
+        {
+            "catch_up": {
+                "recovered": True,
+                "after": second,
+                "until": third,
+                "changes": {"recovered": True, "after": 1, "until": 3},
+            }
+        },
+    ]
+
+
+async def test_a_reconnect_missing_more_changes_than_the_bound_reads_them_over_http(join, settings):
+    settings.CHAT_RECOVERY_LIMIT = 2
+    author = await _guest(join)
+    ids = await _say(author, "a", "b", "c")
+    for seq in ids:
+        await author.send_json_to({"edit": {"id": seq, "message": f"{seq} fixed"}})
+        await next_frame(author)
+    back = await join("lobby", query=f"after={ids[-1]}&changes=0")
+    assert back.backlog == [
+        {
+            "catch_up": {
+                "recovered": True,
+                "after": ids[-1],
+                "until": ids[-1],
+                "changes": {"recovered": False, "after": 0, "until": 3},
+            }
+        }
+    ]
+
+
+def _changes_seen(sockets, count: int) -> list[list[dict]]:
+    """Read each socket until it has `count` edit or delete frames; those frames."""
+    seen = []
+    for socket in sockets:
+        changes = []
+        while len(changes) < count:
+            frame = json.loads(socket.recv())
+            if "edit" in frame or "delete" in frame:
+                changes.append(frame)
+        seen.append(changes)
+    return seen
+
+
+def test_edits_deletions_and_admin_deletions_reach_sockets_on_every_process(start_chat_server):
+    first, second = start_chat_server(), start_chat_server()
+    processes = SocketsOnProcesses((first, second), "changes")
+    author = processes.sockets[0]
+    for text in ("helo", "oops", "spam"):
+        author.send(json.dumps({"message": text}))
+    processes.read_until(3)
+    author.send(json.dumps({"edit": {"id": 1, "message": "hello"}}))
+    author.send(json.dumps({"delete": {"id": 2}}))
+    # The admin's bulk action, in a third process: as staff, through the same service.
+    admin_deletes = (
+        "from django.contrib.admin import site\n"
+        "from django.contrib.auth.models import User\n"
+        "from django.test import RequestFactory\n"
+        "from chat.models import Message\n"
+        "request = RequestFactory().post('/admin/chat/message/')\n"
+        "request.user = User.objects.create_superuser('root', password='pw-123456')\n"
+        "messages = Message.objects.filter(room_id='changes', seq=3)\n"
+        "site._registry[Message].delete_queryset(request, messages)\n"
+    )
+    manage = [sys.executable, "manage.py", "shell", "-c", admin_deletes]
+    subprocess.run(manage, cwd=ROOT, env=first.env, check=True, stdout=subprocess.DEVNULL)
+    for changes in _changes_seen(processes.sockets, 3):
+        assert [changes[0]["edit"]["message"], changes[1], changes[2]] == [
+            "hello",
+            {"delete": {"id": 2, "change": 2}},
+            {"delete": {"id": 3, "change": 3}},
+        ]
+    processes.close()
+
+
+class _Reader:
+    """A client as docs/protocol.md describes one (the room page's rules): it applies
+    message and change frames, once each, newest change per message winning; reconnects
+    with ?after=&changes=, and reads over HTTP (services.read_page) what a socket leaves
+    to it."""
+
+    def __init__(self, join, room: str, cookie):
+        self.join, self.room, self.cookie = join, room, cookie
+        self.socket = None
+        self.shown: dict[int, tuple[str, bool, int]] = {}  # id -> (text, deleted, change)
+        self.waiting: dict[int, tuple[str, bool, int]] = {}  # changes of messages not shown
+        self.last_id, self.last_change = 0, 0
+        self.mine: list[int] = []  # the ids of the messages it sent
+
+    async def connect(self):
+        query = f"after={self.last_id}&changes={self.last_change}" if self.shown else ""
+        self.socket = await self.join(self.room, query=query, headers=[self.cookie])
+        for frame in self.socket.backlog:
+            await self.apply(frame)
+
+    async def leave(self):
+        await self.socket.disconnect()
+        self.socket = None
+
+    def _show(self, seq: int, text: str, deleted: bool, change: int):
+        old = self.shown.get(seq) or self.waiting.get(seq)
+        if old is not None and old[2] >= change:
+            return
+        (self.shown if seq in self.shown else self.waiting)[seq] = (text, deleted, change)
+
+    async def apply(self, frame: dict):
+        if "id" in frame and "message" in frame:
+            seq = frame["id"]
+            self.last_id = max(self.last_id, seq)
+            self.last_change = max(self.last_change, frame.get("room_change") or 0)
+            self.shown.setdefault(seq, ("", False, -1))
+            self._show(seq, frame["message"], frame["deleted"], frame["change"])
+            if seq in self.waiting:
+                self._show(seq, *self.waiting.pop(seq))
+        elif "edit" in frame or "delete" in frame:
+            change = frame.get("edit") or frame["delete"]
+            self.last_change = max(self.last_change, change["change"])
+            text = change.get("message", "")
+            self._show(change["id"], text, "delete" in frame, change["change"])
+        elif "catch_up" in frame:
+            catch_up = frame["catch_up"]
+            if not catch_up["recovered"]:
+                await self._read_http("after", catch_up["after"], "next_after")
+            if changes := catch_up.get("changes"):
+                self.last_change = max(self.last_change, changes["until"])
+                if not changes["recovered"]:
+                    await self._read_http("changes_after", changes["after"], "next_changes_after")
+
+    async def _read_http(self, name: str, start: int, next_name: str):
+        cursor = start
+        while cursor is not None:
+            page = await database_sync_to_async(services.read_page)(self.room, {name: str(cursor)})
+            for fields in page["messages"]:
+                await self.apply(fields)
+            cursor = page[next_name]
+
+    async def read_one(self):
+        await self.apply(await next_frame(self.socket, timeout=5))
+
+
+@database_sync_to_async
+def _final_state(room: str) -> dict[int, tuple[str, bool]]:
+    rows = Message.objects.filter(room_id=room).values_list("seq", "text", "deleted")
+    return {seq: (text, deleted) for seq, text, deleted in rows}
+
+
+_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(0, 1), st.sampled_from(["a", "b", "c"])),
+        st.tuples(st.just("edit"), st.integers(0, 1), st.integers(1, 3), st.sampled_from("xy")),
+        st.tuples(st.just("delete"), st.integers(0, 1), st.integers(1, 3)),
+        # A client goes away, or comes back and catches up (?after=&changes=).
+        st.tuples(st.just("away or back"), st.integers(0, 1)),
+    ),
+    min_size=4,
+    max_size=16,
+)
+
+
+def _key(frame: dict) -> tuple:
+    """What a broadcast frame is: a message's id, or a change's number."""
+    if "edit" in frame or "delete" in frame:
+        return ("change", (frame.get("edit") or frame["delete"])["change"])
+    return ("message", frame.get("id"))
+
+
+def _frame_of(operation: tuple, mine: list[int]) -> dict:
+    """The operation's frame; an edit or deletion names the sender's k-th own message
+    (most are allowed, then), or message k when it sent none."""
+    kind, _, *args = operation
+    if kind == "send":
+        return {"message": args[0]}
+    seq = mine[args[0] % len(mine)] if mine else args[0]
+    if kind == "edit":
+        return {"edit": {"id": seq, "message": args[1]}}
+    return {"delete": {"id": seq}}
+
+
+@hypothesis.settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(operations=_OPERATIONS)
+# Changed while one client was away, in its history and then in its recovery.
+@hypothesis.example(
+    operations=[("away or back", 0), ("send", 1, "a"), ("edit", 1, 0, "x"), ("away or back", 0)]
+)
+@hypothesis.example(
+    operations=[
+        ("send", 1, "a"),
+        ("away or back", 0),
+        ("edit", 1, 0, "x"),
+        ("delete", 1, 0),
+        ("away or back", 0),
+    ]
+)
+async def test_sends_edits_deletes_and_reconnects_leave_every_client_with_the_databases_state(
+    join, settings, operations
+):
+    settings.CHAT_RECOVERY_LIMIT = 2  # so that catch-ups are read over HTTP too
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "100000/minute"
+    settings.CHAT_LIMIT_NEW_ROOMS_PER_ADDRESS = "100000/minute"
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "100000/minute"
+    room = f"prop-{uuid.uuid4().hex[:12]}"
+    readers = [_Reader(join, room, await session_cookie_for(display_name=name)) for name in "PQ"]
+    try:
+        await _run(readers, operations, room)
+    finally:  # a failing example leaves no socket open to count against the next
+        for reader in readers:
+            if reader.socket is not None:
+                await reader.leave()
+
+
+async def _run(readers: list[_Reader], operations: list[tuple], room: str):
+    for reader in readers:
+        await reader.connect()
+    for operation in operations:
+        kind, reader = operation[0], readers[operation[1]]
+        if kind == "away or back":
+            await (reader.leave() if reader.socket is not None else reader.connect())
+        elif reader.socket is not None:
+            await reader.socket.send_json_to(_frame_of(operation, reader.mine))
+            response = await next_frame(reader.socket, timeout=5)
+            await reader.apply(response)
+            if "error" in response:
+                continue
+            if kind == "send":
+                reader.mine.append(response["id"])
+            # Everyone connected hears of it before the next step: what a client misses,
+            # it misses while away.
+            for other in readers:
+                if other is not reader and other.socket is not None:
+                    while _key(frame := await next_frame(other.socket, 5)) != _key(response):
+                        await other.apply(frame)
+                    await other.apply(frame)
+    for reader in readers:
+        if reader.socket is None:
+            await reader.connect()
+    expected = await _final_state(room)
+    for reader in readers:
+        # Wait on the state: read until the client shows what the database holds.
+        while {seq: shown[:2] for seq, shown in reader.shown.items()} != expected:
+            await reader.read_one()
+        assert not reader.waiting or set(reader.waiting) <= set(expected)

@@ -55,6 +55,10 @@ class FakeStore:
         self.stored = stored
         self.reads: list[tuple[int, int, object]] = []
         self.most_at_once = 0
+        # Edits and deletions: each message's final state, numbered as the room's changes.
+        self.last_change = 0
+        self.changed: dict[int, dict] = {}
+        self.change_reads: list[tuple[int, int, object]] = []
 
     def store(self, count: int = 1) -> list[dict]:
         """Store `count` more messages; their events, as the layer would carry them."""
@@ -65,6 +69,30 @@ class FakeStore:
     def read(self, after: int, limit: int, on_done):
         self.reads.append((after, limit, on_done))
         self.most_at_once = max(self.most_at_once, len(self.reads))
+
+    def edit(self, seq: int) -> dict:
+        """Edit message seq; the change event, as the layer would carry it."""
+        self.last_change += 1
+        self.changed[seq] = change = {
+            "type": "chat.change",
+            "id": seq,
+            "change": self.last_change,
+            "message": f"m{seq} edit {self.last_change}",
+            "edited": "2026-12-07T12:00:00+00:00",
+            "deleted": False,
+        }
+        return change
+
+    def read_changes(self, after_change: int, limit: int, on_done):
+        self.change_reads.append((after_change, limit, on_done))
+
+    def answer_changes(self):
+        after_change, limit, on_done = self.change_reads.pop(0)
+        page = sorted(
+            (event for event in self.changed.values() if event["change"] > after_change),
+            key=lambda event: event["change"],
+        )
+        on_done(page[:limit], self.last_change)
 
     def answer(self, index: int = 0):
         """The read's queries run now, on what is stored now; their reply comes back."""
@@ -88,6 +116,7 @@ class Socket:
             max_held=MAX_HELD,
             recovery_limit=BOUND,
             frame_cache=FrameCache(),
+            read_changes=self.store.read_changes,
         )
         self.delivery.start(stored)
 
@@ -323,3 +352,102 @@ async def test_ids_gone_to_retention_are_filled_by_the_read_and_never_waited_on(
     (eighth,) = socket.store.store()
     socket.delivery.message(eighth)
     assert socket.ids == [7, 8]
+
+
+# --- Changes: edits and deletions --------------------------------------------------------
+
+
+def edits(frames: list[dict]) -> list[tuple[int, int]]:
+    """(message id, change number) of each edit frame sent."""
+    return [(frame["edit"]["id"], frame["edit"]["change"]) for frame in frames if "edit" in frame]
+
+
+async def test_a_change_of_a_sent_message_is_sent_at_once_as_an_edit_frame():
+    socket = Socket(stored=2)
+    socket.delivery.change(socket.store.edit(1))
+    assert socket.frames == [
+        {
+            "edit": {
+                "id": 1,
+                "message": "m1 edit 1",
+                "edited": "2026-12-07T12:00:00+00:00",
+                "change": 1,
+            }
+        }
+    ]
+    assert socket.timers.pending == 0
+
+
+async def test_a_change_that_overtook_its_message_is_sent_right_after_it():
+    socket = Socket()
+    (message,) = socket.store.store()
+    socket.delivery.change(socket.store.edit(1))
+    assert socket.frames == [] and socket.timers.pending == 1
+    socket.delivery.message(message)
+    assert [("id" in f, "edit" in f) for f in socket.frames] == [(True, False), (False, True)]
+    assert socket.timers.pending == 0 and socket.store.reads == []
+
+
+async def test_changes_out_of_order_wait_for_the_missing_one_and_are_each_sent_once():
+    socket = Socket(stored=3)
+    first, second, third = (socket.store.edit(seq) for seq in (1, 2, 3))
+    socket.delivery.change(third)
+    socket.delivery.change(second)
+    assert socket.frames == []
+    socket.delivery.change(first)
+    socket.delivery.change(second)
+    assert edits(socket.frames) == [(1, 1), (2, 2), (3, 3)]
+    assert socket.timers.pending == 0 and socket.store.change_reads == []
+
+
+async def test_a_lost_change_is_read_after_the_wait_then_the_held_ones_follow():
+    socket = Socket(stored=3)
+    socket.store.edit(1)  # the layer dropped it
+    second = socket.store.edit(2)
+    socket.delivery.change(second)
+    socket.timers.fire()
+    assert [(after, limit) for after, limit, _ in socket.store.change_reads] == [(0, BOUND + 1)]
+    socket.store.answer_changes()
+    third = socket.store.edit(3)
+    socket.delivery.change(second)
+    socket.delivery.change(third)
+    assert edits(socket.frames) == [(1, 1), (2, 2), (3, 3)]
+
+
+async def test_a_change_whose_message_was_lost_reads_the_message_then_sends_the_change():
+    socket = Socket()
+    socket.store.store()  # its broadcast was lost
+    socket.delivery.change(socket.store.edit(1))
+    socket.timers.fire()
+    assert [(after, limit) for after, limit, _ in socket.store.reads] == [(0, 1)]
+    socket.store.answer()
+    assert [next(iter(frame)) for frame in socket.frames] == ["message", "edit"]
+
+
+async def test_more_changes_missed_than_the_bound_are_left_to_the_client_in_a_catch_up():
+    socket = Socket(stored=BOUND + 2)
+    for seq in range(1, BOUND + 3):
+        socket.store.edit(seq)
+    socket.delivery.change(socket.store.edit(1))  # change BOUND + 3: the rest were lost
+    socket.timers.fire()
+    socket.store.answer_changes()
+    assert socket.frames[0] == {
+        "catch_up": {
+            "recovered": True,
+            "after": BOUND + 2,
+            "until": BOUND + 2,
+            "changes": {"recovered": False, "after": 0, "until": BOUND + 3},
+        }
+    }
+    assert edits(socket.frames) == []
+    socket.delivery.change(socket.store.edit(2))
+    assert edits(socket.frames) == [(2, BOUND + 4)]
+
+
+async def test_a_resync_reads_the_changes_since_the_last_one_too():
+    socket = Socket(stored=2)
+    socket.store.edit(2)  # lost with Redis, and no later change reveals it
+    socket.delivery.resync()
+    socket.store.answer()
+    socket.store.answer_changes()
+    assert edits(socket.frames) == [(2, 1)]

@@ -458,3 +458,62 @@ async def test_a_socket_posting_to_a_deactivated_user_is_refused_and_stays_open(
     await socket.send_json_to({"ping": True})
     assert await socket.receive_json_from(timeout=2) == {"pong": True}
     assert await database_sync_to_async(services.last_seq)(key) == 1
+
+
+# --- Editing and deleting messages -----------------------------------------------------
+
+
+@pytest.fixture
+def lobby(transactional_db):
+    """alice owns the lobby (its first message), dave moderates it; bob and a guest post."""
+    alice, bob, dave = (User.objects.create_user(name) for name in ("alice", "bob", "dave"))
+    first, _ = services.store_message("lobby", _author(alice), "first", None)
+    Membership.objects.create(room_id="lobby", user=dave, role=Role.MODERATOR)
+    by_bob, _ = services.store_message("lobby", _author(bob), "bob's", None)
+    guest = Author("Zoë", guest_key="session-1")
+    by_guest, _ = services.store_message("lobby", guest, "the guest's", None)
+    return alice, bob, dave, guest, first, by_bob, by_guest
+
+
+def test_nobody_edits_another_persons_message(lobby):
+    alice, bob, dave, guest, first, by_bob, by_guest = lobby
+    for author in (_author(alice), _author(dave), guest, GUEST):
+        assert not permissions.may_edit(author, by_bob)
+    assert permissions.may_edit(_author(bob), by_bob)
+
+
+def test_a_member_deletes_only_their_own_messages(lobby):
+    alice, bob, dave, guest, first, by_bob, by_guest = lobby
+    assert permissions.may_delete(_author(bob), by_bob)
+    assert not permissions.may_delete(_author(bob), first)
+    assert not permissions.may_delete(_author(bob), by_guest)
+
+
+def test_a_moderator_or_owner_deletes_anyones_message_in_their_room_only(lobby):
+    alice, bob, dave, guest, first, by_bob, by_guest = lobby
+    for keeper in (_author(alice), _author(dave)):
+        assert permissions.may_delete(keeper, by_bob) and permissions.may_delete(keeper, by_guest)
+    elsewhere, _ = services.store_message("kitchen", _author(bob), "hi", None)
+    assert not permissions.may_delete(_author(dave), elsewhere)
+
+
+def test_site_staff_delete_anyones_message(lobby):
+    *_, by_bob, _by_guest = lobby
+    staff = User.objects.create_user("erin", is_staff=True)
+    assert permissions.may_delete(_author(staff), by_bob)
+    assert not permissions.may_edit(_author(staff), by_bob)
+
+
+def test_a_guest_edits_and_deletes_their_own_only_from_the_session_that_sent_it(lobby):
+    *_, guest, _first, _by_bob, by_guest = lobby
+    assert permissions.may_edit(guest, by_guest) and permissions.may_delete(guest, by_guest)
+    same_name_other_session = Author("Zoë", guest_key="session-2")
+    assert not permissions.may_edit(same_name_other_session, by_guest)
+    assert not permissions.may_delete(same_name_other_session, by_guest)
+
+
+def test_a_deleted_message_is_neither_edited_nor_deleted_again(lobby):
+    alice, bob, *_, by_bob, _by_guest = lobby
+    deleted = services.delete_message("lobby", by_bob.seq, _author(bob))
+    assert not permissions.may_edit(_author(bob), deleted)
+    assert not permissions.may_delete(_author(alice), deleted)

@@ -105,6 +105,73 @@ def test_catch_up_frame_shape():
     }
 
 
+def test_catch_up_frame_carries_the_changes_state_when_given():
+    assert json.loads(protocol.catch_up_frame(True, 3, 7, (False, 2, 90))) == {
+        "catch_up": {
+            "recovered": True,
+            "after": 3,
+            "until": 7,
+            "changes": {"recovered": False, "after": 2, "until": 90},
+        }
+    }
+
+
+def test_an_edit_frame_names_its_message_and_its_trimmed_new_text():
+    assert parse('{"edit": {"id": 42, "message": "  new  "}}') == protocol.EditFrame(42, "new")
+
+
+def test_a_delete_frame_names_its_message():
+    assert parse('{"delete": {"id": 42}}') == protocol.DeleteFrame(42)
+
+
+@pytest.mark.parametrize(
+    "target", ['{"id": "42"}', '{"id": true}', '{"id": 0}', '{"id": 1.5}', "{}", "42", "null"]
+)
+@pytest.mark.parametrize("kind", ["edit", "delete"])
+def test_an_edit_or_delete_without_a_message_id_is_refused_as_invalid_id(kind, target):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"{kind}": {target}}}')
+    assert refused.value.code == "invalid_id"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [('""', "empty_message"), ("3", "message_not_string"), ('"\\u0000"', "invalid_character")],
+)
+def test_an_edits_text_follows_the_message_rule(text, code):
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse(f'{{"edit": {{"id": 1, "message": {text}}}}}')
+    assert refused.value.code == code
+
+
+def test_an_edit_without_its_text_is_refused_as_missing_message():
+    with pytest.raises(protocol.FrameRefused) as refused:
+        parse('{"edit": {"id": 1}}')
+    assert refused.value.code == "missing_message"
+
+
+def test_an_edits_change_frame_has_no_top_level_message_key():
+    edited = datetime(2026, 11, 27, 12, 5, tzinfo=UTC)
+    event = protocol.chat_change_event(stored_message(text="new", edited=edited, change=7))
+    assert event["type"] == "chat.change"
+    assert json.loads(protocol.change_frame(event)) == {
+        "edit": {"id": 7, "message": "new", "edited": "2026-11-27T12:05:00+00:00", "change": 7}
+    }
+
+
+def test_a_deletions_change_frame_carries_neither_text_nor_message_key():
+    event = protocol.chat_change_event(stored_message(text="", deleted=True, change=8))
+    assert json.loads(protocol.change_frame(event)) == {"delete": {"id": 7, "change": 8}}
+
+
+def test_parse_changes_reads_a_change_number_and_refuses_anything_else():
+    assert protocol.parse_changes(b"after=3&changes=12") == 12
+    assert protocol.parse_changes(b"after=3") is None
+    with pytest.raises(protocol.FrameRefused) as refused:
+        protocol.parse_changes(b"changes=-1")
+    assert refused.value.code == "invalid_changes"
+
+
 def test_chat_message_event_has_the_handler_type_and_every_field():
     assert protocol.chat_message_event(stored_message(author_id=3, client_id="c1")) == {
         "type": "chat.message",
@@ -115,6 +182,9 @@ def test_chat_message_event_has_the_handler_type_and_every_field():
         "bot": False,
         "ts": "2026-11-27T12:00:00+00:00",
         "client_id": "c1",
+        "edited": None,
+        "deleted": False,
+        "change": 0,
     }
 
 
@@ -128,6 +198,9 @@ def test_message_frame_is_tutorial_compatible_with_fields_beside_message():
         "bot": False,
         "ts": "2026-11-27T12:00:00+00:00",
         "client_id": None,
+        "edited": None,
+        "deleted": False,
+        "change": 0,
     }
 
 
@@ -141,6 +214,9 @@ def test_a_bots_message_is_shown_as_a_bot_never_as_a_guest():
 def test_history_frames_are_marked():
     event = protocol.chat_message_event(stored_message())
     assert json.loads(protocol.message_frame(event, history=True))["history"] is True
+    assert (
+        json.loads(protocol.message_frame(event, history=True, room_change=5))["room_change"] == 5
+    )
     assert "history" not in json.loads(protocol.message_frame(event))
 
 

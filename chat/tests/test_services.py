@@ -242,3 +242,118 @@ def test_the_author_key_is_stored_but_not_among_the_public_fields():
 def test_an_authors_key_says_user_or_guest_so_the_two_never_meet():
     assert Author(name="alice", user_id=7).key == "u:7"
     assert Author(name="Zoë", guest_key="7").key == "g:7"
+
+
+# --- Edits and deletions -----------------------------------------------------------------
+
+ALICE = Author(name="alice", guest_key="alice-session")
+MALLORY = Author(name="mallory", guest_key="mallory-session")
+
+
+def test_an_edit_takes_the_rooms_next_change_number_and_keeps_message_ids():
+    first, second = _store_as(ALICE, "one", "two")
+    edited = services.edit_message("lobby", first.seq, ALICE, "one, fixed")
+    deleted = services.delete_message("lobby", second.seq, ALICE)
+    third, _ = services.store_message("lobby", ALICE, "three", None)
+    assert (edited.change, deleted.change) == (1, 2)
+    assert third.seq == 3
+    assert Room.objects.get(name="lobby").last_change == 2
+
+
+def test_an_edit_keeps_the_original_and_every_edit_with_who_and_when():
+    (message,) = _store_as(ALICE, "one")
+    services.edit_message("lobby", message.seq, ALICE, "two")
+    services.edit_message("lobby", message.seq, ALICE, "three")
+    revisions = list(message.revisions.values_list("kind", "text", "by_name", "change"))
+    assert revisions == [
+        ("original", "one", "alice", 0),
+        ("edit", "two", "alice", 1),
+        ("edit", "three", "alice", 2),
+    ]
+    message.refresh_from_db()
+    assert (message.text, message.change) == ("three", 2)
+    assert message.edited is not None
+
+
+def test_a_deleted_messages_text_is_gone_from_the_message_and_kept_in_its_revisions():
+    (message,) = _store_as(ALICE, "secret")
+    services.delete_message("lobby", message.seq, ALICE)
+    message.refresh_from_db()
+    assert (message.text, message.deleted) == ("", True)
+    assert list(message.revisions.values_list("kind", "text")) == [
+        ("original", "secret"),
+        ("delete", "secret"),
+    ]
+    (read,) = services.messages_after("lobby", 0)
+    assert protocol.message_fields(read)["message"] == ""
+    assert protocol.message_fields(read)["deleted"] is True
+
+
+@pytest.mark.parametrize(
+    ("seq", "author", "code"),
+    [(9, ALICE, "no_such_message"), (1, MALLORY, "not_allowed")],
+)
+def test_a_refused_change_takes_no_change_number_and_changes_nothing(seq, author, code):
+    (message,) = _store_as(ALICE, "one")
+    with pytest.raises(services.ChangeRefused) as refused:
+        services.edit_message("lobby", seq, author, "two")
+    assert refused.value.code == code
+    message.refresh_from_db()
+    assert (message.text, message.change, message.revisions.count()) == ("one", 0, 0)
+    assert Room.objects.get(name="lobby").last_change == 0
+
+
+def test_a_change_in_a_room_that_does_not_exist_is_no_such_message():
+    with pytest.raises(services.ChangeRefused) as refused:
+        services.delete_message("nowhere", 1, ALICE)
+    assert refused.value.code == "no_such_message"
+    assert not Room.objects.filter(name="nowhere").exists()
+
+
+def test_a_deleted_message_cannot_be_edited_or_deleted_again():
+    (message,) = _store_as(ALICE, "one")
+    services.delete_message("lobby", message.seq, ALICE)
+    for change in (services.delete_message, services.edit_message):
+        args = () if change is services.delete_message else ("two",)
+        with pytest.raises(services.ChangeRefused) as refused:
+            change("lobby", message.seq, ALICE, *args)
+        assert refused.value.code == "message_deleted"
+
+
+def test_changes_after_gives_each_changed_messages_final_state_in_change_order():
+    first, second, third = _store_as(ALICE, "one", "two", "three")
+    services.edit_message("lobby", second.seq, ALICE, "two, fixed")
+    services.edit_message("lobby", first.seq, ALICE, "one, fixed")
+    services.delete_message("lobby", second.seq, ALICE)
+    changed = services.changes_after("lobby", 0)
+    assert [(m.seq, m.change, m.text) for m in changed] == [(1, 2, "one, fixed"), (2, 3, "")]
+    assert [m.seq for m in services.changes_after("lobby", 2)] == [2]
+    assert services.last_change("lobby") == 3
+
+
+def _store_as(author: Author, *texts: str) -> list[Message]:
+    return [services.store_message("lobby", author, text, None)[0] for text in texts]
+
+
+def test_read_page_with_changes_after_pages_through_final_states_in_change_order():
+    first, second, third = _store_as(ALICE, "one", "two", "three")
+    services.edit_message("lobby", third.seq, ALICE, "three, fixed")
+    services.delete_message("lobby", first.seq, ALICE)
+    services.edit_message("lobby", second.seq, ALICE, "two, fixed")
+    page = services.read_page("lobby", {"changes_after": "0", "limit": "2"})
+    assert [(m["id"], m["message"], m["change"]) for m in page["messages"]] == [
+        (3, "three, fixed", 1),
+        (1, "", 2),
+    ]
+    assert page["messages"][1]["deleted"] is True
+    rest = services.read_page("lobby", {"changes_after": str(page["next_changes_after"])})
+    assert [(m["id"], m["change"]) for m in rest["messages"]] == [(2, 3)]
+    assert rest["next_changes_after"] is None
+
+
+@pytest.mark.parametrize(
+    "query", [{"changes_after": "-1"}, {"changes_after": "1", "after": "2"}, {"changes_after": "x"}]
+)
+def test_read_page_refuses_a_bad_changes_after_or_one_beside_after(query):
+    with pytest.raises(services.InvalidPage):
+        services.read_page("lobby", query)

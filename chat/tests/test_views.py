@@ -161,6 +161,7 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
         "name": "Anonymous",
         "guest": True,
         "sign_in": identity.sign_in_of(identity.author_for(None, session)),
+        "moderates": False,
     }
     user = django_user_model.objects.create_user("alice", password="x")
     client.force_login(user)
@@ -168,6 +169,7 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
         "name": "alice",
         "guest": False,
         "sign_in": identity.sign_in_of(services.Author("alice", user_id=user.pk)),
+        "moderates": False,
     }
 
 
@@ -453,7 +455,18 @@ def test_messages_default_to_the_whole_room_from_the_first(client):
 def test_each_message_in_the_api_has_exactly_the_public_fields(client):
     services.store_message("lobby", services.Author(name="Zoë"), "hi", "abc-1")
     (message,) = client.get("/chat/lobby/messages/").json()["messages"]
-    assert set(message) == {"message", "id", "user", "guest", "bot", "ts", "client_id"}
+    assert set(message) == {
+        "message",
+        "id",
+        "user",
+        "guest",
+        "bot",
+        "ts",
+        "client_id",
+        "edited",
+        "deleted",
+        "change",
+    }
     assert (message["message"], message["id"], message["user"]) == ("hi", 1, "Zoë")
     assert message["guest"] is True
     assert message["client_id"] == "abc-1"
@@ -1192,3 +1205,22 @@ def test_the_sidebars_etag_changes_with_anything_its_list_is_made_of(client, cha
     change(alice)
     again = _sidebar(client, first["ETag"])
     assert (again.status_code, again["ETag"] != first["ETag"]) == (200, True)
+
+
+def test_the_page_tells_a_rooms_moderator_and_staff_they_may_delete_anyones_message(
+    client, django_user_model
+):
+    def reader(html: str) -> dict:
+        return json.loads(
+            html.split('<script id="chat-reader" type="application/json">')[1].split("<")[0]
+        )
+
+    owner = django_user_model.objects.create_user("owner", password="x")
+    services.store_message("lobby", services.Author("owner", user_id=owner.pk), "mine", None)
+    for user, moderates in (
+        (owner, True),
+        (django_user_model.objects.create_user("staff", password="x", is_staff=True), True),
+        (django_user_model.objects.create_user("member", password="x"), False),
+    ):
+        client.force_login(user)
+        assert reader(client.get("/chat/lobby/").content.decode())["moderates"] is moderates

@@ -7,6 +7,8 @@
 //   document "chat:message"    detail {data, element, history}: a message frame rendered;
 //                              data is the frame, element its node in #messages, history is
 //                              true for the join backlog, a catch-up or an older page.
+//   document "chat:change"     detail {data, element}: an edit or deletion shown; data is
+//                              the message's final state.
 //   document "chat:presence"   detail: the presence frame ({"presence": {...}}).
 //   document "chat:connection" detail {state: "open" | "closed"}.
 //   document "chat:frame"      detail: any other frame this page does not handle itself.
@@ -33,6 +35,16 @@
 // messages that arrive meanwhile until the gap before them is filled: every message once,
 // in order. A message over the server's limits (json_script "chat-limits") is never sent:
 // it stays in the input, with the reason.
+//
+// Edits and deletions (docs/protocol.md, 'Edits and deletions'): the reader's own messages
+// have Edit and Delete controls (a moderator's page: Delete on everyone's), sent as
+// {"edit": ...} and {"delete": ...} frames. Changes arrive as numbered `edit` and `delete`
+// frames; each message keeps the number of the change it shows (data-change) and ignores
+// older ones, so applying one twice is harmless, and a change of a message not shown yet
+// waits for it. The page keeps the room's change number and reconnects with
+// ?after=<id>&changes=<C>; changes the socket leaves to it are read over HTTP
+// (?changes_after=). An edited message shows "(edited)" beside its time, a deleted one
+// "message deleted", in #messages and in the #chat-log transcript alike.
 //
 // Heartbeat: after limits.heartbeat_seconds without a frame from the server, the page sends
 // {"ping": true}; if nothing at all arrives limits.heartbeat_timeout_seconds later, the
@@ -116,9 +128,13 @@
                            '(an invisible control character, or half an emoji).',
         store_failed: 'The server could not save this message just now. Trying again…',
         frame_too_large: 'This message is too large to send.',
+        not_allowed: 'You may not change that message.',
+        no_such_message: 'That message is not there any more.',
+        message_deleted: 'That message was deleted.',
     };
     // Not a close code: the page's own verdict on a socket its heartbeat found dead.
     const CONNECTION_LOST = 'lost';
+
     const PLAIN_CLOSES = {
         [CONNECTION_LOST]: 'Connection lost.',
         4401: 'Your sign-in changed. Reloading the page…',
@@ -175,6 +191,11 @@
     let connections = 0;
     let signInChanged = false;  // from then on the page sends nothing
     let restoreTopId = null;    // the message to keep at the top, after a reload for 4401
+    // The room's change number applied here: the history's room_change raises it; a room
+    // joined with no history had no changes the page could have missed.
+    let lastChange = 0;
+    let fillingChanges = false; // changes the socket left out are being read over HTTP
+    const changesWaiting = new Map();  // id -> the newest change of a message not shown yet
     const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
     const sentIds = loadSentIds();  // client_id -> id the server stored it under
 
@@ -226,7 +247,16 @@
     function transcriptLine(data) {
         const tag = authorTag(data);
         const who = data.user === undefined ? '' : data.user + (tag ? ' ' + tag : '') + ': ';
-        return oneLine(who + data.message) + '\n';
+        if (data.deleted) {
+            return who + '(message deleted)\n';
+        }
+        return oneLine(who + data.message) + (data.edited ? ' (edited)' : '') + '\n';
+    }
+
+    // The transcript again, from the messages shown: a change rewrites a line in place.
+    function rewriteLog() {
+        const shown = Array.from(messagesBox.querySelectorAll('.message[data-id]'));
+        chatLog.value = shown.map((element) => transcriptLine(element.chatData)).join('');
     }
 
     // The text as text nodes, with http(s) links as <a> nodes: never parsed as HTML.
@@ -295,7 +325,9 @@
     function messageElement(data) {
         const element = document.createElement('div');
         element.className = 'message';
+        element.chatData = data;
         element.dataset.id = data.id;
+        element.dataset.change = data.change || 0;
         element.dataset.author = (data.bot ? 'bot:' : data.guest ? 'guest:' : 'user:') + data.user;
         element.classList.toggle('guest', Boolean(data.guest));
         element.classList.toggle('mine', isMine(data));
@@ -313,9 +345,247 @@
         const text = document.createElement('div');
         text.className = 'text';
         text.dir = 'auto';  // isolated: its direction controls reach nothing around it
-        fillText(text, String(data.message));
         element.append(header, text);
+        showFinalState(element);
         return element;
+    }
+
+    // ---- edits and deletions --------------------------------------------------------------
+
+    // The message's text, "(edited)" or "message deleted", and its controls, from chatData.
+    function showFinalState(element) {
+        const data = element.chatData;
+        const text = element.querySelector('.text');
+        text.replaceChildren();
+        element.classList.toggle('deleted', Boolean(data.deleted));
+        if (data.deleted) {
+            text.textContent = 'message deleted';
+        } else {
+            fillText(text, String(data.message));
+        }
+        const header = element.querySelector('.meta');
+        let edited = header.querySelector('.edited');
+        if (data.edited && !data.deleted) {
+            if (edited === null) {
+                edited = document.createElement('span');
+                edited.className = 'edited';
+                edited.textContent = '(edited)';
+                header.append(' ', edited);
+            }
+            const when = new Date(data.edited);
+            edited.title = Number.isNaN(when.getTime()) ? '' : 'Edited ' + chatDates.full(when);
+        } else if (edited !== null) {
+            edited.remove();
+        }
+        const old = element.querySelector('.actions');
+        if (old !== null) {
+            old.remove();
+        }
+        const editor = element.querySelector('.edit-box');
+        if (editor !== null && (data.deleted || editor.dataset.saving === String(data.change))) {
+            editor.remove();  // deleted meanwhile, or its own edit came back
+            text.hidden = false;
+        }
+        const actions = controlsFor(element);
+        if (actions !== null) {
+            element.append(actions);
+            reachControls(element.contains(document.activeElement) ? element : null);
+        }
+    }
+
+    // The log stays one Tab stop: a message's controls join the Tab order only while the
+    // keyboard is on that message (the arrow keys move it there), and leave it after.
+    function reachControls(focused) {
+        messagesBox.querySelectorAll('.actions button').forEach(function (button) {
+            button.tabIndex = focused !== null && focused.contains(button) ? 0 : -1;
+        });
+    }
+
+    messagesBox.addEventListener('focusin', function (e) {
+        reachControls(e.target.closest('.message'));
+    });
+
+    function actionButton(label, className, description, onClick) {
+        const button = document.createElement('button');
+        button.type = 'button';
+        button.className = className;
+        button.textContent = label;
+        button.setAttribute('aria-label', description);
+        button.tabIndex = -1;  // until the keyboard is on its message (reachControls)
+        button.addEventListener('click', onClick);
+        return button;
+    }
+
+    // Edit and Delete on the reader's own messages, Delete on anyone's for a moderator.
+    function controlsFor(element) {
+        const data = element.chatData;
+        const mine = element.classList.contains('mine');
+        if (data.deleted || data.id === undefined || !(mine || reader.moderates)) {
+            return null;
+        }
+        const actions = document.createElement('div');
+        actions.className = 'actions';
+        const which = 'message ' + data.id + ' by ' + data.user;
+        if (mine) {
+            actions.append(actionButton('Edit', 'edit-message', 'Edit ' + which, () => startEdit(element)));
+        }
+        actions.append(actionButton('Delete', 'delete-message', 'Delete ' + which, () => askDelete(element)));
+        return actions;
+    }
+
+    function askDelete(element) {
+        const actions = element.querySelector('.actions');
+        const question = document.createElement('span');
+        question.textContent = 'Delete this message?';
+        const yes = actionButton('Delete', 'confirm-delete', 'Yes, delete message ' + element.dataset.id, function () {
+            if (!sendChange({delete: {id: Number(element.dataset.id)}})) {
+                return;
+            }
+            yes.disabled = true;
+        });
+        const no = actionButton('Keep', 'keep-message', 'Keep message ' + element.dataset.id, function () {
+            showFinalState(element);
+            element.querySelector('.delete-message').focus();
+        });
+        actions.replaceChildren(question, ' ', yes, ' ', no);
+        yes.focus();
+    }
+
+    function startEdit(element) {
+        if (element.querySelector('.edit-box') !== null) {
+            return;
+        }
+        const text = element.querySelector('.text');
+        const box = document.createElement('div');
+        box.className = 'edit-box';
+        const input = document.createElement('textarea');
+        input.className = 'edit-input';
+        input.rows = 2;
+        input.value = element.chatData.message;
+        input.setAttribute('aria-label', 'New text of message ' + element.dataset.id +
+                           ' (Enter saves, Escape cancels)');
+        const cancel = function () {
+            box.remove();
+            text.hidden = false;
+            const editButton = element.querySelector('.edit-message');
+            if (editButton !== null) {
+                editButton.focus();
+            }
+        };
+        const save = function () {
+            const message = input.value;
+            if (message.replace(SERVER_TRIM, '') === element.chatData.message) {
+                cancel();  // nothing changed
+                return;
+            }
+            if (message.replace(SERVER_TRIM, '') === '') {
+                showError('An edit cannot be empty: delete the message instead.', 'empty_message');
+                return;
+            }
+            const frame = {edit: {id: Number(element.dataset.id), message: message}};
+            const refusal = refusalOf(message, JSON.stringify(frame));
+            if (refusal !== null) {
+                showError(refusal[0], refusal[1]);
+                return;
+            }
+            if (sendChange(frame)) {
+                box.dataset.saving = 'pending';
+            }
+        };
+        input.addEventListener('keydown', function (e) {
+            if (e.key === 'Escape') {
+                e.preventDefault();
+                cancel();
+            } else if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+                e.preventDefault();
+                save();
+            }
+        });
+        const buttons = document.createElement('div');
+        buttons.className = 'edit-buttons';
+        buttons.append(
+            actionButton('Save', 'save-edit', 'Save message ' + element.dataset.id, save), ' ',
+            actionButton('Cancel', 'cancel-edit', 'Cancel editing message ' + element.dataset.id, cancel),
+        );
+        box.append(input, buttons);
+        text.hidden = true;
+        text.after(box);
+        input.focus();
+        input.setSelectionRange(input.value.length, input.value.length);
+    }
+
+    function sendChange(frame) {
+        if (!isOpen() || signInChanged) {
+            showError('Not connected: try again once the chat is back.', 'not_connected');
+            return false;
+        }
+        clearError();
+        socket.send(JSON.stringify(frame));
+        return true;
+    }
+
+    // Apply one change ({id, change, message, edited, deleted}): once, newest wins.
+    function applyChange(change) {
+        lastChange = Math.max(lastChange, change.change);
+        const element = messagesBox.querySelector('.message[data-id="' + change.id + '"]');
+        if (element === null) {
+            if (lastId === null || change.id > lastId) {  // its message has not come yet
+                const waiting = changesWaiting.get(change.id);
+                if (waiting === undefined || waiting.change < change.change) {
+                    changesWaiting.set(change.id, change);
+                }
+            }
+            return;  // or older than anything shown: loaded in its final state, if ever
+        }
+        if (change.change <= Number(element.dataset.change)) {
+            return;  // already shown, or older than what is
+        }
+        const editor = element.querySelector('.edit-box');
+        if (editor !== null && editor.dataset.saving === 'pending' && !change.deleted) {
+            editor.dataset.saving = String(change.change);  // the edit this page saved, surely
+        }
+        element.chatData = Object.assign({}, element.chatData, {
+            message: change.deleted ? '' : change.message,
+            edited: change.edited === undefined ? element.chatData.edited : change.edited,
+            deleted: change.deleted,
+            change: change.change,
+        });
+        element.dataset.change = change.change;
+        showFinalState(element);
+        rewriteLog();
+        dispatch('chat:change', {data: element.chatData, element: element});
+    }
+
+    // Changes the socket left to the page: read over HTTP, page by page (idempotent).
+    async function fillChanges(after) {
+        if (fillingChanges) {
+            return;
+        }
+        fillingChanges = true;
+        let cursor = after;
+        let failures = 0;
+        try {
+            while (cursor !== null) {
+                let page = null;
+                try {
+                    const response = await fetch(olderUrl + '?changes_after=' + cursor);
+                    page = response.ok ? await response.json() : null;
+                } catch (error) {
+                    // offline for a moment: back off, then try again
+                }
+                if (page === null) {
+                    const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** failures);
+                    failures += 1;
+                    await new Promise((resolve) => setTimeout(resolve, backoff));
+                    continue;
+                }
+                failures = 0;
+                page.messages.forEach(applyChange);
+                cursor = page.next_changes_after;
+            }
+        } finally {
+            fillingChanges = false;
+        }
     }
 
     function isMessage(node) {
@@ -391,8 +661,8 @@
     // the arrow keys move the focus to the message above or below (from the log itself, to
     // the last or first message in view); at either end they scroll, as before.
     messagesBox.addEventListener('keydown', function (e) {
-        if (e.key !== 'ArrowUp' && e.key !== 'ArrowDown') {
-            return;
+        if ((e.key !== 'ArrowUp' && e.key !== 'ArrowDown') || e.target.closest('.edit-box')) {
+            return;  // in an edit box, the arrows move the caret
         }
         const up = e.key === 'ArrowUp';
         const current = e.target.closest('.message');
@@ -533,9 +803,20 @@
     function onMessage(data) {
         if (data.error) {
             onError(data.error);
+        } else if (data.edit) {
+            applyChange(Object.assign({deleted: false}, data.edit));
+        } else if (data.delete) {
+            applyChange(Object.assign({deleted: true, message: ''}, data.delete));
         } else if (filling && (data.catch_up || data.message !== undefined)) {
             heldFrames.push(data);  // after the gap being filled
         } else if (data.catch_up) {
+            const changes = data.catch_up.changes;
+            if (changes) {
+                lastChange = Math.max(lastChange, changes.until);
+                if (!changes.recovered) {
+                    fillChanges(changes.after);
+                }
+            }
             if (data.catch_up.recovered) {
                 catchingUp = false;
             } else {
@@ -571,10 +852,18 @@
             lastId = data.id;
             oldestId = oldestId === null ? data.id : oldestId;
         }
+        if (data.room_change !== undefined && data.room_change !== null) {
+            lastChange = Math.max(lastChange, data.room_change);
+        }
         const stick = atBottom() || ownEcho;
         const element = messageElement(data);
         placeLive(element);
         appendToLog(data);
+        if (changesWaiting.has(data.id)) {
+            const change = changesWaiting.get(data.id);
+            changesWaiting.delete(data.id);
+            applyChange(change);
+        }
         if (restoreTopId !== null && keepReadingPosition()) {
             newMessagesButton.hidden = atBottom();
         } else if (stick) {
@@ -587,6 +876,13 @@
 
     function onError(error) {
         showError(plainError(error), error.code);
+        // An edit or deletion refused: its controls work again (the error says why).
+        messagesBox.querySelectorAll('.edit-box[data-saving="pending"]').forEach(function (box) {
+            delete box.dataset.saving;
+        });
+        messagesBox.querySelectorAll('.confirm-delete[disabled]').forEach(function (button) {
+            button.disabled = false;
+        });
         if (!error.client_id || !pending.has(error.client_id)) {
             return;
         }
@@ -773,6 +1069,7 @@
         const query = new URLSearchParams({as: reader.sign_in});
         if (lastId !== null) {
             query.set('after', String(lastId));
+            query.set('changes', String(lastChange));
         }
         const url = baseUrl + '?' + query;
         catchingUp = lastId !== null;
