@@ -117,14 +117,24 @@ class _LoopBatches:
     def __init__(self):
         self.waiting: list = []
         self.busy = False
+        # When the oldest call of `waiting` joined it (time.monotonic()); None while empty.
+        self.waiting_since: float | None = None
 
-    async def call(self, function, args: tuple):
+    @sides.on_loop
+    def submit(self, function, args: tuple) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
+        if not self.waiting:
+            self.waiting_since = time.monotonic()
         self.waiting.append((function, args, done))
         if not self.busy:
             self.busy = True
             self._start_soon()
-        return await done
+        return done
+
+    @sides.on_loop
+    def waited(self) -> float:
+        """How long the oldest call waiting for the sync thread has waited, in seconds."""
+        return 0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
 
     @sides.on_loop
     def _start_soon(self):
@@ -134,7 +144,7 @@ class _LoopBatches:
 
     @sides.on_loop
     def _start(self):
-        calls, self.waiting = self.waiting, []
+        calls, self.waiting, self.waiting_since = self.waiting, [], None
         start_logged_task(self._run(calls))
 
     async def _run(self, calls: list):
@@ -241,10 +251,32 @@ async def call_batched(function, *args):
     Returns its result (or raises) once it ran, like database_sync_to_async; calls run in
     the order they were made, and never alongside another sync handler.
     """
+    return await submit_batched(function, *args)
+
+
+@sides.on_loop
+def submit_batched(function, *args) -> asyncio.Future:
+    """Queue function(*args) for the sync thread as call_batched does, without waiting.
+
+    Returns the future of its outcome; the call keeps its place in the order of calls.
+    """
+    return _batches().submit(function, args)
+
+
+@sides.on_loop
+def store_queue_seconds() -> float:
+    """How long the oldest call waiting for this loop's sync thread has waited, in seconds.
+
+    The calls of the batch running meanwhile are not counted: they are on their way.
+    """
+    return _batches().waited()
+
+
+def _batches() -> _LoopBatches:
     state = loops.of_loop()
     if state.batches is None:
         state.batches = _LoopBatches()
-    return await state.batches.call(function, args)
+    return state.batches
 
 
 @sides.on_loop

@@ -270,3 +270,21 @@ async def test_a_bulk_call_from_a_requests_thread_runs_on_the_sockets_thread_in_
     assert ran[0][0] == "held"  # each in its turn, after the job before it
     assert sorted(number for number, _ in ran[1:]) == [1, 2]
     assert all(thread is sockets_thread for number, thread in ran if number != "held")
+
+
+async def test_the_store_queue_wait_counts_from_the_oldest_call_waiting_until_its_batch_starts():
+    assert pipeline.store_queue_seconds() == 0.0
+    release = threading.Event()
+    holding = pipeline.submit_batched(release.wait, 30)  # a batch that holds the thread
+    while pipeline.store_queue_seconds() > 0:  # until its batch starts: nothing waits then
+        await asyncio.sleep(0)
+    waiting = pipeline.submit_batched(time.monotonic)
+    started = time.monotonic()
+    while pipeline.store_queue_seconds() < 0.05:  # the queued call's wait grows...
+        await asyncio.sleep(0.01)
+    assert pipeline.store_queue_seconds() <= time.monotonic() - started + 0.01
+    release.set()
+    await holding
+    ran_at = await waiting
+    assert ran_at - started >= 0.05
+    assert pipeline.store_queue_seconds() == 0.0  # ...until its batch took it
