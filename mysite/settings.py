@@ -348,9 +348,10 @@ CHAT_MESSAGE_MAX_CHARS = 4096
 # with every character escaped as \uXXXX (6 chars each) plus the envelope.
 CHAT_FRAME_MAX_CHARS = 6 * CHAT_MESSAGE_MAX_CHARS + 1024
 # Token bucket per connection: a person typing fast stays far below 10 messages a second,
-# and a burst of 20 lets a paste of several lines through.
-CHAT_RATE_BURST = 20
-CHAT_RATE_PER_SECOND = 10.0
+# and a burst of 20 lets a paste of several lines through. (From the environment too, so
+# that the overload benchmark's clients can offer more than a person does.)
+CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 20, minimum=1)
+CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 10.0)
 # Consecutive rate-limited frames after which the socket is closed as a flooder.
 CHAT_FLOOD_CLOSE_AFTER = 50
 # Messages a socket receives on joining: a screenful of context, cheap to send.
