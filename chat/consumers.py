@@ -51,6 +51,10 @@ LOOP_EVENTS = frozenset({"chat.message", "chat.presence", "chat.typing"})
 BATCHED_EVENTS = frozenset({"websocket.receive"})
 # An `overloaded` refusal's retry hint is rounded up to this step (seconds).
 RETRY_AFTER_STEP_SECONDS = 0.1
+# After refusing a message as overloaded, a socket refuses its later messages until that one
+# comes back (its client_id), so that none overtakes it; at most this long, longer than the
+# room page's longest wait between retries (15 s, plus half of it in jitter).
+ORDER_HOLD_SECONDS = 30.0
 
 
 def _rounded_up(seconds: float) -> float:
@@ -79,9 +83,11 @@ class ChatConsumer(WebsocketConsumer):
     typing_sent_at = -math.inf
     # On the loop: the outcome of the last frame taken in for receive, while it may be pending.
     receiving: asyncio.Future | None = None
-    # On the loop: until then (time.monotonic()) the socket's messages are refused as
-    # overloaded, as the one that was: a message sent after it never overtakes it.
-    refusing_until = -math.inf
+    # On the loop: until then (time.monotonic()), or until the refused message `held_for`
+    # (its client_id) comes back, the socket's messages are refused as overloaded, as that
+    # one was: a message sent after it never overtakes it.
+    hold_until = -math.inf
+    held_for: str | None = None
     # A frame's receive failed (a bug, an outage): the consumer ends with it (see __call__).
     failure: Exception | None = None
 
@@ -199,16 +205,18 @@ class ChatConsumer(WebsocketConsumer):
     def _refused_as_overloaded(self, message: dict) -> bool:
         """Refuse a chat message at once, on the loop, when the store's queue is over the bound.
 
-        Over CHAT_STORE_QUEUE_SECONDS (or within the socket's refusal window, so that a
-        message never overtakes a refused one sent before it), a message is answered with
-        `overloaded` and its retry hint and is not stored; a typing signal is dropped (it
-        is stale by the time a queue that old reaches it). Pings, and frames that are not
-        valid, take their turn on the sync thread as ever: their answers are not stored.
+        Over CHAT_STORE_QUEUE_SECONDS a message is answered with `overloaded` and a retry
+        hint and is not stored; the socket's later messages are refused too until that one
+        comes back (ORDER_HOLD_SECONDS at most; without a client_id, until the hint is
+        over), so none overtakes it. A typing signal is dropped (stale by the time a queue
+        that old reaches it). Pings, and frames that are not valid, take their turn on the
+        sync thread as ever: their answers store nothing.
         """
         now = time.monotonic()
         waited = pipeline.store_queue_seconds()
-        bound = settings.CHAT_STORE_QUEUE_SECONDS
-        if (waited <= bound and now >= self.refusing_until) or self.closing:
+        over = waited > settings.CHAT_STORE_QUEUE_SECONDS
+        holding = now < self.hold_until
+        if not (over or holding) or self.closing:
             return False
         try:
             frame = protocol.parse_chat_frame(
@@ -220,12 +228,19 @@ class ChatConsumer(WebsocketConsumer):
         except protocol.FrameRefused:
             return False
         if isinstance(frame, protocol.TypingSignal):
-            return True
+            return over
         if isinstance(frame, protocol.Ping):
             return False
-        if now >= self.refusing_until:  # a new refusal window, as long as the queue's wait
-            self.refusing_until = now + _rounded_up(max(waited, bound))
-        refusal = protocol.overloaded(frame.client_id, _rounded_up(self.refusing_until - now))
+        comes_back = holding and frame.client_id is not None and frame.client_id == self.held_for
+        if not over and comes_back:
+            self.hold_until, self.held_for = -math.inf, None  # its turn: the hold is over
+            return False
+        retry_after = _rounded_up(max(waited, settings.CHAT_STORE_QUEUE_SECONDS))
+        if not holding or comes_back:
+            self.held_for = frame.client_id
+            hold = ORDER_HOLD_SECONDS if frame.client_id is not None else retry_after
+            self.hold_until = now + hold
+        refusal = protocol.overloaded(frame.client_id, retry_after)
         metrics.FRAMES_REFUSED.labels(refusal.code).inc()
         self.send_from_loop(protocol.error_frame(refusal))
         return True
