@@ -57,11 +57,23 @@ MODERATION_REASONS = {
     protocol.CLOSE_KICKED: "a moderator removed you from this room",
     protocol.CLOSE_BANNED: "a moderator banned you from this room",
 }
-# Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched).
+# Events whose sync handlers run batched with other sockets' (chat.pipeline.call_batched),
+# taken in as they arrive, without waiting for the one before (ChatConsumer.take_frame).
 # A connect is too, once it joined its groups (dispatch): sockets connect by the thousand
 # when a server restarts, and a hop each cost more than their handlers. Disconnecting
-# runs on its own.
+# runs on its own, after the frames taken in before it.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
+# An `overloaded` refusal's retry hint is rounded up to this step (seconds).
+RETRY_AFTER_STEP_SECONDS = 0.1
+# After refusing a message as overloaded, a socket refuses its later messages until that one
+# comes back (its client_id), so that none overtakes it; at most this long, longer than the
+# room page's longest wait between retries (15 s, plus half of it in jitter).
+ORDER_HOLD_SECONDS = 30.0
+
+
+def _rounded_up(seconds: float) -> float:
+    """Seconds rounded up to the retry hint's step (RETRY_AFTER_STEP_SECONDS)."""
+    return round(math.ceil(seconds / RETRY_AFTER_STEP_SECONDS) * RETRY_AFTER_STEP_SECONDS, 1)
 
 
 class ChatConsumer(WebsocketConsumer):
@@ -89,6 +101,15 @@ class ChatConsumer(WebsocketConsumer):
     network = ""
     # A guest's address is kept for bans (chat.moderation) once its socket has posted.
     address_kept = False
+    # On the loop: the outcome of the last frame taken in for receive, while it may be pending.
+    receiving: asyncio.Future | None = None
+    # On the loop: until then (time.monotonic()), or until the refused message `held_for`
+    # (its client_id) comes back, the socket's messages are refused as overloaded, as that
+    # one was: a message sent after it never overtakes it.
+    hold_until = -math.inf
+    held_for: str | None = None
+    # A frame's receive failed (a bug, an outage): the consumer ends with it (see __call__).
+    failure: Exception | None = None
 
     async def __call__(self, scope, receive, send):
         """Run the consumer; however it ends, it leaves its room (leave_room).
@@ -100,12 +121,20 @@ class ChatConsumer(WebsocketConsumer):
         """
         # The loop, and the queue that every frame of this socket leaves through, in order.
         self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
         self.asgi_send = send
         self.frames = pipeline.FrameQueue(send)
         try:
             return await super().__call__(scope, receive, send)
         except Exception as error:
             await self._close_now(self._failed(error, "service unavailable", "its consumer failed"))
+        except asyncio.CancelledError:
+            if self.failure is None:
+                raise
+            # Cancelled by _received, for a frame's failure: that is how this consumer ends.
+            self.task.uncancel()
+            code = self._failed(self.failure, "service unavailable", "its consumer failed")
+            await self._close_now(code)
         finally:
             if self.room_group_name is not None and not self.left_room:
                 # Here on the loop, not through the sync thread, which a stopping server
@@ -151,8 +180,10 @@ class ChatConsumer(WebsocketConsumer):
                 await self._discard_from_groups()
                 self.joined_groups = ()
         elif message["type"] in BATCHED_EVENTS:
-            await pipeline.call_batched(getattr(self, get_handler_name(message)), message)
+            self.take_frame(message)
         else:
+            if self.receiving is not None:  # the frames before it first, as they came
+                await asyncio.wait([self.receiving])
             await super().dispatch(message)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -166,6 +197,75 @@ class ChatConsumer(WebsocketConsumer):
         arrive for a socket that connect then refuses, or that is closing meanwhile.
         """
         return self.delivery is not None and not self.closing
+
+    @sides.on_loop
+    def take_frame(self, message: dict):
+        """Queue a frame for receive on the sync thread, or refuse its message now (overloaded).
+
+        Taken in as it arrives, without waiting for the frame before it (which keeps its
+        place ahead of it): every frame waiting for the store waits in one queue, where
+        its wait is seen (chat.pipeline.store_queue_seconds), not unseen in the server's
+        queue of this socket's frames.
+        """
+        if self._refused_as_overloaded(message):
+            return
+        self.receiving = pipeline.submit_batched(getattr(self, get_handler_name(message)), message)
+        self.receiving.add_done_callback(self._received)
+
+    @sides.on_loop
+    def _received(self, outcome: asyncio.Future):
+        if outcome is self.receiving:
+            self.receiving = None
+        if outcome.cancelled() or outcome.exception() is None or self.failure is not None:
+            return
+        # As if receive had raised in dispatch: the consumer ends, closing with 4503 or 4500.
+        self.failure = outcome.exception()
+        self.closing = True  # and its frames still queued store nothing
+        self.task.cancel()
+
+    @sides.on_loop
+    def _refused_as_overloaded(self, message: dict) -> bool:
+        """Refuse a chat message at once, on the loop, when the store's queue is over the bound.
+
+        Over CHAT_STORE_QUEUE_SECONDS a message is answered with `overloaded` and a retry
+        hint and is not stored; the socket's later messages are refused too until that one
+        comes back (ORDER_HOLD_SECONDS at most; without a client_id, until the hint is
+        over), so none overtakes it. A typing signal is dropped (stale by the time a queue
+        that old reaches it). Pings, edits and deletions, and frames that are not valid, take
+        their turn on the sync thread as ever.
+        """
+        now = time.monotonic()
+        waited = pipeline.store_queue_seconds()
+        over = waited > settings.CHAT_STORE_QUEUE_SECONDS
+        holding = now < self.hold_until
+        if not (over or holding) or self.closing:
+            return False
+        try:
+            frame = protocol.parse_chat_frame(
+                message.get("text"),
+                message.get("bytes"),
+                max_chars=settings.CHAT_MESSAGE_MAX_CHARS,
+                max_frame_chars=settings.CHAT_FRAME_MAX_CHARS,
+            )
+        except protocol.FrameRefused:
+            return False
+        if isinstance(frame, protocol.TypingSignal):
+            return over
+        if not isinstance(frame, protocol.ChatFrame):
+            return False  # a ping, an edit or a deletion: each takes its turn
+        comes_back = holding and frame.client_id is not None and frame.client_id == self.held_for
+        if not over and comes_back:
+            self.hold_until, self.held_for = -math.inf, None  # its turn: the hold is over
+            return False
+        retry_after = _rounded_up(max(waited, settings.CHAT_STORE_QUEUE_SECONDS))
+        if not holding or comes_back:
+            self.held_for = frame.client_id
+            hold = ORDER_HOLD_SECONDS if frame.client_id is not None else retry_after
+            self.hold_until = now + hold
+        refusal = protocol.overloaded(frame.client_id, retry_after)
+        metrics.FRAMES_REFUSED.labels(refusal.code).inc()
+        self.send_from_loop(protocol.error_frame(refusal))
+        return True
 
     @sides.on_sync_thread
     def send(self, text_data=None, bytes_data=None, close=False):
@@ -827,8 +927,7 @@ class ChatConsumer(WebsocketConsumer):
         """Log a failure the socket must close for, once; return the code it closes with.
 
         An outage (chat.outages) is one line, not a traceback per socket, and 4503: the page
-        reconnects and catches up. Anything else is a bug: its traceback, and 4500. Call it
-        from the `except` block that caught `error`.
+        reconnects and catches up. Anything else is a bug: its traceback, and 4500.
         """
         if outages.is_outage(error):
             metrics.outage(error)
@@ -836,8 +935,12 @@ class ChatConsumer(WebsocketConsumer):
             logger.warning("closing socket, %s: %r", outage, error, extra=self._log_extra(code))
             return code
         code = protocol.CLOSE_INTERNAL_ERROR
-        logger.exception(
-            "closing socket in room %r: %s", self.room_name, failure, extra=self._log_extra(code)
+        logger.error(
+            "closing socket in room %r: %s",
+            self.room_name,
+            failure,
+            exc_info=error,
+            extra=self._log_extra(code),
         )
         return code
 

@@ -109,6 +109,8 @@ OUTAGES = Counter(
 # reads 0 instead of "no data" until the first one happens.
 for reason in ("origin", "path", "too_many_sockets"):
     HANDSHAKES_REFUSED.labels(reason)
+# Shed load: messages refused at once because the queue in front of the store was too old.
+FRAMES_REFUSED.labels("overloaded")
 for service in ("redis", "database"):
     OUTAGES.labels(service)
 

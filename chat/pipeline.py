@@ -34,6 +34,9 @@ SEND_SLICE_SECONDS = 0.0005
 # a pause this many times as long as it took, so bulk work gets at most 1 / (1 + factor) of
 # the process (benchmarks/catch_up.py).
 BULK_PAUSE_FACTOR = 1.0
+# The share of the last batch in the running estimate of a call's time on the sync thread:
+# a few batches' worth of memory, so that one slow batch (a lock) is not taken for a trend.
+CALL_SECONDS_WEIGHT = 0.2
 
 
 @sides.on_sync_thread
@@ -131,14 +134,35 @@ class _LoopBatches:
     def __init__(self):
         self.waiting: list = []
         self.busy = False
+        # When the oldest call of `waiting` joined it (time.monotonic()); None while empty.
+        self.waiting_since: float | None = None
+        # What a call has recently taken on the sync thread, on average (seconds).
+        self.call_seconds = 0.0
+        # When the running batch started (time.monotonic()).
+        self.running_since = 0.0
 
-    async def call(self, function, args: tuple):
+    @sides.on_loop
+    def submit(self, function, args: tuple) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
+        if not self.waiting:
+            self.waiting_since = time.monotonic()
         self.waiting.append((function, args, done))
         if not self.busy:
             self.busy = True
             self._start_soon()
-        return await done
+        return done
+
+    @sides.on_loop
+    def waited(self) -> float:
+        """How long the calls waiting for the sync thread have waited, or will take there.
+
+        The oldest waiting call's wait so far, or the waiting calls' work at the recent time
+        per call, whichever is longer, in seconds: under overload each batch takes longer
+        than the one before it gathered, and a bound on the first alone would let batches,
+        and so every message's wait, grow with the overload.
+        """
+        oldest = 0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
+        return max(oldest, len(self.waiting) * self.call_seconds)
 
     @sides.on_loop
     def _start_soon(self):
@@ -148,13 +172,16 @@ class _LoopBatches:
 
     @sides.on_loop
     def _start(self):
-        calls, self.waiting = self.waiting, []
+        calls, self.waiting, self.waiting_since = self.waiting, [], None
+        self.running_since = time.monotonic()
         start_logged_task(self._run(calls))
 
     async def _run(self, calls: list):
         outcomes: list = []
         try:
             outcomes = await database_sync_to_async(_call_each)(asyncio.get_running_loop(), calls)
+            per_call = (time.monotonic() - self.running_since) / len(calls)
+            self.call_seconds += CALL_SECONDS_WEIGHT * (per_call - self.call_seconds)
         except BaseException as error:
             # Not one call's failure (those come back as outcomes): none of them is known
             # to have run, or to ever run. Their callers must not wait for ever.
@@ -226,10 +253,30 @@ async def call_batched(function, *args):
     Returns its result (or raises) once it ran, like database_sync_to_async; calls run in
     the order they were made, and never alongside another sync handler.
     """
+    return await submit_batched(function, *args)
+
+
+@sides.on_loop
+def submit_batched(function, *args) -> asyncio.Future:
+    """Queue function(*args) for the sync thread as call_batched does, without waiting.
+
+    Returns the future of its outcome; the call keeps its place in the order of calls.
+    """
+    return _batches().submit(function, args)
+
+
+@sides.on_loop
+def store_queue_seconds() -> float:
+    """How long the calls waiting for this loop's sync thread have waited, or will take there
+    (seconds): the oldest one's wait so far, or their work at the recent time per call."""
+    return _batches().waited()
+
+
+def _batches() -> _LoopBatches:
     state = loops.of_loop()
     if state.batches is None:
         state.batches = _LoopBatches()
-    return await state.batches.call(function, args)
+    return state.batches
 
 
 async def call_batched_whole(function, *args):

@@ -104,14 +104,19 @@ class FrameRefused(Exception):
     """An inbound frame we will not act on; `code` is stable, `detail` is for people."""
 
     def __init__(
-        self, code: str, detail: str, client_id: str | None = None, retry_after: int | None = None
+        self,
+        code: str,
+        detail: str,
+        client_id: str | None = None,
+        retry_after: float | None = None,
     ):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         # Echoed in the error event, so a client knows which of its sends was refused.
         self.client_id = client_id
-        # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After).
+        # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After);
+        # an overload's: when to try again first (whole seconds for limits, tenths here).
         self.retry_after = retry_after
 
 
@@ -516,9 +521,22 @@ def lookalike_room_refusal(existing: str, client_id: str | None = None) -> Frame
     )
 
 
+def overloaded(client_id: str | None, retry_after: float) -> FrameRefused:
+    """The refusal of a message that would wait too long in front of the store: not stored,
+    to be sent again (with the same client_id) `retry_after` seconds or more later."""
+    return FrameRefused(
+        "overloaded",
+        f"The server is busy: the message was not stored. Send it again in {retry_after:g} s.",
+        client_id,
+        retry_after,
+    )
+
+
 def error_frame(refusal: FrameRefused) -> str:
     """Build the outbound frame that tells one socket why its frame was refused."""
-    error = {"code": refusal.code, "detail": refusal.detail}
+    error: dict[str, Any] = {"code": refusal.code, "detail": refusal.detail}
+    if refusal.retry_after is not None:
+        error["retry_after"] = refusal.retry_after
     if refusal.client_id is not None:
         error["client_id"] = refusal.client_id
     return json.dumps({"error": error})

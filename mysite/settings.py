@@ -353,9 +353,10 @@ CHAT_MESSAGE_MAX_CHARS = 4096
 # with every character escaped as \uXXXX (6 chars each) plus the envelope.
 CHAT_FRAME_MAX_CHARS = 6 * CHAT_MESSAGE_MAX_CHARS + 1024
 # Token bucket per connection: a person typing fast stays far below 10 messages a second,
-# and a burst of 20 lets a paste of several lines through.
-CHAT_RATE_BURST = 20
-CHAT_RATE_PER_SECOND = 10.0
+# and a burst of 20 lets a paste of several lines through. (From the environment too, so
+# that the overload benchmark's clients can offer more than a person does.)
+CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 20, minimum=1)
+CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 10.0)
 # Consecutive rate-limited frames after which the socket is closed as a flooder.
 CHAT_FLOOD_CLOSE_AFTER = 50
 # Messages a socket receives on joining: a screenful of context, cheap to send.
@@ -425,6 +426,13 @@ CHAT_HTTP_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_HTTP_REQUEST_TIMEOUT_SECONDS
 # under load costs more than the wait). It holds this many at most.
 CHAT_REORDER_WAIT_SECONDS = 0.25
 CHAT_REORDER_MAX_HELD = 100
+# A message that would join calls for the sync thread (the store's queue) that have waited
+# longer than this is refused at once with `overloaded` and a retry hint, instead of waiting
+# behind them: latency stays bounded under overload, and the client retries the same
+# client_id. 0.5 s: a busy process's batches start within ~0.15 s (benchmarks/overload.py),
+# so only a queue that no longer drains is refused, and a person still sees their message
+# within a second or hears why not.
+CHAT_STORE_QUEUE_SECONDS = env_float("CHAT_STORE_QUEUE_SECONDS", 0.5)
 # Combining marks a name may stack on one letter: enough for the letters of real names
 # (Thai's vowel and tone marks, Hebrew's dagesh and vowel: 2), too few for a tower that
 # overdraws the names around it.

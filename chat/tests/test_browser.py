@@ -31,6 +31,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
+from chat.tests.test_consumers import room_locked_outside
 from conftest import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("limits_count_from_zero")]
@@ -1417,6 +1418,31 @@ def test_a_refused_message_waits_for_retry_and_retry_sends_it(browser, chat_serv
     retry.click()
     _wait(browser, lambda: _rich_texts(browser) == ["try again"], "Retry sent nothing")
     assert _pending(browser) == []
+
+
+def test_the_page_retries_a_message_refused_as_overloaded_until_it_is_delivered_once_in_order(
+    browser, start_chat_server
+):
+    # No wait in front of the store is allowed; the lock's wait is long enough for the test.
+    server = start_chat_server(CHAT_STORE_QUEUE_SECONDS="0", DATABASE_LOCK_TIMEOUT_SECONDS="60")
+    _enter_chat_room(browser, server.url, "busy")
+    _post_message(browser, "first")
+    _wait(browser, lambda: _rich_texts(browser) == ["first"])
+    with room_locked_outside(server.env["DATABASE_URL"], "busy"):
+        _post_message(browser, "held by the lock")  # holds the server's sync thread
+        _post_message(browser, "queued behind it")  # waits in front of the store
+        _post_message(browser, "refused")  # would join a queue that waited: overloaded
+        _wait(
+            browser,
+            lambda: _pending(browser)[-1] == {
+                "text": "refused", "delivery": "Server busy, retrying…", "code": "overloaded"
+            },
+            "the page never showed the refusal",
+        )  # fmt: skip
+    expected = ["first", "held by the lock", "queued behind it", "refused"]
+    _wait(browser, lambda: _rich_texts(browser) == expected, "not delivered once, in order")
+    assert _pending(browser) == []
+    assert _stored_texts(server.url, "busy") == expected  # stored once each
 
 
 def test_messages_from_history_and_catch_up_reach_other_scripts_marked_history(

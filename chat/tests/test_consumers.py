@@ -8,6 +8,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
 from hypothesis import strategies as st
 
-from chat import commits, presence, protocol, rooms, services, sides, upkeep
+from chat import commits, pipeline, presence, protocol, rooms, services, sides, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message, Room
 from chat.stalls import COOL_OFF_FACTOR
@@ -1477,3 +1478,116 @@ async def _run(readers: list[_Reader], operations: list[tuple], room: str):
         while {seq: shown[:2] for seq, shown in reader.shown.items()} != expected:
             await reader.read_one()
         assert not reader.waiting or set(reader.waiting) <= set(expected)
+
+
+# --- Overload: a bound in time on the queue in front of the store ---------------------------
+
+
+@contextlib.asynccontextmanager
+async def sync_thread_held():
+    """Hold the sync thread (a call in a batch, as a slow store would) until the block ends."""
+    release = threading.Event()
+    holding = pipeline.submit_batched(release.wait, 30)
+    try:
+        yield
+    finally:
+        release.set()
+        await holding
+
+
+async def send_as_a_client_retries(socket, text: str, client_id: str) -> dict:
+    """Send a message, and again after each `overloaded` once its retry_after is over; the echo."""
+    while True:
+        await socket.send_json_to({"message": text, "client_id": client_id})
+        frame = await next_frame(socket)
+        if frame.get("error", {}).get("code") != "overloaded":
+            assert frame.get("message") == text, frame
+            return frame
+        await asyncio.sleep(frame["error"]["retry_after"])  # as the protocol asks a client to
+
+
+async def test_a_message_joining_a_queue_older_than_the_bound_is_refused_and_not_stored(
+    join, settings
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0  # any wait is over the bound
+    sender, reader = await join("lobby"), await join("lobby")
+    async with sync_thread_held():
+        await sender.send_json_to({"message": "queued", "client_id": "first"})
+        await sender.send_json_to({"message": "refused", "client_id": "second"})
+        # At once, while the message before it still waits: refused on the loop.
+        error = (await next_frame(sender))["error"]
+    assert (error["code"], error["client_id"]) == ("overloaded", "second")
+    assert error["retry_after"] > 0 and "busy" in error["detail"]
+    # The accepted one is stored and delivered; the refused one is neither.
+    assert (await assert_receives_message(reader, "queued"))["id"] == 1
+    await assert_receives_message(sender, "queued")
+    await assert_no_chat(reader)
+    assert await database_sync_to_async(services.last_seq)("lobby") == 1
+
+
+async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_comes_back(
+    join, settings
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    sender, reader = await join("lobby"), await join("lobby")
+    async with sync_thread_held():
+        await sender.send_json_to({"message": "queued"})
+        await sender.send_json_to({"message": "refused", "client_id": "a"})
+        assert (await next_frame(sender))["error"]["code"] == "overloaded"
+    await assert_receives_message(reader, "queued")
+    await assert_receives_message(sender, "queued")
+    settings.CHAT_STORE_QUEUE_SECONDS = 60  # the queue is no reason to refuse any more
+    # Nothing waits now; but the client had not heard of its refusal when it sent this.
+    await sender.send_json_to({"message": "sent next", "client_id": "b"})
+    error = (await next_frame(sender))["error"]
+    assert (error["code"], error["client_id"]) == ("overloaded", "b")
+    # Once the refused one is back, in its place, both go through in the order typed.
+    await sender.send_json_to({"message": "refused", "client_id": "a"})
+    await sender.send_json_to({"message": "sent next", "client_id": "b"})
+    assert [(await next_frame(reader))["message"] for _ in range(2)] == ["refused", "sent next"]
+
+
+async def test_a_refused_message_sent_again_with_its_client_id_is_stored_once(join, settings):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    sender, reader = await join("lobby"), await join("lobby")
+    async with sync_thread_held():
+        await sender.send_json_to({"message": "queued"})
+        await sender.send_json_to({"message": "again", "client_id": "kept"})
+        assert (await next_frame(sender))["error"]["code"] == "overloaded"
+    await assert_receives_message(reader, "queued")
+    await assert_receives_message(sender, "queued")
+    for _ in range(2):  # the retry, and a retry of the retry whose echo was lost
+        assert (await send_as_a_client_retries(sender, "again", "kept"))["id"] == 2
+    await assert_receives_message(reader, "again")
+    await assert_no_chat(reader)
+
+
+async def test_under_overload_pings_are_answered_and_typing_is_dropped(join, settings):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    typer, reader = await join("lobby"), await join("lobby")
+    async with sync_thread_held():
+        await typer.send_json_to({"message": "queued"})
+        await typer.send_json_to({"typing": True})
+        await typer.send_json_to({"ping": True})
+    # The pong is sent as the ping is handled; the message goes round the room first.
+    answers = [await next_frame(typer) for _ in range(2)]
+    assert {"pong": True} in answers and "queued" in [a.get("message") for a in answers]
+    await assert_receives_message(reader, "queued")
+    await assert_no_chat(reader)  # no typing signal
+
+
+async def test_every_message_accepted_under_the_bound_is_stored_and_delivered_in_order(
+    join, settings
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = 60  # the held thread stays well under it
+    senders = [await join("lobby") for _ in range(3)]
+    reader = await join("lobby")
+    async with sync_thread_held():
+        for number in range(10):
+            for index, sender in enumerate(senders):
+                await sender.send_json_to({"message": f"{index}:{number}"})
+    received = [(await next_frame(reader, timeout=10))["message"] for _ in range(30)]
+    for index in range(3):
+        mine = [text for text in received if text.startswith(f"{index}:")]
+        assert mine == [f"{index}:{number}" for number in range(10)]
+    assert await database_sync_to_async(services.last_seq)("lobby") == 30

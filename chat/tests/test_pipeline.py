@@ -275,3 +275,35 @@ async def test_a_failed_job_in_turn_raises_in_its_caller_and_the_next_one_runs()
     results = await asyncio.wait_for(asyncio.gather(failed, next_one, return_exceptions=True), 5)
     assert repr(results[0]) == "ValueError('broken page')"
     assert results[1] == "next"
+
+
+async def test_the_store_queue_wait_counts_from_the_oldest_call_waiting_until_its_batch_starts():
+    assert pipeline.store_queue_seconds() == 0.0
+    release = threading.Event()
+    holding = pipeline.submit_batched(release.wait, 30)  # a batch that holds the thread
+    while pipeline.store_queue_seconds() > 0:  # until its batch starts: nothing waits then
+        await asyncio.sleep(0)
+    waiting = pipeline.submit_batched(time.monotonic)
+    started = time.monotonic()
+    while pipeline.store_queue_seconds() < 0.05:  # the queued call's wait grows...
+        await asyncio.sleep(0.01)
+    assert pipeline.store_queue_seconds() <= time.monotonic() - started + 0.01
+    release.set()
+    await holding
+    ran_at = await waiting
+    assert ran_at - started >= 0.05
+    assert pipeline.store_queue_seconds() == 0.0  # ...until its batch took it
+
+
+async def test_the_store_queue_wait_counts_the_work_queued_ahead_at_the_recent_time_per_call():
+    for _ in range(10):  # batches of one call that takes 10 ms at least
+        await pipeline.call_batched(time.sleep, 0.01)
+    release = threading.Event()
+    holding = pipeline.submit_batched(release.wait, 30)
+    while pipeline.store_queue_seconds() > 0:  # until its batch starts
+        await asyncio.sleep(0)
+    queued = [pipeline.submit_batched(time.monotonic) for _ in range(100)]
+    # Nothing has waited yet, but 100 calls at about 9 ms each (the average so far) wait.
+    assert pipeline.store_queue_seconds() > 0.5
+    release.set()
+    await asyncio.gather(holding, *queued)

@@ -491,3 +491,15 @@ def test_an_accepted_message_leaves_no_direction_open_at_any_line_end(text):
             depth -= char in {PDF, PDI}
             assert depth >= 0
         assert depth == 0
+
+
+def test_an_overloaded_refusal_carries_its_retry_hint_and_client_id():
+    frame = json.loads(protocol.error_frame(protocol.overloaded("c1", 0.5)))
+    assert frame == {
+        "error": {
+            "code": "overloaded",
+            "detail": "The server is busy: the message was not stored. Send it again in 0.5 s.",
+            "retry_after": 0.5,
+            "client_id": "c1",
+        }
+    }

@@ -34,7 +34,11 @@
 // and the page reads (A, S] from the messages endpoint, page by page, holding the live
 // messages that arrive meanwhile until the gap before them is filled: every message once,
 // in order. A message over the server's limits (json_script "chat-limits") is never sent:
-// it stays in the input, with the reason.
+// it stays in the input, with the reason. A message the server refuses as `overloaded` shows
+// "Server busy, retrying…" and goes again by itself after the error's retry_after, doubled
+// at each refusal in a row and jittered upwards (never sooner than the server asked), up
+// to 15 s; meanwhile nothing else goes out, and then the waiting ones go in the order they
+// were typed, each with its client_id: stored once, in order.
 //
 // Edits and deletions (docs/protocol.md, 'Edits and deletions'): the reader's own messages
 // have Edit and Delete controls (a moderator's page: Delete on everyone's), sent as
@@ -63,6 +67,10 @@
     const BACKOFF_FIRST_MS = 500;
     const BACKOFF_MAX_MS = 15000;
     const RATE_LIMITED_RETRY_MS = 1000;
+    // After `overloaded`: the retry_after hint doubled at each refusal in a row, up to this,
+    // plus up to this share of it at random, so that refused pages do not come back together.
+    const BUSY_RETRY_MAX_MS = 15000;
+    const BUSY_JITTER = 0.5;
     // A connection that stayed up this long was not dropped for something it sent.
     const HEALTHY_AFTER_MS = 5000;
     // Close codes after which the server wants the page back at once (docs/protocol.md, close codes):
@@ -127,6 +135,7 @@
         invalid_character: 'This message holds a character that cannot be sent ' +
                            '(an invisible control character, or half an emoji).',
         store_failed: 'The server could not save this message just now. Trying again…',
+        overloaded: 'The server is busy. Retrying…',
         frame_too_large: 'This message is too large to send.',
         not_allowed: 'You may not change that message.',
         no_such_message: 'That message is not there any more.',
@@ -196,6 +205,8 @@
     let lastChange = 0;
     let fillingChanges = false; // changes the socket left out are being read over HTTP
     const changesWaiting = new Map();  // id -> the newest change of a message not shown yet
+    let busyTimer = null;       // after `overloaded`: nothing goes out until it fires
+    let busyRefusals = 0;       // `overloaded` refusals since the last message went through
     const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
     const sentIds = loadSentIds();  // client_id -> id the server stored it under
 
@@ -743,9 +754,44 @@
 
     function sendPending(clientId) {
         const item = pending.get(clientId);
-        if (isOpen() && !signInChanged && item !== undefined && !item.refused) {
+        if (item === undefined || item.refused) {
+            return;
+        }
+        if (busyTimer !== null) {
+            item.busy = true;  // sent in its turn when the server is asked again
+        } else if (isOpen() && !signInChanged) {
             item.sent = true;
+            item.busy = false;
             socket.send(item.frame);
+        }
+    }
+
+    function onOverloaded(error) {
+        const item = pending.get(error.client_id);
+        item.busy = true;
+        const delivery = item.element.querySelector('.delivery');
+        delivery.textContent = 'Server busy, retrying…';
+        delivery.dataset.code = error.code;
+        if (busyTimer !== null) {
+            return;  // one sent before the first refusal reached us: it goes with the rest
+        }
+        const hint = Math.max(Number(error.retry_after) || 0, 0.1) * 1000;
+        const wait = Math.min(hint * 2 ** busyRefusals, BUSY_RETRY_MAX_MS);
+        busyRefusals += 1;
+        busyTimer = setTimeout(sendAfterBusy, wait * (1 + BUSY_JITTER * Math.random()));
+    }
+
+    function sendAfterBusy() {
+        busyTimer = null;
+        for (const [clientId, item] of pending) {  // in the order typed
+            if (item.busy || !item.sent) {
+                const delivery = item.element.querySelector('.delivery');
+                if (delivery.dataset.code === 'overloaded') {
+                    delete delivery.dataset.code;
+                    delivery.textContent = 'sending…';
+                }
+                sendPending(clientId);
+            }
         }
     }
 
@@ -842,6 +888,7 @@
             rememberSent(data.client_id, data.id);
             pending.get(data.client_id).element.remove();
             pending.delete(data.client_id);
+            busyRefusals = 0;
             showOutbox();
             clearError();  // a success: whatever went wrong before is over
         }
@@ -886,7 +933,9 @@
         if (!error.client_id || !pending.has(error.client_id)) {
             return;
         }
-        if (error.code === 'rate_limited' || error.code === 'store_failed') {
+        if (error.code === 'overloaded') {
+            onOverloaded(error);
+        } else if (error.code === 'rate_limited' || error.code === 'store_failed') {
             setTimeout(() => sendPending(error.client_id), RATE_LIMITED_RETRY_MS);
         } else {
             showRefused(error.client_id, error);
@@ -1327,7 +1376,8 @@
         }
         const element = pendingElement(clientId, message);
         messagesBox.append(element);
-        pending.set(clientId, {frame: frame, text: message, element: element, refused: false, sent: false});
+        pending.set(clientId, {frame: frame, text: message, element: element, refused: false, sent: false,
+                              busy: false});
         showOutbox();
         sendPending(clientId);
         messageInput.value = '';
