@@ -25,7 +25,8 @@ class MembershipInline(admin.TabularInline):
 class RoomAdmin(admin.ModelAdmin):
     list_display = ["name", "title", "last_seq", "retention_days", "gone_until"]
     search_fields = ["name", "title"]
-    readonly_fields = ["gone_until"]
+    # Counters the chat keeps: edited by hand, ids would repeat or leave gaps.
+    readonly_fields = ["last_seq", "last_change", "gone_until"]
     inlines = [MembershipInline]
 
 

@@ -26,7 +26,7 @@ from chat.tests.test_browser import (
     _wait,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("limits_count_from_zero")]
 # test_browser's fixtures: one headless Chromium per module, cleared after each test.
 driver = test_browser.driver
 browser = test_browser.browser

@@ -17,7 +17,7 @@ from chat.tests.test_memberships import _close_code, _open, _signed_up
 from chat.tests.test_revocation import Browser
 from conftest import ROOT
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("limits_count_from_zero")]
 # test_browser's fixtures: one headless Chromium per module, cleared after each test.
 driver = test_browser.driver
 browser = test_browser.browser

@@ -158,7 +158,8 @@ def test_metrics_count_what_the_load_did_on_two_processes(two_processes_after_lo
     assert samples["chat_deliveries_total"] == MESSAGES * SOCKETS
     assert samples['chat_frames_refused_total{code="invalid_json"}'] == 1
     assert samples['chat_handshakes_refused_total{reason="origin"}'] == 1
-    assert samples["chat_store_seconds_count"] == MESSAGES
+    # One observation per stored batch (chat.commits): messages arriving together share one.
+    assert 1 <= samples["chat_store_seconds_count"] <= MESSAGES
     assert samples["chat_broadcast_seconds_count"] >= MESSAGES
     # Every socket closed: the gauge of both processes added up is back to zero.
     until(lambda: scrape(url).get("chat_sockets_open") == 0)

@@ -66,7 +66,12 @@ async def test_a_messages_request_is_handled_whole_on_the_sockets_thread_in_its_
     held_lane.set()
     response = await answer
     assert response["status"] == 200
-    assert json.loads(response["body"]) == {"room": "lobby", "messages": [], "next_after": None}
+    assert json.loads(response["body"]) == {
+        "room": "lobby",
+        "messages": [],
+        "next_after": None,
+        "gone_until": 0,
+    }
     assert seen == [("http_refusal", sockets_thread), ("read_page", sockets_thread)]
     # Through the same middleware as every other request.
     assert (b"X-Content-Type-Options", b"nosniff") in response["headers"]
