@@ -113,9 +113,9 @@ def test_a_page_away_meanwhile_shows_the_edit_and_the_deletion_once_back(
     browser, start_chat_server
 ):
     doomed, survivor = start_chat_server(), start_chat_server()
-    _enter_chat_room(browser, doomed.url, "away")
+    _enter_chat_room(browser, doomed.url, "away-edits")
     _open_new_window(browser)
-    _enter_chat_room(browser, survivor.url, "away")
+    _enter_chat_room(browser, survivor.url, "away-edits")
     _post_message(browser, "one")
     _post_message(browser, "two")
     _wait(browser, lambda: _rich_texts(browser) == ["one", "two"])
