@@ -29,6 +29,7 @@ import platform
 import random
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -77,6 +78,10 @@ class Run:
     refused: Counter = field(default_factory=Counter)  # error code -> count
     out_of_order: int = 0
     sends: int = 0
+    # Gaps the socket left to the client ({"catch_up": {"recovered": false}}), and the
+    # deliveries read for them over HTTP, as the page reads them.
+    gaps_read_over_http: int = 0
+    read_over_http: int = 0
 
 
 class Overload:
@@ -161,25 +166,53 @@ class Overload:
                     loop = asyncio.get_running_loop()
                     loop.call_later(RETRY_SECONDS, self._retry, client, frame["error"]["client_id"])
                 continue
+            catch_up = frame.get("catch_up")
+            if catch_up is not None and not catch_up["recovered"]:
+                # Left to the client: read (after, until] over HTTP, as the page does.
+                run.gaps_read_over_http += 1
+                for client_id in await self._read_gap(client, catch_up["after"], catch_up["until"]):
+                    run.read_over_http += 1
+                    self._arrived(client, client_id)
+                continue
             if "message" not in frame or frame.get("history"):
                 continue
-            client_id = frame["message"]
-            now = time.perf_counter()
-            run.arrivals[(client_id, client.index)] += 1
-            if run.arrivals[(client_id, client.index)] == 1:
-                run.accepted_latencies.append(now - run.sent_at[client_id])
-                run.typed_latencies.append(now - run.typed_at[client_id])
-            sender, number = client_id.rsplit("-", 1)
-            if int(number) <= client.last_seen.get(sender, -1):
-                run.out_of_order += 1
-            client.last_seen[sender] = int(number)
-            if client_id in client.outbox and sender == f"{client.room}-{client.index}":
-                del client.outbox[client_id]
-                client.refusals_in_a_row = 0
+            self._arrived(client, frame["message"])
+
+    def _arrived(self, client: Client, client_id: str):
+        run = self.run
+        now = time.perf_counter()
+        run.arrivals[(client_id, client.index)] += 1
+        if run.arrivals[(client_id, client.index)] == 1:
+            run.accepted_latencies.append(now - run.sent_at[client_id])
+            run.typed_latencies.append(now - run.typed_at[client_id])
+        sender, number = client_id.rsplit("-", 1)
+        if int(number) <= client.last_seen.get(sender, -1):
+            run.out_of_order += 1
+        client.last_seen[sender] = int(number)
+        if client_id in client.outbox and sender == f"{client.room}-{client.index}":
+            del client.outbox[client_id]
+            client.refusals_in_a_row = 0
+
+    async def _read_gap(self, client: Client, after: int, until: int) -> list[str]:
+        """The texts of the room's messages (after, until], read page by page over HTTP."""
+        texts = []
+        while after < until:
+            url = f"{self.url}/chat/overload-{client.room}/messages/?after={after}&limit=500"
+            page = await asyncio.to_thread(_get_json, url)
+            texts += [message["message"] for message in page["messages"] if message["id"] <= until]
+            if page["next_after"] is None:
+                break
+            after = page["next_after"]
+        return texts
 
     def missing(self) -> int:
         """Deliveries of every typed message that have not arrived yet."""
         return len(self.run.typed_at) * self.clients - len(self.run.arrivals)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
 
 
 def _sent(sending: asyncio.Future):
@@ -231,6 +264,8 @@ async def run_overload(args, application: str) -> dict:
             "lost": load.missing(),
             "duplicates": sum(count - 1 for count in run.arrivals.values() if count > 1),
             "out_of_order": run.out_of_order,
+            "gaps_read_over_http": run.gaps_read_over_http,
+            "read_over_http": run.read_over_http,
             "drained_in_s": round(drained_in, 1),
             "closed_by_server": dict(closed_early),
             "server_cpu_percent": round(100 * (cpu_after - cpu_before) / typed_for),
