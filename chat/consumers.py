@@ -127,6 +127,9 @@ class ChatConsumer(WebsocketConsumer):
         try:
             return await super().__call__(scope, receive, send)
         except Exception as error:
+            # Ending with this failure: a frame's failure reported meanwhile (_received)
+            # must not cancel the cleanup below as well.
+            self.failure = error
             await self._close_now(self._failed(error, "service unavailable", "its consumer failed"))
         except asyncio.CancelledError:
             if self.failure is None:
