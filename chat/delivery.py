@@ -228,11 +228,34 @@ class RoomDelivery:
     @sides.on_loop
     def resync(self):
         """Send what was stored since the last message sent, and the changes since the last
-        change (after Redis restarted, or a lag)."""
+        change (after Redis restarted)."""
         if self.stopped or not self.started:
             return  # the start reads it
+        self._resync_changes()
+        self._resync_messages()
+
+    @sides.on_loop
+    def catch_up_to(self, seq: int, change: int) -> bool:
+        """Read what the socket was not sent of the room's messages up to `seq` and changes
+        up to `change` (its newest a round ago: a broadcast lost with none after it);
+        whether it was behind."""
+        if self.stopped or not self.started:
+            return False  # the start reads it
+        changes_behind = self._read_changes is not None and self.last_change < change
+        messages_behind = self.last < seq
+        if changes_behind:
+            self._resync_changes()
+        if messages_behind:
+            self._resync_messages()
+        return changes_behind or messages_behind
+
+    @sides.on_loop
+    def _resync_changes(self):
         if self._read_changes is not None and not self.reading_changes:
             self._fill_change_gap()
+
+    @sides.on_loop
+    def _resync_messages(self):
         if self.reading:
             self.resync_wanted = True
             return

@@ -9,8 +9,9 @@ CHAT_PRESENCE_REFRESH_SECONDS, runs a round (run_round):
   long-lived members;
 - refreshes this process's presence entries (chat.presence), and announces the rooms in
   which another process's dead sockets expired;
-- has any socket that fell behind its room's stored messages catch up (a broadcast the
-  layer dropped is refilled when the next message arrives; this catches the last one).
+- has any socket that fell behind its room's stored messages or changes catch up (a
+  broadcast the layer dropped is refilled when the next one arrives; this catches the
+  last one).
 Joins and leaves are written to Redis at once (the index and the room list read presence
 there: a page that has just left its room must not be counted in it), by one task at a
 time, in the order they came. Between rounds it sends presence announcements: joins and
@@ -104,9 +105,10 @@ def _readers(pairs: set[tuple[Author, str]]) -> set[tuple[Author, str]]:
 
 
 @sides.on_sync_thread
-def _latest_seqs(room_names: set[str]) -> dict[str, int]:
-    """Each room's newest stored message id."""
-    return dict(Room.objects.filter(name__in=room_names).values_list("name", "last_seq"))
+def _latest(room_names: set[str]) -> dict[str, tuple[int, int]]:
+    """Each room's newest stored message id and change number."""
+    rows = Room.objects.filter(name__in=room_names).values_list("name", "last_seq", "last_change")
+    return {name: (seq, change) for name, seq, change in rows}
 
 
 class _Upkeep:
@@ -127,9 +129,9 @@ class _Upkeep:
         self.clients: dict[str, redis.asyncio.Redis] = {}  # by Redis URL
         self.run_ids: tuple[str, ...] | None = None
         self.groups_refreshed_at = time.monotonic()
-        # Each room's newest stored id at the previous round: a message gets one whole
-        # round to arrive live before its socket counts as behind.
-        self.latest_a_round_ago: dict[str, int] = {}
+        # Each room's newest stored id and change number at the previous round: a message
+        # or an edit gets one whole round to arrive live before its socket counts as behind.
+        self.latest_a_round_ago: dict[str, tuple[int, int]] = {}
         self.task = pipeline.start_logged_task(self._run_forever())
 
     @sides.on_loop
@@ -316,19 +318,16 @@ class _Upkeep:
         self.groups_refreshed_at = time.monotonic()
 
     async def _resync_lagging(self) -> int:
-        """Have every socket that missed a message stored a round ago catch up; how many.
+        """Have every socket that missed a message, edit or deletion stored a round ago
+        catch up; how many.
 
         Under load most sockets are a few messages behind their room at any instant, and
         resyncing them all would cost a query each for nothing.
         """
         sockets = list(self.sockets.values())
-        latest = await pipeline.call_batched(_latest_seqs, {s.room_name for s in sockets})
-        lagging = [
-            socket
+        latest = await pipeline.call_batched(_latest, {s.room_name for s in sockets})
+        a_round_ago, self.latest_a_round_ago = self.latest_a_round_ago, latest
+        return sum(
+            socket.delivery.catch_up_to(*a_round_ago.get(socket.room_name, (0, 0)))
             for socket in sockets
-            if socket.delivery.last < self.latest_a_round_ago.get(socket.room_name, 0)
-        ]
-        self.latest_a_round_ago = latest
-        for socket in lagging:
-            socket.delivery.resync()
-        return len(lagging)
+        )

@@ -636,6 +636,32 @@ async def test_a_dropped_last_message_arrives_within_two_refresh_rounds(join):
     assert await upkeep.run_round() == 0
 
 
+def edit_as_earlier(room: str, seq: int):
+    services.edit_message(room, seq, services.Author(name="earlier"), "fixed")
+
+
+def delete_as_earlier(room: str, seq: int):
+    services.delete_message(room, seq, services.Author(name="earlier"))
+
+
+@pytest.mark.parametrize("kind, change", [("edit", edit_as_earlier), ("delete", delete_as_earlier)])
+async def test_a_dropped_last_change_arrives_within_two_refresh_rounds(join, kind, change):
+    await database_sync_to_async(store)("last-change", "the last word")
+    socket = await join("last-change")
+    await upkeep.run_round()
+    # Changed, but its broadcast lost, and no change follows it that would reveal the gap.
+    await database_sync_to_async(change)("last-change", 1)
+    await assert_no_chat(socket)
+    # The round after the change gives it time to arrive live; the next one reads it.
+    assert await upkeep.run_round() == 0
+    assert await upkeep.run_round() == 1
+    frame = await next_frame(socket)
+    assert set(frame) == {kind}
+    assert (frame[kind]["id"], frame[kind]["change"]) == (1, 1)
+    assert frame[kind].get("message", "fixed") == "fixed"
+    assert await upkeep.run_round() == 0
+
+
 # --- However a consumer ends, it leaves its room ------------------------------------------
 
 

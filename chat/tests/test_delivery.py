@@ -451,3 +451,16 @@ async def test_a_resync_reads_the_changes_since_the_last_one_too():
     socket.store.answer()
     socket.store.answer_changes()
     assert edits(socket.frames) == [(2, 1)]
+
+
+@pytest.mark.parametrize(
+    "stored, changed, reads, change_reads",
+    [(3, 0, 1, 0), (2, 1, 0, 1), (3, 1, 1, 1), (2, 0, 0, 0)],
+    ids=["a message", "a change", "both", "nothing"],
+)
+async def test_a_catch_up_reads_only_what_the_socket_is_behind_in(
+    stored, changed, reads, change_reads
+):
+    socket = Socket(stored=2)
+    assert socket.delivery.catch_up_to(stored, changed) == bool(reads or change_reads)
+    assert (len(socket.store.reads), len(socket.store.change_reads)) == (reads, change_reads)
