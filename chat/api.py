@@ -19,6 +19,7 @@ from . import (
     identity,
     limits,
     outages,
+    paced,
     permissions,
     posting,
     protocol,
@@ -314,3 +315,8 @@ def list_rooms(request):
     user = request.auth.user
     room_list = activity.recent_rooms(settings.CHAT_ROOM_LIST_SIZE, user=user)
     return {"rooms": activity.summaries(room_list, user)}
+
+
+def urls() -> tuple:
+    """The API's URL configuration, its page reads paced as /chat/<room>/messages/ is."""
+    return paced.paced_operations(api.urls, read_messages)

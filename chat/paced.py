@@ -8,7 +8,8 @@ no pacing at all: another room's messages waited for them (benchmarks/catch_up.p
 view marked @paced is served by PacedViews instead: the request is read on the loop,
 handled whole (Django's signals, the same middleware, the view) by a synchronous
 handler on the sockets' thread as one bulk job (pipeline.run_in_turn), and its answer
-sent from the loop. Every other request goes to Django's handler.
+sent from the loop. Every other request goes to Django's handler. The API's page reads
+(chat.api) are paced the same way, by method: their path's post is not.
 
 Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
@@ -35,8 +36,27 @@ def paced(view: View) -> View:
     return view
 
 
+def paced_operations(urls: tuple, *operations: Callable) -> tuple:
+    """django-ninja's `api.urls`, each of these operations (functions under @api.get and
+    the like) paced for its methods only.
+
+    ninja serves a path with one Django view that dispatches on the method: the other
+    operations of a paced one's path (a post beside a page read) are not bulk work.
+    """
+    patterns = urls[0]
+    for operation in operations:
+        ninja_operation = operation._ninja_operation
+        name = getattr(ninja_operation, "url_name", None) or operation.__name__
+        routes = {str(pattern.pattern) for pattern in patterns if pattern.name == name}
+        for pattern in patterns:
+            if str(pattern.pattern) in routes:
+                view = pattern.callback
+                view.paced = frozenset(ninja_operation.methods) | getattr(view, "paced", set())
+    return urls
+
+
 def is_paced(scope: dict) -> bool:
-    """Whether an HTTP request's path leads to a @paced view."""
+    """Whether an HTTP request leads to a @paced view (or a paced operation's method)."""
     path = scope["path"]
     root_path = scope.get("root_path", "")
     if root_path and path.startswith(root_path):
@@ -45,7 +65,8 @@ def is_paced(scope: dict) -> bool:
         match = get_resolver().resolve(path)
     except Resolver404:
         return False
-    return getattr(match.func, "paced", False)
+    marked = getattr(match.func, "paced", False)
+    return marked is True or scope.get("method") in (marked or ())
 
 
 class PacedViews:

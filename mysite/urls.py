@@ -6,9 +6,9 @@ from django.contrib.auth import urls as auth_urls
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from chat import api as chat_api
 from chat import membership_views, moderation_views
 from chat import views as chat_views
-from chat.api import api as chat_api
 from chat.password_reset import PasswordResetView
 from mysite import health, metrics
 
@@ -49,7 +49,7 @@ urlpatterns = [
     path("rooms/<room:room_name>/unban/", moderation_views.unban, name="unban"),
     path("rooms/<room:room_name>/report/", moderation_views.report, name="report_message"),
     # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
-    path("api/v1/", chat_api.urls),
+    path("api/v1/", chat_api.urls()),
     path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),
     path("admin/", admin.site.urls),
     # Outside chat/ (every name there is a room's) and exempt from the HTTPS redirect.

@@ -5,15 +5,18 @@ import json
 import threading
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import ApplicationCommunicator, HttpCommunicator
+from django.contrib.auth.models import User
 
-from chat import limits, loops, paced, pipeline, services
+from chat import limits, loops, paced, pipeline, services, tokens
 from chat.tests.conftest import ALLOWED_HOST
 from mysite.asgi import application
 
 pytestmark = pytest.mark.usefixtures("limits_count_from_zero", "transactional_db")
 
 MESSAGES_PATH = "/chat/lobby/messages/"
+API_MESSAGES_PATH = "/api/v1/rooms/lobby/messages"
 
 
 @pytest.fixture
@@ -49,6 +52,43 @@ def test_only_the_paths_of_paced_views_are_paced():
     assert paced.is_paced({"path": "/prefix" + MESSAGES_PATH, "root_path": "/prefix"})
     assert not paced.is_paced({"path": "/chat/lobby/"})
     assert not paced.is_paced({"path": "/no/such/page/"})
+
+
+def test_only_the_page_reads_of_the_api_are_paced():
+    assert paced.is_paced({"path": API_MESSAGES_PATH, "method": "GET"})
+    assert not paced.is_paced({"path": API_MESSAGES_PATH, "method": "POST"})
+    assert not paced.is_paced({"path": API_MESSAGES_PATH + "/1", "method": "PATCH"})
+    assert not paced.is_paced({"path": "/api/v1/rooms", "method": "GET"})
+
+
+def new_token() -> str:
+    _, raw = tokens.create_token(User.objects.create_user("alice", password="x"), "tests")
+    return raw
+
+
+async def test_an_api_page_read_is_handled_whole_on_the_sockets_thread_in_its_turn(
+    monkeypatch, held_lane
+):
+    sockets_thread = await pipeline.call_batched(threading.current_thread)
+    token = await database_sync_to_async(new_token)()
+    seen = []
+    # The token's limit (the API's auth) and the page's read.
+    recording(monkeypatch, limits, "retry_after", seen)
+    recording(monkeypatch, services, "read_page", seen)
+    request = HttpCommunicator(
+        application,
+        "GET",
+        API_MESSAGES_PATH,
+        headers=[(b"host", ALLOWED_HOST), (b"authorization", f"Bearer {token}".encode())],
+    )
+    answer = asyncio.ensure_future(request.get_response(timeout=5))
+    await until_waiting_in_lane(1)
+    assert seen == []  # nothing of it runs before its turn
+    held_lane.set()
+    response = await answer
+    assert response["status"] == 200
+    assert json.loads(response["body"])["messages"] == []
+    assert seen == [("retry_after", sockets_thread), ("read_page", sockets_thread)]
 
 
 async def test_a_messages_request_is_handled_whole_on_the_sockets_thread_in_its_turn(
