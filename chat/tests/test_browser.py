@@ -1759,6 +1759,56 @@ def test_a_mention_of_the_reader_is_highlighted_and_notified_when_hidden(browser
     ]
 
 
+def _mentions_shown(driver) -> list[bool]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#messages .message'),"
+        " (m) => m.classList.contains('mention'));"
+    )
+
+
+def _change(driver, frame: dict):
+    assert driver.execute_script("return window.chatClient.send(arguments[0])", frame)
+
+
+def test_an_edit_or_deletion_that_adds_or_removes_a_mention_updates_the_highlight(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "mention-edits")
+    me = browser.find_element(By.ID, "rooms-sidebar").get_attribute("data-me")
+    _post_message(browser, "hello")
+    _post_message(browser, f"@{me} look")
+    _wait(browser, lambda: _rich_texts(browser) == ["hello", f"@{me} look"])
+    assert _mentions_shown(browser) == [False, True]
+    _change(browser, {"edit": {"id": 1, "message": f"hello @{me}"}})
+    _wait(browser, lambda: _mentions_shown(browser) == [True, True], "an added mention not shown")
+    _change(browser, {"edit": {"id": 2, "message": "look"}})
+    _wait(browser, lambda: _mentions_shown(browser) == [True, False], "a removed one still shown")
+    _change(browser, {"delete": {"id": 1}})
+    _wait(browser, lambda: _mentions_shown(browser) == [False, False], "a deleted one still shown")
+
+
+def test_a_mention_removed_by_a_change_that_waited_for_its_message_is_not_highlighted(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "mention-waited")
+    me = browser.find_element(By.ID, "rooms-sidebar").get_attribute("data-me")
+    # room.js applies a change that came before its message, then tells the other scripts.
+    shown = browser.execute_script(
+        """
+        const [me] = arguments;
+        const element = document.createElement('div');
+        element.chatData = {id: 1, user: 'bob', message: 'never mind', change: 1};
+        document.body.append(element);
+        const data = {id: 1, user: 'bob', guest: false, message: '@' + me + ' look'};
+        document.dispatchEvent(
+            new CustomEvent('chat:message', {detail: {data, element, history: false}}));
+        return element.classList.contains('mention');
+        """,
+        me,
+    )
+    assert not shown
+
+
 def _guest_session_cookie(base_url: str, name: str) -> str:
     """The Cookie header of a new guest session that chose `name`, as a browser gets one."""
     jar = http.cookiejar.CookieJar()

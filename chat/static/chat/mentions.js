@@ -1,6 +1,8 @@
 // @mentions: a message that names the reader ("@alice", any case, not "@alicex") gets the
 // class "mention" on its element; when the tab is hidden, a browser notification too. The
-// browser is asked for permission only when the reader clicks #notify-button.
+// browser is asked for permission only when the reader clicks #notify-button. The class
+// follows the message's final state: an edit that adds or removes the mention, or a
+// deletion, updates it (an edit notifies nobody: the message was seen, or will be).
 (function () {
     'use strict';
 
@@ -37,17 +39,28 @@
         new Notification(who + ' mentioned you in ' + roomName, {body: data.message});
     }
 
+    function mentioned(data) {
+        return !data.deleted && typeof data.message === 'string' && mentionsMe(data.message);
+    }
+
     document.addEventListener('chat:message', (event) => {
         const {data, element, history} = event.detail;
-        if (typeof data.message !== 'string' || !mentionsMe(data.message)) {
+        // Its final state: a change that waited for the message was applied before this.
+        const shown = element && element.chatData ? element.chatData : data;
+        if (!mentioned(shown)) {
             return;
         }
         if (element) {
             element.classList.add('mention');
         }
         if (!history && document.hidden) {
-            notify(data);
+            notify(shown);
         }
+    });
+
+    document.addEventListener('chat:change', (event) => {
+        const {data, element} = event.detail;
+        element.classList.toggle('mention', mentioned(data));
     });
 
     function showButton() {
