@@ -14,7 +14,9 @@ import dj_database_url
 import psycopg
 import pytest
 import redis
-from django.db import connection
+from asgiref.sync import SyncToAsync
+from django.db import connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
 from mysite.channel_layers import redis_channel_layers
@@ -45,6 +47,25 @@ def sanctions_read_afresh():
     from chat import sanctions
 
     sanctions.clear_for_testing()
+
+
+def _close_this_threads_connections():
+    for opened in connections.all(initialized_only=True):
+        # SQLite's close() keeps an in-memory database's connection open (it would take the
+        # database with it); the main thread's connection keeps the database, so close it.
+        BaseDatabaseWrapper.close(opened)
+
+
+@pytest.fixture(autouse=True)
+def sync_thread_connections_closed():
+    """Each test closes the connections it opened on asgiref's one sync thread.
+
+    Outside async_to_sync, database_sync_to_async runs on that thread, which outlives the
+    test; a connection left there meets the next test's database_sync_to_async, whose
+    close_old_connections asks it its state: a database access the next test may not make.
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(_close_this_threads_connections).result()
 
 
 @pytest.fixture(autouse=True)

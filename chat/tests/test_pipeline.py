@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 
+import pytest
 from channels.db import database_sync_to_async
 
 from chat import pipeline
+from chat.models import Room
 
 
 async def test_handed_calls_run_on_the_loop_in_the_order_they_were_handed():
@@ -307,3 +309,17 @@ async def test_the_store_queue_wait_counts_the_work_queued_ahead_at_the_recent_t
     assert pipeline.store_queue_seconds() > 0.5
     release.set()
     await asyncio.gather(holding, *queued)
+
+
+# --- The sync thread outlives each test: the connections a test opens there close with it ---
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_test_that_reads_the_database_on_the_sync_thread():
+    assert not await database_sync_to_async(Room.objects.exists)()
+
+
+async def test_the_next_test_hops_to_the_sync_thread_without_database_access():
+    # Runs right after the one above: its connection, left open on the thread, would
+    # make this hop's close_old_connections a database access, refused here.
+    assert await database_sync_to_async(threading.get_ident)() != threading.get_ident()
