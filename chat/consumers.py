@@ -76,6 +76,11 @@ def _rounded_up(seconds: float) -> float:
     return round(math.ceil(seconds / RETRY_AFTER_STEP_SECONDS) * RETRY_AFTER_STEP_SECONDS, 1)
 
 
+def _stored_kind(frame: protocol.StoredFrame) -> str:
+    """What a frame stores, as its store_failed refusal names it."""
+    return "message" if isinstance(frame, protocol.ChatFrame) else "change"
+
+
 class ChatConsumer(WebsocketConsumer):
     """One socket in one room: joins the room's group and fans its messages out."""
 
@@ -597,6 +602,9 @@ class ChatConsumer(WebsocketConsumer):
             return
         if not self._may_write(getattr(frame, "client_id", None)):
             return
+        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
+            self._refuse(self._not_stored(frame))
+            return
         if not isinstance(frame, protocol.ChatFrame):
             # An edit or a deletion: stored at once, on its own (chat.services.change_message);
             # it takes the same tokens as a message.
@@ -605,9 +613,6 @@ class ChatConsumer(WebsocketConsumer):
                 self._change(frame)
             except protocol.FrameRefused as refusal:
                 self._refuse(refusal)
-            return
-        if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
-            self._refuse(self._not_stored(frame))
             return
         # Checked and stored with the batch's other messages once its frames all ran
         # (chat.commits): one Redis round trip, one transaction.
@@ -692,16 +697,7 @@ class ChatConsumer(WebsocketConsumer):
         except services.ChangeRefused as refusal:
             raise protocol.FrameRefused(refusal.code, refusal.detail) from None
         except DatabaseError as error:
-            metrics.outage(error)
-            logger.error(
-                "change not stored in room %r: %r",
-                self.room_name,
-                error,
-                extra=self._log_extra("store_failed"),
-            )
-            raise protocol.FrameRefused(
-                "store_failed", "The change could not be saved, so it was not sent. Try again."
-            ) from None
+            raise self._store_failed(error, frame) from None
         event = protocol.chat_change_event(message)
         pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 
@@ -879,11 +875,11 @@ class ChatConsumer(WebsocketConsumer):
         return until, waiting
 
     @staticmethod
-    def _not_stored(frame: protocol.ChatFrame) -> protocol.FrameRefused:
+    def _not_stored(frame: protocol.StoredFrame) -> protocol.FrameRefused:
         return protocol.FrameRefused(
             "store_failed",
-            "The message could not be saved, so it was not sent. Try again.",
-            frame.client_id,
+            f"The {_stored_kind(frame)} could not be saved, so it was not sent. Try again.",
+            getattr(frame, "client_id", None),
         )
 
     @sides.on_sync_thread
@@ -894,16 +890,25 @@ class ChatConsumer(WebsocketConsumer):
         except services.LookalikeRoom as lookalike:
             raise protocol.lookalike_room_refusal(lookalike.existing, frame.client_id) from None
         except DatabaseError as error:
-            metrics.outage(error)
-            logger.error(
-                "message not stored in room %r: %r",
-                self.room_name,
-                error,
-                extra=self._log_extra("store_failed"),
-            )
-            if stalls.is_lock_timeout(error):
-                stalls.timed_out(self.room_name)
-            raise self._not_stored(frame) from None
+            raise self._store_failed(error, frame) from None
+
+    @sides.on_sync_thread
+    def _store_failed(
+        self, error: DatabaseError, frame: protocol.StoredFrame
+    ) -> protocol.FrameRefused:
+        """Log a frame's failed store once and say store_failed; a wait for the room's lock
+        given up at the bound cools the room off (chat.stalls), whatever the frame stored."""
+        metrics.outage(error)
+        logger.error(
+            "%s not stored in room %r: %r",
+            _stored_kind(frame),
+            self.room_name,
+            error,
+            extra=self._log_extra("store_failed"),
+        )
+        if stalls.is_lock_timeout(error):
+            stalls.timed_out(self.room_name)
+        return self._not_stored(frame)
 
     @sides.on_sync_thread
     def _refuse(self, refusal: protocol.FrameRefused):

@@ -143,6 +143,10 @@ class DeleteFrame:
     id: int
 
 
+# The frames that store something: a message, an edit, a deletion.
+StoredFrame = ChatFrame | EditFrame | DeleteFrame
+
+
 @dataclass(frozen=True)
 class TypingSignal:
     """A valid inbound "I am typing" signal: shown to the room for a while, never stored."""

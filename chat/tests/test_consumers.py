@@ -30,7 +30,7 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError, OperationalError
 from hypothesis import strategies as st
 
-from chat import commits, pipeline, presence, protocol, rooms, services, sides, upkeep
+from chat import commits, pipeline, presence, protocol, rooms, services, sides, stalls, upkeep
 from chat.consumers import ChatConsumer
 from chat.models import Message, Room
 from chat.stalls import COOL_OFF_FACTOR
@@ -1243,6 +1243,36 @@ async def test_a_refused_edit_or_deletion_is_an_error_and_nobody_hears_of_it(joi
     await assert_no_chat(author)
     message = await database_sync_to_async(Message.objects.get)(room_id="lobby", seq=1)
     assert (message.text, message.change) == ("alice's", 0)
+
+
+@pytest.fixture
+def cool_offs_forgotten():
+    """The test may cool a room off (chat.stalls); on SQLite that is every room's."""
+    yield
+    stalls.clear_for_testing()
+
+
+@pytest.mark.usefixtures("cool_offs_forgotten")
+async def test_an_edit_that_waits_out_the_lock_bound_cools_the_room_off_for_every_store(
+    join, monkeypatch
+):
+    author = await _guest(join)
+    (seq,) = await _say(author, "helo")
+
+    def lock_wait_given_up(*args):
+        raise OperationalError("lock timeout") from psycopg.errors.LockNotAvailable()
+
+    monkeypatch.setattr(services, "edit_message", lock_wait_given_up)
+    await author.send_json_to({"edit": {"id": seq, "message": "hello"}})
+    await assert_receives_error(author, "store_failed")
+    # Refused at once, as after a message's timed-out store: nobody waits on the lock again.
+    await author.send_json_to({"delete": {"id": seq}})
+    await assert_receives_error(author, "store_failed")
+    await author.send_json_to({"message": "later", "client_id": "c-1"})
+    refused = await next_frame(author)
+    assert (refused["error"]["code"], refused["error"]["client_id"]) == ("store_failed", "c-1")
+    stored = await database_sync_to_async(list)(Message.objects.values_list("text", "deleted"))
+    assert stored == [("helo", False)]
 
 
 async def test_a_reconnect_with_changes_gets_the_final_state_of_what_changed_meanwhile(join):
