@@ -34,12 +34,15 @@ class Author:
     `guest_key` tells one guest from another (author_for derives it from the
     session); it scopes the guest's client ids and is never sent to anyone. A bot
     (bot_author: a program posting through chat.posting) is neither user nor guest.
+    `is_staff` is read with the user (an active account's is_staff): who the author
+    is, so a change of it closes their sockets as a new username does (chat.revocation).
     """
 
     name: str
     user_id: int | None = None
     guest_key: str = ""
     is_bot: bool = False
+    is_staff: bool = False
 
     @property
     def is_guest(self) -> bool:
@@ -148,7 +151,8 @@ def bot_author(name: str) -> Author:
 def author_for(user, session) -> Author:
     """The Author a request or socket speaks as."""
     if user is not None and user.is_authenticated:
-        return Author(name=user.get_username(), user_id=user.pk)
+        staff = user.is_active and user.is_staff
+        return Author(name=user.get_username(), user_id=user.pk, is_staff=staff)
     # Read first: loading a session whose cookie names no stored session clears its key.
     name = session.get(SESSION_KEY) if session is not None else None
     return Author(name=name or GUEST_DEFAULT_NAME, guest_key=guest_key(session))

@@ -59,11 +59,14 @@ class Target:
     user_id: int | None = None
     guest_key: str = ""
     network: str = ""
+    is_staff: bool = False
 
     @property
     def author(self) -> Author:
         """The target as chat.permissions sees an author."""
-        return Author(self.label, user_id=self.user_id, guest_key=self.guest_key)
+        return Author(
+            self.label, user_id=self.user_id, guest_key=self.guest_key, is_staff=self.is_staff
+        )
 
 
 def remember_address(author: Author, network: str) -> None:
@@ -247,8 +250,10 @@ def _id(raw: str) -> int:
 
 def _user_target(user_id: int) -> Target:
     model = get_user_model()
-    username = model.objects.filter(pk=user_id).values_list(model.USERNAME_FIELD, flat=True)
-    return Target(username.first() or "", user_id=user_id)
+    found = model.objects.filter(pk=user_id)
+    row = found.values_list(model.USERNAME_FIELD, "is_staff", "is_active").first()
+    username, is_staff, is_active = row or ("", False, False)
+    return Target(username, user_id=user_id, is_staff=is_staff and is_active)
 
 
 def _remembered_address(guest_key: str) -> str:

@@ -186,22 +186,15 @@ def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
 # ---- Moderation: mute, kick, ban (chat.moderation, chat.sanctions) ----
 
 
-def is_staff(author: Author) -> bool:
-    """Site staff (is_staff): they moderate every room but direct conversations."""
-    if author.user_id is None:
-        return False
-    staff = get_user_model().objects.filter(pk=author.user_id, is_active=True, is_staff=True)
-    return staff.exists()
-
-
 def may_moderate_room(author: Author, room_key: str) -> bool:
-    """Mute, kick and ban in the room: its owner and moderators, and site staff.
+    """Mute, kick and ban in the room: its owner and moderators, and site staff
+    (Author.is_staff: they moderate every room but direct conversations).
 
     A direct conversation has no moderators: either of its two may leave it, or block.
     """
     if author.user_id is None or rooms.kind(room_key) == rooms.DIRECT:
         return False
-    return role_of(author, room_key) in _MODERATORS or is_staff(author)
+    return author.is_staff or role_of(author, room_key) in _MODERATORS
 
 
 def may_moderate(author: Author, room_key: str, target: Author) -> bool:
@@ -214,13 +207,13 @@ def may_moderate(author: Author, room_key: str, target: Author) -> bool:
         return False
     if target.user_id is None:
         return True
-    if target.user_id == author.user_id or is_staff(target):
+    if target.user_id == author.user_id or target.is_staff:
         return False
     target_role = role_of(target, room_key)
     if target_role == Role.OWNER:
         return False
     if target_role == Role.MODERATOR:
-        return role_of(author, room_key) == Role.OWNER or is_staff(author)
+        return author.is_staff or role_of(author, room_key) == Role.OWNER
     return True
 
 
@@ -269,6 +262,4 @@ def may_delete_others(author: Author, room_key: str) -> bool:
     """Delete anyone's message in the room: its owner and moderators, and site staff."""
     if author.is_guest or author.is_bot:
         return False
-    if role_of(author, room_key) in _MESSAGE_KEEPERS:
-        return True
-    return is_staff(author)
+    return author.is_staff or role_of(author, room_key) in _MESSAGE_KEEPERS

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 # a command or a script must not hang on an unreachable Redis.
 SEND_TIMEOUT_SECONDS = 10
 # What changes who a user is, for open sockets: other sessions' auth hash, or the right to log in.
-_IDENTITY_FIELDS = ("password", "is_active", "username")
+_IDENTITY_FIELDS = ("password", "is_active", "username", "is_staff")
 
 
 def session_group(session_key: str) -> str:
@@ -160,8 +160,13 @@ def _user_of(session: dict):
         row = cursor.fetchone()
     if row is None:
         return None
-    password, is_active, username = row
-    user = model(pk=model._meta.pk.to_python(user_id), password=password, is_active=is_active)
+    password, is_active, username, is_staff = row
+    user = model(
+        pk=model._meta.pk.to_python(user_id),
+        password=password,
+        is_active=is_active,
+        is_staff=is_staff,
+    )
     setattr(user, model.USERNAME_FIELD, username)
     backend = load_backend(backend_path)
     if hasattr(backend, "user_can_authenticate") and not backend.user_can_authenticate(user):
@@ -180,7 +185,7 @@ def _compiled_sql(vendor: str, model, which: str) -> str:
         query, first_param = query.values_list("session_data"), ""
     else:
         query = model._default_manager.filter(pk=0)
-        query = query.values_list("password", "is_active", model.USERNAME_FIELD)
+        query = query.values_list("password", "is_active", model.USERNAME_FIELD, "is_staff")
         first_param = 0
     sql, params = query.query.sql_with_params()
     if params[0] != first_param:  # the key (or id) must come first, as the callers pass it

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import memberships, permissions, posting, rooms, services, tokens
+from chat import identity, memberships, permissions, posting, rooms, services, tokens
 from chat.identity import Author
 from chat.models import Membership, Message
 from chat.tests.conftest import communicator, logged_in_session_values, new_session
@@ -20,7 +20,7 @@ GUEST = Author("someone")
 
 
 def _author(user) -> Author:
-    return Author(user.username, user_id=user.pk)
+    return identity.author_for(user, None)
 
 
 @pytest.fixture
@@ -408,6 +408,17 @@ def test_staff_moderate_every_room_but_direct_conversations(public_room_people):
     direct = rooms.direct_key(people["carol"].user_id, people["erin"].user_id)
     assert not permissions.may_moderate(people["sam"], direct, people["carol"])
     assert not permissions.may_moderate(people["carol"], direct, people["erin"])
+
+
+def test_staff_status_comes_with_the_author_and_costs_no_query(
+    public_room_people, django_assert_num_queries
+):
+    people = public_room_people
+    assert people["sam"].is_staff and not people["carol"].is_staff
+    with django_assert_num_queries(1):  # dave's role: a moderator, whom staff moderate
+        assert permissions.may_delete_others(people["sam"], "garden")
+        assert permissions.may_moderate_room(people["sam"], "garden")
+        assert permissions.may_moderate(people["sam"], "garden", people["dave"])
 
 
 # --- A direct conversation with a deactivated user -------------------------------------

@@ -98,8 +98,9 @@ async def test_a_frame_handled_before_the_logout_event_arrives_is_refused_not_st
         ({"is_active": False}, protocol.CLOSE_ACCOUNT_DEACTIVATED),
         ({"password": "!"}, protocol.CLOSE_IDENTITY_CHANGED),
         ({"username": "mallory"}, protocol.CLOSE_IDENTITY_CHANGED),
+        ({"is_staff": True}, protocol.CLOSE_IDENTITY_CHANGED),
     ],
-    ids=["deactivated", "password-replaced", "renamed"],
+    ids=["deactivated", "password-replaced", "renamed", "made-staff"],
 )
 async def test_an_account_changed_without_signals_stores_nothing_more_from_its_sockets(
     join, alice, change, code
@@ -128,13 +129,26 @@ def test_a_session_speaks_as_its_author_until_it_is_gone(alice):
     assert not revocation.speaks_as_now(author, SessionStore(session_key=session.session_key))
 
 
+def test_a_staff_members_session_speaks_as_them_until_they_are_staff_no_more(alice):
+    alice.is_staff = True
+    alice.save()
+    session = SessionStore()
+    session.update(logged_in_session_values(alice))
+    session.create()
+    author = identity.author_for(alice, session)
+    assert author.is_staff and revocation.speaks_as_now(author, session)
+    User.objects.filter(pk=alice.pk).update(is_staff=False)
+    assert not revocation.speaks_as_now(author, session)
+
+
 @pytest.mark.parametrize(
     "change",
     [
         lambda user: user.set_password("another horse battery staple"),
         lambda user: setattr(user, "username", "alice2"),
+        lambda user: setattr(user, "is_staff", True),
     ],
-    ids=["password-changed", "renamed"],
+    ids=["password-changed", "renamed", "made-staff"],
 )
 async def test_an_account_change_closes_every_socket_of_that_user(join, alice, change):
     sockets = [
