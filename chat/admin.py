@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from . import tokens
+from . import identity, moderation, tokens
 from .models import (
     ApiToken,
     Membership,
@@ -148,7 +148,9 @@ class ModerationActionAdmin(admin.ModelAdmin):
 
 @admin.register(Sanction)
 class SanctionAdmin(admin.ModelAdmin):
-    """Mutes and bans in force: lifted from the room page, where the room's sockets hear of it."""
+    """Mutes and bans in force, read here; deleting one lifts it as the room page does
+    (chat.moderation.lift): logged, and heard at once by every process with a socket in
+    the room. Not made or changed here: a sanction's target and end are a moderator's act."""
 
     list_display = ["room", "kind", "label", "until", "created"]
     list_filter = ["kind"]
@@ -159,6 +161,22 @@ class SanctionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def delete_model(self, request, obj):
+        """Lift it as staff: the moderation log keeps it, the room's sockets hear of it."""
+        self._lift(request, [obj])
+
+    def delete_queryset(self, request, queryset):
+        """The bulk action: each sanction lifted as delete_model lifts one."""
+        self._lift(request, queryset)
+
+    def _lift(self, request, chosen):
+        staff = identity.author_for(request.user, None)
+        for sanction in chosen:
+            try:
+                moderation.lift(staff, sanction.room_id, str(sanction.pk), sanction.kind)
+            except moderation.ModerationRefused as refusal:
+                self.message_user(request, f"{sanction}: {refusal.detail}", messages.ERROR)
 
 
 @admin.register(Report)

@@ -1,6 +1,8 @@
 """The Django admin: messages listed, searchable, filterable; the moderation log and the
 reports queue."""
 
+import asyncio
+
 import pytest
 
 from chat import posting, services
@@ -151,3 +153,64 @@ async def test_an_admin_deletion_reaches_an_open_socket_in_the_room(join, django
     seq = await delete_in_the_admin()
     assert (await next_frame(socket))["message"] == "spam"
     assert await next_frame(socket, timeout=5) == {"delete": {"id": seq, "change": 1}}
+
+
+# --- Lifting sanctions: as the room page lifts them, heard at once --------------------------
+
+
+@pytest.mark.django_db(transaction=True)  # the event waits for the commit
+@pytest.mark.usefixtures("redis_channel_layer")
+@pytest.mark.parametrize("bulk", [False, True], ids=["delete", "bulk-delete"])
+async def test_a_sanction_deleted_in_the_admin_is_lifted_for_the_room_at_once(
+    join, django_user_model, monkeypatch, bulk
+):
+    from channels.db import database_sync_to_async
+    from channels.layers import get_channel_layer
+    from django.test import Client
+
+    from chat import identity, moderation, rooms, sanctions
+    from chat.models import Sanction
+    from chat.tests.conftest import assert_receives_message, next_frame
+
+    monkeypatch.setattr(sanctions, "CACHE_SECONDS", 3600.0)  # only being told refreshes it
+    admin = await database_sync_to_async(django_user_model.objects.create_superuser)(
+        "root", password="pw-123456"
+    )
+    socket = await join("lobby")
+    await socket.send_json_to({"message": "rude"})
+    seq = (await assert_receives_message(socket, "rude"))["id"]
+
+    @database_sync_to_async
+    def mute(seq: int) -> int:
+        target = moderation.target_of_message("lobby", str(seq))
+        moderation.mute(identity.author_for(admin, None), "lobby", target, "1h")
+        return Sanction.objects.get().pk
+
+    sanction = await mute(seq)
+    await socket.send_json_to({"message": "muted?"})
+    assert (await next_frame(socket))["error"]["code"] == "muted"
+    layer = get_channel_layer()  # another process's socket in the room, as its layer sees it
+    elsewhere = await layer.new_channel()
+    await layer.group_add(rooms.group_name("lobby"), elsewhere)
+
+    @database_sync_to_async
+    def delete_in_the_admin():
+        client = Client()
+        client.force_login(admin)
+        if bulk:
+            form = {"action": "delete_selected", "_selected_action": [sanction], "post": "yes"}
+            return client.post("/admin/chat/sanction/", form)
+        return client.post(f"/admin/chat/sanction/{sanction}/delete/", {"post": "yes"})
+
+    assert (await delete_in_the_admin()).status_code == 302
+    async with asyncio.timeout(5):
+        while (event := await layer.receive(elsewhere))["type"] != "chat.moderated":
+            pass  # the room's other events (presence)
+    assert event["action"] == "unmute"
+    await socket.send_json_to({"message": "sorry"})
+    await assert_receives_message(socket, "sorry")
+    logged = ModerationAction.objects.values_list("action", "moderator_name")
+    assert await database_sync_to_async(list)(logged.order_by("pk")) == [
+        ("mute", "root"),
+        ("unmute", "root"),
+    ]
