@@ -6,6 +6,7 @@ HTTP bodies over the limit are refused with 413 unread, and slow requests with 4
 """
 
 import asyncio
+import gc
 import http.client
 import json
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import websockets
+from daphne.server import Server
 from django.conf import settings
+from django.urls import clear_url_caches, get_resolver
 
 from benchmarks.ping_flood import LIFTED, PingingClient
 from chat.protocol import (
@@ -357,6 +360,30 @@ def test_a_normal_post_on_a_kept_alive_connection_still_works(http_server):
         assert "csrfmiddlewaretoken" in answer.read().decode()
     finally:
         connection.close()
+
+
+@pytest.fixture
+def heap_unfrozen_after():
+    yield
+    gc.unfreeze()
+
+
+def test_the_server_freezes_its_start_up_heap_with_the_urlconf_before_serving(
+    monkeypatch, heap_unfrozen_after
+):
+    """Full collections skip what start-up made: each walked it all, while messages waited."""
+    clear_url_caches()  # as in a new process: Django loads the URLconf at the first request
+    frozen_when_serving = []
+    monkeypatch.setattr(
+        Server, "run", lambda server: frozen_when_serving.append(gc.get_freeze_count())
+    )
+
+    ChatDaphneServer(application=None, endpoints=["tcp:0"]).run()
+
+    assert frozen_when_serving and frozen_when_serving[0] > 0
+    url_patterns = get_resolver().__dict__.get("url_patterns")
+    assert url_patterns is not None, "the URLconf is loaded before serving"
+    assert not any(o is url_patterns for o in gc.get_objects()), "and frozen with the rest"
 
 
 def test_the_server_starts_before_django_is_set_up():
