@@ -465,8 +465,8 @@ def freeze_start_up_heap():
     """Load the URLconf, then leave every object start-up made (Django, the apps, the
     application, the views and their libraries) out of later garbage collections."""
     # They live as long as the process, yet each full collection walked them all again:
-    # 75 ms of the sockets' thread, three times during ten big catch-ups, while a live
-    # message waited (benchmarks/catch_up.py). Django imports the URLconf (and with it
+    # 75 ms of the sockets' thread, two or three times during ten big catch-ups, while a
+    # live message waited (benchmarks/catch_up.py). Django imports the URLconf (and with it
     # django-ninja and pydantic: a quarter of the heap) at the first request: now instead.
     get_resolver().url_patterns  # noqa: B018 (imports the URLconf)
     gc.collect()  # no garbage is kept for ever
