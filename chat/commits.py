@@ -4,17 +4,37 @@ The sync thread runs many sockets' frames in one batch (chat.pipeline.call_batch
 frame that brings a message submits a Post; at the batch's end (pipeline.after_batch) the
 first of them to ask for its outcome commits them all: one round trip to Redis for their
 limits (chat.limits.check_posts), one transaction for their rows
-(chat.services.store_messages), each post then broadcast or refused by its own socket, in
-the order the frames came. A lone frame is a batch of one: it waits for nothing.
+(chat.services.store_messages), each post then refused or acknowledged by its own socket,
+in the order the frames came. The new messages of one room travel to its group as one
+event (a RoomBroadcast, sent by the first of their sockets to ask): one publish, and one
+wake-up of each receiving socket, for the batch, not one a message. A lone frame is a
+batch of one: it waits for nothing.
 
 Explained in docs/architecture.md, 'Group commit'.
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import limits, loops, services, sides
+from . import limits, loops, protocol, services, sides
 from .models import Message
+
+
+@dataclass(eq=False)
+class RoomBroadcast:
+    """A batch's new messages of one room: their chat.message events, in seq order."""
+
+    events: list[dict]
+    # The sockets whose messages these are: each is closed if the broadcast meets an outage.
+    senders: list = field(default_factory=list)
+    sent: bool = False  # handed to the loop, by the first of its posts' sockets to ask (take)
+
+    @sides.on_sync_thread
+    def take(self, sender) -> bool:
+        """Count sender among the broadcast's senders; True for the first, who sends it."""
+        self.senders.append(sender)
+        first, self.sent = not self.sent, True
+        return first
 
 
 @dataclass(eq=False)
@@ -25,6 +45,8 @@ class Post:
     check: limits.PostCheck
     # (message, created) once committed, or what refused it (or failed the whole batch).
     outcome: tuple[Message, bool] | Exception | None = None
+    # Once stored as a new message: its room's broadcast, shared with the batch's others.
+    broadcast: RoomBroadcast | None = None
 
 
 @sides.on_sync_thread
@@ -54,6 +76,7 @@ def commit(posts: list[Post]):
 
     A post over a limit is refused and not stored; the others are stored in one
     transaction. A failure of either step is every post's outcome: then none is stored.
+    Each new message's post gets its room's broadcast.
     """
     try:
         refusals = limits.check_posts([post.check for post in posts])
@@ -65,5 +88,11 @@ def commit(posts: list[Post]):
         return
     for post, refusal in zip(posts, refusals, strict=True):
         post.outcome = refusal
+    broadcasts: dict[str, RoomBroadcast] = {}
     for post, result in zip(accepted, stored, strict=True):
         post.outcome = result
+        if isinstance(result, tuple) and result[1]:
+            # A room's drafts are stored in their order: their events come in seq order.
+            room = post.draft.room_name
+            post.broadcast = broadcasts.setdefault(room, RoomBroadcast([]))
+            post.broadcast.events.append(protocol.chat_message_event(result[0]))

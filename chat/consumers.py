@@ -49,7 +49,9 @@ logger = logging.getLogger(__name__)
 
 # Room events handled on the event loop, by handlers that neither block nor touch the
 # database: a new kind of room event that needs none is added here and given a handler.
-LOOP_EVENTS = frozenset({"chat.message", "chat.change", "chat.presence", "chat.typing"})
+LOOP_EVENTS = frozenset(
+    {"chat.message", "chat.messages", "chat.change", "chat.presence", "chat.typing"}
+)
 # A moderator's actions that close their target's sockets (chat.moderation), and the
 # reason each close gives.
 MODERATION_CLOSES = {"kick": protocol.CLOSE_KICKED, "ban": protocol.CLOSE_BANNED}
@@ -675,14 +677,16 @@ class ChatConsumer(WebsocketConsumer):
         if self.author.is_guest and not self.address_kept:
             self.address_kept = True
             moderation.remember_address(self.author, self.network)
-        event = protocol.chat_message_event(message)
         if created:
             # Stored already, so a broadcast that fails or is dropped loses nothing: each
             # socket fills the gap from the database when the next message arrives.
-            pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
+            if post.broadcast.take(self):  # one event for the batch's messages of the room
+                event = protocol.room_messages_event(post.broadcast.events)
+                broadcast = self._broadcast(event, post.broadcast.senders)
+                pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, broadcast)
         else:
             # A retried send: the room already has it; acknowledge to the sender only.
-            self.send(text_data=protocol.message_frame(event))
+            self.send(text_data=protocol.message_frame(protocol.chat_message_event(message)))
 
     @sides.on_sync_thread
     def _change(self, frame: protocol.EditFrame | protocol.DeleteFrame):
@@ -733,12 +737,13 @@ class ChatConsumer(WebsocketConsumer):
         event = protocol.typing_event(self.author, self.channel_name)
         pipeline.hand_to_loop(self.loop, pipeline.start_logged_task, self._broadcast(event))
 
-    async def _broadcast(self, event: dict):
-        """Send to the room; if Redis is unreachable, close with 4503.
+    async def _broadcast(self, event: dict, senders: list["ChatConsumer"] | None = None):
+        """Send to the room; if Redis is unreachable, close the sender (or each of the
+        `senders` of the event's messages) with 4503.
 
         The message is stored, so the page reconnects and catches up. (On the redis layer
         every socket notices an outage as its receive fails; on pubsub nothing fails but
-        this send, so the sender learns of it here.)
+        this send, so the senders learn of it here.)
         """
         try:
             with metrics.BROADCAST_SECONDS.time():
@@ -746,12 +751,19 @@ class ChatConsumer(WebsocketConsumer):
         except Exception as error:
             if not outages.is_outage(error):
                 raise
-            self.close_from_loop(self._failed(error, "broadcast failed", "its broadcast failed"))
+            for sender in senders or [self]:
+                code = sender._failed(error, "broadcast failed", "its broadcast failed")
+                sender.close_from_loop(code)
 
     @sides.on_loop
     def chat_message(self, event):
         """Deliver one room message in order (chat.delivery)."""
         self.delivery.message(event)
+
+    @sides.on_loop
+    def chat_messages(self, event):
+        """Deliver a batch of one room's messages, each in order (chat.delivery)."""
+        self.delivery.messages(event["messages"])
 
     @sides.on_loop
     def chat_change(self, event):

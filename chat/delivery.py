@@ -226,6 +226,13 @@ class RoomDelivery:
             self.timer = self._call_later(self.reorder_wait, self._gap_timer_fired)
 
     @sides.on_loop
+    def messages(self, events: list[dict[str, Any]]):
+        """A chat.messages event's messages (a batch of the room's, in seq order): each as
+        `message` takes it."""
+        for event in events:
+            self.message(event)
+
+    @sides.on_loop
     def resync(self):
         """Send what was stored since the last message sent, and the changes since the last
         change (after Redis restarted)."""

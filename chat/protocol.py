@@ -375,6 +375,14 @@ def chat_message_event(message: "Message") -> dict[str, Any]:
     return {"type": "chat.message", **message_fields(message)}
 
 
+def room_messages_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one group event for a batch's new messages of one room (chat_message_event's, in
+    seq order): that event for one message, a chat.messages event carrying them for more."""
+    if len(events) == 1:
+        return events[0]
+    return {"type": "chat.messages", "messages": events}
+
+
 def message_fields(message: "Message") -> dict[str, Any]:
     """The public fields of a stored message, as every frame and the HTTP API show them."""
     return {

@@ -113,6 +113,25 @@ def test_a_batch_is_one_statement_per_room_and_one_insert_of_its_rows():
     assert _seqs("a") == [1, 2, 3, 4, 5] and _seqs("b") == [1, 2, 3, 4]
 
 
+def test_a_batchs_new_messages_of_one_room_share_one_broadcast_in_seq_order():
+    services.store_message("lobby", ALICE, "before", "a-1")
+    posts = [
+        _post("lobby", ALICE, "one"),
+        _post("side", BOB, "elsewhere"),
+        _post("lobby", ALICE, "before again", "a-1"),  # a retry: the room has it already
+        _post("lobby", CAROL, "two"),
+    ]
+    commits.commit(posts)
+    lobby, side = posts[0].broadcast, posts[1].broadcast
+    assert posts[3].broadcast is lobby and side is not lobby
+    assert posts[2].broadcast is None
+    assert [(event["id"], event["message"]) for event in lobby.events] == [(2, "one"), (3, "two")]
+    assert lobby.events[0] == protocol.chat_message_event(posts[0].outcome[0])
+    assert [event["message"] for event in side.events] == ["elsewhere"]
+    assert [lobby.take("first"), lobby.take("second")] == [True, False]
+    assert lobby.senders == ["first", "second"]
+
+
 def test_a_failure_of_the_whole_commit_is_every_posts_outcome_and_stores_nothing(monkeypatch):
     def unreachable(*args, **kwargs):
         raise redis.exceptions.ConnectionError("Redis is down")

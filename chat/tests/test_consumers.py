@@ -242,6 +242,41 @@ async def test_frames_arriving_together_are_stored_together_and_each_gets_its_an
     assert await database_sync_to_async(services.last_seq)("lobby") == 3
 
 
+async def test_a_batchs_messages_of_one_room_are_one_broadcast_and_reach_every_socket_in_order(
+    join, monkeypatch
+):
+    sockets = [await join("lobby") for _ in range(3)]
+    layer = get_channel_layer()
+    sent, group_send = [], layer.group_send
+    monkeypatch.setattr(
+        layer,
+        "group_send",
+        lambda group, event: sent.append(event["type"]) or group_send(group, event),
+    )
+    for number, socket in enumerate(sockets):
+        await socket.send_json_to({"message": f"m{number}"})
+    for socket in sockets:
+        frames = [await assert_receives_message(socket, f"m{number}") for number in range(3)]
+        assert [frame["id"] for frame in frames] == [1, 2, 3]
+        await assert_no_chat(socket)
+    assert sent == ["chat.messages"]
+
+
+async def test_a_batchs_broadcast_meeting_an_outage_closes_each_of_its_senders_with_4503(
+    join, monkeypatch
+):
+    first, second = await join("lobby"), await join("lobby")
+
+    async def unreachable(group, event):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(get_channel_layer(), "group_send", unreachable)
+    await first.send_json_to({"message": "one"})
+    await second.send_json_to({"message": "two"})
+    for socket in (first, second):
+        assert await close_code(socket) == protocol.CLOSE_SERVICE_UNAVAILABLE
+
+
 async def test_a_lookalike_room_from_before_the_rule_keeps_its_messages_coming(join):
     await database_sync_to_async(Room.objects.create)(name="lobby", key="lobby", last_seq=1)
     # From before the migration that keyed rooms: it kept its messages, and no key.

@@ -147,6 +147,15 @@ async def test_a_message_that_overtook_another_waits_for_it_and_the_timer_is_let
     assert socket.timers.pending == 0 and socket.store.reads == []
 
 
+async def test_a_batch_of_messages_is_sent_in_order_around_those_sent_alone():
+    socket = Socket()
+    socket.delivery.message(event(3))
+    socket.delivery.messages([event(1), event(2)])
+    socket.delivery.messages([event(4), event(5)])
+    assert socket.ids == [1, 2, 3, 4, 5]
+    assert socket.store.reads == [] and socket.timers.pending == 0
+
+
 async def test_a_duplicate_is_sent_once():
     socket = Socket()
     (message,) = socket.store.store()

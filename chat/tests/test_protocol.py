@@ -172,6 +172,15 @@ def test_parse_changes_reads_a_change_number_and_refuses_anything_else():
     assert refused.value.code == "invalid_changes"
 
 
+def test_one_rooms_batch_is_one_chat_message_event_for_one_and_chat_messages_for_more():
+    one, two = (protocol.chat_message_event(stored_message(seq=seq)) for seq in (1, 2))
+    assert protocol.room_messages_event([one]) == one
+    assert protocol.room_messages_event([one, two]) == {
+        "type": "chat.messages",
+        "messages": [one, two],
+    }
+
+
 def test_chat_message_event_has_the_handler_type_and_every_field():
     assert protocol.chat_message_event(stored_message(author_id=3, client_id="c1")) == {
         "type": "chat.message",
