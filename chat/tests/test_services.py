@@ -4,7 +4,7 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.compiler import SQLCompiler, SQLInsertCompiler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -357,3 +357,20 @@ def test_read_page_with_changes_after_pages_through_final_states_in_change_order
 def test_read_page_refuses_a_bad_changes_after_or_one_beside_after(query):
     with pytest.raises(services.InvalidPage):
         services.read_page("lobby", query)
+
+
+def test_a_batchs_rows_get_their_keys_and_its_insert_is_compiled_once_per_size(monkeypatch):
+    compiled = []
+    as_sql = SQLInsertCompiler.as_sql
+    monkeypatch.setattr(
+        SQLInsertCompiler, "as_sql", lambda self, *args: compiled.append(1) or as_sql(self, *args)
+    )
+    batches = [
+        [services.Draft(room, GUEST, f"{room} {n}", None) for room in ("a", "b") for n in range(3)]
+        for _ in range(3)
+    ]
+    stored = [message for batch in batches for message, _ in services.store_messages(batch)]
+    assert len(compiled) <= 1  # the same six rows' statement, built once if ever
+    rows = dict(Message.objects.values_list("pk", "text"))
+    assert {message.pk: message.text for message in stored} == rows and len(rows) == 18
+    assert not any(message._state.adding for message in stored)
