@@ -2,8 +2,9 @@
 
 The sync thread runs many sockets' frames in one batch (chat.pipeline.call_batched). Each
 frame that brings a message submits a Post; at the batch's end (pipeline.after_batch) the
-first of them to ask for its outcome commits them all: one round trip to Redis for their
-limits (chat.limits.check_posts), one transaction for their rows
+first of them to ask for its outcome commits them all: one read of their sockets'
+sessions and users (chat.revocation.speak_as_now: each still speaks as its author), one
+round trip to Redis for their limits (chat.limits.check_posts), one transaction for their rows
 (chat.services.store_messages), each post then refused or acknowledged by its own socket,
 in the order the frames came. The new messages of one room travel to its group as one
 event (a RoomBroadcast, sent by the first of their sockets to ask): one publish, and one
@@ -15,8 +16,10 @@ Explained in docs/architecture.md, 'Group commit'.
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
-from . import limits, loops, protocol, services, sides
+from . import limits, loops, protocol, revocation, services, sides
+from .identity import Author
 from .models import Message
 
 
@@ -47,6 +50,9 @@ class Post:
     outcome: tuple[Message, bool] | Exception | None = None
     # Once stored as a new message: its room's broadcast, shared with the batch's others.
     broadcast: RoomBroadcast | None = None
+    # The socket's author and session, checked afresh with the batch's others before it is
+    # stored (revocation.speak_as_now); None when the socket checked it already.
+    speaker: tuple[Author, Any] | None = None
 
 
 @sides.on_sync_thread
@@ -59,8 +65,8 @@ def submit(loop: asyncio.AbstractEventLoop, post: Post):
 def outcome(loop: asyncio.AbstractEventLoop, post: Post) -> tuple[Message, bool]:
     """Post's (message, created), committing the loop's waiting posts first if need be.
 
-    Raises what refused it: a FrameRefused over a limit, a LookalikeRoom, or the failure
-    of the whole commit (a DatabaseError, an unreachable Redis).
+    Raises what refused it: revocation.NoLongerSpeaks, a FrameRefused over a limit, a
+    LookalikeRoom, or the failure of the whole commit (a DatabaseError, an unreachable Redis).
     """
     if post.outcome is None:
         state = loops.of_loop(loop)
@@ -74,19 +80,25 @@ def outcome(loop: asyncio.AbstractEventLoop, post: Post) -> tuple[Message, bool]
 def commit(posts: list[Post]):
     """Check and store posts together, in order, and give each its outcome.
 
-    A post over a limit is refused and not stored; the others are stored in one
-    transaction. A failure of either step is every post's outcome: then none is stored.
-    Each new message's post gets its room's broadcast.
+    A post whose socket no longer speaks as its author, or over a limit, is refused and not
+    stored; the others are stored in one transaction. A failure of any step is every
+    post's outcome: then none is stored. Each new message's post gets its room's broadcast.
     """
     try:
-        refusals = limits.check_posts([post.check for post in posts])
-        accepted = [post for post, refusal in zip(posts, refusals, strict=True) if refusal is None]
+        stale = _no_longer_speaking(posts)
+        checked = [post for post in posts if post not in stale]
+        refusals = limits.check_posts([post.check for post in checked])
+        accepted = [
+            post for post, refusal in zip(checked, refusals, strict=True) if refusal is None
+        ]
         stored = services.store_messages([post.draft for post in accepted]) if accepted else []
     except Exception as error:
         for post in posts:
             post.outcome = error
         return
-    for post, refusal in zip(posts, refusals, strict=True):
+    for post in stale:
+        post.outcome = revocation.NoLongerSpeaks()
+    for post, refusal in zip(checked, refusals, strict=True):
         post.outcome = refusal
     broadcasts: dict[str, RoomBroadcast] = {}
     for post, result in zip(accepted, stored, strict=True):
@@ -96,3 +108,10 @@ def commit(posts: list[Post]):
             room = post.draft.room_name
             post.broadcast = broadcasts.setdefault(room, RoomBroadcast([]))
             post.broadcast.events.append(protocol.chat_message_event(result[0]))
+
+
+def _no_longer_speaking(posts: list[Post]) -> set[Post]:
+    """The posts whose socket's session no longer speaks as their author, read together."""
+    asking = [post for post in posts if post.speaker is not None]
+    speaking = revocation.speak_as_now([post.speaker for post in asking])
+    return {post for post, speaks in zip(asking, speaking, strict=True) if not speaks}

@@ -602,7 +602,9 @@ class ChatConsumer(WebsocketConsumer):
         if isinstance(frame, protocol.Ping):
             self.send(text_data=protocol.pong_frame())
             return
-        if not self._may_write(getattr(frame, "client_id", None)):
+        # A message's session is read at its batch's commit, with the batch's others'.
+        batched = isinstance(frame, protocol.ChatFrame) and self.scope.get("api_token") is None
+        if not self._may_write(getattr(frame, "client_id", None), speaker_checked=batched):
             return
         if stalls.cooling_off(self.room_name):  # its lock just held the thread for the bound
             self._refuse(self._not_stored(frame))
@@ -622,27 +624,23 @@ class ChatConsumer(WebsocketConsumer):
             self.scope, self.author, self.room_name, not self.room_exists, frame.client_id
         )
         draft = services.Draft(self.room_name, self.author, frame.message, frame.client_id)
-        post = commits.Post(draft, check)
+        speaker = (self.author, self.scope.get("session")) if batched else None
+        post = commits.Post(draft, check, speaker=speaker)
         commits.submit(self.loop, post)
         pipeline.after_batch(self.loop, self._posted, post, frame)
 
     @sides.on_sync_thread
-    def _may_write(self, client_id: str | None) -> bool:
-        """Whether the socket's author still speaks as it and may post (or edit, or delete)
-        in its room now; if not, refuse the frame or close the socket, and say False."""
+    def _may_write(self, client_id: str | None, speaker_checked: bool = False) -> bool:
+        """Whether the socket's author still speaks as it (unless `speaker_checked`: its
+        commit checks that) and may post (or edit, or delete) in its room now; if not,
+        refuse the frame or close the socket, and say False."""
         token = self.scope.get("api_token")
-        if not (
+        if not speaker_checked and not (
             tokens.still_valid(token)
             if token is not None
             else revocation.speaks_as_now(self.author, self.scope.get("session"))
         ):
-            # Logged out, banned, renamed... and the event that closes us is still on its
-            # way, or will never come (a change made without signals): store nothing.
-            session = None if token is not None else self.scope.get("session")
-            if deactivation.deactivated_user(None, session) is not None:
-                self._close_deactivated()  # the handshake's session named a user now inactive
-            else:
-                self._close_for_identity("the session no longer speaks as this socket")
+            self._close_as_no_longer_speaking()
             return False
         if (gone := permissions.deactivated_partner(self.author, self.room_name)) is not None:
             self._refuse(
@@ -666,12 +664,27 @@ class ChatConsumer(WebsocketConsumer):
         return True
 
     @sides.on_sync_thread
+    def _close_as_no_longer_speaking(self):
+        """Close the socket: its author is no longer who its session or token speaks as."""
+        # Logged out, banned, renamed... and the event that closes us is still on its way,
+        # or will never come (a change made without signals): store nothing.
+        token = self.scope.get("api_token")
+        session = None if token is not None else self.scope.get("session")
+        if deactivation.deactivated_user(None, session) is not None:
+            self._close_deactivated()  # the handshake's session named a user now inactive
+        else:
+            self._close_for_identity("the session no longer speaks as this socket")
+
+    @sides.on_sync_thread
     def _posted(self, post: commits.Post, frame: protocol.ChatFrame):
         """Once its batch is committed: broadcast the message, or acknowledge, or refuse it."""
         try:
             message, created = self._stored(post, frame)
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
+            return
+        except revocation.NoLongerSpeaks:
+            self._close_as_no_longer_speaking()
             return
         self.room_exists = True
         if self.author.is_guest and not self.address_kept:

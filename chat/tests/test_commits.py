@@ -10,7 +10,7 @@ import redis
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import commits, limits, protocol, services
+from chat import commits, limits, protocol, revocation, services
 from chat.identity import Author
 from chat.models import Message
 from conftest import ROOT, server_environment
@@ -130,6 +130,25 @@ def test_a_batchs_new_messages_of_one_room_share_one_broadcast_in_seq_order():
     assert [event["message"] for event in side.events] == ["elsewhere"]
     assert [lobby.take("first"), lobby.take("second")] == [True, False]
     assert lobby.senders == ["first", "second"]
+
+
+def test_a_post_whose_session_no_longer_speaks_as_its_author_alone_is_refused(monkeypatch):
+    gone = object()
+    monkeypatch.setattr(
+        revocation,
+        "speak_as_now",
+        lambda speakers: [session is not gone for _, session in speakers],
+    )
+    posts = [
+        _post("lobby", ALICE, "logged out meanwhile"),
+        _post("lobby", BOB, "still bob"),
+        _post("lobby", CAROL, "checked by its socket"),
+    ]
+    posts[0].speaker, posts[1].speaker = (ALICE, gone), (BOB, None)
+    commits.commit(posts)
+    assert isinstance(posts[0].outcome, revocation.NoLongerSpeaks)
+    assert [post.outcome[0].seq for post in posts[1:]] == [1, 2]
+    assert _seqs("lobby") == [1, 2]
 
 
 def test_a_failure_of_the_whole_commit_is_every_posts_outcome_and_stores_nothing(monkeypatch):

@@ -17,7 +17,9 @@ from channels_redis.pubsub import RedisPubSubLoopLayer
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from chat import identity, protocol, revocation, services
 from chat.models import Message
@@ -139,6 +141,25 @@ def test_a_staff_members_session_speaks_as_them_until_they_are_staff_no_more(ali
     assert author.is_staff and revocation.speaks_as_now(author, session)
     User.objects.filter(pk=alice.pk).update(is_staff=False)
     assert not revocation.speaks_as_now(author, session)
+
+
+def test_a_batchs_sessions_and_users_are_read_in_two_queries_and_each_judged_alone(alice):
+    bob, carol = (User.objects.create_user(name, password="pw-12345678") for name in ("b", "c"))
+    speakers = []
+    for user in (alice, bob, carol, None):
+        session = SessionStore()
+        values = logged_in_session_values(user) if user else {identity.SESSION_KEY: "Zoe"}
+        session.update(values)
+        session.create()
+        speakers.append((identity.author_for(user, session), session))
+    speakers[1][1].delete()  # bob logged out
+    User.objects.filter(pk=carol.pk).update(username="mallory")  # no signal, no event
+    speakers.append((identity.author_for(None, None), None))  # no session: nothing to lose
+    with CaptureQueriesContext(connection) as queries:
+        speaking = revocation.speak_as_now(speakers)
+    assert speaking == [True, False, False, True, True]
+    assert len(queries) == 2
+    assert revocation.speak_as_now([]) == []
 
 
 @pytest.mark.parametrize(
