@@ -116,13 +116,21 @@ def _insert(messages: list[Message]):
     size = max(connection.ops.bulk_batch_size(_INSERTED_FIELDS, messages), 1)
     for start in range(0, len(messages), size):
         rows = messages[start : start + size]
-        params = [
-            field.get_db_prep_save(getattr(message, field.attname), connection)
-            for message in rows
+        values = [
+            [
+                field.get_db_prep_save(getattr(message, field.attname), connection)
+                for message in rows
+            ]
             for field in _INSERTED_FIELDS
         ]
+        sql, by_column = _insert_sql(connection.vendor, len(rows))
+        # One parameter a value, row after row; or, where Django inserts through UNNEST
+        # (PostgreSQL, more than one row), one array a column.
+        params = (
+            values if by_column else [value for row in zip(*values, strict=True) for value in row]
+        )
         with connection.cursor() as cursor:
-            cursor.execute(_insert_sql(connection.vendor, len(rows)), params)
+            cursor.execute(sql, params)
             keys = cursor.fetchall()
         for message, (key,) in zip(rows, keys, strict=True):
             message.pk = key
@@ -130,16 +138,22 @@ def _insert(messages: list[Message]):
 
 
 @functools.lru_cache(maxsize=INSERT_SQL_CACHE_SIZE)
-def _insert_sql(vendor: str, rows: int) -> str:
-    """The SQL of _insert for `rows` rows, returning their primary keys in order."""
+def _insert_sql(vendor: str, rows: int) -> tuple[str, bool]:
+    """The SQL of _insert for `rows` rows, returning their primary keys in order, and
+    whether it takes its parameters a column at a time (an array each) or a value at a time."""
     query = InsertQuery(Message)
     query.insert_values(_INSERTED_FIELDS, [Message(room_id="", seq=0)] * rows)
     compiler = query.get_compiler(connection=connection)
     compiler.returning_fields = [Message._meta.pk]
     statements = compiler.as_sql()
-    if len(statements) != 1 or len(statements[0][1]) != rows * len(_INSERTED_FIELDS):
-        raise RuntimeError(f"unexpected statements for inserting messages: {statements!r}")
-    return statements[0][0]
+    fields = len(_INSERTED_FIELDS)
+    if len(statements) == 1:
+        sql, params = statements[0]
+        if len(params) == rows * fields and not (rows > 1 and isinstance(params[0], list)):
+            return sql, False
+        if len(params) == fields and all(len(column) == rows for column in params):
+            return sql, True
+    raise RuntimeError(f"unexpected statements for inserting messages: {statements!r}")
 
 
 def _store_one_by_one(
