@@ -13,7 +13,7 @@ Explained in docs/security.md, 'Private rooms and direct messages'.
 
 from django.contrib.auth import get_user_model
 
-from . import protocol, rooms, sanctions
+from . import identity, protocol, rooms, sanctions
 from .identity import Author
 from .models import Membership, Message, Room
 
@@ -252,14 +252,23 @@ def may_edit(author: Author, message: Message) -> bool:
 
 
 def may_delete(author: Author, message: Message) -> bool:
-    """Delete a message: its author, the room's owner and moderators, and site staff."""
+    """Delete a message: its author, site staff, and the room's owner and moderators where
+    they may moderate its writer (never the owner's, staff's or a fellow moderator's)."""
     if message.deleted or author.is_bot:
         return False
-    return message.author_key == author.key or may_delete_others(author, message.room_id)
+    if message.author_key == author.key:
+        return True
+    if not may_delete_others(author, message.room_id):
+        return False
+    if author.is_staff or message.author_id is None:  # staff, or a guest's or a bot's
+        return True
+    writer = identity.author_for(message.author, None)  # its staff status as at a handshake
+    return may_moderate(author, message.room_id, writer)
 
 
 def may_delete_others(author: Author, room_key: str) -> bool:
-    """Delete anyone's message in the room: its owner and moderators, and site staff."""
+    """Delete others' messages in the room at all (may_delete decides whose): its owner and
+    moderators, and site staff."""
     if author.is_guest or author.is_bot:
         return False
     return author.is_staff or role_of(author, room_key) in _MESSAGE_KEEPERS

@@ -508,6 +508,23 @@ def test_a_moderator_or_owner_deletes_anyones_message_in_their_room_only(lobby):
     assert not permissions.may_delete(_author(dave), elsewhere)
 
 
+def test_a_moderator_deletes_no_message_of_the_owner_staff_or_another_moderator(lobby):
+    alice, bob, dave, guest, first, by_bob, by_guest = lobby
+    erin = User.objects.create_user("erin")
+    Membership.objects.create(room_id="lobby", user=erin, role=Role.MODERATOR)
+    by_erin, _ = services.store_message("lobby", _author(erin), "erin's", None)
+    sam = User.objects.create_user("sam", is_staff=True)
+    by_sam, _ = services.store_message("lobby", _author(sam), "sam's", None)
+    for above in (first, by_erin, by_sam):
+        assert not permissions.may_delete(_author(dave), above)
+    assert permissions.may_delete(_author(alice), by_erin)
+    assert not permissions.may_delete(_author(alice), by_sam)
+    with pytest.raises(services.ChangeRefused) as refused:
+        services.delete_message("lobby", first.seq, _author(dave))
+    assert refused.value.code == "not_allowed"
+    assert Message.objects.get(pk=first.pk).text == "first"
+
+
 def test_site_staff_delete_anyones_message(lobby):
     *_, by_bob, _by_guest = lobby
     staff = User.objects.create_user("erin", is_staff=True)
