@@ -20,6 +20,8 @@ import re
 import secrets
 import unicodedata
 
+from django.contrib.auth.validators import UnicodeUsernameValidator
+
 from . import identity
 
 ROOM_NAME_MAX_CHARS = 100
@@ -43,6 +45,9 @@ PRIVATE_KEY = re.compile(r"~[A-Za-z0-9_-]{22}")
 DIRECT_KEY = re.compile(r"@([1-9][0-9]{0,18})-([1-9][0-9]{0,18})")
 # Django's username field is at most 150 characters, and never holds a '/'.
 USERNAME_MAX_CHARS = 150
+# A direct conversation's address names a username: Django's rule for one, so that no
+# character a username cannot hold (NUL, which PostgreSQL refuses in text) reaches a query.
+USERNAME = re.compile(UnicodeUsernameValidator.regex)
 
 # The characters people type by mistake, said in words: a refusal of "U+0020" explains
 # nothing. Visible ones are shown too, so the reader can find them in what they typed.
@@ -123,7 +128,9 @@ def normalize_address(address: str) -> str:
     room_kind = kind(address)
     if room_kind == PRIVATE and not PRIVATE_KEY.fullmatch(address):
         raise InvalidRoomName("That is not the address of a private room.")
-    if room_kind == DIRECT and not 1 < len(address) <= USERNAME_MAX_CHARS + 1:
+    if room_kind == DIRECT and not (
+        len(address) <= USERNAME_MAX_CHARS + 1 and USERNAME.match(address[1:])
+    ):
         raise InvalidRoomName("That is not the address of a direct conversation.")
     return normalize_room_name(address) if room_kind == PUBLIC else address
 

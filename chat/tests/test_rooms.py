@@ -4,6 +4,8 @@ import re
 
 import pytest
 from channels.layers import BaseChannelLayer
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +165,23 @@ def test_accepted_rooms_map_to_valid_distinct_groups(first, second):
     assert_valid_group(first_group)
     same_room = rooms.normalize_room_name(first) == rooms.normalize_room_name(second)
     assert (first_group == second_group) == same_room
+
+
+@pytest.mark.parametrize("address", ["@bo\x00b", "@bob\n", "@bo b", "@bob;", "@b\u200bob", "@"])
+def test_a_direct_address_naming_no_possible_username_is_refused(address):
+    with pytest.raises(rooms.InvalidRoomName):
+        rooms.normalize_address(address)
+
+
+@settings(max_examples=THOUSANDS)
+@given(st.text(max_size=152))
+def test_every_accepted_direct_address_names_a_possible_username(username):
+    try:
+        address = rooms.normalize_address("@" + username)
+    except rooms.InvalidRoomName as refusal:
+        assert str(refusal)
+        return
+    try:
+        UnicodeUsernameValidator()(address[1:])
+    except ValidationError:
+        pytest.fail(f"{address!r} names no possible username")
