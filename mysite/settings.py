@@ -86,6 +86,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
+    # Before anything reads a field into a query: PostgreSQL refuses a NUL in text.
+    "mysite.nul_characters.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # CommonMiddleware, whose slash redirect keeps a POST (308) and never raises in DEBUG.
     "mysite.slashes.SlashRedirectMiddleware",
