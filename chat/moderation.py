@@ -147,7 +147,12 @@ def lift(author: Author, room_key: str, sanction_id: str, kind: Sanction.Kind) -
     sanction = Sanction.objects.filter(room_id=room_key, kind=kind, pk=_id(sanction_id)).first()
     if sanction is None:
         raise ModerationRefused("no_such_sanction", "That was lifted already.")
-    target = Target(sanction.label, sanction.user_id, sanction.guest_key, sanction.network)
+    staff = sanction.user_id is not None and _user_target(sanction.user_id).is_staff
+    target = Target(
+        sanction.label, sanction.user_id, sanction.guest_key, sanction.network, is_staff=staff
+    )
+    if not permissions.may_lift(author, room_key, target.author):
+        raise ModerationRefused("not_allowed", f"You may not lift {target.label}'s {kind}.")
     action = Action.UNBAN if sanction.kind == Sanction.Kind.BAN else Action.UNMUTE
     with transaction.atomic():
         sanction.delete()

@@ -217,6 +217,14 @@ def may_moderate(author: Author, room_key: str, target: Author) -> bool:
     return True
 
 
+def may_lift(author: Author, room_key: str, target: Author) -> bool:
+    """Lift a mute or ban of `target` in the room: whoever may impose one on them
+    (may_moderate: never one's own, nor a fellow moderator's), and site staff any."""
+    if not may_moderate_room(author, room_key):
+        return False
+    return author.is_staff or may_moderate(author, room_key, target)
+
+
 def sanction_refusal(
     author: Author, room_key: str, network: str, client_id: str | None = None
 ) -> protocol.FrameRefused | None:

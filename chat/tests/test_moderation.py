@@ -230,6 +230,25 @@ def test_who_may_not_moderate_is_refused_and_nothing_is_done(garden):
     assert not Sanction.objects.exists() and not ModerationAction.objects.exists()
 
 
+def test_nobody_lifts_a_sanction_they_could_not_have_imposed(garden):
+    alice, carol = garden
+    bob, dave = (User.objects.create_user(name) for name in ("bob", "dave"))
+    for moderator in ("bob", "dave"):
+        memberships.set_role(_author(alice), "garden", moderator, Role.MODERATOR)
+    for muted in ("bob", "dave"):
+        moderation.mute(_author(alice), "garden", moderation.target_of_username(muted), "")
+    for lifter, muted in ((bob, bob), (bob, dave)):
+        sanction = Sanction.objects.get(user__username=muted.username)
+        with pytest.raises(moderation.ModerationRefused) as refused:
+            moderation.lift(_author(lifter), "garden", str(sanction.pk), Sanction.Kind.MUTE)
+        assert refused.value.code == "not_allowed"
+    assert Sanction.objects.count() == 2
+    moderation.mute(_author(bob), "garden", moderation.target_of_username("carol"), "")
+    for sanction in Sanction.objects.order_by("pk"):
+        moderation.lift(_author(alice), "garden", str(sanction.pk), Sanction.Kind.MUTE)
+    assert not Sanction.objects.exists()
+
+
 def test_the_room_pages_forms_mute_by_message_and_lift(garden):
     alice, carol = garden
     message, _ = services.store_message("garden", _author(carol), "hello", None)
