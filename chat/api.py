@@ -43,7 +43,7 @@ class ApiRefusal(Exception):
 
 
 class TokenAuth(HttpBearer):
-    """`Authorization: Bearer <token>`: an active user's token, within its limit."""
+    """`Authorization: Bearer <token>`: an active user's token, within its user's limit."""
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
         """The stored token (request.auth), or None (401); over its limit, a 429."""
@@ -51,12 +51,14 @@ class TokenAuth(HttpBearer):
         if found is None:
             return None
         try:
-            wait = limits.retry_after(limits.API_TOKEN, found.prefix)
+            wait = limits.retry_after(limits.API_PERSON, f"u:{found.user_id}")
         except OUTAGE_ERRORS as error:  # as for the other HTTP limits: let it through
-            logger.warning("%s not checked, Redis unreachable: %r", limits.API_TOKEN.setting, error)
+            logger.warning(
+                "%s not checked, Redis unreachable: %r", limits.API_PERSON.setting, error
+            )
             wait = None
         if wait is not None:
-            raise ApiRefusal(429, "rate_limited", limits.describe(limits.API_TOKEN, wait), wait)
+            raise ApiRefusal(429, "rate_limited", limits.describe(limits.API_PERSON, wait), wait)
         return found
 
 

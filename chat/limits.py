@@ -81,7 +81,7 @@ PASSWORD_RESETS = Limit(
 PASSWORD_RESET_MAILS = Limit(
     "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "password reset mails to one account"
 )
-API_TOKEN = Limit("CHAT_LIMIT_API_PER_TOKEN", "requests with this API token")
+API_PERSON = Limit("CHAT_LIMIT_API_PER_PERSON", "API requests from you, over all your tokens")
 
 
 def client_address(connection: HttpRequest | dict) -> str:

@@ -521,10 +521,11 @@ CHAT_LIMIT_PASSWORD_RESETS_PER_ADDRESS = env_rate(
 CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT = env_rate(
     "CHAT_LIMIT_PASSWORD_RESET_MAILS_PER_ACCOUNT", "3/hour"
 )
-# Calls to /api/v1/ per API token (chat.api), reads and posts alike; posts also count as
-# the token user's messages (CHAT_LIMIT_MESSAGES_PER_PERSON), as their sockets' do. A bot
-# reading a page and posting an answer a second stays under it; a loop without a pause does not.
-CHAT_LIMIT_API_PER_TOKEN = os.environ.get("CHAT_LIMIT_API_PER_TOKEN", "120/minute")
+# Calls to /api/v1/ per user, over all their API tokens (chat.api; 20 tokens must not make
+# 20 budgets), reads and posts alike; posts also count as the user's messages
+# (CHAT_LIMIT_MESSAGES_PER_PERSON), as their sockets' do. A bot reading a page and posting
+# an answer a second stays under it; a loop without a pause does not.
+CHAT_LIMIT_API_PER_PERSON = os.environ.get("CHAT_LIMIT_API_PER_PERSON", "120/minute")
 
 # Failed logins (django-axes, the login page and /admin/login/ alike), counted in the
 # database (shared by every process, on SQLite and PostgreSQL, and kept when Redis

@@ -145,16 +145,22 @@ def test_posts_count_as_the_users_messages(api, settings):
     assert int(response["Retry-After"]) >= 1
 
 
-def test_calls_past_the_limit_per_token_get_429_with_retry_after(api, alice, settings):
-    settings.CHAT_LIMIT_API_PER_TOKEN = "2/minute"
+def test_calls_past_the_limit_per_person_get_429_with_retry_after_whatever_the_token(
+    api, alice, settings
+):
+    settings.CHAT_LIMIT_API_PER_PERSON = "2/minute"
     assert [api.get("/api/v1/rooms").status_code for _ in range(2)] == [200, 200]
     refused = api.get("/api/v1/rooms")
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limited"
-    _, other = tokens.create_token(alice, "another program")
-    assert (
-        Client(headers={"Authorization": f"Bearer {other}"}).get("/api/v1/rooms").status_code == 200
-    )
+    _, another = tokens.create_token(alice, "another program")
+    assert _with(another).get("/api/v1/rooms").status_code == 429
+    _, bobs = tokens.create_token(User.objects.create_user("bob"), "bob's program")
+    assert _with(bobs).get("/api/v1/rooms").status_code == 200
+
+
+def _with(token: str) -> Client:
+    return Client(headers={"Authorization": f"Bearer {token}"})
 
 
 def test_reading_messages_shares_the_messages_endpoints_query_and_pages(api):
