@@ -28,6 +28,10 @@ class NulCharacterMiddleware:
 
 def holds_nul(request: HttpRequest) -> bool:
     """Whether the request's path, query string or form fields (names or values) hold a NUL."""
+    if request.method == "POST":
+        # Read whole first: parsing a multipart form from the stream would leave a view that
+        # reads request.body (the API's) nothing but RawPostDataException.
+        request.body  # noqa: B018
     forms = [request.GET] + ([request.POST] if request.method == "POST" else [])
     texts = [request.path_info]
     for form in forms:

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from chat import identity, memberships, services
+from chat import identity, memberships, services, tokens
 from chat.models import Membership, Room
 
 NUL = "\x00"
@@ -62,3 +62,12 @@ def test_text_without_nul_still_reaches_the_view(alice):
     response = client.post(f"/rooms/{key}/invite/", {"username": "bob"})
     assert response.status_code == 302
     assert Membership.objects.filter(user__username="bob", room_id=key).exists()
+
+
+def test_a_multipart_body_checked_for_nul_is_still_readable_by_the_api(transactional_db):
+    user = User.objects.create_user("alice")
+    _, token = tokens.create_token(user, "a program")
+    client = Client(headers={"Authorization": f"Bearer {token}"}, raise_request_exception=False)
+    response = client.post("/api/v1/rooms/lobby/messages", {"message": "hi"})  # multipart
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
