@@ -32,7 +32,6 @@ from . import (
     pipeline,
     presence,
     protocol,
-    retention,
     revocation,
     rooms,
     sanctions,
@@ -344,7 +343,8 @@ class ChatConsumer(WebsocketConsumer):
             self.closing = True
             self.close(code=protocol.CLOSE_BANNED, reason=refusal.detail)
             return
-        if (existing := services.lookalike_room(self.room_name)) is not None:
+        room = services.room_on_join(self.room_name)
+        if (existing := room.lookalike) is not None:
             # A new public room's address (private ones have their own keys, no look-alikes);
             # not an empty ghost of that room: told where it is, as the page redirects.
             self.accept(tokens.accepted_subprotocol(self.scope))
@@ -385,7 +385,7 @@ class ChatConsumer(WebsocketConsumer):
         except protocol.FrameRefused as refusal:
             self._refuse(refusal)
             changes = None
-        self._send_backlog(after, changes)
+        self._send_backlog(room, after, changes)
         label = identity.presence_label(self.author)
         self.presence_member = presence.member(self.channel_name, self.author.key, label)
         pipeline.hand_to_loop(self.loop, upkeep.socket_joined, self)  # and so into presence
@@ -835,30 +835,34 @@ class ChatConsumer(WebsocketConsumer):
         return events, services.last_seq(self.room_name)
 
     @sides.on_sync_thread
-    def _send_backlog(self, after: int | None, changes: int | None):
+    def _send_backlog(self, room: services.RoomOnJoin, after: int | None, changes: int | None):
         """Send the history, or with ?after= recover what was missed (a bounded amount).
 
         Either says with a `gone` frame when ids it would cover were deleted by retention
-        (chat.retention): the client then waits for none of them. The room's change number
-        is read first: a change after it comes live, and what
-        the reads below show includes every change up to it.
+        (chat.retention): the client then waits for none of them. `room` was read first,
+        after the socket joined its group: a change after its change number, or a message
+        after its newest id, comes live, and what the reads below show includes every
+        change up to it. A room with no message yet needs no read of its history.
         """
-        room_change = services.last_change(self.room_name)
-        gone = retention.gone_until(self.room_name)
+        room_change, gone = room.last_change, room.gone_until
         waiting = []
         if after is not None:
             if gone > after:  # before the messages recovered, which start after it
                 self.send(text_data=protocol.gone_frame(gone))
             last, waiting = self._recover(after, changes, room_change)
         else:
-            backlog = services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
+            backlog = (
+                services.recent_messages(self.room_name, settings.CHAT_HISTORY_LIMIT)
+                if room.last_seq
+                else []
+            )
             for message in backlog:
                 event = protocol.chat_message_event(message)
                 frame = protocol.message_frame(event, history=True, room_change=room_change)
                 self.send(text_data=frame)
             if gone:  # after the history, whose first message it may be the end of
                 self.send(text_data=protocol.gone_frame(gone))
-            last = backlog[-1].seq if backlog else services.last_seq(self.room_name)
+            last = backlog[-1].seq if backlog else room.last_seq
         pipeline.hand_to_loop(self.loop, self.delivery.start_changes, room_change, waiting)
         pipeline.hand_to_loop(self.loop, self.delivery.start, last)
         self.room_exists = last > 0

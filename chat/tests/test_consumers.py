@@ -27,7 +27,8 @@ from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError, OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from hypothesis import strategies as st
 
 from chat import commits, pipeline, presence, protocol, rooms, services, sides, stalls, upkeep
@@ -125,6 +126,34 @@ async def test_a_connect_makes_two_hops_to_the_sync_thread_and_never_waits_for_t
     await join("lobby")
     assert len(hops) == HOPS_PER_CONNECT
     assert waits == []  # the accept and every frame are handed to the loop
+
+
+def count_connect_queries(monkeypatch) -> list[int]:
+    """How many queries each ChatConsumer.connect from now on makes, in order."""
+    counts, connect = [], ChatConsumer.connect
+
+    def counted(self):
+        with CaptureQueriesContext(connection) as queries:  # the sockets' thread's
+            connect(self)
+        counts.append(len(queries))
+
+    monkeypatch.setattr(ChatConsumer, "connect", counted)
+    return counts
+
+
+async def test_a_connect_to_a_room_with_no_message_makes_one_query(join, monkeypatch):
+    await join("lobby")  # the room's sanctions (chat.sanctions) are cached from then on
+    counts = count_connect_queries(monkeypatch)
+    await join("lobby")
+    assert counts == [1]
+
+
+async def test_a_connect_to_a_room_with_messages_makes_two_queries(join, monkeypatch):
+    await database_sync_to_async(store)("lobby", "one", "two")
+    await join("lobby")
+    counts = count_connect_queries(monkeypatch)
+    assert [frame["message"] for frame in (await join("lobby")).backlog] == ["one", "two"]
+    assert counts == [2]
 
 
 async def test_disconnected_socket_leaves_its_group(join):
