@@ -100,15 +100,19 @@ def group_size(group: str) -> int:
         client.close()
 
 
-# Threads a connect hops to: channels' AuthMiddleware loads the session and user (one
-# hop, the product keeps AuthMiddlewareStack), and the connect itself runs batched with
-# the other sockets' (one hop); the handshake limit counts on the loop.
-HOPS_PER_CONNECT = 2
+# Threads a connect hops to: its connect runs batched with the other sockets' (one hop),
+# and so does AuthMiddleware's load of its user (chat.auth), which a handshake without a
+# session key does not need; the handshake limit counts on the loop.
+HOPS_PER_CONNECT = 1
+HOPS_PER_CONNECT_WITH_A_SESSION = 2
+# Sockets with sessions connecting at once, in the burst test.
+BURST = 10
 
 
-async def test_a_connect_makes_two_hops_to_the_sync_thread_and_never_waits_for_the_loop(
-    join, monkeypatch
-):
+@contextlib.contextmanager
+def counted_hops(monkeypatch) -> Iterator[tuple[list, list]]:
+    """The hops to the sync thread made meanwhile, and the waits of the sync thread for
+    the loop."""
     loop = asyncio.get_running_loop()
     hops, waits = [], []
     run_in_executor, to_sync = loop.run_in_executor, AsyncToSync.__call__
@@ -121,11 +125,44 @@ async def test_a_connect_makes_two_hops_to_the_sync_thread_and_never_waits_for_t
         waits.append(self.awaitable)
         return to_sync(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "run_in_executor", counted_hop)
-    monkeypatch.setattr(AsyncToSync, "__call__", counted_wait)
-    await join("lobby")
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "run_in_executor", counted_hop)
+        patch.setattr(AsyncToSync, "__call__", counted_wait)
+        yield hops, waits
+
+
+async def test_a_connect_makes_one_hop_to_the_sync_thread_and_never_waits_for_the_loop(
+    join, monkeypatch
+):
+    with counted_hops(monkeypatch) as (hops, waits):
+        await join("lobby")
     assert len(hops) == HOPS_PER_CONNECT
     assert waits == []  # the accept and every frame are handed to the loop
+
+
+async def test_a_connect_with_a_session_makes_two_hops(join, monkeypatch):
+    cookie = await session_cookie_for(guest_name="ann")
+    with counted_hops(monkeypatch) as (hops, waits):
+        await join("lobby", headers=[cookie])
+    assert len(hops) == HOPS_PER_CONNECT_WITH_A_SESSION
+    assert waits == []
+
+
+async def test_sockets_with_sessions_connecting_at_once_load_their_users_in_few_hops(
+    join, monkeypatch
+):
+    cookies = [await session_cookie_for(guest_name=f"guest-{n}") for n in range(BURST)]
+    sockets = []
+    try:
+        with counted_hops(monkeypatch) as (hops, _):
+            sockets = [communicator("lobby", headers=[cookie]) for cookie in cookies]
+            connected = await asyncio.gather(*(socket.connect() for socket in sockets))
+            assert all(ok for ok, _ in connected)
+            await asyncio.gather(*(next_presence(socket) for socket in sockets))
+    finally:
+        await asyncio.gather(*(socket.disconnect() for socket in sockets))
+    user_loads = [hop for hop in hops if "get_user" in repr(hop)]
+    assert len(user_loads) <= BURST // 2  # channels' AuthMiddleware makes one each
 
 
 def count_connect_queries(monkeypatch) -> list[int]:

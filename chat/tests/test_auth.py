@@ -1,0 +1,41 @@
+"""chat.auth: channels' AuthMiddlewareStack, the user loaded in the batched hop."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import ApplicationCommunicator
+from django.contrib.auth.models import User
+
+from chat.auth import AuthMiddlewareStack
+from chat.tests.conftest import logged_in_session_values, session_cookie_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def user_of(headers: list) -> object:
+    """The scope["user"] that AuthMiddlewareStack hands the application for these headers."""
+    seen = []
+
+    async def application(scope, receive, send):
+        seen.append(scope["user"]._wrapped)
+
+    scope = {"type": "websocket", "path": "/ws/chat/lobby/", "headers": headers}
+    await ApplicationCommunicator(AuthMiddlewareStack(application), scope).wait(timeout=5)
+    return seen[0]
+
+
+async def test_a_handshake_without_a_session_cookie_speaks_as_an_anonymous_user():
+    assert not (await user_of([])).is_authenticated
+
+
+async def test_a_signed_in_sessions_handshake_speaks_as_its_user():
+    user = await database_sync_to_async(User.objects.create_user)("ann", password="pw-123456")
+    cookie = await session_cookie_for(**logged_in_session_values(user))
+    assert (await user_of([cookie])).pk == user.pk
+
+
+async def test_a_session_whose_password_changed_since_speaks_as_an_anonymous_user():
+    user = await database_sync_to_async(User.objects.create_user)("bob", password="pw-123456")
+    cookie = await session_cookie_for(**logged_in_session_values(user))
+    user.set_password("pw-changed-654321")
+    await database_sync_to_async(user.save)()
+    assert not (await user_of([cookie])).is_authenticated
