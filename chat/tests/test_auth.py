@@ -11,16 +11,25 @@ from chat.tests.conftest import logged_in_session_values, session_cookie_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def user_of(headers: list) -> object:
-    """The scope["user"] that AuthMiddlewareStack hands the application for these headers."""
+async def passed_on(headers: list, kind: str = "websocket") -> tuple[dict, object, object]:
+    """The scope and the send that AuthMiddlewareStack hands the application, and the
+    send it was given."""
     seen = []
 
     async def application(scope, receive, send):
-        seen.append(scope["user"]._wrapped)
+        seen.append((scope, send))
 
-    scope = {"type": "websocket", "path": "/ws/chat/lobby/", "headers": headers}
-    await ApplicationCommunicator(AuthMiddlewareStack(application), scope).wait(timeout=5)
-    return seen[0]
+    scope = {"type": kind, "path": "/ws/chat/lobby/", "headers": headers}
+    communicator = ApplicationCommunicator(AuthMiddlewareStack(application), scope)
+    await communicator.wait(timeout=5)
+    (scope, send), server_send = seen[0], communicator.output_queue.put
+    return scope, send, server_send
+
+
+async def user_of(headers: list) -> object:
+    """The scope["user"] that AuthMiddlewareStack hands the application for these headers."""
+    scope, _, _ = await passed_on(headers)
+    return scope["user"]._wrapped
 
 
 async def test_a_handshake_without_a_session_cookie_speaks_as_an_anonymous_user():
@@ -39,3 +48,13 @@ async def test_a_session_whose_password_changed_since_speaks_as_an_anonymous_use
     user.set_password("pw-changed-654321")
     await database_sync_to_async(user.save)()
     assert not (await user_of([cookie])).is_authenticated
+
+
+async def test_a_sockets_frames_go_straight_to_the_server_not_through_a_session_wrapper():
+    _, send, server_send = await passed_on([await session_cookie_for(guest_name="ann")])
+    assert send == server_send
+
+
+async def test_an_http_response_still_goes_through_the_session_wrapper_which_sets_cookies():
+    _, send, server_send = await passed_on([], kind="http")
+    assert send != server_send
