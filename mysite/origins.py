@@ -25,6 +25,7 @@ as the token only.
 """
 
 import logging
+from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
@@ -134,15 +135,16 @@ class TokenUserMiddleware:
     StrictOriginValidator checked the token and dropped the handshake's cookies, so the
     stack found no session and an anonymous user; the token's user replaces it. Not a
     channels BaseMiddleware, which copies every scope: an open socket holds each copy
-    (and the coroutine that made it) for its whole life.
+    (and the coroutine that made it) for its whole life. Not a coroutine either: it
+    returns the application's, which the layer above awaits, so it keeps no frame.
     """
 
     def __init__(self, application):
         self.application = application
 
-    async def __call__(self, scope, receive, send):
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
         """Pass the socket on, as the token's user when it has one."""
         token = scope.get("api_token")
         if token is not None:
             scope = {**scope, "user": token.user}
-        return await self.application(scope, receive, send)
+        return self.application(scope, receive, send)

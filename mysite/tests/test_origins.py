@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from chat.tests.conftest import communicator
-from mysite.origins import refusal_reason
+from mysite.origins import TokenUserMiddleware, refusal_reason
 
 # Sockets go through the real application: accepted ones join a room, refused ones close
 # their (unused) database connection as every consumer does.
@@ -154,3 +154,14 @@ def test_real_server_answers_a_foreign_host_or_origin_with_403(chat_server):
     assert _handshake_status(chat_server, own, chat_server) == 101
     assert _handshake_status(chat_server, own, "http://127.0.0.1:9999") == 403
     assert _handshake_status(chat_server, "evil.example", chat_server) == 403
+
+
+def test_the_token_user_middleware_keeps_no_frame_of_its_own_while_a_socket_is_open():
+    async def application(scope, receive, send):
+        return scope
+
+    handed_on = TokenUserMiddleware(application)(handshake_scope(), None, None)
+    try:
+        assert handed_on.cr_code is application.__code__  # the application's coroutine itself
+    finally:
+        handed_on.close()
