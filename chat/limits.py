@@ -432,23 +432,34 @@ async def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str
 
 
 async def refresh_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
-    """On the loop: keep these sockets (their sets, their member) counted for another TTL."""
+    """On the loop: keep these sockets (their sets, their member) counted for another TTL.
+
+    One ZADD and one EXPIRE a set, not a socket: the sockets of one address all share its
+    set, and a process holds thousands.
+    """
     expires = time.time() + settings.CHAT_PRESENCE_TTL_SECONDS
     async with client.pipeline(transaction=False) as pipe:
-        for keys, member in held:
-            for key in keys:
-                pipe.zadd(key, {member: expires}, xx=True)
-                pipe.expire(key, _open_sets_lifetime())
+        for key, members in _members_by_set(held).items():
+            pipe.zadd(key, dict.fromkeys(members, expires), xx=True)
+            pipe.expire(key, _open_sets_lifetime())
         await pipe.execute()
 
 
 async def release_open_slots(client: redis.asyncio.Redis, held: list[tuple[tuple[str, ...], str]]):
-    """On the loop: these sockets closed; they no longer count against any cap."""
+    """On the loop: these sockets closed; they no longer count against any cap (one ZREM a
+    set)."""
     async with client.pipeline(transaction=False) as pipe:
-        for keys, member in held:
-            for key in keys:
-                pipe.zrem(key, member)
+        for key, members in _members_by_set(held).items():
+            pipe.zrem(key, *members)
         await pipe.execute()
+
+
+def _members_by_set(held: list[tuple[tuple[str, ...], str]]) -> dict[str, list[str]]:
+    by_set: dict[str, list[str]] = {}
+    for keys, member in held:
+        for key in keys:
+            by_set.setdefault(key, []).append(member)
+    return by_set
 
 
 def _open_sets_lifetime() -> int:

@@ -9,6 +9,7 @@ import urllib.request
 from http.cookiejar import CookieJar
 
 import pytest
+import redis.asyncio
 import websocket
 import websockets
 from channels.db import database_sync_to_async
@@ -506,3 +507,33 @@ def test_logging_in_to_ones_own_account_does_not_reset_the_failures_against_anot
         assert _log_in("/accounts/login/", "alice", "wrong")[0].status_code == 200
         assert _log_in("/accounts/login/", "mallory", PASSWORD)[0].status_code == 302
     _assert_too_many_requests(_log_in("/accounts/login/", "alice", "wrong", OTHER_ADDRESS)[0])
+
+
+# Sockets of one address, each a guest of its own, in the open-slot tests below.
+ONE_ADDRESS_SOCKETS = 50
+
+
+async def test_refreshing_and_releasing_open_sockets_writes_each_set_once(redis_server):
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    address_set = f"{limits.KEY_PREFIX}:open:a:198.51.100.7"
+    held = [
+        ((f"{limits.KEY_PREFIX}:open:g:guest-{n}", address_set), f"channel-{n}")
+        for n in range(ONE_ADDRESS_SOCKETS)
+    ]
+    try:
+        for keys, member in held:
+            for key in keys:
+                await client.zadd(key, {member: 0})
+        await client.config_resetstat()
+        await limits.refresh_open_slots(client, held)
+        stats = await client.info("commandstats")
+        sets = ONE_ADDRESS_SOCKETS + 1  # a set for each guest, and one for their address
+        assert (stats["cmdstat_zadd"]["calls"], stats["cmdstat_expire"]["calls"]) == (sets, sets)
+        assert await client.zcard(address_set) == ONE_ADDRESS_SOCKETS
+        scores = await client.zrange(address_set, 0, -1, withscores=True)
+        assert min(score for _, score in scores) > 0  # every socket's entry was refreshed
+        await limits.release_open_slots(client, held)
+        assert (await client.info("commandstats"))["cmdstat_zrem"]["calls"] == sets
+        assert await client.exists(address_set, *(keys[0] for keys, _ in held)) == 0
+    finally:
+        await client.aclose()
