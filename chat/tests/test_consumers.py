@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
@@ -191,6 +192,28 @@ async def test_a_connect_to_a_room_with_messages_makes_two_queries(join, monkeyp
     counts = count_connect_queries(monkeypatch)
     assert [frame["message"] for frame in (await join("lobby")).backlog] == ["one", "two"]
     assert counts == [2]
+
+
+def done_tasks_holding(event_type: str) -> list[asyncio.Task]:
+    """The finished tasks still alive whose result is a room event of this type."""
+    gc.collect()
+    return [
+        task
+        for task in gc.get_objects()
+        if isinstance(task, asyncio.Task)
+        and task.done()
+        and not task.cancelled()
+        and task.exception() is None
+        and isinstance(task.result(), dict)
+        and task.result().get("type") == event_type
+    ]
+
+
+async def test_an_idle_socket_keeps_neither_its_last_room_event_nor_the_task_that_brought_it(
+    join,
+):
+    await join("lobby")  # its last room event: its own presence update
+    assert done_tasks_holding("chat.presence") == []
 
 
 async def test_disconnected_socket_leaves_its_group(join):
