@@ -1224,3 +1224,13 @@ def test_the_page_tells_a_rooms_moderator_and_staff_they_may_delete_anyones_mess
     ):
         client.force_login(user)
         assert reader(client.get("/chat/lobby/").content.decode())["moderates"] is moderates
+
+
+def test_index_says_a_room_without_messages_has_none_yet(client):
+    alice = get_user_model().objects.create_user("alice")
+    client.force_login(alice)
+    key = memberships.create_private_room(Author("alice", user_id=alice.pk), "Plans")
+    html = client.get("/chat/").content.decode()
+    entry = re.search(rf'<li class="room-entry" data-room="{key}">(.*?)</li>', html, re.S)
+    assert "no messages yet" in entry.group(1)
+    assert "None" not in entry.group(1) and "<time" not in entry.group(1)
