@@ -240,10 +240,10 @@ def sanction_refusal(
     )
     if sanction.kind == sanctions.Kind.BAN:
         return protocol.FrameRefused(
-            "banned", f"You are banned from this room, {until}.", client_id
+            "banned", f"You are banned from this room, {until}.", client_id, until=sanction.until
         )
     return protocol.FrameRefused(
-        "muted", f"A moderator muted you in this room, {until}.", client_id
+        "muted", f"A moderator muted you in this room, {until}.", client_id, until=sanction.until
     )
 
 

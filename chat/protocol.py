@@ -20,6 +20,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -109,6 +110,7 @@ class FrameRefused(Exception):
         detail: str,
         client_id: str | None = None,
         retry_after: float | None = None,
+        until: datetime | None = None,
     ):
         super().__init__(f"{code}: {detail}")
         self.code = code
@@ -118,6 +120,8 @@ class FrameRefused(Exception):
         # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After);
         # an overload's: when to try again first (whole seconds for limits, tenths here).
         self.retry_after = retry_after
+        # A mute's or ban's end, so a page can say it in its reader's time (None: no end).
+        self.until = until
 
 
 @dataclass(frozen=True)
@@ -549,6 +553,8 @@ def error_frame(refusal: FrameRefused) -> str:
     error: dict[str, Any] = {"code": refusal.code, "detail": refusal.detail}
     if refusal.retry_after is not None:
         error["retry_after"] = refusal.retry_after
+    if refusal.until is not None:
+        error["until"] = refusal.until.isoformat(timespec="seconds")
     if refusal.client_id is not None:
         error["client_id"] = refusal.client_id
     return json.dumps({"error": error})

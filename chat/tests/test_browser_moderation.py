@@ -4,6 +4,7 @@ guest's message."""
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -111,6 +112,8 @@ def test_a_moderator_mutes_a_guest_from_the_menu_on_their_message(browser, chat_
     browser.find_element(By.CSS_SELECTOR, "#room-sanctions summary").click()
     listed = browser.find_element(By.CSS_SELECTOR, "#sanction-list .sanction")
     assert "Anonymous (guest)" in listed.text and "muted until" in listed.text
+    ends = listed.find_element(By.TAG_NAME, "time")
+    assert ends.text == _in_readers_time(browser, ends.get_attribute("datetime"))
     guest_socket.send(json.dumps({"message": "still here?", "client_id": "after-mute"}))
     while "error" not in (frame := json.loads(guest_socket.recv())):
         pass
@@ -118,6 +121,35 @@ def test_a_moderator_mutes_a_guest_from_the_menu_on_their_message(browser, chat_
     _navigate_by(browser, listed.find_element(By.CSS_SELECTOR, "button.lift").click)
     assert "The mute is lifted." in browser.find_element(By.ID, "room-notices").text
     guest_socket.close()
+
+
+def _in_readers_time(driver, moment: str) -> str:
+    """How the page says a moment (ISO 8601) in its reader's time, as dates.js does."""
+    return driver.execute_script("return chatDates.full(new Date(arguments[0]))", moment)
+
+
+def test_a_muted_readers_page_says_until_when_in_their_own_time(browser, chat_server, screen):
+    width = screen["width"]
+    room = f"muted-{width}"
+    owner = _owned_room(chat_server, f"muter{width}", room)
+    _sign_up(browser, chat_server, f"muted{width}", PASSWORD)
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    fields = {"username": f"muted{width}", "duration": "1h"}
+    before = datetime.now(UTC) + timedelta(hours=1)
+    owner.post_form(chat_server, f"/rooms/{room}/mute/", fields, "/chat/")
+    after = datetime.now(UTC) + timedelta(hours=1)
+    _post_message(browser, "am I muted?")
+    error = browser.find_element(By.ID, "chat-error")
+    _wait(browser, lambda: error.get_attribute("data-code") == "muted")
+    said = {
+        f"A moderator muted you in this room until {_in_readers_time(browser, end.isoformat())}."
+        for end in (before, after)  # the same minute, but for a test at a minute's turn
+    }
+    assert error.text in said
+    refused = browser.find_element(By.CSS_SELECTOR, "#messages .message.pending")
+    assert f"Not sent: {error.text}" in refused.text
+    assert _fits(browser)
 
 
 def test_a_moderator_kicks_a_person_from_the_presence_list(browser, chat_server, screen):

@@ -249,6 +249,13 @@ def test_error_frame_names_the_refused_client_id():
     assert json.loads(protocol.error_frame(refusal))["error"]["client_id"] == "c1"
 
 
+def test_error_frame_gives_a_sanctions_end_for_the_reader_to_show_in_their_time():
+    ends = datetime(2026, 12, 7, 16, 39, 13, 512, tzinfo=UTC)
+    error = json.loads(protocol.error_frame(protocol.FrameRefused("muted", "x", until=ends)))
+    assert error["error"]["until"] == "2026-12-07T16:39:13+00:00"
+    assert "until" not in json.loads(protocol.error_frame(protocol.FrameRefused("muted", "x")))
+
+
 @pytest.mark.parametrize(
     ("query", "after"),
     [

@@ -141,6 +141,12 @@
         no_such_message: 'That message is not there any more.',
         message_deleted: 'That message was deleted.',
     };
+    // A mute's or ban's refusal with an end: said with the end in the reader's own time
+    // (the detail gives it in the server's, for programs).
+    const SANCTION_ERRORS = {
+        muted: 'A moderator muted you in this room until ',
+        banned: 'You are banned from this room until ',
+    };
     // Not a close code: the page's own verdict on a socket its heartbeat found dead.
     const CONNECTION_LOST = 'lost';
 
@@ -731,6 +737,10 @@
     }
 
     function plainError(error) {
+        const ends = new Date(error.until);
+        if (SANCTION_ERRORS[error.code] && !Number.isNaN(ends.getTime())) {
+            return SANCTION_ERRORS[error.code] + chatDates.full(ends) + '.';
+        }
         return PLAIN_ERRORS[error.code] || error.detail;
     }
 
