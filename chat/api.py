@@ -117,6 +117,7 @@ class PageOut(Schema):
 
 class RoomOut(Schema):
     name: str
+    title: str  # a private room's, or its address: what to show people
     last_id: int
     last_at: str | None
     online: int | None = None

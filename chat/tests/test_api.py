@@ -182,6 +182,17 @@ def test_listing_rooms_shows_the_rooms_with_messages(api):
     assert (room["name"], room["last_id"]) == ("lobby", 1)
 
 
+def test_listing_rooms_gives_what_the_pages_list_gives_a_private_rooms_title_too(api, alice):
+    key = memberships.create_private_room(Author("alice", user_id=alice.pk), "Plans")
+    services.store_message(key, Author("alice", user_id=alice.pk), "hi", None)
+    services.store_message("lobby", Author(name="Zoë"), "hi", None)
+    page = Client()
+    page.force_login(alice)
+    listed = api.get("/api/v1/rooms").json()
+    assert listed == page.get("/api/rooms/").json()
+    assert [room["title"] for room in listed["rooms"]] == ["lobby", "Plans"]
+
+
 async def test_a_post_over_http_reaches_open_sockets_in_order_with_theirs(join, api):
     socket = await join("lobby")
     await socket.send_json_to({"message": "from the socket"})
