@@ -2,6 +2,7 @@
 """Django's command-line utility for administrative tasks."""
 
 import os
+import shlex
 import sys
 
 
@@ -14,7 +15,8 @@ def main():
         from django.core.exceptions import ImproperlyConfigured
         from django.core.management import execute_from_command_line
     except ImportError as error:
-        arguments = " ".join(sys.argv[1:]) or "help"
+        # Quoted as a shell reads them: the command can be pasted back as it is shown.
+        arguments = shlex.join(sys.argv[1:]) or "help"
         sys.exit(
             f"manage.py: {error} in {sys.executable}: run python3 dev.py manage {arguments}"
             f" (it installs the project into .venv first), or .venv/bin/python manage.py"

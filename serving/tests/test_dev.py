@@ -1,6 +1,7 @@
 """dev.py and manage.py as a newcomer first types them, with the system's Python."""
 
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -34,6 +35,17 @@ def test_manage_py_with_a_python_without_django_says_to_use_dev_py_in_one_line()
     assert "python3 dev.py manage runserver" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_manage_py_without_django_suggests_the_command_quoted_so_it_can_be_pasted():
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    arguments = ["chat_post", "builds", "Build 512 passed", "--as", "ci"]
+    result = subprocess.run(
+        [system_python(), "manage.py", *arguments],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
+    )  # fmt: skip
+    suggested = result.stderr.split("run python3 dev.py manage ", 1)[1].split(" (it installs")[0]
+    assert shlex.split(suggested) == arguments
 
 
 def test_dev_py_names_an_unknown_command_and_exits_2():
