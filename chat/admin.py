@@ -23,11 +23,18 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
+    """Rooms' titles, retention and members: a room is made by its first message or the
+    private room form (chat.rooms' name rule, look-alike keys), and its name is its key."""
+
     list_display = ["name", "title", "last_seq", "retention_days", "gone_until"]
     search_fields = ["name", "title"]
     # Counters the chat keeps: edited by hand, ids would repeat or leave gaps.
-    readonly_fields = ["last_seq", "last_change", "gone_until"]
+    readonly_fields = ["name", "last_seq", "last_change", "gone_until"]
     inlines = [MembershipInline]
+
+    def has_add_permission(self, request):
+        """None: a room is made by the chat's rules, never by hand."""
+        return False
 
 
 class MessageRevisionInline(admin.TabularInline):
@@ -61,6 +68,10 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ["author"]
     readonly_fields = ["room", "seq", "text", "client_id", "created", "edited", "deleted", "change"]
     inlines = [MessageRevisionInline]
+
+    def has_add_permission(self, request):
+        """None: a message is posted through the chat's path (chat.posting), not the admin."""
+        return False
 
     @admin.display(description="text")
     def short_text(self, message):

@@ -214,3 +214,20 @@ async def test_a_sanction_deleted_in_the_admin_is_lifted_for_the_room_at_once(
         ("mute", "root"),
         ("unmute", "root"),
     ]
+
+
+@pytest.mark.parametrize("model", ["message", "room"])
+def test_the_admin_adds_no_message_or_room_past_the_chats_rules(staff_client, model):
+    assert staff_client.get(f"/admin/chat/{model}/add/").status_code == 403
+    listed = staff_client.get(f"/admin/chat/{model}/").content.decode()
+    assert f'href="/admin/chat/{model}/add/"' not in listed
+
+
+def test_a_rooms_name_is_not_changed_in_the_admin(staff_client):
+    form = {"name": "lobby2", "title": "", "retention_days": "7"}
+    form.update({f"memberships-{field}": value for field, value in _empty_inline().items()})
+    assert staff_client.post("/admin/chat/room/lobby/change/", form).status_code == 302
+    assert list(Room.objects.filter(name__startswith="lobby").values_list("name", flat=True)) == [
+        "lobby"
+    ]
+    assert Room.objects.get(name="lobby").retention_days == 7
