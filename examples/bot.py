@@ -1,7 +1,9 @@
 """A chat bot that answers /help and /roll 2d6 in one room: a program using only the public
 WebSocket protocol (docs/protocol.md) and an API token, as any client could.
 
-    CHAT_TOKEN=chat_... python3 examples/bot.py http://127.0.0.1:8000 lobby
+    CHAT_TOKEN=chat_... .venv/bin/python examples/bot.py http://127.0.0.1:8000 lobby
+
+(`websockets` is in requirements-dev.txt, which `python3 dev.py test` installs into .venv.)
 
 It reconnects as the room page does, with a growing backoff, and catches up from the last
 message id it saw (`?after=<id>`, then a page at a time), so a command sent while it was
@@ -21,8 +23,14 @@ import sys
 import time
 from urllib.parse import quote, urlsplit
 
-from websockets.exceptions import InvalidHandshake, InvalidURI
-from websockets.sync.client import connect
+try:
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+    from websockets.sync.client import connect
+except ImportError as error:  # the system's Python, say: one line, not a traceback
+    sys.exit(
+        f"bot.py: {error} in {sys.executable}: run it with .venv/bin/python after"
+        " python3 dev.py test (which installs websockets), or pip install websockets."
+    )
 
 logger = logging.getLogger("bot")
 
@@ -105,11 +113,11 @@ class Bot:
 
 
 def main(argv: list[str]) -> int:
-    """python3 examples/bot.py BASE_URL ROOM, with the token in CHAT_TOKEN."""
+    """python examples/bot.py BASE_URL ROOM, with the token in CHAT_TOKEN."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bot: %(message)s")
     token = os.environ.get("CHAT_TOKEN")
     if len(argv) != 3 or not token:
-        print("usage: CHAT_TOKEN=<token> python3 examples/bot.py BASE_URL ROOM", file=sys.stderr)
+        print("usage: CHAT_TOKEN=<token> python examples/bot.py BASE_URL ROOM", file=sys.stderr)
         return 2
     Bot(argv[1], argv[2], token).run()
     return 0

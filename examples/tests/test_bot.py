@@ -11,6 +11,7 @@ import websocket
 
 from conftest import ROOT
 from examples import bot
+from serving.tests.test_dev import system_python
 
 # Generous: the bot's backoff reaches 4 s while a server restarts on a loaded machine.
 ANSWER_TIMEOUT_SECONDS = 30
@@ -32,6 +33,19 @@ def test_the_socket_url_catches_up_from_the_last_id_seen():
     assert room_bot.socket_url() == "wss://chat.example.com/ws/chat/caf%C3%A9/"
     room_bot.last_id = 41
     assert room_bot.socket_url().endswith("/ws/chat/caf%C3%A9/?after=41")
+
+
+def test_the_bot_under_a_python_without_websockets_says_what_to_run_in_one_line():
+    python = system_python()  # a python3 outside the virtualenv, as a newcomer's
+    if subprocess.run([python, "-c", "import websockets"], capture_output=True).returncode == 0:
+        pytest.skip(f"{python} has websockets installed")
+    result = subprocess.run(
+        [python, "examples/bot.py", "http://127.0.0.1:8000", "lobby"],
+        cwd=ROOT, env={**os.environ, "CHAT_TOKEN": "t"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert ".venv/bin/python" in result.stderr
 
 
 def _manage(server, *args: str) -> str:
