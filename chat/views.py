@@ -197,7 +197,7 @@ def csrf_failure(request, reason: str = ""):
 def room_not_found_page(request):
     """The 404 page for a room address that is valid but leads nowhere for this reader: one
     answer for a private room they may not read and for one that does not exist."""
-    return render(request, "404.html", status=404)
+    return render(request, "404.html", {"private": True}, status=404)
 
 
 @paced.paced  # served whole on the sockets' thread, in turn with other pages

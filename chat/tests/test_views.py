@@ -1234,3 +1234,20 @@ def test_index_says_a_room_without_messages_has_none_yet(client):
     entry = re.search(rf'<li class="room-entry" data-room="{key}">(.*?)</li>', html, re.S)
     assert "no messages yet" in entry.group(1)
     assert "None" not in entry.group(1) and "<time" not in entry.group(1)
+
+
+def test_a_private_room_left_says_so_as_one_that_never_was_not_the_name_rule(client):
+    alice = get_user_model().objects.create_user("alice")
+    bob = get_user_model().objects.create_user("bob")
+    key = memberships.create_private_room(Author("alice", user_id=alice.pk), "Plans")
+    memberships.invite(Author("alice", user_id=alice.pk), key, "bob")
+    memberships.leave(Author("bob", user_id=bob.pk), key)
+    client.force_login(bob)
+    left = client.get(f"/chat/{key}/")
+    never = client.get(f"/chat/{key[:-1]}{'B' if key.endswith('A') else 'A'}/")
+    assert (left.status_code, never.status_code) == (404, 404)
+    page = left.content.decode()
+    assert page == never.content.decode().replace(
+        never.request["PATH_INFO"], left.request["PATH_INFO"]
+    )
+    assert "private and you are not one of its members" in page and "Room names may" not in page
