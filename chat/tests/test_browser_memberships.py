@@ -76,6 +76,7 @@ def test_a_private_room_is_made_and_shared_from_its_page(browser, chat_server, s
     _navigate_by(browser, browser.find_element(By.ID, "invite-submit").click)
     _connected(browser)
     assert f"invitee{width} is now a member." in browser.find_element(By.ID, "room-notices").text
+    assert _shown_as_notices(browser, "#room-notices")
     browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
     listed = browser.find_elements(By.CSS_SELECTOR, "#member-list .member .name")
     assert [item.text for item in listed] == [f"owner{width}", f"invitee{width}"]
@@ -86,6 +87,30 @@ def test_a_private_room_is_made_and_shared_from_its_page(browser, chat_server, s
     _wait(browser, lambda: _rich_texts(browser) == ["count me in"], "the member's post")
     _wait(browser, lambda: _sidebar_lists(browser, room), "the room is not in the sidebar")
     socket.close()
+
+
+def _shown_as_notices(driver, selector: str) -> bool:
+    """Whether the list's notices (Django's messages) are boxes, as the page's other
+    notices are, and not bare bullet points."""
+    return driver.execute_script(
+        """const list = document.querySelector(arguments[0]);
+           return getComputedStyle(list).listStyleType === 'none' &&
+               [...list.querySelectorAll('.notice')].every((notice) =>
+                   getComputedStyle(notice).backgroundColor !== 'rgba(0, 0, 0, 0)');""",
+        selector,
+    )
+
+
+def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_server):
+    owner = _signed_up(_Server(chat_server), "leaving-owner")
+    _sign_up(browser, chat_server, "leaver", PASSWORD)
+    room = _create_and_invite(owner, chat_server, "leaver")
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
+    _navigate_by(browser, browser.find_element(By.ID, "leave-room").click)
+    assert browser.find_element(By.ID, "index-notices").text == "You left the room."
+    assert _shown_as_notices(browser, "#index-notices")
 
 
 def test_a_removed_members_page_says_so_and_stays_closed(browser, chat_server):
