@@ -1517,6 +1517,30 @@ def test_the_index_lists_rooms_with_recent_activity_and_your_recent_rooms(browse
     assert browser.switch_to.active_element.get_attribute("id") == "room-name-input"
 
 
+def _times_not_in_readers_time(driver) -> list[str]:
+    """The page's server-written times (time.local) that do not read as dates.js says."""
+    return driver.execute_script(
+        """return [...document.querySelectorAll('time.local')]
+               .filter((t) => t.textContent !== chatDates.full(new Date(t.dateTime)))
+               .map((t) => t.outerHTML);"""
+    )
+
+
+def test_times_the_server_writes_into_pages_show_in_the_readers_time(browser, chat_server):
+    _sign_up(browser, chat_server, "timekeeper", "a long enough password 42")
+    _enter_chat_room(browser, chat_server, "local-times")
+    _post_message(browser, "now")
+    _wait(browser, lambda: "now" in _chat_log_value(browser))
+    browser.get(chat_server + "/chat/")
+    assert browser.find_elements(By.CSS_SELECTOR, "#active-rooms time.local")
+    assert _times_not_in_readers_time(browser) == []
+    browser.get(chat_server + "/accounts/tokens/")
+    browser.find_element(By.ID, "token-name").send_keys("clock")
+    _navigate_by(browser, browser.find_element(By.ID, "token-create").click)
+    made = browser.find_element(By.CSS_SELECTOR, "#token-list time.local")
+    assert _times_not_in_readers_time(browser) == [] and "UTC" not in made.text
+
+
 def _index_entry(driver, room_name, selector):
     entry = f'#active-rooms li[data-room="{room_name}"] {selector}'
     return driver.find_element(By.CSS_SELECTOR, entry).text

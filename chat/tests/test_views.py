@@ -702,7 +702,7 @@ def test_index_lists_rooms_with_recent_activity_newest_first_with_people_online(
     assert listed == ["new", "mid", "old"]
     assert 'href="/chat/new/"' in html and "2 online" in html and "1 online" in html
     last_at = Room.objects.get(name="new").last_message_at.isoformat()
-    assert f'<time datetime="{last_at}">' in html
+    assert f'<time class="local" datetime="{last_at}">' in html
     # The tutorial's room chooser is still there.
     assert 'id="room-name-input"' in html and 'id="room-name-submit"' in html
 

@@ -6,6 +6,9 @@
 //   chatDates.day(date)     "Today", "Yesterday", "Sunday, December 6, 2026".
 //   chatDates.full(date)    "Today, 07:19 AM": a time on its own (the index, a tooltip).
 //   chatDates.dayKey(date)  "2026-12-07": the local day, to compare two dates by.
+//
+// A time the server writes into a page is a <time class="local" datetime="..."> holding the
+// server's UTC, shown as the reader's time (its full date on hover) once this file runs.
 (function () {
     'use strict';
 
@@ -35,4 +38,20 @@
     }
 
     window.chatDates = {time: time, day: day, full: full, dayKey: dayKey};
+
+    function localize() {
+        for (const element of document.querySelectorAll('time.local[datetime]')) {
+            const when = new Date(element.getAttribute('datetime'));
+            if (!Number.isNaN(when.getTime())) {
+                element.textContent = full(when);
+                element.title = when.toLocaleString();
+            }
+        }
+    }
+
+    if (document.readyState === 'loading') {
+        document.addEventListener('DOMContentLoaded', localize);
+    } else {
+        localize();
+    }
 })();

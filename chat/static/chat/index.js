@@ -1,7 +1,7 @@
 // The index page: the tutorial's focus on the room name box (in a file: the CSP runs no
-// inline script), your recent rooms (kept in this browser by sidebar.js), each room's last
-// message time as every page shows times (dates.js), and who is online in each room, read
-// again once the page is up and every few seconds while it is shown.
+// inline script), your recent rooms (kept in this browser by sidebar.js), and who is online
+// in each room, read again once the page is up and every few seconds while it is shown.
+// dates.js shows each room's last message time in the reader's time.
 (function () {
     'use strict';
 
@@ -54,14 +54,6 @@
 
     if (names.length > 0) {
         listRecent();
-    }
-
-    for (const time of document.querySelectorAll('#active-rooms time[datetime]')) {
-        const when = new Date(time.getAttribute('datetime'));
-        if (!Number.isNaN(when.getTime())) {
-            time.textContent = chatDates.full(when);
-            time.title = when.toLocaleString();
-        }
     }
 
     const listed = new Map();  // room name -> its "N online" element

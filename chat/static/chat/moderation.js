@@ -3,8 +3,7 @@
 // owner or moderators, site staff) may also Mute…, Kick or Ban… its author, and, from the
 // presence list, a logged-in person. Each is a form post to /rooms/<room>/<action>/ with
 // the page's CSRF token; the server answers with the room page and a notice. A guest has
-// no username: the forms name them by the message they sent. The list of mutes and bans
-// says when each ends in the reader's time, as every page shows times (dates.js).
+// no username: the forms name them by the message they sent.
 (function () {
     'use strict';
 
@@ -116,11 +115,4 @@
     }).observe(messages, {childList: true});
     new MutationObserver(function () { decoratePresence(presence); }).observe(presence, {childList: true});
     messages.querySelectorAll('.message').forEach(decorateMessage);
-
-    for (const time of document.querySelectorAll('#sanction-list time[datetime]')) {
-        const ends = new Date(time.getAttribute('datetime'));
-        if (!Number.isNaN(ends.getTime())) {
-            time.textContent = chatDates.full(ends);
-        }
-    }
 })();
