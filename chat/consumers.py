@@ -965,13 +965,17 @@ class ChatConsumer(WebsocketConsumer):
         self, error: DatabaseError, frame: protocol.StoredFrame
     ) -> protocol.FrameRefused:
         """Log a frame's failed store once and say store_failed; a wait for the room's lock
-        given up at the bound cools the room off (chat.stalls), whatever the frame stored."""
-        metrics.outage(error)
+        given up at the bound cools the room off (chat.stalls), whatever the frame stored.
+        A failure that is no outage (chat.outages) is a bug: its traceback, no outage counted."""
+        outage = outages.is_outage(error)
+        if outage:
+            metrics.outage(error)
         logger.error(
             "%s not stored in room %r: %r",
             _stored_kind(frame),
             self.room_name,
             error,
+            exc_info=None if outage else error,
             extra=self._log_extra("store_failed"),
         )
         if stalls.is_lock_timeout(error):

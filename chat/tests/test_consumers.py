@@ -28,7 +28,7 @@ from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.contrib.auth.models import User
-from django.db import DatabaseError, OperationalError, connection
+from django.db import DatabaseError, IntegrityError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from hypothesis import strategies as st
 
@@ -583,6 +583,24 @@ async def test_store_failure_answers_sender_and_nobody_receives_it(join, monkeyp
     }
     await assert_no_chat(bystander)
     await assert_no_chat(sender)
+
+
+async def test_a_store_failing_on_a_bug_answers_store_failed_and_logs_its_traceback(
+    join, monkeypatch, caplog
+):
+    sender = await join("lobby")
+
+    def buggy_store(*args, **kwargs):
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(services, "store_messages", buggy_store)
+    await sender.send_json_to({"message": "lost?", "client_id": "c-10"})
+    frame = await next_frame(sender)
+    assert frame["error"]["code"] == "store_failed"
+    [record] = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is IntegrityError
+    await sender.send_json_to({"message": "still open"})
+    assert (await next_frame(sender))["error"]["code"] == "store_failed"
 
 
 async def test_joining_sends_the_last_messages_oldest_first_marked_as_history(join, settings):
