@@ -49,14 +49,20 @@ def recent_rooms(limit: int, also: Iterable[str] = (), user=None) -> list[Room]:
 
 def list_version(also: Iterable[str], user=None) -> str:
     """What the list recent_rooms(limit, also, user) is made of, in a few index lookups and
-    without building it: the newest message anywhere, the user's read positions and their
-    memberships. Two lists are the same while it is (titles and keys are set at creation),
-    so the sidebar answers an unchanged list's 304 from it."""
-    newest = Room.objects.aggregate(newest=Max("last_message_at"))["newest"]
-    parts: list[Any] = [sorted(also), newest.isoformat() if newest else None]
+    without building it: the newest message of a public room, the user's read positions,
+    their memberships and the newest message of their rooms. Two lists are the same while
+    it is (titles and keys are set at creation), so the sidebar answers an unchanged list's
+    304 from it; it changes with nothing the user may not see (a private room's or a direct
+    conversation's message is theirs to know of only as its member)."""
+    # The newest public room: down the last_message_at index to the first public one.
+    public = permissions.listed_to_everyone(Room.objects.filter(last_message_at__isnull=False))
+    newest = public.order_by("-last_message_at").values_list("last_message_at", flat=True)
+    parts: list[Any] = [sorted(also), str(newest.first())]
     if user is not None and user.is_authenticated:
         reads = ReadPosition.objects.filter(user=user).aggregate(Count("pk"), Sum("last_read_id"))
-        mine = Membership.objects.filter(user=user).aggregate(Count("pk"), Max("created"))
+        mine = Membership.objects.filter(user=user).aggregate(
+            Count("pk"), Max("created"), Max("room__last_message_at")
+        )
         parts += [user.pk, *reads.values(), *(str(value) for value in mine.values())]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 

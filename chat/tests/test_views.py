@@ -1193,7 +1193,15 @@ def _be_invited(alice, owner_name: str = "owner"):
     memberships.invite(Author(owner_name, user_id=owner.pk), key, "alice")
 
 
-@pytest.mark.parametrize("change", [_post_in_another_room, _read_further, _be_removed, _be_invited])
+def _post_in_her_private_room(alice):
+    [key] = Membership.objects.filter(user=alice, room__name__startswith=rooms.PRIVATE_MARK)
+    _chat(key.room_id, "inside", author="first-owner")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_post_in_another_room, _read_further, _be_removed, _be_invited, _post_in_her_private_room],
+)
 def test_the_sidebars_etag_changes_with_anything_its_list_is_made_of(client, change):
     alice = get_user_model().objects.create_user("alice")
     client.force_login(alice)
@@ -1205,6 +1213,22 @@ def test_the_sidebars_etag_changes_with_anything_its_list_is_made_of(client, cha
     change(alice)
     again = _sidebar(client, first["ETag"])
     assert (again.status_code, again["ETag"] != first["ETag"]) == (200, True)
+
+
+@pytest.mark.parametrize("reader", ["guest", "stranger"])
+def test_the_sidebars_etag_says_nothing_of_rooms_its_reader_may_not_see(client, reader):
+    users = get_user_model().objects
+    bob, carol = users.create_user("bob"), users.create_user("carol")
+    if reader == "stranger":
+        client.force_login(users.create_user("dave"))
+    _chat("lobby", "one")
+    private = memberships.create_private_room(Author("bob", user_id=bob.pk), "Plans")
+    first = _sidebar(client)["ETag"]
+    _chat(private, "secret", author="bob")
+    services.store_message(
+        rooms.direct_key(bob.pk, carol.pk), Author("bob", user_id=bob.pk), "psst", None
+    )
+    assert _sidebar(client, first).status_code == 304
 
 
 def test_the_page_tells_a_rooms_moderator_and_staff_they_may_delete_anyones_message(
