@@ -72,6 +72,17 @@ def leave(request, room_name):
 
 
 @require_POST
+def resign(request, room_name):
+    """A moderator gives up the role (chat.memberships.resign), in a public or private room."""
+    return _change(
+        request,
+        room_name,
+        lambda author, room_key, _: memberships.resign(author, room_key),
+        "You are no longer a moderator here.",
+    )
+
+
+@require_POST
 def set_retention(request, room_name):
     """The owner sets how many days the room keeps its messages (days=, "" for the default)."""
     author = identity.author_for(request.user, request.session)

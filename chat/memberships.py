@@ -1,4 +1,5 @@
-"""Changing who is in a room: private rooms made, members invited, removed, leaving, roles.
+"""Changing who is in a room: private rooms made, members invited, removed, leaving, roles
+appointed and given up.
 
 Each change asks chat.permissions first. A member who is removed or leaves has their
 open sockets in that room closed on every process (CLOSE_NOT_A_MEMBER), once the change
@@ -80,6 +81,18 @@ def leave(author: Author, room_key: str) -> None:
         raise MembershipRefused("not_allowed", "The owner cannot leave their room.")
     membership = Membership.objects.get(room_id=room_key, user_id=author.user_id)
     _end(membership, "left the room")
+
+
+def resign(author: Author, room_key: str) -> None:
+    """Give up one's moderator role: a private room's moderator stays a member, a public
+    room's has nothing left to record."""
+    if not permissions.may_resign(author, room_key):
+        raise MembershipRefused("not_allowed", "Only a moderator may give up the role.")
+    mine = Membership.objects.filter(room_id=room_key, user_id=author.user_id)
+    if rooms.kind(room_key) == rooms.PUBLIC:
+        mine.delete()
+    else:
+        mine.update(role=Role.MEMBER)
 
 
 def set_role(author: Author, room_key: str, username: str, role: Role) -> None:

@@ -171,6 +171,12 @@ def may_leave(author: Author, room_key: str) -> bool:
     return rooms.kind(room_key) == rooms.PRIVATE and role_of(author, room_key) in _LEAVERS
 
 
+def may_resign(author: Author, room_key: str) -> bool:
+    """Give up the moderator role (chat.memberships.resign): a moderator, in a public or a
+    private room. Not the owner: the room's one manager, whose role never changes."""
+    return rooms.kind(room_key) != rooms.DIRECT and role_of(author, room_key) == Role.MODERATOR
+
+
 def founding_members(author: Author, room_key: str) -> list[tuple[int, Role]]:
     """Who a room's first message makes members: a public room's logged-in author its owner,
     a direct conversation's two users; a guest's or a bot's room has none (ownerless, as

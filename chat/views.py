@@ -151,6 +151,7 @@ def _room_panel(author, address: str, room_key: str) -> dict:
         panel["may_appoint"] = permissions.may_appoint_moderators(author, room_key)
         if permissions.may_set_retention(author, room_key):
             panel["retention_days"] = Room.objects.get(name=room_key).retention_days
+    panel["may_resign"] = permissions.may_resign(author, room_key)
     panel["may_moderate"] = permissions.may_moderate_room(author, room_key)
     if panel["may_moderate"]:
         panel["sanctions"] = moderation.in_force(room_key)

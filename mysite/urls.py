@@ -40,6 +40,7 @@ urlpatterns = [
     path("rooms/<room:room_name>/remove/", membership_views.remove, name="remove_member"),
     path("rooms/<room:room_name>/role/", membership_views.set_role, name="set_role"),
     path("rooms/<room:room_name>/leave/", membership_views.leave, name="leave_room"),
+    path("rooms/<room:room_name>/resign/", membership_views.resign, name="resign"),
     path("rooms/<room:room_name>/retention/", membership_views.set_retention, name="retention"),
     # Moderators' actions and readers' reports (chat.moderation_views), beside them.
     path("rooms/<room:room_name>/mute/", moderation_views.mute, name="mute"),

@@ -106,6 +106,38 @@ def test_the_owner_appoints_and_removes_moderators(owner_and_guest_list):
         memberships.set_role(_author(alice), key, "carol", Role.MODERATOR)  # not a member
 
 
+def test_a_moderator_resigns_a_public_rooms_role_and_a_private_rooms_keeping_membership(
+    owner_and_guest_list,
+):
+    alice, bob, carol = owner_and_guest_list
+    services.store_message("garden", _author(alice), "first", None)
+    memberships.set_role(_author(alice), "garden", "carol", Role.MODERATOR)
+    memberships.resign(_author(carol), "garden")
+    assert permissions.role_of(_author(carol), "garden") is None
+    assert not permissions.may_moderate_room(_author(carol), "garden")
+    key = memberships.create_private_room(_author(alice), "Plans")
+    memberships.invite(_author(alice), key, "bob")
+    memberships.set_role(_author(alice), key, "bob", Role.MODERATOR)
+    memberships.resign(_author(bob), key)
+    assert permissions.role_of(_author(bob), key) == Role.MEMBER
+    for author, room in ((alice, "garden"), (alice, key), (carol, "garden")):
+        with pytest.raises(memberships.MembershipRefused):
+            memberships.resign(_author(author), room)
+    assert permissions.role_of(_author(alice), "garden") == Role.OWNER
+
+
+def test_a_public_rooms_moderator_resigns_from_the_room_page(owner_and_guest_list):
+    alice, _, carol = owner_and_guest_list
+    services.store_message("garden", _author(alice), "first", None)
+    memberships.set_role(_author(alice), "garden", "carol", Role.MODERATOR)
+    moderator = Client()
+    moderator.force_login(carol)
+    assert 'id="resign-moderator"' in moderator.get("/chat/garden/").content.decode()
+    assert moderator.post("/rooms/garden/resign/")["Location"] == "/chat/garden/"
+    assert permissions.role_of(_author(carol), "garden") is None
+    assert 'id="resign-moderator"' not in moderator.get("/chat/garden/").content.decode()
+
+
 def test_the_room_pages_forms_invite_remove_and_leave(owner_and_guest_list):
     alice, bob, _ = owner_and_guest_list
     owner, member = Client(), Client()

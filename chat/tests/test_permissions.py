@@ -105,6 +105,19 @@ def test_members_and_moderators_may_leave_and_the_owner_may_not(people):
     assert not permissions.may_appoint_moderators(_author(alice), direct)
 
 
+def test_a_moderator_may_resign_in_a_public_or_private_room_and_the_owner_may_not(people):
+    alice, bob, carol, key = people
+    services.store_message("garden", _author(alice), "first", None)
+    memberships.set_role(_author(alice), "garden", "carol", Role.MODERATOR)
+    memberships.set_role(_author(alice), key, "bob", Role.MODERATOR)
+    assert permissions.may_resign(_author(carol), "garden")
+    assert permissions.may_resign(_author(bob), key)
+    assert not permissions.may_resign(_author(alice), "garden")
+    assert not permissions.may_resign(_author(alice), key)
+    assert not permissions.may_resign(_author(bob), "garden")  # a stranger to its roles
+    assert not permissions.may_resign(_author(alice), rooms.direct_key(alice.pk, bob.pk))
+
+
 def test_a_logged_in_users_first_message_makes_them_the_public_rooms_owner(people):
     alice, bob, _, _ = people
     services.store_message("garden", _author(alice), "first", None)
