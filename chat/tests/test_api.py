@@ -352,3 +352,14 @@ def test_deleting_a_deleted_message_is_a_conflict(api):
     _change(api, "delete", "lobby", 1)
     status, refused = _change(api, "delete", "lobby", 1)
     assert (status, refused["error"]["code"]) == (409, "message_deleted")
+
+
+def test_edits_and_deletions_spend_the_per_person_message_limit_as_on_a_socket(api, settings):
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "3/minute"
+    post(api, "lobby", {"message": "one"})
+    post(api, "lobby", {"message": "two"})
+    assert _change(api, "patch", "lobby", 1, {"message": "uno"})[0] == 200
+    status, refused = _change(api, "delete", "lobby", 2)
+    assert (status, refused["error"]["code"]) == (429, "rate_limited")
+    status, refused = _change(api, "patch", "lobby", 1, {"message": "eins"})
+    assert (status, refused["error"]["code"]) == (429, "rate_limited")

@@ -8,13 +8,19 @@ import threading
 import pytest
 import redis
 from channels.db import database_sync_to_async
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
 from chat import posting
 from chat.models import Message
-from chat.tests.conftest import SocketsOnProcesses, next_frame
+from chat.tests.conftest import (
+    SocketsOnProcesses,
+    logged_in_session_values,
+    new_session,
+    next_frame,
+)
 from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer")
@@ -201,3 +207,22 @@ def test_posts_from_a_command_reach_sockets_on_two_processes_once_in_order(start
     for frames in processes.seen:
         assert frames == [(1, "socket 1"), (2, "command 2"), (3, "socket 3")]
     processes.close()
+
+
+async def test_edits_through_the_api_and_the_socket_spend_one_per_person_budget(join, settings):
+    settings.CHAT_LIMIT_MESSAGES_PER_PERSON = "3/minute"
+    alice = await database_sync_to_async(User.objects.create_user)("alice")
+    session = await new_session(**logged_in_session_values(alice))
+    cookie = (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={session}".encode())
+    socket = await join("lobby", headers=[cookie])
+    await socket.send_json_to({"message": "helo"})
+    assert (await next_frame(socket))["message"] == "helo"
+    await database_sync_to_async(posting.edit_message)("lobby", 1, "hello", as_user=alice)
+    await next_frame(socket)  # the edit, broadcast
+    await socket.send_json_to({"edit": {"id": 1, "message": "hello!"}})
+    assert (await next_frame(socket))["edit"]["message"] == "hello!"
+    await socket.send_json_to({"edit": {"id": 1, "message": "again"}})
+    assert (await next_frame(socket))["error"]["code"] == "rate_limited"
+    with pytest.raises(posting.PostRefused) as refused:
+        await database_sync_to_async(posting.delete_message)("lobby", 1, as_user=alice)
+    assert refused.value.code == "rate_limited"
