@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.db import IntegrityError, OperationalError
 from django.test import Client
 
 from chat import memberships, moderation, services, tokens
@@ -363,3 +364,21 @@ def test_edits_and_deletions_spend_the_per_person_message_limit_as_on_a_socket(a
     assert (status, refused["error"]["code"]) == (429, "rate_limited")
     status, refused = _change(api, "patch", "lobby", 1, {"message": "eins"})
     assert (status, refused["error"]["code"]) == (429, "rate_limited")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(OperationalError("connection refused"), 503), (IntegrityError("duplicate key"), 500)],
+)
+def test_a_post_meeting_an_outage_is_a_503_and_one_meeting_a_bug_a_500(
+    api, monkeypatch, error, status
+):
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(services, "store_message", failing)
+    api.raise_request_exception = False
+    response = api.post(
+        "/api/v1/rooms/lobby/messages", '{"message": "hi"}', content_type="application/json"
+    )
+    assert response.status_code == status
