@@ -11,6 +11,7 @@ from django.db import (
     OperationalError,
     ProgrammingError,
     connection,
+    transaction,
 )
 from django.test import RequestFactory
 
@@ -111,6 +112,18 @@ def test_a_bad_query_on_postgresql_is_no_outage():
     with pytest.raises(ProgrammingError) as raised, connection.cursor() as cursor:
         cursor.execute("SELECT * FROM no_such_table")
     assert not outages.is_outage(raised.value)
+
+
+@pytest.mark.django_db
+def test_a_write_refused_by_a_read_only_postgresql_is_an_outage():
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's read-only transaction, as a replica answers a write")
+    with pytest.raises(InternalError) as raised, transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION READ ONLY")
+            cursor.execute("INSERT INTO chat_room (name) VALUES ('x')")
+    assert raised.value.__cause__.sqlstate == outages.READ_ONLY_SQLSTATE
+    assert outages.is_outage(raised.value)
 
 
 def test_http_answers_an_outage_with_503_and_a_bug_with_the_usual_500():
