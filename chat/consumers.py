@@ -24,6 +24,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from mysite import channel_layers
+
 from . import (
     commits,
     deactivation,
@@ -273,17 +275,20 @@ class ChatConsumer(WebsocketConsumer):
 
     @sides.on_loop
     def _refused_as_overloaded(self, message: dict) -> bool:
-        """Refuse a chat message at once, on the loop, when the store's queue is over the bound.
+        """Refuse a chat message at once, on the loop, when its path's queues are over the bound.
 
-        Over CHAT_STORE_QUEUE_SECONDS a message is answered with `overloaded` and a retry
-        hint and is not stored; the socket's later messages are refused too until that one
-        comes back (ORDER_HOLD_SECONDS at most; without a client_id, until the hint is
-        over), so none overtakes it. A typing signal is dropped (stale by the time a queue
-        that old reaches it). Pings, edits and deletions, and frames that are not valid, take
-        their turn on the sync thread as ever.
+        A message accepted now waits in two queues of this process: in front of the store
+        (pipeline.store_queue_seconds), then, stored, in front of Redis, its broadcast
+        behind the channel-layer calls not done yet (channel_layers.layer_queue_seconds).
+        When either has waited over CHAT_STORE_QUEUE_SECONDS, a message is answered with
+        `overloaded` and a retry hint and is not stored; the socket's later messages are
+        refused too until that one comes back (ORDER_HOLD_SECONDS at most; without a
+        client_id, until the hint is over), so none overtakes it. A typing signal is
+        dropped (stale by the time a queue that old reaches it). Pings, edits and
+        deletions, and frames that are not valid, take their turn on the sync thread as ever.
         """
         now = time.monotonic()
-        waited = pipeline.store_queue_seconds()
+        waited = max(pipeline.store_queue_seconds(), channel_layers.layer_queue_seconds())
         over = waited > settings.CHAT_STORE_QUEUE_SECONDS
         holding = now < self.hold_until
         if not (over or holding) or self.closing:

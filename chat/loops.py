@@ -10,6 +10,7 @@ Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'
 """
 
 import asyncio
+import collections
 import os
 import threading
 import weakref
@@ -23,6 +24,7 @@ class LoopState:
 
     __slots__ = (
         "layer_slots",
+        "layer_calls",
         "batches",
         "outbox",
         "after_batch",
@@ -35,6 +37,8 @@ class LoopState:
 
     def __init__(self):
         self.layer_slots: asyncio.Semaphore | None = None  # mysite.channel_layers
+        # mysite.channel_layers: the calls not done yet, oldest first, with when each was made.
+        self.layer_calls: collections.OrderedDict[object, float] | None = None
         self.batches: Any = None  # chat.pipeline: calls for the sync thread
         # chat.pipeline: while the loop's batch runs, what its calls hand to the loop.
         self.outbox: list | None = None

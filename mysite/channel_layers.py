@@ -5,6 +5,7 @@ and channels_redis's two layers, each taught to forget a channel whose consumer 
 import asyncio
 import collections
 import logging
+import time
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer
@@ -72,8 +73,30 @@ def layer_slot() -> asyncio.Semaphore:
     return state.layer_slots
 
 
+def _calls_not_done() -> collections.OrderedDict[object, float]:
+    """On the loop: its channel-layer calls not done yet, oldest first, each with when it was
+    made (time.monotonic()), in chat.loops."""
+    state = loops.of_loop()
+    if state.layer_calls is None:
+        state.layer_calls = collections.OrderedDict()
+    return state.layer_calls
+
+
+def layer_queue_seconds() -> float:
+    """On the loop: how long its oldest channel-layer call not done yet has waited (seconds).
+
+    A broadcast made now waits behind every one of them (the calls share the slots and,
+    per Redis server, channels_redis's one connection and lock): 0 when none waits.
+    """
+    calls = loops.of_loop().layer_calls
+    if not calls:
+        return 0.0
+    return time.monotonic() - next(iter(calls.values()))
+
+
 class _BoundedCalls:
-    """Every send, group_send, group_add and group_discard waits for a slot (layer_slot).
+    """Every send, group_send, group_add and group_discard waits for a slot (layer_slot),
+    counted from when it is made until it is done (layer_queue_seconds).
 
     Inside the layer, so that no caller can skip it, as channels_redis's pubsub layer takes
     its shard lock inside publish: a burst of sockets (a server restart, everyone
@@ -84,25 +107,30 @@ class _BoundedCalls:
     def _unbounded(self, name: str):
         raise NotImplementedError
 
+    async def _bounded(self, name: str, *args):
+        calls, call = _calls_not_done(), object()
+        calls[call] = time.monotonic()
+        try:
+            async with layer_slot():
+                return await self._unbounded(name)(*args)
+        finally:
+            del calls[call]
+
     async def send(self, channel: str, message: dict):
         """Send a message to a channel, once a slot is free."""
-        async with layer_slot():
-            return await self._unbounded("send")(channel, message)
+        return await self._bounded("send", channel, message)
 
     async def group_send(self, group: str, message: dict):
         """Send a message to a group, once a slot is free."""
-        async with layer_slot():
-            return await self._unbounded("group_send")(group, message)
+        return await self._bounded("group_send", group, message)
 
     async def group_add(self, group: str, channel: str):
         """Add a channel to a group, once a slot is free."""
-        async with layer_slot():
-            return await self._unbounded("group_add")(group, channel)
+        return await self._bounded("group_add", group, channel)
 
     async def group_discard(self, group: str, channel: str):
         """Remove a channel from a group, once a slot is free."""
-        async with layer_slot():
-            return await self._unbounded("group_discard")(group, channel)
+        return await self._bounded("group_discard", group, channel)
 
 
 class PubSubLayer(_BoundedCalls, RedisPubSubChannelLayer):

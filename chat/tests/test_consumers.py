@@ -50,8 +50,9 @@ from chat.tests.conftest import (
     until_listening,
 )
 from conftest import ROOT, WRITE_REFUSALS, redis_refusing_writes
+from mysite import channel_layers
 from mysite.asgi import application
-from mysite.channel_layers import redis_channel_layers
+from mysite.channel_layers import LAYER_CALLS_IN_FLIGHT, layer_slot, redis_channel_layers
 
 pytestmark = pytest.mark.usefixtures("redis_channel_layer", "transactional_db")
 # What a busy 2-core machine may add to a bound: a round trip, a batch, a log line.
@@ -1772,6 +1773,79 @@ async def test_under_overload_pings_are_answered_and_typing_is_dropped(join, set
     assert {"pong": True} in answers and "queued" in [a.get("message") for a in answers]
     await assert_receives_message(reader, "queued")
     await assert_no_chat(reader)  # no typing signal
+
+
+@contextlib.asynccontextmanager
+async def broadcasts_held():
+    """Hold every channel-layer call of this loop (as a Redis slow to answer would) until
+    the block ends: each waits for one of the slots taken here."""
+    slots = layer_slot()
+    for _ in range(LAYER_CALLS_IN_FLIGHT):
+        await slots.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(LAYER_CALLS_IN_FLIGHT):
+            slots.release()
+
+
+async def next_frame_if_any(socket, seconds: float = 5) -> dict:
+    """The next frame that is not a presence update, or {} if none comes within seconds.
+
+    Without cancelling the consumer as a read that times out does (receive_nothing waits).
+    """
+    deadline = time.monotonic() + seconds
+    while not await socket.receive_nothing(timeout=max(deadline - time.monotonic(), 0.01)):
+        frame = await socket.receive_json_from()
+        if "presence" not in frame:
+            return frame
+    return {}
+
+
+async def until_no_layer_call_waits():
+    """Wait until this loop's channel-layer calls are all done (the broadcasts went)."""
+    async with asyncio.timeout(5):
+        while channel_layers.layer_queue_seconds() > 0:
+            await asyncio.sleep(0)
+
+
+async def test_a_message_is_refused_while_a_broadcast_waits_over_the_bound_then_taken(
+    join, settings
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0  # any broadcast waiting is over the bound
+    sender, reader = await join("lobby"), await join("lobby")
+    await until_no_layer_call_waits()  # the joins' presence update went
+    async with broadcasts_held():
+        await sender.send_json_to({"message": "stored", "client_id": "first"})
+        async with asyncio.timeout(5):  # stored, its broadcast waits for Redis
+            while channel_layers.layer_queue_seconds() == 0:
+                await asyncio.sleep(0)
+        await sender.send_json_to({"message": "refused", "client_id": "second"})
+        error = (await next_frame_if_any(sender)).get("error", {})
+        assert (error.get("code"), error.get("client_id")) == ("overloaded", "second")
+        assert error["retry_after"] > 0
+    # The delivery side caught up: the accepted message reaches everyone, the refused one
+    # is taken when sent again, and nothing else was stored.
+    await assert_receives_message(reader, "stored")
+    await assert_receives_message(sender, "stored")
+    await until_no_layer_call_waits()
+    await sender.send_json_to({"message": "refused", "client_id": "second"})
+    assert (await assert_receives_message(reader, "refused"))["id"] == 2
+    await assert_no_chat(reader)
+    assert await database_sync_to_async(services.last_seq)("lobby") == 2
+
+
+async def test_every_message_accepted_while_broadcasts_wait_is_delivered_in_order(join, settings):
+    settings.CHAT_STORE_QUEUE_SECONDS = 60  # the held broadcasts stay well under it
+    sender, reader = await join("lobby"), await join("lobby")
+    async with broadcasts_held():
+        for number in range(10):
+            await sender.send_json_to({"message": f"{number}"})
+        async with asyncio.timeout(5):  # all stored, their broadcasts waiting
+            while await database_sync_to_async(services.last_seq)("lobby") < 10:
+                await asyncio.sleep(0)
+    received = [(await next_frame(reader, timeout=10))["message"] for _ in range(10)]
+    assert received == [f"{number}" for number in range(10)]
 
 
 async def test_every_message_accepted_under_the_bound_is_stored_and_delivered_in_order(

@@ -19,6 +19,7 @@ from mysite.channel_layers import (
     LAYER_CALLS_IN_FLIGHT,
     PubSubLayer,
     RedisLayer,
+    layer_queue_seconds,
     redis_channel_layers,
 )
 from serving.embedded_redis import EmbeddedRedis
@@ -281,3 +282,30 @@ async def test_every_layer_call_waits_for_a_slot_whoever_makes_it(
     layer = layer_class(hosts=[ONE])
     await asyncio.gather(*(getattr(layer, method)("a", "b") for _ in range(100)))
     assert most == LAYER_CALLS_IN_FLIGHT
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "unbounded_class"),
+    [(PubSubLayer, RedisPubSubLoopLayer), (RedisLayer, RedisChannelLayer)],
+)
+async def test_the_layer_queue_counts_every_call_from_when_it_is_made_until_it_is_done(
+    monkeypatch, layer_class, unbounded_class
+):
+    answered = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def call_redis(self, group, message):
+        await answered[group].wait()
+
+    monkeypatch.setattr(unbounded_class, "group_send", call_redis)
+    layer = layer_class(hosts=[ONE])
+    assert layer_queue_seconds() == 0
+    calls = {group: asyncio.ensure_future(layer.group_send(group, {})) for group in answered}
+    await asyncio.sleep(0)  # both sent, neither answered
+    waited = layer_queue_seconds()
+    assert waited > 0
+    answered["b"].set()
+    await calls["b"]
+    assert layer_queue_seconds() > waited  # the older call still waits, and longer
+    answered["a"].set()
+    await calls["a"]
+    assert layer_queue_seconds() == 0
