@@ -10,7 +10,6 @@ Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'
 """
 
 import asyncio
-import collections
 import os
 import threading
 import weakref
@@ -37,8 +36,7 @@ class LoopState:
 
     def __init__(self):
         self.layer_slots: asyncio.Semaphore | None = None  # mysite.channel_layers
-        # mysite.channel_layers: the calls not done yet, oldest first, with when each was made.
-        self.layer_calls: collections.OrderedDict[object, float] | None = None
+        self.layer_calls: Any = None  # mysite.channel_layers: the calls not done yet
         self.batches: Any = None  # chat.pipeline: calls for the sync thread
         # chat.pipeline: while the loop's batch runs, what its calls hand to the loop.
         self.outbox: list | None = None

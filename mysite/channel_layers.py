@@ -73,25 +73,58 @@ def layer_slot() -> asyncio.Semaphore:
     return state.layer_slots
 
 
-def _calls_not_done() -> collections.OrderedDict[object, float]:
-    """On the loop: its channel-layer calls not done yet, oldest first, each with when it was
-    made (time.monotonic()), in chat.loops."""
+# The share of the last call in the running estimate of a call's time in the layer's queue:
+# a few calls' worth of memory, as chat.pipeline's CALL_SECONDS_WEIGHT for the store's.
+LAYER_CALL_SECONDS_WEIGHT = 0.2
+
+
+class _LayerCalls:
+    """One loop's channel-layer calls not done yet, oldest first, and the recent time per call.
+
+    Calls are done one after another (channels_redis's one connection and lock per Redis
+    server): a call's time is from when it was made, or the call before it was done if
+    later, until it is done.
+    """
+
+    __slots__ = ("made", "last_done", "call_seconds")
+
+    def __init__(self):
+        self.made: collections.OrderedDict[object, float] = collections.OrderedDict()
+        self.last_done = 0.0  # when the last call was done (time.monotonic())
+        self.call_seconds = 0.0  # what a call has recently taken, on average (seconds)
+
+    def done(self, call: object):
+        """The call is done: forget it, and count its time in the recent time per call."""
+        made, now = self.made.pop(call), time.monotonic()
+        took = now - max(made, self.last_done)
+        self.call_seconds += LAYER_CALL_SECONDS_WEIGHT * (took - self.call_seconds)
+        self.last_done = now
+
+    def waited(self) -> float:
+        """The oldest call's wait so far, or the calls' work at the recent time per call."""
+        if not self.made:
+            return 0.0
+        oldest = time.monotonic() - next(iter(self.made.values()))
+        return max(oldest, len(self.made) * self.call_seconds)
+
+
+def _layer_calls() -> _LayerCalls:
+    """On the loop: its channel-layer calls (chat.loops)."""
     state = loops.of_loop()
     if state.layer_calls is None:
-        state.layer_calls = collections.OrderedDict()
+        state.layer_calls = _LayerCalls()
     return state.layer_calls
 
 
 def layer_queue_seconds() -> float:
-    """On the loop: how long its oldest channel-layer call not done yet has waited (seconds).
+    """On the loop: how long its channel-layer calls not done yet have waited, or will take.
 
-    A broadcast made now waits behind every one of them (the calls share the slots and,
-    per Redis server, channels_redis's one connection and lock): 0 when none waits.
+    The oldest one's wait so far, or the calls' work at the recent time per call, whichever
+    is longer (seconds; 0 when none waits): a broadcast made now is done after all of them,
+    and a burst of calls made at once has waited for nothing yet.
     """
     calls = loops.of_loop().layer_calls
-    if not calls:
-        return 0.0
-    return time.monotonic() - next(iter(calls.values()))
+    return 0.0 if calls is None else calls.waited()
 
 
 class _BoundedCalls:
@@ -108,13 +141,13 @@ class _BoundedCalls:
         raise NotImplementedError
 
     async def _bounded(self, name: str, *args):
-        calls, call = _calls_not_done(), object()
-        calls[call] = time.monotonic()
+        calls, call = _layer_calls(), object()
+        calls.made[call] = time.monotonic()
         try:
             async with layer_slot():
                 return await self._unbounded(name)(*args)
         finally:
-            del calls[call]
+            calls.done(call)
 
     async def send(self, channel: str, message: dict):
         """Send a message to a channel, once a slot is free."""

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -308,4 +309,32 @@ async def test_the_layer_queue_counts_every_call_from_when_it_is_made_until_it_i
     assert layer_queue_seconds() > waited  # the older call still waits, and longer
     answered["a"].set()
     await calls["a"]
+    assert layer_queue_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "unbounded_class"),
+    [(PubSubLayer, RedisPubSubLoopLayer), (RedisLayer, RedisChannelLayer)],
+)
+async def test_the_layer_queue_counts_calls_made_at_once_at_the_recent_time_per_call(
+    monkeypatch, layer_class, unbounded_class
+):
+    answered = asyncio.Event()
+
+    async def call_redis(self, group, message):
+        if group == "slow":
+            time.sleep(0.01)  # a call that takes 10 ms at least
+        else:
+            await answered.wait()
+
+    monkeypatch.setattr(unbounded_class, "group_send", call_redis)
+    layer = layer_class(hosts=[ONE])
+    for _ in range(10):
+        await layer.group_send("slow", {})
+    burst = [asyncio.ensure_future(layer.group_send("burst", {})) for _ in range(100)]
+    await asyncio.sleep(0)  # all made, none answered
+    # Nothing has waited yet, but 100 calls at about 9 ms each (the average so far) wait.
+    assert layer_queue_seconds() > 0.5
+    answered.set()
+    await asyncio.gather(*burst)
     assert layer_queue_seconds() == 0
