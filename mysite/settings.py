@@ -428,10 +428,10 @@ CHAT_HTTP_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_HTTP_REQUEST_TIMEOUT_SECONDS
 # under load costs more than the wait). It holds this many at most.
 CHAT_REORDER_WAIT_SECONDS = 0.25
 CHAT_REORDER_MAX_HELD = 100
-# The bound on the queues of a message's path in its process: a message that would join
-# calls for the sync thread (the store's queue) that have waited longer than this, or whose
-# broadcast would wait behind channel-layer calls that have (the layer's queue, in front of
-# Redis), is refused at once with `overloaded` and a retry hint, instead of waiting behind
+# The bound on the queues of a message's path in its process: a message that would wait
+# longer than this behind the calls for the sync thread (the store's queue) and then,
+# stored, behind the channel-layer calls not done yet (the layer's queue, in front of
+# Redis) is refused at once with `overloaded` and a retry hint, instead of waiting behind
 # them: latency stays bounded under overload, and the client retries the same client_id.
 # 0.5 s: a busy process's batches start within ~0.15 s and a publish takes a millisecond
 # (benchmarks/overload.py), so only a queue that no longer drains is refused, and a person
