@@ -92,7 +92,8 @@ STORE_SECONDS = Histogram(
 )
 BROADCAST_SECONDS = Histogram(
     "chat_broadcast_seconds",
-    "Time of one chat message's or typing signal's group_send, its wait for a layer slot included",
+    "Time of one room event's group_send (a batch's messages of one room, an edit, a typing"
+    " signal), its wait for a layer slot included",
     buckets=LATENCY_BUCKETS,
 )
 SLOW_CLIENTS_CUT = Counter(

@@ -160,7 +160,8 @@ def test_metrics_count_what_the_load_did_on_two_processes(two_processes_after_lo
     assert samples['chat_handshakes_refused_total{reason="origin"}'] == 1
     # One observation per stored batch (chat.commits): messages arriving together share one.
     assert 1 <= samples["chat_store_seconds_count"] <= MESSAGES
-    assert samples["chat_broadcast_seconds_count"] >= MESSAGES
+    # One broadcast per room per batch (chat.commits.RoomBroadcast), so at most one a message.
+    assert 1 <= samples["chat_broadcast_seconds_count"] <= MESSAGES
     # Every socket closed: the gauge of both processes added up is back to zero.
     until(lambda: scrape(url).get("chat_sockets_open") == 0)
     until(lambda: scrape(url).get('chat_sockets_closed_total{code="1000"}') == SOCKETS)
