@@ -24,8 +24,6 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from mysite import channel_layers
-
 from . import (
     commits,
     deactivation,
@@ -279,7 +277,7 @@ class ChatConsumer(WebsocketConsumer):
 
         A message accepted now waits in two queues of this process: in front of the store
         (pipeline.store_queue_seconds), then, stored, in front of Redis, its broadcast
-        behind the channel-layer calls not done yet (channel_layers.layer_queue_seconds).
+        behind the channel-layer calls not done yet (pipeline.layer_queue_seconds).
         When the two waits together are over CHAT_STORE_QUEUE_SECONDS, a message is answered with
         `overloaded` and a retry hint and is not stored; the socket's later messages are
         refused too until that one comes back (ORDER_HOLD_SECONDS at most; without a
@@ -288,7 +286,7 @@ class ChatConsumer(WebsocketConsumer):
         deletions, and frames that are not valid, take their turn on the sync thread as ever.
         """
         now = time.monotonic()
-        waited = pipeline.store_queue_seconds() + channel_layers.layer_queue_seconds()
+        waited = pipeline.store_queue_seconds() + pipeline.layer_queue_seconds()
         over = waited > settings.CHAT_STORE_QUEUE_SECONDS
         holding = now < self.hold_until
         if not (over or holding) or self.closing:

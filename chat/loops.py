@@ -36,7 +36,7 @@ class LoopState:
 
     def __init__(self):
         self.layer_slots: asyncio.Semaphore | None = None  # mysite.channel_layers
-        self.layer_calls: Any = None  # mysite.channel_layers: the calls not done yet
+        self.layer_calls: Any = None  # mysite.channel_layers: its calls not done yet
         self.batches: Any = None  # chat.pipeline: calls for the sync thread
         # chat.pipeline: while the loop's batch runs, what its calls hand to the loop.
         self.outbox: list | None = None

@@ -279,6 +279,19 @@ def _batches() -> _LoopBatches:
     return state.batches
 
 
+@sides.on_loop
+def layer_queue_seconds() -> float:
+    """How long this loop's channel-layer calls not done yet have waited, or will take.
+
+    The oldest one's wait so far, or the calls' work at the recent time per call, whichever
+    is longer (seconds; 0 when none waits): a broadcast made now is done after all of them,
+    and a burst of calls made at once has waited for nothing yet. The layers count their
+    calls (mysite.channel_layers) in the loop's state.
+    """
+    calls = loops.of_loop().layer_calls
+    return 0.0 if calls is None else calls.waited()
+
+
 async def call_batched_whole(function, *args):
     """call_batched, except that a cancelled caller first waits for the call to have run.
 

@@ -79,7 +79,8 @@ LAYER_CALL_SECONDS_WEIGHT = 0.2
 
 
 class _LayerCalls:
-    """One loop's channel-layer calls not done yet, oldest first, and the recent time per call.
+    """One loop's channel-layer calls not done yet, oldest first, and the recent time per call
+    (in chat.loops, where chat.pipeline.layer_queue_seconds reads it).
 
     Calls are done one after another (channels_redis's one connection and lock per Redis
     server): a call's time is from when it was made, or the call before it was done if
@@ -116,20 +117,9 @@ def _layer_calls() -> _LayerCalls:
     return state.layer_calls
 
 
-def layer_queue_seconds() -> float:
-    """On the loop: how long its channel-layer calls not done yet have waited, or will take.
-
-    The oldest one's wait so far, or the calls' work at the recent time per call, whichever
-    is longer (seconds; 0 when none waits): a broadcast made now is done after all of them,
-    and a burst of calls made at once has waited for nothing yet.
-    """
-    calls = loops.of_loop().layer_calls
-    return 0.0 if calls is None else calls.waited()
-
-
 class _BoundedCalls:
     """Every send, group_send, group_add and group_discard waits for a slot (layer_slot),
-    counted from when it is made until it is done (layer_queue_seconds).
+    counted from when it is made until it is done (chat.pipeline.layer_queue_seconds).
 
     Inside the layer, so that no caller can skip it, as channels_redis's pubsub layer takes
     its shard lock inside publish: a burst of sockets (a server restart, everyone

@@ -103,8 +103,8 @@ def _shown_as_notices(driver, selector: str) -> bool:
 
 def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_server):
     owner = _signed_up(_Server(chat_server), "leaving-owner")
-    _sign_up(browser, chat_server, "leaver", PASSWORD)
-    room = _create_and_invite(owner, chat_server, "leaver")
+    _sign_up(browser, chat_server, "departing", PASSWORD)
+    room = _create_and_invite(owner, chat_server, "departing")
     browser.get(chat_server + f"/chat/{room}/")
     _connected(browser)
     browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()

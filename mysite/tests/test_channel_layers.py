@@ -13,6 +13,7 @@ from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubLoopLayer
 
+from chat.pipeline import layer_queue_seconds
 from chat.redis_clients import LAYER_TIMEOUT_SECONDS
 from chat.tests.conftest import until_listening
 from conftest import ROOT
@@ -20,7 +21,6 @@ from mysite.channel_layers import (
     LAYER_CALLS_IN_FLIGHT,
     PubSubLayer,
     RedisLayer,
-    layer_queue_seconds,
     redis_channel_layers,
 )
 from serving.embedded_redis import EmbeddedRedis
