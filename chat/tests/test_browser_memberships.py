@@ -101,12 +101,19 @@ def _shown_as_notices(driver, selector: str) -> bool:
     )
 
 
-def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_server):
-    owner = _signed_up(_Server(chat_server), "leaving-owner")
-    _sign_up(browser, chat_server, "departing", PASSWORD)
-    room = _create_and_invite(owner, chat_server, "departing")
+def _member_of_private_room(browser, chat_server: str, owner_name: str, member: str):
+    """(the owner's browser, the room) of a new private room that `browser`, signed up as
+    `member` and invited, has open."""
+    owner = _signed_up(_Server(chat_server), owner_name)
+    _sign_up(browser, chat_server, member, PASSWORD)
+    room = _create_and_invite(owner, chat_server, member)
     browser.get(chat_server + f"/chat/{room}/")
     _connected(browser)
+    return owner, room
+
+
+def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_server):
+    _, room = _member_of_private_room(browser, chat_server, "leaving-owner", "departing")
     browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
     _navigate_by(browser, browser.find_element(By.ID, "leave-room").click)
     assert browser.find_element(By.ID, "index-notices").text == "You left the room."
@@ -114,11 +121,7 @@ def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_s
 
 
 def test_a_removed_members_page_says_so_and_stays_closed(browser, chat_server):
-    owner = _signed_up(_Server(chat_server), "remover")
-    _sign_up(browser, chat_server, "removed", PASSWORD)
-    room = _create_and_invite(owner, chat_server, "removed")
-    browser.get(chat_server + f"/chat/{room}/")
-    _connected(browser)
+    owner, room = _member_of_private_room(browser, chat_server, "remover", "removed")
     owner.post_form(chat_server, f"/rooms/{room}/remove/", {"username": "removed"}, "/chat/")
     status = browser.find_element(By.ID, "connection-status")
     _wait(browser, lambda: status.text == "You are no longer a member of this room.")

@@ -38,6 +38,15 @@ def _owned_room(chat_server: str, owner_name: str, room: str) -> Browser:
     return owner
 
 
+def _reader_of_owned_room(browser, chat_server: str, owner_name: str, reader: str, room: str):
+    """The owner's browser of a new public room that `browser`, signed up as `reader`, has open."""
+    owner = _owned_room(chat_server, owner_name, room)
+    _sign_up(browser, chat_server, reader, PASSWORD)
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    return owner
+
+
 def _status_element(driver):
     return driver.find_element(By.ID, "connection-status")
 
@@ -45,10 +54,7 @@ def _status_element(driver):
 def test_a_kicked_readers_page_says_so_and_rejoins_only_when_asked(browser, chat_server, screen):
     width = screen["width"]
     room = f"kick-{width}"
-    owner = _owned_room(chat_server, f"kicker{width}", room)
-    _sign_up(browser, chat_server, f"kicked{width}", PASSWORD)
-    browser.get(chat_server + f"/chat/{room}/")
-    _connected(browser)
+    owner = _reader_of_owned_room(browser, chat_server, f"kicker{width}", f"kicked{width}", room)
     owner.post_form(chat_server, f"/rooms/{room}/kick/", {"username": f"kicked{width}"}, "/chat/")
     status = _status_element(browser)
     _wait(browser, lambda: status.text.startswith("A moderator removed you from this room."))
@@ -65,10 +71,7 @@ def test_a_kicked_readers_page_says_so_and_rejoins_only_when_asked(browser, chat
 def test_a_banned_readers_page_says_so_and_stays_closed(browser, chat_server, screen):
     width = screen["width"]
     room = f"ban-{width}"
-    owner = _owned_room(chat_server, f"banner{width}", room)
-    _sign_up(browser, chat_server, f"banned{width}", PASSWORD)
-    browser.get(chat_server + f"/chat/{room}/")
-    _connected(browser)
+    owner = _reader_of_owned_room(browser, chat_server, f"banner{width}", f"banned{width}", room)
     fields = {"username": f"banned{width}", "duration": "1d"}
     owner.post_form(chat_server, f"/rooms/{room}/ban/", fields, "/chat/")
     status = _status_element(browser)
@@ -131,10 +134,7 @@ def _in_readers_time(driver, moment: str) -> str:
 def test_a_muted_readers_page_says_until_when_in_their_own_time(browser, chat_server, screen):
     width = screen["width"]
     room = f"muted-{width}"
-    owner = _owned_room(chat_server, f"muter{width}", room)
-    _sign_up(browser, chat_server, f"muted{width}", PASSWORD)
-    browser.get(chat_server + f"/chat/{room}/")
-    _connected(browser)
+    owner = _reader_of_owned_room(browser, chat_server, f"muter{width}", f"muted{width}", room)
     fields = {"username": f"muted{width}", "duration": "1h"}
     before = datetime.now(UTC) + timedelta(hours=1)
     owner.post_form(chat_server, f"/rooms/{room}/mute/", fields, "/chat/")

@@ -66,6 +66,18 @@ def new_token() -> str:
     return raw
 
 
+async def answered_in_its_turn(request: HttpCommunicator, seen: list, held_lane) -> dict:
+    """The request's 200 response, once the held lane lets its turn come; nothing of it
+    (recorded in `seen`) having run before."""
+    answer = asyncio.ensure_future(request.get_response(timeout=5))
+    await until_waiting_in_lane(1)
+    assert seen == []  # nothing of it runs before its turn
+    held_lane.set()
+    response = await answer
+    assert response["status"] == 200
+    return response
+
+
 async def test_an_api_page_read_is_handled_whole_on_the_sockets_thread_in_its_turn(
     monkeypatch, held_lane
 ):
@@ -81,12 +93,7 @@ async def test_an_api_page_read_is_handled_whole_on_the_sockets_thread_in_its_tu
         API_MESSAGES_PATH,
         headers=[(b"host", ALLOWED_HOST), (b"authorization", f"Bearer {token}".encode())],
     )
-    answer = asyncio.ensure_future(request.get_response(timeout=5))
-    await until_waiting_in_lane(1)
-    assert seen == []  # nothing of it runs before its turn
-    held_lane.set()
-    response = await answer
-    assert response["status"] == 200
+    response = await answered_in_its_turn(request, seen, held_lane)
     assert json.loads(response["body"])["messages"] == []
     assert seen == [("retry_after", sockets_thread), ("read_page", sockets_thread)]
 
@@ -100,12 +107,7 @@ async def test_a_messages_request_is_handled_whole_on_the_sockets_thread_in_its_
     recording(monkeypatch, limits, "http_refusal", seen)
     recording(monkeypatch, services, "read_page", seen)
     request = HttpCommunicator(application, "GET", MESSAGES_PATH, headers=[(b"host", ALLOWED_HOST)])
-    answer = asyncio.ensure_future(request.get_response(timeout=5))
-    await until_waiting_in_lane(1)
-    assert seen == []  # nothing of it runs before its turn
-    held_lane.set()
-    response = await answer
-    assert response["status"] == 200
+    response = await answered_in_its_turn(request, seen, held_lane)
     assert json.loads(response["body"]) == {
         "room": "lobby",
         "messages": [],
