@@ -29,6 +29,10 @@ DRAIN_SECONDS = 15.0
 API_PAGE = 500
 
 
+# Refusals of a message that was not stored, which the room page sends again (docs/protocol.md).
+RESENT_ERRORS = ("overloaded", "store_failed")
+
+
 @dataclass
 class SoakClient:
     """One socket that reconnects and catches up, as chat/static/chat/room.js does."""
@@ -80,6 +84,11 @@ class SoakClient:
                 return
 
     def _receive(self, frame: dict):
+        error = frame.get("error", {})
+        if error.get("code") in RESENT_ERRORS and error.get("client_id") in self.pending:
+            # Not stored: sent again after the hint (1 s for a store that failed), as the page does.
+            delay = error.get("retry_after", 1.0)
+            asyncio.get_running_loop().call_later(delay, self._resend, error["client_id"])
         if "message" not in frame:
             return
         self.pending.pop(frame.get("client_id") or "", None)
@@ -90,6 +99,12 @@ class SoakClient:
             return
         self.seen.add(message_id)
         self.last_id = max(self.last_id, message_id)
+
+    def _resend(self, client_id: str):
+        """Send a refused message again; on a closed socket it stays pending for the reconnect."""
+        if client_id in self.pending and self.ws is not None:
+            sending = asyncio.ensure_future(self.ws.send(self.pending[client_id]))
+            sending.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def talk(self, rate: float, stop: asyncio.Event):
         while not stop.is_set():
