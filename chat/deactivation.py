@@ -19,9 +19,10 @@ from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
 from django.core.exceptions import ValidationError
-from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+
+from . import protocol
 
 # The session marker: the id of the deactivated user the session was signed in as.
 DEACTIVATED_KEY = "chat_deactivated_user"
@@ -78,13 +79,8 @@ def sign_out_everywhere(user_id) -> int:
 def refusal(request, view_name: str):
     """The 403 a marked session gets: JSON at an endpoint, the page elsewhere."""
     if view_name in JSON_VIEWS:
-        return _json_error(403, "account_deactivated", DETAIL)
+        return protocol.http_error(403, "account_deactivated", DETAIL)
     return render(request, "chat/deactivated.html", {"detail": DETAIL}, status=403)
-
-
-def _json_error(status: int, code: str, detail: str) -> JsonResponse:
-    # The endpoints' error shape (chat.views), for the endpoints this refuses before them.
-    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
 
 
 class DeactivatedSessionMiddleware:

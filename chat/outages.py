@@ -17,8 +17,9 @@ import logging
 import sqlite3
 
 from django.db import InterfaceError, InternalError, OperationalError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 
+from . import protocol
 from .redis_clients import OUTAGE_ERRORS, refuses_writes
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ class OutageMiddleware:
             return None
         logger.warning("answered 503 to %s %s: %r", request.method, request.path, exception)
         detail = "The chat server is having trouble. Try again in a few seconds."
-        if "text/html" in request.headers.get("Accept", ""):  # a browser loading a page
-            response = HttpResponse(detail, status=503, content_type="text/plain; charset=utf-8")
-        else:
-            error = {"code": "service_unavailable", "detail": detail}
-            response = JsonResponse({"error": error}, status=503)
+        response = protocol.http_refusal(request, 503, "service_unavailable", detail)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

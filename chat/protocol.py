@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
 if TYPE_CHECKING:
     # For annotations only: serving.chat_daphne imports the close codes below before
     # Django is set up, when no model can be imported yet.
@@ -558,3 +560,15 @@ def error_frame(refusal: FrameRefused) -> str:
     if refusal.client_id is not None:
         error["client_id"] = refusal.client_id
     return json.dumps({"error": error})
+
+
+def http_error(status: int, code: str, detail: str) -> JsonResponse:
+    """The HTTP endpoints' error answer: {"error": {"code": ..., "detail": ...}}."""
+    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+
+
+def http_refusal(request: HttpRequest, status: int, code: str, detail: str) -> HttpResponse:
+    """http_error, or to a browser loading a page (Accept: text/html) the detail in words."""
+    if "text/html" in request.headers.get("Accept", ""):
+        return HttpResponse(detail, status=status, content_type="text/plain; charset=utf-8")
+    return http_error(status, code, detail)

@@ -190,7 +190,7 @@ def _user_id(session: dict):
 
 
 def _users_of(sessions) -> dict[Any, tuple]:
-    """The (password, is_active, username) of the sessions' users, by primary key."""
+    """The (password, is_active, username, is_staff) of the sessions' users, by primary key."""
     ids = list(dict.fromkeys(key for session in sessions if (key := _user_id(session)) is not None))
     if not ids:
         return {}

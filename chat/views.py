@@ -181,7 +181,7 @@ def not_a_room_endpoint(request, path):
     try:
         rooms.normalize_address(path.split("/", 1)[0])
     except rooms.InvalidRoomName as refusal:
-        return _json_error(404, "invalid_room_name", str(refusal))
+        return protocol.http_error(404, "invalid_room_name", str(refusal))
     return _room_not_found()
 
 
@@ -192,7 +192,7 @@ def csrf_failure(request, reason: str = ""):
     if match is None or match.view_name not in JSON_ENDPOINTS:
         return csrf.csrf_failure(request, reason)
     detail = f"CSRF check failed ({reason}): send the csrftoken cookie's value in X-CSRFToken."
-    return _json_error(403, "csrf_failed", detail)
+    return protocol.http_error(403, "csrf_failed", detail)
 
 
 def room_not_found_page(request):
@@ -220,11 +220,11 @@ def room_messages(request, room_name):
         return moved
     refusal = permissions.sanction_refusal(reader, room_name, limits.client_network(request))
     if refusal is not None and refusal.code == "banned":
-        return _json_error(403, "banned", refusal.detail)
+        return protocol.http_error(403, "banned", refusal.detail)
     try:
         page = services.read_page(room_name, request.GET, address)
     except services.InvalidPage as refusal:
-        return _json_error(400, "invalid_page", str(refusal))
+        return protocol.http_error(400, "invalid_page", str(refusal))
     return HttpResponse(json.dumps(page), content_type="application/json")
 
 
@@ -264,11 +264,13 @@ def room_list(request):
         return refused
     named = request.GET.getlist("room")
     if len(named) > settings.CHAT_ROOM_LIST_SIZE:
-        return _json_error(400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms.")
+        return protocol.http_error(
+            400, "too_many_rooms", f"At most {settings.CHAT_ROOM_LIST_SIZE} rooms."
+        )
     try:
         named = [rooms.normalize_address(name) for name in named]
     except rooms.InvalidRoomName as refusal:
-        return _json_error(400, "invalid_room_name", str(refusal))
+        return protocol.http_error(400, "invalid_room_name", str(refusal))
     # A page names its direct conversations by address (@bob); the list has them anyway.
     named = [name for name in named if rooms.kind(name) != rooms.DIRECT]
     # ?online=0: the sidebar, which shows no presence. Its ETag is the list's version, read
@@ -310,11 +312,11 @@ def mark_read(request, room_name):
     if page_sign_in is not None and page_sign_in != identity.sign_in_of(
         identity.author_for(request.user, request.session)
     ):
-        return _json_error(
+        return protocol.http_error(
             409, "sign_in_changed", "This page was loaded for another sign-in: reload it."
         )
     if not request.user.is_authenticated:
-        return _json_error(
+        return protocol.http_error(
             403, "not_logged_in", "Only logged-in users' read positions are kept on the server."
         )
     who = f"u:{request.user.pk}"
@@ -326,20 +328,18 @@ def mark_read(request, room_name):
     try:
         up_to = protocol.parse_seq(request.POST.get("up_to", ""))
     except ValueError as refusal:
-        return _json_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
+        return protocol.http_error(400, "invalid_up_to", f"up_to must be a message id: {refusal}.")
     position = activity.mark_read(request.user, room_key, up_to)
     if position is None:
-        return _json_error(404, "no_such_room", "This room has no messages: nothing to read.")
+        return protocol.http_error(
+            404, "no_such_room", "This room has no messages: nothing to read."
+        )
     return JsonResponse({"room": room_name, "read_up_to": position})
 
 
 def _room_not_found() -> JsonResponse:
     # One answer for a room that does not exist and a private room the reader may not read.
-    return _json_error(404, "no_such_room", "There is no such room.")
-
-
-def _json_error(status: int, code: str, detail: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+    return protocol.http_error(404, "no_such_room", "There is no such room.")
 
 
 def signup(request):

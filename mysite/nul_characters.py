@@ -6,7 +6,9 @@ down. Django's form fields refuse one (ProhibitNullCharactersValidator); views t
 request.POST directly did not. One check before every view, for the views to come too.
 """
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
+
+from chat import protocol
 
 NUL = "\x00"
 DETAIL = "The request holds a NUL character (U+0000), which no name, text or number may contain."
@@ -21,9 +23,7 @@ class NulCharacterMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not holds_nul(request):
             return self.get_response(request)
-        if "text/html" in request.headers.get("Accept", ""):  # a browser: words, not JSON
-            return HttpResponse(DETAIL, status=400, content_type="text/plain; charset=utf-8")
-        return JsonResponse({"error": {"code": "nul_character", "detail": DETAIL}}, status=400)
+        return protocol.http_refusal(request, 400, "nul_character", DETAIL)
 
 
 def holds_nul(request: HttpRequest) -> bool:
