@@ -855,9 +855,15 @@ async def test_a_consumer_whose_handler_fails_leaves_its_room(join, monkeypatch,
     assert await presence_count("crash") == 2
     failures = [record for record in caplog.records if record.exc_info]
     assert len(failures) == 1 and "injected failure" in str(failures[0].exc_info[1])
-    # The room goes on for everyone else.
+    # The room goes on for everyone else. Before the failure, the room's two messages may
+    # still be on their way (their broadcasts race the victim's leaving); a victim that failed
+    # in `receive` never stored its own.
     await fresh.send_json_to({"message": "still here"})
-    await assert_receives_message(survivor, "still here")
+    earlier = []
+    while (text := (await next_frame(survivor, timeout=5)).get("message")) != "still here":
+        earlier.append(text)
+    assert set(earlier) <= ({"trigger"} if handler == "receive" else {"trigger", "boom"})
+    assert len(earlier) == len(set(earlier))
 
 
 async def test_a_consumer_that_fails_while_connecting_leaves_no_ghost(join, monkeypatch):
