@@ -12,10 +12,42 @@ Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'
 import asyncio
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
 from asgiref.sync import SyncToAsync
+
+# The share of the latest time in a queue's recent time per call (QueueWait.took): a few
+# calls' worth of memory, so that one slow call (a lock held) is not taken for a trend.
+RECENT_CALL_WEIGHT = 0.2
+
+
+class QueueWait:
+    """How long a queue of calls served one after another makes them wait: the oldest call's
+    wait so far, or the calls' work at the recent time per call, whichever is longer.
+
+    Under overload each call (or batch) takes longer than the one before it gathered: a
+    bound on the oldest call's wait alone would let the queue, and every call's wait, grow
+    with the overload. The store's queue (chat.pipeline) and the channel layer's
+    (mysite.channel_layers) are estimated here, the same way.
+    """
+
+    __slots__ = ("call_seconds",)
+
+    def __init__(self):
+        self.call_seconds = 0.0  # what a call has recently taken, on average (seconds)
+
+    def took(self, seconds: float):
+        """Count a call's time (or a batch's time per call) in the recent time per call."""
+        self.call_seconds += RECENT_CALL_WEIGHT * (seconds - self.call_seconds)
+
+    def waited(self, oldest_since: float | None, count: int) -> float:
+        """The wait of `count` calls, the oldest queued at `oldest_since` (time.monotonic();
+        None when none waits), in seconds."""
+        if oldest_since is None:
+            return 0.0
+        return max(time.monotonic() - oldest_since, count * self.call_seconds)
 
 
 class LoopState:

@@ -34,9 +34,6 @@ SEND_SLICE_SECONDS = 0.0005
 # a pause this many times as long as it took, so bulk work gets at most 1 / (1 + factor) of
 # the process (benchmarks/catch_up.py).
 BULK_PAUSE_FACTOR = 1.0
-# The share of the last batch in the running estimate of a call's time on the sync thread:
-# a few batches' worth of memory, so that one slow batch (a lock) is not taken for a trend.
-CALL_SECONDS_WEIGHT = 0.2
 
 
 @sides.on_sync_thread
@@ -136,8 +133,7 @@ class _LoopBatches:
         self.busy = False
         # When the oldest call of `waiting` joined it (time.monotonic()); None while empty.
         self.waiting_since: float | None = None
-        # What a call has recently taken on the sync thread, on average (seconds).
-        self.call_seconds = 0.0
+        self.wait = loops.QueueWait()  # of the calls waiting for the sync thread
         # When the running batch started (time.monotonic()).
         self.running_since = 0.0
 
@@ -154,15 +150,8 @@ class _LoopBatches:
 
     @sides.on_loop
     def waited(self) -> float:
-        """How long the calls waiting for the sync thread have waited, or will take there.
-
-        The oldest waiting call's wait so far, or the waiting calls' work at the recent time
-        per call, whichever is longer, in seconds: under overload each batch takes longer
-        than the one before it gathered, and a bound on the first alone would let batches,
-        and so every message's wait, grow with the overload.
-        """
-        oldest = 0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
-        return max(oldest, len(self.waiting) * self.call_seconds)
+        """How long the calls waiting for the sync thread have waited, or will take there."""
+        return self.wait.waited(self.waiting_since, len(self.waiting))
 
     @sides.on_loop
     def _start_soon(self):
@@ -180,8 +169,7 @@ class _LoopBatches:
         outcomes: list = []
         try:
             outcomes = await database_sync_to_async(_call_each)(asyncio.get_running_loop(), calls)
-            per_call = (time.monotonic() - self.running_since) / len(calls)
-            self.call_seconds += CALL_SECONDS_WEIGHT * (per_call - self.call_seconds)
+            self.wait.took((time.monotonic() - self.running_since) / len(calls))
         except BaseException as error:
             # Not one call's failure (those come back as outcomes): none of them is known
             # to have run, or to ever run. Their callers must not wait for ever.

@@ -73,11 +73,6 @@ def layer_slot() -> asyncio.Semaphore:
     return state.layer_slots
 
 
-# The share of the last call in the running estimate of a call's time in the layer's queue:
-# a few calls' worth of memory, as chat.pipeline's CALL_SECONDS_WEIGHT for the store's.
-LAYER_CALL_SECONDS_WEIGHT = 0.2
-
-
 class _LayerCalls:
     """One loop's channel-layer calls not done yet, oldest first, and the recent time per call
     (in chat.loops, where chat.pipeline.layer_queue_seconds reads it).
@@ -87,26 +82,23 @@ class _LayerCalls:
     later, until it is done.
     """
 
-    __slots__ = ("made", "last_done", "call_seconds")
+    __slots__ = ("made", "last_done", "wait")
 
     def __init__(self):
         self.made: collections.OrderedDict[object, float] = collections.OrderedDict()
         self.last_done = 0.0  # when the last call was done (time.monotonic())
-        self.call_seconds = 0.0  # what a call has recently taken, on average (seconds)
+        self.wait = loops.QueueWait()
 
     def done(self, call: object):
         """The call is done: forget it, and count its time in the recent time per call."""
         made, now = self.made.pop(call), time.monotonic()
-        took = now - max(made, self.last_done)
-        self.call_seconds += LAYER_CALL_SECONDS_WEIGHT * (took - self.call_seconds)
+        self.wait.took(now - max(made, self.last_done))
         self.last_done = now
 
     def waited(self) -> float:
         """The oldest call's wait so far, or the calls' work at the recent time per call."""
-        if not self.made:
-            return 0.0
-        oldest = time.monotonic() - next(iter(self.made.values()))
-        return max(oldest, len(self.made) * self.call_seconds)
+        oldest = next(iter(self.made.values()), None)
+        return self.wait.waited(oldest, len(self.made))
 
 
 def _layer_calls() -> _LayerCalls:

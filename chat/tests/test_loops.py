@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import threading
+import time
 import weakref
 
 from chat import loops, pipeline, upkeep
@@ -65,3 +66,13 @@ async def test_a_batch_hands_its_calls_to_the_loop_in_one_hand_off_at_its_end(mo
     assert handed == [0, 1, 2, 3, 4]
     assert len(wakes) <= 2  # the batch's result and its one hand-off, not one per call
     assert loops.of_loop().outbox is None  # and after the batch, hand-offs go at once
+
+
+def test_a_queues_wait_is_its_oldest_calls_wait_or_its_calls_work_whichever_is_longer():
+    wait = loops.QueueWait()
+    assert wait.waited(None, 0) == 0.0
+    wait.took(0.1)  # the recent time per call moves a share of the way to each call's time
+    assert wait.call_seconds == loops.RECENT_CALL_WEIGHT * 0.1
+    a_second_ago = time.monotonic() - 1.0
+    assert 1.0 <= wait.waited(a_second_ago, 3) < 1.5  # three calls' work is less: the oldest's
+    assert wait.waited(time.monotonic(), 100) == 100 * wait.call_seconds  # a burst made now
