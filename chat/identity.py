@@ -151,11 +151,16 @@ def bot_author(name: str) -> Author:
 def author_for(user, session) -> Author:
     """The Author a request or socket speaks as."""
     if user is not None and user.is_authenticated:
-        staff = user.is_active and user.is_staff
-        return Author(name=user.get_username(), user_id=user.pk, is_staff=staff)
+        return author_of_user(user)
     # Read first: loading a session whose cookie names no stored session clears its key.
     name = session.get(SESSION_KEY) if session is not None else None
     return Author(name=name or GUEST_DEFAULT_NAME, guest_key=guest_key(session))
+
+
+def author_of_user(user) -> Author:
+    """The Author an account speaks as: staff only while active."""
+    staff = user.is_active and user.is_staff
+    return Author(name=user.get_username(), user_id=user.pk, is_staff=staff)
 
 
 def guest_key(session) -> str:

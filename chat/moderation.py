@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from . import permissions, protocol, revocation, rooms, sanctions
+from . import identity, permissions, protocol, revocation, rooms, sanctions
 from .identity import Author
 from .models import Membership, Message, ModerationAction, Report, Sanction
 from .redis_clients import LIMITS_TIMEOUT_SECONDS, OUTAGE_ERRORS, redis_client
@@ -255,10 +255,12 @@ def _id(raw: str) -> int:
 
 def _user_target(user_id: int) -> Target:
     model = get_user_model()
-    found = model.objects.filter(pk=user_id)
-    row = found.values_list(model.USERNAME_FIELD, "is_staff", "is_active").first()
-    username, is_staff, is_active = row or ("", False, False)
-    return Target(username, user_id=user_id, is_staff=is_staff and is_active)
+    found = model.objects.filter(pk=user_id).only(model.USERNAME_FIELD, "is_staff", "is_active")
+    user = found.first()
+    if user is None:
+        return Target("", user_id=user_id)
+    author = identity.author_of_user(user)
+    return Target(author.name, user_id=user_id, is_staff=author.is_staff)
 
 
 def _remembered_address(guest_key: str) -> str:

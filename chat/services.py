@@ -242,10 +242,8 @@ def room_key(room_name: str) -> str:
 
 def lookalike_room(room_name: str) -> str | None:
     """The existing room a new room of this name would look like; None if it exists already
-    or looks like none (one indexed query)."""
-    names = Room.objects.filter(Q(name=room_name) | Q(key=room_key(room_name)))
-    found = list(names.values_list("name", flat=True)[:2])
-    return None if room_name in found or not found else found[0]
+    or looks like none (one indexed query: room_on_join's)."""
+    return room_on_join(room_name).lookalike
 
 
 class RoomOnJoin(NamedTuple):
@@ -258,7 +256,7 @@ class RoomOnJoin(NamedTuple):
 
 
 def room_on_join(room_name: str) -> RoomOnJoin:
-    """lookalike_room, last_seq, last_change and retention.gone_until of a room, in one query.
+    """A room's look-alike, last_seq, last_change and retention.gone_until, in one query.
 
     Read on every connect, on the sockets' one thread, with SQL compiled once: a server's
     restart reconnects thousands, and the four queries the ORM built cost each connect

@@ -390,3 +390,20 @@ def test_a_target_by_message_must_be_a_person_with_a_message_there(garden):
         with pytest.raises(moderation.ModerationRefused) as refused:
             moderation.target_of_message("garden", message_id)
         assert refused.value.code == code
+
+
+def test_a_staff_account_is_staff_as_a_target_only_while_active(garden):
+    alice, _ = garden
+    sam = User.objects.create_user("sam", is_staff=True)
+    said, _ = services.store_message("garden", _author(sam), "hello", None)
+    with pytest.raises(moderation.ModerationRefused) as refused:  # a room's owner: not staff
+        moderation.mute(
+            _author(alice), "garden", moderation.target_of_message("garden", str(said.seq)), ""
+        )
+    assert refused.value.code == "not_allowed"
+    sam.is_active = False
+    sam.save()
+    target = moderation.target_of_message("garden", str(said.seq))
+    assert (target.label, target.is_staff) == ("sam", False)
+    moderation.mute(_author(alice), "garden", target, "")
+    assert Sanction.objects.filter(user=sam).exists()
