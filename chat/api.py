@@ -68,8 +68,9 @@ api = NinjaAPI(
     description="For programs: post and read messages, list rooms. See docs/programs.md.",
     urls_namespace="api-v1",
     auth=TokenAuth(),
-    # No Swagger page: it loads its scripts from a CDN, which the CSP refuses.
-    docs_url=None,
+    # Its Swagger page at /api/v1/docs, from ninja's own static files ("ninja" is an
+    # installed app): ninja's other page loads them from a CDN, which the CSP refuses.
+    docs_url="/docs",
 )
 
 

@@ -79,6 +79,8 @@ INSTALLED_APPS = [
     "axes",
     # Only for its system checks (settings from django-csp 3 are an error, not ignored).
     "csp",
+    # Only for its Swagger page's template and static files (chat.api), served from here.
+    "ninja",
 ]
 
 MIDDLEWARE = [

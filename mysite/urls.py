@@ -49,7 +49,10 @@ urlpatterns = [
     path("rooms/<room:room_name>/ban/", moderation_views.ban, name="ban"),
     path("rooms/<room:room_name>/unban/", moderation_views.unban, name="unban"),
     path("rooms/<room:room_name>/report/", moderation_views.report, name="report_message"),
-    # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json.
+    # For programs, with API tokens (chat.api); its OpenAPI description at api/v1/openapi.json,
+    # its Swagger page at api/v1/docs.
+    # ninja answers its root with a 404: a program author trying it lands on the docs.
+    path("api/v1/", RedirectView.as_view(pattern_name="api-v1:openapi-view"), name="api_root"),
     path("api/v1/", chat_api.urls()),
     path("accounts/tokens/", chat_views.api_tokens, name="api_tokens"),
     path("admin/", admin.site.urls),

@@ -2,6 +2,7 @@
 query, limits per token, and its OpenAPI description."""
 
 import json
+import re
 import urllib.error
 import urllib.request
 
@@ -67,6 +68,18 @@ def test_the_openapi_description_lists_the_three_operations_their_auth_and_error
     posting = operations[("post", "/api/v1/rooms/{room}/messages")]
     assert {"200", "201", "400", "422", "503"} <= set(posting["responses"])
     assert "400" in operations[("get", "/api/v1/rooms/{room}/messages")]["responses"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/docs", "/api/v1/"])
+def test_the_api_docs_are_served_at_api_v1_docs_from_this_server(path):
+    response = Client().get(path, follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "/api/v1/openapi.json" in page
+    scripts = re.findall(r'<script[^>]* src="([^"]+)"', page)
+    assert scripts and all(src.startswith("/static/ninja/") for src in scripts)
+    for src in scripts:  # served here: the CSP allows no other origin
+        assert Client().get(src).status_code == 200
 
 
 @pytest.mark.parametrize(

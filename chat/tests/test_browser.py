@@ -373,6 +373,18 @@ def test_pages_chat_under_the_csp_without_a_single_violation(browser, chat_serve
     assert browser.title != "inline ran"
 
 
+def test_the_api_docs_page_lists_the_operations_with_no_console_error(browser, chat_server):
+    _console_errors(browser)
+    browser.get(chat_server + "/api/v1/")
+    _wait(
+        browser,
+        lambda: "/api/v1/rooms/{room}/messages" in browser.find_element(By.TAG_NAME, "body").text,
+        "the API's operations are not listed",
+    )
+    assert browser.current_url == chat_server + "/api/v1/docs"
+    assert _console_errors(browser) == []
+
+
 def _console_errors(driver) -> list[str]:
     """Console errors since the last call: SEVERE lines, and the security source's lines
     (a header Chromium cannot read: DevTools shows it as an error, chromedriver as a warning)."""
