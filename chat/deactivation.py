@@ -3,7 +3,7 @@
 When a user's "Active" goes from true to false (the admin, or any save), every stored
 session of that user is kept under its key with its contents replaced by a marker naming
 the user (DEACTIVATED_KEY): signed out, so a reactivation needs a new login, and marked,
-so that the same browser is not let back in as "Anonymous (guest)". Every socket of the
+so that the same browser is not let back in as a guest. Every socket of the
 user, on every process, closes with CLOSE_ACCOUNT_DEACTIVATED (4412). While the user stays
 inactive, a marked session meets a 403 page ("This account has been deactivated.") at the
 chat's pages, a 403 `account_deactivated` error at its HTTP endpoints, and 4412 at the

@@ -17,7 +17,14 @@ from .lookalikes import name_key
 from .models import UsernameKey
 
 DISPLAY_NAME_MAX_CHARS = 30
-GUEST_DEFAULT_NAME = "Anonymous"
+# A guest who chose no name is "Guest 4f2a": the tag tells the guests of one room apart in
+# messages and presence, stable for their session. Without a session (a client without the
+# cookie) there is nothing to keep it stable by: plain "Guest".
+GUEST_DEFAULT_NAME = "Guest"
+GUEST_TAG_SALT = "chat.identity.guest_tag"
+# 16 bits: enough to tell a room's guests apart at a glance, too few to say anything of the
+# session (the tag is a keyed hash of the guest's key, itself one of the session key).
+GUEST_TAG_CHARS = 4
 SESSION_KEY = "display_name"
 GUEST_KEY_SALT = "chat.identity.guest_key"
 SIGN_IN_SALT = "chat.identity.sign_in"
@@ -154,7 +161,16 @@ def author_for(user, session) -> Author:
         return author_of_user(user)
     # Read first: loading a session whose cookie names no stored session clears its key.
     name = session.get(SESSION_KEY) if session is not None else None
-    return Author(name=name or GUEST_DEFAULT_NAME, guest_key=guest_key(session))
+    key = guest_key(session)
+    return Author(name=name or default_guest_name(session, key), guest_key=key)
+
+
+def default_guest_name(session, key: str) -> str:
+    """The name of a guest who chose none: "Guest <tag>", the tag stable for their session."""
+    if not getattr(session, "session_key", None):
+        return GUEST_DEFAULT_NAME
+    tag = salted_hmac(GUEST_TAG_SALT, key, algorithm="sha256").hexdigest()[:GUEST_TAG_CHARS]
+    return f"{GUEST_DEFAULT_NAME} {tag}"
 
 
 def author_of_user(user) -> Author:

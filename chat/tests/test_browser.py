@@ -466,6 +466,8 @@ def test_a_connection_that_drops_as_soon_as_it_opens_backs_off(browser, chat_ser
 
 # The line ends a message may hold; NEL, vertical tab and form feed are control characters,
 # refused by the server as invalid_character (test_consumers' REFUSED_FRAMES).
+# A guest who chose no name, in a session (chat.identity.default_guest_name).
+GUEST_WITHOUT_A_NAME = r"Guest [0-9a-f]{4}"
 LINE_SEPARATORS = ["\n", "\r\n", "\r", "\u2028", "\u2029"]
 
 
@@ -645,7 +647,7 @@ def test_each_message_is_an_element_with_id_author_text_and_the_readers_local_ti
         )
         assert (mine["id"], mine["author"], mine["text"]) == (
             "2",
-            "Anonymous",
+            _identity_name(browser),
             "hello <b>there</b>",
         )
         assert not browser.find_elements(By.CSS_SELECTOR, "#messages b")
@@ -671,7 +673,7 @@ def test_a_message_with_line_breaks_is_one_element_under_its_senders_name(browse
         )
     _wait(browser, lambda: len(_rich_messages(browser)) == len(LINE_SEPARATORS))
     for message in _rich_messages(browser):
-        assert message["author"] == "Anonymous", message
+        assert message["author"] == _identity_name(browser), message
         assert message["text"].startswith("ok") and message["text"].endswith("alice: yes, go ahead")
         assert message["whiteSpace"] == "pre-wrap"  # the break is shown, inside the element
 
@@ -686,7 +688,7 @@ def test_another_guest_with_the_same_name_or_a_copied_client_id_is_not_mine(
     client_id = browser.execute_script(
         "return Array.from(JSON.parse(localStorage.getItem('chat.sent.same-name')))[0][0]"
     )
-    impostor = "services.Author('Anonymous', guest_key='someone-else')"
+    impostor = f"services.Author({_identity_name(browser)!r}, guest_key='someone-else')"
     _store_as(server, "same-name", impostor, ["copied my client id"], client_id=client_id)
     _store_as(server, "same-name", impostor, ["same name, another guest"])
     browser.refresh()
@@ -734,9 +736,9 @@ def test_presence_counts_people_one_guest_in_two_tabs_once_two_anonymous_guests_
     _open_new_window(browser)
     _enter_chat_room(browser, chat_server, "people")
     ws_url = chat_server.replace("http://", "ws://") + "/ws/chat/people/"
-    names = sorted(["Zoë (guest)", "Anonymous (guest)"])
+    names = sorted(["Zoë (guest)", "Guest (guest)"])
     heading = browser.find_element(By.ID, "presence-heading")
-    # Two clients without a session: two guests who both go by "Anonymous".
+    # Two clients without a session: two guests who both go by "Guest".
     with (
         websockets.sync.client.connect(ws_url, origin=chat_server),
         websockets.sync.client.connect(ws_url, origin=chat_server),
@@ -756,7 +758,7 @@ window.WebSocket = class extends window.RealWebSocket {
 
 def test_presence_is_hidden_while_disconnected(browser, chat_server):
     _enter_chat_room(browser, chat_server, "offline-presence")
-    _wait(browser, lambda: _presence_items(browser) == ["Anonymous (guest)"])
+    _wait(browser, lambda: _presence_items(browser) == [f"{_identity_name(browser)} (guest)"])
     browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
     _wait(browser, lambda: "Reconnecting" in _status(browser))
     assert not browser.find_element(By.ID, "presence").is_displayed()
@@ -1163,11 +1165,11 @@ def test_signing_out_and_in_in_one_tab_brings_the_other_tab_up_to_date(browser, 
     _switch_to_window(browser, 0)
     _wait(browser, lambda: not _logged_in_header(browser), "the header still says logged in")
     _wait(browser, lambda: _status(browser) == "Connected")
-    assert _identity_name(browser) == "Anonymous"
+    assert re.fullmatch(GUEST_WITHOUT_A_NAME, _identity_name(browser))
     _post_message(browser, "as a guest now")
     _wait(browser, lambda: "as a guest now" in _rich_texts(browser))
     last = _rich_messages(browser)[-1]
-    assert last["author"] == "Anonymous" and last["mine"] and last["guest"]
+    assert last["author"] == _identity_name(browser) and last["mine"] and last["guest"]
 
     _switch_to_window(browser, 1)
     _log_in(browser, chat_server, "twotabs", password)  # Django rotates the CSRF token
@@ -1237,7 +1239,8 @@ def test_a_message_queued_offline_is_not_sent_under_a_new_sign_in_but_put_back(
 
     _wait(browser, lambda: _error_text(browser).startswith("Your sign-in changed"), "no notice")
     _wait(browser, lambda: _status(browser) == "Connected")
-    assert _identity_name(browser) == "Anonymous" and not _logged_in_header(browser)
+    assert re.fullmatch(GUEST_WITHOUT_A_NAME, _identity_name(browser))
+    assert not _logged_in_header(browser)
     message_input = browser.find_element(By.ID, "chat-message-input")
     assert message_input.get_property("value") == "typed as alice\n\na draft"
     assert _pending(browser) == [] and _rich_texts(browser) == []

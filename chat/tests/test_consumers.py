@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -552,7 +553,7 @@ async def test_outbound_frame_carries_message_id_user_guest_and_iso_time(join):
     assert set(frame) == FRAME_FIELDS
     assert (frame["id"], frame["user"], frame["guest"], frame["client_id"]) == (
         1,
-        "Anonymous",
+        "Guest",
         True,
         "c-1",
     )
@@ -741,9 +742,26 @@ async def test_guest_speaks_under_the_display_name_in_their_session(join):
 async def test_presence_follows_joins_and_leaves(join):
     first = await join("lobby")
     named = await join("lobby", headers=[await session_cookie_for(display_name="Zoë")])
-    assert await next_presence(first) == {"count": 2, "names": ["Anonymous (guest)", "Zoë (guest)"]}
+    assert await next_presence(first) == {"count": 2, "names": ["Guest (guest)", "Zoë (guest)"]}
     await named.disconnect()
-    assert await next_presence(first) == {"count": 1, "names": ["Anonymous (guest)"]}
+    assert await next_presence(first) == {"count": 1, "names": ["Guest (guest)"]}
+
+
+async def test_guests_without_a_name_are_told_apart_in_messages_and_presence(join):
+    first = await join("lobby", headers=[await session_cookie_for()])
+    second = await join("lobby", headers=[await session_cookie_for()])
+    names = (await next_presence(first))["names"]
+    while len(names) < 2:  # until the second's join is announced
+        names = (await next_presence(first))["names"]
+    said = []
+    for socket, text in ((first, "one"), (second, "two")):
+        await socket.send_json_to({"message": text})
+        frames = [await assert_receives_message(reader, text) for reader in (first, second)]
+        assert frames[0] == frames[1] and frames[0]["guest"] is True
+        assert re.fullmatch(r"Guest [0-9a-f]{4}", frames[0]["user"])
+        said.append(frames[0]["user"])
+    assert said[0] != said[1]
+    assert sorted(names) == sorted(f"{name} (guest)" for name in said)
 
 
 async def test_a_burst_of_joins_makes_one_presence_announcement_not_one_each(join, settings):
@@ -1125,7 +1143,7 @@ async def test_typing_is_throttled_and_the_extra_signals_are_dropped_silently(jo
     typer, other = await join("lobby"), await join("lobby")
     for _ in range(5):
         await typer.send_json_to({"typing": True})
-    assert await next_frame(other) == {"typing": {"user": "Anonymous", "guest": True}}
+    assert await next_frame(other) == {"typing": {"user": "Guest", "guest": True}}
     await assert_no_chat(other)
     await assert_no_chat(typer)  # no error for the dropped ones
 

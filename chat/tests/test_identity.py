@@ -1,5 +1,7 @@
 """Display names and who speaks: the name rule, the Author of a user or session, labels."""
 
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
@@ -191,14 +193,22 @@ def test_author_for_an_anonymous_visitor_is_the_guest_name_in_the_session():
     assert (author.name, author.is_guest) == ("Zoë", True)
 
 
-def test_author_for_an_anonymous_visitor_without_a_name_is_anonymous():
-    assert author_for(AnonymousUser(), {}).name == GUEST_DEFAULT_NAME
-    assert GUEST_DEFAULT_NAME == "Anonymous"
-
-
-def test_author_for_no_user_and_no_session_is_anonymous():
+def test_author_for_no_user_and_no_session_is_a_plain_guest():
     author = author_for(None, None)
     assert (author.name, author.is_guest) == (GUEST_DEFAULT_NAME, True)
+    assert author_for(AnonymousUser(), {}).name == "Guest"
+
+
+@pytest.mark.django_db
+def test_guests_without_a_name_are_told_apart_by_a_tag_stable_for_their_session():
+    first, second = SessionStore(), SessionStore()
+    first.create()
+    second.create()
+    again = SessionStore(session_key=first.session_key)
+    name = author_for(AnonymousUser(), first).name
+    assert re.fullmatch(r"Guest [0-9a-f]{4}", name)
+    assert author_for(AnonymousUser(), again).name == name
+    assert author_for(AnonymousUser(), second).name != name  # two sessions: 1 in 65,536 meet
 
 
 @pytest.mark.django_db

@@ -283,7 +283,7 @@ def test_a_report_goes_into_the_queue_and_is_limited_per_person(garden, settings
     assert list(reports) == [
         ("carol", "rude"),
         ("carol", "still rude"),
-        ("Anonymous (guest)", ""),
+        ("Guest (guest)", ""),
     ]
     assert not Report.objects.filter(resolved=True).exists()
 

@@ -158,7 +158,7 @@ def test_room_page_tells_its_script_who_reads_it(client, django_user_model):
     guest = reader(client.get("/chat/lobby/").content.decode())
     session = client.session  # the page made it: the sign-in is of the guest it names
     assert guest == {
-        "name": "Anonymous",
+        "name": identity.author_for(None, session).name,
         "guest": True,
         "sign_in": identity.sign_in_of(identity.author_for(None, session)),
         "moderates": False,
@@ -286,7 +286,7 @@ def test_room_page_replaces_a_cookie_naming_no_stored_session(client):
 
 def test_room_page_marks_an_anonymous_visitor_as_a_guest_with_login_and_signup_links(client):
     html = client.get("/chat/lobby/").content.decode()
-    assert _identity_name(html) == "Anonymous"
+    assert re.fullmatch(r"Guest [0-9a-f]{4}", _identity_name(html))  # the page made a session
     assert "(guest)" in html
     assert '<a href="/accounts/login/?next=/chat/lobby/">Log in</a>' in html
     assert '<a href="/accounts/signup/">Sign up</a>' in html

@@ -242,7 +242,7 @@
 
     // Mine: a send of this page (the id its echo was stored under, so nobody who copies a
     // client_id passes), or a logged-in reader's own name. Guests are matched by client id
-    // only: two guests may share a name, and "Anonymous" is everyone's.
+    // only: two guests may choose one name.
     function isMine(data) {
         if (data.client_id && sentIds.get(data.client_id) === data.id) {
             return true;
