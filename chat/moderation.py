@@ -176,6 +176,8 @@ def report(reader: Author, room_key: str, message_id: str, reason: str) -> None:
     message = Message.objects.filter(room_id=room_key, seq=seq).first()
     if message is None:
         raise ModerationRefused("no_such_message", "There is no such message.")
+    if message.deleted:  # nothing of it is left in the room for staff to act on
+        raise ModerationRefused("message_deleted", "That message was deleted.")
     Report.objects.create(
         message=message,
         reporter_id=reader.user_id,

@@ -178,3 +178,50 @@ def test_a_moderator_kicks_a_person_from_the_presence_list(browser, chat_server,
     assert _close_code(socket) == protocol.CLOSE_KICKED
     assert f"{name} was removed from the room." in browser.find_element(By.ID, "room-notices").text
     socket.shutdown()
+
+
+def _menu_actions(driver) -> dict:
+    """By message id: the actions of its "⋯" menu, or None without one."""
+    return driver.execute_script(
+        "const found = {};"
+        "for (const m of document.querySelectorAll('#messages .message[data-id]')) {"
+        "  const menu = m.querySelector(':scope > .moderation-menu');"
+        "  found[m.dataset.id] = menu && Array.from("
+        "    menu.querySelectorAll('form button'), (b) => b.textContent);"
+        "}"
+        "return found;"
+    )
+
+
+@pytest.mark.parametrize("moderates", [False, True], ids=["reader", "moderator"])
+def test_a_deleted_message_offers_no_report_and_no_menu_to_a_reader(
+    browser, chat_server, moderates
+):
+    room = f"deleted-menu-{moderates}".lower()
+    if moderates:  # the room's owner: its first message is theirs
+        _sign_up(browser, chat_server, "menuowner", PASSWORD)
+        browser.get(chat_server + f"/chat/{room}/")
+        _connected(browser)
+        _post_message(browser, "my room")
+        _wait(browser, lambda: _rich_texts(browser) == ["my room"])
+    guest = Browser()
+    guest.opener.open(chat_server + f"/chat/{room}/").read()  # a guest session
+    guest_socket = _open(_Server(chat_server), guest, room)
+    for text in ("kept", "taken back"):
+        guest_socket.send(json.dumps({"message": text}))
+    browser.get(chat_server + f"/chat/{room}/")
+    _connected(browser)
+    _wait(browser, lambda: _rich_texts(browser)[-2:] == ["kept", "taken back"])
+    kept, taken_back = (str(seq) for seq in range(1 + moderates, 3 + moderates))
+    everything = ["Report", "Mute", "Kick", "Ban"] if moderates else ["Report"]
+    assert _menu_actions(browser)[taken_back] == everything
+
+    guest_socket.send(json.dumps({"delete": {"id": int(taken_back)}}))  # live, on this page
+    left = ["Mute", "Kick", "Ban"] if moderates else None
+    _wait(browser, lambda: _menu_actions(browser)[taken_back] == left, "the menu stayed as it was")
+    assert _menu_actions(browser)[kept] == everything
+    browser.refresh()  # and from the history
+    _connected(browser)
+    _wait(browser, lambda: taken_back in _menu_actions(browser))
+    assert _menu_actions(browser)[taken_back] == left
+    guest_socket.close()

@@ -407,3 +407,13 @@ def test_a_staff_account_is_staff_as_a_target_only_while_active(garden):
     assert (target.label, target.is_staff) == ("sam", False)
     moderation.mute(_author(alice), "garden", target, "")
     assert Sanction.objects.filter(user=sam).exists()
+
+
+def test_a_deleted_message_is_not_reported(garden):
+    alice, carol = garden
+    message, _ = services.store_message("garden", _author(alice), "rude", None)
+    services.delete_message("garden", message.seq, _author(alice))
+    with pytest.raises(moderation.ModerationRefused) as refused:
+        moderation.report(_author(carol), "garden", str(message.seq), "rude")
+    assert refused.value.code == "message_deleted"
+    assert not Report.objects.exists()

@@ -77,15 +77,29 @@
         return details;
     }
 
+    // A deleted message has nothing left to report (the server refuses it): its menu keeps
+    // a moderator's actions on its author, and a reader who is none gets no menu at all.
     function decorateMessage(element) {
         const author = element.dataset.author || '';
-        if (element.querySelector('.moderation-menu') || element.classList.contains('mine') ||
-                author.startsWith('bot:') || !element.dataset.id) {
+        if (element.classList.contains('mine') || author.startsWith('bot:') || !element.dataset.id) {
+            return;
+        }
+        const deleted = element.classList.contains('deleted');
+        const shown = element.querySelector(':scope > .moderation-menu');
+        if (shown !== null) {
+            if (shown.dataset.deleted === String(deleted)) {
+                return;
+            }
+            shown.remove();  // deleted since: its menu is made again with what still applies
+        }
+        const report = settings.may_report && !deleted;
+        if (!report && !settings.moderator) {
             return;
         }
         const who = author.slice(author.indexOf(':') + 1) + (author.startsWith('guest:') ? ' (guest)' : '');
-        element.append(menu(who, {name: 'message', value: element.dataset.id},
-                            settings.moderator, settings.may_report));
+        const made = menu(who, {name: 'message', value: element.dataset.id}, settings.moderator, report);
+        made.dataset.deleted = String(deleted);
+        element.append(made);
     }
 
     function decoratePresence(list) {
@@ -104,15 +118,18 @@
 
     const messages = document.getElementById('messages');
     const presence = document.getElementById('presence');
+    // Messages added, and a message's class changed (room.js marks a deletion with it).
     new MutationObserver(function (changes) {
         for (const change of changes) {
-            for (const node of change.addedNodes) {
-                if (node.nodeType === Node.ELEMENT_NODE && node.classList.contains('message')) {
+            const nodes = change.type === 'attributes' ? [change.target] : change.addedNodes;
+            for (const node of nodes) {
+                if (node.nodeType === Node.ELEMENT_NODE && node.parentNode === messages &&
+                        node.classList.contains('message')) {
                     decorateMessage(node);
                 }
             }
         }
-    }).observe(messages, {childList: true});
+    }).observe(messages, {childList: true, attributes: true, attributeFilter: ['class'], subtree: true});
     new MutationObserver(function () { decoratePresence(presence); }).observe(presence, {childList: true});
     messages.querySelectorAll('.message').forEach(decorateMessage);
 })();
