@@ -4,13 +4,16 @@ conversation opened from a person's name, on a phone and a desktop screen."""
 import json
 
 import pytest
+from axe_selenium_python import Axe
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from chat import protocol
 from chat.tests import test_browser
 from chat.tests.test_browser import (
     DESKTOP,
     PHONE,
+    SERIOUS,
     _navigate_by,
     _post_message,
     _rich_texts,
@@ -115,9 +118,35 @@ def _member_of_private_room(browser, chat_server: str, owner_name: str, member: 
 def test_a_member_who_leaves_is_told_so_on_the_index_in_a_notice(browser, chat_server):
     _, room = _member_of_private_room(browser, chat_server, "leaving-owner", "departing")
     browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
-    _navigate_by(browser, browser.find_element(By.ID, "leave-room").click)
+    browser.find_element(By.ID, "leave-room").click()
+    _navigate_by(browser, browser.switch_to.active_element.click)  # the confirm step's Leave
     assert browser.find_element(By.ID, "index-notices").text == "You left the room."
     assert _shown_as_notices(browser, "#index-notices")
+
+
+def test_leaving_a_room_asks_first_and_cancel_or_escape_keeps_you_there(browser, chat_server):
+    _, room = _member_of_private_room(browser, chat_server, "asking-owner", "hesitant")
+    browser.find_element(By.CSS_SELECTOR, "#room-members summary").click()
+    leave = browser.find_element(By.ID, "leave-room")
+    for answer in ("cancel", "escape"):
+        leave.click()  # nothing is sent yet: the button gives way to the question
+        confirm = browser.switch_to.active_element
+        assert (confirm.text, leave.is_displayed()) == ("Leave", False)
+        question = browser.find_element(By.ID, confirm.get_attribute("aria-describedby"))
+        assert question.text == "Leave this room? Only a new invitation brings you back."
+        axe = Axe(browser)
+        axe.inject()
+        serious = [v for v in axe.run()["violations"] if v["impact"] in SERIOUS]
+        assert serious == [], axe.report(serious)
+        if answer == "cancel":
+            browser.find_element(By.CSS_SELECTOR, "#leave-form .confirm-no").click()
+        else:
+            confirm.send_keys(Keys.ESCAPE)
+        assert browser.switch_to.active_element == leave and leave.is_displayed()
+        assert not browser.find_elements(By.CSS_SELECTOR, "#leave-form .confirm")
+    browser.refresh()  # still a member
+    _connected(browser)
+    assert browser.find_element(By.ID, "leave-room")
 
 
 def test_a_removed_members_page_says_so_and_stays_closed(browser, chat_server):

@@ -2,6 +2,7 @@
 leaving, roles; and their effect on open sockets, in one process and across two."""
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -132,7 +133,10 @@ def test_a_public_rooms_moderator_resigns_from_the_room_page(owner_and_guest_lis
     memberships.set_role(_author(alice), "garden", "carol", Role.MODERATOR)
     moderator = Client()
     moderator.force_login(carol)
-    assert 'id="resign-moderator"' in moderator.get("/chat/garden/").content.decode()
+    page = moderator.get("/chat/garden/").content.decode()
+    assert 'id="resign-moderator"' in page
+    resign_form = re.search(r'<form id="resign-form"[^>]*>', page).group(0)
+    assert 'data-confirm="Stop moderating this room?' in resign_form  # the page asks first
     assert moderator.post("/rooms/garden/resign/")["Location"] == "/chat/garden/"
     assert permissions.role_of(_author(carol), "garden") is None
     assert 'id="resign-moderator"' not in moderator.get("/chat/garden/").content.decode()
