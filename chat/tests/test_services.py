@@ -106,6 +106,29 @@ def test_a_logged_in_author_is_stored_with_its_user():
     assert message.display_name == "alice"
 
 
+def test_a_stored_message_holds_each_value_in_its_own_field():
+    user = get_user_model().objects.create_user("alice", password="not-used-here-42")
+    author = Author(name="alice", user_id=user.pk)
+    message, _ = services.store_message("lobby", author, "the text", "c-1")
+    expected = {
+        "room_id": "lobby",
+        "seq": 1,
+        "author_id": user.pk,
+        "display_name": "alice",
+        "text": "the text",
+        "client_id": "c-1",
+        "author_key": author.key,
+        "bot": False,
+        "created": message.created,
+        "edited": None,
+        "deleted": False,
+        "change": 0,
+    }
+    stored = Message.objects.get(pk=message.pk)
+    assert {name: getattr(message, name) for name in expected} == expected
+    assert {name: getattr(stored, name) for name in expected} == expected
+
+
 def test_recent_messages_gives_the_newest_n_oldest_first():
     _store("lobby", 5)
     assert [message.seq for message in services.recent_messages("lobby", 3)] == [3, 4, 5]
