@@ -2,14 +2,14 @@
 
 The sync thread runs many sockets' frames in one batch (chat.pipeline.call_batched). Each
 frame that brings a message submits a Post; at the batch's end (pipeline.after_batch) the
-first of them to ask for its outcome commits them all: one read of their sockets'
-sessions and users (chat.revocation.speak_as_now: each still speaks as its author), one
-round trip to Redis for their limits (chat.limits.check_posts), one transaction for their rows
-(chat.services.store_messages), each post then refused or acknowledged by its own socket,
-in the order the frames came. The new messages of one room travel to its group as one
-event (a RoomBroadcast, sent by the first of their sockets to ask): one publish, and one
-wake-up of each receiving socket, for the batch, not one a message. A lone frame is a
-batch of one: it waits for nothing.
+first of them to ask for its outcome commits them all: one round trip to Redis for their
+limits (chat.limits.start_checks), during which their sockets' sessions and users are read
+(chat.revocation.speak_as_now: each still speaks as its author) and their rows made
+(chat.services.new_rows), then one transaction for their rows (chat.services.store_messages),
+each post then refused or acknowledged by its own socket, in the order the frames came.
+The new messages of one room travel to its group as one event (a RoomBroadcast, sent by
+the first of their sockets to ask): one publish, and one wake-up of each receiving socket,
+for the batch, not one a message. A lone frame is a batch of one: it waits for nothing.
 
 Explained in docs/architecture.md, 'Group commit'.
 """
@@ -83,25 +83,37 @@ def commit(posts: list[Post]):
     A post whose socket no longer speaks as its author, or over a limit, is refused and not
     stored; the others are stored in one transaction. A failure of any step is every
     post's outcome: then none is stored. Each new message's post gets its room's broadcast.
+    Every post counts against its person's limit, one refused as no longer speaking too:
+    the limits are counted while the sessions are read.
     """
     try:
-        stale = _no_longer_speaking(posts)
-        checked = [post for post in posts if post not in stale]
-        refusals = limits.check_posts([post.check for post in checked])
+        # The limits' hits go to Redis first; the sessions are read and the rows made while
+        # Redis counts, and its answers are read last: the thread waits for Redis no longer
+        # than that work takes.
+        checks = limits.start_checks([post.check for post in posts])
+        try:
+            stale = _no_longer_speaking(posts)
+            rows = services.new_rows([post.draft for post in posts])
+        finally:
+            refusals = checks.refusals()
         accepted = [
-            post for post, refusal in zip(checked, refusals, strict=True) if refusal is None
+            (post, row)
+            for post, row, refusal in zip(posts, rows, refusals, strict=True)
+            if refusal is None and post not in stale
         ]
-        stored = services.store_messages([post.draft for post in accepted]) if accepted else []
+        stored = (
+            services.store_messages([post.draft for post, _ in accepted], [r for _, r in accepted])
+            if accepted
+            else []
+        )
     except Exception as error:
         for post in posts:
             post.outcome = error
         return
-    for post in stale:
-        post.outcome = revocation.NoLongerSpeaks()
-    for post, refusal in zip(checked, refusals, strict=True):
-        post.outcome = refusal
+    for post, refusal in zip(posts, refusals, strict=True):
+        post.outcome = revocation.NoLongerSpeaks() if post in stale else refusal
     broadcasts: dict[str, RoomBroadcast] = {}
-    for post, result in zip(accepted, stored, strict=True):
+    for (post, _), result in zip(accepted, stored, strict=True):
         post.outcome = result
         if isinstance(result, tuple) and result[1]:
             # A room's drafts are stored in their order: their events come in seq order.

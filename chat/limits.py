@@ -303,6 +303,37 @@ def check_posts(checks: Sequence[PostCheck]) -> list[protocol.FrameRefused | Non
     of all of them in one round trip to Redis (and one more when some are over it). A room
     new to several of them counts once against its creator.
     """
+    return start_checks(checks).refusals()
+
+
+class PendingChecks:
+    """check_posts in two halves: the messages' hits are in Redis's hands (start_checks);
+    refusals() reads what came of them. Their caller works on meanwhile (chat.commits)."""
+
+    def __init__(self, checks: Sequence[PostCheck]):
+        self.checks = checks
+        # Those refused already (a new room over its creator's limit) are not counted.
+        self._refusals = _new_room_refusals(checks)
+        self._counted = [index for index, refusal in enumerate(self._refusals) if refusal is None]
+        self._hits = SentHits(MESSAGES, [checks[index].person for index in self._counted])
+
+    def refusals(self) -> list[protocol.FrameRefused | None]:
+        """What each message is refused with, or None; waits for Redis's answers if need be."""
+        refusals = list(self._refusals)
+        for index, wait in zip(self._counted, self._hits.waits(), strict=True):
+            if wait is not None:
+                refusals[index] = protocol.FrameRefused(
+                    "rate_limited", describe(MESSAGES, wait), self.checks[index].client_id, wait
+                )
+        return refusals
+
+
+def start_checks(checks: Sequence[PostCheck]) -> PendingChecks:
+    """Start check_posts: the new rooms' checks now, the messages' hits sent to Redis."""
+    return PendingChecks(checks)
+
+
+def _new_room_refusals(checks: Sequence[PostCheck]) -> list[protocol.FrameRefused | None]:
     refusals: list[protocol.FrameRefused | None] = [None] * len(checks)
     new_room_waits: dict[tuple[str, str], int | None] = {}
     for index, check in enumerate(checks):
@@ -316,13 +347,6 @@ def check_posts(checks: Sequence[PostCheck]) -> list[protocol.FrameRefused | Non
             refusals[index] = protocol.FrameRefused(
                 "too_many_rooms", describe(ROOMS, wait), check.client_id, wait
             )
-    counted = [index for index, refusal in enumerate(refusals) if refusal is None]
-    waits = retries_after(MESSAGES, [checks[index].person for index in counted])
-    for index, wait in zip(counted, waits, strict=True):
-        if wait is not None:
-            refusals[index] = protocol.FrameRefused(
-                "rate_limited", describe(MESSAGES, wait), checks[index].client_id, wait
-            )
     return refusals
 
 
@@ -333,37 +357,104 @@ def retries_after(limit: Limit, whos: Sequence[str]) -> list[int | None]:
     them one after another, as separate hits would run); a second round trip reads the
     windows of those over the limit.
     """
-    if not whos:
-        return []
-    rate = limit.rate
-    limiter = _limiter(settings.REDIS_URL, limit.timeout)
-    storage = limiter.storage
-    script = storage.lua_acquire_moving_window
-    keys = [storage.prefixed_key(rate.key_for(limit.setting, who)) for who in whos]
-    client = redis_client(settings.REDIS_URL, limit.timeout)
+    return SentHits(limit, whos).waits()
 
-    def hit_all() -> list:
-        # evalsha itself, not the Script: a pipeline asks Redis first whether its scripts
-        # exist, one more round trip each time.
-        pipe = client.pipeline(transaction=False)
-        now = time.time()
-        for key in keys:
-            pipe.evalsha(script.sha, 1, key, now, rate.amount, rate.get_expiry(), 1)
-        return pipe.execute()
 
-    try:
-        acquired = hit_all()
-    except NoScriptError:  # Redis restarted since: no hit has run
-        script.sha = client.script_load(script.script)
-        acquired = hit_all()
-    waits: list[int | None] = []
-    for ok, who in zip(acquired, whos, strict=True):
-        if ok:
-            waits.append(None)
-        else:
-            reset, _ = limiter.get_window_stats(rate, limit.setting, who)
-            waits.append(max(1, math.ceil(reset - time.time())))
-    return waits
+class SentHits:
+    """retries_after in two halves: the hits are sent at once, in one write on a connection
+    of their own; waits() reads Redis's answers, so that the caller's thread works on while
+    Redis counts.
+    """
+
+    def __init__(self, limit: Limit, whos: Sequence[str]):
+        self.limit, self.whos = limit, list(whos)
+        self._rate = limit.rate
+        self._limiter = _limiter(settings.REDIS_URL, limit.timeout)
+        self._client = redis_client(settings.REDIS_URL, limit.timeout)
+        self._connection = None  # holding the hits' answers, until waits() reads them
+        if self.whos:
+            self._connection = self._send()
+
+    def _hits(self, whos: Sequence[str]) -> list[tuple]:
+        # EVALSHA itself, not the Script: a Script asks Redis first whether it exists, one
+        # more round trip each time.
+        rate, storage = self._rate, self._limiter.storage
+        sha, now, expiry = storage.lua_acquire_moving_window.sha, time.time(), rate.get_expiry()
+        return [
+            ("EVALSHA", sha, 1, storage.prefixed_key(rate.key_for(self.limit.setting, who)),
+             now, rate.amount, expiry, 1)
+            for who in whos
+        ]  # fmt: skip
+
+    def _send(self):
+        """The connection the hits were sent on; None if it failed (waits() sends again)."""
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(self._hits(self.whos)))
+        except redis.exceptions.ConnectionError:  # a connection Redis closed (it restarted)
+            connection.disconnect()
+            pool.release(connection)
+            return None
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        return connection
+
+    def _read(self, connection) -> list | None:
+        """The hits' answers (an error each for those that failed), None if the connection
+        failed: then the hits are sent again, as redis-py retries a failed command."""
+        try:
+            answers = []
+            for _ in self.whos:
+                try:
+                    answers.append(connection.read_response())
+                except redis.exceptions.ResponseError as error:
+                    answers.append(error)
+            return answers
+        except redis.exceptions.ConnectionError:
+            connection.disconnect()
+            return None
+        except BaseException:
+            connection.disconnect()  # answers may be left unread: the connection is spent
+            raise
+        finally:
+            self._client.connection_pool.release(connection)
+
+    def waits(self) -> list[int | None]:
+        """For each hit, None within the limit, else the seconds until one is free."""
+        if not self.whos:
+            return []
+        connection, self._connection = self._connection, None
+        answers = None if connection is None else self._read(connection)
+        if answers is None:
+            answers = self._hit_again(self.whos)
+        forgotten = [
+            index for index, answer in enumerate(answers) if isinstance(answer, NoScriptError)
+        ]
+        if forgotten:  # Redis restarted since, or flushed its scripts: those hits never ran
+            script = self._limiter.storage.lua_acquire_moving_window
+            script.sha = self._client.script_load(script.script)
+            again = self._hit_again([self.whos[index] for index in forgotten])
+            for index, answer in zip(forgotten, again, strict=True):
+                answers[index] = answer
+        waits: list[int | None] = []
+        for answer, who in zip(answers, self.whos, strict=True):
+            if isinstance(answer, Exception):
+                raise answer
+            if answer:
+                waits.append(None)
+            else:
+                reset, _ = self._limiter.get_window_stats(self._rate, self.limit.setting, who)
+                waits.append(max(1, math.ceil(reset - time.time())))
+        return waits
+
+    def _hit_again(self, whos: Sequence[str]) -> list:
+        pipe = self._client.pipeline(transaction=False)
+        for hit in self._hits(whos):
+            pipe.execute_command(*hit)
+        return pipe.execute(raise_on_error=False)
 
 
 class TooManySockets(Exception):

@@ -51,9 +51,49 @@ def store_message(
     return outcome
 
 
+class NewRow(NamedTuple):
+    """A draft's Message and its insert's values, made before its seq is known (new_rows)."""
+
+    draft: Draft
+    message: Message
+    values: list  # _INSERTED_FIELDS' values, prepared for the database; seq's set at the insert
+
+
+# A stored message's columns, in the order _insert_sql lists them: all but the primary key.
+_INSERTED_FIELDS = tuple(field for field in Message._meta.concrete_fields if not field.primary_key)
+_SEQ_COLUMN = _INSERTED_FIELDS.index(Message._meta.get_field("seq"))
+# Statements kept of _insert_sql, one per row count: a batch's size varies with the load.
+INSERT_SQL_CACHE_SIZE = 64
+
+
+def new_rows(drafts: Sequence[Draft]) -> list[NewRow]:
+    """The drafts' rows, ready to insert but for their seqs, dated now.
+
+    Made outside the transaction, so that SQLite's write lock, which every process shares,
+    is not held while they are; chat.commits makes them while Redis counts the limits.
+    """
+    created = timezone.now()
+    # The connection itself, not django.db.connection: each of that proxy's attributes is
+    # looked up in a context-local, which cost a third of preparing the rows' values.
+    database = connections[connection.alias]
+    rows = []
+    for draft in drafts:
+        message = _message(draft, 0, created)
+        values = [
+            field.get_db_prep_save(getattr(message, field.attname), database)
+            for field in _INSERTED_FIELDS
+        ]
+        rows.append(NewRow(draft, message, values))
+    return rows
+
+
 @metrics.STORE_SECONDS.time()
-def store_messages(drafts: Sequence[Draft]) -> list[tuple[Message, bool] | Exception]:
+def store_messages(
+    drafts: Sequence[Draft], rows: Sequence[NewRow] | None = None
+) -> list[tuple[Message, bool] | Exception]:
     """Store drafts in one transaction, in order, each as its room's next seq (group commit).
+
+    `rows`: the drafts' new_rows, when made already (while something else was waited for).
 
     Each outcome is (message, created), or the exception that draft alone met. A client_id
     this author already used in this room returns that message with created=False, so a
@@ -73,68 +113,64 @@ def store_messages(drafts: Sequence[Draft]) -> list[tuple[Message, bool] | Excep
     one order, so no two wait for each other (a deadlock on PostgreSQL, waited out to the
     lock bound and refused).
     """
-    created = timezone.now()
-    order = sorted(range(len(drafts)), key=lambda index: drafts[index].room_name)
+    if rows is None:
+        rows = new_rows(drafts)
+    elif any(row.draft is not draft for row, draft in zip(rows, drafts, strict=True)):
+        raise ValueError("rows are not the drafts' own")
+    if not rows:
+        return []
+    order = sorted(range(len(rows)), key=lambda index: rows[index].draft.room_name)
     try:
         with transaction.atomic():
-            outcomes = _store_together(drafts, order, created)
+            outcomes = _store_together(rows, order)
     except IntegrityError:
         with transaction.atomic():
-            outcomes = _store_one_by_one(drafts, order, created)
+            outcomes = _store_one_by_one(drafts, order, rows[0].message.created)
     metrics.MESSAGES_STORED.inc(sum(isinstance(o, tuple) and o[1] for o in outcomes))
     return outcomes
 
 
 def _store_together(
-    drafts: Sequence[Draft], order: list[int], created: datetime
+    rows: Sequence[NewRow], order: list[int]
 ) -> list[tuple[Message, bool] | Exception]:
-    messages: list[Message | None] = [None] * len(drafts)
-    for room_name, indexes in itertools.groupby(order, key=lambda index: drafts[index].room_name):
+    created = rows[0].message.created
+    for room_name, indexes in itertools.groupby(
+        order, key=lambda index: rows[index].draft.room_name
+    ):
         indexes = list(indexes)
         first = _next_seq(room_name, created, len(indexes)) - len(indexes) + 1
         if first == 1:  # the room's first message: it may make members (its owner)
-            _add_founding_members(room_name, drafts[indexes[0]].author)
+            _add_founding_members(room_name, rows[indexes[0]].draft.author)
         for seq, index in enumerate(indexes, start=first):
-            messages[index] = _message(drafts[index], seq, created)
-    _insert([messages[index] for index in order])
-    return [(message, True) for message in messages]
+            rows[index].message.seq = rows[index].values[_SEQ_COLUMN] = seq
+    _insert([rows[index] for index in order])
+    return [(row.message, True) for row in rows]
 
 
-# A stored message's columns, in the order _insert_sql lists them: all but the primary key.
-_INSERTED_FIELDS = tuple(field for field in Message._meta.concrete_fields if not field.primary_key)
-# Statements kept of _insert_sql, one per row count: a batch's size varies with the load.
-INSERT_SQL_CACHE_SIZE = 64
-
-
-def _insert(messages: list[Message]):
-    """Insert the messages' rows as bulk_create does, in one statement (or one per the
-    database's bound on parameters), and give each its primary key.
+def _insert(rows: list[NewRow]):
+    """Insert the rows as bulk_create does, in one statement (or one per the database's
+    bound on parameters), and give each its primary key.
 
     Without compiling the statement for each batch: the ORM's compiler took a fifth of a
     group commit's time; the SQL is built once per vendor and row count (_insert_sql).
     """
-    # The connection itself, not django.db.connection: each of that proxy's attributes is
-    # looked up in a context-local, which cost a third of preparing the rows' values.
     database = connections[connection.alias]
-    size = max(database.ops.bulk_batch_size(_INSERTED_FIELDS, messages), 1)
-    for start in range(0, len(messages), size):
-        rows = messages[start : start + size]
-        values = [
-            [field.get_db_prep_save(getattr(message, field.attname), database) for message in rows]
-            for field in _INSERTED_FIELDS
-        ]
-        sql, by_column = _insert_sql(database.vendor, len(rows))
+    size = max(database.ops.bulk_batch_size(_INSERTED_FIELDS, rows), 1)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        sql, by_column = _insert_sql(database.vendor, len(chunk))
         # One parameter a value, row after row; or, where Django inserts through UNNEST
         # (PostgreSQL, more than one row), one array a column.
-        params = (
-            values if by_column else [value for row in zip(*values, strict=True) for value in row]
-        )
+        if by_column:
+            params = [list(column) for column in zip(*(row.values for row in chunk), strict=True)]
+        else:
+            params = [value for row in chunk for value in row.values]
         with database.cursor() as cursor:
             cursor.execute(sql, params)
             keys = cursor.fetchall()
-        for message, (key,) in zip(rows, keys, strict=True):
-            message.pk = key
-            message._state.adding, message._state.db = False, database.alias
+        for row, (key,) in zip(chunk, keys, strict=True):
+            row.message.pk = key
+            row.message._state.adding, row.message._state.db = False, database.alias
 
 
 @functools.lru_cache(maxsize=INSERT_SQL_CACHE_SIZE)

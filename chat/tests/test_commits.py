@@ -155,7 +155,7 @@ def test_a_failure_of_the_whole_commit_is_every_posts_outcome_and_stores_nothing
     def unreachable(*args, **kwargs):
         raise redis.exceptions.ConnectionError("Redis is down")
 
-    monkeypatch.setattr(limits, "retries_after", unreachable)
+    monkeypatch.setattr(limits.PendingChecks, "refusals", unreachable)
     posts = [_post("lobby", ALICE, "one"), _post("lobby", BOB, "two")]
     commits.commit(posts)
     assert all(isinstance(post.outcome, redis.exceptions.ConnectionError) for post in posts)
@@ -177,6 +177,48 @@ def test_a_batchs_limit_checks_take_one_round_trip_to_redis(monkeypatch):
     ]
     assert limits.check_posts(checks) == [None] * 8
     assert len(sent) == 1
+
+
+def test_a_batchs_sessions_are_read_while_redis_counts_its_limits_and_stored_after(monkeypatch):
+    happened = []
+    send = redis.connection.AbstractConnection.send_packed_command
+    read = redis.connection.AbstractConnection.read_response
+    speak_as_now = revocation.speak_as_now
+
+    def sent(connection, *args, **kwargs):
+        happened.append("send")
+        return send(connection, *args, **kwargs)
+
+    def answered(connection, *args, **kwargs):
+        happened.append("answer")
+        return read(connection, *args, **kwargs)
+
+    def sessions_read(speakers):
+        happened.append("sessions")
+        return speak_as_now(speakers)
+
+    def executed(execute, sql, params, many, context):
+        happened.append(sql.split()[0])
+        return execute(sql, params, many, context)
+
+    limits.retries_after(limits.MESSAGES, ["warm-up"])  # the client connects, the script loads
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", sent)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", answered)
+    monkeypatch.setattr(revocation, "speak_as_now", sessions_read)
+    with connection.execute_wrapper(executed):
+        commits.commit([_post("lobby", ALICE, "one"), _post("lobby", BOB, "two")])
+    steps = [step for step in happened if step in ("send", "sessions", "answer", "INSERT")]
+    # The room's counter, then the rows: both after Redis answered.
+    assert steps == ["send", "sessions", "answer", "answer", "INSERT", "INSERT"]
+    assert _seqs("lobby") == [1, 2]
+
+
+def test_hits_sent_on_a_connection_redis_then_closed_are_counted_on_a_new_one(redis_server):
+    checks = [limits.PostCheck(f"person:{n}", "198.51.100.1", "lobby", False, None) for n in "ab"]
+    limits.check_posts(checks)  # the client connects, the script loads
+    pending = limits.start_checks(checks)
+    redis.Redis.from_url(redis_server.url).client_kill_filter(_type="normal", skipme=True)
+    assert pending.refusals() == [None, None]
 
 
 def test_hits_in_one_round_trip_count_as_hits_one_after_another(settings):
