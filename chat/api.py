@@ -9,7 +9,7 @@ Explained in docs/programs.md, 'The HTTP API'.
 import logging
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
@@ -308,7 +308,7 @@ def read_messages(
     if moved := views.to_lookalikes_room(request, room_key):
         return moved
     try:
-        return JsonResponse(services.read_page(room_key, query, room))
+        return paced.page_response(services.read_page_rows(room_key, query, room))
     except services.InvalidPage as refusal:
         raise ApiRefusal(400, "invalid_page", str(refusal)) from None
 

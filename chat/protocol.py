@@ -408,6 +408,27 @@ def message_fields(message: "Message") -> dict[str, Any]:
     }
 
 
+def message_json(message: "Message") -> str:
+    """A stored message's public fields (message_fields) as JSON, as a page lists them."""
+    return json.dumps(message_fields(message))
+
+
+def page_json(page: dict[str, Any], messages: list[str]) -> str:
+    """json.dumps(page), its "messages" listed from each one's message_json.
+
+    Byte for byte what json.dumps writes for the page with its messages' fields in place
+    (its separators, its key order): each message can so be encoded on its own, a slice
+    at a time (chat.paced).
+    """
+    members = [
+        f'"messages": [{", ".join(messages)}]'
+        if key == "messages"
+        else f"{json.dumps(key)}: {json.dumps(value)}"
+        for key, value in page.items()
+    ]
+    return "{" + ", ".join(members) + "}"
+
+
 def chat_change_event(message: "Message") -> dict[str, Any]:
     """Build the channel-layer event that tells a room of a message's edit or deletion."""
     return {

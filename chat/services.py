@@ -542,13 +542,21 @@ class InvalidPage(ValueError):
 
 def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
     """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>,
-    or ?changes_after=<change number>.
+    or ?changes_after=<change number>: read_page_rows, each message as its public fields."""
+    page = read_page_rows(room_name, query, address)
+    return page | {"messages": [protocol.message_fields(message) for message in page["messages"]]}
+
+
+def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
+    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>,
+    or ?changes_after=<change number>, its messages as plain StoredMessage rows.
 
     After: the messages with id > after, oldest first, and `next_after` (None on the last
     page). Before: the newest `limit` before that id, oldest first, and `next_before`.
     Changes after: the final state of the messages changed after that change number, in
     change order, and `next_changes_after`. The one read of history over HTTP: the
-    room's messages endpoint and the API share it.
+    room's messages endpoint and the API share it, and answer it encoded off the sockets'
+    thread (chat.paced): the rows are plain tuples, no models.
     "room" is the address the reader asked for (a direct conversation's is `@<username>`).
     "gone_until": the ids up to it were deleted by retention (chat.retention), 0 for none.
     """
@@ -567,26 +575,32 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
     if before is not None:
         if "after" in query:
             raise InvalidPage("give after or before, not both")
-        page = messages_before(room_name, before, limit + 1)
+        page = _stored(messages_before(room_name, before, limit + 1))
         has_more = len(page) > limit
         page = page[-limit:] if has_more else page
-        fields = [protocol.message_fields(message) for message in page]
         return {
             "room": shown,
-            "messages": fields,
+            "messages": page,
             "next_before": page[0].seq if has_more else None,
             "gone_until": retention.gone_until(room_name),
         }
     page = messages_after(room_name, after, limit + 1)
     has_more = len(page) > limit
     page = page[:limit]
-    fields = [protocol.message_fields(message) for message in page]
     return {
         "room": shown,
-        "messages": fields,
+        "messages": page,
         "next_after": page[-1].seq if has_more else None,
         "gone_until": retention.gone_until(room_name),
     }
+
+
+def _stored(messages: list[Message]) -> list[StoredMessage]:
+    """The messages as plain rows, as messages_after reads them."""
+    return [
+        StoredMessage(*(getattr(message, name) for name in StoredMessage._fields))
+        for message in messages
+    ]
 
 
 def _changes_page(room_name: str, query: Mapping[str, str], limit: int, shown: str) -> dict:
@@ -602,6 +616,6 @@ def _changes_page(room_name: str, query: Mapping[str, str], limit: int, shown: s
     page = page[:limit]
     return {
         "room": shown,
-        "messages": [protocol.message_fields(message) for message in page],
+        "messages": _stored(page),
         "next_changes_after": page[-1].change if has_more else None,
     }

@@ -4,7 +4,6 @@ Explained in docs/protocol.md, 'HTTP endpoints'.
 """
 
 import hashlib
-import json
 
 from django.conf import settings
 from django.contrib.auth import login
@@ -201,7 +200,7 @@ def room_not_found_page(request):
     return render(request, "404.html", {"private": True}, status=404)
 
 
-@paced.paced  # served whole on the sockets' thread, in turn with other pages
+@paced.paced  # read on the sockets' thread in turn with other pages, encoded on the loop
 @require_GET
 def room_messages(request, room_name):
     """A room's messages after ?after=<id> (default 0), oldest first, ?limit=<n> per page.
@@ -222,10 +221,10 @@ def room_messages(request, room_name):
     if refusal is not None and refusal.code == "banned":
         return protocol.http_error(403, "banned", refusal.detail)
     try:
-        page = services.read_page(room_name, request.GET, address)
+        page = services.read_page_rows(room_name, request.GET, address)
     except services.InvalidPage as refusal:
         return protocol.http_error(400, "invalid_page", str(refusal))
-    return HttpResponse(json.dumps(page), content_type="application/json")
+    return paced.page_response(page)
 
 
 def to_lookalikes_room(request, room_key: str) -> HttpResponse | None:

@@ -9,7 +9,8 @@ from channels.db import database_sync_to_async
 from channels.testing import ApplicationCommunicator, HttpCommunicator
 from django.contrib.auth.models import User
 
-from chat import limits, loops, paced, pipeline, services, tokens
+from chat import limits, loops, paced, pipeline, protocol, services, tokens
+from chat.identity import Author
 from chat.tests.conftest import ALLOWED_HOST
 from mysite.asgi import application
 
@@ -61,11 +62,6 @@ def test_only_the_page_reads_of_the_api_are_paced():
     assert not paced.is_paced({"path": "/api/v1/rooms", "method": "GET"})
 
 
-def new_token() -> str:
-    _, raw = tokens.create_token(User.objects.create_user("alice", password="x"), "tests")
-    return raw
-
-
 async def answered_in_its_turn(request: HttpCommunicator, seen: list, held_lane) -> dict:
     """The request's 200 response, once the held lane lets its turn come; nothing of it
     (recorded in `seen`) having run before."""
@@ -78,15 +74,27 @@ async def answered_in_its_turn(request: HttpCommunicator, seen: list, held_lane)
     return response
 
 
-async def test_an_api_page_read_is_handled_whole_on_the_sockets_thread_in_its_turn(
+def new_token() -> str:
+    _, raw = tokens.create_token(User.objects.create_user("alice", password="x"), "tests")
+    return raw
+
+
+def store_in_lobby(*texts: str):
+    for text in texts:
+        services.store_message("lobby", Author(name="Zoë"), text, None)
+
+
+async def test_an_api_page_is_read_on_the_sockets_thread_in_its_turn_and_encoded_on_the_loop(
     monkeypatch, held_lane
 ):
     sockets_thread = await pipeline.call_batched(threading.current_thread)
     token = await database_sync_to_async(new_token)()
+    await database_sync_to_async(store_in_lobby)("one", "two")
     seen = []
-    # The token's limit (the API's auth) and the page's read.
+    # The token's limit (the API's auth), the page's read and its messages' encoding.
     recording(monkeypatch, limits, "retry_after", seen)
-    recording(monkeypatch, services, "read_page", seen)
+    recording(monkeypatch, services, "read_page_rows", seen)
+    recording(monkeypatch, protocol, "message_fields", seen)
     request = HttpCommunicator(
         application,
         "GET",
@@ -94,29 +102,46 @@ async def test_an_api_page_read_is_handled_whole_on_the_sockets_thread_in_its_tu
         headers=[(b"host", ALLOWED_HOST), (b"authorization", f"Bearer {token}".encode())],
     )
     response = await answered_in_its_turn(request, seen, held_lane)
-    assert json.loads(response["body"])["messages"] == []
-    assert seen == [("retry_after", sockets_thread), ("read_page", sockets_thread)]
+    assert [message["message"] for message in json.loads(response["body"])["messages"]] == [
+        "one",
+        "two",
+    ]
+    loop_thread = threading.current_thread()
+    assert seen == [
+        ("retry_after", sockets_thread),
+        ("read_page_rows", sockets_thread),
+        ("message_fields", loop_thread),
+        ("message_fields", loop_thread),
+    ]
 
 
-async def test_a_messages_request_is_handled_whole_on_the_sockets_thread_in_its_turn(
+async def test_a_messages_page_is_read_on_the_sockets_thread_in_its_turn_and_encoded_on_the_loop(
     monkeypatch, held_lane
 ):
     sockets_thread = await pipeline.call_batched(threading.current_thread)
+    await database_sync_to_async(store_in_lobby)("one", 'two "quoted" ✓')
+    expected = await database_sync_to_async(services.read_page)("lobby", {})
     seen = []
-    # The per-address limit (a request's middleware-side work) and the page's read.
+    # The per-address limit (a request's middleware-side work), the page's read and its
+    # messages' encoding.
     recording(monkeypatch, limits, "http_refusal", seen)
-    recording(monkeypatch, services, "read_page", seen)
+    recording(monkeypatch, services, "read_page_rows", seen)
+    recording(monkeypatch, protocol, "message_fields", seen)
     request = HttpCommunicator(application, "GET", MESSAGES_PATH, headers=[(b"host", ALLOWED_HOST)])
     response = await answered_in_its_turn(request, seen, held_lane)
-    assert json.loads(response["body"]) == {
-        "room": "lobby",
-        "messages": [],
-        "next_after": None,
-        "gone_until": 0,
-    }
-    assert seen == [("http_refusal", sockets_thread), ("read_page", sockets_thread)]
+    # Byte for byte what json.dumps of the whole page wrote when it was encoded whole.
+    assert response["body"] == json.dumps(expected).encode()
+    loop_thread = threading.current_thread()
+    assert seen == [
+        ("http_refusal", sockets_thread),
+        ("read_page_rows", sockets_thread),
+        ("message_fields", loop_thread),
+        ("message_fields", loop_thread),
+    ]
     # Through the same middleware as every other request.
     assert (b"X-Content-Type-Options", b"nosniff") in response["headers"]
+    assert (b"Content-Type", b"application/json") in response["headers"]
+    assert (b"Content-Length", str(len(response["body"])).encode()) in response["headers"]
 
 
 async def test_a_request_whose_client_left_before_its_turn_is_never_handled(monkeypatch, held_lane):

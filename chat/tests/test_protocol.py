@@ -519,3 +519,25 @@ def test_an_overloaded_refusal_carries_its_retry_hint_and_client_id():
             "client_id": "c1",
         }
     }
+
+
+@given(
+    texts=st.lists(st.text(max_size=40), max_size=4),
+    room=st.text(max_size=20),
+    next_after=st.one_of(st.none(), st.integers(min_value=1)),
+    edited=st.booleans(),
+)
+def test_a_page_written_a_message_at_a_time_is_byte_for_byte_json_dumps_of_it(
+    texts, room, next_after, edited
+):
+    moment = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+    rows = [
+        services.StoredMessage(
+            text, seq, "Zoë", None, moment, "", False, moment if edited else None, False, seq
+        )
+        for seq, text in enumerate(texts, start=1)
+    ]
+    page = {"room": room, "messages": rows, "next_after": next_after, "gone_until": 0}
+    written = protocol.page_json(page, [protocol.message_json(row) for row in rows])
+    fields = [protocol.message_fields(row) for row in rows]
+    assert written == json.dumps(page | {"messages": fields})
