@@ -305,10 +305,12 @@ def read_messages(
     asked += (("changes_after", changes_after),)
     query = {name: value for name, value in asked if value is not None}
     room_key = _room(room, request.auth.user)
-    if moved := views.to_lookalikes_room(request, room_key):
+    state = services.room_on_join(room_key)  # its look-alike and retention mark, one query
+    if moved := views.to_lookalikes_room(request, room_key, state.lookalike):
         return moved
     try:
-        return paced.page_response(services.read_page_rows(room_key, query, room))
+        page = services.read_page_rows(room_key, query, room, state.gone_until)
+        return paced.page_response(page)
     except services.InvalidPage as refusal:
         raise ApiRefusal(400, "invalid_page", str(refusal)) from None
 

@@ -547,7 +547,9 @@ def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> di
     return page | {"messages": [protocol.message_fields(message) for message in page["messages"]]}
 
 
-def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
+def read_page_rows(
+    room_name: str, query: Mapping[str, str], address: str = "", gone_until: int | None = None
+) -> dict[str, Any]:
     """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>,
     or ?changes_after=<change number>, its messages as plain StoredMessage rows.
 
@@ -558,7 +560,8 @@ def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") 
     room's messages endpoint and the API share it, and answer it encoded off the sockets'
     thread (chat.paced): the rows are plain tuples, no models.
     "room" is the address the reader asked for (a direct conversation's is `@<username>`).
-    "gone_until": the ids up to it were deleted by retention (chat.retention), 0 for none.
+    "gone_until": the ids up to it were deleted by retention (chat.retention), 0 for none;
+    read here unless given (room_on_join reads it with the room's look-alike).
     """
     shown = address or room_name
     try:
@@ -572,6 +575,8 @@ def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") 
         raise InvalidPage(f"1 <= limit <= {settings.CHAT_API_PAGE_MAX}")
     if "changes_after" in query:
         return _changes_page(room_name, query, limit, shown)
+    if gone_until is None:
+        gone_until = retention.gone_until(room_name)
     if before is not None:
         if "after" in query:
             raise InvalidPage("give after or before, not both")
@@ -582,7 +587,7 @@ def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") 
             "room": shown,
             "messages": page,
             "next_before": page[0].seq if has_more else None,
-            "gone_until": retention.gone_until(room_name),
+            "gone_until": gone_until,
         }
     page = messages_after(room_name, after, limit + 1)
     has_more = len(page) > limit
@@ -591,7 +596,7 @@ def read_page_rows(room_name: str, query: Mapping[str, str], address: str = "") 
         "room": shown,
         "messages": page,
         "next_after": page[-1].seq if has_more else None,
-        "gone_until": retention.gone_until(room_name),
+        "gone_until": gone_until,
     }
 
 

@@ -445,6 +445,17 @@ def test_messages_pages_read_through_the_query_a_socket_recovers_with(client, mo
     assert reads == [("lobby", 1, 4)]  # a page, and one more to know whether there is more
 
 
+def test_a_guests_page_of_messages_costs_three_queries_room_sanctions_messages(
+    client, django_assert_num_queries
+):
+    """The page's work on the sockets' thread: the room's look-alike and retention mark in
+    one query (services.room_on_join), the reader's sanctions, its messages."""
+    _store_messages("lobby", 3)
+    with django_assert_num_queries(3):
+        body = client.get("/chat/lobby/messages/", {"after": 1}).json()
+    assert [message["id"] for message in body["messages"]] == [2, 3]
+
+
 def test_messages_default_to_the_whole_room_from_the_first(client):
     _store_messages("lobby", 3)
     body = client.get("/chat/lobby/messages/").json()
