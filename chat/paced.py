@@ -1,4 +1,4 @@
-"""Views of bulk work (pages of history), served whole on the sockets' thread, paced.
+"""Views of bulk work (pages of history), served on the sockets' thread in turn, paced.
 
 Django's ASGI handler runs each request in a thread of its own (asgiref's
 ThreadSensitiveContext makes one per request), its signals, middleware and view there,
@@ -36,7 +36,7 @@ from . import pipeline, protocol, sides
 View = TypeVar("View", bound=Callable)
 
 # How long encoding a page's messages may hold the loop before it serves the others: as
-# long as a slice of a socket's frames (pipeline.SEND_SLICE_SECONDS), some 50 messages of 4 KB.
+# long as a slice of a socket's frames (pipeline.SEND_SLICE_SECONDS), some 40 messages of 4 KB.
 ENCODE_SLICE_SECONDS = 0.0005
 # Whether PacedViews is handling the request on this thread: a page is then encoded after it.
 _serving_in_turn = contextvars.ContextVar("serving_in_turn", default=False)
@@ -150,7 +150,8 @@ class PacedViews:
 
     @sides.on_sync_thread
     def respond(self, scope: dict, body: IO[bytes]) -> HttpResponseBase:
-        """Handle one request whole, as Django's WSGI handler does: its response, closed."""
+        """Handle one request as Django's WSGI handler does: its response, closed (a page's
+        still without its body, which answer writes)."""
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         serving = _serving_in_turn.set(True)
