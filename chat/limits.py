@@ -8,14 +8,16 @@ of them, and failed logins are django-axes's (see login_lockout_response).
 Explained in docs/protocol.md, 'Limits'.
 """
 
+import asyncio
 import functools
+import hashlib
 import ipaddress
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import limits
 import limits.aio.storage
@@ -173,9 +175,12 @@ async def refuse_socket(scope: dict) -> bool:
     the refusals until then (a script retrying at once) write nothing more, on any process.
     """
     address = client_network(scope)
-    client, limiter = _on_this_loop(settings.REDIS_URL)
+    client, limiter, scripts = _on_this_loop(settings.REDIS_URL)
     rate = SOCKETS.rate
-    if await limiter.hit(rate, SOCKETS.setting, address):
+    key = f"{KEY_PREFIX}:{rate.key_for(SOCKETS.setting, address)}"
+    # The limits library's own moving-window script, as limiter.hit runs it: here batched.
+    hit = [time.time(), rate.amount, rate.get_expiry(), 1]
+    if await scripts.run(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW, [key], hit):
         return False
     reset, _ = await limiter.get_window_stats(rate, SOCKETS.setting, address)
     wait = max(1, math.ceil(reset - time.time()))
@@ -191,18 +196,88 @@ async def refuse_socket(scope: dict) -> bool:
     return True
 
 
-# Redis calls of the handshake limit and the open-socket caps in flight at once on one
-# loop, each on a connection of its own: a burst of thousands of connects (a server
-# restart's reconnects) waits its turn for one of these, as the layer's calls do.
+# Redis calls of the limits in flight at once on one loop, each on a connection of its own
+# (the handshake limit and the open-socket caps go in one pipeline per turn of the loop,
+# ScriptBatch; a refusal reads its window on its own): a burst of thousands of connects
+# (a server restart's reconnects) waits its turn for one of these, as the layer's calls do.
 HANDSHAKE_CONNECTIONS_PER_LOOP = 32
+
+
+class ScriptBatch:
+    """On one loop: the limit scripts called in one turn of the loop, sent in one pipeline.
+
+    A burst of connects (a server's restart reconnects thousands) checks its handshakes and
+    takes its open slots together: one round trip, one write and one read for them all,
+    where a call each cost its own, and each its share of the loop's CPU. Redis runs them
+    one after the other, in the order they were called, as separate calls would run.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis):
+        self.client = client
+        self.calls: list[tuple[str | bytes, Sequence, Sequence, asyncio.Future]] = []
+        self.sending: set[asyncio.Task] = set()  # the loop keeps only weak references
+
+    @sides.on_loop
+    async def run(self, script: str | bytes, keys: Sequence[str], args: Sequence) -> Any:
+        """The script's reply (EVALSHA, loaded again if Redis lost it), or its error."""
+        loop = asyncio.get_running_loop()
+        if not self.calls:
+            loop.call_soon(self._send)  # once the calls made in this turn are in
+        reply = loop.create_future()
+        self.calls.append((script, keys, args, reply))
+        return await reply
+
+    def _send(self):
+        calls, self.calls = self.calls, []
+        task = asyncio.ensure_future(self._answer(calls))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def _answer(self, calls: list):
+        try:
+            replies = await self._execute(calls)
+        except Exception as error:  # an outage: every caller answers it as its own
+            replies = [error] * len(calls)
+        for (*_, reply), outcome in zip(calls, replies, strict=True):
+            if reply.done():  # its caller was cancelled
+                continue
+            if isinstance(outcome, Exception):
+                reply.set_exception(outcome)
+            else:
+                reply.set_result(outcome)
+
+    async def _execute(self, calls: list) -> list:
+        replies = await self._pipeline(calls)
+        # Redis restarted since (or SCRIPT FLUSH): none of these ran; load and run them.
+        lost = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            for script in {calls[index][0] for index in lost}:
+                await self.client.script_load(script)
+            again = await self._pipeline([calls[index] for index in lost])
+            for index, reply in zip(lost, again, strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _pipeline(self, calls: list) -> list:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in calls:
+                pipe.evalsha(_sha(script), len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+
+@functools.cache
+def _sha(script: str | bytes) -> str:
+    text = script.encode() if isinstance(script, str) else script  # limits' scripts are bytes
+    return hashlib.sha1(text).hexdigest()  # noqa: S324 (Redis names scripts so)
 
 
 @sides.on_loop
 def _on_this_loop(
     url: str,
-) -> tuple[redis.asyncio.Redis, limits.aio.strategies.MovingWindowRateLimiter]:
-    """The running loop's client for url, and a limiter counting in the same keys as
-    retry_after's: asyncio clients serve one loop (chat.loops keeps them)."""
+) -> tuple[redis.asyncio.Redis, limits.aio.strategies.MovingWindowRateLimiter, ScriptBatch]:
+    """The running loop's client for url, a limiter counting in the same keys as
+    retry_after's, and the batch of script calls: asyncio clients serve one loop
+    (chat.loops keeps them)."""
     state = loops.of_loop()
     if state.limits is None:
         state.limits = {}
@@ -216,7 +291,8 @@ def _on_this_loop(
             key_prefix=KEY_PREFIX,
             connection_pool=client.connection_pool,
         )
-        state.limits[url] = client, limits.aio.strategies.MovingWindowRateLimiter(storage)
+        limiter = limits.aio.strategies.MovingWindowRateLimiter(storage)
+        state.limits[url] = client, limiter, ScriptBatch(client)
     return state.limits[url]
 
 
@@ -224,9 +300,10 @@ class HandshakeLimitMiddleware:
     """ASGI middleware: refuse a WebSocket over the new-socket limit (refuse_socket) with 403,
     before the consumer is built and before AuthMiddlewareStack loads its session.
 
-    Counted on the loop: a thread hop a handshake cost more than its Redis round trip. A
-    refused handshake costs one round trip (two for the first of a burst): no consumer,
-    no group joins, no database query, no log line but the burst's first.
+    Counted on the loop: a thread hop a handshake cost more than its Redis round trip; the
+    handshakes of a burst share theirs (ScriptBatch). A refused handshake costs that and
+    one more to read its window (and one for the first of a burst's log line): no
+    consumer, no group joins, no database query, no log line but the burst's first.
     """
 
     def __init__(self, application):
@@ -485,7 +562,8 @@ return 0
 async def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str, ...]:
     """On the loop: count a new socket among its person's and its address's open sockets;
     the sets it is now in (refresh_open_slots keeps it there, release_open_slots takes it
-    out). A round trip the sockets' one thread would spend waiting, connect after connect.
+    out). A round trip the sockets' one thread would spend waiting, connect after connect;
+    shared with the other limit checks of this turn of the loop (ScriptBatch).
 
     Raises TooManySockets when either already holds its cap. A socket that nobody
     refreshes (its process was killed) stops counting after CHAT_PRESENCE_TTL_SECONDS.
@@ -502,16 +580,17 @@ async def take_open_slots(scope: dict, author: Author, member: str) -> tuple[str
         ),
     }
     now = time.time()
-    client, _ = _on_this_loop(settings.REDIS_URL)
-    full = await client.eval(
+    _, _, scripts = _on_this_loop(settings.REDIS_URL)
+    full = await scripts.run(
         _TAKE_SLOTS,
-        len(caps),
-        *caps,
-        now,
-        now + settings.CHAT_PRESENCE_TTL_SECONDS,
-        member,
-        _open_sets_lifetime(),
-        *(cap for cap, _ in caps.values()),
+        list(caps),
+        [
+            now,
+            now + settings.CHAT_PRESENCE_TTL_SECONDS,
+            member,
+            _open_sets_lifetime(),
+            *(cap for cap, _ in caps.values()),
+        ],
     )
     if full:
         cap, counts = list(caps.values())[full - 1]

@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from chat import limits
 from chat.consumers import ChatConsumer
+from chat.identity import Author
 from chat.protocol import CLOSE_TOO_MANY_SOCKETS
 from chat.tests.conftest import (
     communicator,
@@ -537,3 +538,60 @@ async def test_refreshing_and_releasing_open_sockets_writes_each_set_once(redis_
         assert await client.exists(address_set, *(keys[0] for keys, _ in held)) == 0
     finally:
         await client.aclose()
+
+
+async def _round_trips_of(calls, monkeypatch) -> tuple[list, int]:
+    """What the calls return, run together on this loop, and the writes to Redis they made."""
+    writes, send = [], redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    async def counted(connection, command, *args, **kwargs):
+        writes.append(command)
+        return await send(connection, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counted)
+    try:
+        return await asyncio.gather(*calls), len(writes)
+    finally:
+        monkeypatch.undo()
+
+
+def _guest(number: int) -> Author:
+    return Author(name=f"guest{number}", guest_key=f"guest-{number}")
+
+
+async def test_connects_checked_together_share_one_round_trip_for_their_limits(
+    redis_server, monkeypatch
+):
+    scopes = [{"client": [f"198.51.100.{number}", 50000]} for number in range(ONE_ADDRESS_SOCKETS)]
+    # Connected, and the scripts loaded: what follows is the checks' own traffic.
+    await limits.refuse_socket(scopes[0])
+    await limits.take_open_slots(scopes[0], _guest(0), "warm-up")
+    refusals, writes = await _round_trips_of(
+        [limits.refuse_socket(scope) for scope in scopes]
+        + [
+            limits.take_open_slots(scope, _guest(number), f"channel-{number}")
+            for number, scope in enumerate(scopes)
+        ],
+        monkeypatch,
+    )
+    assert writes == 1
+    assert not any(refusals[:ONE_ADDRESS_SOCKETS])  # within the new-socket limit
+    assert all(len(sets) == 2 for sets in refusals[ONE_ADDRESS_SOCKETS:])  # person, address
+
+
+async def test_the_handshake_limit_and_the_open_caps_count_on_after_redis_lost_its_scripts(
+    redis_server, settings
+):
+    settings.CHAT_LIMIT_SOCKETS_PER_ADDRESS = "2/minute"
+    settings.CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS = 1
+    scope = {"client": [ADDRESS, 50000]}
+    assert await limits.refuse_socket(scope) is False
+    redis.Redis.from_url(redis_server.url).script_flush()  # as a restarted Redis has none
+    assert await asyncio.gather(limits.refuse_socket(scope), limits.refuse_socket(scope)) == [
+        False,
+        True,
+    ]
+    await limits.take_open_slots(scope, _guest(1), "first")
+    redis.Redis.from_url(redis_server.url).script_flush()
+    with pytest.raises(limits.TooManySockets):
+        await limits.take_open_slots(scope, _guest(2), "second")
