@@ -113,7 +113,16 @@ class BacklogBoundedProtocol(WebSocketProtocol):
     # What an open socket holds is what 10,000 of them cost: let go of what only the
     # handshake needed (about 5.5 KB a socket, measured with `dev.py bench --idle`).
 
+    # autobahn's _connectionMade copies each option in CONFIG_ATTRS from the factory, then
+    # pretty-prints them all for a debug line whether debug is on or not: 5 % of a server's
+    # CPU at a burst of connects (benchmarks/connect.py). connectionMade copies them the same
+    # way, and autobahn is left none to copy or print.
+    CONFIG_ATTRS = ()
+
     def connectionMade(self):
+        for name in WebSocketProtocol.CONFIG_ATTRS:
+            if not hasattr(self, name):  # as autobahn: set on the protocol, it wins
+                setattr(self, name, getattr(self.factory, name))
         super().connectionMade()
         # The HTTP channel this connection was upgraded from registered itself as the
         # transport's producer and never let go: it kept the channel, its request and

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 import websockets
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket import protocol as autobahn_protocol
 from daphne.server import Server
 from django.conf import settings
 from django.urls import clear_url_caches, get_resolver
+from twisted.internet.testing import StringTransport
 
 from benchmarks.ping_flood import LIFTED, PingingClient
 from chat.protocol import (
@@ -33,7 +36,7 @@ from chat.protocol import (
     CLOSE_TOO_SLOW,
 )
 from conftest import ROOT, SERVER_READY_TIMEOUT_SECONDS, server_environment
-from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, ChatDaphneServer
+from serving.chat_daphne import SHUTDOWN_DRAIN_SECONDS, BacklogBoundedProtocol, ChatDaphneServer
 from serving.embedded_redis import free_port
 from serving.processes import stop_processes, wait_for_http
 
@@ -275,6 +278,22 @@ def test_daphnes_own_24_hour_cut_is_off_for_every_entry_point():
     # serving.supervisor, the Dockerfile and docker-compose.yml run `python -m serving.chat_daphne`.
     assert get_commands()["runserver"] == "serving"
     assert load_command_class("serving", "runserver").server_cls is ChatDaphneServer
+
+
+def test_a_websocket_connection_takes_its_factorys_options_without_printing_them(monkeypatch):
+    printed = []
+    monkeypatch.setattr(autobahn_protocol, "pformat", lambda options: printed.extend(options))
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(autoPingInterval=7, openHandshakeTimeout=3)
+    factory.protocol = BacklogBoundedProtocol
+    connection = factory.buildProtocol(None)
+    connection.maxMessagePayloadSize = 99  # set on the protocol: kept, as autobahn keeps it
+    transport = StringTransport()
+    transport.registerProducer(object(), True)  # as the HTTP channel upgraded from does
+    connection.makeConnection(transport)
+    assert (connection.autoPingInterval, connection.openHandshakeTimeout) == (7, 3)
+    assert connection.maxMessagePayloadSize == 99
+    assert printed == []  # autobahn's debug line, pretty-printed at every connect
 
 
 @pytest.fixture
