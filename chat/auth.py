@@ -7,16 +7,37 @@ it, so a burst of connects (a server's restart reconnects thousands) makes one h
 batch, not one per socket; and a handshake without a session key makes none: its
 session is empty, so its user is anonymous, as get_user finds without a query. An open
 socket keeps its middleware's frames and scope copies for its whole life: these keep
-fewer of them than channels' (10,000 idle sockets, benchmarks/connect.py).
+none but the last scope, returning the application's coroutine instead of a coroutine of
+their own (a frame, and the scope it was given), unless they wait for the user's query
+(10,000 idle sockets, benchmarks/connect.py).
 
 Explained in docs/architecture.md, 'Threads: the event loop and the sync thread'.
 """
 
+from collections.abc import Awaitable
+
 from channels import auth, sessions
-from channels.sessions import CookieMiddleware
 from django.contrib.auth.models import AnonymousUser
+from django.http.cookie import parse_cookie
 
 from . import pipeline
+
+
+class CookieMiddleware(sessions.CookieMiddleware):
+    """channels' CookieMiddleware, returning the application's coroutine, not one of its own."""
+
+    _asgi_single_callable = True  # see mysite.origins.StrictOriginValidator
+
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
+        """Parse the Cookie header into scope["cookies"], as channels' does."""
+        if "headers" not in scope:
+            raise ValueError("CookieMiddleware was passed a scope that did not have headers")
+        cookies = next(
+            (parse_cookie(value.decode("latin1")) for name, value in scope["headers"]
+             if name == b"cookie"),
+            {},
+        )  # fmt: skip
+        return self.inner(dict(scope, cookies=cookies), receive, send)
 
 
 class SessionMiddleware(sessions.SessionMiddleware):
@@ -27,38 +48,42 @@ class SessionMiddleware(sessions.SessionMiddleware):
     the wrapper.
     """
 
-    async def __call__(self, scope, receive, send):
+    _asgi_single_callable = True  # see mysite.origins.StrictOriginValidator
+
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
         """Load the scope's session; wrap send only for HTTP, which can carry a cookie."""
-        wrapper = sessions.InstanceSessionWrapper(scope, send)
-        await wrapper.resolve_session()
         if scope["type"] != "websocket":
-            return await self.inner(wrapper.scope, receive, wrapper.send)
-        # While the socket is open, this frame keeps neither the wrapper nor the scope
-        # it was given (the one above keeps its own).
-        scope, wrapper = wrapper.scope, None
-        return await self.inner(scope, receive, send)
+            return super().__call__(scope, receive, send)
+        wrapper = sessions.InstanceSessionWrapper(scope, send)
+        # channels' resolve_session, which awaits nothing: the store loads when first read.
+        session_key = wrapper.scope["cookies"].get(wrapper.cookie_name)
+        wrapper.scope["session"]._wrapped = wrapper.session_store(session_key)
+        return self.inner(wrapper.scope, receive, send)
 
 
 class AuthMiddleware(auth.AuthMiddleware):
     """channels' AuthMiddleware, loading the user in a batched hop (pipeline.call_batched)."""
 
-    async def __call__(self, scope, receive, send):
-        """As channels' does, with one copy of the scope, not two: an open socket holds
-        each copy, and the coroutine that made it, for its whole life."""
+    _asgi_single_callable = True  # see mysite.origins.StrictOriginValidator
+
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
+        """As channels' does, with one copy of the scope, not two; without a session key, the
+        user is anonymous, as get_user finds without a query, and the application goes on
+        at once."""
         scope = dict(scope)
         self.populate_scope(scope)
-        await self.resolve_scope(scope)
-        return await self.inner(scope, receive, send)
-
-    async def resolve_scope(self, scope):
-        """Load the session's user as channels' get_user does; without a session key, none."""
         if scope["session"].session_key is None:
             scope["user"]._wrapped = AnonymousUser()
-        else:
-            # channels' get_user itself, without its own hop (database_sync_to_async's func).
-            scope["user"]._wrapped = await pipeline.call_batched(auth.get_user.func, scope)
+            return self.inner(scope, receive, send)
+        return self._with_user(scope, receive, send)
+
+    async def _with_user(self, scope, receive, send):
+        # channels' get_user itself, without its own hop (database_sync_to_async's func).
+        scope["user"]._wrapped = await pipeline.call_batched(auth.get_user.func, scope)
+        return await self.inner(scope, receive, send)
 
 
 def AuthMiddlewareStack(inner):  # noqa: N802 (channels' name)
-    """channels.auth.AuthMiddlewareStack, with this module's session and auth middleware."""
+    """channels.auth.AuthMiddlewareStack, with this module's cookie, session and auth
+    middleware."""
     return CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))

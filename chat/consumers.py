@@ -15,7 +15,6 @@ import logging
 import math
 import time
 
-from asgiref.sync import async_to_sync
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import WebsocketConsumer
@@ -175,7 +174,8 @@ class ChatConsumer(WebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-        self.base_send = async_to_sync(send)
+        # No base_send (channels' async_to_sync of send, an object each): accept, send and
+        # close go through the socket's FrameQueue.
         sources = (receive, self.channel_receive)
         waiting = [asyncio.ensure_future(source()) for source in sources]
         try:

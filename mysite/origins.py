@@ -104,23 +104,37 @@ class StrictOriginValidator:
     def __init__(self, application):
         self.application = application
 
-    async def __call__(self, scope, receive, send):
+    # An ASGI 3 application, though __call__ is no coroutine function (asgiref would
+    # take it for ASGI 2's double callable).
+    _asgi_single_callable = True
+
+    def __call__(self, scope, receive, send) -> Awaitable[None]:
         """Refuse the handshake (403) unless its token is valid, or its Host and Origin are
-        this site's."""
+        this site's.
+
+        Not a coroutine: a handshake from this site's page goes on as the application's
+        own, so an open socket keeps no frame of this check.
+        """
         if scope["type"] != "websocket":
             raise ValueError("StrictOriginValidator only guards WebSocket connections")
         raw = tokens.presented_token(scope)
         if raw is not None:
-            token = await database_sync_to_async(tokens.token_for)(raw)
-            if token is not None:
-                headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
-                scope = {**scope, "headers": headers, "api_token": token}
-                return await self.application(scope, receive, send)
+            return self._as_token_user(raw, scope, receive, send)
+        reason = refusal_reason(scope)
+        if reason is None:
+            return self.application(scope, receive, send)
+        return self._refuse(reason, scope, receive, send)
+
+    async def _as_token_user(self, raw: str, scope, receive, send):
+        token = await database_sync_to_async(tokens.token_for)(raw)
+        if token is None:
             reason = "an invalid, revoked or deactivated API token"
-        else:
-            reason = refusal_reason(scope)
-            if reason is None:
-                return await self.application(scope, receive, send)
+            return await self._refuse(reason, scope, receive, send)
+        headers = [(name, value) for name, value in scope["headers"] if name != b"cookie"]
+        scope = {**scope, "headers": headers, "api_token": token}
+        return await self.application(scope, receive, send)
+
+    async def _refuse(self, reason: str, scope, receive, send):
         client = scope.get("client") or ["unknown"]
         metrics.HANDSHAKES_REFUSED.labels("origin").inc()
         logger.warning(

@@ -1,12 +1,15 @@
 """chat.auth: channels' AuthMiddlewareStack, the user loaded in the batched hop."""
 
+import gc
+import inspect
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import ApplicationCommunicator
 from django.contrib.auth.models import User
 
 from chat.auth import AuthMiddlewareStack
-from chat.tests.conftest import logged_in_session_values, session_cookie_for
+from chat.tests.conftest import communicator, logged_in_session_values, session_cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,3 +61,27 @@ async def test_a_sockets_frames_go_straight_to_the_server_not_through_a_session_
 async def test_an_http_response_still_goes_through_the_session_wrapper_which_sets_cookies():
     _, send, server_send = await passed_on([], kind="http")
     assert send != server_send
+
+
+# The middleware in front of the consumer that decides without waiting (mysite.asgi).
+NOT_KEPT = {
+    "TrustedProxyMiddleware.__call__",
+    "StrictOriginValidator.__call__",
+    "CookieMiddleware.__call__",
+    "SessionMiddleware.__call__",
+    "AuthMiddleware.__call__",
+}
+
+
+@pytest.mark.usefixtures("redis_channel_layer")
+async def test_an_open_sockets_middleware_keeps_no_coroutine_of_its_own():
+    socket = communicator("lobby")
+    connected, _ = await socket.connect()
+    assert connected
+    try:
+        gc.collect()
+        running = {o.cr_code.co_qualname for o in gc.get_objects() if inspect.iscoroutine(o)}
+        assert "ChatConsumer.__call__" in running  # the socket's own, as long as it is open
+        assert running & NOT_KEPT == set()  # each kept one and the scope it was given
+    finally:
+        await socket.disconnect()
