@@ -515,7 +515,8 @@ def _store_behind_the_sockets_back(server, room_name, texts):
 
 
 # The page's reads of the messages endpoint wait until the test opens them (openFetch), and
-# are recorded; the frames of the socket open now or next are recorded too.
+# are recorded; the frames of the socket open now or next are recorded too. Other fetches
+# (the sidebar's room list, every ROOMS_REFRESH_SECONDS) go through as they come.
 HOLD_FETCHES_AND_RECORD_FRAMES = """
 window.fetched = []; window.framesSeen = []; window.heldFetches = [];
 const realFetch = window.fetch;
@@ -523,11 +524,15 @@ const recordedFetch = (url, ...rest) => {
     window.fetched.push(String(url));
     return realFetch(url, ...rest);
 };
-window.fetch = (...args) => new Promise((resolve) => {
-    window.heldFetches.push(() => resolve(recordedFetch(...args)));
-});
+let holding = true;
+window.fetch = (url, ...rest) => {
+    if (!holding || !String(url).includes('/messages/')) return recordedFetch(url, ...rest);
+    return new Promise((resolve) => {
+        window.heldFetches.push(() => resolve(recordedFetch(url, ...rest)));
+    });
+};
 window.openFetch = () => {
-    window.fetch = recordedFetch;
+    holding = false;
     window.heldFetches.forEach((go) => go());
 };
 window.RealWebSocket = window.RealWebSocket || window.WebSocket;
