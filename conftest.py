@@ -324,13 +324,19 @@ def migrated_database(redis_server, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def chat_server(redis_server, migrated_database):
-    """One daphne process for the session; yields its base URL."""
+def session_chat_server(redis_server, migrated_database) -> Iterator[ChatServer]:
+    """One daphne process for the session, with its environment (to run manage.py beside it)."""
     server = ChatServer(server_environment(redis_server.url, migrated_database)).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_server(session_chat_server):
+    """The session's daphne process; its base URL."""
+    return session_chat_server.url
 
 
 @pytest.fixture

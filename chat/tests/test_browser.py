@@ -624,9 +624,10 @@ def _store_as(server, room_name, author_code, texts, client_id=None):
 
 
 @pytest.fixture
-def chat_server_process(start_chat_server):
-    """A chat server whose environment the test can use to store messages behind its back."""
-    return start_chat_server()
+def chat_server_process(session_chat_server):
+    """A chat server whose environment the test can use to store messages behind its back:
+    the session's (each test has rooms of its own), not one started for each of them."""
+    return session_chat_server
 
 
 def test_each_message_is_an_element_with_id_author_text_and_the_readers_local_time(
