@@ -82,10 +82,11 @@ def running(heading: str, tmp_path) -> Iterator[tuple[int, TextIO]]:
         output.seek(0)
 
 
-@pytest.fixture
-def scaling_out(tmp_path):
-    """The Scaling out recipe, serving."""
-    with running("Scaling out", tmp_path) as served:
+@pytest.fixture(scope="module")
+def scaling_out(tmp_path_factory):
+    """The Scaling out recipe, serving: one run for the tests that only use it, each in a
+    room of its own (a run starts Redis, migrates and starts every process)."""
+    with running("Scaling out", tmp_path_factory.mktemp("scaling-out")) as served:
         yield served
 
 
@@ -133,7 +134,7 @@ def test_a_guest_in_chromium_posts_through_the_recipe_without_a_sign_in_loop(req
     """Chromium sends the Secure session cookie back to plain-HTTP loopback."""
     port, _ = scaling_out
     browser = request.getfixturevalue("chromium")  # test_browser's driver, imported above
-    _enter_chat_room(browser, f"http://127.0.0.1:{port}", "lobby")
+    _enter_chat_room(browser, f"http://127.0.0.1:{port}", "loopback")
     _post_message(browser, "hello over loopback")
     _wait(browser, lambda: "hello over loopback" in _chat_log_value(browser), "never echoed")
     assert _status(browser) == "Connected"
