@@ -2,12 +2,14 @@
 and refusing to start (one line, non-zero exit) where it could only fail or mislead."""
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -54,27 +56,50 @@ def serve_until_it_exits(env: dict[str, str], *args: str, timeout: float) -> tup
     return process.returncode, errors
 
 
-@pytest.fixture
-def served(redis_server, limits_count_from_zero, migrated_database):
+@contextlib.contextmanager
+def supervising(redis_url: str, database_url: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """serving.supervisor with two processes on a free port; its URL and process."""
     port = free_port()
     # Every socket of the bursts below comes from 127.0.0.1: lift the per-address limits.
     env = server_environment(
-        redis_server.url,
-        migrated_database,
+        redis_url,
+        database_url,
         CHAT_LIMIT_SOCKETS_PER_ADDRESS="100000/minute",
         CHAT_LIMIT_OPEN_SOCKETS_PER_ADDRESS="100000",
     )
     command = [sys.executable, "-m", "serving.supervisor", "--processes", "2", "--bind"]
     process = subprocess.Popen([*command, f"127.0.0.1:{port}"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/chat/", process, SERVER_READY_TIMEOUT_SECONDS)
-    yield url, process
-    # Longer than serve's own wait for its children, so it is never killed mid-shutdown.
-    stop_processes([process], timeout=30)
+    try:
+        wait_for_http(f"{url}/chat/", process, SERVER_READY_TIMEOUT_SECONDS)
+        yield url, process
+    finally:
+        # Longer than serve's own wait for its children, so it is never killed mid-shutdown.
+        stop_processes([process], timeout=30)
 
 
-def test_two_processes_share_one_port(served):
-    url, process = served
+@pytest.fixture
+def served(redis_server, limits_count_from_zero, migrated_database):
+    """A supervisor of the test's own, for tests that kill or stop it or count its sockets."""
+    with supervising(redis_server.url, migrated_database) as supervisor:
+        yield supervisor
+
+
+@pytest.fixture(scope="module")
+def module_supervisor(redis_server, migrated_database):
+    """One supervisor for the whole module (served_as_found)."""
+    with supervising(redis_server.url, migrated_database) as supervisor:
+        yield supervisor
+
+
+@pytest.fixture
+def served_as_found(module_supervisor, limits_count_from_zero):
+    """The module's supervisor, for tests that leave it as they found it (two children)."""
+    return module_supervisor
+
+
+def test_two_processes_share_one_port(served_as_found):
+    url, process = served_as_found
     children = {child.pid for child in psutil.Process(process.pid).children()}
     assert len(children) == 2
     assert pids_answering(url, 2) == children
@@ -162,8 +187,8 @@ STORM_SOCKETS = 1000
 STORM_ROOM_SIZE = 10
 
 
-async def test_a_storm_of_a_thousand_connections_all_get_in(served):
-    url, _ = served
+async def test_a_storm_of_a_thousand_connections_all_get_in(served_as_found):
+    url, _ = served_as_found
     raise_open_file_limit()  # this process holds a thousand sockets too
     ws_url = url.replace("http://", "ws://")
 
@@ -208,8 +233,8 @@ def test_processes_that_keep_dying_at_start_are_given_up_on_with_a_clear_message
     )
 
 
-def test_a_second_serve_on_the_same_port_refuses_to_start(served, redis_server, tmp_path):
-    url, process = served
+def test_a_second_serve_on_the_same_port_refuses_to_start(served_as_found, redis_server, tmp_path):
+    url, process = served_as_found
     port = url.rpartition(":")[2]
     env = server_environment(redis_server.url, f"sqlite:///{tmp_path / 'db.sqlite3'}")
     args = ["--processes", "2", "--bind", f"127.0.0.1:{port}"]
