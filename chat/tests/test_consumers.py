@@ -1637,7 +1637,6 @@ def _frame_of(operation: tuple, mine: list[int]) -> dict:
 
 @hypothesis.settings(
     max_examples=50,
-    deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
 @hypothesis.given(operations=_OPERATIONS)

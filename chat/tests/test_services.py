@@ -216,7 +216,7 @@ def test_author_is_a_guest_exactly_when_it_has_no_user_id():
 
 
 # Every code point, lone surrogates and controls included (st.text() leaves surrogates out).
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.text(st.characters(exclude_categories=()), min_size=1, max_size=40))
 def test_any_message_the_parser_accepts_is_stored_and_read_back_unchanged(text):
     frame = json.dumps({"message": text})
