@@ -264,9 +264,9 @@ def test_chosen_display_name_appears_on_messages_and_in_presence(browser, chat_s
 
 
 def test_killed_and_restarted_server_loses_nothing_and_duplicates_nothing(
-    browser, start_chat_server
+    browser, start_chat_server, session_chat_server
 ):
-    doomed, survivor = start_chat_server(), start_chat_server()
+    doomed, survivor = start_chat_server(), session_chat_server  # only the doomed one is killed
     _enter_chat_room(browser, doomed.url, "outage")
     _open_new_window(browser)
     _enter_chat_room(browser, survivor.url, "outage")

@@ -110,9 +110,9 @@ def assert_fits_and_shows_final_state(driver) -> bool:
 
 
 def test_a_page_away_meanwhile_shows_the_edit_and_the_deletion_once_back(
-    browser, start_chat_server
+    browser, start_chat_server, session_chat_server
 ):
-    doomed, survivor = start_chat_server(), start_chat_server()
+    doomed, survivor = start_chat_server(), session_chat_server  # only the doomed one is killed
     _enter_chat_room(browser, doomed.url, "away-edits")
     _open_new_window(browser)
     _enter_chat_room(browser, survivor.url, "away-edits")
