@@ -31,6 +31,7 @@ from . import (
     metrics,
     moderation,
     outages,
+    overload,
     permissions,
     pipeline,
     presence,
@@ -67,17 +68,11 @@ MODERATION_REASONS = {
 # when a server restarts, and a hop each cost more than their handlers. Disconnecting
 # runs on its own, after the frames taken in before it.
 BATCHED_EVENTS = frozenset({"websocket.receive"})
-# An `overloaded` refusal's retry hint is rounded up to this step (seconds).
-RETRY_AFTER_STEP_SECONDS = 0.1
 # After refusing a message as overloaded, a socket refuses its later messages until that one
 # comes back (its client_id), so that none overtakes it; at most this long, longer than the
-# room page's longest wait between retries (15 s, plus half of it in jitter).
+# room page's longest wait between retries (overload.RETRY_AFTER_MAX_SECONDS, plus a fifth
+# of it in jitter).
 ORDER_HOLD_SECONDS = 30.0
-
-
-def _rounded_up(seconds: float) -> float:
-    """Seconds rounded up to the retry hint's step (RETRY_AFTER_STEP_SECONDS)."""
-    return round(math.ceil(seconds / RETRY_AFTER_STEP_SECONDS) * RETRY_AFTER_STEP_SECONDS, 1)
 
 
 def _stored_kind(frame: protocol.StoredFrame) -> str:
@@ -117,6 +112,8 @@ class ChatConsumer(WebsocketConsumer):
     # one was: a message sent after it never overtakes it.
     hold_until = -math.inf
     held_for: str | None = None
+    # On the loop: when the held message's sender was told to send it again (overload's slot).
+    return_at = -math.inf
     # A frame's receive failed (a bug, an outage): the consumer ends with it (see __call__).
     failure: Exception | None = None
 
@@ -279,14 +276,15 @@ class ChatConsumer(WebsocketConsumer):
         (pipeline.store_queue_seconds), then, stored, in front of Redis, its broadcast
         behind the channel-layer calls not done yet (pipeline.layer_queue_seconds).
         When the two waits together are over CHAT_STORE_QUEUE_SECONDS, a message is answered with
-        `overloaded` and a retry hint and is not stored; the socket's later messages are
-        refused too until that one comes back (ORDER_HOLD_SECONDS at most; without a
-        client_id, until the hint is over), so none overtakes it. A typing signal is
+        `overloaded` and is not stored, its sender told to send it again in a slot of its own
+        (chat.overload.return_slot); the socket's later messages are refused too, with the
+        same slot, until that one comes back (ORDER_HOLD_SECONDS at most; without a
+        client_id, until its slot), so none overtakes it. A typing signal is
         dropped (stale by the time a queue that old reaches it). Pings, edits and
         deletions, and frames that are not valid, take their turn on the sync thread as ever.
         """
         now = time.monotonic()
-        waited = pipeline.store_queue_seconds() + pipeline.layer_queue_seconds()
+        waited = overload.path_wait()
         over = waited > settings.CHAT_STORE_QUEUE_SECONDS
         holding = now < self.hold_until
         if not (over or holding) or self.closing:
@@ -308,12 +306,12 @@ class ChatConsumer(WebsocketConsumer):
         if not over and comes_back:
             self.hold_until, self.held_for = -math.inf, None  # its turn: the hold is over
             return False
-        retry_after = _rounded_up(max(waited, settings.CHAT_STORE_QUEUE_SECONDS))
-        if not holding or comes_back:
+        if not holding or comes_back:  # a sender refused anew: its own slot to come back in
             self.held_for = frame.client_id
-            hold = ORDER_HOLD_SECONDS if frame.client_id is not None else retry_after
+            self.return_at = overload.return_slot(waited, now)
+            hold = ORDER_HOLD_SECONDS if frame.client_id is not None else self.return_at - now
             self.hold_until = now + hold
-        refusal = protocol.overloaded(frame.client_id, retry_after)
+        refusal = protocol.overloaded(frame.client_id, overload.retry_after(self.return_at, now))
         metrics.FRAMES_REFUSED.labels(refusal.code).inc()
         self.send_from_loop(protocol.error_frame(refusal))
         return True

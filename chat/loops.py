@@ -63,6 +63,7 @@ class LoopState:
         "lane",
         "upkeep",
         "limits",
+        "return_slots",
         "__weakref__",
     )
 
@@ -78,6 +79,7 @@ class LoopState:
         self.lane: Any = None  # chat.pipeline: bulk jobs, one at a time
         self.upkeep: Any = None  # chat.upkeep
         self.limits: dict | None = None  # chat.limits: Redis URL -> client and limiter
+        self.return_slots: Any = None  # chat.overload: when refused senders come back
 
 
 # Values never hold their loop, or it would never go.

@@ -268,6 +268,14 @@ def _batches() -> _LoopBatches:
 
 
 @sides.on_loop
+def drain_seconds_per_call() -> float:
+    """What a call has recently taken in the slower of a message's two queues (seconds): the
+    sync thread's time per call, or the channel layer's."""
+    calls = loops.of_loop().layer_calls
+    return max(_batches().wait.call_seconds, 0.0 if calls is None else calls.wait.call_seconds)
+
+
+@sides.on_loop
 def layer_queue_seconds() -> float:
     """How long this loop's channel-layer calls not done yet have waited, or will take.
 

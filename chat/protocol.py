@@ -120,7 +120,7 @@ class FrameRefused(Exception):
         # Echoed in the error event, so a client knows which of its sends was refused.
         self.client_id = client_id
         # A limit's refusal: the seconds until it lets the next one through (HTTP's Retry-After);
-        # an overload's: when to try again first (whole seconds for limits, tenths here).
+        # an overload's: when to try again first (whole seconds for limits, hundredths here).
         self.retry_after = retry_after
         # A mute's or ban's end, so a page can say it in its reader's time (None: no end).
         self.until = until

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import random
@@ -1746,6 +1747,26 @@ async def test_a_message_joining_a_queue_older_than_the_bound_is_refused_and_not
     await assert_receives_message(sender, "queued")
     await assert_no_chat(reader)
     assert await database_sync_to_async(services.last_seq)("lobby") == 1
+
+
+async def test_senders_refused_together_are_told_to_come_back_one_after_another(
+    join, settings, monkeypatch
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    per_message = 1.0  # what a message recently cost the process, as the test sets it
+    monkeypatch.setattr(pipeline, "drain_seconds_per_call", lambda: per_message)
+    senders = [await join("lobby") for _ in range(4)]
+    async with sync_thread_held():
+        await senders[0].send_json_to({"message": "queued"})
+        hints = []
+        for number, sender in enumerate(senders):
+            await sender.send_json_to({"message": "refused", "client_id": f"r{number}"})
+            hints.append((await next_frame(sender))["error"]["retry_after"])
+            # Its next message, sent before it heard: refused with the same slot.
+            await sender.send_json_to({"message": "next", "client_id": f"n{number}"})
+            assert (await next_frame(sender))["error"]["retry_after"] <= hints[-1] + 0.01
+    for before, after in itertools.pairwise(hints):
+        assert after > before + per_message / 2  # a slot each, a drained message apart
 
 
 async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_comes_back(

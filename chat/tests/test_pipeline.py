@@ -311,6 +311,13 @@ async def test_the_store_queue_wait_counts_the_work_queued_ahead_at_the_recent_t
     await asyncio.gather(holding, *queued)
 
 
+async def test_the_drain_time_per_call_is_the_slower_queues_recent_time_per_call():
+    assert pipeline.drain_seconds_per_call() == 0.0  # nothing ran yet on this loop
+    for _ in range(10):  # batches of one call that takes 10 ms at least
+        await pipeline.call_batched(time.sleep, 0.01)
+    assert pipeline.drain_seconds_per_call() > 0.008  # the store's: no layer call was made
+
+
 # --- The sync thread outlives each test: the connections a test opens there close with it ---
 
 
