@@ -9,9 +9,9 @@ clients sockets. For --seconds each client "types" --rate messages a second; the
 types no more, and the run waits (at most --drain-seconds) until every typed message
 reached every socket of its room. Each client behaves as the room page does
 (chat/static/chat/room.js): a message refused with `overloaded` is sent again, with its
-client_id, after the error's retry_after, doubled at each refusal in a row and jittered
-upwards, up to 15 s; meanwhile the client sends nothing, and then what it holds goes in
-the order typed. So nothing typed may be lost or stored twice.
+client_id, after the error's retry_after (the server's slot for it, 15 s at most);
+meanwhile the client sends nothing, and then what it holds goes in the order typed. So
+nothing typed may be lost or stored twice.
 
 It prints, beside the tutorial's consumer (benchmarks.reference: stores nothing, refuses
 nothing) on the same machine in the same run: the p99 of accepted messages (from the
@@ -42,9 +42,8 @@ APPLICATION = "mysite.asgi:application"
 REFERENCE_APPLICATION = "benchmarks.reference:application"
 CONNECT_TIMEOUT_SECONDS = 30
 DRAIN_POLL_SECONDS = 0.5
-# As the room page (room.js: BUSY_RETRY_MAX_MS, BUSY_JITTER).
+# As the room page (room.js: BUSY_RETRY_MAX_MS).
 BUSY_RETRY_MAX_SECONDS = 15.0
-BUSY_JITTER = 0.5
 # Refusals the page sends again after RETRY_SECONDS (room.js: RATE_LIMITED_RETRY_MS): a
 # store that met another process's SQLite write lock for DATABASE_LOCK_TIMEOUT_SECONDS.
 RETRIED_AS_THE_PAGE_DOES = frozenset({"store_failed", "rate_limited"})
@@ -62,7 +61,6 @@ class Client:
     ws: websockets.ClientConnection
     outbox: dict[str, bool] = field(default_factory=dict)  # client_id -> sent, in typed order
     busy: asyncio.TimerHandle | None = None
-    refusals_in_a_row: int = 0
     last_seen: dict[str, int] = field(default_factory=dict)  # sender -> its last number seen
 
 
@@ -125,9 +123,7 @@ class Overload:
         client.outbox[error["client_id"]] = False
         if client.busy is not None:
             return
-        wait = min(error["retry_after"] * 2**client.refusals_in_a_row, BUSY_RETRY_MAX_SECONDS)
-        client.refusals_in_a_row += 1
-        wait *= 1 + BUSY_JITTER * random.random()
+        wait = min(error["retry_after"], BUSY_RETRY_MAX_SECONDS)
         client.busy = asyncio.get_running_loop().call_later(wait, self._after_busy, client)
 
     def _retry(self, client: Client, client_id: str):
@@ -191,7 +187,6 @@ class Overload:
         client.last_seen[sender] = int(number)
         if client_id in client.outbox and sender == f"{client.room}-{client.index}":
             del client.outbox[client_id]
-            client.refusals_in_a_row = 0
 
     async def _read_gap(self, client: Client, after: int, until: int) -> list[str]:
         """The texts of the room's messages (after, until], read page by page over HTTP."""

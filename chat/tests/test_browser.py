@@ -1466,6 +1466,48 @@ def test_the_page_retries_a_message_refused_as_overloaded_until_it_is_delivered_
     assert _stored_texts(server.url, "busy") == expected  # stored once each
 
 
+# Records each wait the page takes after `overloaded` (its sendAfterBusy timers) and counts
+# those that are over.
+RECORD_BUSY_WAITS = """
+window.busyWaits = [];
+window.busyOver = 0;
+const realSetTimeout = window.setTimeout;
+window.setTimeout = function (callback, delay, ...rest) {
+    if (callback.name !== 'sendAfterBusy') {
+        return realSetTimeout(callback, delay, ...rest);
+    }
+    window.busyWaits.push(delay);
+    return realSetTimeout(() => { window.busyOver += 1; callback(); }, delay);
+};
+"""
+
+
+def test_the_page_waits_as_long_as_each_overloaded_hint_says_however_many_in_a_row(
+    browser, chat_server
+):
+    _enter_chat_room(browser, chat_server, "hinted")
+    browser.execute_script(NEVER_OPENS + "chatClient.socket().close()")
+    _wait(browser, lambda: "Reconnecting" in _status(browser))
+    _post_message(browser, "refused again and again")
+    client_id = browser.execute_script("return document.querySelector('.pending').dataset.clientId")
+    browser.execute_script(RECORD_BUSY_WAITS)
+    hints = [0.25, 0.25, 0.25, 0.5]  # the server's slots for this page, refused each time
+    for refusals, hint in enumerate(hints, start=1):
+        refusal = {
+            "code": "overloaded",
+            "detail": "Busy.",
+            "retry_after": hint,
+            "client_id": client_id,
+        }
+        browser.execute_script(  # as the server answers a send it refuses
+            "chatClient.socket().onmessage({data: JSON.stringify({error: arguments[0]})})", refusal
+        )
+        _wait(browser, lambda: browser.execute_script("return window.busyOver") == refusals)  # noqa: B023
+    # Neither doubled nor jittered: the server already spread the refused pages.
+    assert browser.execute_script("return window.busyWaits") == [1000 * hint for hint in hints]
+    assert _pending(browser)[0]["delivery"] == "sending…"  # it goes once connected
+
+
 def test_messages_from_history_and_catch_up_reach_other_scripts_marked_history(
     browser, chat_server_process
 ):

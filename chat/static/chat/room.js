@@ -35,9 +35,9 @@
 // messages that arrive meanwhile until the gap before them is filled: every message once,
 // in order. A message over the server's limits (json_script "chat-limits") is never sent:
 // it stays in the input, with the reason. A message the server refuses as `overloaded` shows
-// "Server busy, retrying…" and goes again by itself after the error's retry_after, doubled
-// at each refusal in a row and jittered upwards (never sooner than the server asked), up
-// to 15 s; meanwhile nothing else goes out, and then the waiting ones go in the order they
+// "Server busy, retrying…" and goes again by itself after the error's retry_after (the
+// server's slot for this page, from what it drains: neither doubled nor grown here, 15 s
+// at most); meanwhile nothing else goes out, and then the waiting ones go in the order they
 // were typed, each with its client_id: stored once, in order.
 //
 // Edits and deletions (docs/protocol.md, 'Edits and deletions'): the reader's own messages
@@ -67,10 +67,10 @@
     const BACKOFF_FIRST_MS = 500;
     const BACKOFF_MAX_MS = 15000;
     const RATE_LIMITED_RETRY_MS = 1000;
-    // After `overloaded`: the retry_after hint doubled at each refusal in a row, up to this,
-    // plus up to this share of it at random, so that refused pages do not come back together.
+    // After `overloaded`: the wait is the server's retry_after, which already spreads the
+    // refused pages over what it drains (docs/protocol.md, overloaded); at most this long,
+    // the server's own longest hint, so that no hint can strand the page.
     const BUSY_RETRY_MAX_MS = 15000;
-    const BUSY_JITTER = 0.5;
     // A connection that stayed up this long was not dropped for something it sent.
     const HEALTHY_AFTER_MS = 5000;
     // Close codes after which the server wants the page back at once (docs/protocol.md, close codes):
@@ -212,7 +212,6 @@
     let fillingChanges = false; // changes the socket left out are being read over HTTP
     const changesWaiting = new Map();  // id -> the newest change of a message not shown yet
     let busyTimer = null;       // after `overloaded`: nothing goes out until it fires
-    let busyRefusals = 0;       // `overloaded` refusals since the last message went through
     const pending = new Map();  // client_id -> {frame, text, element}, in the order typed
     const sentIds = loadSentIds();  // client_id -> id the server stored it under
 
@@ -785,10 +784,9 @@
         if (busyTimer !== null) {
             return;  // one sent before the first refusal reached us: it goes with the rest
         }
-        const hint = Math.max(Number(error.retry_after) || 0, 0.1) * 1000;
-        const wait = Math.min(hint * 2 ** busyRefusals, BUSY_RETRY_MAX_MS);
-        busyRefusals += 1;
-        busyTimer = setTimeout(sendAfterBusy, wait * (1 + BUSY_JITTER * Math.random()));
+        const asked = Number(error.retry_after) * 1000;  // NaN without a hint
+        const wait = asked > 0 ? Math.min(asked, BUSY_RETRY_MAX_MS) : RATE_LIMITED_RETRY_MS;
+        busyTimer = setTimeout(sendAfterBusy, wait);
     }
 
     function sendAfterBusy() {
@@ -898,7 +896,6 @@
             rememberSent(data.client_id, data.id);
             pending.get(data.client_id).element.remove();
             pending.delete(data.client_id);
-            busyRefusals = 0;
             showOutbox();
             clearError();  // a success: whatever went wrong before is over
         }
