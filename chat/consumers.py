@@ -274,13 +274,13 @@ class ChatConsumer(WebsocketConsumer):
 
         A message accepted now waits in two queues of this process: in front of the store
         (pipeline.store_queue_seconds), then, stored, in front of Redis, its broadcast
-        behind the channel-layer calls not done yet (pipeline.layer_queue_seconds).
-        When the two waits together are over CHAT_STORE_QUEUE_SECONDS, a message is answered with
-        `overloaded` and is not stored, its sender told to send it again in a slot of its own
-        (chat.overload.return_slot); the socket's later messages are refused too, with the
-        same slot, until that one comes back (ORDER_HOLD_SECONDS at most; without a
-        client_id, until its slot), so none overtakes it. A typing signal is
-        dropped (stale by the time a queue that old reaches it). Pings, edits and
+        behind the channel-layer calls not done yet (pipeline.layer_queue_seconds): see
+        chat.overload.path_wait. When that wait is over CHAT_STORE_QUEUE_SECONDS, a message
+        is answered with `overloaded` and is not stored, its sender told to send it again in
+        a slot of its own (chat.overload.return_slot); the socket's later messages are
+        refused too, with the same slot, until that one comes back (ORDER_HOLD_SECONDS at
+        most; without a client_id, until its slot), so none overtakes it. A typing signal
+        is dropped (stale by the time a queue that old reaches it). Pings, edits and
         deletions, and frames that are not valid, take their turn on the sync thread as ever.
         """
         now = time.monotonic()

@@ -42,12 +42,11 @@ class QueueWait:
         """Count a call's time (or a batch's time per call) in the recent time per call."""
         self.call_seconds += RECENT_CALL_WEIGHT * (seconds - self.call_seconds)
 
-    def waited(self, oldest_since: float | None, count: int) -> float:
-        """The wait of `count` calls, the oldest queued at `oldest_since` (time.monotonic();
-        None when none waits), in seconds."""
-        if oldest_since is None:
-            return 0.0
-        return max(time.monotonic() - oldest_since, count * self.call_seconds)
+    def waited(self, oldest_since: float | None, count: int, ahead: float = 0.0) -> float:
+        """The wait of a call behind `count` calls, the oldest queued at `oldest_since`
+        (time.monotonic(); None when none waits), and `ahead` seconds of work before them."""
+        oldest = 0.0 if oldest_since is None else time.monotonic() - oldest_since
+        return max(oldest, ahead + count * self.call_seconds)
 
 
 class LoopState:

@@ -42,8 +42,17 @@ class ReturnSlots:
 
 @sides.on_loop
 def path_wait() -> float:
-    """How long a message accepted now would wait in this process's queues (seconds)."""
-    return pipeline.store_queue_seconds() + pipeline.layer_queue_seconds()
+    """How long a message accepted now would wait in this process's queues (seconds).
+
+    Its wait to be stored and the broadcasts' queue's then, or, if the broadcasts are the
+    slower, theirs with the broadcasts of every call ahead of it for the sync thread (each
+    may be a message): they join the layer's queue before its own.
+    """
+    layer = pipeline.layer_queue_seconds
+    return max(
+        pipeline.store_queue_seconds() + layer(),
+        layer(behind=pipeline.store_queue_calls()),
+    )
 
 
 @sides.on_loop
@@ -71,3 +80,9 @@ def retry_after(slot: float, now: float | None = None) -> float:
     now = time.monotonic() if now is None else now
     steps = math.ceil(max(slot - now, 0.0) / RETRY_AFTER_STEP_SECONDS + random.random())
     return round(max(steps, 1) * RETRY_AFTER_STEP_SECONDS, 2)
+
+
+@sides.on_loop
+def clear_for_testing():
+    """Forget this loop's schedule of returns."""
+    loops.of_loop().return_slots = None

@@ -134,8 +134,9 @@ class _LoopBatches:
         # When the oldest call of `waiting` joined it (time.monotonic()); None while empty.
         self.waiting_since: float | None = None
         self.wait = loops.QueueWait()  # of the calls waiting for the sync thread
-        # When the running batch started (time.monotonic()).
+        # When the running batch started (time.monotonic()), and how many calls it has.
         self.running_since = 0.0
+        self.running = 0
 
     @sides.on_loop
     def submit(self, function, args: tuple) -> asyncio.Future:
@@ -150,8 +151,17 @@ class _LoopBatches:
 
     @sides.on_loop
     def waited(self) -> float:
-        """How long the calls waiting for the sync thread have waited, or will take there."""
-        return self.wait.waited(self.waiting_since, len(self.waiting))
+        """How long a call made now waits for the sync thread: the waiting calls' wait, with
+        what is left of the running batch ahead of them at the recent time per call (a call
+        made now waits for it to end too, and a bound blind to it let one batch's time in)."""
+        running_left = self.running_since + self.running * self.wait.call_seconds
+        ahead = max(running_left - time.monotonic(), 0.0)
+        return self.wait.waited(self.waiting_since, len(self.waiting), ahead)
+
+    @sides.on_loop
+    def calls_ahead(self) -> int:
+        """How many calls a call made now comes after: the running batch's and the waiting."""
+        return self.running + len(self.waiting)
 
     @sides.on_loop
     def _start_soon(self):
@@ -162,7 +172,7 @@ class _LoopBatches:
     @sides.on_loop
     def _start(self):
         calls, self.waiting, self.waiting_since = self.waiting, [], None
-        self.running_since = time.monotonic()
+        self.running_since, self.running = time.monotonic(), len(calls)
         start_logged_task(self._run(calls))
 
     async def _run(self, calls: list):
@@ -176,6 +186,7 @@ class _LoopBatches:
             outcomes = [(None, error)] * len(calls)
             raise
         finally:
+            self.running = 0
             _settle(calls, outcomes)
             if self.waiting:
                 self._start_soon()
@@ -256,8 +267,15 @@ def submit_batched(function, *args) -> asyncio.Future:
 @sides.on_loop
 def store_queue_seconds() -> float:
     """How long the calls waiting for this loop's sync thread have waited, or will take there
-    (seconds): the oldest one's wait so far, or their work at the recent time per call."""
+    (seconds): the oldest one's wait so far, or the work ahead of a call made now (the
+    running batch's rest, then the waiting calls) at the recent time per call."""
     return _batches().waited()
+
+
+@sides.on_loop
+def store_queue_calls() -> int:
+    """How many calls for this loop's sync thread a call made now comes after."""
+    return _batches().calls_ahead()
 
 
 def _batches() -> _LoopBatches:
@@ -276,16 +294,17 @@ def drain_seconds_per_call() -> float:
 
 
 @sides.on_loop
-def layer_queue_seconds() -> float:
+def layer_queue_seconds(behind: int = 0) -> float:
     """How long this loop's channel-layer calls not done yet have waited, or will take.
 
     The oldest one's wait so far, or the calls' work at the recent time per call, whichever
     is longer (seconds; 0 when none waits): a broadcast made now is done after all of them,
-    and a burst of calls made at once has waited for nothing yet. The layers count their
-    calls (mysite.channel_layers) in the loop's state.
+    and a burst of calls made at once has waited for nothing yet. With `behind` calls more
+    made before it (the broadcasts of the messages stored ahead of one), their work too.
+    The layers count their calls (mysite.channel_layers) in the loop's state.
     """
     calls = loops.of_loop().layer_calls
-    return 0.0 if calls is None else calls.waited()
+    return 0.0 if calls is None else calls.waited(behind)
 
 
 async def call_batched_whole(function, *args):

@@ -95,10 +95,11 @@ class _LayerCalls:
         self.wait.took(now - max(made, self.last_done))
         self.last_done = now
 
-    def waited(self) -> float:
-        """The oldest call's wait so far, or the calls' work at the recent time per call."""
+    def waited(self, behind: int = 0) -> float:
+        """The oldest call's wait so far, or the calls' work at the recent time per call,
+        with `behind` calls more (to be made ahead of the one asked about)."""
         oldest = next(iter(self.made.values()), None)
-        return self.wait.waited(oldest, len(self.made))
+        return self.wait.waited(oldest, len(self.made) + behind)
 
 
 def _layer_calls() -> _LayerCalls:

@@ -1451,7 +1451,7 @@ def test_the_page_retries_a_message_refused_as_overloaded_until_it_is_delivered_
     _wait(browser, lambda: _rich_texts(browser) == ["first"])
     with room_locked_outside(server.env["DATABASE_URL"], "busy"):
         _post_message(browser, "held by the lock")  # holds the server's sync thread
-        _post_message(browser, "queued behind it")  # waits in front of the store
+        _post_message(browser, "queued behind it")  # any wait is over the bound: refused
         _post_message(browser, "refused")  # would join a queue that waited: overloaded
         _wait(
             browser,

@@ -34,7 +34,18 @@ from django.db import DatabaseError, IntegrityError, OperationalError, connectio
 from django.test.utils import CaptureQueriesContext
 from hypothesis import strategies as st
 
-from chat import commits, pipeline, presence, protocol, rooms, services, sides, stalls, upkeep
+from chat import (
+    commits,
+    overload,
+    pipeline,
+    presence,
+    protocol,
+    rooms,
+    services,
+    sides,
+    stalls,
+    upkeep,
+)
 from chat.consumers import ChatConsumer
 from chat.models import Message, Room
 from chat.stalls import COOL_OFF_FACTOR
@@ -1707,6 +1718,11 @@ async def _run(readers: list[_Reader], operations: list[tuple], room: str):
 # --- Overload: a bound in time on the queue in front of the store ---------------------------
 
 
+# The bound the tests of a held sync thread set: a message sent behind the held call alone
+# waits far less; one sent once the message queued behind it waited this long is refused.
+HELD_BOUND_SECONDS = 0.2
+
+
 @contextlib.asynccontextmanager
 async def sync_thread_held():
     """Hold the sync thread (a call in a batch, as a slow store would) until the block ends."""
@@ -1717,6 +1733,13 @@ async def sync_thread_held():
     finally:
         release.set()
         await holding
+
+
+async def until_over_the_bound():
+    """Wait until a message sent now would wait over HELD_BOUND_SECONDS: the queue grew."""
+    async with asyncio.timeout(5):
+        while overload.path_wait() <= HELD_BOUND_SECONDS:
+            await asyncio.sleep(0.01)
 
 
 async def send_as_a_client_retries(socket, text: str, client_id: str) -> dict:
@@ -1733,10 +1756,11 @@ async def send_as_a_client_retries(socket, text: str, client_id: str) -> dict:
 async def test_a_message_joining_a_queue_older_than_the_bound_is_refused_and_not_stored(
     join, settings
 ):
-    settings.CHAT_STORE_QUEUE_SECONDS = 0  # any wait is over the bound
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     sender, reader = await join("lobby"), await join("lobby")
     async with sync_thread_held():
         await sender.send_json_to({"message": "queued", "client_id": "first"})
+        await until_over_the_bound()
         await sender.send_json_to({"message": "refused", "client_id": "second"})
         # At once, while the message before it still waits: refused on the loop.
         error = (await next_frame(sender))["error"]
@@ -1752,12 +1776,13 @@ async def test_a_message_joining_a_queue_older_than_the_bound_is_refused_and_not
 async def test_senders_refused_together_are_told_to_come_back_one_after_another(
     join, settings, monkeypatch
 ):
-    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     per_message = 1.0  # what a message recently cost the process, as the test sets it
     monkeypatch.setattr(pipeline, "drain_seconds_per_call", lambda: per_message)
     senders = [await join("lobby") for _ in range(4)]
     async with sync_thread_held():
         await senders[0].send_json_to({"message": "queued"})
+        await until_over_the_bound()
         hints = []
         for number, sender in enumerate(senders):
             await sender.send_json_to({"message": "refused", "client_id": f"r{number}"})
@@ -1767,15 +1792,17 @@ async def test_senders_refused_together_are_told_to_come_back_one_after_another(
             assert (await next_frame(sender))["error"]["retry_after"] <= hints[-1] + 0.01
     for before, after in itertools.pairwise(hints):
         assert after > before + per_message / 2  # a slot each, a drained message apart
+    overload.clear_for_testing()  # the next test's senders are not sent after these
 
 
 async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_comes_back(
     join, settings
 ):
-    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     sender, reader = await join("lobby"), await join("lobby")
     async with sync_thread_held():
         await sender.send_json_to({"message": "queued"})
+        await until_over_the_bound()
         await sender.send_json_to({"message": "refused", "client_id": "a"})
         assert (await next_frame(sender))["error"]["code"] == "overloaded"
     await assert_receives_message(reader, "queued")
@@ -1792,10 +1819,11 @@ async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_come
 
 
 async def test_a_refused_message_sent_again_with_its_client_id_is_stored_once(join, settings):
-    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     sender, reader = await join("lobby"), await join("lobby")
     async with sync_thread_held():
         await sender.send_json_to({"message": "queued"})
+        await until_over_the_bound()
         await sender.send_json_to({"message": "again", "client_id": "kept"})
         assert (await next_frame(sender))["error"]["code"] == "overloaded"
     await assert_receives_message(reader, "queued")
@@ -1807,10 +1835,11 @@ async def test_a_refused_message_sent_again_with_its_client_id_is_stored_once(jo
 
 
 async def test_under_overload_pings_are_answered_and_typing_is_dropped(join, settings):
-    settings.CHAT_STORE_QUEUE_SECONDS = 0
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     typer, reader = await join("lobby"), await join("lobby")
     async with sync_thread_held():
         await typer.send_json_to({"message": "queued"})
+        await until_over_the_bound()
         await typer.send_json_to({"typing": True})
         await typer.send_json_to({"ping": True})
     # The pong is sent as the ping is handled; the message goes round the room first.

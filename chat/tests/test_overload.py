@@ -8,10 +8,37 @@ from chat import overload, pipeline
 PER_MESSAGE = 0.004
 
 
+@pytest.fixture(autouse=True)
+async def no_sender_refused_yet():
+    """Each test starts with no slot given on its loop."""
+    overload.clear_for_testing()
+
+
 @pytest.fixture
 def drain(monkeypatch):
     """The process drains a message every PER_MESSAGE seconds, whatever ran before."""
     monkeypatch.setattr(pipeline, "drain_seconds_per_call", lambda: PER_MESSAGE)
+
+
+def queues(monkeypatch, store: float, calls_ahead: int, layer: float):
+    """The store's queue waits `store` s with `calls_ahead` calls; the layer's, `layer` s with
+    nothing made, and PER_MESSAGE a call."""
+    monkeypatch.setattr(pipeline, "store_queue_seconds", lambda: store)
+    monkeypatch.setattr(pipeline, "store_queue_calls", lambda: calls_ahead)
+    monkeypatch.setattr(
+        pipeline, "layer_queue_seconds", lambda behind=0: max(layer, behind * PER_MESSAGE)
+    )
+
+
+async def test_a_message_waits_to_be_stored_then_for_the_broadcasts_ahead_of_it(monkeypatch):
+    queues(monkeypatch, store=0.3, calls_ahead=10, layer=0.2)
+    assert overload.path_wait() == pytest.approx(0.5)
+
+
+async def test_a_message_waits_for_the_broadcasts_of_every_call_stored_ahead_of_it(monkeypatch):
+    # Stored quickly, but behind 200 messages whose broadcasts go first, at 4 ms each.
+    queues(monkeypatch, store=0.1, calls_ahead=200, layer=0.0)
+    assert overload.path_wait() == pytest.approx(200 * PER_MESSAGE)
 
 
 async def test_the_first_refused_sender_comes_back_when_the_queue_is_back_under_the_bound(

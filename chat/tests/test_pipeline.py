@@ -311,8 +311,27 @@ async def test_the_store_queue_wait_counts_the_work_queued_ahead_at_the_recent_t
     await asyncio.gather(holding, *queued)
 
 
+async def test_the_store_queue_wait_counts_what_is_left_of_the_running_batch():
+    for _ in range(10):  # batches of one call that takes 10 ms at least
+        await pipeline.call_batched(time.sleep, 0.01)
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(30)
+
+    batch = [pipeline.submit_batched(hold)]
+    batch += [pipeline.submit_batched(time.monotonic) for _ in range(199)]
+    assert await asyncio.to_thread(started.wait, 5)  # the batch runs: none of its calls waits
+    # Yet a call made now comes after the batch's 200 calls, at about 9 ms each.
+    assert pipeline.store_queue_seconds() > 0.5
+    assert pipeline.store_queue_calls() == 200
+    release.set()
+    await asyncio.gather(*batch)
+    assert (pipeline.store_queue_calls(), pipeline.store_queue_seconds()) == (0, 0.0)
+
+
 async def test_the_drain_time_per_call_is_the_slower_queues_recent_time_per_call():
-    assert pipeline.drain_seconds_per_call() == 0.0  # nothing ran yet on this loop
     for _ in range(10):  # batches of one call that takes 10 ms at least
         await pipeline.call_batched(time.sleep, 0.01)
     assert pipeline.drain_seconds_per_call() > 0.008  # the store's: no layer call was made

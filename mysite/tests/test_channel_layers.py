@@ -338,3 +338,22 @@ async def test_the_layer_queue_counts_calls_made_at_once_at_the_recent_time_per_
     answered.set()
     await asyncio.gather(*burst)
     assert layer_queue_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "unbounded_class"),
+    [(PubSubLayer, RedisPubSubLoopLayer), (RedisLayer, RedisChannelLayer)],
+)
+async def test_the_layer_queue_counts_calls_still_to_be_made_ahead_at_the_recent_time_per_call(
+    monkeypatch, layer_class, unbounded_class
+):
+    async def call_redis(self, group, message):
+        time.sleep(0.01)  # a call that takes 10 ms at least
+
+    monkeypatch.setattr(unbounded_class, "group_send", call_redis)
+    layer = layer_class(hosts=[ONE])
+    for _ in range(10):
+        await layer.group_send("slow", {})
+    assert layer_queue_seconds() == 0  # none waits...
+    # ...but the broadcasts of 100 messages stored ahead of one will: about 9 ms each.
+    assert layer_queue_seconds(behind=100) > 0.5
