@@ -107,11 +107,11 @@ class ChatConsumer(WebsocketConsumer):
     address_kept = False
     # On the loop: the outcome of the last frame taken in for receive, while it may be pending.
     receiving: asyncio.Future | None = None
-    # On the loop: until then (time.monotonic()), or until the refused message `held_for`
-    # (its client_id) comes back, the socket's messages are refused as overloaded, as that
-    # one was: a message sent after it never overtakes it.
+    # On the loop: until then (time.monotonic()), or until every message refused meanwhile
+    # (`held`: their client_ids, in the order refused) came back in that order, the socket's
+    # messages are refused as overloaded, as the first was: none overtakes one refused before.
     hold_until = -math.inf
-    held_for: str | None = None
+    held: list[str] | None = None
     # On the loop: when the held message's sender was told to send it again (overload's slot).
     return_at = -math.inf
     # A frame's receive failed (a bug, an outage): the consumer ends with it (see __call__).
@@ -278,10 +278,12 @@ class ChatConsumer(WebsocketConsumer):
         chat.overload.path_wait. When that wait is over CHAT_STORE_QUEUE_SECONDS, a message
         is answered with `overloaded` and is not stored, its sender told to send it again in
         a slot of its own (chat.overload.return_slot); the socket's later messages are
-        refused too, with the same slot, until that one comes back (ORDER_HOLD_SECONDS at
-        most; without a client_id, until its slot), so none overtakes it. A typing signal
-        is dropped (stale by the time a queue that old reaches it). Pings, edits and
-        deletions, and frames that are not valid, take their turn on the sync thread as ever.
+        refused too, with the same slot, until every one refused came back, in the order
+        refused (ORDER_HOLD_SECONDS at most; without a client_id, until its slot), so none
+        overtakes one refused before it, even one whose refusal the client read late. A
+        typing signal is dropped (stale by the time a queue that old reaches it). Pings,
+        edits and deletions, and frames that are not valid, take their turn on the sync
+        thread as ever.
         """
         now = time.monotonic()
         waited = overload.path_wait()
@@ -302,15 +304,21 @@ class ChatConsumer(WebsocketConsumer):
             return over
         if not isinstance(frame, protocol.ChatFrame):
             return False  # a ping, an edit or a deletion: each takes its turn
-        comes_back = holding and frame.client_id is not None and frame.client_id == self.held_for
+        held = self.held if holding else None
+        comes_back = bool(held) and frame.client_id == held[0]
         if not over and comes_back:
-            self.hold_until, self.held_for = -math.inf, None  # its turn: the hold is over
+            held.pop(0)  # its turn: the next one refused must come back next
+            if not held:
+                self.hold_until, self.held = -math.inf, None  # all back: the hold is over
             return False
         if not holding or comes_back:  # a sender refused anew: its own slot to come back in
-            self.held_for = frame.client_id
             self.return_at = overload.return_slot(waited, now)
+        if not holding:
+            self.held = held = []
             hold = ORDER_HOLD_SECONDS if frame.client_id is not None else self.return_at - now
             self.hold_until = now + hold
+        if frame.client_id is not None and frame.client_id not in held:
+            held.append(frame.client_id)
         refusal = protocol.overloaded(frame.client_id, overload.retry_after(self.return_at, now))
         metrics.FRAMES_REFUSED.labels(refusal.code).inc()
         self.send_from_loop(protocol.error_frame(refusal))

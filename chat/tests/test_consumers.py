@@ -1818,6 +1818,31 @@ async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_come
     assert [(await next_frame(reader))["message"] for _ in range(2)] == ["refused", "sent next"]
 
 
+async def test_no_message_overtakes_one_refused_before_it_whose_refusal_was_read_late(
+    join, settings
+):
+    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
+    sender, reader = await join("lobby"), await join("lobby")
+    async with sync_thread_held():
+        await sender.send_json_to({"message": "queued"})
+        await until_over_the_bound()
+        for client_id in "ab":  # b sent before the client heard that a was refused
+            await sender.send_json_to({"message": client_id, "client_id": client_id})
+            assert (await next_frame(sender))["error"]["code"] == "overloaded"
+    await assert_receives_message(reader, "queued")
+    await assert_receives_message(sender, "queued")
+    # The client sends a again, then, not having read b's refusal yet, a new message c.
+    for client_id in "ac":
+        await sender.send_json_to({"message": client_id, "client_id": client_id})
+    await assert_receives_message(reader, "a")
+    frames = [await next_frame(sender, timeout=10) for _ in range(2)]  # a's echo, c's answer
+    errors = [frame["error"] for frame in frames if "error" in frame]
+    assert [(error["code"], error["client_id"]) for error in errors] == [("overloaded", "c")]
+    for client_id in "bc":  # then both, in the order typed
+        await sender.send_json_to({"message": client_id, "client_id": client_id})
+    assert [(await next_frame(reader))["message"] for _ in range(2)] == ["b", "c"]
+
+
 async def test_a_refused_message_sent_again_with_its_client_id_is_stored_once(join, settings):
     settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     sender, reader = await join("lobby"), await join("lobby")
