@@ -311,13 +311,18 @@ class ChatConsumer(WebsocketConsumer):
             if not held:
                 self.hold_until, self.held = -math.inf, None  # all back: the hold is over
             return False
-        if not holding or comes_back:  # a sender refused anew: its own slot to come back in
-            self.return_at = overload.return_slot(waited, now)
-        if not holding:
+        new = frame.client_id is not None and frame.client_id not in (held or ())
+        if not holding:  # a sender refused anew: its own slot to come back in
             self.held = held = []
+            self.return_at = overload.return_slot(waited, 1, now)
             hold = ORDER_HOLD_SECONDS if frame.client_id is not None else self.return_at - now
             self.hold_until = now + hold
-        if frame.client_id is not None and frame.client_id not in held:
+        elif comes_back:  # back while still over: a new slot, for all that it holds
+            self.return_at = overload.return_slot(waited, len(held), now)
+            self.hold_until = now + ORDER_HOLD_SECONDS
+        elif new:
+            overload.reserve_return()  # one more message it will send again in its slot
+        if new:
             held.append(frame.client_id)
         refusal = protocol.overloaded(frame.client_id, overload.retry_after(self.return_at, now))
         metrics.FRAMES_REFUSED.labels(refusal.code).inc()

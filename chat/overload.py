@@ -56,22 +56,35 @@ def path_wait() -> float:
 
 
 @sides.on_loop
-def return_slot(waited: float, now: float | None = None) -> float:
-    """When a sender refused now, the queue having waited `waited`, should send again.
+def return_slot(waited: float, messages: int = 1, now: float | None = None) -> float:
+    """When a sender refused now, the queue having waited `waited`, should send again its
+    `messages` refused messages.
 
     A time.monotonic(): its own slot, after the queue is back under the bound (and not
-    before RETRY_AFTER_MIN_SECONDS), one message's recent drain time
-    (pipeline.drain_seconds_per_call) after the slot of the sender refused before it.
+    before RETRY_AFTER_MIN_SECONDS) and after the messages of the senders refused before
+    it, at the recent drain time per message (pipeline.drain_seconds_per_call): a client
+    comes back with all it was refused, not one.
     """
     now = time.monotonic() if now is None else now
+    slots = _slots()
+    back_under = max(waited - settings.CHAT_STORE_QUEUE_SECONDS, RETRY_AFTER_MIN_SECONDS)
+    slot = min(max(now + back_under, slots.next_free), now + RETRY_AFTER_MAX_SECONDS)
+    slots.next_free = slot + messages * pipeline.drain_seconds_per_call()
+    return slot
+
+
+@sides.on_loop
+def reserve_return():
+    """One more message refused to a sender that has its slot: it will send it again then,
+    so the senders refused after it come back one message's drain time later."""
+    _slots().next_free += pipeline.drain_seconds_per_call()
+
+
+def _slots() -> ReturnSlots:
     state = loops.of_loop()
     if state.return_slots is None:
         state.return_slots = ReturnSlots()
-    slots = state.return_slots
-    back_under = max(waited - settings.CHAT_STORE_QUEUE_SECONDS, RETRY_AFTER_MIN_SECONDS)
-    slot = min(max(now + back_under, slots.next_free), now + RETRY_AFTER_MAX_SECONDS)
-    slots.next_free = slot + pipeline.drain_seconds_per_call()
-    return slot
+    return state.return_slots
 
 
 def retry_after(slot: float, now: float | None = None) -> float:

@@ -45,21 +45,33 @@ async def test_the_first_refused_sender_comes_back_when_the_queue_is_back_under_
     drain, settings
 ):
     settings.CHAT_STORE_QUEUE_SECONDS = 0.5
-    assert overload.return_slot(waited=2.0, now=100.0) == pytest.approx(101.5)
+    assert overload.return_slot(2.0, now=100.0) == pytest.approx(101.5)
 
 
 async def test_refused_senders_come_back_one_drained_message_apart(drain, settings):
     settings.CHAT_STORE_QUEUE_SECONDS = 0.5
-    slots = [overload.return_slot(waited=0.6, now=100.0) for _ in range(5)]
+    slots = [overload.return_slot(0.6, now=100.0) for _ in range(5)]
     first = 100.0 + overload.RETRY_AFTER_MIN_SECONDS  # the queue is nearly under the bound
     assert slots == pytest.approx([first + n * PER_MESSAGE for n in range(5)])
     # Once the slots are past, a sender refused then is not sent after them for nothing.
-    assert overload.return_slot(waited=0.6, now=200.0) == pytest.approx(first + 100)
+    assert overload.return_slot(0.6, now=200.0) == pytest.approx(first + 100)
+
+
+async def test_a_sender_comes_back_after_every_message_refused_to_those_before_it(drain, settings):
+    settings.CHAT_STORE_QUEUE_SECONDS = 0.5
+    first = overload.return_slot(0.6, now=100.0)
+    for _ in range(9):  # nine more messages refused to that sender, each to come back
+        overload.reserve_return()
+    later = overload.return_slot(0.6, now=100.0)
+    assert later == pytest.approx(first + 10 * PER_MESSAGE)
+    # A sender back too soon with 20 refused messages: the next one comes after all of them.
+    again = overload.return_slot(0.6, 20, now=100.0)
+    assert overload.return_slot(0.6, now=100.0) == pytest.approx(again + 20 * PER_MESSAGE)
 
 
 async def test_no_sender_is_told_to_wait_longer_than_the_longest_hint(drain, settings):
     settings.CHAT_STORE_QUEUE_SECONDS = 0.5
-    slot = overload.return_slot(waited=1000.0, now=100.0)
+    slot = overload.return_slot(1000.0, now=100.0)
     assert slot == 100.0 + overload.RETRY_AFTER_MAX_SECONDS
 
 
