@@ -1796,18 +1796,26 @@ async def test_senders_refused_together_are_told_to_come_back_one_after_another(
     overload.clear_for_testing()  # the next test's senders are not sent after these
 
 
-async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_comes_back(
-    join, settings
-):
+async def refused_behind_a_queue(join, settings, texts: dict) -> tuple:
+    """A sender and a reader in the lobby, the sender's messages ({client_id: text}) refused
+    as `overloaded` behind a queued one over the bound, that one then delivered to both."""
     settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
     sender, reader = await join("lobby"), await join("lobby")
     async with sync_thread_held():
         await sender.send_json_to({"message": "queued"})
         await until_over_the_bound()
-        await sender.send_json_to({"message": "refused", "client_id": "a"})
-        assert (await next_frame(sender))["error"]["code"] == "overloaded"
+        for client_id, text in texts.items():
+            await sender.send_json_to({"message": text, "client_id": client_id})
+            assert (await next_frame(sender))["error"]["code"] == "overloaded"
     await assert_receives_message(reader, "queued")
     await assert_receives_message(sender, "queued")
+    return sender, reader
+
+
+async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_comes_back(
+    join, settings
+):
+    sender, reader = await refused_behind_a_queue(join, settings, {"a": "refused"})
     settings.CHAT_STORE_QUEUE_SECONDS = 60  # the queue is no reason to refuse any more
     # Nothing waits now; but the client had not heard of its refusal when it sent this.
     await sender.send_json_to({"message": "sent next", "client_id": "b"})
@@ -1822,16 +1830,8 @@ async def test_a_message_sent_after_a_refused_one_is_refused_until_that_one_come
 async def test_no_message_overtakes_one_refused_before_it_whose_refusal_was_read_late(
     join, settings
 ):
-    settings.CHAT_STORE_QUEUE_SECONDS = HELD_BOUND_SECONDS
-    sender, reader = await join("lobby"), await join("lobby")
-    async with sync_thread_held():
-        await sender.send_json_to({"message": "queued"})
-        await until_over_the_bound()
-        for client_id in "ab":  # b sent before the client heard that a was refused
-            await sender.send_json_to({"message": client_id, "client_id": client_id})
-            assert (await next_frame(sender))["error"]["code"] == "overloaded"
-    await assert_receives_message(reader, "queued")
-    await assert_receives_message(sender, "queued")
+    # b sent before the client heard that a was refused.
+    sender, reader = await refused_behind_a_queue(join, settings, {"a": "a", "b": "b"})
     # The client sends a again, then, not having read b's refusal yet, a new message c.
     for client_id in "ac":
         await sender.send_json_to({"message": client_id, "client_id": client_id})
