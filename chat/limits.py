@@ -36,7 +36,9 @@ from .redis_clients import (
     LIMITS_TIMEOUT_SECONDS,
     OUTAGE_ERRORS,
     PAGE_TIMEOUT_SECONDS,
+    ConnectionLost,
     NoScriptError,
+    ResponseError,
     asyncio_redis_client,
     redis_client,
 )
@@ -469,7 +471,7 @@ class SentHits:
         connection = pool.get_connection()
         try:
             connection.send_packed_command(connection.pack_commands(self._hits(self.whos)))
-        except redis.exceptions.ConnectionError:  # a connection Redis closed (it restarted)
+        except ConnectionLost:  # a connection Redis closed (it restarted)
             connection.disconnect()
             pool.release(connection)
             return None
@@ -487,10 +489,10 @@ class SentHits:
             for _ in self.whos:
                 try:
                     answers.append(connection.read_response())
-                except redis.exceptions.ResponseError as error:
+                except ResponseError as error:
                     answers.append(error)
             return answers
-        except redis.exceptions.ConnectionError:
+        except ConnectionLost:
             connection.disconnect()
             return None
         except BaseException:

@@ -49,12 +49,16 @@ PAGE_TIMEOUT_SECONDS = 0.25
 # lost race kills an idle consumer with "Timeout reading from" (channels_redis#422).
 # Reads must outlast the blocking pop; staying finite still notices a dead connection.
 LAYER_TIMEOUT_SECONDS = 15
+# A connection Redis closed (it restarted) or that could not be made.
+ConnectionLost = redis.exceptions.ConnectionError
 # After Redis restarts, every pooled connection is dead and fails its next command: one
 # retry, at once, on a fresh connection heals that without a blip. A timeout is not
 # retried (redis-py's Retry would): a Redis that hangs fails within one timeout, not two.
-RETRY_ON_ERROR = [redis.exceptions.ConnectionError]
+RETRY_ON_ERROR = [ConnectionLost]
 # A script Redis no longer holds (it restarted, or SCRIPT FLUSH): load it and run it again.
 NoScriptError = redis.exceptions.NoScriptError
+# A command's own error reply (one answer of a pipeline read by hand: chat.limits.SentHits).
+ResponseError = redis.exceptions.ResponseError
 
 
 def _retry(kind: type[Retry] | type[AsyncRetry]) -> Retry | AsyncRetry:
