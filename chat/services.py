@@ -537,14 +537,7 @@ def room_title(room_name: str) -> str:
 
 
 class InvalidPage(ValueError):
-    """A page query read_page refuses; its message says why, for the client."""
-
-
-def read_page(room_name: str, query: Mapping[str, str], address: str = "") -> dict[str, Any]:
-    """A page of a room's messages, for ?after=<id> (default 0) or ?before=<id>, ?limit=<n>,
-    or ?changes_after=<change number>: read_page_rows, each message as its public fields."""
-    page = read_page_rows(room_name, query, address)
-    return page | {"messages": [protocol.message_fields(message) for message in page["messages"]]}
+    """A page query read_page_rows refuses; its message says why, for the client."""
 
 
 def read_page_rows(
@@ -609,7 +602,7 @@ def _stored(messages: list[Message]) -> list[StoredMessage]:
 
 
 def _changes_page(room_name: str, query: Mapping[str, str], limit: int, shown: str) -> dict:
-    """read_page's ?changes_after=: the messages changed after it, final state, change order."""
+    """read_page_rows's ?changes_after=: the messages changed since, final state, change order."""
     if "after" in query or "before" in query:
         raise InvalidPage("give changes_after alone, without after or before")
     try:

@@ -16,6 +16,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 
+from chat import protocol, services
 from chat.redis_clients import PING_TIMEOUT_SECONDS, redis_client
 from conftest import ROOT
 from mysite.asgi import application
@@ -110,6 +111,13 @@ async def assert_no_chat(socket: WebsocketCommunicator, seconds: float = QUIET_S
     assert [
         frame for frame in await frames_within(socket, seconds) if "presence" not in frame
     ] == []
+
+
+def page_as_read(room_name: str, query: dict) -> dict:
+    """services.read_page_rows with each message as its public fields: the page a client
+    reads from the messages endpoint, decoded."""
+    page = services.read_page_rows(room_name, query)
+    return page | {"messages": [protocol.message_fields(message) for message in page["messages"]]}
 
 
 async def assert_receives_message(socket: WebsocketCommunicator, text: str) -> dict:

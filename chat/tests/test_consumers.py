@@ -59,6 +59,7 @@ from chat.tests.conftest import (
     frames_within,
     next_frame,
     next_presence,
+    page_as_read,
     session_cookie_for,
     until_listening,
 )
@@ -1547,7 +1548,7 @@ def test_edits_deletions_and_admin_deletions_reach_sockets_on_every_process(star
 class _Reader:
     """A client as docs/protocol.md describes one (the room page's rules): it applies
     message and change frames, once each, newest change per message winning; reconnects
-    with ?after=&changes=, and reads over HTTP (services.read_page) what a socket leaves
+    with ?after=&changes=, and reads over HTTP (page_as_read) what a socket leaves
     to it."""
 
     def __init__(self, join, room: str, cookie):
@@ -1600,7 +1601,7 @@ class _Reader:
     async def _read_http(self, name: str, start: int, next_name: str):
         cursor = start
         while cursor is not None:
-            page = await database_sync_to_async(services.read_page)(self.room, {name: str(cursor)})
+            page = await database_sync_to_async(page_as_read)(self.room, {name: str(cursor)})
             for fields in page["messages"]:
                 await self.apply(fields)
             cursor = page[next_name]

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from chat import limits, loops, paced, pipeline, protocol, services, tokens
 from chat.identity import Author
-from chat.tests.conftest import ALLOWED_HOST
+from chat.tests.conftest import ALLOWED_HOST, page_as_read
 from mysite.asgi import application
 
 pytestmark = pytest.mark.usefixtures("limits_count_from_zero", "transactional_db")
@@ -120,7 +120,7 @@ async def test_a_messages_page_is_read_on_the_sockets_thread_in_its_turn_and_enc
 ):
     sockets_thread = await pipeline.call_batched(threading.current_thread)
     await database_sync_to_async(store_in_lobby)("one", 'two "quoted" ✓')
-    expected = await database_sync_to_async(services.read_page)("lobby", {})
+    expected = await database_sync_to_async(page_as_read)("lobby", {})
     seen = []
     # The per-address limit (a request's middleware-side work), the page's read and its
     # messages' encoding.

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from chat import protocol, services
 from chat.identity import Author
 from chat.models import Message, Room
+from chat.tests.conftest import page_as_read
 
 pytestmark = pytest.mark.django_db
 
@@ -363,13 +364,13 @@ def test_read_page_with_changes_after_pages_through_final_states_in_change_order
     services.edit_message("lobby", third.seq, ALICE, "three, fixed")
     services.delete_message("lobby", first.seq, ALICE)
     services.edit_message("lobby", second.seq, ALICE, "two, fixed")
-    page = services.read_page("lobby", {"changes_after": "0", "limit": "2"})
+    page = page_as_read("lobby", {"changes_after": "0", "limit": "2"})
     assert [(m["id"], m["message"], m["change"]) for m in page["messages"]] == [
         (3, "three, fixed", 1),
         (1, "", 2),
     ]
     assert page["messages"][1]["deleted"] is True
-    rest = services.read_page("lobby", {"changes_after": str(page["next_changes_after"])})
+    rest = page_as_read("lobby", {"changes_after": str(page["next_changes_after"])})
     assert [(m["id"], m["change"]) for m in rest["messages"]] == [(2, 3)]
     assert rest["next_changes_after"] is None
 
@@ -379,7 +380,7 @@ def test_read_page_with_changes_after_pages_through_final_states_in_change_order
 )
 def test_read_page_refuses_a_bad_changes_after_or_one_beside_after(query):
     with pytest.raises(services.InvalidPage):
-        services.read_page("lobby", query)
+        page_as_read("lobby", query)
 
 
 def test_a_batchs_rows_get_their_keys_and_its_insert_is_compiled_once_per_size(monkeypatch):
